@@ -1,0 +1,1 @@
+"""The recurrent classifier, its checkpoints, offline training and online fine-tuning, importers."""

@@ -1,0 +1,86 @@
+"""Checkpoints: one file with the weights and everything needed to use them.
+
+The file is a ``torch.save`` of plain containers and tensors, loaded with ``weights_only=True``:
+loading never executes code from the file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import time
+from importlib import resources
+from pathlib import Path
+
+import torch
+
+from models.rnn import HARNet, ModelConfig
+
+__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "default_model_path", "FORMAT", "VERSION"]
+
+FORMAT = "harstream.checkpoint"
+VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A file that is not a usable harstream checkpoint."""
+
+
+def _model_version(model: HARNet) -> str:
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().numpy().tobytes())
+    return digest.hexdigest()[:10]
+
+
+def save_checkpoint(path: str | Path, model: HARNet, metadata: dict | None = None) -> str:
+    """Write ``model`` to ``path``; returns its version (a hash of the weights)."""
+    version = _model_version(model)
+    blob = {
+        "format": FORMAT,
+        "format_version": VERSION,
+        "model_version": version,
+        "config": model.config.to_dict(),
+        "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+        "metadata": {"saved_at": time.time(), **(metadata or {})},
+    }
+    buffer = io.BytesIO()
+    torch.save(blob, buffer)
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(buffer.getvalue())
+    tmp.replace(path)  # atomic: a reader never sees half a file
+    return version
+
+
+def load_checkpoint(path: str | Path) -> tuple[HARNet, dict]:
+    """Load a checkpoint; returns the model in eval mode and ``{"version", "metadata", "path"}``."""
+    path = Path(path)
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: no such checkpoint") from None
+    except Exception as exc:  # pickle errors, refused globals, truncated files
+        raise CheckpointError(f"{path}: not a harstream checkpoint ({type(exc).__name__}: {exc})") from None
+    if not isinstance(blob, dict) or blob.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a harstream checkpoint (no '{FORMAT}' marker)")
+    if blob.get("format_version") != VERSION:
+        raise CheckpointError(
+            f"{path}: checkpoint format version {blob.get('format_version')!r}, this harstream reads "
+            f"version {VERSION}; retrain with `harstream train` or use a matching harstream release"
+        )
+    try:
+        config = ModelConfig(**blob["config"])
+        model = HARNet(config)
+        model.load_state_dict(blob["state_dict"])
+    except (TypeError, KeyError, RuntimeError, ValueError) as exc:
+        raise CheckpointError(f"{path}: checkpoint does not match the model ({exc})") from None
+    model.eval()
+    return model, {"version": blob.get("model_version", "unknown"), "metadata": blob.get("metadata", {}),
+                   "path": str(path)}
+
+
+def default_model_path() -> Path:
+    """The small model that ships with the package."""
+    return Path(str(resources.files("models") / "default.pt"))

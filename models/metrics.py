@@ -1,0 +1,32 @@
+"""Window-level classification scores, computed with river's metrics."""
+
+from __future__ import annotations
+
+from river import metrics
+
+__all__ = ["scores"]
+
+
+def scores(y_true: list[str], y_pred: list[str], classes: list[str] | None = None) -> dict:
+    """Accuracy, macro F1, per-class recall and the confusion matrix of labelled windows."""
+    accuracy, macro_f1, confusion = metrics.Accuracy(), metrics.MacroF1(), metrics.ConfusionMatrix()
+    for t, p in zip(y_true, y_pred):
+        accuracy.update(t, p)
+        macro_f1.update(t, p)
+        confusion.update(t, p)
+    labels = sorted(set(y_true) | set(y_pred)) if classes is None else list(classes)
+    labels += sorted((set(y_true) | set(y_pred)) - set(labels))
+    matrix = [[int(confusion[t][p]) for p in labels] for t in labels]
+    recall = {}
+    for i, c in enumerate(labels):
+        support = sum(matrix[i])
+        if support:
+            recall[c] = round(matrix[i][i] / support, 4)
+    return {
+        "windows": len(y_true),
+        "accuracy": round(accuracy.get(), 4) if y_true else None,
+        "macro_f1": round(macro_f1.get(), 4) if y_true else None,
+        "recall": recall,
+        "labels": labels,
+        "confusion": matrix,
+    }

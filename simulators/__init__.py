@@ -1,0 +1,1 @@
+"""Synthetic accelerometer streams, publishing them and replaying recordings over MQTT."""

@@ -1,0 +1,152 @@
+"""Publishing simulated devices over MQTT in real time (or as fast as possible).
+
+Every ``interval`` seconds each device publishes the samples it produced since its last message on
+``har/<device>/imu``; devices are spread evenly across the interval so the broker sees a steady flow.
+Labels (the simulator's truth) go to ``har/<device>/label`` whenever the exercise changes, for the
+chosen fraction of devices.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import orjson
+
+from simulators.workout import DeviceStream
+from stream.mqtt import BrokerURL, connect
+
+__all__ = ["SimulatorConfig", "Simulator"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SimulatorConfig:
+    broker: BrokerURL
+    devices: int = 5  # number of simulated devices
+    rate: float = 50.0  # Hz, sensor sample rate
+    interval: float = 0.2  # seconds of samples per message
+    duration: float | None = None  # seconds; None runs until stopped
+    speed: float = 1.0  # 1 = real time; 0 = as fast as possible
+    seed: int = 0  # device k uses seed + k
+    prefix: str = "har"
+    device_prefix: str = "sim"  # device ids are <device_prefix>-000, -001, ...
+    placement: str = "wrist"
+    label_fraction: float = 0.0  # share of devices that publish their true labels
+    scenario: str | None = None  # drift scenario name (see simulators.workout.SCENARIOS)
+    scenario_start: float = 60.0  # seconds after the start
+    client_per_device: bool = False  # one MQTT client (and last will) per device
+
+    def __post_init__(self) -> None:
+        if self.devices < 1:
+            raise ValueError("'devices' must be at least 1")
+        if not 0.0 <= self.label_fraction <= 1.0:
+            raise ValueError("'label_fraction' must be within [0, 1]")
+
+
+class Simulator:
+    def __init__(self, config: SimulatorConfig) -> None:
+        self.config = config
+        self._stop = threading.Event()
+        self.published_messages = 0
+        self.published_samples = 0
+        self.late_ticks = 0  # ticks that started behind schedule (the publisher could not keep up)
+        rng = np.random.default_rng(config.seed)
+        labelled = rng.random(config.devices) < config.label_fraction
+        t0 = time.time()
+        self.devices = [
+            DeviceStream(
+                f"{config.device_prefix}-{k:03d}" if config.devices <= 1000 else f"{config.device_prefix}-{k:05d}",
+                seed=config.seed + k,
+                rate=config.rate,
+                placement=config.placement,
+                scenario=config.scenario,
+                scenario_start=config.scenario_start,
+                t0=t0,
+            )
+            for k in range(config.devices)
+        ]
+        self._labelled = {d.device for d, flag in zip(self.devices, labelled) if flag}
+        self._seq = {d.device: 0 for d in self.devices}
+        self._last_label: dict[str, str] = {}
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _topic(self, device: str, kind: str) -> str:
+        return f"{self.config.prefix}/{device}/{kind}"
+
+    def _clients(self) -> dict[str, object]:
+        cfg = self.config
+        if not cfg.client_per_device:
+            client = connect(cfg.broker, "simulator")
+            return {d.device: client for d in self.devices}
+        return {
+            d.device: connect(cfg.broker, "sim", client_id=d.device,
+                              will=(self._topic(d.device, "status"), b"offline"))
+            for d in self.devices
+        }
+
+    def run(self) -> None:
+        cfg = self.config
+        clients = self._clients()
+        for d in self.devices:
+            clients[d.device].publish(self._topic(d.device, "status"), b"online", qos=1, retain=True)
+        log.info("simulating %d devices at %.0f Hz on %s (%s)", cfg.devices, cfg.rate, cfg.broker,
+                 "real time" if cfg.speed == 1 else f"speed {cfg.speed}" if cfg.speed else "as fast as possible")
+        start = time.monotonic()
+        n = len(self.devices)
+        tick = 0
+        try:
+            while not self._stop.is_set():
+                sim_time = tick * cfg.interval
+                if cfg.duration is not None and sim_time >= cfg.duration:
+                    break
+                for i, device in enumerate(self.devices):
+                    if cfg.speed > 0:
+                        # spread devices over the interval instead of bursting all at once
+                        due = start + (sim_time + cfg.interval * (i + 1) / n) / cfg.speed
+                        delay = due - time.monotonic()
+                        if delay > 0:
+                            if self._stop.wait(delay):
+                                break
+                        elif i == 0 and delay < -cfg.interval:
+                            self.late_ticks += 1
+                    self._publish_chunk(clients[device.device], device)
+                tick += 1
+        finally:
+            for d in self.devices:
+                info = clients[d.device].publish(self._topic(d.device, "status"), b"offline", qos=1, retain=True)
+            info.wait_for_publish(10)  # flush what paho still holds before leaving
+            for client in set(clients.values()):
+                client.disconnect()
+                client.loop_stop()
+            log.info("simulator stopped: %d messages, %d samples", self.published_messages, self.published_samples)
+
+    def _publish_chunk(self, client, device: DeviceStream) -> None:
+        chunk = device.read(self.config.interval)
+        if len(chunk.t) == 0:
+            return
+        name = device.device
+        if name in self._labelled:
+            changes = np.flatnonzero(chunk.label[1:] != chunk.label[:-1]) + 1
+            for i in [0, *changes.tolist()]:
+                label = str(chunk.label[i])
+                if self._last_label.get(name) != label:
+                    self._last_label[name] = label
+                    client.publish(self._topic(name, "label"),
+                                   orjson.dumps({"label": label, "t": float(chunk.t[i])}), qos=1)
+        body = {
+            "seq": self._seq[name],
+            "t": np.round(chunk.t, 4).tolist(),
+            "acc": np.round(chunk.acc, 4).tolist(),
+            "unit": chunk.unit,
+        }
+        self._seq[name] += 1
+        client.publish(self._topic(name, "imu"), orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY))
+        self.published_messages += 1
+        self.published_samples += len(chunk.t)

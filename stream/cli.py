@@ -1,0 +1,281 @@
+"""The ``harstream`` command line.
+
+Every command that connects takes ``--broker mqtt://[user:pass@]host:port`` (or ``mqtts://``),
+defaulting to ``$HARSTREAM_BROKER`` or mqtt://127.0.0.1:1883. SIGINT and SIGTERM stop every
+command cleanly with exit status 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from stream.mqtt import BrokerURL, default_broker
+
+log = logging.getLogger("harstream")
+
+EPILOG = "Docs: README.md and DESIGN.md. Environment: HARSTREAM_BROKER sets the default --broker."
+
+
+def _broker_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--broker", default=default_broker(), metavar="URL",
+                   help="mqtt://[user:pass@]host:port or mqtts://... (default: %(default)s)")
+    p.add_argument("--ca-file", default=None, help="CA certificate file for mqtts:// brokers")
+    p.add_argument("--prefix", default="har", help="topic prefix (default: %(default)s)")
+
+
+def _model_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=None, metavar="MODEL",
+                   help="checkpoint file (default: the small model shipped with harstream)")
+
+
+def _on_signals(stop) -> None:
+    """Call ``stop()`` on SIGINT or SIGTERM (main thread only)."""
+    def handler(signum, frame):
+        log.info("%s received, stopping", signal.Signals(signum).name)
+        stop()
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+
+
+def _load_model(path: str | None):
+    from models.checkpoint import default_model_path, load_checkpoint
+    return load_checkpoint(path or default_model_path())
+
+
+# -- commands ------------------------------------------------------------------------------------
+def cmd_broker(args) -> int:
+    from stream.broker import run_broker
+    url = BrokerURL.parse(args.broker)
+    print(f"embedded MQTT broker (amqtt) on mqtt://{url.host}:{url.port}; Ctrl-C stops it", flush=True)
+    run_broker(url.host, url.port)
+    return 0
+
+
+def cmd_consume(args) -> int:
+    from models.state import StatefulClassifier
+    from stream.consumer import Consumer, ConsumerConfig
+    model, info = _load_model(args.model)
+    config = ConsumerConfig(broker=BrokerURL.parse(args.broker, args.ca_file), prefix=args.prefix,
+                            consumer_id=args.id, metrics_interval=args.metrics_interval,
+                            max_wait=args.max_wait)
+    consumer = Consumer(config, StatefulClassifier(model, info["version"]))
+    _on_signals(consumer.stop)
+    if args.duration:
+        threading.Timer(args.duration, consumer.stop).start()
+    consumer.run()
+    return 0
+
+
+def cmd_simulate(args) -> int:
+    from simulators.publisher import Simulator, SimulatorConfig
+    config = SimulatorConfig(
+        broker=BrokerURL.parse(args.broker, args.ca_file), devices=args.devices, rate=args.rate,
+        interval=args.interval, duration=args.duration, speed=args.speed, seed=args.seed,
+        prefix=args.prefix, placement=args.placement, label_fraction=args.labels,
+        scenario=args.scenario, scenario_start=args.scenario_start,
+        client_per_device=args.client_per_device,
+    )
+    simulator = Simulator(config)
+    _on_signals(simulator.stop)
+    simulator.run()
+    return 0
+
+
+def cmd_replay(args) -> int:
+    from simulators.replay import replay
+    from stream.recording import read_recording
+    rec = read_recording(args.file)
+    stop = threading.Event()
+    _on_signals(stop.set)
+    sent = replay(rec, BrokerURL.parse(args.broker, args.ca_file), prefix=args.prefix, speed=args.speed,
+                  labels=args.labels, interval=args.interval, stop=stop, progress=not args.quiet)
+    print(f"replayed {sent['samples']} samples of {sent['devices']} devices in {sent['messages']} messages")
+    return 0
+
+
+def cmd_train(args) -> int:
+    from models.checkpoint import save_checkpoint
+    from models.rnn import ModelConfig
+    from models.train import TrainConfig, train
+    from stream.recording import read_recording
+    if args.simulated:
+        from simulators.workout import simulate_recording
+        print(f"simulating {args.sim_devices} people x {args.sim_minutes:g} min for training ...", flush=True)
+        rec = simulate_recording(args.sim_devices, args.sim_minutes * 60.0, seed=args.seed)
+        sources = [f"simulated:{args.sim_devices}x{args.sim_minutes:g}min:seed{args.seed}"]
+    else:
+        from stream.recording import concat_recordings
+        rec = concat_recordings([read_recording(f) for f in args.data])
+        sources = [str(f) for f in args.data]
+    mc = ModelConfig(classes=("_",), cell=args.cell, hidden=args.hidden, layers=args.layers, rate=args.rate,
+                     window=args.window, hop=args.window, patch=args.patch)
+    tc = TrainConfig(epochs=args.epochs, seed=args.seed, max_minutes=args.max_minutes)
+    model, report = train(rec, mc, tc, progress=not args.quiet)
+    version = save_checkpoint(args.out, model, {"command": " ".join(["harstream", *sys.argv[1:]]),
+                                                "data": sources, "report": report})
+    best = report["best"]
+    print(f"saved {args.out} (version {version}): {len(report['classes'])} classes, "
+          f"validation accuracy {best.get('accuracy')}, macro F1 {best.get('macro_f1')} "
+          f"on held-out people {', '.join(report['val_people'][:6])}{' ...' if len(report['val_people']) > 6 else ''}")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from models.evaluate import evaluate
+    from stream.recording import read_recording
+    model, info = _load_model(args.model)
+    rec = read_recording(args.data)
+    report = evaluate(model, rec, info["version"], progress=not args.json)
+    if args.json:
+        print(json.dumps(report))
+        return 0
+    print(f"model {info['version']} on {args.data}: {report['windows']} labelled windows "
+          f"({report['windows_total']} in all)")
+    print(f"accuracy {report['accuracy']}, macro F1 {report['macro_f1']}")
+    if report["unknown_classes"]:
+        print(f"classes the model does not know: {', '.join(report['unknown_classes'])}")
+    print("recall: " + ", ".join(f"{c} {r:.3f}" for c, r in report["recall"].items()))
+    labels = report["labels"]
+    width = max(len(c) for c in labels)
+    print("confusion (rows true, columns predicted):")
+    print(" " * (width + 1) + " ".join(f"{c[:6]:>6}" for c in labels))
+    for c, row in zip(labels, report["confusion"]):
+        print(f"{c:>{width}} " + " ".join(f"{v:>6}" for v in row))
+    return 0
+
+
+def cmd_import(args) -> int:
+    from models.importers import import_dataset
+    summary = import_dataset(args.dataset, args.src, args.out, progress=True)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from stream.demo import run_demo
+    return run_demo(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="harstream",
+        description="Live exercise recognition from accelerometer streams over MQTT, with a stateful LSTM "
+                    "per device.",
+        epilog=EPILOG,
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("demo", help="the main job: broker (embedded unless one answers), simulator, consumer",
+                       description="Runs the whole system on this machine: uses the broker at --broker when it "
+                                   "answers, else starts the embedded one there; starts a consumer and a "
+                                   "simulator, and prints live predictions beside the simulator's truth.")
+    _broker_args(p)
+    _model_arg(p)
+    p.add_argument("--devices", type=int, default=5, help="simulated devices (default: %(default)s)")
+    p.add_argument("--duration", type=float, default=None, help="seconds to run (default: until Ctrl-C)")
+    p.add_argument("--no-dashboard", action="store_true", help="headless: do not start the dashboard")
+    p.add_argument("--seed", type=int, default=0, help="simulator seed (default: %(default)s)")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("broker", help="run the embedded MQTT broker (amqtt)")
+    p.add_argument("--broker", default=default_broker(), metavar="URL",
+                   help="address to listen on (default: %(default)s)")
+    p.set_defaults(func=cmd_broker)
+
+    p = sub.add_parser("consume", help="classify every device's windows and publish predictions",
+                       description="Subscribes to <prefix>/+/imu, keeps an LSTM state per device, classifies "
+                                   "every ready window in one batched pass and publishes "
+                                   "<prefix>/<device>/prediction, plus retained status and metrics on "
+                                   "<prefix>/_consumer/<id>/{status,metrics}.")
+    _broker_args(p)
+    _model_arg(p)
+    p.add_argument("--id", default="", help="consumer id (MQTT client id; default: random)")
+    p.add_argument("--metrics-interval", type=float, default=5.0, help="seconds between metrics (default: %(default)s)")
+    p.add_argument("--max-wait", type=float, default=0.02,
+                   help="seconds a ready window may wait to share a batch (default: %(default)s)")
+    p.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    p.set_defaults(func=cmd_consume)
+
+    p = sub.add_parser("simulate", help="publish simulated accelerometer streams",
+                       description="Publishes N simulated people doing workouts (sets of exercises with rests) "
+                                   "on <prefix>/<device>/imu at 50 Hz in real time.")
+    _broker_args(p)
+    p.add_argument("--devices", type=int, default=5, help="number of devices (default: %(default)s)")
+    p.add_argument("--rate", type=float, default=50.0, help="sample rate in Hz (default: %(default)s)")
+    p.add_argument("--interval", type=float, default=0.2, help="seconds of samples per message (default: %(default)s)")
+    p.add_argument("--duration", type=float, default=None, help="seconds to run (default: until stopped)")
+    p.add_argument("--speed", type=float, default=1.0, help="1 real time, 10 ten times faster, 0 as fast as possible")
+    p.add_argument("--seed", type=int, default=0, help="seed; device k uses seed + k (default: %(default)s)")
+    p.add_argument("--placement", default="wrist", choices=("wrist", "upper_arm", "waist"))
+    p.add_argument("--labels", type=float, default=0.0, metavar="FRACTION",
+                   help="share of devices that publish their true labels, 0..1 (default: %(default)s)")
+    p.add_argument("--scenario", default=None, help="drift scenario name (strap_rotated, other_wrist, fatigue, ...)")
+    p.add_argument("--scenario-start", type=float, default=60.0, help="seconds until the scenario starts")
+    p.add_argument("--client-per-device", action="store_true", help="one MQTT client and last will per device")
+    p.set_defaults(func=cmd_simulate)
+
+    p = sub.add_parser("replay", help="publish a recording file over MQTT")
+    _broker_args(p)
+    p.add_argument("file", help="recording file (CSV, see DESIGN.md)")
+    p.add_argument("--speed", type=float, default=1.0, help="1 real time, 10 ten times faster, 0 as fast as possible")
+    p.add_argument("--labels", action="store_true", help="also publish the file's labels")
+    p.add_argument("--interval", type=float, default=0.2, help="seconds of samples per message (default: %(default)s)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_replay)
+
+    p = sub.add_parser("train", help="train a classifier on simulated data or recording files")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--simulated", action="store_true", help="train on freshly simulated people")
+    src.add_argument("--data", nargs="+", type=Path, metavar="FILE", help="recording files")
+    p.add_argument("--out", required=True, type=Path, metavar="MODEL", help="checkpoint to write")
+    p.add_argument("--cell", default="lstm", choices=("lstm", "gru", "rnn"))
+    p.add_argument("--hidden", type=int, default=64)
+    p.add_argument("--layers", type=int, default=2)
+    p.add_argument("--rate", type=float, default=25.0, help="model sample rate in Hz (default: %(default)s)")
+    p.add_argument("--window", type=int, default=50, help="samples per window at --rate (default: %(default)s)")
+    p.add_argument("--patch", type=int, default=5, help="samples per recurrent step (default: %(default)s)")
+    p.add_argument("--epochs", type=int, default=40, help="at most this many epochs (early stopping)")
+    p.add_argument("--max-minutes", type=float, default=None, help="stop training after this long")
+    p.add_argument("--sim-devices", type=int, default=40, help="simulated people (default: %(default)s)")
+    p.add_argument("--sim-minutes", type=float, default=10.0, help="minutes per simulated person (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="stream a recording file through the stateful classifier and score it")
+    _model_arg(p)
+    p.add_argument("--data", required=True, type=Path, metavar="FILE", help="recording file")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("import", help="turn a real data set into a recording file")
+    p.add_argument("dataset", choices=("uci-hapt", "barbell", "muvr", "exermote"))
+    p.add_argument("src", type=Path, help="the data set's folder as published")
+    p.add_argument("out", type=Path, help="recording file to write")
+    p.set_defaults(func=cmd_import)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except (ValueError, ConnectionError, OSError, RuntimeError) as exc:
+        # user-facing failures (bad files, unreachable brokers, bad options): one clear line
+        log.debug("failure", exc_info=True)
+        print(f"harstream {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,198 @@
+"""Decoding and validation of the native ``har/<device>/imu`` payload (DESIGN.md).
+
+Every payload becomes a ``SampleBatch``: float seconds, specific force in m/s², optional gyro in
+rad/s. Anything wrong raises ``Rejected`` with a short machine-readable ``reason``; the consumer
+counts reasons and goes on.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import numpy as np
+import orjson
+
+__all__ = [
+    "DEVICE_ID",
+    "G",
+    "MAX_PAYLOAD_BYTES",
+    "MAX_SAMPLES",
+    "REASONS",
+    "Rejected",
+    "SampleBatch",
+    "SequenceCheck",
+    "decode_imu",
+    "parse_topic",
+    "valid_device",
+]
+
+G = 9.80665  # m/s² per g
+DEVICE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+MAX_PAYLOAD_BYTES = 256 * 1024
+MAX_SAMPLES = 2000  # per message: 40 s at 50 Hz
+UNITS = {"m/s2": 1.0, "g": G}
+
+REASONS = (
+    "oversize",  # payload larger than the cap
+    "bad_json",  # not JSON
+    "not_object",  # JSON, but not an object
+    "bad_topic",  # topic not <prefix>/<device>/<kind>
+    "bad_device",  # device id does not match DEVICE_ID
+    "bad_seq",  # seq missing or not an integer
+    "repeated_seq",  # seq equal to the last one seen
+    "backwards_seq",  # seq lower than the last one seen
+    "bad_shape",  # acc/gyro not a list of [x, y, z], or t of the wrong length
+    "too_many_samples",  # more samples than MAX_SAMPLES
+    "empty",  # no samples
+    "non_finite",  # NaN or infinity in t, acc or gyro
+    "bad_time",  # no t nor t0 + rate, rate not positive, or t decreasing within the batch
+    "bad_unit",  # unit other than m/s2 or g
+)
+
+
+class Rejected(Exception):
+    """A payload that was refused; ``reason`` is one of ``REASONS``."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass
+class SampleBatch:
+    """Samples of one device, as every decoder delivers them."""
+
+    device: str
+    t: np.ndarray  # (n,) float64 seconds, device clock
+    acc: np.ndarray  # (n, 3) float32 m/s², specific force
+    gyro: np.ndarray | None = None  # (n, 3) float32 rad/s
+    seq: int | None = None
+
+    def __len__(self) -> int:
+        return len(self.t)
+
+
+def valid_device(device: str) -> bool:
+    return DEVICE_ID.fullmatch(device) is not None
+
+
+def parse_topic(topic: str, prefix: str = "har") -> tuple[str, str]:
+    """``<prefix>/<device>/<kind>`` → (device, kind); rejects foreign topics and invalid ids."""
+    parts = topic.split("/")
+    if len(parts) != 3 or parts[0] != prefix:
+        raise Rejected("bad_topic", topic[:80])
+    if not valid_device(parts[1]):
+        raise Rejected("bad_device", parts[1][:80])
+    return parts[1], parts[2]
+
+
+def _xyz(value: object, name: str) -> np.ndarray:
+    try:
+        arr = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise Rejected("bad_shape", f"{name} is not a list of [x, y, z] numbers") from None
+    if arr.ndim != 2 or arr.shape[1] != 3:
+        raise Rejected("bad_shape", f"{name} has shape {arr.shape}, expected (n, 3)")
+    return arr
+
+
+def decode_imu(payload: bytes, device: str, max_bytes: int = MAX_PAYLOAD_BYTES) -> SampleBatch:
+    """Decode and validate one native imu payload of ``device``."""
+    if len(payload) > max_bytes:
+        raise Rejected("oversize", f"{len(payload)} bytes > {max_bytes}")
+    try:
+        msg = orjson.loads(payload)
+    except orjson.JSONDecodeError as exc:
+        raise Rejected("bad_json", str(exc)[:80]) from None
+    if not isinstance(msg, dict):
+        raise Rejected("not_object", type(msg).__name__)
+    seq = msg.get("seq")
+    if type(seq) is not int:  # bool is not a seq
+        raise Rejected("bad_seq", repr(seq)[:40])
+    if "acc" not in msg:
+        raise Rejected("bad_shape", "no acc")
+    acc = msg["acc"]
+    if isinstance(acc, list) and len(acc) > MAX_SAMPLES:
+        raise Rejected("too_many_samples", f"{len(acc)} > {MAX_SAMPLES}")
+    acc = _xyz(acc, "acc")
+    n = len(acc)
+    if n == 0:
+        raise Rejected("empty")
+    unit = msg.get("unit", "m/s2")
+    scale = UNITS.get(unit) if isinstance(unit, str) else None
+    if scale is None:
+        raise Rejected("bad_unit", repr(unit)[:40])
+    if "t" in msg:
+        try:
+            t = np.asarray(msg["t"], dtype=np.float64)
+        except (TypeError, ValueError):
+            raise Rejected("bad_time", "t is not a list of numbers") from None
+        if t.shape != (n,):
+            raise Rejected("bad_shape", f"t has shape {t.shape}, acc has {n} samples")
+    elif "t0" in msg and "rate" in msg:
+        t0, rate = msg["t0"], msg["rate"]
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (t0, rate)):
+            raise Rejected("bad_time", "t0 and rate must be numbers")
+        if not rate > 0:
+            raise Rejected("bad_time", f"rate {rate!r} is not positive")
+        t = t0 + np.arange(n, dtype=np.float64) / rate
+    else:
+        raise Rejected("bad_time", "neither t nor t0 + rate")
+    gyro = None
+    if msg.get("gyro") is not None:
+        gyro = _xyz(msg["gyro"], "gyro")
+        if len(gyro) != n:
+            raise Rejected("bad_shape", f"gyro has {len(gyro)} samples, acc has {n}")
+        if not np.isfinite(gyro).all():
+            raise Rejected("non_finite", "gyro")
+    if not (np.isfinite(acc).all() and np.isfinite(t).all()):
+        raise Rejected("non_finite", "t or acc")
+    if n > 1 and (np.diff(t) < 0).any():
+        raise Rejected("bad_time", "t decreases within the batch")
+    return SampleBatch(
+        device=device,
+        t=t,
+        acc=(acc * scale).astype(np.float32),
+        gyro=None if gyro is None else gyro.astype(np.float32),
+        seq=seq,
+    )
+
+
+class SequenceCheck:
+    """Per-device ``seq`` bookkeeping: refuses repeats and regressions, counts gaps as lost samples.
+
+    ``seq`` counts messages; a gap of k messages is counted as k times the size of the batch that
+    reveals it (the best estimate of what the missing messages held).
+    """
+
+    def __init__(self) -> None:
+        self._last: dict[str, int] = {}
+        self.lost_samples = 0
+
+    def check(self, batch: SampleBatch) -> int:
+        """Accept ``batch`` or raise ``Rejected``; returns the samples estimated lost before it."""
+        last = self._last.get(batch.device)
+        seq = batch.seq
+        lost = 0
+        if last is not None and seq is not None and not (seq == 0 and last > 0):
+            # seq 0 after a higher one is a device that restarted: a new session, not a regression
+            if seq == last:
+                raise Rejected("repeated_seq", f"{batch.device} seq {seq}")
+            if seq < last:
+                raise Rejected("backwards_seq", f"{batch.device} seq {seq} after {last}")
+            lost = (seq - last - 1) * len(batch)
+        if seq is not None:
+            self._last[batch.device] = seq
+        self.lost_samples += lost
+        return lost
+
+    def forget(self, device: str) -> None:
+        self._last.pop(device, None)
+
+    def snapshot(self) -> dict[str, int]:
+        return dict(self._last)
+
+    def restore(self, last: dict[str, int]) -> None:
+        self._last.update(last)

@@ -1,0 +1,150 @@
+"""MQTT connection settings and paho clients configured the same way everywhere.
+
+``--broker mqtt://[user:pass@]host:port`` (or ``mqtts://`` for TLS) on every command; the environment
+variable ``HARSTREAM_BROKER`` sets the default.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import ssl
+import threading
+import uuid
+from dataclasses import dataclass
+from urllib.parse import unquote, urlsplit
+
+import paho.mqtt.client as mqtt
+
+__all__ = [
+    "BrokerURL",
+    "DEFAULT_BROKER",
+    "ENV_BROKER",
+    "broker_answers",
+    "connect",
+    "default_broker",
+    "topic",
+]
+
+log = logging.getLogger(__name__)
+
+ENV_BROKER = "HARSTREAM_BROKER"
+DEFAULT_BROKER = "mqtt://127.0.0.1:1883"
+
+
+def default_broker() -> str:
+    return os.environ.get(ENV_BROKER) or DEFAULT_BROKER
+
+
+@dataclass(frozen=True)
+class BrokerURL:
+    host: str
+    port: int
+    tls: bool = False
+    username: str | None = None
+    password: str | None = None
+    ca_file: str | None = None
+
+    @classmethod
+    def parse(cls, url: str, ca_file: str | None = None) -> BrokerURL:
+        parts = urlsplit(url if "://" in url else f"mqtt://{url}")
+        if parts.scheme not in ("mqtt", "mqtts", "tcp", "ssl"):
+            raise ValueError(f"Invalid broker URL {url!r}: scheme must be mqtt:// or mqtts://")
+        tls = parts.scheme in ("mqtts", "ssl")
+        try:
+            port = parts.port or (8883 if tls else 1883)
+        except ValueError:
+            raise ValueError(f"Invalid broker URL {url!r}: bad port") from None
+        if not parts.hostname:
+            raise ValueError(f"Invalid broker URL {url!r}: no host")
+        return cls(
+            host=parts.hostname,
+            port=port,
+            tls=tls,
+            username=unquote(parts.username) if parts.username else None,
+            password=unquote(parts.password) if parts.password else None,
+            ca_file=ca_file,
+        )
+
+    def __str__(self) -> str:
+        auth = f"{self.username}:***@" if self.username else ""
+        return f"{'mqtts' if self.tls else 'mqtt'}://{auth}{self.host}:{self.port}"
+
+
+def topic(prefix: str, device: str, kind: str) -> str:
+    return f"{prefix}/{device}/{kind}"
+
+
+def broker_answers(url: BrokerURL, timeout: float = 1.0) -> bool:
+    """Whether something accepts TCP connections at the broker's address."""
+    try:
+        with socket.create_connection((url.host, url.port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def connect(
+    url: BrokerURL,
+    name: str,
+    *,
+    client_id: str | None = None,
+    will: tuple[str, bytes] | None = None,
+    subscriptions: list[tuple[str, int]] | None = None,
+    clean_session: bool = True,
+    on_message=None,
+    timeout: float = 10.0,
+    start_loop: bool = True,
+) -> mqtt.Client:
+    """A connected paho client whose ``on_connect`` (re)subscribes; raises ConnectionError on failure.
+
+    ``will`` is a retained last will (topic, payload). The network loop runs in paho's thread.
+    """
+    client_id = client_id or f"{name}-{uuid.uuid4().hex[:8]}"
+    client = mqtt.Client(
+        mqtt.CallbackAPIVersion.VERSION2,
+        client_id=client_id,
+        clean_session=clean_session,
+        protocol=mqtt.MQTTv311,
+    )
+    if url.username:
+        client.username_pw_set(url.username, url.password)
+    if url.tls:
+        client.tls_set(ca_certs=url.ca_file, cert_reqs=ssl.CERT_REQUIRED)
+    if will:
+        client.will_set(will[0], will[1], qos=1, retain=True)
+    client.reconnect_delay_set(min_delay=1, max_delay=30)
+    connected = threading.Event()
+    failure: list[str] = []
+
+    def on_connect(client, userdata, flags, reason_code, properties):
+        if reason_code.is_failure:
+            failure.append(str(reason_code))
+            connected.set()
+            return
+        for sub_topic, qos in subscriptions or []:
+            client.subscribe(sub_topic, qos)
+        connected.set()
+
+    def on_disconnect(client, userdata, flags, reason_code, properties):
+        if reason_code != 0:
+            log.warning("%s: disconnected from %s (%s), reconnecting", name, url, reason_code)
+
+    client.on_connect = on_connect
+    client.on_disconnect = on_disconnect
+    if on_message is not None:
+        client.on_message = on_message
+    try:
+        client.connect(url.host, url.port, keepalive=30)
+    except OSError as exc:
+        raise ConnectionError(f"cannot connect to MQTT broker at {url}: {exc}") from None
+    if start_loop:
+        client.loop_start()
+        if not connected.wait(timeout):
+            client.loop_stop()
+            raise ConnectionError(f"MQTT broker at {url} did not answer within {timeout:.0f} s")
+        if failure:
+            client.loop_stop()
+            raise ConnectionError(f"MQTT broker at {url} refused the connection: {failure[0]}")
+    return client

@@ -1,0 +1,177 @@
+"""The recording file: the CSV interchange format of DESIGN.md.
+
+``device,t,ax,ay,az,label`` and optionally ``gx,gy,gz,subject``; ``t`` in seconds, acceleration in
+m/s² as specific force (a phone lying screen up reads about +9.81 on z), ``label`` empty where
+unknown. Importers write it; ``train``, ``evaluate`` and ``replay`` read it.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["Recording", "RecordingError", "concat_recordings", "read_recording", "write_recording", "REQUIRED", "OPTIONAL"]
+
+REQUIRED = ("device", "t", "ax", "ay", "az", "label")
+OPTIONAL = ("gx", "gy", "gz", "subject")
+
+
+class RecordingError(ValueError):
+    """A recording file that cannot be read; the message names the file and line."""
+
+
+@dataclass
+class Recording:
+    """Samples of one or more devices, in file order.
+
+    Rows of one device are contiguous segments in time order; ``segments()`` yields them.
+    """
+
+    device: np.ndarray  # (n,) str
+    t: np.ndarray  # (n,) float64 seconds
+    acc: np.ndarray  # (n, 3) float32 m/s², specific force
+    label: np.ndarray  # (n,) str, "" where unknown
+    gyro: np.ndarray | None = None  # (n, 3) float32 rad/s
+    subject: np.ndarray | None = None  # (n,) str
+
+    def __len__(self) -> int:
+        return len(self.t)
+
+    @property
+    def classes(self) -> list[str]:
+        """Sorted distinct non-empty labels."""
+        return sorted({str(x) for x in np.unique(self.label) if x})
+
+    def segments(self) -> Iterator[tuple[str, slice]]:
+        """(device, row slice) for each run of consecutive rows of one device."""
+        n = len(self.t)
+        if n == 0:
+            return
+        change = np.flatnonzero(self.device[1:] != self.device[:-1]) + 1
+        bounds = np.concatenate([[0], change, [n]])
+        for a, b in zip(bounds[:-1], bounds[1:]):
+            yield str(self.device[a]), slice(int(a), int(b))
+
+    def subjects(self) -> np.ndarray:
+        """The person of every row: ``subject`` where given, else the device."""
+        return self.subject if self.subject is not None else self.device
+
+    def take(self, mask: np.ndarray) -> Recording:
+        """The rows where ``mask`` is true (or the given indices)."""
+        return Recording(
+            device=self.device[mask],
+            t=self.t[mask],
+            acc=self.acc[mask],
+            label=self.label[mask],
+            gyro=None if self.gyro is None else self.gyro[mask],
+            subject=None if self.subject is None else self.subject[mask],
+        )
+
+
+def concat_recordings(recordings: list[Recording]) -> Recording:
+    """Rows of several recordings, one after the other (optional columns kept only if all have them)."""
+    if len(recordings) == 1:
+        return recordings[0]
+    gyro = all(r.gyro is not None for r in recordings)
+    subject = all(r.subject is not None for r in recordings)
+    return Recording(
+        device=np.concatenate([r.device for r in recordings]),
+        t=np.concatenate([r.t for r in recordings]),
+        acc=np.concatenate([r.acc for r in recordings]),
+        label=np.concatenate([r.label for r in recordings]),
+        gyro=np.concatenate([r.gyro for r in recordings]) if gyro else None,
+        subject=np.concatenate([r.subjects() for r in recordings]) if subject else None,
+    )
+
+
+def _float(value: str, column: str, where: str) -> float:
+    try:
+        x = float(value)
+    except ValueError:
+        raise RecordingError(f"{where}: column {column!r} is not a number: {value[:40]!r}") from None
+    if not math.isfinite(x):
+        raise RecordingError(f"{where}: column {column!r} is not finite: {value!r}")
+    return x
+
+
+def read_recording(path: str | Path) -> Recording:
+    """Read a recording file; a bad row raises ``RecordingError`` naming its line."""
+    path = Path(path)
+    try:
+        handle = path.open(newline="")
+    except OSError as exc:
+        raise RecordingError(f"{path}: cannot open: {exc.strerror}") from None
+    with handle:
+        reader = csv.reader(handle)
+        try:
+            header = next(reader)
+        except StopIteration:
+            raise RecordingError(f"{path}: empty file, expected a header {','.join(REQUIRED)}") from None
+        header = [h.strip() for h in header]
+        missing = [c for c in REQUIRED if c not in header]
+        if missing:
+            raise RecordingError(f"{path}:1: header lacks {', '.join(missing)} (has {', '.join(header)})")
+        col = {name: header.index(name) for name in header}
+        has_gyro = all(c in col for c in ("gx", "gy", "gz"))
+        has_subject = "subject" in col
+        width = len(header)
+        devices: list[str] = []
+        labels: list[str] = []
+        subjects: list[str] = []
+        numbers: list[tuple[float, ...]] = []
+        numeric = ["t", "ax", "ay", "az"] + (["gx", "gy", "gz"] if has_gyro else [])
+        idx = [col[c] for c in numeric]
+        last_t: dict[str, float] = {}
+        for row in reader:
+            where = f"{path}:{reader.line_num}"
+            if not row:
+                continue
+            if len(row) != width:
+                raise RecordingError(f"{where}: {len(row)} fields, header has {width}")
+            device = row[col["device"]]
+            if not device:
+                raise RecordingError(f"{where}: empty device")
+            values = tuple(_float(row[i], c, where) for i, c in zip(idx, numeric))
+            if device in last_t and values[0] < last_t[device]:
+                raise RecordingError(f"{where}: time goes backwards for device {device!r}")
+            last_t[device] = values[0]
+            devices.append(device)
+            labels.append(row[col["label"]].strip())
+            if has_subject:
+                subjects.append(row[col["subject"]])
+            numbers.append(values)
+    if not numbers:
+        raise RecordingError(f"{path}: no samples")
+    data = np.asarray(numbers, dtype=np.float64)
+    return Recording(
+        device=np.asarray(devices),
+        t=data[:, 0],
+        acc=data[:, 1:4].astype(np.float32),
+        label=np.asarray(labels),
+        gyro=data[:, 4:7].astype(np.float32) if has_gyro else None,
+        subject=np.asarray(subjects) if has_subject else None,
+    )
+
+
+def write_recording(path: str | Path, rec: Recording) -> None:
+    """Write ``rec`` as a recording file (``gx,gy,gz`` and ``subject`` when present)."""
+    header = list(REQUIRED)
+    if rec.gyro is not None:
+        header += ["gx", "gy", "gz"]
+    if rec.subject is not None:
+        header.append("subject")
+    with Path(path).open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        for i in range(len(rec.t)):
+            row = [rec.device[i], f"{rec.t[i]:.4f}", *(f"{v:.4f}" for v in rec.acc[i]), rec.label[i]]
+            if rec.gyro is not None:
+                row += [f"{v:.5f}" for v in rec.gyro[i]]
+            if rec.subject is not None:
+                row.append(rec.subject[i])
+            writer.writerow(row)
