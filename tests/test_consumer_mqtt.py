@@ -1,0 +1,105 @@
+"""The consumer through a real broker: samples in, predictions out, bad payloads counted, never fatal."""
+
+import threading
+import time
+import uuid
+
+import numpy as np
+import orjson
+import pytest
+
+from models.state import StatefulClassifier
+from stream.consumer import Consumer, ConsumerConfig
+from stream.mqtt import connect
+
+pytestmark = pytest.mark.broker
+
+
+class Collector:
+    def __init__(self, url, topics):
+        self.messages = []
+        self.lock = threading.Lock()
+        self.client = connect(url, "test-collect", subscriptions=[(t, 1) for t in topics],
+                              on_message=self.on_message)
+
+    def on_message(self, client, userdata, msg):
+        with self.lock:
+            self.messages.append((msg.topic, msg.payload, msg.retain))
+
+    def wait_for(self, predicate, timeout=20.0):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self.lock:
+                if predicate(self.messages):
+                    return True
+            time.sleep(0.05)
+        return False
+
+    def close(self):
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def imu(seq, t0, n, rate=50.0, z=9.81):
+    t = t0 + np.arange(n) / rate
+    acc = np.stack([np.sin(7 * t), np.cos(5 * t), z + np.sin(3 * t)], axis=1)
+    return orjson.dumps({"seq": seq, "t": t.round(4).tolist(), "acc": acc.round(4).tolist()}), t, acc
+
+
+def test_consumer_end_to_end(broker_url, tiny_model):
+    prefix = f"hartest{uuid.uuid4().hex[:8]}"
+    consumer = Consumer(ConsumerConfig(broker=broker_url, prefix=prefix, metrics_interval=0.5),
+                        StatefulClassifier(tiny_model, "tiny"))
+    runner = threading.Thread(target=consumer.run)
+    runner.start()
+    watch = Collector(broker_url, [f"{prefix}/+/prediction", f"{prefix}/_consumer/+/+"])
+    pub = connect(broker_url, "test-pub")
+    try:
+        assert watch.wait_for(lambda m: any(t.endswith("/status") and p == b"online" for t, p, _ in m))
+        devices = ["dev-a", "dev-b", "dev-c"]
+        sent = {d: [] for d in devices}
+        # 4 s at 50 Hz per device in 0.2 s messages, plus a malformed payload of every kind in between
+        bad = [(f"{prefix}/dev-a/imu", b"{oops"), (f"{prefix}/dev-a/imu", b"[]"),
+               (f"{prefix}/bad id/imu", imu(0, 0, 5)[0]), (f"{prefix}/dev-b/imu", b'{"seq": 1, "acc": [[1,2]]}')]
+        for k in range(20):
+            for d in devices:
+                body, t, acc = imu(k, 100.0 + 0.2 * k, 10)
+                sent[d].append((t, acc))
+                pub.publish(f"{prefix}/{d}/imu", body, qos=1)
+            if k < len(bad):
+                pub.publish(*bad[k], qos=1)
+        pub.publish(f"{prefix}/dev-c/imu", imu(19, 200.0, 10)[0], qos=1)  # repeated seq
+        pub.publish(f"{prefix}/dev-c/imu", imu(25, 104.0, 10)[0], qos=1).wait_for_publish(5)  # 5 lost messages
+        # 4 s of 25 Hz grid = 100 samples = 5 windows of 20 per device
+        ok = watch.wait_for(lambda m: sum(t.endswith("/prediction") for t, _, _ in m) >= 15)
+        assert ok, f"predictions: {[t for t, _, _ in watch.messages]}"
+        time.sleep(1.0)  # let a metrics message go out after everything was handled
+        preds = [orjson.loads(p) for t, p, _ in watch.messages if t.endswith("/prediction")]
+        by_device = {d: [p for p in preds if p["device"] == d] for d in devices}
+        assert all(len(v) == 5 for v in by_device.values()), {d: len(v) for d, v in by_device.items()}
+        for p in preds:
+            assert set(p) >= {"device", "t", "label", "confidence", "probs", "model", "latency_ms"}
+            assert p["label"] in tiny_model.config.classes and p["model"] == "tiny"
+            assert abs(sum(p["probs"].values()) - 1) < 1e-3 and p["latency_ms"] >= 0
+        # same answers as the stateful classifier run offline on the same windows
+        offline = StatefulClassifier(tiny_model)
+        from stream.buffers import DeviceBuffer
+        buf = DeviceBuffer("dev-a", 25.0, 20)
+        windows = [w for t, acc in sent["dev-a"] for w in buf.push(t, acc, 0.0)]
+        expected = [offline.classify(["dev-a"], w.samples[None])[0] for w in windows]
+        got = [np.array([p["probs"][c] for c in tiny_model.config.classes]) for p in by_device["dev-a"]]
+        np.testing.assert_allclose(np.stack(got), np.stack(expected), atol=2e-4)
+        rejected = consumer.stats.rejected
+        assert rejected["bad_json"] == 1 and rejected["not_object"] == 1
+        assert rejected["bad_device"] == 1 and rejected["bad_shape"] == 1 and rejected["repeated_seq"] == 1
+        assert consumer.sequence.lost_samples == 50
+        metrics = [orjson.loads(p) for t, p, _ in watch.messages if t.endswith("/metrics")]
+        assert metrics and metrics[-1]["rejected"]["bad_json"] == 1 and metrics[-1]["devices"] == 3
+    finally:
+        consumer.stop()
+        runner.join(15)
+        pub.disconnect()
+        pub.loop_stop()
+    assert not runner.is_alive()
+    assert watch.wait_for(lambda m: any(t.endswith("/status") and p == b"offline" for t, p, _ in m))
+    watch.close()
