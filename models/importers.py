@@ -11,8 +11,9 @@ What each source records, and what the readers do about it (checked on the data,
 ``uci-hapt``
     Samsung Galaxy S II on the waist, Android's own accelerometer: already specific force, in g.
     Standing still reads about +1 g on x (the phone sits on its side, x up); lying on the back
-    reads + on z (screen facing away from the body, up). Acc × 9.80665, gyro unchanged (rad/s; it
-    turns the gravity vector the right-handed way on the same axes). 50 Hz, ``t = index / 50``.
+    reads + on y and z (the screen faces away from the body, so up). Acc × 9.80665; gyro unchanged
+    (rad/s; it turns the gravity vector the right-handed way on the same axes). 50 Hz,
+    ``t = index / 50``.
     The six postural transitions (stand_to_sit, …) become ``""``: they last 2-5 s and the published
     benchmarks score the six activities only.
 ``barbell``
@@ -24,11 +25,12 @@ What each source records, and what the readers do about it (checked on the data,
     ``..._1.4.41.csv`` files repeat ``..._1.4.4.csv`` ones shifted by a day); sets whose samples equal
     an earlier set's are skipped, so a split by person stays clean.
 ``muvr``
-    Pebble watch on the left wrist, in g (magnitude about 1; ±4 g range; 50 Hz per the source's
-    training code). Pebble reports the direction of gravity, the opposite of Android (its own
-    accelerometer demo moves discs *along* +accel): x (towards the hand) reads +1 with the arms
-    hanging (dips, rows) and -1 with the hands up (pulldowns, presses); z (out of the face) reads
-    -1 on a pronated press with the watch face up. Acc × -9.80665. No gyroscope.
+    Pebble watch (muvr's recording app of 2015), in g (magnitude about 1; ±4 g range; 50 Hz per
+    the source's training code). Pebble reports the direction of gravity, the opposite of Android
+    (Pebble's accelerometer demo rolls its discs *along* +accel), and the data agree for a watch on
+    the left wrist: x (3 o'clock, towards the hand) reads +1 with the arms hanging (dips, rows) and
+    -1 with the hands up (pulldowns, presses); z (out of the face) reads -1 on a chest press with
+    the watch face up. Acc × -9.80665. No gyroscope.
 ``exermote``
     iPhone (CoreMotion) on the right upper arm: gravity + user acceleration, in g, with CoreMotion's
     sign (screen up reads z = -1 g): acc × -9.80665. ``rotationRate`` (rad/s) is right-handed on the
@@ -102,9 +104,17 @@ def _root(src: str | Path, inner: str) -> Path:
     return src / inner if (src / inner).is_dir() else src
 
 
-def _files(paths: Iterable[Path], progress: bool, desc: str) -> Iterable[Path]:
-    paths = list(paths)
-    return tqdm(paths, desc=desc, unit="file", disable=not progress) if progress else paths
+def _files(items: Iterable, progress: bool, desc: str) -> Iterable:
+    """``items``, behind a progress bar over files when asked."""
+    items = list(items)
+    return tqdm(items, desc=desc, unit="file") if progress else items
+
+
+def _open(path: Path):
+    try:
+        return path.open(newline="", encoding="utf-8", errors="replace")
+    except OSError as exc:
+        raise DatasetError(f"{path}: cannot open: {exc.strerror}") from None
 
 
 def _read_text(path: Path) -> str:
@@ -130,12 +140,14 @@ def _read_columns(path: Path, ncols: int) -> np.ndarray:
     numpy parses the whole file at once; when that fails, a second pass finds the bad line.
     """
     text = _read_text(path)
-    lines = [line for line in text.splitlines() if line.strip()]
+    widths = [len(line.split()) for line in text.splitlines()]
+    lines = len(widths) - widths.count(0)
     try:
         values = np.fromstring(text, dtype=np.float64, sep=" ")
     except ValueError:
         values = None
-    if values is None or values.size != ncols * len(lines) or not np.isfinite(values).all():
+    if (values is None or widths.count(0) + widths.count(ncols) != len(widths)
+            or values.size != ncols * lines or not np.isfinite(values).all()):
         for number, line in enumerate(text.splitlines(), start=1):
             fields = line.split()
             if not fields:
@@ -148,7 +160,7 @@ def _read_columns(path: Path, ncols: int) -> np.ndarray:
         raise DatasetError(f"{path}: cannot parse as {ncols} numbers a line")
     if not lines:
         raise DatasetError(f"{path}: no samples")
-    return values.reshape(len(lines), ncols)
+    return values.reshape(lines, ncols)
 
 
 class _Builder:
@@ -270,7 +282,7 @@ _BARBELL_EXERCISES = {
 
 def _barbell_csv(path: Path, unit: str) -> tuple[np.ndarray, np.ndarray]:
     """A MetaMotion CSV → (epoch ms (n,), xyz (n, 3)) in the file's unit, which must be ``unit``."""
-    with path.open(newline="", encoding="utf-8", errors="replace") as handle:
+    with _open(path) as handle:
         reader = csv.reader(handle)
         header = [h.strip() for h in next(reader, [])]
         expected = ["epoch (ms)", f"x-axis ({unit})", f"y-axis ({unit})", f"z-axis ({unit})"]
@@ -310,8 +322,8 @@ def read_barbell(src: str | Path, progress: bool = False) -> Recording:
     for path in paths:
         match = _BARBELL_FILE.fullmatch(path.name)
         if not match:
-            raise DatasetError(f"{path}: name does not follow "
-                               "<person>-<exercise>-<set>_MetaWear_<time>_<mac>_<Accelerometer|Gyroscope>_<rate>Hz_<fw>.csv")
+            raise DatasetError(f"{path}: name does not follow <person>-<exercise>-<set>_MetaWear_<time>_"
+                               "<mac>_<Accelerometer|Gyroscope>_<rate>Hz_<firmware>.csv")
         key = tuple(match.group(k) for k in ("person", "exercise", "detail", "stamp", "mac", "firmware"))
         sets.setdefault(key, {})[match.group("sensor")] = path
     out = _Builder(with_gyro=True)
@@ -334,7 +346,8 @@ def read_barbell(src: str | Path, progress: bool = False) -> Recording:
         gyro_epoch, gyro_deg = _barbell_csv(pair["Gyroscope"], "deg/s")
         gyro = np.stack([np.interp(epoch, gyro_epoch, gyro_deg[:, i]) for i in range(3)], axis=1)
         label = np.full(len(epoch), _BARBELL_EXERCISES.get(exercise.lower(), _snake(exercise)))
-        device = _device_name("barbell", person.upper(), exercise.lower(), *([detail] if detail else []), stamp)
+        parts = [person.upper(), exercise.lower(), *([detail] if detail else []), stamp]
+        device = _device_name("barbell", *parts)
         out.add(device, f"barbell-{person.upper()}", (epoch - epoch[0]) / 1000.0, acc * G, label,
                 np.deg2rad(gyro))
     if duplicates:
@@ -365,7 +378,7 @@ def read_muvr(src: str | Path, progress: bool = False) -> Recording:
     for path in _files(paths, progress, "muvr"):
         xyz: list[tuple[float, float, float]] = []
         labels: list[str] = []
-        with path.open(newline="", encoding="utf-8", errors="replace") as handle:
+        with _open(path) as handle:
             reader = csv.reader(handle)
             for row in reader:
                 if not row:
@@ -401,7 +414,8 @@ def _exermote_time(value: str, where: str) -> datetime:
     try:
         return datetime.strptime(value.strip(), "%Y-%m-%d %H:%M:%S:%f")
     except ValueError:
-        raise DatasetError(f"{where}: timeStampSaved is not 'YYYY-MM-DD HH:MM:SS:mmm': {value[:40]!r}") from None
+        pass
+    raise DatasetError(f"{where}: timeStampSaved is not 'YYYY-MM-DD HH:MM:SS:mmm': {value[:40]!r}")
 
 
 def read_exermote(src: str | Path, progress: bool = False) -> Recording:
@@ -416,7 +430,7 @@ def read_exermote(src: str | Path, progress: bool = False) -> Recording:
         raise DatasetError(f"{root}: no CSV files: not the exermote data set (RawData/)")
     out = _Builder(with_gyro=True)
     for path in _files(paths, progress, "exermote"):
-        with path.open(newline="", encoding="utf-8", errors="replace") as handle:
+        with _open(path) as handle:
             reader = csv.reader(handle)
             header = [h.strip() for h in next(reader, [])]
             needed = [*_EXERMOTE_COLUMNS, "exerciseType", "timeStampSaved", "individual"]
@@ -424,7 +438,8 @@ def read_exermote(src: str | Path, progress: bool = False) -> Recording:
             if missing:
                 raise DatasetError(f"{path}:1: not an Exermote file, lacks {', '.join(missing[:4])}")
             cols = [header.index(c) for c in _EXERMOTE_COLUMNS]
-            i_type, i_time, i_who = (header.index(c) for c in ("exerciseType", "timeStampSaved", "individual"))
+            i_type, i_time, i_who = (header.index(c)
+                                     for c in ("exerciseType", "timeStampSaved", "individual"))
             values: list[list[float]] = []
             times: list[float] = []
             labels: list[str] = []

@@ -103,9 +103,14 @@ class StatefulClassifier:
 
         Each device's state is advanced by its window. A device must appear once per call.
         """
+        return self.classify_with_state(devices, windows)[0]
+
+    @torch.inference_mode()
+    def classify_with_state(self, devices: list[str], windows: np.ndarray) -> tuple[np.ndarray, tuple[torch.Tensor, ...]]:
+        """As ``classify``, also returning the state before the windows, each (layers, B, hidden)."""
         slots = self.bank.slots(devices)
         state = self.bank.gather(slots)
         x = torch.from_numpy(np.ascontiguousarray(windows, dtype=np.float32))
         logits, new_state = self.model(x, state)
         self.bank.scatter(slots, new_state)
-        return torch.softmax(logits, dim=-1).numpy()
+        return torch.softmax(logits, dim=-1).numpy(), state

@@ -157,6 +157,11 @@ def cmd_import(args) -> int:
     return 0
 
 
+def cmd_dashboard(args) -> int:
+    from dashboard.launch import run_dashboard
+    return run_dashboard(args)
+
+
 def cmd_demo(args) -> int:
     from stream.demo import run_demo
     return run_demo(args)
@@ -229,6 +234,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--interval", type=float, default=0.2, help="seconds of samples per message (default: %(default)s)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_replay)
+
+    p = sub.add_parser("dashboard", help="the live Streamlit dashboard",
+                       description="Serves the dashboard (Streamlit) on --address:--port; it subscribes to the "
+                                   "broker once per server process.")
+    _broker_args(p)
+    p.add_argument("--address", default="127.0.0.1", help="address to listen on (default: %(default)s, localhost only)")
+    p.add_argument("--port", type=int, default=8501, help="port (default: %(default)s)")
+    p.set_defaults(func=cmd_dashboard)
 
     p = sub.add_parser("train", help="train a classifier on simulated data or recording files")
     src = p.add_mutually_exclusive_group(required=True)

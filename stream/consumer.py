@@ -4,9 +4,13 @@ paho's network thread only enqueues (topic, payload, arrival) into a bounded que
 service thread decodes, buffers, classifies all ready windows in one batched pass and publishes.
 
 Topics (prefix ``har``):
-- in: ``har/+/imu`` (samples), ``har/+/label`` (truth, for fine-tuning and live metrics)
-- out: ``har/<device>/prediction``; ``har/_consumer/<id>/status`` (retained, last will ``offline``);
-  ``har/_consumer/<id>/metrics`` every ``metrics_interval`` seconds. ``_consumer`` cannot be a
+- in: ``har/+/imu`` (samples), ``har/+/label`` (truth, for fine-tuning and live metrics),
+  ``har/_consumer/<id>/command`` (``{"action": "rollback", "version": v}`` or ``{"action": "promote"}``)
+- out: ``har/<device>/prediction``, ``har/<device>/drift``; ``har/_consumer/<id>/status`` (retained, last
+  will ``offline``); ``har/_consumer/<id>/metrics`` every ``metrics_interval`` seconds (retained);
+  ``har/_consumer/<id>/model`` (retained: serving version and every version);
+  ``har/_consumer/<id>/training`` (one message per fine-tuning update); ``har/_consumer/<id>/drift``
+  (the overall detectors). ``_consumer`` cannot be a
   device id (ids start with a letter or digit), so the two never collide.
 """
 
@@ -23,8 +27,13 @@ from dataclasses import dataclass
 import numpy as np
 import orjson
 
+import torch
+
+from models.finetune import LearnerConfig, OnlineLearner, Sequence
 from models.state import StatefulClassifier
 from stream.decode import MAX_PAYLOAD_BYTES, Rejected, SequenceCheck, decode_imu, parse_topic
+from stream.labels import LabelBook, LabelledWindow, WindowHistory, decode_label
+from stream.monitor import DriftEvent, Monitor
 from stream.mqtt import BrokerURL, connect
 from stream.pipeline import Pipeline, Prediction
 
@@ -47,6 +56,9 @@ class ConsumerConfig:
     metrics_interval: float = 5.0  # seconds between metrics messages
     max_payload: int = MAX_PAYLOAD_BYTES
     qos: int = 0  # subscription QoS for samples
+    learn: bool = True  # fine-tune online from labels
+    learner: LearnerConfig | None = None  # fine-tuning settings (defaults when None)
+    label_lateness: float = 4.0  # seconds of device time a window waits for a late label
 
     def __post_init__(self) -> None:
         if not self.consumer_id:
@@ -89,6 +101,19 @@ class Consumer:
         self._stop = threading.Event()
         self._client = None
         self.last_metrics: dict = {}
+        self.labels = LabelBook()
+        window_seconds = self.pipeline.config.window_seconds
+        self.history = WindowHistory(window_seconds, config.label_lateness)
+        self.monitor = Monitor()
+        self._pending_sequences: dict[str, list[LabelledWindow]] = {}
+        self._swap: tuple | None = None  # (model, version) handed over by the learner
+        self._swap_lock = threading.Lock()
+        self.learner: OnlineLearner | None = None
+        if config.learn:
+            lc = config.learner or LearnerConfig()
+            lc.serving_version = classifier.version
+            self.learner = OnlineLearner(classifier.model, lc, on_promote=self._on_promote,
+                                         on_update=self._on_update)
 
     # -- paho thread: never block, never raise ------------------------------------------------
     def _on_message(self, client, userdata, message) -> None:
@@ -109,23 +134,32 @@ class Consumer:
             "consumer",
             client_id=cfg.consumer_id,
             will=(status, b"offline"),
-            subscriptions=[(f"{cfg.prefix}/+/imu", cfg.qos), (f"{cfg.prefix}/+/label", 1)],
+            subscriptions=[(f"{cfg.prefix}/+/imu", cfg.qos), (f"{cfg.prefix}/+/label", 1),
+                           (consumer_topic(cfg.prefix, cfg.consumer_id, "command"), 1)],
             on_message=self._on_message,
         )
         self._client.publish(status, b"online", qos=1, retain=True)
         log.info("consumer %s on %s, model %s (%d classes, window %.2f s)", cfg.consumer_id, cfg.broker,
                  self.pipeline.classifier.version, len(self.pipeline.classifier.classes),
                  self.pipeline.config.window_seconds)
+        if self.learner is not None:
+            self.learner.start()
+        self._publish_model()
         next_metrics = time.monotonic() + cfg.metrics_interval
         try:
             while not self._stop.is_set():
                 self._drain(timeout=0.05)
+                self._apply_swap()
                 if self.pipeline.pending:
-                    self._publish(self.pipeline.classify_ready())
+                    predictions = self.pipeline.classify_ready()
+                    self._publish(predictions)
+                    self._after_predictions(predictions)
                 if time.monotonic() >= next_metrics:
                     self._publish_metrics()
                     next_metrics += cfg.metrics_interval
         finally:
+            if self.learner is not None:
+                self.learner.stop()
             self._publish_metrics()
             self._client.publish(status, b"offline", qos=1, retain=True).wait_for_publish(5)
             self._client.disconnect()
@@ -153,6 +187,9 @@ class Consumer:
         """Decode and buffer one message; a bad one is counted and logged, never raised."""
         self.stats.messages += 1
         try:
+            if topic == consumer_topic(self.config.prefix, self.config.consumer_id, "command"):
+                self._command(payload)
+                return
             device, kind = parse_topic(topic, self.config.prefix)
             if kind == "imu":
                 batch = decode_imu(payload, device, self.config.max_payload)
@@ -160,7 +197,10 @@ class Consumer:
                 self.stats.samples += len(batch)
                 self.stats._interval_samples += len(batch)
                 self.pipeline.add(batch, arrival)
-            # labels are taken by the online learner (issue "Online learning"); ignored until then
+            elif kind == "label":
+                label, start, end = decode_label(payload)
+                self.labels.add(device, label, start, end)
+                self.history.track(device)
         except Rejected as exc:
             self.stats.rejected[exc.reason] += 1
             log.debug("rejected %s: %s (payload %r)", topic[:80], exc, payload[:60])
@@ -185,6 +225,90 @@ class Consumer:
         self.stats.windows += len(predictions)
         self.stats._interval_windows += len(predictions)
 
+    # -- online learning, drift, live metrics -------------------------------------------------
+    def _after_predictions(self, predictions: list[Prediction]) -> None:
+        cfg = self.config
+        events: list[DriftEvent] = []
+        for p in predictions:
+            magnitude = float(np.linalg.norm(p.window, axis=1).mean())
+            events += self.monitor.observe(p.device, p.t_end, magnitude, p.confidence)
+            if p.device in self.history:
+                self.history.add(LabelledWindow(p.device, p.t_end, p.window, p.state_before(), p.label,
+                                                p.confidence))
+        for w in self.history.resolve(self.labels):
+            if w.label is not None:
+                events += self.monitor.labelled(w.device, w.t_end, w.label, w.predicted)
+            self._collect(w)
+        for e in events:
+            target = (consumer_topic(cfg.prefix, cfg.consumer_id, "drift") if e.device == "_all"
+                      else f"{cfg.prefix}/{e.device}/drift")
+            self._client.publish(target, orjson.dumps(e.to_dict()), qos=1)
+            if e.signal == "error" and self.learner is not None:
+                log.info("drift on %s's errors: adapting", e.device)
+
+    def _collect(self, w: LabelledWindow) -> None:
+        """Group resolved windows into sequences of k1 windows for the learner."""
+        if self.learner is None:
+            return
+        pending = self._pending_sequences.setdefault(w.device, [])
+        if pending and w.t_end - pending[-1].t_end > 1.5 * self.pipeline.config.window_seconds:
+            pending.clear()  # not consecutive: a sequence must not span a gap
+        pending.append(w)
+        k = self.learner.config.k1
+        if len(pending) < k:
+            return
+        index = {c: i for i, c in enumerate(self.pipeline.classifier.classes)}
+        targets = torch.tensor([index.get(x.label, -1) if x.label else -1 for x in pending])
+        if (targets >= 0).any():
+            self.learner.submit(Sequence(
+                device=w.device,
+                windows=torch.from_numpy(np.stack([x.samples for x in pending])),
+                targets=targets,
+                state=pending[0].state,
+            ))
+        pending.clear()
+
+    def _on_promote(self, model, version: str) -> None:  # learner thread
+        with self._swap_lock:
+            self._swap = (model, version)
+
+    def _apply_swap(self) -> None:
+        with self._swap_lock:
+            swap, self._swap = self._swap, None
+        if swap is not None:
+            self.pipeline.classifier.set_model(*swap)
+            log.info("serving model %s", swap[1])
+            self._publish_model()
+
+    def _on_update(self, report) -> None:  # learner thread; paho's publish is thread-safe
+        if self._client is not None:
+            self._client.publish(consumer_topic(self.config.prefix, self.config.consumer_id, "training"),
+                                 orjson.dumps(report.to_dict()))
+
+    def _publish_model(self) -> None:
+        body = {"serving": self.pipeline.classifier.version, "versions": [], "updates": 0, "skipped": 0}
+        if self.learner is not None:
+            body.update(versions=[v.to_dict() for v in self.learner.versions], updates=self.learner.updates,
+                        skipped=self.learner.skipped, comparison=self.learner.comparison())
+        self._client.publish(consumer_topic(self.config.prefix, self.config.consumer_id, "model"),
+                             orjson.dumps(body), qos=1, retain=True)
+
+    def _command(self, payload: bytes) -> None:
+        try:
+            body = orjson.loads(payload)
+            action = body.get("action") if isinstance(body, dict) else None
+        except orjson.JSONDecodeError:
+            action = None
+        if self.learner is None or action not in ("rollback", "promote"):
+            raise Rejected("bad_command", repr(payload[:60]))
+        try:
+            if action == "rollback":
+                self.learner.rollback(str(body.get("version")))
+            else:
+                self.learner.promote({"forced": True, **self.learner.comparison()})
+        except ValueError as exc:
+            raise Rejected("bad_command", str(exc)) from None
+
     def _publish_metrics(self) -> None:
         elapsed, samples, windows, lat = self.stats.interval()
         pct = np.percentile(lat, [50, 95, 99]).round(2).tolist() if len(lat) else [None] * 3
@@ -205,6 +329,10 @@ class Consumer:
             "late_samples": sum(b.late_samples for b in self.pipeline.buffers.values()),
             "queue": self._queue.qsize(),
             "model": self.pipeline.classifier.version,
+            "online": self.monitor.summary(),
+            "learner": None if self.learner is None else {
+                "updates": self.learner.updates, "skipped": self.learner.skipped, "dropped": self.learner.dropped,
+                **self.learner.comparison()},
         }
         self.last_metrics = metrics
         if self._client is not None:

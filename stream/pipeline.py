@@ -26,6 +26,12 @@ class Prediction:
     probs: np.ndarray  # (K,)
     arrival: float  # monotonic time the window's last sample was received
     window: np.ndarray  # (window, 3) the samples classified, for fine-tuning and drift
+    batch_state: tuple | None = None  # the batch's state before the window, each (layers, B, hidden)
+    batch_index: int = 0  # this window's row in batch_state
+
+    def state_before(self) -> tuple:
+        """This device's state before the window, each (layers, hidden), as a copy."""
+        return tuple(s[:, self.batch_index].clone() for s in self.batch_state)
 
 
 class Pipeline:
@@ -75,10 +81,12 @@ class Pipeline:
         classes = self.classifier.classes
         out: list[Prediction] = []
         for group in rounds:
-            probs = self.classifier.classify([w.device for w in group], np.stack([w.samples for w in group]))
+            probs, state = self.classifier.classify_with_state([w.device for w in group],
+                                                               np.stack([w.samples for w in group]))
             best = probs.argmax(axis=1)
-            for w, p, k in zip(group, probs, best):
-                out.append(Prediction(w.device, w.t_end, classes[k], float(p[k]), p, w.arrival, w.samples))
+            for i, (w, p, k) in enumerate(zip(group, probs, best)):
+                out.append(Prediction(w.device, w.t_end, classes[k], float(p[k]), p, w.arrival, w.samples,
+                                      state, i))
         return out
 
     def evict(self, device: str) -> None:

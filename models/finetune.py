@@ -1,0 +1,319 @@
+"""Online fine-tuning with truncated backpropagation through time, beside serving.
+
+Labelled windows arrive as sequences of one device, with the state the device had before the
+first one. A challenger (a copy of the serving model) replays each sequence from that state; the
+error is backpropagated through at most ``k2`` windows and the weights are updated every ``k1``
+windows, with gradient clipping by norm. A replay buffer mixes older labelled sequences into every
+update, so that learning one person's squats does not erase everything else.
+
+Promotion is prequential: each new sequence first scores the challenger and the serving model
+(neither has trained on it), then trains the challenger. When the challenger does at least as
+well as the serving model over the last ``promotion_windows`` such windows, it is promoted.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import queue
+import random
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from models.checkpoint import load_checkpoint, save_checkpoint
+from models.rnn import HARNet
+
+__all__ = ["LearnerConfig", "OnlineLearner", "Sequence", "OPTIMISERS"]
+
+log = logging.getLogger(__name__)
+
+OPTIMISERS = {"adam": torch.optim.Adam, "rmsprop": torch.optim.RMSprop, "sgd": torch.optim.SGD}
+
+
+@dataclass
+class Sequence:
+    """Consecutive labelled windows of one device."""
+
+    device: str
+    windows: torch.Tensor  # (L, window, 3)
+    targets: torch.Tensor  # (L,) class index, -1 where unknown
+    state: tuple[torch.Tensor, ...]  # state before the first window, each (layers, hidden)
+
+
+@dataclass
+class LearnerConfig:
+    k1: int = 4  # windows between weight updates
+    k2: int = 4  # windows the error is backpropagated through (k2 >= k1 makes segments overlap)
+    optimiser: str = "adam"  # adam | rmsprop | sgd
+    lr: float = 1e-3
+    clip: float = 1.0  # gradient norm clipping
+    replay_size: int = 512  # labelled sequences kept for replay
+    replay_per_update: int = 8  # older sequences mixed into every update
+    promotion_windows: int = 24  # recent untrained windows the promotion compares on
+    min_updates_between_promotions: int = 2
+    queue_size: int = 256  # sequences waiting for the learner; the oldest are dropped beyond
+    versions_dir: Path | None = None  # where promoted versions are saved (None: not saved)
+    serving_version: str = "base"
+
+    def __post_init__(self) -> None:
+        if self.optimiser not in OPTIMISERS:
+            raise ValueError(f"Invalid 'optimiser' {self.optimiser!r}. Valid values are: {', '.join(OPTIMISERS)}")
+        if self.k1 < 1 or self.k2 < 1:
+            raise ValueError("'k1' and 'k2' must be at least 1")
+
+
+@dataclass
+class UpdateReport:
+    t: float
+    version: str
+    loss: float
+    grad_norm: float
+    clipped: bool
+    skipped: bool
+    windows: int
+
+    def to_dict(self) -> dict:
+        return {"t": self.t, "version": self.version, "loss": self.loss, "grad_norm": self.grad_norm,
+                "clipped": self.clipped, "skipped": self.skipped, "windows": self.windows}
+
+
+@dataclass
+class VersionInfo:
+    version: str
+    created: float
+    parent: str | None
+    metrics: dict = field(default_factory=dict)
+    path: str | None = None
+
+    def to_dict(self) -> dict:
+        return {"version": self.version, "created": self.created, "parent": self.parent,
+                "metrics": self.metrics, "path": self.path}
+
+
+class OnlineLearner:
+    """Trains a challenger in its own thread; hands promoted weights to ``on_promote(model, version)``."""
+
+    def __init__(self, serving: HARNet, config: LearnerConfig, on_promote=None, on_update=None) -> None:
+        self.config = config
+        self.on_promote = on_promote or (lambda model, version: None)
+        self.on_update = on_update or (lambda report: None)
+        self.serving = copy.deepcopy(serving).eval()
+        self.challenger = copy.deepcopy(serving).train()
+        self._make_optimiser()
+        self._queue: queue.Queue[Sequence] = queue.Queue(config.queue_size)
+        self._replay: list[Sequence] = []
+        self._seen = 0  # sequences offered to the replay reservoir
+        self._scores: deque[tuple[int, int]] = deque(maxlen=config.promotion_windows)  # (serving ok, challenger ok)
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.updates = 0
+        self.skipped = 0  # updates skipped for a non-finite loss or gradient
+        self.dropped = 0  # sequences dropped because the learner fell behind
+        self._since_promotion = 0
+        self.version = config.serving_version
+        self.versions: list[VersionInfo] = [VersionInfo(self.version, time.time(), None)]
+        self.rng = random.Random(0)
+
+    def _make_optimiser(self) -> None:
+        cls = OPTIMISERS[self.config.optimiser]
+        self.optimiser = cls(self.challenger.parameters(), lr=self.config.lr)
+
+    # -- called from the consumer thread -------------------------------------------------------
+    def submit(self, sequence: Sequence) -> None:
+        try:
+            self._queue.put_nowait(sequence)
+        except queue.Full:
+            try:
+                self._queue.get_nowait()
+                self.dropped += 1
+            except queue.Empty:
+                pass
+            self._queue.put_nowait(sequence)
+
+    def start(self) -> OnlineLearner:
+        self._thread = threading.Thread(target=self._run, name="online-learner", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join(30)
+
+    def idle(self) -> bool:
+        return self._queue.empty() and not self._busy
+
+    _busy = False
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                sequence = self._queue.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            self._busy = True
+            try:
+                self.learn(sequence)
+            except Exception:  # a learner bug must never take serving down
+                log.exception("online learner failed on a sequence of %s", sequence.device)
+            finally:
+                self._busy = False
+
+    # -- the learning step (learner thread, or called directly in tests and benchmarks) ----------
+    def learn(self, sequence: Sequence) -> list[UpdateReport]:
+        """Test then train on one sequence; may promote the challenger."""
+        self._score(sequence)
+        reports = self._train(sequence)
+        self._remember(sequence)
+        self._maybe_promote()
+        return reports
+
+    @torch.no_grad()
+    def _predict(self, model: HARNet, seq: Sequence) -> torch.Tensor:
+        was_training = model.training
+        model.eval()
+        state = tuple(s.unsqueeze(1) for s in seq.state)
+        logits, _ = model.step_logits(seq.windows.reshape(1, -1, 3), state)
+        model.train(was_training)
+        L = seq.windows.shape[0]
+        return logits.reshape(L, -1, logits.shape[-1]).mean(dim=1).argmax(dim=1)
+
+    def _score(self, seq: Sequence) -> None:
+        known = seq.targets >= 0
+        if not known.any():
+            return
+        serving = self._predict(self.serving, seq)
+        challenger = self._predict(self.challenger, seq)
+        for s, c, y in zip(serving[known], challenger[known], seq.targets[known]):
+            self._scores.append((int(s == y), int(c == y)))
+
+    def _batch(self, seq: Sequence) -> list[Sequence]:
+        """The new sequence plus replayed older ones of the same length."""
+        same = [s for s in self._replay if s.windows.shape[0] == seq.windows.shape[0]]
+        k = min(self.config.replay_per_update, len(same))
+        return [seq, *self.rng.sample(same, k)]
+
+    def _train(self, seq: Sequence) -> list[UpdateReport]:
+        cfg = self.config
+        batch = self._batch(seq)
+        x = torch.stack([s.windows for s in batch])  # (B, L, window, 3)
+        y = torch.stack([s.targets for s in batch])  # (B, L)
+        state = tuple(torch.stack([s.state[i] for s in batch], dim=1) for i in range(len(seq.state)))
+        L = x.shape[1]
+        reports = []
+        loss_fn = nn.CrossEntropyLoss(ignore_index=-1)
+        self.challenger.train()
+        states = {0: state}  # detached state before window w
+        j = 0
+        while j < L:
+            # TBPTT(k1, k2): the loss of the next k1 windows, backpropagated through the last k2
+            end = min(L, j + cfg.k1)
+            start = min(j, max(0, end - cfg.k2))
+            st = states[start]
+            logits = []
+            for w in range(start, end):
+                out, st = self.challenger(x[:, w], st)
+                if w >= j:
+                    logits.append(out)
+                    states[w + 1] = tuple(s.detach() for s in st)
+            target = y[:, j:end]
+            j = end
+            if (target < 0).all():
+                continue
+            logits_t = torch.stack(logits, dim=1)  # (B, k1, K)
+            loss = loss_fn(logits_t.reshape(-1, logits_t.shape[-1]), target.reshape(-1))
+            self.optimiser.zero_grad(set_to_none=True)
+            skipped = not bool(torch.isfinite(loss))
+            norm = float("nan")
+            if not skipped:
+                loss.backward()
+                norm = float(nn.utils.clip_grad_norm_(self.challenger.parameters(), cfg.clip))
+                skipped = not math.isfinite(norm)
+            if skipped:  # never step on a non-finite loss or gradient
+                self.skipped += 1
+                self.optimiser.zero_grad(set_to_none=True)
+            else:
+                self.optimiser.step()
+                self.updates += 1
+                self._since_promotion += 1
+            report = UpdateReport(time.time(), self.version, float(loss.detach()), norm,
+                                  (not skipped) and norm > cfg.clip, skipped, len(logits))
+            reports.append(report)
+            self.on_update(report)
+        return reports
+
+    def _remember(self, seq: Sequence) -> None:
+        """Reservoir sampling: every sequence seen has the same chance to stay for replay."""
+        self._seen += 1
+        if len(self._replay) < self.config.replay_size:
+            self._replay.append(seq)
+        else:
+            i = self.rng.randrange(self._seen)
+            if i < self.config.replay_size:
+                self._replay[i] = seq
+
+    def comparison(self) -> dict:
+        n = len(self._scores)
+        serving = sum(s for s, _ in self._scores)
+        challenger = sum(c for _, c in self._scores)
+        return {"windows": n, "serving_accuracy": serving / n if n else None,
+                "challenger_accuracy": challenger / n if n else None}
+
+    def _maybe_promote(self) -> None:
+        cfg = self.config
+        cmp = self.comparison()
+        if cmp["windows"] < cfg.promotion_windows or self._since_promotion < cfg.min_updates_between_promotions:
+            return
+        if cmp["challenger_accuracy"] < cmp["serving_accuracy"]:
+            return
+        if cmp["challenger_accuracy"] == cmp["serving_accuracy"] == 1.0 and self._since_promotion < 20:
+            return  # nothing to gain; do not churn versions
+        self.promote(cmp)
+
+    def promote(self, metrics: dict | None = None) -> str:
+        new = copy.deepcopy(self.challenger).eval()
+        path = None
+        with self._lock:
+            parent = self.version
+            if self.config.versions_dir is not None:
+                self.config.versions_dir.mkdir(parents=True, exist_ok=True)
+                tmp = self.config.versions_dir / "incoming.pt"
+                version = save_checkpoint(tmp, new, {"parent": parent, "online": metrics or {}})
+                path = self.config.versions_dir / f"{version}.pt"
+                tmp.replace(path)
+            else:
+                from models.checkpoint import _model_version
+                version = _model_version(new)
+            self.version = version
+            self.serving = new
+            self._since_promotion = 0
+            self._scores.clear()
+            self.versions.append(VersionInfo(version, time.time(), parent, metrics or {}, str(path) if path else None))
+        log.info("promoted model %s (parent %s): %s", version, parent, metrics)
+        self.on_promote(copy.deepcopy(new), version)
+        return version
+
+    def rollback(self, version: str) -> HARNet:
+        """Serve (and keep training from) an earlier version."""
+        with self._lock:
+            info = next((v for v in self.versions if v.version == version), None)
+            if info is None:
+                raise ValueError(f"unknown model version {version!r}")
+            if info.path is None:
+                raise ValueError(f"version {version!r} was not saved to a file; it cannot be restored")
+            model, _ = load_checkpoint(info.path)
+            self.serving = copy.deepcopy(model).eval()
+            self.challenger = copy.deepcopy(model).train()
+            self._make_optimiser()
+            self._scores.clear()
+            self.version = version
+        self.on_promote(copy.deepcopy(model), version)
+        return model

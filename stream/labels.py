@@ -1,0 +1,138 @@
+"""True labels as they arrive on ``har/<device>/label``, and matching them to classified windows.
+
+A label is either ``{"label": name, "t": start}``, holding until the device's next label, or
+``{"label": name, "start": s, "end": e}``. Labels may arrive late: windows are kept for a while after
+they are classified and resolved only once ``lateness`` seconds of device time have passed.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+import orjson
+import torch
+
+from stream.decode import Rejected
+
+__all__ = ["LabelBook", "LabelledWindow", "WindowHistory", "decode_label"]
+
+MAX_LABEL_BYTES = 4096
+
+
+def decode_label(payload: bytes) -> tuple[str, float, float | None]:
+    """(label, start, end or None) of one label message; raises ``Rejected``."""
+    if len(payload) > MAX_LABEL_BYTES:
+        raise Rejected("oversize", f"label of {len(payload)} bytes")
+    try:
+        body = orjson.loads(payload)
+    except orjson.JSONDecodeError as exc:
+        raise Rejected("bad_json", str(exc)[:80]) from None
+    if not isinstance(body, dict):
+        raise Rejected("not_object", type(body).__name__)
+    label = body.get("label")
+    if not isinstance(label, str) or not 0 < len(label) <= 64:
+        raise Rejected("bad_label", repr(label)[:40])
+    numbers = {k: body.get(k) for k in ("t", "start", "end")}
+    for k, v in numbers.items():
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)):
+            raise Rejected("bad_time", f"{k}={v!r}"[:40])
+    if numbers["t"] is not None:
+        return label, float(numbers["t"]), None
+    if numbers["start"] is not None and numbers["end"] is not None and numbers["end"] > numbers["start"]:
+        return label, float(numbers["start"]), float(numbers["end"])
+    raise Rejected("bad_time", "label needs t, or start < end")
+
+
+class LabelBook:
+    """Label timelines of every device."""
+
+    def __init__(self, max_per_device: int = 512) -> None:
+        self.max_per_device = max_per_device
+        self._open: dict[str, tuple[list[float], list[str]]] = {}  # "holds until the next" labels
+        self._spans: dict[str, list[tuple[float, float, str]]] = {}  # explicit start-end labels
+
+    def __contains__(self, device: str) -> bool:
+        return device in self._open or device in self._spans
+
+    def add(self, device: str, label: str, start: float, end: float | None = None) -> None:
+        if end is None:
+            ts, names = self._open.setdefault(device, ([], []))
+            i = bisect.bisect(ts, start)
+            ts.insert(i, start)
+            names.insert(i, label)
+            if len(ts) > self.max_per_device:
+                del ts[0], names[0]
+        else:
+            spans = self._spans.setdefault(device, [])
+            spans.append((start, end, label))
+            if len(spans) > self.max_per_device:
+                del spans[0]
+
+    def at(self, device: str, t: float) -> str | None:
+        for start, end, label in reversed(self._spans.get(device, ())):
+            if start <= t <= end:
+                return label
+        ts, names = self._open.get(device, ((), ()))
+        i = bisect.bisect(ts, t) - 1
+        return names[i] if i >= 0 else None
+
+    def window_label(self, device: str, t_start: float, t_end: float) -> str | None:
+        """The label of a whole window, or None where unknown or changing inside it."""
+        first, last = self.at(device, t_start), self.at(device, t_end)
+        return first if first is not None and first == last else None
+
+    def forget(self, device: str) -> None:
+        self._open.pop(device, None)
+        self._spans.pop(device, None)
+
+
+@dataclass
+class LabelledWindow:
+    device: str
+    t_end: float
+    samples: np.ndarray  # (window, 3)
+    state: tuple[torch.Tensor, ...]  # the device's state before this window, each (layers, hidden)
+    predicted: str
+    confidence: float
+    label: str | None = None  # None: unknown or a transition
+
+
+class WindowHistory:
+    """Recent windows of devices that receive labels, waiting for their labels to be final."""
+
+    def __init__(self, window_seconds: float, lateness: float = 4.0, max_windows: int = 64) -> None:
+        self.window_seconds = window_seconds
+        self.lateness = lateness
+        self._windows: dict[str, deque[LabelledWindow]] = {}
+        self.max_windows = max_windows
+
+    def __contains__(self, device: str) -> bool:
+        return device in self._windows
+
+    def track(self, device: str) -> None:
+        self._windows.setdefault(device, deque(maxlen=self.max_windows))
+
+    def add(self, window: LabelledWindow) -> None:
+        queue = self._windows.get(window.device)
+        if queue is not None:
+            queue.append(window)
+
+    def resolve(self, labels: LabelBook) -> list[LabelledWindow]:
+        """Windows old enough that a late label would have arrived, with their labels, in order."""
+        out = []
+        for device, queue in self._windows.items():
+            if not queue:
+                continue
+            newest = queue[-1].t_end
+            while queue and queue[0].t_end <= newest - self.lateness:
+                w = queue.popleft()
+                w.label = labels.window_label(device, w.t_end - self.window_seconds, w.t_end)
+                out.append(w)
+        return out
+
+    def forget(self, device: str) -> None:
+        self._windows.pop(device, None)

@@ -1,0 +1,148 @@
+"""Drift detection and live metrics, with river.
+
+Per device and overall:
+- input statistics: ADWIN on the mean magnitude of each window (|specific force| averages about
+  9.81 m/s² whatever the exercise, so a shift means the sensor or its units changed, not the exercise);
+- prediction confidence: ADWIN on each window's top probability; only a fall counts as drift;
+- the error stream, where labels exist: FHDDM on 0/1 errors.
+
+Live metrics are prequential (each labelled window is scored before the learner trains on it):
+accuracy, Cohen's kappa and the confusion matrix, rolling and cumulative, per device and overall;
+where no labels come, the mean confidence of recent windows estimates accuracy.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, deque
+from dataclasses import dataclass
+
+from river import drift, metrics, utils
+
+__all__ = ["DriftEvent", "Monitor"]
+
+
+@dataclass
+class DriftEvent:
+    device: str  # "_all" for the overall detectors
+    detector: str
+    signal: str
+    t: float
+    value: float
+    needs_labels: bool
+
+    def to_dict(self) -> dict:
+        return {"device": self.device, "detector": self.detector, "signal": self.signal, "t": self.t,
+                "value": round(self.value, 4), "needs_labels": self.needs_labels}
+
+
+def _adwin() -> drift.ADWIN:
+    # clock=1: check on every window, so a change is seen within seconds, not 32 windows later
+    return drift.ADWIN(delta=0.0005, clock=1, grace_period=15, min_window_length=5)
+
+
+class _Detectors:
+    def __init__(self, device: str, rolling: int) -> None:
+        self.device = device
+        self.magnitude = _adwin()
+        self.confidence = _adwin()
+        self.error = drift.binary.FHDDM(sliding_window_size=25, confidence_level=1e-6)
+        self.accuracy = metrics.Accuracy()
+        self.kappa = metrics.CohenKappa()
+        self.rolling = utils.Rolling(metrics.Accuracy, window_size=rolling)
+        self.rolling_confidence: deque[float] = deque(maxlen=rolling)
+        self.drifts = 0
+        self.needs_labels = False
+        self.last_drift: float | None = None
+
+
+class Monitor:
+    """Every device's detectors and metrics, plus the overall ones (device ``_all``)."""
+
+    def __init__(self, rolling: int = 50, labelled_recently: float = 60.0) -> None:
+        self.rolling = rolling
+        self.labelled_recently = labelled_recently
+        self._devices: dict[str, _Detectors] = {}
+        self._all = _Detectors("_all", rolling * 10)
+        self.confusion = metrics.ConfusionMatrix()
+        self.events: deque[DriftEvent] = deque(maxlen=1000)
+        self.event_counts: Counter[str] = Counter()
+        self._last_label_t: dict[str, float] = {}
+
+    def _get(self, device: str) -> _Detectors:
+        d = self._devices.get(device)
+        if d is None:
+            d = self._devices[device] = _Detectors(device, self.rolling)
+        return d
+
+    def forget(self, device: str) -> None:
+        self._devices.pop(device, None)
+        self._last_label_t.pop(device, None)
+
+    def observe(self, device: str, t: float, magnitude: float, confidence: float) -> list[DriftEvent]:
+        """One classified window; returns drift detections."""
+        out = []
+        has_labels = device in self._last_label_t and t - self._last_label_t[device] < self.labelled_recently
+        for det in (self._get(device), self._all):
+            det.rolling_confidence.append(confidence)
+            before = det.confidence.estimation
+            det.magnitude.update(magnitude)
+            if det.magnitude.drift_detected:
+                out.append(self._event(det, device, "ADWIN", "input_magnitude", t, det.magnitude.estimation, has_labels))
+            det.confidence.update(confidence)
+            if det.confidence.drift_detected and det.confidence.estimation < before:
+                out.append(self._event(det, device, "ADWIN", "confidence", t, det.confidence.estimation, has_labels))
+        return out
+
+    def labelled(self, device: str, t: float, truth: str, predicted: str) -> list[DriftEvent]:
+        """A window whose label is now known (scored before the learner sees it)."""
+        self._last_label_t[device] = t
+        out = []
+        self.confusion.update(truth, predicted)
+        for det in (self._get(device), self._all):
+            det.accuracy.update(truth, predicted)
+            det.kappa.update(truth, predicted)
+            det.rolling.update(truth, predicted)
+            det.needs_labels = False
+            det.error.update(truth != predicted)
+            if det.error.drift_detected:
+                out.append(self._event(det, device, "FHDDM", "error", t, 1.0 - det.rolling.get(), True))
+        return out
+
+    def _event(self, det: _Detectors, device: str, detector: str, signal: str, t: float, value: float,
+               has_labels: bool) -> DriftEvent:
+        det.drifts += 1
+        det.last_drift = t
+        det.needs_labels = not has_labels
+        event = DriftEvent(det.device if det.device == "_all" else device, detector, signal, t, float(value),
+                           not has_labels)
+        self.events.append(event)
+        self.event_counts[f"{detector}:{signal}"] += 1
+        return event
+
+    def _summary(self, det: _Detectors) -> dict:
+        conf = list(det.rolling_confidence)
+        labelled = det.accuracy.cm.n_samples
+        return {
+            "accuracy": round(det.accuracy.get(), 4) if labelled else None,
+            "kappa": round(det.kappa.get(), 4) if labelled else None,
+            "rolling_accuracy": round(det.rolling.get(), 4) if labelled else None,
+            "labelled_windows": labelled,
+            "estimated_accuracy": round(sum(conf) / len(conf), 4) if conf else None,
+            "drifts": det.drifts,
+            "needs_labels": det.needs_labels,
+        }
+
+    def summary(self) -> dict:
+        """Overall metrics, the confusion matrix and per-class recall, for the metrics message."""
+        out = self._summary(self._all)
+        labels = sorted(self.confusion.classes)
+        matrix = [[int(self.confusion[t][p]) for p in labels] for t in labels]
+        out["per_class_recall"] = {c: round(row[i] / sum(row), 4) for i, (c, row) in enumerate(zip(labels, matrix))
+                                   if sum(row)}
+        out["confusion"] = {"labels": labels, "matrix": matrix}
+        out["drift_counts"] = dict(self.event_counts)
+        return out
+
+    def device_summary(self, device: str) -> dict | None:
+        det = self._devices.get(device)
+        return None if det is None else self._summary(det)
