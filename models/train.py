@@ -188,7 +188,7 @@ def train(rec: Recording, model_config: ModelConfig | None = None, cfg: TrainCon
                 if not math.isfinite(norm):
                     continue  # never step on a non-finite gradient
                 optimiser.step()
-                losses.append(float(loss))
+                losses.append(float(loss.detach()))
         y_true, y_pred = stream_predictions(model, val_streams)
         val = scores([classes[i] for i in y_true], [classes[i] for i in y_pred], classes)
         epoch_report = {

@@ -103,7 +103,8 @@ class Monitor:
             det.kappa.update(truth, predicted)
             det.rolling.update(truth, predicted)
             det.needs_labels = False
-            det.error.update(truth != predicted)
+            # river's FHDDM (as MOA's) fires when the rate of ones FALLS: feed 1 for a correct window
+            det.error.update(truth == predicted)
             if det.error.drift_detected:
                 out.append(self._event(det, device, "FHDDM", "error", t, 1.0 - det.rolling.get(), True))
         return out

@@ -1,0 +1,146 @@
+"""Labels, online fine-tuning with TBPTT, promotion and rollback, drift detection."""
+
+import numpy as np
+import pytest
+import torch
+
+from models.finetune import LearnerConfig, OnlineLearner, Sequence
+from models.rnn import HARNet, ModelConfig
+from stream.decode import Rejected
+from stream.labels import LabelBook, LabelledWindow, WindowHistory, decode_label
+from stream.monitor import Monitor
+
+
+def test_labels_hold_until_the_next_and_spans_override():
+    book = LabelBook()
+    book.add("d", "squat", 10.0)
+    book.add("d", "rest", 20.0)
+    book.add("d", "walking", 15.0)  # late label, inserted in time order
+    assert book.at("d", 9.0) is None
+    assert book.at("d", 12.0) == "squat" and book.at("d", 16.0) == "walking" and book.at("d", 99.0) == "rest"
+    assert book.window_label("d", 11.0, 13.0) == "squat"
+    assert book.window_label("d", 14.0, 16.0) is None  # changes inside the window
+    book.add("d", "burpee", 30.0, 40.0)
+    assert book.at("d", 35.0) == "burpee" and book.at("d", 41.0) == "rest"
+
+
+@pytest.mark.parametrize("payload, reason", [
+    (b'{"label": "squat"}', "bad_time"),
+    (b'{"label": 3, "t": 1}', "bad_label"),
+    (b'{"label": "squat", "start": 5, "end": 4}', "bad_time"),
+    (b'{"label": "squat", "t": true}', "bad_time"),
+    (b"[]", "not_object"),
+])
+def test_bad_labels_rejected(payload, reason):
+    with pytest.raises(Rejected) as info:
+        decode_label(payload)
+    assert info.value.reason == reason
+    assert decode_label(b'{"label": "squat", "start": 1, "end": 2.5}') == ("squat", 1.0, 2.5)
+
+
+def test_window_history_waits_for_late_labels():
+    book, history = LabelBook(), WindowHistory(window_seconds=2.0, lateness=4.0)
+    history.track("d")
+    state = (torch.zeros(2, 8),)
+    for k in range(1, 6):
+        history.add(LabelledWindow("d", 2.0 * k, np.zeros((4, 3), np.float32), state, "rest", 0.9))
+    book.add("d", "squat", 0.0)  # arrives after the windows
+    resolved = history.resolve(book)
+    assert [w.t_end for w in resolved] == [2.0, 4.0, 6.0]  # the last two may still get a late label
+    assert all(w.label == "squat" for w in resolved)
+
+
+def toy_model(seed=0):
+    torch.manual_seed(seed)
+    return HARNet(ModelConfig(classes=("down", "up"), hidden=16, layers=1, window=10, hop=10, patch=5))
+
+
+def toy_sequence(rng, L=4):
+    """Class 'up' when gravity points along +z, 'down' along -z."""
+    y = torch.from_numpy(rng.integers(0, 2, L))
+    x = torch.from_numpy(rng.normal(0, 1, (L, 10, 3)).astype(np.float32))
+    x[:, :, 2] += torch.where(y == 1, 9.81, -9.81)[:, None]
+    return Sequence("d", x, y, (torch.zeros(1, 16), torch.zeros(1, 16)))
+
+
+def accuracy(model, seqs):
+    ok = n = 0
+    with torch.no_grad():
+        for s in seqs:
+            logits, _ = model(s.windows, None)
+            ok += int((logits.argmax(1) == s.targets).sum())
+            n += len(s.targets)
+    return ok / n
+
+
+def test_learner_learns_promotes_and_rolls_back(tmp_path):
+    rng = np.random.default_rng(0)
+    model = toy_model()
+    test = [toy_sequence(rng) for _ in range(20)]
+    before = accuracy(model, test)
+    promoted = []
+    learner = OnlineLearner(model, LearnerConfig(lr=1e-2, promotion_windows=16, versions_dir=tmp_path),
+                            on_promote=lambda m, v: promoted.append((m, v)))
+    reports = []
+    for _ in range(60):
+        reports += learner.learn(toy_sequence(rng))
+    assert learner.updates == 60 and learner.skipped == 0
+    assert all(np.isfinite(r.grad_norm) for r in reports)
+    assert promoted, learner.comparison()
+    served, version = promoted[-1]
+    assert accuracy(served, test) > max(before, 0.9)
+    assert (tmp_path / f"{version}.pt").exists()
+    assert [v.version for v in learner.versions][-1] == version
+    first = learner.versions[1].version
+    learner.rollback(first)
+    assert learner.version == first and promoted[-1][1] == first
+    with pytest.raises(ValueError):
+        learner.rollback("nope")
+
+
+def test_non_finite_updates_are_skipped_and_never_corrupt_the_model():
+    rng = np.random.default_rng(1)
+    learner = OnlineLearner(toy_model(), LearnerConfig())
+    before = {k: v.clone() for k, v in learner.challenger.state_dict().items()}
+    bad = toy_sequence(rng)
+    bad.windows[0, 0, 0] = float("nan")
+    reports = learner.learn(bad)
+    assert learner.skipped == 1 and reports[0].skipped
+    for k, v in learner.challenger.state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+
+def test_tbptt_k2_reaches_further_back_than_k1():
+    rng = np.random.default_rng(2)
+    seq = toy_sequence(rng, L=8)
+    norms = {}
+    for k2 in (1, 4):
+        learner = OnlineLearner(toy_model(), LearnerConfig(k1=1, k2=k2, replay_per_update=0, lr=0.0))
+        norms[k2] = [r.grad_norm for r in learner.learn(seq)]
+    assert len(norms[1]) == len(norms[4]) == 8
+    assert norms[1][0] == pytest.approx(norms[4][0])  # nothing before the first window
+    assert not np.allclose(norms[1][3:], norms[4][3:])
+
+
+def test_adwin_on_input_magnitude_fires_on_unit_change_not_on_noise():
+    rng = np.random.default_rng(3)
+    mon = Monitor()
+    events = []
+    for k in range(1800):  # one device-hour of 2 s windows
+        events += mon.observe("d", 2.0 * k, 9.81 + rng.normal(0, 0.3), float(rng.uniform(0.6, 0.99)))
+    assert [e for e in events if e.device == "d"] == []
+    for k in range(1800, 1810):  # the device starts reporting g
+        events += mon.observe("d", 2.0 * k, 1.0 + rng.normal(0, 0.03), 0.5)
+    fired = [e for e in events if e.device == "d" and e.signal == "input_magnitude"]
+    assert fired and fired[0].t <= 2.0 * 1805 and fired[0].needs_labels
+
+
+def test_prequential_metrics_and_error_drift():
+    mon = Monitor()
+    events = []
+    for k in range(200):
+        events += mon.labelled("d", 2.0 * k, "squat", "squat" if k < 100 else "rest")
+    summary = mon.summary()
+    assert summary["accuracy"] == 0.5 and summary["labelled_windows"] == 200
+    assert summary["confusion"]["labels"] == ["rest", "squat"]
+    assert any(e.signal == "error" and 200 < e.t < 260 for e in events)
