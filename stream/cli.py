@@ -61,9 +61,13 @@ def cmd_consume(args) -> int:
     from models.state import StatefulClassifier
     from stream.consumer import Consumer, ConsumerConfig
     model, info = _load_model(args.model)
+    from models.finetune import LearnerConfig
+    learner = LearnerConfig(k1=args.k1, k2=args.k2, optimiser=args.optimiser, lr=args.lr, clip=args.clip,
+                            versions_dir=Path(args.state_dir) / "models" if args.state_dir else None)
     config = ConsumerConfig(broker=BrokerURL.parse(args.broker, args.ca_file), prefix=args.prefix,
                             consumer_id=args.id, metrics_interval=args.metrics_interval,
-                            max_wait=args.max_wait)
+                            max_wait=args.max_wait, learn=not args.no_learn, learner=learner,
+                            torch_threads=args.torch_threads)
     consumer = Consumer(config, StatefulClassifier(model, info["version"]))
     _on_signals(consumer.stop)
     if args.duration:
@@ -162,6 +166,25 @@ def cmd_dashboard(args) -> int:
     return run_dashboard(args)
 
 
+def cmd_bench(args) -> int:
+    from stream.bench import run_bench
+    results = []
+    for n in args.devices:
+        r = run_bench(args.broker, n, args.duration, interval=args.interval, model_path=args.model,
+                      learn=args.learn, labelled=int(n * args.labelled), quiet=args.json)
+        results.append(r)
+        if not args.json:
+            lat = r["latency_ms"]
+            print(f"{n:>6} devices: {r['sustained_samples_per_s']:>9.0f} of {r['offered_samples_per_s']:.0f} "
+                  f"samples/s ({'real time' if r['real_time'] else 'NOT real time'}), latency p50 {lat['p50']} "
+                  f"p99 {lat['p99']} max {lat['max']} ms, consumer {r['consumer_cpu_cores']} cores, "
+                  f"{r['memory_bytes_per_device']} B/device, dropped {r['dropped']}, lost {r['lost_samples']}; "
+                  f"{r['speedup_per_core_vs_baseline']}x the baseline's samples/s per core", flush=True)
+    if args.json:
+        print(json.dumps(results if len(results) > 1 else results[0]))
+    return 0
+
+
 def cmd_demo(args) -> int:
     from stream.demo import run_demo
     return run_demo(args)
@@ -206,6 +229,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-wait", type=float, default=0.02,
                    help="seconds a ready window may wait to share a batch (default: %(default)s)")
     p.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    p.add_argument("--torch-threads", type=int, default=1, help="torch intra-op threads (default: %(default)s)")
+    g = p.add_argument_group("online fine-tuning (truncated BPTT on labelled windows)")
+    g.add_argument("--no-learn", action="store_true", help="serve only; ignore labels for training")
+    g.add_argument("--optimiser", default="adam", choices=("adam", "rmsprop", "sgd"))
+    g.add_argument("--lr", type=float, default=1e-3, help="learning rate (default: %(default)s)")
+    g.add_argument("--k1", type=int, default=4, help="windows between weight updates (default: %(default)s)")
+    g.add_argument("--k2", type=int, default=4, help="windows backpropagated through (default: %(default)s)")
+    g.add_argument("--clip", type=float, default=1.0, help="gradient norm clipping (default: %(default)s)")
+    g.add_argument("--state-dir", default=None,
+                   help="folder for promoted model versions (default: none; versions kept in memory)")
     p.set_defaults(func=cmd_consume)
 
     p = sub.add_parser("simulate", help="publish simulated accelerometer streams",
@@ -267,6 +300,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, type=Path, metavar="FILE", help="recording file")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("bench", help="throughput and latency of the consumer through a real broker",
+                       description="Runs the real consumer against the broker at --broker (Mosquitto when it "
+                                   "answers, else the embedded one) with N simulated devices at 50 Hz from "
+                                   "pre-generated payloads, and reports sustained samples/s, latency "
+                                   "percentiles, CPU and memory per device, against a stateless sliding-window "
+                                   "baseline measured in the same run.")
+    _broker_args(p)
+    _model_arg(p)
+    p.add_argument("--devices", type=int, nargs="+", default=[1000], help="device counts to run (default: 1000)")
+    p.add_argument("--duration", type=float, default=30.0, help="measured seconds per run (default: %(default)s)")
+    p.add_argument("--interval", type=float, default=0.5, help="seconds of samples per message (default: %(default)s)")
+    p.add_argument("--learn", action="store_true", help="online fine-tuning on (with --labelled devices)")
+    p.add_argument("--labelled", type=float, default=0.0, help="share of devices publishing labels")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("import", help="turn a real data set into a recording file")
     p.add_argument("dataset", choices=("uci-hapt", "barbell", "muvr", "exermote"))

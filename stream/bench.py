@@ -1,0 +1,226 @@
+"""``harstream bench``: throughput and latency of the consumer through a real broker.
+
+Three processes: a publisher replaying pre-generated simulator streams of N devices at 50 Hz in real
+time, the consumer (the real ``harstream consume``), and this one, which reads the consumer's
+metrics from the broker and its CPU time and memory from /proc. In the same run it measures the
+baseline: the usual way of online sequence classification, which re-runs a whole context window
+through the network for every prediction, one device at a time, with no carried state.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import orjson
+import torch
+
+from stream.broker import EmbeddedBroker
+from stream.mqtt import BrokerURL, broker_answers, connect
+
+__all__ = ["run_bench", "publish_main", "baseline_throughput"]
+
+CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def _proc_cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime
+
+
+def _proc_rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+# -- publisher process ---------------------------------------------------------------------------
+def _pool(streams: int, seconds: float, rate: float, seed: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Pre-generated simulator streams: (t relative to 0, acc m/s², true label)."""
+    from simulators.workout import DeviceStream
+    out = []
+    for k in range(streams):
+        chunk = DeviceStream(f"pool-{k}", seed=seed + k, rate=rate).read(seconds)
+        scale = 9.80665 if chunk.unit == "g" else 1.0
+        out.append((chunk.t - chunk.t[0], (chunk.acc * scale).astype(np.float32), chunk.label))
+    return out
+
+
+def publish_main(argv: list[str]) -> int:
+    """Entry of the publisher process: python -m stream.bench publish URL PREFIX N DURATION INTERVAL."""
+    url, prefix, n, duration, interval = argv[0], argv[1], int(argv[2]), float(argv[3]), float(argv[4])
+    labelled = int(argv[5]) if len(argv) > 5 else 0
+    broker = BrokerURL.parse(url)
+    pool = _pool(min(n, 32), duration + 2 * interval, 50.0, seed=1)
+    # pre-cut every pool stream into messages; device k replays pool[k % len(pool)] on its own clock
+    cuts = []
+    for t, acc, label in pool:
+        edges = np.searchsorted(t, np.arange(0, duration + interval, interval))
+        cuts.append([(t[a:b], acc[a:b], label[a:b]) for a, b in zip(edges[:-1], edges[1:])])
+    client = connect(broker, "bench-pub")
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    epoch = time.time()
+    start = time.monotonic()
+    ticks = int(duration / interval)
+    behind = 0.0
+    sent = 0
+    last_label: dict[int, str] = {}
+    for tick in range(ticks):
+        for k in range(n):
+            due = start + tick * interval + interval * k / n
+            delay = due - time.monotonic()
+            if delay > 0.002:
+                time.sleep(delay)
+            else:
+                behind = max(behind, -delay)
+            t, acc, label = cuts[k % len(cuts)][tick]
+            if len(t) == 0:
+                continue
+            device = f"b{k:05d}"
+            t = t + epoch + 0.37 * k
+            if k < labelled:  # the truth, whenever it changes
+                for i in [0, *(np.flatnonzero(label[1:] != label[:-1]) + 1).tolist()]:
+                    if last_label.get(k) != label[i]:
+                        last_label[k] = label[i]
+                        client.publish(f"{prefix}/{device}/label",
+                                       orjson.dumps({"label": str(label[i]), "t": float(t[i])}), qos=1)
+            body = orjson.dumps({"seq": tick, "t": t, "acc": acc}, option=orjson.OPT_SERIALIZE_NUMPY)
+            client.publish(f"{prefix}/{device}/imu", body)
+            sent += 1
+        if stop.is_set():
+            break
+    client.disconnect()
+    client.loop_stop()
+    print(json.dumps({"messages": sent, "max_behind_s": round(behind, 3)}), flush=True)
+    return 0
+
+
+# -- baseline ------------------------------------------------------------------------------------
+def baseline_throughput(model, context_seconds: float = 10.0, seconds: float = 3.0) -> dict:
+    """Predictions per second of the stateless sliding-window way, one device at a time, on one thread."""
+    cfg = model.config
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        n = int(round(context_seconds * cfg.rate / cfg.patch)) * cfg.patch
+        x = torch.randn(1, n, 3) + torch.tensor([0.0, 0.0, 9.81])
+        count, start = 0, time.perf_counter()
+        with torch.inference_mode():
+            while time.perf_counter() - start < seconds:
+                model(x, None)  # the whole context window, from a zero state
+                count += 1
+        elapsed = time.perf_counter() - start
+    finally:
+        torch.set_num_threads(threads)
+    per_s = count / elapsed
+    # each prediction covers one hop of new samples at the sensors' 50 Hz
+    return {"predictions_per_s": round(per_s, 1), "context_s": context_seconds,
+            "samples_per_s_per_core": round(per_s * cfg.window_seconds * 50.0, 1)}
+
+
+# -- the benchmark -------------------------------------------------------------------------------
+def run_bench(broker: str, devices: int, duration: float, interval: float = 0.5, warmup: float = 8.0,
+              model_path: str | None = None, learn: bool = False, labelled: int = 0,
+              context_seconds: float = 10.0, quiet: bool = False) -> dict:
+    url = BrokerURL.parse(broker)
+    say = (lambda *a: None) if quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
+    embedded = None
+    if not broker_answers(url):
+        say(f"bench: nothing answers at {url}; starting the embedded broker")
+        embedded = EmbeddedBroker(url).start()
+    broker_name = "embedded amqtt" if embedded else "the broker that answered (Mosquitto on this machine)"
+    prefix = f"bench{uuid.uuid4().hex[:6]}"
+    consumer_id = f"bench-consumer-{uuid.uuid4().hex[:6]}"
+    metrics: list[dict] = []
+    watcher = connect(url, "bench-watch", subscriptions=[(f"{prefix}/_consumer/{consumer_id}/metrics", 0)],
+                      on_message=lambda c, u, m: metrics.append(orjson.loads(m.payload)))
+    cmd = [sys.executable, "-m", "stream.cli", "consume", "--broker", broker, "--prefix", prefix,
+           "--id", consumer_id, "--metrics-interval", "1"]
+    if model_path:
+        cmd += ["--model", model_path]
+    if not learn:
+        cmd += ["--no-learn"]
+    consumer = subprocess.Popen(cmd, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while not metrics and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if not metrics:
+            raise RuntimeError("the consumer did not start publishing metrics within 30 s")
+        rss_idle = _proc_rss_bytes(consumer.pid)
+        say(f"bench: {devices} devices at 50 Hz for {duration:g} s ({interval:g} s per message) via {url}")
+        publisher = subprocess.Popen(
+            [sys.executable, "-m", "stream.bench", "publish", broker, prefix, str(devices),
+             str(duration + warmup), str(interval), str(labelled)], stdout=subprocess.PIPE)
+        time.sleep(warmup)
+        n0 = len(metrics)
+        cpu0, t0 = _proc_cpu_seconds(consumer.pid), time.monotonic()
+        peak_rss = 0
+        while publisher.poll() is None:
+            peak_rss = max(peak_rss, _proc_rss_bytes(consumer.pid))
+            time.sleep(0.5)
+        cpu1, t1 = _proc_cpu_seconds(consumer.pid), time.monotonic()
+        time.sleep(2.5)  # let the last windows and metrics out
+        pub = json.loads(publisher.stdout.read() or b"{}")
+    finally:
+        consumer.send_signal(signal.SIGTERM)
+        try:
+            consumer.wait(20)
+        except subprocess.TimeoutExpired:
+            consumer.kill()
+        watcher.disconnect()
+        watcher.loop_stop()
+        if embedded:
+            embedded.stop()
+    window = metrics[n0:-2] if len(metrics) > n0 + 2 else metrics[n0:]
+    samples = [m["samples_per_s"] for m in window]
+    p50 = [m["latency_ms"]["p50"] for m in window if m["latency_ms"]["p50"] is not None]
+    p99 = [m["latency_ms"]["p99"] for m in window if m["latency_ms"]["p99"] is not None]
+    mx = [m["latency_ms"]["max"] for m in window if m["latency_ms"]["max"] is not None]
+    last = metrics[-1]
+    cpu_share = (cpu1 - cpu0) / max(t1 - t0, 1e-9)
+    sustained = float(np.median(samples)) if samples else 0.0
+    offered = devices * 50.0
+    from models.checkpoint import default_model_path, load_checkpoint
+    model, _ = load_checkpoint(model_path or default_model_path())
+    baseline = baseline_throughput(model, context_seconds)
+    per_core = sustained / max(cpu_share, 1e-9)
+    return {
+        "devices": devices,
+        "duration_s": duration,
+        "broker": broker_name,
+        "offered_samples_per_s": offered,
+        "sustained_samples_per_s": round(sustained, 1),
+        "real_time": bool(sustained >= 0.97 * offered and last["dropped"] == 0),
+        "devices_in_real_time": int(min(devices, sustained / 50.0)),
+        "latency_ms": {"p50": float(np.median(p50)) if p50 else None, "p99": max(p99) if p99 else None,
+                       "max": max(mx) if mx else None},
+        "dropped": last["dropped"],
+        "lost_samples": last["lost_samples"],
+        "rejected": last["rejected"],
+        "consumer_cpu_cores": round(cpu_share, 3),
+        "samples_per_s_per_core": round(per_core, 1),
+        "memory_bytes_per_device": int(max(0, peak_rss - rss_idle) / devices),
+        "consumer_peak_rss_mb": round(peak_rss / 2**20, 1),
+        "publisher": pub,
+        "learn": learn,
+        "baseline": baseline,
+        "speedup_per_core_vs_baseline": round(per_core / max(baseline["samples_per_s_per_core"], 1e-9), 1),
+    }
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "publish":
+        sys.exit(publish_main(sys.argv[2:]))
+    print("usage: python -m stream.bench publish URL PREFIX N DURATION INTERVAL", file=sys.stderr)
+    sys.exit(2)
