@@ -1,0 +1,104 @@
+"""What every page shares: the process-wide live feed, the class colours and small formatting helpers."""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+import zlib
+
+import altair as alt
+import streamlit as st
+
+from dashboard.launch import ENV_CA_FILE, ENV_PREFIX
+from dashboard.live import LiveFeed
+from models.labels import CANONICAL
+from stream.mqtt import BrokerURL, default_broker
+
+__all__ = [
+    "REFRESH_SECONDS",
+    "PALETTE",
+    "ago",
+    "class_colour",
+    "class_scale",
+    "feed_status",
+    "get_feed",
+    "number",
+    "status_text",
+    "wait_for_devices",
+]
+
+REFRESH_SECONDS = 1.0  # live panels rerun this often
+
+
+@st.cache_resource(show_spinner=False, on_release=LiveFeed.close)
+def _shared_feed(broker: str, prefix: str, ca_file: str | None) -> LiveFeed:
+    # One subscriber per server process, shared by every session and page; never hashed again.
+    return LiveFeed(BrokerURL.parse(broker, ca_file), prefix).start()
+
+
+def get_feed() -> LiveFeed:
+    """The process's live feed for the broker and prefix of the environment (see dashboard.launch)."""
+    prefix = os.environ.get(ENV_PREFIX) or "har"
+    feed = _shared_feed(default_broker(), prefix, os.environ.get(ENV_CA_FILE) or None)
+    feed.ensure()
+    return feed
+
+
+def feed_status(feed: LiveFeed) -> None:
+    """A warning when the broker is not (or no longer) connected; nothing otherwise."""
+    if not feed.connected:
+        st.warning(f"Not connected to the MQTT broker: {feed.error or 'connecting'}. The dashboard keeps "
+                   "retrying; what it shows may be stale.", icon=":material/cloud_off:")
+
+
+@st.fragment(run_every=REFRESH_SECONDS)
+def wait_for_devices(feed: LiveFeed) -> None:
+    """A waiting note that reruns the page as soon as the first device shows up."""
+    if feed.store.device_ids():
+        st.rerun()
+    feed_status(feed)
+    st.info(f"Waiting for devices: nothing received on `{feed.prefix}/+/imu`, `prediction` or `status` yet. "
+            "A device is listed as soon as it publishes.", icon=":material/hourglass_empty:")
+
+
+def ago(wall: float | None, now: float | None = None) -> str:
+    """'3 s ago', '4 min ago', '2 h ago'; '—' for never."""
+    if wall is None:
+        return "—"
+    seconds = max(0.0, (time.time() if now is None else now) - wall)
+    if seconds < 90:
+        return f"{seconds:.0f} s ago"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min ago"
+    return f"{seconds / 3600:.1f} h ago"
+
+
+def number(value: object, fmt: str = "{:,.1f}", unit: str = "") -> str:
+    """A number formatted with its unit; '—' when missing (never a made-up 0)."""
+    if value is None or isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+        return "—"
+    return fmt.format(value) + (f" {unit}" if unit else "")
+
+
+def status_text(status: str | None) -> str:
+    # plain glyphs, not emoji: they render in every font, also in headless browsers
+    return {"online": "● online", "offline": "○ offline"}.get(status or "", "? unknown")
+
+
+# Vega's tableau20, dark shades first: the first ten exercises get ten distinct hues.
+_TABLEAU20 = ("#4c78a8", "#9ecae9", "#f58518", "#ffbf79", "#54a24b", "#88d27a", "#b79a20", "#f2cf5b",
+              "#439894", "#83bcb6", "#e45756", "#ff9d98", "#79706e", "#bab0ac", "#d67195", "#fcbfd2",
+              "#b279a2", "#d6a5c9", "#9e765f", "#d8b5a5")
+PALETTE = _TABLEAU20[0::2] + _TABLEAU20[1::2]
+
+
+def class_colour(name: str) -> str:
+    index = CANONICAL.index(name) if name in CANONICAL else zlib.crc32(name.encode())
+    return PALETTE[index % len(PALETTE)]
+
+
+def class_scale(classes) -> alt.Scale:
+    """The same colour for the same exercise in every chart and on every page."""
+    domain = sorted(set(classes))
+    return alt.Scale(domain=domain, range=[class_colour(c) for c in domain])

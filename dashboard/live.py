@@ -1,0 +1,727 @@
+"""The dashboard's live state: one MQTT subscriber per server process feeding a bounded in-memory store.
+
+``LiveStore`` parses every message the consumer, the devices and people publish (DESIGN.md, "MQTT
+contract") and keeps a bounded history per device and per consumer. ``LiveFeed`` owns the one paho
+client that subscribes to all of it and publishes what the dashboard sends (labels, model commands).
+Neither needs Streamlit: the app wraps one ``LiveFeed`` in ``st.cache_resource``.
+
+Memory is bounded by construction: at most ``max_devices`` devices and ``max_consumers`` consumers
+are tracked (messages of others are dropped and counted), and every per-device and per-consumer
+history is a ring buffer. With the defaults a device streaming at 50 Hz takes about 90 kB (10 s of
+samples at ~50 B each, 200 predictions at ~300 B each): 1000 devices, some 90 MB.
+
+paho's network thread only parses and appends under a lock; readers take copies under the same lock
+and do the heavy work (concatenation, frames) outside it.
+
+Examples
+--------
+>>> store = LiveStore(max_predictions=2)
+>>> for k in range(3):
+...     store.handle("har/watch-1/prediction", orjson.dumps(
+...         {"t": 10.0 + k, "label": "squat", "confidence": 0.9, "probs": {"squat": 0.9, "rest": 0.1}}))
+>>> [p.t for p in store.device("watch-1").predictions]
+[11.0, 12.0]
+>>> store.handle("har/watch-1/prediction", b"{oops")
+>>> store.counters()["malformed"]
+{'prediction/bad_json': 1}
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+import time
+from collections import Counter, OrderedDict, deque
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+import numpy as np
+import orjson
+
+from stream.decode import Rejected, decode_imu, valid_device
+from stream.mqtt import BrokerURL, connect
+
+__all__ = [
+    "ALL_DEVICES",
+    "CONSUMER",
+    "ConsumerView",
+    "DeviceRow",
+    "DeviceView",
+    "Drift",
+    "Label",
+    "LiveFeed",
+    "LiveStore",
+    "Malformed",
+    "Prediction",
+    "TrainingStep",
+]
+
+log = logging.getLogger(__name__)
+
+CONSUMER = "_consumer"  # <prefix>/_consumer/<id>/<kind>; cannot be a device id
+ALL_DEVICES = "(all devices)"  # the device named for a consumer's overall drift detectors
+MAX_NAME = 64  # longest label, detector, signal or model version kept
+
+
+class Malformed(Exception):
+    """A payload the dashboard cannot use; ``reason`` is short and machine-readable."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class Prediction(NamedTuple):
+    t: float  # device clock, end of the window, s
+    label: str
+    confidence: float
+    classes: tuple[str, ...]  # shared between predictions of the same model
+    packed_probs: bytes  # float32 per class: a third of the memory of a small numpy array
+    model: str | None
+    latency_ms: float | None
+    received: float  # wall clock (time.time()) at arrival
+
+    @property
+    def probs(self) -> np.ndarray:
+        """(len(classes),) float32, read-only."""
+        return np.frombuffer(self.packed_probs, dtype=np.float32)
+
+
+class Label(NamedTuple):
+    start: float  # device clock, s
+    end: float | None  # None: holds until the next label
+    label: str
+    received: float
+
+
+class Drift(NamedTuple):
+    t: float  # device clock, s
+    detector: str
+    signal: str  # what the detector watched
+    value: float | None
+    needs_labels: bool  # seen where no labels arrive: only labels can tell whether accuracy suffers
+    received: float
+
+
+class TrainingStep(NamedTuple):
+    t: float
+    version: str | None
+    loss: float | None
+    grad_norm: float | None
+    clipped: bool
+    skipped: bool
+    received: float
+
+
+@dataclass(frozen=True)
+class DeviceRow:
+    """One line of the overview."""
+
+    device: str
+    status: str | None  # retained "online" / "offline", None when never published
+    label: str | None  # latest prediction
+    confidence: float | None
+    model: str | None
+    truth: str | None  # latest true label received
+    drift_recent: int  # detections received within the store's drift_recent_seconds
+    last_drift: str | None  # "detector/signal" of the latest detection
+    last_seen: float | None  # wall clock of the latest message from or about the device
+    predictions: int  # predictions kept
+
+
+@dataclass(frozen=True)
+class DeviceView:
+    """Copies of everything kept about one device."""
+
+    device: str
+    status: str | None
+    last_seen: float | None
+    trace_t: np.ndarray  # (n,) device clock, s
+    trace_acc: np.ndarray  # (n, 3) specific force, m/s²
+    predictions: list[Prediction]
+    labels: list[Label]
+    drift: list[Drift]
+    device_time: float | None  # latest sample or prediction time, device clock
+
+    def truth_at(self, t: float) -> str | None:
+        """The true label at device time ``t``, from the labels received (None when unknown)."""
+        best = None
+        for lab in self.labels:
+            if lab.start <= t and (lab.end is None or t <= lab.end):
+                if best is None or lab.start >= best.start:
+                    best = lab
+        return best.label if best else None
+
+
+@dataclass(frozen=True)
+class ConsumerView:
+    consumer: str
+    status: str | None
+    metrics: dict | None  # latest metrics message
+    metrics_received: float | None
+    history: list[tuple[float, dict]]  # (wall clock at arrival, metrics)
+    model: dict | None  # latest retained model message
+    training: list[TrainingStep]
+    commands: list[tuple[float, dict]] = field(default_factory=list)  # commands seen on the broker
+
+    @property
+    def metrics_time(self) -> float | None:
+        """Wall clock of the latest metrics: their own ``t`` (a retained message can be old), else arrival."""
+        t = (self.metrics or {}).get("t")
+        if isinstance(t, (int, float)) and not isinstance(t, bool):
+            return float(t)
+        return self.metrics_received
+
+
+class _DeviceState:
+    __slots__ = ("trace", "trace_samples", "last_t", "last_t_received", "predictions", "labels", "drift",
+                 "status", "last_seen")
+
+    def __init__(self, store: LiveStore) -> None:
+        self.trace: deque[tuple[np.ndarray, np.ndarray]] = deque()
+        self.trace_samples = 0
+        self.last_t: float | None = None  # latest sample or prediction time, device clock
+        self.last_t_received: float | None = None  # wall clock when last_t arrived
+        self.predictions: deque[Prediction] = deque(maxlen=store.max_predictions)
+        self.labels: deque[Label] = deque(maxlen=store.max_labels)
+        self.drift: deque[Drift] = deque(maxlen=store.max_drift)
+        self.status: str | None = None
+        self.last_seen: float | None = None
+
+    def saw(self, t: float | None, now: float) -> None:
+        self.last_seen = now
+        if t is not None and (self.last_t is None or t >= self.last_t):
+            self.last_t, self.last_t_received = t, now
+
+
+class _ConsumerState:
+    __slots__ = ("status", "metrics", "metrics_received", "history", "model", "training", "drift", "commands")
+
+    def __init__(self, store: LiveStore) -> None:
+        self.status: str | None = None
+        self.metrics: dict | None = None
+        self.metrics_received: float | None = None
+        self.history: deque[tuple[float, dict]] = deque(maxlen=store.max_metrics)
+        self.model: dict | None = None
+        self.training: deque[TrainingStep] = deque(maxlen=store.max_training)
+        self.drift: deque[Drift] = deque(maxlen=store.max_drift)  # the consumer's overall detectors
+        self.commands: deque[tuple[float, dict]] = deque(maxlen=50)
+
+
+# -- payload parsing (pure) -----------------------------------------------------------------------
+def _object(payload: bytes) -> dict:
+    try:
+        body = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        raise Malformed("bad_json") from None
+    if not isinstance(body, dict):
+        raise Malformed("not_object")
+    return body
+
+
+def _number(value: object, reason: str, optional: bool = False) -> float | None:
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value):
+        raise Malformed(reason)
+    return float(value)
+
+
+def _name(value: object, reason: str, optional: bool = False) -> str | None:
+    if value is None and optional:
+        return None
+    if not isinstance(value, str) or not value or len(value) > MAX_NAME:
+        raise Malformed(reason)
+    return value
+
+
+def _drift(body: dict, now: float) -> Drift:
+    return Drift(t=_number(body.get("t"), "bad_t"),
+                 detector=_name(body.get("detector"), "bad_detector"),
+                 signal=_name(body.get("signal"), "bad_signal"),
+                 value=_number(body.get("value"), "bad_value", optional=True),
+                 needs_labels=body.get("needs_labels") is True,
+                 received=now)
+
+
+def _status(payload: bytes) -> str:
+    status = payload.strip().decode("ascii", "replace").lower()
+    if status not in ("online", "offline"):
+        raise Malformed("bad_status")
+    return status
+
+
+class LiveStore:
+    """Thread-safe, bounded history of everything published under one prefix.
+
+    Parameters
+    ----------
+    prefix
+        Topic prefix (``har``).
+    max_devices, max_consumers
+        Devices and consumers tracked; messages about further ones are dropped and counted.
+    trace_seconds, max_trace_samples
+        The raw accelerometer tail kept per device: the last ``trace_seconds`` of device time, at
+        most ``max_trace_samples`` samples.
+    max_predictions, max_labels, max_drift
+        Ring buffer sizes per device.
+    max_metrics, max_training
+        Ring buffer sizes per consumer (metrics messages, fine-tuning updates).
+    max_payload
+        Larger payloads are dropped unread.
+    drift_recent_seconds
+        A device's drift flag counts detections received within this many seconds.
+    evict_after
+        When ``max_devices`` are tracked, a new device replaces the one silent the longest if that one
+        has been silent this many seconds; otherwise the new device's messages are dropped.
+    """
+
+    def __init__(
+        self,
+        prefix: str = "har",
+        *,
+        max_devices: int = 10_000,
+        max_consumers: int = 64,
+        trace_seconds: float = 10.0,
+        max_trace_samples: int = 1000,
+        max_predictions: int = 200,
+        max_labels: int = 200,
+        max_drift: int = 200,
+        max_metrics: int = 720,
+        max_training: int = 2000,
+        max_payload: int = 256 * 1024,
+        drift_recent_seconds: float = 300.0,
+        evict_after: float = 60.0,
+    ) -> None:
+        if not prefix or "+" in prefix or "#" in prefix:
+            raise ValueError(f"Invalid 'prefix' {prefix!r}: a non-empty topic without wildcards")
+        sizes = dict(max_devices=max_devices, max_consumers=max_consumers,
+                     max_trace_samples=max_trace_samples, max_predictions=max_predictions,
+                     max_labels=max_labels, max_drift=max_drift, max_metrics=max_metrics,
+                     max_training=max_training, max_payload=max_payload)
+        for name, value in sizes.items():
+            if value < 1:
+                raise ValueError(f"Invalid {name!r}: {value}; must be at least 1")
+        if trace_seconds <= 0:
+            raise ValueError(f"Invalid 'trace_seconds': {trace_seconds}; must be positive")
+        self.prefix = prefix
+        self.max_devices = max_devices
+        self.max_consumers = max_consumers
+        self.trace_seconds = trace_seconds
+        self.max_trace_samples = max_trace_samples
+        self.max_predictions = max_predictions
+        self.max_labels = max_labels
+        self.max_drift = max_drift
+        self.max_metrics = max_metrics
+        self.max_training = max_training
+        self.max_payload = max_payload
+        self.drift_recent_seconds = drift_recent_seconds
+        self.evict_after = evict_after
+        self._reset()
+
+    def _reset(self) -> None:
+        self._lock = threading.Lock()
+        self._devices: OrderedDict[str, _DeviceState] = OrderedDict()  # least recently heard from first
+        self._evicted = 0
+        self._consumers: dict[str, _ConsumerState] = {}
+        self._classes: dict[tuple[str, ...], tuple[str, ...]] = {}  # interned class lists
+        self._received: Counter[str] = Counter()
+        self._malformed: Counter[str] = Counter()
+        self._dropped: Counter[str] = Counter()
+
+    # -- writing (paho's thread) ---------------------------------------------------------------
+    def handle(self, topic: str, payload: bytes, now: float | None = None, retained: bool = False) -> None:
+        """Take one message; a bad one is counted, never raised.
+
+        ``retained``: the broker's stored copy, sent on subscribing; it says nothing about when the device
+        was last heard from.
+        """
+        now = time.time() if now is None else now
+        parts = topic[len(self.prefix) + 1:].split("/") if topic.startswith(self.prefix + "/") else []
+        kind = parts[-1] if parts else "?"
+        if not payload:
+            return  # an empty message clears a retained one: nothing to show
+        try:
+            if len(payload) > self.max_payload:
+                self._count(self._dropped, "oversize")
+                return
+            if len(parts) == 3 and parts[0] == CONSUMER:
+                self._handle_consumer(parts[1], kind, payload, now)
+            elif len(parts) == 2 and parts[0] != CONSUMER:
+                self._handle_device(parts[0], kind, payload, now, retained)
+            else:
+                raise Malformed("bad_topic")
+        except Malformed as exc:
+            self._count(self._malformed, f"{kind[:16]}/{exc.reason}")
+            log.debug("ignored %s: %s (payload %r)", topic[:80], exc.reason, payload[:60])
+        except Exception:  # never let one message stop paho's loop
+            self._count(self._malformed, f"{kind[:16]}/error")
+            log.warning("error handling %s (payload %r)", topic[:80], payload[:60], exc_info=True)
+
+    def _count(self, counter: Counter, key: str) -> None:
+        with self._lock:
+            counter[key] += 1
+
+    def _device(self, device: str, now: float) -> _DeviceState | None:
+        """The device's state, created if there is room (call with the lock held).
+
+        Devices are kept in the order of their latest message: when the store is full, the one silent
+        the longest makes room if it has been silent ``evict_after`` seconds; else the new one is dropped.
+        """
+        state = self._devices.get(device)
+        if state is not None:
+            self._devices.move_to_end(device)
+            return state
+        if len(self._devices) >= self.max_devices:
+            oldest = self._devices[next(iter(self._devices))]
+            if oldest.last_seen is not None and now - oldest.last_seen < self.evict_after:
+                self._dropped["too_many_devices"] += 1
+                return None
+            self._devices.popitem(last=False)
+            self._evicted += 1
+        state = self._devices[device] = _DeviceState(self)
+        return state
+
+    def _handle_device(self, device: str, kind: str, payload: bytes, now: float, retained: bool) -> None:
+        if not valid_device(device):
+            raise Malformed("bad_device")
+        # parse outside the lock; only appends happen under it
+        if kind == "imu":
+            try:
+                batch = decode_imu(payload, device, self.max_payload)
+            except Rejected as exc:
+                raise Malformed(exc.reason) from None
+            record = (batch.t, batch.acc)
+        elif kind == "prediction":
+            record = self._parse_prediction(_object(payload), now)
+        elif kind == "label":
+            record = self._parse_label(_object(payload), now)
+        elif kind == "drift":
+            record = _drift(_object(payload), now)
+        elif kind == "status":
+            record = _status(payload)
+        else:
+            raise Malformed("unknown_kind")
+        with self._lock:
+            self._received[kind] += 1
+            state = self._device(device, now)
+            if state is None:
+                return
+            if kind == "imu":
+                if state.last_t is not None and record[0][-1] < state.last_t - self.trace_seconds:
+                    # the device clock went back (a restart, a replay from its start): begin anew
+                    state.trace.clear()
+                    state.trace_samples = 0
+                    state.last_t = None
+                self._append_trace(state, *record)
+                state.saw(float(record[0][-1]), now)
+            elif kind == "prediction":
+                state.predictions.append(record)
+                state.saw(record.t, now)
+            elif kind == "label":
+                state.labels.append(record)
+            elif kind == "drift":
+                state.drift.append(record)
+            else:
+                state.status = record
+                if not retained:
+                    state.last_seen = now
+
+    def _append_trace(self, state: _DeviceState, t: np.ndarray, acc: np.ndarray) -> None:
+        if len(t) > self.max_trace_samples:
+            t, acc = t[-self.max_trace_samples:], acc[-self.max_trace_samples:]
+        state.trace.append((t, acc))
+        state.trace_samples += len(t)
+        newest = max(float(t[-1]), state.last_t if state.last_t is not None else float("-inf"))
+        while state.trace and (state.trace_samples > self.max_trace_samples
+                               or state.trace[0][0][-1] < newest - self.trace_seconds):
+            old = state.trace.popleft()
+            state.trace_samples -= len(old[0])
+
+    def _parse_prediction(self, body: dict, now: float) -> Prediction:
+        probs = body.get("probs") or {}
+        if not isinstance(probs, dict) or len(probs) > 256:
+            raise Malformed("bad_probs")
+        classes = tuple(probs)
+        if not all(isinstance(c, str) and 0 < len(c) <= MAX_NAME for c in classes):
+            raise Malformed("bad_probs")
+        try:
+            values = np.asarray(list(probs.values()), dtype=np.float32)
+        except (TypeError, ValueError):
+            raise Malformed("bad_probs") from None
+        if not np.isfinite(values).all():
+            raise Malformed("bad_probs")
+        confidence = _number(body.get("confidence"), "bad_confidence")
+        if not 0.0 <= confidence <= 1.0:
+            raise Malformed("bad_confidence")
+        with self._lock:
+            if len(self._classes) < 64:
+                classes = self._classes.setdefault(classes, classes)
+        model = body.get("model")
+        return Prediction(
+            t=_number(body.get("t"), "bad_t"),
+            label=sys.intern(_name(body.get("label"), "bad_label")),  # one copy per name, not per message
+            confidence=confidence,
+            classes=classes,
+            packed_probs=values.tobytes(),
+            model=sys.intern(str(model)[:MAX_NAME]) if model is not None else None,
+            latency_ms=_number(body.get("latency_ms"), "bad_latency", optional=True),
+            received=now,
+        )
+
+    @staticmethod
+    def _parse_label(body: dict, now: float) -> Label:
+        label = _name(body.get("label"), "bad_label")
+        if "t" in body:
+            return Label(_number(body["t"], "bad_t"), None, label, now)
+        start = _number(body.get("start"), "bad_t")
+        end = _number(body.get("end"), "bad_t", optional=True)
+        if end is not None and end < start:
+            raise Malformed("bad_t")
+        return Label(start, end, label, now)
+
+    def _handle_consumer(self, consumer: str, kind: str, payload: bytes, now: float) -> None:
+        if not consumer or len(consumer) > 128:
+            raise Malformed("bad_consumer")
+        if kind == "status":
+            record = _status(payload)
+        elif kind in ("metrics", "model", "command"):
+            record = _object(payload)
+            if kind == "model" and not isinstance(record.get("versions", []), list):
+                raise Malformed("bad_versions")
+        elif kind == "drift":
+            record = _drift(_object(payload), now)
+        elif kind == "training":
+            body = _object(payload)
+            version = body.get("version")
+            record = TrainingStep(
+                t=_number(body.get("t", now), "bad_t"),
+                version=str(version)[:MAX_NAME] if version is not None else None,
+                loss=_number(body.get("loss"), "bad_loss", optional=True),
+                grad_norm=_number(body.get("grad_norm"), "bad_grad_norm", optional=True),
+                clipped=bool(body.get("clipped", False)),
+                skipped=bool(body.get("skipped", False)),
+                received=now,
+            )
+        else:
+            raise Malformed("unknown_kind")
+        with self._lock:
+            self._received[f"consumer/{kind}"] += 1
+            state = self._consumers.get(consumer)
+            if state is None:
+                if len(self._consumers) >= self.max_consumers:
+                    self._dropped["too_many_consumers"] += 1
+                    return
+                state = self._consumers[consumer] = _ConsumerState(self)
+            if kind == "status":
+                state.status = record
+            elif kind == "metrics":
+                state.metrics, state.metrics_received = record, now
+                state.history.append((now, record))
+            elif kind == "model":
+                state.model = record
+            elif kind == "training":
+                state.training.append(record)
+            elif kind == "drift":
+                state.drift.append(record)
+            else:
+                state.commands.append((now, record))
+
+    # -- reading (any thread) ------------------------------------------------------------------
+    def device_ids(self) -> list[str]:
+        with self._lock:
+            return sorted(self._devices)
+
+    def devices(self, now: float | None = None) -> list[DeviceRow]:
+        """One row per device, sorted by id."""
+        now = time.time() if now is None else now
+        rows = []
+        with self._lock:
+            for device, s in self._devices.items():
+                last = s.predictions[-1] if s.predictions else None
+                recent = [d for d in s.drift if now - d.received <= self.drift_recent_seconds]
+                rows.append(DeviceRow(
+                    device=device,
+                    status=s.status,
+                    label=last.label if last else None,
+                    confidence=last.confidence if last else None,
+                    model=last.model if last else None,
+                    truth=s.labels[-1].label if s.labels else None,
+                    drift_recent=len(recent),
+                    last_drift=f"{s.drift[-1].detector}/{s.drift[-1].signal}" if s.drift else None,
+                    last_seen=s.last_seen,
+                    predictions=len(s.predictions),
+                ))
+        rows.sort(key=lambda r: r.device)
+        return rows
+
+    def device(self, device: str) -> DeviceView | None:
+        with self._lock:
+            s = self._devices.get(device)
+            if s is None:
+                return None
+            trace = list(s.trace)
+            view = dict(device=device, status=s.status, last_seen=s.last_seen,
+                        predictions=list(s.predictions), labels=list(s.labels), drift=list(s.drift),
+                        device_time=s.last_t)
+        if trace:
+            t = np.concatenate([b[0] for b in trace])
+            acc = np.concatenate([b[1] for b in trace])
+        else:
+            t, acc = np.empty(0), np.empty((0, 3), np.float32)
+        return DeviceView(trace_t=t, trace_acc=acc, **view)
+
+    def device_now(self, device: str, now: float | None = None) -> float | None:
+        """The device clock now: its latest sample or prediction time plus the wall time since then."""
+        now = time.time() if now is None else now
+        with self._lock:
+            s = self._devices.get(device)
+            if s is None or s.last_t is None:
+                return None
+            return s.last_t + max(0.0, now - s.last_t_received)
+
+    def classes(self, device: str | None = None) -> tuple[str, ...]:
+        """Class names from the latest prediction (of ``device``, or of any device); () when none."""
+        with self._lock:
+            states = [self._devices[device]] if device in self._devices else list(self._devices.values())
+            latest = max((s.predictions[-1] for s in states if s.predictions), key=lambda p: p.received,
+                         default=None)
+        return latest.classes if latest else ()
+
+    def drift(self) -> list[tuple[str, Drift]]:
+        """Every detection kept, oldest first by arrival: (device, detection), and (ALL_DEVICES, detection)
+        for the consumers' detectors that watch all devices together."""
+        with self._lock:
+            events = [(device, d) for device, s in self._devices.items() for d in s.drift]
+            events += [(ALL_DEVICES, d) for s in self._consumers.values() for d in s.drift]
+        events.sort(key=lambda e: e[1].received)
+        return events
+
+    def consumers(self) -> list[ConsumerView]:
+        """Every consumer heard of: online (or unknown) ones first, then offline ones; by id within each."""
+        with self._lock:
+            views = [ConsumerView(consumer=c, status=s.status, metrics=s.metrics,
+                                  metrics_received=s.metrics_received, history=list(s.history), model=s.model,
+                                  training=list(s.training), commands=list(s.commands))
+                     for c, s in self._consumers.items()]
+        return sorted(views, key=lambda v: (v.status == "offline", v.consumer))
+
+    def counters(self) -> dict:
+        """Messages taken by kind, malformed by kind/reason, dropped by reason, and what is tracked."""
+        with self._lock:
+            return {
+                "received": dict(self._received),
+                "malformed": dict(self._malformed),
+                "dropped": dict(self._dropped),
+                "devices": len(self._devices),
+                "evicted_devices": self._evicted,
+                "consumers": len(self._consumers),
+                "trace_samples": sum(s.trace_samples for s in self._devices.values()),
+            }
+
+
+class LiveFeed:
+    """The one MQTT client of a dashboard process: subscribes everything into a ``LiveStore``.
+
+    ``start()`` never raises: a broker that does not answer is retried by ``ensure()`` at most every
+    ``retry_seconds``; once connected, paho reconnects and resubscribes by itself.
+    """
+
+    def __init__(self, broker: BrokerURL, prefix: str = "har", store: LiveStore | None = None,
+                 retry_seconds: float = 5.0) -> None:
+        self.broker = broker
+        self.prefix = prefix
+        self.store = store or LiveStore(prefix)
+        self.retry_seconds = retry_seconds
+        if self.store.prefix != prefix:
+            raise ValueError(f"Invalid 'store': its prefix {self.store.prefix!r} is not {prefix!r}")
+        self._client = None
+        self._error: str | None = None
+        self._tried = float("-inf")
+        self._connect_lock = threading.Lock()
+
+    @property
+    def subscriptions(self) -> list[tuple[str, int]]:
+        p = self.prefix
+        return [(f"{p}/+/imu", 0), (f"{p}/+/prediction", 0), (f"{p}/+/drift", 0), (f"{p}/+/label", 1),
+                (f"{p}/+/status", 1), (f"{p}/{CONSUMER}/+/+", 1)]
+
+    def start(self) -> LiveFeed:
+        with self._connect_lock:
+            if self._client is not None:
+                return self
+            self._tried = time.monotonic()
+            try:
+                self._client = connect(self.broker, "dashboard", subscriptions=self.subscriptions,
+                                       on_message=self._on_message, timeout=5.0)
+                self._error = None
+                log.info("dashboard subscribed to %s/# on %s", self.prefix, self.broker)
+            except ConnectionError as exc:
+                self._error = str(exc)
+                log.warning("dashboard: %s; retrying every %.0f s", exc, self.retry_seconds)
+        return self
+
+    def ensure(self) -> None:
+        """Retry a failed first connection, at most every ``retry_seconds``."""
+        if self._client is None and time.monotonic() - self._tried >= self.retry_seconds:
+            self.start()
+
+    @property
+    def connected(self) -> bool:
+        return self._client is not None and self._client.is_connected()
+
+    @property
+    def error(self) -> str | None:
+        if self._client is not None and not self._client.is_connected():
+            return f"connection to {self.broker} lost; reconnecting"
+        return self._error
+
+    def _on_message(self, client, userdata, message) -> None:
+        self.store.handle(message.topic, message.payload, retained=message.retain)
+
+    def _publish(self, topic: str, body: dict, timeout: float) -> None:
+        if not self.connected:
+            raise ConnectionError(self.error or f"not connected to {self.broker}")
+        info = self._client.publish(topic, orjson.dumps(body), qos=1)
+        info.wait_for_publish(timeout)
+        if not info.is_published():
+            raise ConnectionError(f"the broker at {self.broker} did not acknowledge within {timeout:.0f} s")
+
+    def publish_label(self, device: str, label: str, t: float | None = None, timeout: float = 3.0) -> dict:
+        """Publish ``{"label", "t"}`` on ``<prefix>/<device>/label`` (QoS 1) and return it.
+
+        ``t`` defaults to the device clock now (``LiveStore.device_now``), else the wall clock.
+        """
+        if not valid_device(device):
+            raise ValueError(f"Invalid device id {device!r}")
+        if not isinstance(label, str) or not 0 < len(label) <= MAX_NAME:
+            raise ValueError(f"Invalid label {label!r}")
+        if t is None:
+            t = self.store.device_now(device)
+        body = {"label": label, "t": round(time.time() if t is None else t, 3)}
+        self._publish(f"{self.prefix}/{device}/label", body, timeout)
+        return body
+
+    def send_command(self, consumer: str, action: str, version: str | None = None,
+                     timeout: float = 3.0) -> dict:
+        """Publish a command on ``<prefix>/_consumer/<id>/command`` (QoS 1) and return it.
+
+        ``{"action": "rollback", "version": v}`` serves an earlier version again; ``{"action": "promote"}``
+        serves the challenger being fine-tuned now, without waiting for it to win on recent labels.
+        """
+        if action not in ("promote", "rollback"):
+            raise ValueError(f"Invalid 'action' {action!r}. Valid values are: promote, rollback")
+        if not consumer or "/" in consumer or "+" in consumer or "#" in consumer:
+            raise ValueError(f"Invalid consumer id {consumer!r}")
+        if action == "rollback" and not version:
+            raise ValueError("a rollback needs the 'version' to return to")
+        body = {"action": action} if version is None else {"action": action, "version": str(version)}
+        self._publish(f"{self.prefix}/{CONSUMER}/{consumer}/command", body, timeout)
+        return body
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.disconnect()
+            self._client.loop_stop()
+            self._client = None

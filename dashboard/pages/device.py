@@ -1,0 +1,186 @@
+"""Device: live accelerometer traces, class probabilities over time, predictions beside labels, drift."""
+
+import time
+
+import altair as alt
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from dashboard.common import (
+    REFRESH_SECONDS,
+    ago,
+    class_scale,
+    feed_status,
+    get_feed,
+    number,
+    status_text,
+    wait_for_devices,
+)
+from dashboard.live import DeviceView
+
+TIME_AXIS = "device time, s (0 = latest sample)"
+SHOWN_PROBABILITY = 0.05  # classes whose probability never reaches this are left out of the chart
+
+st.title("Device")
+feed = get_feed()
+devices = feed.store.device_ids()
+if not devices:
+    wait_for_devices(feed)
+    st.stop()
+if st.session_state.get("device_page_device") not in devices:
+    wanted = st.query_params.get("device")
+    st.session_state["device_page_device"] = wanted if wanted in devices else devices[0]
+device = st.selectbox("Device", devices, key="device_page_device")
+st.query_params["device"] = device
+
+def segments(view: DeviceView, t_ref: float) -> pd.DataFrame:
+    """Predicted and true labels as (row, label, start, end) bars, in seconds before t_ref."""
+    rows = []
+    preds = view.predictions
+    if preds:
+        gaps = np.diff([p.t for p in preds])
+        hop = float(np.median(gaps)) if len(gaps) else 2.0
+        for k, p in enumerate(preds):
+            start = preds[k - 1].t if k and 0 < p.t - preds[k - 1].t <= 3 * hop else p.t - hop
+            rows.append(("predicted", p.label, start - t_ref, p.t - t_ref, f"{p.confidence:.0%}"))
+    labels = sorted(view.labels, key=lambda lab: lab.start)
+    for k, lab in enumerate(labels):
+        end = lab.end if lab.end is not None else (labels[k + 1].start if k + 1 < len(labels) else t_ref)
+        rows.append(("true", lab.label, lab.start - t_ref, end - t_ref, ""))
+    return pd.DataFrame(rows, columns=["row", "label", "start", "end", "confidence"])
+
+
+def drift_rules(view: DeviceView, t_ref: float, t_min: float) -> alt.Chart | None:
+    events = [d for d in view.drift if d.t - t_ref >= t_min]
+    if not events:
+        return None
+    frame = pd.DataFrame({"t": [d.t - t_ref for d in events], "detector": [d.detector for d in events],
+                          "signal": [d.signal for d in events], "value": [d.value for d in events]})
+    return alt.Chart(frame).mark_rule(color="#d62728", strokeDash=[4, 3], strokeWidth=2).encode(
+        x="t:Q", tooltip=["detector", "signal", alt.Tooltip("value:Q", format=".3g"),
+                          alt.Tooltip("t:Q", title="t (s)", format=".1f")])
+
+
+def trace_chart(view: DeviceView, t_ref: float) -> alt.Chart:
+    t, acc = view.trace_t, view.trace_acc
+    frame = pd.DataFrame({"t": np.round(t - t_ref, 3), "x": acc[:, 0], "y": acc[:, 1], "z": acc[:, 2]})
+    long = frame.melt("t", var_name="axis", value_name="m/s²")
+    return alt.Chart(long).mark_line(strokeWidth=1.2).encode(
+        x=alt.X("t:Q", title=TIME_AXIS),
+        y=alt.Y("m/s²:Q", title="specific force, m/s²"),
+        color=alt.Color("axis:N", scale=alt.Scale(domain=["x", "y", "z"],
+                                                  range=["#e45756", "#54a24b", "#4c78a8"])),
+    ).properties(height=260)
+
+
+def probability_chart(view: DeviceView, t_ref: float) -> alt.Chart:
+    preds = view.predictions
+    classes = preds[-1].classes
+    same = [p for p in preds if p.classes == classes]  # a model change can change the class list
+    probs = np.stack([p.probs for p in same])  # (predictions, classes)
+    shown = [c for c, top in zip(classes, probs.max(axis=0), strict=True) if top >= SHOWN_PROBABILITY]
+    frame = pd.DataFrame(probs, columns=list(classes))[shown]
+    frame["t"] = [p.t - t_ref for p in same]
+    long = frame.melt("t", var_name="exercise", value_name="probability")
+    # stacked: each window's probabilities fill the height; step-before: a value holds over its window
+    lines = alt.Chart(long).mark_area(interpolate="step-before", opacity=0.9).encode(
+        x=alt.X("t:Q", title=TIME_AXIS),
+        y=alt.Y("probability:Q", stack="zero", scale=alt.Scale(domain=[0, 1]), axis=alt.Axis(format="%")),
+        color=alt.Color("exercise:N", scale=class_scale(shown)),
+        order=alt.Order("exercise:N"),
+        tooltip=["exercise", alt.Tooltip("probability:Q", format=".1%"), alt.Tooltip("t:Q", format=".1f")],
+    )
+    rules = drift_rules(view, t_ref, float(frame["t"].min()))
+    return (lines + rules if rules is not None else lines).properties(height=260)
+
+
+def timeline_chart(view: DeviceView, t_ref: float) -> alt.Chart:
+    bars = segments(view, t_ref)
+    chart = alt.Chart(bars).mark_bar().encode(
+        x=alt.X("start:Q", title=TIME_AXIS),
+        x2="end:Q",
+        y=alt.Y("row:N", title=None, sort=["predicted", "true"]),
+        color=alt.Color("label:N", title="exercise", scale=class_scale(bars["label"])),
+        tooltip=["row", "label", "confidence", alt.Tooltip("start:Q", format=".1f"),
+                 alt.Tooltip("end:Q", format=".1f")],
+    )
+    rules = drift_rules(view, t_ref, float(bars["start"].min()))
+    return (chart + rules if rules is not None else chart).properties(height=alt.Step(34))
+
+
+@st.fragment(run_every=REFRESH_SECONDS)
+def live(device: str) -> None:
+    feed = get_feed()
+    feed_status(feed)
+    view = feed.store.device(device)
+    if view is None:
+        st.warning(f"No data about `{device}` any more.")
+        return
+    now = time.time()
+    last = view.predictions[-1] if view.predictions else None
+    truth = view.truth_at(view.device_time) if view.device_time is not None and view.labels else None
+    cols = st.columns(5)
+    cols[0].metric("Exercise (predicted)", last.label if last else "—",
+                   f"{last.confidence:.0%} confident" if last else None, delta_color="off", delta_arrow="off")
+    cols[1].metric("True label", truth or "—", help="latest label received for this device, if any")
+    cols[2].metric("Status", status_text(view.status))
+    cols[3].metric("Last seen", ago(view.last_seen, now))
+    cols[4].metric("Latency", number(last.latency_ms if last else None, "{:,.1f}", "ms"),
+                   f"model {last.model}" if last and last.model else None, delta_color="off",
+                   delta_arrow="off")
+    if view.device_time is None:
+        st.info("Waiting for samples or predictions from this device.", icon=":material/hourglass_empty:")
+        return
+    t_ref = view.device_time
+
+    st.subheader("Accelerometer, last 10 s")
+    if len(view.trace_t):
+        st.altair_chart(trace_chart(view, t_ref), width="stretch")
+    else:
+        st.info(f"Waiting for raw samples on `{feed.prefix}/{device}/imu`.",
+                icon=":material/hourglass_empty:")
+
+    st.subheader("Class probabilities")
+    if view.predictions:
+        st.altair_chart(probability_chart(view, t_ref), width="stretch")
+        st.caption("Stacked per window, which ends at each step. Dashed red lines: drift detections. Classes "
+                   f"that never reach {SHOWN_PROBABILITY:.0%} are left out.")
+    else:
+        st.info(f"Waiting for predictions on `{feed.prefix}/{device}/prediction` (one per window).",
+                icon=":material/hourglass_empty:")
+
+    st.subheader("Predictions beside labels")
+    if view.predictions or view.labels:
+        st.altair_chart(timeline_chart(view, t_ref), width="stretch")
+        if not view.labels:
+            st.caption("No true labels for this device yet: press the exercise on the **Label** page.")
+    if view.predictions:
+        recent = view.predictions[-12:][::-1]
+        hop = float(np.median(np.diff([p.t for p in view.predictions]))) if len(view.predictions) > 1 else 0.0
+        truths = [view.truth_at(p.t - hop / 2) for p in recent]
+        st.dataframe(pd.DataFrame({
+            "t (s)": [round(p.t - t_ref, 1) for p in recent],
+            "predicted": [p.label for p in recent],
+            "confidence": [p.confidence for p in recent],
+            "true label": [tr or "—" for tr in truths],
+            "match": ["" if tr is None else ("✓" if tr == p.label else "✗")
+                      for p, tr in zip(recent, truths, strict=True)],
+            "latency (ms)": [p.latency_ms for p in recent],
+        }), hide_index=True, width="stretch", column_config={
+            "confidence": st.column_config.ProgressColumn(min_value=0.0, max_value=1.0, format="percent")})
+        st.caption("True label taken at the middle of each window (windows assumed as long as the spacing "
+                   "between predictions).")
+    if view.drift:
+        st.subheader("Drift detections")
+        st.dataframe(pd.DataFrame({
+            "t (s)": [round(d.t - t_ref, 1) for d in view.drift[::-1]],
+            "detector": [d.detector for d in view.drift[::-1]],
+            "signal": [d.signal for d in view.drift[::-1]],
+            "value": [d.value for d in view.drift[::-1]],
+            "without labels": ["✓" if d.needs_labels else "" for d in view.drift[::-1]],
+            "received": [ago(d.received, now) for d in view.drift[::-1]],
+        }), hide_index=True, width="stretch")
+
+
+live(device)

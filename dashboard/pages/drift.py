@@ -1,0 +1,159 @@
+"""Drift and metrics: detections over time; online accuracy, kappa, per-class recall, confusion matrix."""
+
+import time
+
+import altair as alt
+import pandas as pd
+import streamlit as st
+
+from dashboard.common import REFRESH_SECONDS, ago, feed_status, get_feed, number
+from dashboard.live import ALL_DEVICES, ConsumerView
+
+st.title("Drift and metrics")
+
+
+def detections(feed, now: float) -> None:
+    st.subheader("Drift detections")
+    events = feed.store.drift()
+    if not events:
+        st.info(f"No drift detections yet. The consumer publishes one on `{feed.prefix}/<device>/drift` "
+                "(detector, watched signal, value) whenever a detector fires.",
+                icon=":material/hourglass_empty:")
+        return
+    frame = pd.DataFrame({
+        "minutes ago": [(now - d.received) / 60 for _, d in events],
+        "device": [device for device, _ in events],
+        "detector": [d.detector for _, d in events],
+        "signal": [d.signal for _, d in events],
+        "value": [d.value for _, d in events],
+        "needs labels": [d.needs_labels for _, d in events],
+    })
+    frame["series"] = frame["detector"] + " · " + frame["signal"]
+    chart = alt.Chart(frame).mark_tick(thickness=2, size=18).encode(
+        x=alt.X("minutes ago:Q", scale=alt.Scale(reverse=True), title="minutes ago (arrival)"),
+        y=alt.Y("series:N", title="detector · signal", axis=alt.Axis(labelLimit=260)),
+        color=alt.Color("series:N", legend=None),
+        tooltip=["device", "detector", "signal", alt.Tooltip("value:Q", format=".3g"), "needs labels",
+                 alt.Tooltip("minutes ago:Q", format=".1f")],
+    ).properties(height=alt.Step(34))  # discrete rows: a fixed height would shrink them behind the axes
+    st.altair_chart(chart, width="stretch")
+    table = frame.groupby(["detector", "signal"]).agg(
+        detections=("device", "size"), devices=("device", "nunique"), latest=("minutes ago", "min"),
+        **{"without labels": ("needs labels", "sum")},
+    ).reset_index()
+    table["latest"] = [ago(now - m * 60, now) for m in table["latest"]]
+    st.dataframe(table, hide_index=True, width="stretch")
+    st.caption(f"{len(events):,} detections kept (the latest {feed.store.max_drift} per device). "
+               "*Without labels*: seen where no labels arrive, so only a change of inputs or confidence is "
+               "known; label a few exercises on the **Label** page to learn whether accuracy suffers. "
+               f"*{ALL_DEVICES}*: the consumer's detectors that watch all devices together.")
+
+
+def history_chart(view: ConsumerView, now: float) -> alt.Chart | None:
+    rows = []
+    for received, metrics in view.history:
+        online = metrics.get("online") or {}
+        for key, name in (("accuracy", "cumulative accuracy"), ("rolling_accuracy", "rolling accuracy"),
+                          ("estimated_accuracy", "estimated accuracy (label-free)"), ("kappa", "kappa")):
+            value = online.get(key)
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                rows.append(((now - received) / 60, name, value))
+    if not rows:
+        return None
+    frame = pd.DataFrame(rows, columns=["minutes ago", "metric", "value"])
+    return alt.Chart(frame).mark_line(point=alt.OverlayMarkDef(size=14)).encode(
+        x=alt.X("minutes ago:Q", scale=alt.Scale(reverse=True)),
+        y=alt.Y("value:Q", scale=alt.Scale(domain=[min(0.0, frame["value"].min()), 1])),
+        color=alt.Color("metric:N", legend=alt.Legend(orient="bottom", labelLimit=320)),
+        tooltip=["metric", alt.Tooltip("value:Q", format=".3f"), alt.Tooltip("minutes ago:Q", format=".1f")],
+    ).properties(height=240)
+
+
+def confusion_chart(confusion: dict) -> alt.Chart | None:
+    labels, matrix = confusion.get("labels"), confusion.get("matrix")
+    if not labels or not isinstance(matrix, list) or len(matrix) != len(labels):
+        return None
+    rows = [(true, pred, count, count / max(1, sum(row)))
+            for true, row in zip(labels, matrix, strict=True)
+            for pred, count in zip(labels, row, strict=False)]
+    frame = pd.DataFrame(rows, columns=["true", "predicted", "windows", "share of row"])
+    base = alt.Chart(frame).encode(x=alt.X("predicted:N", sort=labels), y=alt.Y("true:N", sort=labels))
+    cells = base.mark_rect().encode(
+        color=alt.Color("share of row:Q", scale=alt.Scale(scheme="blues", domain=[0, 1]), legend=None),
+        tooltip=["true", "predicted", "windows", alt.Tooltip("share of row:Q", format=".1%")])
+    text = base.mark_text(fontSize=11).encode(
+        text=alt.condition("datum.windows > 0", "windows:Q", alt.value("")),
+        color=alt.condition("datum['share of row'] > 0.5", alt.value("white"), alt.value("#333")))
+    return (cells + text).properties(width=alt.Step(40), height=alt.Step(28))
+
+
+def online_metrics(view: ConsumerView, now: float) -> None:
+    online = (view.metrics or {}).get("online")
+    with st.container(border=True):
+        state = " · offline" if view.status == "offline" else ""
+        st.markdown(f"Consumer `{view.consumer}`{state} · metrics {ago(view.metrics_time, now)}")
+        if not isinstance(online, dict) or not online:
+            st.info("No online metrics from this consumer yet. They appear once it scores its predictions "
+                    "against true labels (press exercises on the **Label** page, or run the simulator with "
+                    "`--labels`).", icon=":material/hourglass_empty:")
+            return
+        labelled = online.get("labelled_windows")
+        cols = st.columns(4)
+        cols[0].metric("Cumulative accuracy", number(online.get("accuracy"), "{:.1%}"),
+                       f"{labelled:,} labelled windows" if isinstance(labelled, int) else None,
+                       delta_color="off", delta_arrow="off",
+                       help="each labelled window scored before the model learns from it (prequential)")
+        cols[1].metric("Rolling accuracy", number(online.get("rolling_accuracy"), "{:.1%}"))
+        cols[2].metric("Cohen's kappa", number(online.get("kappa"), "{:.3f}"))
+        cols[3].metric("Estimated accuracy", number(online.get("estimated_accuracy"), "{:.1%}"),
+                       help="label-free estimate from the model's own confidence; needs no labels")
+        if online.get("needs_labels"):
+            st.warning("Drift was detected where no labels arrive: label a few exercises on the **Label** "
+                       "page so that the consumer can tell whether its accuracy suffers.",
+                       icon=":material/label:")
+        chart = history_chart(view, now)
+        if chart is not None:
+            st.altair_chart(chart, width="stretch")
+        left, right = st.columns(2)
+        recall = online.get("per_class_recall") or {}
+        with left:
+            st.markdown("**Per-class recall**")
+            values = {k: v for k, v in recall.items()
+                      if isinstance(v, (int, float)) and not isinstance(v, bool)}
+            if values:
+                frame = pd.DataFrame({"exercise": list(values), "recall": list(values.values())})
+                st.altair_chart(alt.Chart(frame).mark_bar().encode(
+                    x=alt.X("recall:Q", scale=alt.Scale(domain=[0, 1]), axis=alt.Axis(format="%")),
+                    y=alt.Y("exercise:N", sort="-x", title=None),
+                    tooltip=["exercise", alt.Tooltip("recall:Q", format=".1%")],
+                ).properties(height=alt.Step(24)), width="stretch")
+            else:
+                st.caption("No per-class recall yet.")
+        with right:
+            st.markdown("**Confusion matrix** (rows true, columns predicted; windows)")
+            chart = confusion_chart(online.get("confusion") or {})
+            if chart is not None:
+                st.altair_chart(chart)
+            else:
+                st.caption("No confusion matrix yet.")
+
+
+@st.fragment(run_every=REFRESH_SECONDS)
+def live() -> None:
+    feed = get_feed()
+    feed_status(feed)
+    now = time.time()
+    detections(feed, now)
+    st.subheader("Online metrics")
+    consumers = feed.store.consumers()
+    if not consumers:
+        st.info(f"Waiting for a consumer: none has published on `{feed.prefix}/_consumer/+/metrics` yet.",
+                icon=":material/hourglass_empty:")
+    # the online consumers; when none is, the one heard from last (its retained metrics)
+    shown = [v for v in consumers if v.status != "offline"] or sorted(
+        consumers, key=lambda v: v.metrics_time or 0.0)[-1:]
+    for view in shown:
+        online_metrics(view, now)
+
+
+live()

@@ -1,0 +1,212 @@
+"""Model: versions and their metrics, fine-tuning loss and gradient norms, promote and roll back."""
+
+import time
+
+import altair as alt
+import pandas as pd
+import streamlit as st
+
+from dashboard.common import REFRESH_SECONDS, ago, feed_status, get_feed, number
+from dashboard.live import ConsumerView
+
+STEPS = ["applied", "clipped", "skipped"]
+
+st.title("Model")
+
+
+def _scalar(value: object) -> bool:
+    return isinstance(value, (int, float, str, bool)) or value is None
+
+
+def restorable(version: dict) -> bool:
+    """A version the consumer can go back to: it says where it saved it (or does not say at all)."""
+    return "path" not in version or bool(version.get("path"))
+
+
+def versions_frame(model: dict) -> pd.DataFrame:
+    rows = []
+    for v in model.get("versions") or []:
+        if not isinstance(v, dict) or v.get("version") is None:
+            continue
+        row = {"version": str(v["version"]),
+               "serving": "▶ serving" if str(v["version"]) == str(model.get("serving")) else "",
+               "parent": v.get("parent"),
+               "created": v.get("created"),
+               "saved": "✓" if restorable(v) else "—"}
+        for key, value in (v.get("metrics") or {}).items():
+            if isinstance(value, dict):  # one level of nesting, e.g. {"online": {"windows": ...}}
+                row.update({f"{key}.{k}": x for k, x in value.items() if _scalar(x)})
+            elif _scalar(value):
+                row[key] = value
+        rows.append(row)
+    frame = pd.DataFrame(rows)
+    if "created" in frame and pd.api.types.is_numeric_dtype(frame["created"]):
+        # epoch seconds → readable; strings (ISO dates) are shown as they come
+        created = pd.to_datetime(frame["created"], unit="s", utc=True)
+        frame["created"] = created.dt.strftime("%Y-%m-%d %H:%M:%S UTC")
+    return frame
+
+
+def training_charts(view: ConsumerView) -> None:
+    steps = view.training
+    frame = pd.DataFrame({
+        "update": range(len(steps)),
+        "loss": [s.loss for s in steps],
+        "gradient norm": [s.grad_norm for s in steps],
+        "step": ["skipped" if s.skipped else ("clipped" if s.clipped else "applied") for s in steps],
+        "version": [s.version for s in steps],
+    })
+    clipped = sum(s.clipped for s in steps)
+    skipped = sum(s.skipped for s in steps)
+    cols = st.columns(4)
+    cols[0].metric("Updates shown", f"{len(steps):,}", help="the latest ones received by this dashboard")
+    cols[1].metric("Latest loss", number(steps[-1].loss, "{:.4f}"))
+    cols[2].metric("Gradient clipped", f"{clipped:,}", f"{clipped / len(steps):.0%} of updates",
+                   delta_color="off", delta_arrow="off")
+    cols[3].metric("Skipped", f"{skipped:,}", f"{skipped / len(steps):.0%} of updates", delta_color="off",
+                   delta_arrow="off", help="updates the learner refused, e.g. for a non-finite loss")
+    colour = alt.Color("step:N", scale=alt.Scale(domain=STEPS, range=["#4c78a8", "#f58518", "#9d9d9d"]))
+    shape = alt.Shape("step:N", scale=alt.Scale(domain=STEPS, range=["circle", "triangle-up", "cross"]))
+    tooltip = ["update", "step", "version", alt.Tooltip("loss:Q", format=".4f"),
+               alt.Tooltip("gradient norm:Q", format=".3g")]
+    left, right = st.columns(2)
+    for column, field in ((left, "loss"), (right, "gradient norm")):
+        base = alt.Chart(frame.dropna(subset=[field]))
+        line = base.mark_line(color="#bbb", strokeWidth=1).encode(x="update:Q", y=alt.Y(f"{field}:Q"))
+        points = base.mark_point(filled=True, size=55).encode(
+            x=alt.X("update:Q", title="fine-tuning update"), y=f"{field}:Q", color=colour, shape=shape,
+            tooltip=tooltip)
+        with column:
+            note = " (before clipping)" if field == "gradient norm" else ""
+            st.markdown(f"**{field.capitalize()}**{note}")
+            st.altair_chart((line + points).properties(height=240), width="stretch")
+    st.caption("Orange triangles: updates whose gradient norm was clipped; grey crosses: updates skipped.")
+
+
+def learner_summary(view: ConsumerView) -> dict:
+    """Updates and the challenger's comparison, from the model message or else the metrics."""
+    model = view.model or {}
+    learner = (view.metrics or {}).get("learner") or {}
+    comparison = model.get("comparison") or learner
+    return {"updates": model.get("updates", learner.get("updates")),
+            "skipped": model.get("skipped", learner.get("skipped")),
+            "windows": comparison.get("windows"),
+            "serving_accuracy": comparison.get("serving_accuracy"),
+            "challenger_accuracy": comparison.get("challenger_accuracy")}
+
+
+@st.fragment(run_every=REFRESH_SECONDS)
+def live(view_id: str) -> None:
+    feed = get_feed()
+    feed_status(feed)
+    view = next((v for v in feed.store.consumers() if v.consumer == view_id), None)
+    if view is None:
+        st.warning(f"No data about consumer `{view_id}` any more.")
+        return
+    now = time.time()
+    serving = (view.model or {}).get("serving") or (view.metrics or {}).get("model")
+    learner = learner_summary(view)
+    cols = st.columns(4)
+    cols[0].metric("Serving", str(serving) if serving else "—",
+                   f"{'offline · ' if view.status == 'offline' else ''}metrics {ago(view.metrics_time, now)}"
+                   if view.metrics_time else None, delta_color="off", delta_arrow="off")
+    windows = learner["windows"]
+    cols[1].metric("Challenger accuracy", number(learner["challenger_accuracy"], "{:.1%}"),
+                   f"on {windows:,} recent labelled windows" if windows else None, delta_color="off",
+                   delta_arrow="off", help="the weights being fine-tuned, scored on windows before training "
+                                           "on them")
+    cols[2].metric("Serving accuracy", number(learner["serving_accuracy"], "{:.1%}"),
+                   "same windows" if windows else None, delta_color="off", delta_arrow="off")
+    cols[3].metric("Fine-tuning updates", number(learner["updates"], "{:,.0f}"),
+                   f"{learner['skipped']:,} skipped" if isinstance(learner["skipped"], int) else None,
+                   delta_color="off", delta_arrow="off")
+    if view.metrics and "learner" in view.metrics and view.metrics["learner"] is None:
+        st.caption("This consumer runs without online learning: it serves one model and reports no versions.")
+
+    st.subheader("Versions")
+    if view.model and view.model.get("versions"):
+        st.dataframe(versions_frame(view.model), hide_index=True, width="stretch")
+    else:
+        st.info(f"No model versions reported yet. The consumer publishes them (retained) on "
+                f"`{feed.prefix}/_consumer/{view.consumer}/model` when online learning is on.",
+                icon=":material/hourglass_empty:")
+    st.subheader("Fine-tuning")
+    if view.training:
+        training_charts(view)
+    else:
+        st.info("No fine-tuning updates yet: one arrives on "
+                f"`{feed.prefix}/_consumer/{view.consumer}/training` per update, once labels come in.",
+                icon=":material/hourglass_empty:")
+
+
+def send(view_id: str, action: str, version: str | None) -> None:
+    try:
+        body = get_feed().send_command(view_id, action, version)
+    except (ConnectionError, ValueError) as exc:
+        st.session_state["command_sent"] = (view_id, None, str(exc))
+    else:
+        st.session_state["command_sent"] = (view_id, body, time.time())
+
+
+@st.fragment
+def commands(view_id: str) -> None:
+    feed = get_feed()
+    view = next((v for v in feed.store.consumers() if v.consumer == view_id), None)
+    model = (view.model or {}) if view else {}
+    versions = [v for v in model.get("versions") or []
+                if isinstance(v, dict) and v.get("version") is not None]
+    earlier = [str(v["version"]) for v in versions
+               if str(v["version"]) != str(model.get("serving")) and restorable(v)][::-1]
+    st.subheader("Promote or roll back")
+    left, right = st.columns(2)
+    with left:
+        st.markdown("**Promote the challenger now**")
+        st.caption("Serve the weights being fine-tuned now, without waiting for them to do at least as well "
+                   "as the serving ones on recent labelled windows.")
+        st.button("Promote", icon=":material/upgrade:", type="primary", key=f"promote-{view_id}",
+                  disabled=not versions, on_click=send, args=(view_id, "promote", None))
+    with right:
+        st.markdown("**Roll back**")
+        st.caption("Serve an earlier version again (one the consumer saved), and fine-tune from it.")
+        version = st.selectbox("Version", earlier, key=f"version-{view_id}", disabled=not earlier,
+                               label_visibility="collapsed", placeholder="no earlier version saved")
+        st.button("Roll back to it", icon=":material/undo:", key=f"rollback-{view_id}", disabled=not earlier,
+                  on_click=send, args=(view_id, "rollback", version))
+    if not versions:
+        st.caption("Enabled once the consumer reports its model versions.")
+        if st.button("Check again", icon=":material/refresh:", key=f"refresh-{view_id}"):
+            st.rerun(scope="fragment")
+    sent = st.session_state.get("command_sent")
+    if sent and sent[0] == view_id:
+        if sent[1] is None:
+            st.error(f"Command not sent: {sent[2]}")
+        else:
+            st.success(f"Sent `{command_text(sent[1])}` to `{feed.prefix}/_consumer/{view_id}/command` "
+                       f"({ago(sent[2])}); the consumer reports its versions again when it has acted.",
+                       icon=":material/check:")
+    if view and view.commands:
+        st.caption("Commands seen on the broker: " + "; ".join(
+            f"{c.get('action')} {c.get('version') or ''} ({ago(at)})" for at, c in view.commands[-5:][::-1]))
+
+
+def command_text(body: dict) -> str:
+    return ", ".join(f"{k}: {v}" for k, v in body.items())
+
+
+feed = get_feed()
+consumers = [v.consumer for v in feed.store.consumers()]
+if not consumers:
+    @st.fragment(run_every=REFRESH_SECONDS)
+    def wait() -> None:
+        if get_feed().store.consumers():
+            st.rerun()
+        feed_status(feed)
+        st.info(f"Waiting for a consumer: none has published on `{feed.prefix}/_consumer/+/…` yet. Start one "
+                "with `harstream consume`.", icon=":material/hourglass_empty:")
+
+    wait()
+    st.stop()
+# online consumers come first, so the default is one that can act on a command
+consumer = st.selectbox("Consumer", consumers, key="model_consumer") if len(consumers) > 1 else consumers[0]
+live(consumer)
+commands(consumer)
