@@ -62,12 +62,14 @@ def cmd_consume(args) -> int:
     from stream.consumer import Consumer, ConsumerConfig
     model, info = _load_model(args.model)
     from models.finetune import LearnerConfig
-    learner = LearnerConfig(k1=args.k1, k2=args.k2, optimiser=args.optimiser, lr=args.lr, clip=args.clip,
-                            versions_dir=Path(args.state_dir) / "models" if args.state_dir else None)
+    learner = LearnerConfig(k1=args.k1, k2=args.k2, optimiser=args.optimiser, lr=args.lr, clip=args.clip)
     config = ConsumerConfig(broker=BrokerURL.parse(args.broker, args.ca_file), prefix=args.prefix,
                             consumer_id=args.id, metrics_interval=args.metrics_interval,
                             max_wait=args.max_wait, learn=not args.no_learn, learner=learner,
-                            torch_threads=args.torch_threads)
+                            torch_threads=args.torch_threads,
+                            state_dir=Path(args.state_dir) if args.state_dir else None,
+                            checkpoint_interval=args.checkpoint_interval, idle_timeout=args.idle_timeout,
+                            qos=args.qos)
     consumer = Consumer(config, StatefulClassifier(model, info["version"]))
     _on_signals(consumer.stop)
     if args.duration:
@@ -230,6 +232,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds a ready window may wait to share a batch (default: %(default)s)")
     p.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     p.add_argument("--torch-threads", type=int, default=1, help="torch intra-op threads (default: %(default)s)")
+    p.add_argument("--state-dir", default=None,
+                   help="folder for checkpoints of device state, model versions and the event store "
+                        "(events.db); restored on start (default: none, nothing kept)")
+    p.add_argument("--checkpoint-interval", type=float, default=30.0, help="seconds between checkpoints")
+    p.add_argument("--idle-timeout", type=float, default=300.0,
+                   help="seconds without samples before a device leaves memory, its state kept (default: %(default)s)")
+    p.add_argument("--qos", type=int, default=1, choices=(0, 1), help="subscription QoS for samples (default: 1)")
     g = p.add_argument_group("online fine-tuning (truncated BPTT on labelled windows)")
     g.add_argument("--no-learn", action="store_true", help="serve only; ignore labels for training")
     g.add_argument("--optimiser", default="adam", choices=("adam", "rmsprop", "sgd"))
@@ -237,8 +246,6 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--k1", type=int, default=4, help="windows between weight updates (default: %(default)s)")
     g.add_argument("--k2", type=int, default=4, help="windows backpropagated through (default: %(default)s)")
     g.add_argument("--clip", type=float, default=1.0, help="gradient norm clipping (default: %(default)s)")
-    g.add_argument("--state-dir", default=None,
-                   help="folder for promoted model versions (default: none; versions kept in memory)")
     p.set_defaults(func=cmd_consume)
 
     p = sub.add_parser("simulate", help="publish simulated accelerometer streams",

@@ -21,21 +21,25 @@ import queue
 import threading
 import time
 import uuid
-from collections import Counter
+from collections import Counter, OrderedDict
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import orjson
 
 import torch
 
+from models.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from models.finetune import LearnerConfig, OnlineLearner, Sequence
 from models.state import StatefulClassifier
 from stream.decode import MAX_PAYLOAD_BYTES, Rejected, SequenceCheck, decode_imu, parse_topic
 from stream.labels import LabelBook, LabelledWindow, WindowHistory, decode_label
 from stream.monitor import DriftEvent, Monitor
 from stream.mqtt import BrokerURL, connect
+from stream.persist import SERVING_MODEL, load_state, save_state
 from stream.pipeline import Pipeline, Prediction
+from stream.store import EventStore
 
 __all__ = ["Consumer", "ConsumerConfig", "consumer_topic"]
 
@@ -55,15 +59,31 @@ class ConsumerConfig:
     max_wait: float = 0.02  # seconds a ready window may wait for others to share its batch
     metrics_interval: float = 5.0  # seconds between metrics messages
     max_payload: int = MAX_PAYLOAD_BYTES
-    qos: int = 0  # subscription QoS for samples
+    qos: int = 1  # subscription QoS for samples; 1 with a persistent session loses nothing on restart
+    persistent: bool | None = None  # persistent session, so the broker keeps QoS 1 messages while we are
+    # away; default: on when the id is stable (given, or kept in state_dir)
     learn: bool = True  # fine-tune online from labels
     learner: LearnerConfig | None = None  # fine-tuning settings (defaults when None)
     label_lateness: float = 4.0  # seconds of device time a window waits for a late label
     torch_threads: int = 1  # intra-op threads; one is fastest for serving batches on a shared machine
+    state_dir: Path | None = None  # checkpoints, model versions and the event store; None keeps nothing
+    checkpoint_interval: float = 30.0  # seconds between checkpoints of per-device state
+    idle_timeout: float = 300.0  # seconds without samples before a device is evicted (state kept)
+    max_evicted: int = 100_000  # evicted device states kept, least recently seen dropped first
 
     def __post_init__(self) -> None:
+        if self.persistent is None:
+            self.persistent = bool(self.consumer_id) or self.state_dir is not None
         if not self.consumer_id:
-            self.consumer_id = f"harstream-consumer-{uuid.uuid4().hex[:6]}"
+            # a stable id where state is kept: the broker's persistent session follows the id
+            id_file = self.state_dir / "consumer-id" if self.state_dir else None
+            if id_file is not None and id_file.exists():
+                self.consumer_id = id_file.read_text().strip()
+            else:
+                self.consumer_id = f"harstream-consumer-{uuid.uuid4().hex[:6]}"
+                if id_file is not None:
+                    id_file.parent.mkdir(parents=True, exist_ok=True)
+                    id_file.write_text(self.consumer_id)
 
 
 class _Stats:
@@ -109,12 +129,76 @@ class Consumer:
         self._pending_sequences: dict[str, list[LabelledWindow]] = {}
         self._swap: tuple | None = None  # (model, version) handed over by the learner
         self._swap_lock = threading.Lock()
+        self._evicted: OrderedDict[str, tuple] = OrderedDict()  # device -> state, seq
+        self._last_seen: dict[str, float] = {}
+        self.store: EventStore | None = None
+        if config.state_dir is not None:
+            self._restore(classifier)
+            self.store = EventStore(config.state_dir / "events.db")
         self.learner: OnlineLearner | None = None
         if config.learn:
             lc = config.learner or LearnerConfig()
-            lc.serving_version = classifier.version
-            self.learner = OnlineLearner(classifier.model, lc, on_promote=self._on_promote,
+            if config.state_dir is not None and lc.versions_dir is None:
+                lc.versions_dir = config.state_dir / "models"
+            lc.serving_version = self.pipeline.classifier.version
+            self.learner = OnlineLearner(self.pipeline.classifier.model, lc, on_promote=self._on_promote,
                                          on_update=self._on_update)
+
+    # -- checkpoints ---------------------------------------------------------------------------
+    def _restore(self, classifier: StatefulClassifier) -> None:
+        """Resume the fine-tuned model and every device's state from the state directory."""
+        directory = self.config.state_dir
+        serving = directory / SERVING_MODEL
+        if serving.exists():
+            try:
+                model, info = load_checkpoint(serving)
+                classifier.set_model(model, info["version"])
+                log.info("restored fine-tuned model %s from %s", info["version"], serving)
+            except (CheckpointError, ValueError) as exc:
+                log.warning("not restoring %s: %s", serving, exc)
+        try:
+            state = load_state(directory)
+        except (ValueError, RuntimeError, OSError) as exc:
+            log.warning("not restoring device state from %s: %s", directory, exc)
+            return
+        if state is None:
+            return
+        for device, tensors in state["devices"].items():
+            classifier.bank.set(device, tuple(t.unsqueeze(1) for t in tensors))
+        self._evicted.update(state["evicted"])
+        self.sequence.restore(state["sequences"])
+        log.info("restored the state of %d devices (%d evicted) saved %.0f s ago", len(state["devices"]),
+                 len(state["evicted"]), time.time() - state["saved_at"])
+
+    def checkpoint(self) -> None:
+        """Save per-device state (and the serving model if it changed) to the state directory."""
+        directory = self.config.state_dir
+        if directory is None:
+            return
+        classifier = self.pipeline.classifier
+        serving = directory / SERVING_MODEL
+        if getattr(self, "_saved_version", None) != classifier.version:
+            save_checkpoint(serving, classifier.model, {"online": True})
+            self._saved_version = classifier.version
+        bank = classifier.bank
+        devices = {d: tuple(t[:, 0] for t in bank.get(d)) for d in bank.devices()}
+        save_state(directory, classifier.version, devices, self.sequence.snapshot(), dict(self._evicted))
+
+    def _evict_idle(self) -> None:
+        """Devices silent for idle_timeout leave memory; their state is kept for when they return."""
+        cutoff = time.monotonic() - self.config.idle_timeout
+        for device in [d for d, seen in self._last_seen.items() if seen < cutoff]:
+            bank = self.pipeline.classifier.bank
+            if device in bank:
+                self._evicted[device] = tuple(t[:, 0] for t in bank.get(device))
+                while len(self._evicted) > self.config.max_evicted:
+                    self._evicted.popitem(last=False)
+            self.pipeline.evict(device)
+            self.monitor.forget(device)
+            self.history.forget(device)
+            self.labels.forget(device)
+            self._pending_sequences.pop(device, None)
+            del self._last_seen[device]
 
     # -- paho thread: never block, never raise ------------------------------------------------
     def _on_message(self, client, userdata, message) -> None:
@@ -140,6 +224,7 @@ class Consumer:
             subscriptions=[(f"{cfg.prefix}/+/imu", cfg.qos), (f"{cfg.prefix}/+/label", 1),
                            (consumer_topic(cfg.prefix, cfg.consumer_id, "command"), 1)],
             on_message=self._on_message,
+            clean_session=not cfg.persistent,
         )
         self._client.publish(status, b"online", qos=1, retain=True)
         log.info("consumer %s on %s, model %s (%d classes, window %.2f s)", cfg.consumer_id, cfg.broker,
@@ -149,6 +234,7 @@ class Consumer:
             self.learner.start()
         self._publish_model()
         next_metrics = time.monotonic() + cfg.metrics_interval
+        next_checkpoint = time.monotonic() + cfg.checkpoint_interval
         try:
             while not self._stop.is_set():
                 self._drain(timeout=0.05)
@@ -159,10 +245,18 @@ class Consumer:
                     self._after_predictions(predictions)
                 if time.monotonic() >= next_metrics:
                     self._publish_metrics()
+                    self._evict_idle()
                     next_metrics += cfg.metrics_interval
+                if time.monotonic() >= next_checkpoint:
+                    self.checkpoint()
+                    next_checkpoint = time.monotonic() + cfg.checkpoint_interval
         finally:
             if self.learner is not None:
                 self.learner.stop()
+            self._apply_swap()
+            self.checkpoint()
+            if self.store is not None:
+                self.store.close()
             self._publish_metrics()
             self._client.publish(status, b"offline", qos=1, retain=True).wait_for_publish(5)
             self._client.disconnect()
@@ -197,12 +291,17 @@ class Consumer:
             if kind == "imu":
                 batch = decode_imu(payload, device, self.config.max_payload)
                 self.sequence.check(batch)
+                if device not in self._last_seen and device in self._evicted:
+                    self.pipeline.classifier.bank.set(device, tuple(t.unsqueeze(1) for t in self._evicted.pop(device)))
+                self._last_seen[device] = arrival
                 self.stats.samples += len(batch)
                 self.stats._interval_samples += len(batch)
                 self.pipeline.add(batch, arrival)
             elif kind == "label":
                 label, start, end = decode_label(payload)
                 self.labels.add(device, label, start, end)
+                if self.store is not None:
+                    self.store.label(device, label, start, end)
                 self.history.track(device)
         except Rejected as exc:
             self.stats.rejected[exc.reason] += 1
@@ -225,6 +324,8 @@ class Consumer:
                 "latency_ms": round(latency, 2),
             }
             self._client.publish(f"{cfg.prefix}/{p.device}/prediction", orjson.dumps(body))
+            if self.store is not None:
+                self.store.prediction(p.device, p.t_end, p.label, body["confidence"], version, body["latency_ms"])
         self.stats.windows += len(predictions)
         self.stats._interval_windows += len(predictions)
 
@@ -246,6 +347,8 @@ class Consumer:
             target = (consumer_topic(cfg.prefix, cfg.consumer_id, "drift") if e.device == "_all"
                       else f"{cfg.prefix}/{e.device}/drift")
             self._client.publish(target, orjson.dumps(e.to_dict()), qos=1)
+            if self.store is not None:
+                self.store.drift(e.to_dict())
             if e.signal == "error" and self.learner is not None:
                 log.info("drift on %s's errors: adapting", e.device)
 
@@ -281,6 +384,8 @@ class Consumer:
         if swap is not None:
             self.pipeline.classifier.set_model(*swap)
             log.info("serving model %s", swap[1])
+            if self.store is not None:
+                self.store.model_event(swap[1], "serving", self.learner.comparison() if self.learner else {})
             self._publish_model()
 
     def _on_update(self, report) -> None:  # learner thread; paho's publish is thread-safe
@@ -331,6 +436,8 @@ class Consumer:
             "lost_samples": self.sequence.lost_samples,
             "late_samples": sum(b.late_samples for b in self.pipeline.buffers.values()),
             "queue": self._queue.qsize(),
+            "evicted": len(self._evicted),
+            "store": None if self.store is None else {"written": self.store.written, "dropped": self.store.dropped},
             "model": self.pipeline.classifier.version,
             "online": self.monitor.summary(),
             "learner": None if self.learner is None else {

@@ -1,0 +1,114 @@
+"""Restarts: device state and the fine-tuned model survive, QoS 1 messages kept by the broker arrive,
+events are stored in SQLite, idle devices are evicted and come back with their state."""
+
+import threading
+import time
+import uuid
+
+import numpy as np
+import orjson
+import pytest
+import torch
+
+from models.state import StatefulClassifier
+from stream.consumer import Consumer, ConsumerConfig
+from stream.mqtt import connect
+from stream.persist import load_state
+from stream.store import EventStore
+
+pytestmark = pytest.mark.broker
+
+
+def imu(seq, t0, n=10, rate=50.0):
+    t = t0 + np.arange(n) / rate
+    acc = np.stack([np.sin(7 * t), np.cos(5 * t), 9.81 + np.sin(3 * t)], axis=1)
+    return orjson.dumps({"seq": seq, "t": t.round(4).tolist(), "acc": acc.round(4).tolist()})
+
+
+def start(config, model):
+    consumer = Consumer(config, StatefulClassifier(model, "tiny"))
+    thread = threading.Thread(target=consumer.run)
+    thread.start()
+    return consumer, thread
+
+
+def wait(predicate, timeout=20.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_restart_resumes_state_and_gets_messages_sent_while_down(broker_url, tiny_model, tmp_path):
+    prefix = f"hartest{uuid.uuid4().hex[:8]}"
+    config = dict(broker=broker_url, prefix=prefix, state_dir=tmp_path, metrics_interval=0.5, learn=False)
+    pub = connect(broker_url, "test-pub")
+    consumer, thread = start(ConsumerConfig(**config), tiny_model)
+    try:
+        assert wait(lambda: consumer._client is not None and consumer._client.is_connected())
+        time.sleep(0.3)
+        for k in range(10):  # 2 s: one window of 20 samples at 25 Hz... and then some
+            pub.publish(f"{prefix}/dev-a/imu", imu(k, 100.0 + 0.2 * k), qos=1)
+        assert wait(lambda: consumer.stats.windows >= 2)
+        saved_state = consumer.pipeline.classifier.bank.get("dev-a")
+    finally:
+        consumer.stop()
+        thread.join(20)
+    assert (tmp_path / "consumer-state.pt").exists() and (tmp_path / "serving.pt").exists()
+    consumer_id = consumer.config.consumer_id
+    # while the consumer is down, the device goes on; the broker keeps these QoS 1 messages
+    for k in range(10, 20):
+        pub.publish(f"{prefix}/dev-a/imu", imu(k, 100.0 + 0.2 * k), qos=1).wait_for_publish(5)
+    saved = load_state(tmp_path)
+    for a, b in zip(saved_state, saved["devices"]["dev-a"]):
+        torch.testing.assert_close(a[:, 0], b)
+    assert saved["sequences"]["dev-a"] == 9
+    restarted = Consumer(ConsumerConfig(**config), StatefulClassifier(tiny_model, "tiny"))
+    for a, b in zip(saved_state, restarted.pipeline.classifier.bank.get("dev-a")):
+        torch.testing.assert_close(a, b)  # restored before the first message
+    thread = threading.Thread(target=restarted.run)
+    thread.start()
+    try:
+        assert restarted.config.consumer_id == consumer_id  # the same persistent session
+        assert wait(lambda: restarted.stats.samples >= 100), restarted.stats.samples  # nothing lost
+        assert restarted.sequence.snapshot()["dev-a"] == 19
+        assert restarted.stats.rejected == {}
+    finally:
+        restarted.stop()
+        thread.join(20)
+        pub.disconnect()
+        pub.loop_stop()
+    store = EventStore(tmp_path / "events.db")
+    rows = store.query("SELECT device, label, model FROM predictions")
+    store.close()
+    assert len(rows) >= 4 and all(r[0] == "dev-a" for r in rows)
+    assert rows[0][2] == "tiny"  # after the restart, the restored model is named by its weights' hash
+
+
+def test_idle_devices_are_evicted_and_return_with_their_state(broker_url, tiny_model):
+    prefix = f"hartest{uuid.uuid4().hex[:8]}"
+    consumer = Consumer(ConsumerConfig(broker=broker_url, prefix=prefix, idle_timeout=0.5, learn=False,
+                                       metrics_interval=0.2), StatefulClassifier(tiny_model, "tiny"))
+    thread = threading.Thread(target=consumer.run)
+    thread.start()
+    pub = connect(broker_url, "test-pub")
+    try:
+        assert wait(lambda: consumer._client is not None and consumer._client.is_connected())
+        time.sleep(0.3)
+        for k in range(10):
+            pub.publish(f"{prefix}/dev-b/imu", imu(k, 50.0 + 0.2 * k), qos=1)
+        assert wait(lambda: consumer.stats.windows >= 2)
+        state = consumer.pipeline.classifier.bank.get("dev-b")
+        assert wait(lambda: "dev-b" not in consumer.pipeline.classifier.bank, timeout=5)
+        assert "dev-b" in consumer._evicted and "dev-b" not in consumer.pipeline.buffers
+        pub.publish(f"{prefix}/dev-b/imu", imu(10, 52.0), qos=1)
+        assert wait(lambda: "dev-b" in consumer.pipeline.classifier.bank)
+        for a, b in zip(state, consumer.pipeline.classifier.bank.get("dev-b")):
+            torch.testing.assert_close(a, b)
+    finally:
+        consumer.stop()
+        thread.join(20)
+        pub.disconnect()
+        pub.loop_stop()
