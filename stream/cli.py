@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -69,7 +70,9 @@ def cmd_consume(args) -> int:
                             torch_threads=args.torch_threads,
                             state_dir=Path(args.state_dir) if args.state_dir else None,
                             checkpoint_interval=args.checkpoint_interval, idle_timeout=args.idle_timeout,
-                            qos=args.qos)
+                            qos=args.qos, shared_group=args.shared, state_store=args.state_store,
+                            reorder_wait=args.reorder_wait,
+                            health_file=Path(args.health_file) if args.health_file else None)
     consumer = Consumer(config, StatefulClassifier(model, info["version"]))
     _on_signals(consumer.stop)
     if args.duration:
@@ -111,10 +114,15 @@ def cmd_train(args) -> int:
     from models.train import TrainConfig, train
     from stream.recording import read_recording
     if args.simulated:
-        from simulators.workout import simulate_recording
-        print(f"simulating {args.sim_devices} people x {args.sim_minutes:g} min for training ...", flush=True)
-        rec = simulate_recording(args.sim_devices, args.sim_minutes * 60.0, seed=args.seed)
-        sources = [f"simulated:{args.sim_devices}x{args.sim_minutes:g}min:seed{args.seed}"]
+        from simulators.training import simulated_training_data
+        placements = ["wrist", "upper_arm", "waist"] if args.sim_placement == "mixed" else [args.sim_placement]
+        exercises = args.sim_exercises.split(",") if args.sim_exercises else None
+        print(f"simulating {args.sim_devices} people x {args.sim_minutes:g} min ({'/'.join(placements)}) "
+              "for training ...", flush=True)
+        rec = simulated_training_data(args.sim_devices, args.sim_minutes * 60.0, seed=args.seed,
+                                      placements=placements, exercises=exercises)
+        sources = [f"simulated:{args.sim_devices}x{args.sim_minutes:g}min:{args.sim_placement}:seed{args.seed}"
+                   + (f":{args.sim_exercises}" if args.sim_exercises else "")]
     else:
         from stream.recording import concat_recordings
         rec = concat_recordings([read_recording(f) for f in args.data])
@@ -223,22 +231,42 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Subscribes to <prefix>/+/imu, keeps an LSTM state per device, classifies "
                                    "every ready window in one batched pass and publishes "
                                    "<prefix>/<device>/prediction, plus retained status and metrics on "
-                                   "<prefix>/_consumer/<id>/{status,metrics}.")
+                                   "<prefix>/_consumer/<id>/{status,metrics}. Replicas scale out with --shared "
+                                   "GROUP (an MQTT shared subscription) and --state-store redis://... (each "
+                                   "device's state in Redis, so any replica takes any device's next message).",
+                       epilog="Environment: HARSTREAM_BROKER, HARSTREAM_CONSUMER_ID, HARSTREAM_STATE_DIR, "
+                              "HARSTREAM_SHARED_GROUP, HARSTREAM_STATE_STORE and HARSTREAM_HEALTH_FILE set the "
+                              "defaults of --broker, --id, --state-dir, --shared, --state-store, --health-file.")
+    env = os.environ.get
     _broker_args(p)
     _model_arg(p)
-    p.add_argument("--id", default="", help="consumer id (MQTT client id; default: random)")
+    p.add_argument("--id", default=env("HARSTREAM_CONSUMER_ID", ""),
+                   help="consumer id (MQTT client id; default: random, kept in --state-dir)")
     p.add_argument("--metrics-interval", type=float, default=5.0, help="seconds between metrics (default: %(default)s)")
     p.add_argument("--max-wait", type=float, default=0.02,
                    help="seconds a ready window may wait to share a batch (default: %(default)s)")
     p.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     p.add_argument("--torch-threads", type=int, default=1, help="torch intra-op threads (default: %(default)s)")
-    p.add_argument("--state-dir", default=None,
+    p.add_argument("--state-dir", default=env("HARSTREAM_STATE_DIR") or None,
                    help="folder for checkpoints of device state, model versions and the event store "
                         "(events.db); restored on start (default: none, nothing kept)")
     p.add_argument("--checkpoint-interval", type=float, default=30.0, help="seconds between checkpoints")
     p.add_argument("--idle-timeout", type=float, default=300.0,
                    help="seconds without samples before a device leaves memory, its state kept (default: %(default)s)")
     p.add_argument("--qos", type=int, default=1, choices=(0, 1), help="subscription QoS for samples (default: 1)")
+    p.add_argument("--health-file", default=env("HARSTREAM_HEALTH_FILE") or None, metavar="FILE",
+                   help="write the latest metrics (JSON, with the time 't') to FILE every --metrics-interval, "
+                        "for health checks (default: none)")
+    g = p.add_argument_group("scale-out (replicas)")
+    g.add_argument("--shared", default=env("HARSTREAM_SHARED_GROUP", ""), metavar="GROUP",
+                   help="take samples through the shared subscription $share/GROUP/<prefix>/+/imu, so the "
+                        "replicas of GROUP split them; turns fine-tuning off (default: no group)")
+    g.add_argument("--state-store", default=env("HARSTREAM_STATE_STORE") or None, metavar="URL",
+                   help="redis://host:port/db: every device's state lives there, applied in seq order and "
+                        "exactly once whichever replica gets a message (default: in memory and --state-dir)")
+    g.add_argument("--reorder-wait", type=float, default=1.0, metavar="SECONDS",
+                   help="with --state-store, how long a message waits for its device's earlier ones before the "
+                        "gap is accepted as lost (default: %(default)s)")
     g = p.add_argument_group("online fine-tuning (truncated BPTT on labelled windows)")
     g.add_argument("--no-learn", action="store_true", help="serve only; ignore labels for training")
     g.add_argument("--optimiser", default="adam", choices=("adam", "rmsprop", "sgd"))
@@ -298,6 +326,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-minutes", type=float, default=None, help="stop training after this long")
     p.add_argument("--sim-devices", type=int, default=40, help="simulated people (default: %(default)s)")
     p.add_argument("--sim-minutes", type=float, default=10.0, help="minutes per simulated person (default: %(default)s)")
+    p.add_argument("--sim-placement", default="wrist", choices=("wrist", "upper_arm", "waist", "mixed"),
+                   help="where the simulated sensor sits; mixed spreads people over all three (default: %(default)s)")
+    p.add_argument("--sim-exercises", default=None, metavar="A,B,...",
+                   help="simulate only these exercises (comma-separated; default: all; 'rest' is always useful)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
