@@ -12,11 +12,18 @@ Topics (prefix ``har``):
   ``har/_consumer/<id>/training`` (one message per fine-tuning update); ``har/_consumer/<id>/drift``
   (the overall detectors). ``_consumer`` cannot be a
   device id (ids start with a letter or digit), so the two never collide.
+
+Scale-out: with ``shared_group`` the samples come through the shared subscription
+``$share/<group>/har/+/imu``, so replicas of the same group split the devices' messages between them;
+with ``state_store`` (Redis) each device's state lives in the store and any replica can apply any
+device's next message, in order and once (``stream.shared_state``). Labels and commands stay plain
+subscriptions: every replica sees every label.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 import time
@@ -39,6 +46,7 @@ from stream.monitor import DriftEvent, Monitor
 from stream.mqtt import BrokerURL, connect
 from stream.persist import SERVING_MODEL, load_state, save_state
 from stream.pipeline import Pipeline, Prediction
+from stream.shared_state import SharedDevices, open_store
 from stream.store import EventStore
 
 __all__ = ["Consumer", "ConsumerConfig", "consumer_topic"]
@@ -70,10 +78,24 @@ class ConsumerConfig:
     checkpoint_interval: float = 30.0  # seconds between checkpoints of per-device state
     idle_timeout: float = 300.0  # seconds without samples before a device is evicted (state kept)
     max_evicted: int = 100_000  # evicted device states kept, least recently seen dropped first
+    shared_group: str = ""  # subscribe to samples through $share/<group>/...: replicas split the devices
+    state_store: str | None = None  # redis://host:port/db: per-device state shared by the replicas
+    reorder_wait: float = 1.0  # seconds a message waits for its device's earlier ones (state_store only)
+    state_ttl: float = 7 * 86400.0  # seconds a device's shared state outlives its last message
+    health_file: Path | None = None  # the latest metrics, rewritten every metrics_interval (health checks)
 
     def __post_init__(self) -> None:
+        if self.shared_group and ("/" in self.shared_group or "+" in self.shared_group
+                                  or "#" in self.shared_group):
+            raise ValueError(f"Invalid 'shared_group' {self.shared_group!r}: no '/', '+' or '#'")
         if self.persistent is None:
-            self.persistent = bool(self.consumer_id) or self.state_dir is not None
+            # a persistent session in a shared group would have the broker keep a share of the
+            # messages for a replica that may never come back; the others should get them instead
+            self.persistent = (bool(self.consumer_id) or self.state_dir is not None) and not self.shared_group
+        if self.learn and self.shared_group:
+            # each replica would fine-tune its own copy from its share of the labels and serve it
+            log.info("online fine-tuning is off in a shared group: the replicas' models would diverge")
+            self.learn = False
         if not self.consumer_id:
             # a stable id where state is kept: the broker's persistent session follows the id
             id_file = self.state_dir / "consumer-id" if self.state_dir else None
@@ -132,6 +154,15 @@ class Consumer:
         self._evicted: OrderedDict[str, tuple] = OrderedDict()  # device -> state, seq
         self._last_seen: dict[str, float] = {}
         self.store: EventStore | None = None
+        self.shared: SharedDevices | None = None
+        if config.state_store:
+            store = open_store(config.state_store, f"harstream:{config.prefix}", config.state_ttl)
+            self.shared = SharedDevices(store, self.pipeline, self.sequence, config.reorder_wait,
+                                        max_held=config.queue_size)
+        if config.shared_group and self.shared is None:
+            log.warning("shared group %r without a state store: a device's state stays on the replica that "
+                        "had it; fine only if the broker dispatches each device to one replica (EMQX hash_topic)",
+                        config.shared_group)
         if config.state_dir is not None:
             self._restore(classifier)
             self.store = EventStore(config.state_dir / "events.db")
@@ -156,6 +187,8 @@ class Consumer:
                 log.info("restored fine-tuned model %s from %s", info["version"], serving)
             except (CheckpointError, ValueError) as exc:
                 log.warning("not restoring %s: %s", serving, exc)
+        if self.shared is not None:
+            return  # device state lives in the shared store
         try:
             state = load_state(directory)
         except (ValueError, RuntimeError, OSError) as exc:
@@ -180,6 +213,8 @@ class Consumer:
         if getattr(self, "_saved_version", None) != classifier.version:
             save_checkpoint(serving, classifier.model, {"online": True})
             self._saved_version = classifier.version
+        if self.shared is not None:
+            return  # device state lives in the shared store, written every cycle
         bank = classifier.bank
         devices = {d: tuple(t[:, 0] for t in bank.get(d)) for d in bank.devices()}
         save_state(directory, classifier.version, devices, self.sequence.snapshot(), dict(self._evicted))
@@ -189,7 +224,9 @@ class Consumer:
         cutoff = time.monotonic() - self.config.idle_timeout
         for device in [d for d, seen in self._last_seen.items() if seen < cutoff]:
             bank = self.pipeline.classifier.bank
-            if device in bank:
+            if self.shared is not None:
+                self.shared.forget(device)
+            elif device in bank:
                 self._evicted[device] = tuple(t[:, 0] for t in bank.get(device))
                 while len(self._evicted) > self.config.max_evicted:
                     self._evicted.popitem(last=False)
@@ -221,14 +258,14 @@ class Consumer:
             "consumer",
             client_id=cfg.consumer_id,
             will=(status, b"offline"),
-            subscriptions=[(f"{cfg.prefix}/+/imu", cfg.qos), (f"{cfg.prefix}/+/label", 1),
+            subscriptions=[(self.imu_subscription, cfg.qos), (f"{cfg.prefix}/+/label", 1),
                            (consumer_topic(cfg.prefix, cfg.consumer_id, "command"), 1)],
             on_message=self._on_message,
             clean_session=not cfg.persistent,
         )
         self._client.publish(status, b"online", qos=1, retain=True)
-        log.info("consumer %s on %s, model %s (%d classes, window %.2f s)", cfg.consumer_id, cfg.broker,
-                 self.pipeline.classifier.version, len(self.pipeline.classifier.classes),
+        log.info("consumer %s on %s (%s), model %s (%d classes, window %.2f s)", cfg.consumer_id, cfg.broker,
+                 self.imu_subscription, self.pipeline.classifier.version, len(self.pipeline.classifier.classes),
                  self.pipeline.config.window_seconds)
         if self.learner is not None:
             self.learner.start()
@@ -239,10 +276,7 @@ class Consumer:
             while not self._stop.is_set():
                 self._drain(timeout=0.05)
                 self._apply_swap()
-                if self.pipeline.pending:
-                    predictions = self.pipeline.classify_ready()
-                    self._publish(predictions)
-                    self._after_predictions(predictions)
+                self._classify()
                 if time.monotonic() >= next_metrics:
                     self._publish_metrics()
                     self._evict_idle()
@@ -257,12 +291,41 @@ class Consumer:
             self.checkpoint()
             if self.store is not None:
                 self.store.close()
+            if self.shared is not None:
+                self.shared.store.close()
             self._publish_metrics()
             self._client.publish(status, b"offline", qos=1, retain=True).wait_for_publish(5)
             self._client.disconnect()
             self._client.loop_stop()
             log.info("consumer stopped: %d windows classified, rejected %s", self.stats.windows,
                      dict(self.stats.rejected) or "none")
+
+    @property
+    def imu_subscription(self) -> str:
+        topic = f"{self.config.prefix}/+/imu"
+        return f"$share/{self.config.shared_group}/{topic}" if self.config.shared_group else topic
+
+    def _classify(self) -> None:
+        """Classify every ready window in one batched pass and publish the predictions.
+
+        With a shared store, the held messages that are their device's next are applied first, and
+        only the predictions of devices whose state was then written back are published.
+        """
+        shared = self.shared
+        if shared is not None and shared.held:
+            samples, rejected = shared.apply()
+            self.stats.samples += samples
+            self.stats._interval_samples += samples
+            for exc in rejected:
+                self.stats.rejected[exc.reason] += 1
+        if shared is not None and shared.touched:
+            predictions = shared.commit(self.pipeline.classify_ready())
+        elif self.pipeline.pending:
+            predictions = self.pipeline.classify_ready()
+        else:
+            return
+        self._publish(predictions)
+        self._after_predictions(predictions)
 
     def _drain(self, timeout: float) -> None:
         """Take messages until the queue is empty and a window has waited ``max_wait``."""
@@ -275,7 +338,7 @@ class Consumer:
                     return
                 continue
             self.handle(topic, payload, arrival)
-            if self.pipeline.pending and deadline is None:
+            if deadline is None and (self.pipeline.pending or (self.shared is not None and self.shared.held)):
                 deadline = arrival + self.config.max_wait
             if deadline is not None and time.monotonic() >= deadline:
                 return
@@ -290,6 +353,10 @@ class Consumer:
             device, kind = parse_topic(topic, self.config.prefix)
             if kind == "imu":
                 batch = decode_imu(payload, device, self.config.max_payload)
+                if self.shared is not None:  # applied in seq order, against the shared state
+                    self._last_seen[device] = arrival
+                    self.shared.hold(batch, arrival)
+                    return
                 self.sequence.check(batch)
                 if device not in self._last_seen and device in self._evicted:
                     self.pipeline.classifier.bank.set(device, tuple(t.unsqueeze(1) for t in self._evicted.pop(device)))
@@ -335,7 +402,7 @@ class Consumer:
         events: list[DriftEvent] = []
         for p in predictions:
             magnitude = float(np.linalg.norm(p.window, axis=1).mean())
-            events += self.monitor.observe(p.device, p.t_end, magnitude, p.confidence)
+            events += self.monitor.observe(p.device, p.t_end, magnitude, p.confidence, p.window.mean(axis=0), p.label)
             if p.device in self.history:
                 self.history.add(LabelledWindow(p.device, p.t_end, p.window, p.state_before(), p.label,
                                                 p.confidence))
@@ -439,12 +506,27 @@ class Consumer:
             "evicted": len(self._evicted),
             "store": None if self.store is None else {"written": self.store.written, "dropped": self.store.dropped},
             "model": self.pipeline.classifier.version,
+            "shared": None if self.shared is None else {"group": self.config.shared_group or None,
+                                                        **self.shared.summary()},
             "online": self.monitor.summary(),
             "learner": None if self.learner is None else {
                 "updates": self.learner.updates, "skipped": self.learner.skipped, "dropped": self.learner.dropped,
                 **self.learner.comparison()},
         }
         self.last_metrics = metrics
+        if self.config.health_file is not None:
+            self._write_health(metrics)
         if self._client is not None:
             self._client.publish(consumer_topic(self.config.prefix, self.config.consumer_id, "metrics"),
                                  orjson.dumps(metrics), qos=0, retain=True)
+
+    def _write_health(self, metrics: dict) -> None:
+        """The latest metrics as a file, written whole (temporary file, then rename)."""
+        path = self.config.health_file
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            tmp.write_bytes(orjson.dumps(metrics))
+            tmp.replace(path)
+        except OSError as exc:
+            log.warning("cannot write the health file %s: %s", path, exc)

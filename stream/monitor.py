@@ -3,6 +3,8 @@
 Per device and overall:
 - input statistics: ADWIN on the mean magnitude of each window (|specific force| averages about
   9.81 m/s² whatever the exercise, so a shift means the sensor or its units changed, not the exercise);
+- orientation: ADWIN on the angle between each window's mean gravity direction and the usual direction
+  for the exercise it was classified as on this device (a strap turned on the wrist, the other wrist);
 - prediction confidence: ADWIN on each window's top probability; only a fall counts as drift;
 - the error stream, where labels exist: FHDDM on 0/1 errors.
 
@@ -16,6 +18,7 @@ from __future__ import annotations
 from collections import Counter, deque
 from dataclasses import dataclass
 
+import numpy as np
 from river import drift, metrics, utils
 
 __all__ = ["DriftEvent", "Monitor"]
@@ -45,6 +48,8 @@ class _Detectors:
         self.device = device
         self.magnitude = _adwin()
         self.confidence = _adwin()
+        self.orientation = _adwin()
+        self.directions: dict[str, tuple[np.ndarray, int]] = {}  # class -> (mean unit vector, count)
         self.error = drift.binary.FHDDM(sliding_window_size=25, confidence_level=1e-6)
         self.accuracy = metrics.Accuracy()
         self.kappa = metrics.CohenKappa()
@@ -78,18 +83,36 @@ class Monitor:
         self._devices.pop(device, None)
         self._last_label_t.pop(device, None)
 
-    def observe(self, device: str, t: float, magnitude: float, confidence: float) -> list[DriftEvent]:
-        """One classified window; returns drift detections."""
+    def observe(self, device: str, t: float, magnitude: float, confidence: float,
+                mean_acc: np.ndarray | None = None, predicted: str | None = None) -> list[DriftEvent]:
+        """One classified window; returns drift detections.
+
+        ``mean_acc`` (the window's mean specific force) and ``predicted`` feed the orientation detector.
+        """
         out = []
         has_labels = device in self._last_label_t and t - self._last_label_t[device] < self.labelled_recently
-        for det in (self._get(device), self._all):
+        dev = self._get(device)
+        if mean_acc is not None and predicted is not None:
+            norm = float(np.linalg.norm(mean_acc))
+            if norm > 1e-6:
+                direction = mean_acc / norm
+                usual, count = dev.directions.get(predicted, (direction, 0))
+                angle = float(np.degrees(np.arccos(np.clip(direction @ usual, -1.0, 1.0))))
+                if count >= 3:
+                    dev.orientation.update(angle)
+                    # only a turn away from the usual direction counts, not a return to it
+                    if dev.orientation.drift_detected and angle > 20.0:
+                        out.append(self._event(dev, device, "ADWIN", "orientation", t, angle, has_labels))
+                mixed = usual * min(count, 20) + direction  # running mean over the last ~20 windows
+                dev.directions[predicted] = (mixed / np.linalg.norm(mixed), count + 1)
+        for det in (dev, self._all):
             det.rolling_confidence.append(confidence)
             before = det.confidence.estimation
             det.magnitude.update(magnitude)
             if det.magnitude.drift_detected:
                 out.append(self._event(det, device, "ADWIN", "input_magnitude", t, det.magnitude.estimation, has_labels))
             det.confidence.update(confidence)
-            if det.confidence.drift_detected and det.confidence.estimation < before:
+            if det.confidence.drift_detected and confidence < before:  # a fall, not a recovery
                 out.append(self._event(det, device, "ADWIN", "confidence", t, det.confidence.estimation, has_labels))
         return out
 

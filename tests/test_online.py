@@ -144,3 +144,21 @@ def test_prequential_metrics_and_error_drift():
     assert summary["accuracy"] == 0.5 and summary["labelled_windows"] == 200
     assert summary["confusion"]["labels"] == ["rest", "squat"]
     assert any(e.signal == "error" and 200 < e.t < 260 for e in events)
+
+
+def test_orientation_detector_fires_on_a_turned_strap_not_on_exercise_changes():
+    rng = np.random.default_rng(4)
+    mon = Monitor()
+    usual = {"squat": np.array([0.0, 0.0, 9.81]), "row": np.array([9.81, 0.0, 0.0])}
+    events = []
+    for k in range(900):  # half an hour of alternating exercises, each with its own arm orientation
+        label = "squat" if (k // 15) % 2 else "row"
+        mean = usual[label] + rng.normal(0, 0.8, 3)
+        events += mon.observe("d", 2.0 * k, 9.81, 0.9, mean, label)
+    assert [e for e in events if e.signal == "orientation"] == []
+    turn = np.array([[1, 0, 0], [0, -0.5, -0.866], [0, 0.866, -0.5]])  # strap turned 120° about x
+    for k in range(900, 910):
+        mean = turn @ usual["squat"] + rng.normal(0, 0.8, 3)
+        events += mon.observe("d", 2.0 * k, 9.81, 0.9, mean, "squat")
+    fired = [e for e in events if e.signal == "orientation"]
+    assert fired and fired[0].t <= 2.0 * 905, [e.t for e in fired]
