@@ -103,7 +103,7 @@ def cmd_replay(args) -> int:
     stop = threading.Event()
     _on_signals(stop.set)
     sent = replay(rec, BrokerURL.parse(args.broker, args.ca_file), prefix=args.prefix, speed=args.speed,
-                  labels=args.labels, interval=args.interval, stop=stop, progress=not args.quiet)
+                  labels=args.labels, interval=args.interval, stop=stop, progress=not args.quiet, qos=args.qos)
     print(f"replayed {sent['samples']} samples of {sent['devices']} devices in {sent['messages']} messages")
     return 0
 
@@ -300,6 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--speed", type=float, default=1.0, help="1 real time, 10 ten times faster, 0 as fast as possible")
     p.add_argument("--labels", action="store_true", help="also publish the file's labels")
     p.add_argument("--interval", type=float, default=0.2, help="seconds of samples per message (default: %(default)s)")
+    p.add_argument("--qos", type=int, default=1, choices=(0, 1), help="QoS of the samples (default: %(default)s)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_replay)
 
