@@ -1,9 +1,18 @@
-"""Per-device sample buffers: resample onto the model's clock, cut windows.
+"""Per-device sample buffers: put samples in order, resample onto the model's clock, cut windows.
 
 Each device's samples are linearly interpolated onto a regular grid at the model's rate, computed
 from the device's own timestamps (its clock offset does not matter, only its spacing). A gap longer
 than ``max_gap`` seconds restarts the grid and drops the partial window, so no window ever spans a
 hole in the data.
+
+Phones deliver irregular timestamps, sometimes out of order, sometimes twice. A buffer with
+``reorder > 0`` holds the newest ``reorder`` seconds of samples back before committing them to the
+grid, so a batch that arrives late but within that bound is merged in time order. A sample is
+committed once it is ``reorder`` seconds older than the newest sample seen (device time), or once
+it has waited ``reorder`` seconds since it arrived (``release(now)``, for a device that goes quiet).
+Samples at or before the last committed one are counted in ``late_samples`` and dropped; a repeated
+timestamp among the held samples is counted in ``duplicates`` and dropped. Holding back adds up to
+``reorder`` seconds of latency, so keep it small; 0 commits every sample at once.
 """
 
 from __future__ import annotations
@@ -12,7 +21,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["DeviceBuffer", "Window", "resample"]
+__all__ = ["DEFAULT_REORDER", "DeviceBuffer", "Window", "resample"]
+
+DEFAULT_REORDER = 0.2  # seconds; suggested for live phone streams (QoS 0, several connections)
+MAX_HELD = 10_000  # samples held at most, whatever the timestamps claim (bounds memory per device)
 
 
 @dataclass
@@ -25,7 +37,8 @@ class Window:
     arrival: float  # monotonic time the sample completing it was received
 
 
-def resample(t: np.ndarray, values: np.ndarray, rate: float, max_gap: float = 1.0) -> list[tuple[np.ndarray, np.ndarray]]:
+def resample(t: np.ndarray, values: np.ndarray, rate: float,
+             max_gap: float = 1.0) -> list[tuple[np.ndarray, np.ndarray]]:
     """Offline twin of ``DeviceBuffer``: (grid times, values on the grid) for each run without gaps.
 
     Uses the same grid (origin at the run's first sample, spacing 1/rate) and the same linear
@@ -35,7 +48,7 @@ def resample(t: np.ndarray, values: np.ndarray, rate: float, max_gap: float = 1.
     t, values = t[keep], values[keep]
     breaks = np.flatnonzero(np.diff(t) > max_gap) + 1
     out = []
-    for a, b in zip(np.concatenate([[0], breaks]), np.concatenate([breaks, [len(t)]])):
+    for a, b in zip(np.concatenate([[0], breaks]), np.concatenate([breaks, [len(t)]]), strict=True):
         ts = t[a:b]
         n = int(np.floor((ts[-1] - ts[0]) * rate + 1e-9)) + 1
         grid = ts[0] + np.arange(n) / rate
@@ -45,39 +58,171 @@ def resample(t: np.ndarray, values: np.ndarray, rate: float, max_gap: float = 1.
 
 
 class DeviceBuffer:
-    """Resampling window cutter for one device."""
+    """Resampling window cutter for one device.
 
-    def __init__(self, device: str, rate: float, window: int, max_gap: float = 1.0) -> None:
+    Parameters
+    ----------
+    device
+        The device id, copied into every window.
+    rate
+        The model's sample rate (Hz): the grid spacing is ``1 / rate``.
+    window
+        Grid samples per window.
+    max_gap
+        Seconds of silence after which the grid restarts (the partial window is dropped).
+    reorder
+        Seconds of device time held back to merge batches that arrive out of order (0: none).
+    clock_reset
+        A batch that lies wholly more than this many seconds before the newest sample means the
+        device's clock restarted (a reboot, a new session): the grid restarts on the new clock
+        instead of dropping everything as late until the clock catches up.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> t = 100.0 + np.arange(100) / 50  # 2 s at 50 Hz
+    >>> acc = np.tile([0.0, 0.0, 9.81], (100, 1))
+    >>> buf = DeviceBuffer("d", rate=25.0, window=25, reorder=0.2)
+    >>> buf.push(t[10:20], acc[10:20], arrival=0.0)  # 0.2 s of samples, before the ones they follow
+    []
+    >>> buf.push(t[:10], acc[:10], 0.0), buf.late_samples  # late, but within the bound: merged in order
+    ([], 0)
+    >>> len(buf.push(t[20:], acc[20:], 0.0)), buf.held  # the last 0.2 s stays held
+    (1, 10)
+    >>> len(buf.flush()), buf.held
+    (1, 0)
+    """
+
+    def __init__(self, device: str, rate: float, window: int, max_gap: float = 1.0, reorder: float = 0.0,
+                 clock_reset: float = 30.0) -> None:
         if rate <= 0 or window <= 0:
             raise ValueError("rate and window must be positive")
+        if max_gap <= 0 or reorder < 0:
+            raise ValueError("max_gap must be positive and reorder not negative")
+        if clock_reset <= max(max_gap, reorder):
+            raise ValueError("clock_reset must be longer than max_gap and reorder")
         self.device = device
         self.rate = rate
         self.window = window
         self.max_gap = max_gap
-        self.late_samples = 0  # at or before the last sample already used (duplicates, reordering)
+        self.reorder = reorder
+        self.clock_reset = clock_reset
+        self.late_samples = 0  # at or before the last sample already used (beyond the reorder bound)
+        self.duplicates = 0  # same timestamp as a sample not yet used
         self.gaps = 0  # grid restarts after a silence longer than max_gap
-        self._last_t: float | None = None
+        self.clock_resets = 0  # grid restarts because the device clock went back
+        self._last_t: float | None = None  # last committed sample
         self._last_acc = np.zeros(3, dtype=np.float64)
         self._origin = 0.0  # grid time k is origin + k / rate
         self._k = 0  # index of the next grid sample
         self._pending = np.empty((window, 3), dtype=np.float32)
         self._fill = 0
+        self._held_t = np.empty(0, dtype=np.float64)  # held samples, sorted, unique times
+        self._held_acc = np.empty((0, 3), dtype=np.float64)
+        self._held_arrival = np.empty(0, dtype=np.float64)
 
     @property
     def last_t(self) -> float | None:
+        """Device time of the last sample committed to the grid."""
         return self._last_t
 
+    @property
+    def held(self) -> int:
+        """Samples held back, waiting for the reorder bound."""
+        return len(self._held_t)
+
     def push(self, t: np.ndarray, acc: np.ndarray, arrival: float) -> list[Window]:
-        """Add samples (t increasing, acc in m/s²); returns the windows they complete."""
+        """Add samples (any order, acc in m/s²); returns the windows they complete."""
+        t = np.asarray(t, dtype=np.float64)
+        acc = np.asarray(acc, dtype=np.float64)
+        if len(t) == 0:
+            return []
+        out: list[Window] = []
+        newest = self._newest()
+        if newest is not None and t[-1] < newest - self.clock_reset and t.max() < newest - self.clock_reset:
+            out += self.flush()
+            self._last_t = None  # the next commit starts a new grid at its first sample
+            self.clock_resets += 1
         if self._last_t is not None:
             keep = t > self._last_t
             if not keep.all():
                 self.late_samples += int((~keep).sum())
                 t, acc = t[keep], acc[keep]
-        if len(t) == 0:
+            if len(t) == 0:
+                return out
+        if self.reorder == 0 and (len(t) == 1 or (t[1:] > t[:-1]).all()):
+            self._commit(t, acc, arrival, out)  # nothing to hold: straight onto the grid
+            return out
+        self._hold(t, acc, arrival)
+        cut = self._held_t[-1] - self.reorder
+        waited = self._held_arrival <= arrival - self.reorder
+        if waited.any():
+            cut = max(cut, self._held_t[waited].max())
+        if len(self._held_t) > MAX_HELD:
+            cut = max(cut, self._held_t[-MAX_HELD - 1])
+        out += self._commit_until(cut)
+        return out
+
+    def release(self, now: float) -> list[Window]:
+        """Commit the samples that have waited ``reorder`` seconds since they arrived.
+
+        Call it now and then (``now`` on the same clock as ``arrival``) so a device that stops
+        sending does not keep its last samples, and the window they complete, held for ever.
+        """
+        waited = self._held_arrival <= now - self.reorder
+        if not waited.any():
             return []
+        return self._commit_until(self._held_t[waited].max())
+
+    def flush(self) -> list[Window]:
+        """Commit every held sample (the end of a recording, a device leaving)."""
+        return self._commit_until(np.inf)
+
+    def _newest(self) -> float | None:
+        if len(self._held_t):
+            return float(self._held_t[-1])
+        return self._last_t
+
+    def _hold(self, t: np.ndarray, acc: np.ndarray, arrival: float) -> None:
+        """Merge samples into the held ones: sorted by time, the first of equal times kept."""
+        arrivals = np.full(len(t), arrival)
+        in_order = ((len(t) == 1 or (t[1:] > t[:-1]).all())
+                    and (not len(self._held_t) or t[0] > self._held_t[-1]))
+        if len(self._held_t):
+            all_t = np.concatenate([self._held_t, t])
+            all_acc = np.concatenate([self._held_acc, acc])
+            all_arrival = np.concatenate([self._held_arrival, arrivals])
+        else:
+            all_t, all_acc, all_arrival = t, acc, arrivals
+        if not in_order:  # the usual case needs neither sorting nor looking for repeats
+            order = np.argsort(all_t, kind="stable")  # held samples first among equal times
+            all_t, all_acc, all_arrival = all_t[order], all_acc[order], all_arrival[order]
+            unique = np.concatenate([[True], np.diff(all_t) > 0])
+            if not unique.all():
+                self.duplicates += int((~unique).sum())
+                all_t, all_acc, all_arrival = all_t[unique], all_acc[unique], all_arrival[unique]
+        self._held_t, self._held_acc, self._held_arrival = all_t, all_acc, all_arrival
+
+    def _commit_until(self, cut: float) -> list[Window]:
+        """Commit the held samples at or before ``cut`` to the grid, in runs of equal arrival."""
+        n = int(np.searchsorted(self._held_t, cut, side="right"))
+        if n == 0:
+            return []
+        t, acc, arrival = self._held_t[:n], self._held_acc[:n], self._held_arrival[:n]
+        self._held_t, self._held_acc = self._held_t[n:], self._held_acc[n:]
+        self._held_arrival = self._held_arrival[n:]
         out: list[Window] = []
-        # split at silences longer than max_gap (including the one before this batch)
+        if arrival[0] == arrival.min() == arrival.max():  # the usual case: one push
+            self._commit(t, acc, float(arrival[0]), out)
+            return out
+        runs = np.flatnonzero(np.diff(arrival) != 0) + 1
+        for a, b in zip(np.concatenate([[0], runs]), np.concatenate([runs, [n]]), strict=True):
+            self._commit(t[a:b], acc[a:b], float(arrival[a]), out)
+        return out
+
+    def _commit(self, t: np.ndarray, acc: np.ndarray, arrival: float, out: list[Window]) -> None:
+        """Put samples (in order, after the last committed one) on the grid."""
+        # split at silences longer than max_gap (including the one before these samples)
         prev = np.concatenate([[self._last_t if self._last_t is not None else -np.inf], t[:-1]])
         breaks = np.flatnonzero(t - prev > self.max_gap)
         bounds = list(breaks) + [len(t)]
@@ -88,7 +233,6 @@ class DeviceBuffer:
             if b < len(t):
                 self._restart(t[b], acc[b], count=self._last_t is not None)
                 start = b
-        return out
 
     def _restart(self, t0: float, acc0: np.ndarray, count: bool) -> None:
         self.gaps += int(count)

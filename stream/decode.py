@@ -48,6 +48,10 @@ REASONS = (
     "non_finite",  # NaN or infinity in t, acc or gyro
     "bad_time",  # no t nor t0 + rate, rate not positive, or t decreasing within the batch
     "bad_unit",  # unit other than m/s2 or g
+    "ignored_type",  # an adapter's message of a sensor we do not use (stream.adapters)
+    "bad_csv",  # a CSV line that is not t,ax,ay,az[,gx,gy,gz] (stream.adapters)
+    "bad_label",  # a label message without a usable label (stream.labels)
+    "bad_command",  # a consumer command that cannot be carried out
 )
 
 
@@ -145,19 +149,16 @@ def decode_imu(payload: bytes, device: str, max_bytes: int = MAX_PAYLOAD_BYTES) 
         gyro = _xyz(msg["gyro"], "gyro")
         if len(gyro) != n:
             raise Rejected("bad_shape", f"gyro has {len(gyro)} samples, acc has {n}")
-        if not np.isfinite(gyro).all():
-            raise Rejected("non_finite", "gyro")
-    if not (np.isfinite(acc).all() and np.isfinite(t).all()):
+    with np.errstate(over="ignore"):  # a value beyond float32 becomes inf here, and is refused below
+        acc32 = (acc * scale).astype(np.float32)
+        gyro32 = None if gyro is None else gyro.astype(np.float32)
+    if not (np.isfinite(acc32).all() and np.isfinite(t).all()):
         raise Rejected("non_finite", "t or acc")
+    if gyro32 is not None and not np.isfinite(gyro32).all():
+        raise Rejected("non_finite", "gyro")
     if n > 1 and (np.diff(t) < 0).any():
         raise Rejected("bad_time", "t decreases within the batch")
-    return SampleBatch(
-        device=device,
-        t=t,
-        acc=(acc * scale).astype(np.float32),
-        gyro=None if gyro is None else gyro.astype(np.float32),
-        seq=seq,
-    )
+    return SampleBatch(device=device, t=t, acc=acc32, gyro=gyro32, seq=seq)
 
 
 class SequenceCheck:

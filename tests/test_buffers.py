@@ -31,10 +31,11 @@ def test_chunked_push_equals_one_push_and_offline_resample():
     for a in range(0, len(t), 7):
         pieces += buf.push(t[a:a + 7], acc[a:a + 7], 0.0)
     assert len(pieces) == len(whole) > 10
-    for a, b in zip(whole, pieces):
+    for a, b in zip(whole, pieces, strict=True):
         np.testing.assert_allclose(a.samples, b.samples, atol=1e-6)
     (grid, values), = resample(t, acc, 25.0)
-    np.testing.assert_allclose(np.concatenate([w.samples for w in whole]), values[: 25 * len(whole)], atol=1e-5)
+    np.testing.assert_allclose(np.concatenate([w.samples for w in whole]), values[: 25 * len(whole)],
+                               atol=1e-5)
 
 
 def test_late_and_duplicate_samples_are_counted_not_used():
@@ -62,5 +63,118 @@ def test_irregular_rate_and_units_do_not_matter():
     t = np.cumsum(rng.uniform(0.005, 0.035, 400))  # irregular phone timestamps
     acc = np.tile([0.0, 0.0, 9.81], (400, 1))
     windows = DeviceBuffer("d", 25.0, 25).push(t, acc, 0.0)
-    assert len(windows) == int((t[-1] - t[0]) * 25 + 1e-9) // 25 + (0 if ((t[-1] - t[0]) * 25 + 1) % 25 else 0)
+    grid_samples = int((t[-1] - t[0]) * 25 + 1e-9) + 1
+    assert len(windows) == grid_samples // 25
     assert np.allclose(np.concatenate([w.samples for w in windows])[:, 2], 9.81)
+
+
+# -- irregular delivery: out of order, repeated, late, clocks that restart ---------------------------
+def batches(t, acc, size):
+    return [(t[a:a + size], acc[a:a + size]) for a in range(0, len(t), size)]
+
+
+def windows_of(buf, pushes):
+    out = []
+    for t, acc, arrival in pushes:
+        out += buf.push(t, acc, arrival)
+    return out + buf.flush()
+
+
+def assert_same_windows(a, b):
+    assert len(a) == len(b) > 0
+    for x, y in zip(a, b, strict=True):
+        assert x.t_end == y.t_end
+        np.testing.assert_allclose(x.samples, y.samples, atol=1e-6)
+
+
+def test_shuffled_batches_within_the_bound_give_the_same_windows():
+    t, acc = stream(n=1500, rate=50.0, jitter=0.01, seed=4)
+    ordered = DeviceBuffer("d", 25.0, 25).push(t, acc, 0.0)
+    rng = np.random.default_rng(0)
+    parts = batches(t, acc, 2)  # 0.04 s apart; delays up to 0.15 s: late by less than 0.2 s
+    arrivals = [bt[-1] - t[0] + rng.uniform(0, 0.15) for bt, _ in parts]
+    order = np.argsort(arrivals)
+    assert (np.diff(order) < 0).sum() > 100  # really shuffled
+    buf = DeviceBuffer("d", 25.0, 25, reorder=0.2)
+    shuffled = windows_of(buf, [(*parts[i], arrivals[i]) for i in order])
+    assert buf.late_samples == 0 and buf.duplicates == 0
+    # the last window needs the samples held at the end: flush() gives them
+    assert_same_windows(ordered, shuffled)
+
+
+def test_beyond_the_bound_samples_are_late_and_windows_unchanged():
+    t, acc = stream(n=500, rate=50.0)
+    parts = batches(t, acc, 5)  # 0.1 s each
+    delayed = parts.pop(20)
+    pushes = [(*p, 0.0) for p in parts[:30]] + [(*delayed, 0.0)] + [(*p, 0.0) for p in parts[30:]]
+    buf = DeviceBuffer("d", 25.0, 25, reorder=0.2)
+    got = windows_of(buf, pushes)
+    assert buf.late_samples == 5 and buf.duplicates == 0
+    # the hole is bridged by interpolation: same grid, nothing counted twice
+    reference = windows_of(DeviceBuffer("d", 25.0, 25), [(*p, 0.0) for p in parts])
+    assert_same_windows(reference, got)
+    assert np.allclose(np.diff([w.t_end for w in got]), 1.0)
+
+
+def test_repeated_batches_do_not_double_count():
+    t, acc = stream(n=500, rate=50.0)
+    parts = batches(t, acc, 5)
+    reference = windows_of(DeviceBuffer("d", 25.0, 25), [(*p, 0.0) for p in parts])
+    buf = DeviceBuffer("d", 25.0, 25, reorder=0.2)
+    pushes = []
+    for k, p in enumerate(parts):
+        pushes += [(*p, 0.0), (*p, 0.0)]  # QoS 1 redelivery: at once, still held -> duplicates
+        if k >= 10:
+            pushes.append((*parts[k - 10], 0.0))  # a second late: already used -> late
+    got = windows_of(buf, pushes)
+    assert buf.duplicates == 500 and buf.late_samples == 5 * (len(parts) - 10)
+    assert_same_windows(reference, got)
+
+
+def test_batch_out_of_order_inside_is_sorted():
+    t, acc = stream(n=200)
+    rng = np.random.default_rng(1)
+    perm = rng.permutation(len(t))
+    reference = DeviceBuffer("d", 25.0, 25).push(t, acc, 0.0)
+    assert_same_windows(reference, DeviceBuffer("d", 25.0, 25).push(t[perm], acc[perm], 0.0))
+
+
+def test_release_after_waiting_on_the_arrival_clock():
+    t, acc = stream(n=100, rate=50.0)  # 1.98 s: the second window ends at the last sample
+    buf = DeviceBuffer("d", 25.0, 25, reorder=0.2)
+    assert len(buf.push(t, acc, arrival=10.0)) == 1 and buf.held == 10
+    assert buf.release(10.1) == [] and buf.held == 10
+    (w,) = buf.release(10.2)
+    assert buf.held == 0 and w.arrival == 10.0  # latency counts from when the sample arrived
+
+
+def test_a_device_clock_that_restarts_starts_a_new_grid():
+    t, acc = stream(n=250)  # 5 s from t = 1000
+    buf = DeviceBuffer("d", 25.0, 25, reorder=0.2)
+    before = buf.push(t, acc, 0.0)
+    after = buf.push(t - 995.0, acc, 0.0)  # rebooted: the clock is back at 5 s
+    assert buf.clock_resets == 1 and buf.late_samples == 0 and buf.gaps == 0
+    assert len(before) == 4 and len(after) == 1 + 4  # the old clock's held samples complete its last window
+    assert after[0].t_end == t[0] + 124 / 25 and after[1].t_end == t[0] - 995.0 + 24 / 25
+
+
+def test_held_samples_are_bounded():
+    from stream.buffers import MAX_HELD
+    buf = DeviceBuffer("d", 25.0, 25, reorder=10.0)
+    t = np.arange(MAX_HELD + 5000) * 1e-4  # 1.5 s of 10 kHz nonsense, all inside the bound
+    buf.push(t, np.zeros((len(t), 3)), 0.0)
+    assert buf.held == MAX_HELD
+
+
+def test_invalid_parameters():
+    import pytest
+    for kw in ({"reorder": -1.0}, {"max_gap": 0.0}, {"clock_reset": 0.5}):
+        with pytest.raises(ValueError):
+            DeviceBuffer("d", 25.0, 25, **kw)
+
+
+def test_docstring_examples():
+    import doctest
+
+    import stream.buffers
+    assert doctest.testmod(stream.buffers, raise_on_error=True).attempted > 0

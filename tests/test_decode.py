@@ -98,3 +98,9 @@ def test_sequence_repeats_regressions_and_gaps():
     assert check.lost_samples == 20
     assert check.check(batch(0)) == 0  # a restarted device starts a new session
     assert check.check(batch(1)) == 0
+
+
+def test_values_beyond_float32_are_refused_not_turned_into_inf():
+    with pytest.raises(Rejected) as info:
+        decode_imu(orjson.dumps({"seq": 1, "t": [0.0], "acc": [[0, 0, 1e39]]}), "d")
+    assert info.value.reason == "non_finite"

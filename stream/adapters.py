@@ -1,0 +1,454 @@
+"""Payload adapters: every sample format the consumer accepts becomes ``SampleBatch``es.
+
+An adapter turns one MQTT payload into a list of ``stream.decode.SampleBatch`` (device, float64
+seconds, float32 (n, 3) specific force in m/s² in the Android convention, so a phone lying still
+screen up reads about +9.81 on z; optional gyro in rad/s) or raises ``Rejected`` with a reason from
+``REJECT_REASONS``. ``AdapterRouter`` picks the adapter by topic and takes the device id from the
+topic, so the broker's ACL (which can only see topics) decides who may speak for a device.
+
+Formats:
+
+- ``native``: our ``<prefix>/<device>/imu`` payload (``stream.decode.decode_imu``).
+- ``sensor_logger``: the Sensor Logger app's MQTT/HTTP push JSON, ``{messageId, sessionId, deviceId,
+  payload: [{name, time (ns since the epoch), values: {x, y, z}}, ...]}``. Its ``accelerometer`` is
+  user acceleration WITHOUT gravity; the specific force is ``totalacceleration`` (Android only) or
+  ``accelerometer`` + ``gravity``; ``accelerometeruncalibrated`` is the raw sensor. On iOS, with the
+  app's "Standardise Units & Frames" off (its default), acceleration and gravity have the opposite
+  sign and the uncalibrated accelerometer is in g. Use ``sensor_logger`` for Android phones and
+  iPhones with "Standardise Units & Frames" on, ``sensor_logger_ios`` for iPhones with it off (sign
+  flipped). Whatever the name, a message whose uncalibrated accelerometer reads about 1 (g, not
+  m/s²; median magnitude below 3) and that has no ``totalacceleration`` (Android only) can only
+  come from an iPhone with the setting off, so it is read as one.
+- ``android``: Android sensor-event JSON as sent by SensorSpot and similar apps, ``{type:
+  "android.sensor.accelerometer", timestamp: ns since boot, values: [x, y, z]}``, one event per
+  message (or a list of events). Without ``type`` (SensorSpot's "dedicated topics"), the topic's last
+  level names the sensor. Other sensor types are rejected as ``ignored_type``: counted, so a phone
+  that sends only gyroscope or linear acceleration shows up in the consumer's metrics.
+- ``csv``: text lines ``t,ax,ay,az[,gx,gy,gz]`` (seconds, m/s², rad/s); blank lines, ``#`` comments
+  and a header line (``t,...`` or ``time,...``) are skipped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import ClassVar
+
+import numpy as np
+import orjson
+
+from stream.decode import (
+    MAX_PAYLOAD_BYTES,
+    MAX_SAMPLES,
+    REASONS,
+    G,
+    Rejected,
+    SampleBatch,
+    decode_imu,
+    valid_device,
+)
+
+__all__ = [
+    "ADAPTERS",
+    "ADAPTER_REASONS",
+    "Adapter",
+    "AdapterRouter",
+    "AndroidAdapter",
+    "CsvAdapter",
+    "NativeAdapter",
+    "REJECT_REASONS",
+    "Route",
+    "SensorLoggerAdapter",
+]
+
+ADAPTER_REASONS = (
+    "ignored_type",  # nothing in the message this adapter uses (another sensor, no gravity, ...)
+    "bad_csv",  # CSV that is not UTF-8 text of numbers
+)
+REJECT_REASONS = REASONS + ADAPTER_REASONS
+MAX_TOPIC = 256  # characters
+
+
+def _object(payload: bytes) -> dict | list:
+    try:
+        msg = orjson.loads(payload)
+    except orjson.JSONDecodeError as exc:
+        raise Rejected("bad_json", str(exc)[:80]) from None
+    if not isinstance(msg, (dict, list)):
+        raise Rejected("not_object", type(msg).__name__)
+    return msg
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _ordered(t: np.ndarray, *columns: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Sorted by time, the first of equal times kept (phones repeat samples)."""
+    order = np.argsort(t, kind="stable")
+    t = t[order]
+    unique = np.concatenate([[True], np.diff(t) > 0])
+    return (t[unique],) + tuple(c[order][unique] for c in columns)
+
+
+def _checked(device: str, t: np.ndarray, acc: np.ndarray, gyro: np.ndarray | None = None) -> SampleBatch:
+    if len(t) == 0:
+        raise Rejected("empty")
+    if len(t) > MAX_SAMPLES:
+        raise Rejected("too_many_samples", f"{len(t)} > {MAX_SAMPLES}")
+    with np.errstate(over="ignore"):  # checked after the cast: 1e39 is finite in float64, not in float32
+        acc = acc.astype(np.float32)
+        gyro = None if gyro is None else gyro.astype(np.float32)
+    if not (np.isfinite(t).all() and np.isfinite(acc).all()):
+        raise Rejected("non_finite", "t or acc")
+    if gyro is not None and not np.isfinite(gyro).all():
+        raise Rejected("non_finite", "gyro")
+    return SampleBatch(device=device, t=t.astype(np.float64), acc=acc, gyro=gyro)
+
+
+class Adapter:
+    """One payload format: ``decode(payload, device, topic)`` gives batches or raises ``Rejected``.
+
+    ``device`` is the id the router took from the topic (already validated), or None where the
+    route has none; an adapter that cannot find one in the payload rejects with ``bad_device``.
+    """
+
+    name: ClassVar[str] = ""
+    device_in_payload: ClassVar[bool] = False  # can find the device id in the payload itself
+
+    def __init__(self, max_bytes: int = MAX_PAYLOAD_BYTES) -> None:
+        if max_bytes <= 0:
+            raise ValueError("max_bytes must be positive")
+        self.max_bytes = max_bytes
+
+    def decode(self, payload: bytes, device: str | None = None, topic: str = "") -> list[SampleBatch]:
+        if len(payload) > self.max_bytes:
+            raise Rejected("oversize", f"{len(payload)} bytes > {self.max_bytes}")
+        if device is None and not self.device_in_payload:
+            raise Rejected("bad_device", f"{self.name} payloads carry no device id: it comes from the topic")
+        return self._decode(payload, device, topic)
+
+    def _decode(self, payload: bytes, device: str | None, topic: str) -> list[SampleBatch]:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(max_bytes={self.max_bytes})"
+
+
+class NativeAdapter(Adapter):
+    """``<prefix>/<device>/imu``: our own batch format (DESIGN.md); keeps ``seq``."""
+
+    name = "native"
+
+    def _decode(self, payload: bytes, device: str | None, topic: str) -> list[SampleBatch]:
+        batch = decode_imu(payload, device, self.max_bytes)
+        # decode_imu checks finiteness before its float32 cast; 1e39 m/s² would arrive as inf
+        if not np.isfinite(batch.acc).all() or (batch.gyro is not None and not np.isfinite(batch.gyro).all()):
+            raise Rejected("non_finite", "acc or gyro beyond float32")
+        return [batch]
+
+
+class SensorLoggerAdapter(Adapter):
+    """The Sensor Logger app's push JSON (see the module docstring for units and signs).
+
+    ``frame`` is ``"android"`` (Android phones; iPhones with "Standardise Units & Frames" on) or
+    ``"ios"`` (iPhones with it off: acceleration and gravity are negated). The device id comes from
+    the topic when the route has one (the broker vouches for topics, not for payloads), else from
+    ``deviceId``, which must then be a valid device id.
+    """
+
+    name = "sensor_logger"
+    device_in_payload = True
+    TOTAL, LINEAR, GRAVITY, RAW, GYRO = ("totalacceleration", "accelerometer", "gravity",
+                                         "accelerometeruncalibrated", "gyroscope")
+    MAX_ENTRIES = 8 * MAX_SAMPLES  # all sensors of one message together
+    GRAVITY_SLACK = 0.1  # seconds: user acceleration this far outside the gravity samples is dropped
+    G_MEDIAN = 3.0  # m/s²: a raw accelerometer whose median magnitude is below this is in g
+
+    def __init__(self, frame: str = "android", max_bytes: int = MAX_PAYLOAD_BYTES) -> None:
+        super().__init__(max_bytes)
+        if frame not in ("android", "ios"):
+            raise ValueError(f"Invalid 'frame' {frame!r}. Valid values are: 'android', 'ios'")
+        self.frame = frame
+
+    def _decode(self, payload: bytes, device: str | None, topic: str) -> list[SampleBatch]:
+        msg = _object(payload)
+        if not isinstance(msg, dict):
+            raise Rejected("not_object", "list")
+        if device is None:
+            device = msg.get("deviceId")
+            if not isinstance(device, str) or not valid_device(device):
+                raise Rejected("bad_device", f"deviceId {device!r}"[:80])
+        entries = msg.get("payload")
+        if not isinstance(entries, list):
+            raise Rejected("bad_shape", "no payload list")
+        if len(entries) > self.MAX_ENTRIES:
+            raise Rejected("too_many_samples", f"{len(entries)} entries > {self.MAX_ENTRIES}")
+        series = self._series(entries)
+        with np.errstate(over="ignore", invalid="ignore"):  # absurd values end as non_finite below
+            return [self._specific_force(device, series)]
+
+    def _specific_force(self, device: str, series: dict[str, tuple[np.ndarray, np.ndarray]]) -> SampleBatch:
+        raw = series.get(self.RAW)
+        # g units only come from an iPhone not standardised; totalacceleration only from Android
+        raw_in_g = (raw is not None and self.TOTAL not in series
+                    and float(np.median(np.linalg.norm(raw[1], axis=1))) < self.G_MEDIAN)
+        ios = self.frame == "ios" or raw_in_g
+        if self.TOTAL in series:
+            t, acc = series[self.TOTAL]
+        elif self.LINEAR in series and self.GRAVITY in series:
+            t, acc = self._with_gravity(series[self.LINEAR], series[self.GRAVITY])
+        elif raw is not None:
+            t, acc = raw[0], raw[1] * (G if raw_in_g else 1.0)
+        else:
+            found = ", ".join(sorted(series)) or "no acceleration"
+            raise Rejected("ignored_type", f"need totalacceleration, accelerometer + gravity or "
+                                           f"accelerometeruncalibrated; found {found}")
+        if ios:
+            acc = -acc
+        gyro = None
+        if self.GYRO in series and len(series[self.GYRO][0]) >= 2:
+            gt, gv = series[self.GYRO]
+            gyro = np.stack([np.interp(t, gt, gv[:, i]) for i in range(3)], axis=1)
+        return _checked(device, t, acc, gyro)
+
+    def _series(self, entries: list) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """name -> (t in seconds, (n, 3) values), for the sensors used; others are skipped."""
+        used = (self.TOTAL, self.LINEAR, self.GRAVITY, self.RAW, self.GYRO)
+        rows: dict[str, tuple[list[float], list[list[float]]]] = {}
+        for entry in entries:
+            if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
+                raise Rejected("bad_shape", "payload entries must be objects with a name")
+            name = entry["name"].lower()
+            if name not in used:
+                continue
+            time, values = entry.get("time"), entry.get("values")
+            if not _is_number(time):
+                raise Rejected("bad_time", f"{name} time {time!r}"[:60])
+            if not isinstance(values, dict) or not all(_is_number(values.get(k)) for k in "xyz"):
+                raise Rejected("bad_shape", f"{name} values must be {{x, y, z}} numbers")
+            times, xyz = rows.setdefault(name, ([], []))
+            times.append(float(time) * 1e-9)
+            xyz.append([float(values["x"]), float(values["y"]), float(values["z"])])
+        return {name: _ordered(np.asarray(times), np.asarray(xyz, dtype=np.float64))
+                for name, (times, xyz) in rows.items()}
+
+    def _with_gravity(self, linear: tuple[np.ndarray, np.ndarray],
+                      gravity: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """User acceleration + gravity interpolated to its times (equal on iOS, not always on Android)."""
+        (t, a), (gt, g) = linear, gravity
+        inside = (t >= gt[0] - self.GRAVITY_SLACK) & (t <= gt[-1] + self.GRAVITY_SLACK)
+        t, a = t[inside], a[inside]
+        if len(t) == 0:
+            raise Rejected("bad_time", "gravity samples do not cover the accelerometer's")
+        return t, a + np.stack([np.interp(t, gt, g[:, i]) for i in range(3)], axis=1)
+
+
+class AndroidAdapter(Adapter):
+    """Android ``SensorEvent`` JSON (SensorSpot, SensaGram, SensorServer): device from the topic.
+
+    ``timestamp`` is the event's nanoseconds since boot: a per-device clock, which the buffers
+    handle (a reboot restarts it; ``DeviceBuffer`` sees the clock go back and restarts its grid).
+    """
+
+    name = "android"
+    ACCELEROMETERS = ("android.sensor.accelerometer", "android.sensor.accelerometer_uncalibrated")
+
+    def _decode(self, payload: bytes, device: str | None, topic: str) -> list[SampleBatch]:
+        msg = _object(payload)
+        events = msg if isinstance(msg, list) else [msg]
+        if len(events) > MAX_SAMPLES:
+            raise Rejected("too_many_samples", f"{len(events)} > {MAX_SAMPLES}")
+        if not events:
+            raise Rejected("empty")
+        implied = "android.sensor." + topic.rsplit("/", 1)[-1]  # SensorSpot's dedicated topics
+        times, xyz = [], []
+        for event in events:
+            if not isinstance(event, dict):
+                raise Rejected("not_object", f"event {type(event).__name__}")
+            kind = event.get("type", implied)
+            if kind not in self.ACCELEROMETERS:
+                continue
+            stamp, values = event.get("timestamp"), event.get("values")
+            if not _is_number(stamp):
+                raise Rejected("bad_time", f"timestamp {stamp!r}"[:60])
+            if not isinstance(values, list) or len(values) < 3 or not all(_is_number(v) for v in values[:3]):
+                raise Rejected("bad_shape", "values must be a list of at least 3 numbers")
+            times.append(float(stamp) * 1e-9)
+            xyz.append([float(v) for v in values[:3]])  # uncalibrated: 3 more values are the bias
+        if not times:
+            kinds = {e.get("type", implied) for e in events}
+            raise Rejected("ignored_type", f"{sorted(map(str, kinds))}"[:80])
+        t, acc = _ordered(np.asarray(times), np.asarray(xyz, dtype=np.float64))
+        return [_checked(device, t, acc)]
+
+
+class CsvAdapter(Adapter):
+    """Lines ``t,ax,ay,az[,gx,gy,gz]`` (seconds, m/s², rad/s), time not decreasing; device from the topic."""
+
+    name = "csv"
+
+    def _decode(self, payload: bytes, device: str | None, topic: str) -> list[SampleBatch]:
+        try:
+            text = payload.decode("utf-8")
+        except UnicodeDecodeError:
+            raise Rejected("bad_csv", "not UTF-8 text") from None
+        rows: list[list[float]] = []
+        for number, line in enumerate(text.splitlines(), 1):
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            fields = line.split(",")
+            if not rows and fields[0].strip().lower() in ("t", "time"):
+                continue  # a header
+            if len(fields) not in (4, 7) or (rows and len(fields) != len(rows[0])):
+                raise Rejected("bad_shape", f"line {number} has {len(fields)} fields, expected 4 or 7")
+            try:
+                rows.append([float(f) for f in fields])
+            except ValueError:
+                raise Rejected("bad_csv", f"line {number}: {line[:40]!r}") from None
+            if len(rows) > MAX_SAMPLES:
+                raise Rejected("too_many_samples", f"more than {MAX_SAMPLES} lines")
+        if not rows:
+            raise Rejected("empty")
+        data = np.asarray(rows, dtype=np.float64)
+        t = data[:, 0]
+        if len(t) > 1 and (np.diff(t) < 0).any():
+            raise Rejected("bad_time", "t decreases")
+        return [_checked(device, t, data[:, 1:4], data[:, 4:7] if data.shape[1] == 7 else None)]
+
+
+class _SensorLoggerIos(SensorLoggerAdapter):
+    name = "sensor_logger_ios"
+
+    def __init__(self, max_bytes: int = MAX_PAYLOAD_BYTES) -> None:
+        super().__init__(frame="ios", max_bytes=max_bytes)
+
+
+ADAPTERS: dict[str, type[Adapter]] = {
+    cls.name: cls
+    for cls in (NativeAdapter, SensorLoggerAdapter, _SensorLoggerIos, AndroidAdapter, CsvAdapter)
+}
+
+
+class Route:
+    """A topic filter (``+`` wildcards only) and its adapter.
+
+    The device id is the topic level under the filter's FIRST ``+``; a filter without ``+`` takes a
+    fixed ``device``, or none if the adapter finds one in the payload (``sensor_logger``).
+    """
+
+    def __init__(self, pattern: str, adapter: Adapter, device: str | None = None) -> None:
+        levels = pattern.split("/")
+        if not pattern or "#" in pattern or any("+" in lv and lv != "+" for lv in levels):
+            raise ValueError(f"Invalid topic pattern {pattern!r}: levels are names or '+', no '#'")
+        if device is not None and not valid_device(device):
+            raise ValueError(f"Invalid device id {device!r}")
+        if "+" in levels and device is not None:
+            raise ValueError(f"Pattern {pattern!r} has a '+' for the device: give no fixed device")
+        if "+" not in levels and device is None and not adapter.device_in_payload:
+            raise ValueError(f"Pattern {pattern!r} has no '+' for the device: name one, "
+                             f"'{pattern} = {adapter.name}@DEVICE'")
+        self.pattern = pattern
+        self.adapter = adapter
+        self.device = device
+        self._levels = levels
+        self._device_level = levels.index("+") if "+" in levels else None
+
+    def match(self, levels: list[str]) -> tuple[bool, str | None]:
+        """(whether the topic's levels match, the device level or fixed device)."""
+        if len(levels) != len(self._levels):
+            return False, None
+        if not all(p == "+" or p == lv for p, lv in zip(self._levels, levels, strict=True)):
+            return False, None
+        return True, levels[self._device_level] if self._device_level is not None else self.device
+
+    def __repr__(self) -> str:
+        suffix = f"@{self.device}" if self.device else ""
+        return f"Route({self.pattern!r} = {self.adapter.name}{suffix})"
+
+
+class AdapterRouter:
+    """Picks the adapter for a topic; the native ``<prefix>/+/imu`` route always comes first.
+
+    Parameters
+    ----------
+    routes
+        Further routes, tried in order after the native one; the first that matches wins.
+    prefix
+        Topic prefix of the native contract. Other routes may not start with it (nor with ``+``),
+        so they never catch labels, predictions or the consumer's own topics.
+    max_bytes
+        Payload size cap for the native route (the others carry their own).
+
+    Examples
+    --------
+    >>> router = AdapterRouter.from_spec(["sensorlogger/+ = sensor_logger", "android/+/acc = android"])
+    >>> router.subscriptions()
+    ['har/+/imu', 'sensorlogger/+', 'android/+/acc']
+    >>> event = b'{"type": "android.sensor.accelerometer", "timestamp": 5000000000, "values": [0, 0, 9.81]}'
+    >>> [(b.device, b.t.tolist(), b.acc.tolist()) for b in router.decode("android/pixel-7/acc", event)]
+    [('pixel-7', [5.0], [[0.0, 0.0, 9.8100004196167]])]
+    >>> router.decode("android/bad id/acc", event)
+    Traceback (most recent call last):
+    ...
+    stream.decode.Rejected: bad_device: 'bad id'
+    """
+
+    def __init__(self, routes: Sequence[Route] = (), prefix: str = "har",
+                 max_bytes: int = MAX_PAYLOAD_BYTES) -> None:
+        if not prefix or "/" in prefix or "+" in prefix or "#" in prefix:
+            raise ValueError(f"Invalid prefix {prefix!r}")
+        for route in routes:
+            first = route.pattern.split("/")[0]
+            if first in ("+", prefix):
+                raise ValueError(f"Invalid pattern {route.pattern!r}: its first level must be a name "
+                                 f"other than the prefix {prefix!r}")
+        self.prefix = prefix
+        self.max_bytes = max_bytes
+        self.routes = [Route(f"{prefix}/+/imu", NativeAdapter(max_bytes)), *routes]
+
+    @classmethod
+    def from_spec(cls, specs: Iterable[str], prefix: str = "har",
+                  max_bytes: int = MAX_PAYLOAD_BYTES) -> AdapterRouter:
+        """Routes from ``"PATTERN = NAME"`` or ``"PATTERN = NAME@DEVICE"`` strings (``--adapter``)."""
+        routes = []
+        for spec in specs:
+            pattern, sep, target = spec.rpartition("=")
+            name, _, device = target.strip().partition("@")
+            name = name.strip()
+            if not sep or name not in ADAPTERS:
+                raise ValueError(f"Invalid adapter spec {spec!r}: expected 'PATTERN = NAME[@DEVICE]' "
+                                 f"with NAME one of {', '.join(ADAPTERS)}")
+            routes.append(Route(pattern.strip(), ADAPTERS[name](max_bytes=max_bytes), device.strip() or None))
+        return cls(routes, prefix=prefix, max_bytes=max_bytes)
+
+    def subscriptions(self) -> list[str]:
+        """Topic filters to subscribe to, one per route."""
+        return [route.pattern for route in self.routes]
+
+    def route(self, topic: str) -> tuple[Route, str | None] | None:
+        """The first route matching ``topic`` and its device, or None."""
+        if len(topic) > MAX_TOPIC:
+            return None
+        levels = topic.split("/")
+        for route in self.routes:
+            matched, device = route.match(levels)
+            if matched:
+                return route, device
+        return None
+
+    def matches(self, topic: str) -> bool:
+        return self.route(topic) is not None
+
+    def decode(self, topic: str, payload: bytes) -> list[SampleBatch]:
+        """The batches in one message; raises ``Rejected`` (``bad_topic`` when no route matches)."""
+        found = self.route(topic)
+        if found is None:
+            raise Rejected("bad_topic", topic[:80])
+        route, device = found
+        if device is not None and not valid_device(device):
+            raise Rejected("bad_device", repr(device[:80]))
+        return route.adapter.decode(payload, device, topic)
+
+    def __repr__(self) -> str:
+        return f"AdapterRouter({self.routes!r}, prefix={self.prefix!r})"
