@@ -37,9 +37,10 @@ class Prediction:
 class Pipeline:
     """Per-device buffers and ONE batched forward pass for all devices whose window is ready."""
 
-    def __init__(self, classifier: StatefulClassifier, max_gap: float = 1.0) -> None:
+    def __init__(self, classifier: StatefulClassifier, max_gap: float = 1.0, reorder: float = 0.0) -> None:
         self.classifier = classifier
         self.max_gap = max_gap
+        self.reorder = reorder  # seconds each buffer holds samples back to merge out-of-order batches
         self.buffers: dict[str, DeviceBuffer] = {}
         self._ready: list[Window] = []
 
@@ -57,11 +58,21 @@ class Pipeline:
         buffer = self.buffers.get(batch.device)
         if buffer is None:
             cfg = self.config
-            buffer = DeviceBuffer(batch.device, cfg.rate, cfg.window, self.max_gap)
+            buffer = DeviceBuffer(batch.device, cfg.rate, cfg.window, self.max_gap, reorder=self.reorder)
             self.buffers[batch.device] = buffer
         windows = buffer.push(batch.t, batch.acc, arrival)
         self._ready.extend(windows)
         return len(windows)
+
+    def release(self, now: float) -> int:
+        """Commit samples held for reordering that have waited long enough; returns windows completed."""
+        if self.reorder <= 0:
+            return 0
+        before = len(self._ready)
+        for buffer in self.buffers.values():
+            if buffer.held:
+                self._ready.extend(buffer.release(now))
+        return len(self._ready) - before
 
     def classify_ready(self) -> list[Prediction]:
         """Classify every ready window, in as few batched passes as possible.
