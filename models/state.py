@@ -68,7 +68,9 @@ class StateBank:
         slot = torch.tensor([self._slots[device]])
         return tuple(t.clone() for t in self.gather(slot))
 
+    @torch.inference_mode()
     def set(self, device: str, state: tuple[torch.Tensor, ...]) -> None:
+        # the bank's tensors become inference tensors when it grows inside a forward pass
         self.scatter(self.slots([device]), state)
 
     def evict(self, device: str) -> None:

@@ -264,9 +264,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--state-store", default=env("HARSTREAM_STATE_STORE") or None, metavar="URL",
                    help="redis://host:port/db: every device's state lives there, applied in seq order and "
                         "exactly once whichever replica gets a message (default: in memory and --state-dir)")
-    g.add_argument("--reorder-wait", type=float, default=1.0, metavar="SECONDS",
-                   help="with --state-store, how long a message waits for its device's earlier ones before the "
-                        "gap is accepted as lost (default: %(default)s)")
+    g.add_argument("--reorder-wait", type=float, default=5.0, metavar="SECONDS",
+                   help="with --state-store, how long a message waits for its device's earlier ones (on "
+                        "other replicas) before the gap is accepted as lost; keep it above the replicas' "
+                        "queueing delay (default: %(default)s)")
     g = p.add_argument_group("online fine-tuning (truncated BPTT on labelled windows)")
     g.add_argument("--no-learn", action="store_true", help="serve only; ignore labels for training")
     g.add_argument("--optimiser", default="adam", choices=("adam", "rmsprop", "sgd"))

@@ -80,7 +80,8 @@ class ConsumerConfig:
     max_evicted: int = 100_000  # evicted device states kept, least recently seen dropped first
     shared_group: str = ""  # subscribe to samples through $share/<group>/...: replicas split the devices
     state_store: str | None = None  # redis://host:port/db: per-device state shared by the replicas
-    reorder_wait: float = 1.0  # seconds a message waits for its device's earlier ones (state_store only)
+    reorder_wait: float = 5.0  # seconds a message waits for its device's earlier ones (state_store only):
+    # more than a replica's queueing delay, or a late message is taken for lost
     state_ttl: float = 7 * 86400.0  # seconds a device's shared state outlives its last message
     health_file: Path | None = None  # the latest metrics, rewritten every metrics_interval (health checks)
 
@@ -161,8 +162,8 @@ class Consumer:
                                         max_held=config.queue_size)
         if config.shared_group and self.shared is None:
             log.warning("shared group %r without a state store: a device's state stays on the replica that "
-                        "had it; fine only if the broker dispatches each device to one replica (EMQX hash_topic)",
-                        config.shared_group)
+                        "had it; fine only if the broker dispatches each device to one replica (EMQX "
+                        "hash_topic)", config.shared_group)
         if config.state_dir is not None:
             self._restore(classifier)
             self.store = EventStore(config.state_dir / "events.db")
@@ -265,8 +266,8 @@ class Consumer:
         )
         self._client.publish(status, b"online", qos=1, retain=True)
         log.info("consumer %s on %s (%s), model %s (%d classes, window %.2f s)", cfg.consumer_id, cfg.broker,
-                 self.imu_subscription, self.pipeline.classifier.version, len(self.pipeline.classifier.classes),
-                 self.pipeline.config.window_seconds)
+                 self.imu_subscription, self.pipeline.classifier.version,
+                 len(self.pipeline.classifier.classes), self.pipeline.config.window_seconds)
         if self.learner is not None:
             self.learner.start()
         self._publish_model()
@@ -339,7 +340,9 @@ class Consumer:
                 continue
             self.handle(topic, payload, arrival)
             if deadline is None and (self.pipeline.pending or (self.shared is not None and self.shared.held)):
-                deadline = arrival + self.config.max_wait
+                # from now, not from the message's arrival: behind a backlog, arrival + max_wait has
+                # long passed, every window would go through the network alone and the backlog grow
+                deadline = time.monotonic() + self.config.max_wait
             if deadline is not None and time.monotonic() >= deadline:
                 return
 
@@ -359,7 +362,9 @@ class Consumer:
                     return
                 self.sequence.check(batch)
                 if device not in self._last_seen and device in self._evicted:
-                    self.pipeline.classifier.bank.set(device, tuple(t.unsqueeze(1) for t in self._evicted.pop(device)))
+                    state = tuple(t.unsqueeze(1) for t in self._evicted.pop(device))
+                    with torch.inference_mode():  # the bank's tensors are inference tensors once it grew
+                        self.pipeline.classifier.bank.set(device, state)
                 self._last_seen[device] = arrival
                 self.stats.samples += len(batch)
                 self.stats._interval_samples += len(batch)

@@ -1,0 +1,516 @@
+"""Per-device state in a shared store, so that consumer replicas can take any device's next message.
+
+With MQTT shared subscriptions (``$share/<group>/har/+/imu``) a broker that dispatches round-robin
+(Mosquitto) hands consecutive messages of one device to different replicas. Each device's state
+(the recurrent state, the ``DeviceBuffer``'s resampling state and partial window, the last ``seq``)
+therefore lives in a shared store (Redis), and a replica applies a message only when it is the
+device's next one:
+
+- **in order**: a message whose ``seq`` is ahead of the stored one is held until its predecessors
+  have been applied (by whichever replica got them), at most ``reorder_wait`` seconds; then the gap
+  is accepted and counted as lost samples, as a single consumer counts it.
+- **exactly once**: each device's record carries a version; a replica writes back with a
+  compare-and-set on that version (one Lua script per device, pipelined), so of two replicas that
+  applied the same message only one commits. Predictions are published only after their device's
+  commit, so a window is never published twice; a replica that dies between commit and publish
+  loses those windows, it never repeats them.
+
+A replica keeps what it last committed; when its next message for a device follows on from its own
+copy (the usual case when the broker dispatches by topic or client id hash, as EMQX can), it skips
+the read and only commits: one round trip per cycle instead of two. The version check catches a
+copy that another replica has since overtaken.
+
+Records are a small binary format (``encode_record``), never pickles: reading the store never runs
+code from it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import struct
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from stream.buffers import DeviceBuffer
+from stream.decode import Rejected, SampleBatch, SequenceCheck
+from stream.pipeline import Pipeline, Prediction
+
+__all__ = [
+    "BufferState",
+    "DeviceRecord",
+    "MemoryStore",
+    "RedisStore",
+    "SharedDevices",
+    "StateStore",
+    "StoreError",
+    "buffer_state",
+    "decode_record",
+    "encode_record",
+    "open_store",
+    "restore_buffer",
+]
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+_HEADER = struct.Struct(
+    "<BBq"  # format, has seq, seq
+    "didddd3ddqiI"  # rate, window, max_gap, reorder, clock_reset, last_t (NaN: none), last_acc, origin, k,
+    # fill, held
+    "qqqqB"  # late_samples, duplicates, gaps, clock_resets, recurrent tensors
+)
+_SHAPE = struct.Struct("<HH")
+
+
+class StoreError(Exception):
+    """The shared store did not answer; the messages involved stay held and are tried again."""
+
+
+@dataclass
+class BufferState:
+    """What a ``DeviceBuffer`` needs to go on where another replica left it.
+
+    Held samples keep their age instead of their arrival time: each replica has its own monotonic
+    clock.
+    """
+
+    rate: float
+    window: int
+    max_gap: float
+    reorder: float
+    clock_reset: float
+    last_t: float | None  # device time of the last sample on the grid; None before the first
+    last_acc: np.ndarray  # (3,) float64, that sample's value
+    origin: float  # grid time k is origin + k / rate
+    k: int  # index of the next grid sample
+    pending: np.ndarray  # (fill, 3) float32: the partial window
+    held_t: np.ndarray  # (h,) float64: samples held back for reordering
+    held_acc: np.ndarray  # (h, 3) float64
+    held_age: np.ndarray  # (h,) float64: seconds since each held sample arrived
+    late_samples: int = 0
+    duplicates: int = 0
+    gaps: int = 0
+    clock_resets: int = 0
+
+
+@dataclass
+class DeviceRecord:
+    """One device's shared state."""
+
+    seq: int | None  # last seq applied; None before the first message
+    buffer: BufferState | None  # None before the first sample
+    recurrent: tuple[np.ndarray, ...] = ()  # each (d0, d2) float32; () is the model's initial state
+
+
+# -- DeviceBuffer's state: DeviceBuffer keeps it in private fields and has no snapshot of its own,
+# so these two read and write them; tests/test_scaleout.py checks that a buffer restored midway
+# (samples held for reordering included) cuts the same windows as one that never stopped.
+def buffer_state(buffer: DeviceBuffer, now: float) -> BufferState:
+    """``buffer``'s state; ``now`` is the monotonic time its held samples' ages are taken at."""
+    return BufferState(
+        rate=buffer.rate, window=buffer.window, max_gap=buffer.max_gap, reorder=buffer.reorder,
+        clock_reset=buffer.clock_reset, last_t=buffer._last_t,
+        last_acc=np.asarray(buffer._last_acc, dtype=np.float64).copy(), origin=buffer._origin, k=buffer._k,
+        pending=buffer._pending[: buffer._fill].copy(), held_t=buffer._held_t.copy(),
+        held_acc=buffer._held_acc.copy(), held_age=now - buffer._held_arrival,
+        late_samples=buffer.late_samples, duplicates=buffer.duplicates, gaps=buffer.gaps,
+        clock_resets=buffer.clock_resets,
+    )
+
+
+def restore_buffer(device: str, state: BufferState, now: float) -> DeviceBuffer:
+    """A ``DeviceBuffer`` in ``state``; held samples arrived ``held_age`` before ``now`` (monotonic)."""
+    buffer = DeviceBuffer(device, state.rate, state.window, state.max_gap, state.reorder, state.clock_reset)
+    buffer._last_t = state.last_t
+    buffer._last_acc = np.asarray(state.last_acc, dtype=np.float64).copy()
+    buffer._origin = state.origin
+    buffer._k = state.k
+    fill = len(state.pending)
+    buffer._pending[:fill] = state.pending
+    buffer._fill = fill
+    buffer._held_t = np.asarray(state.held_t, dtype=np.float64).copy()
+    buffer._held_acc = np.asarray(state.held_acc, dtype=np.float64).reshape(-1, 3).copy()
+    buffer._held_arrival = now - np.asarray(state.held_age, dtype=np.float64)
+    buffer.late_samples = state.late_samples
+    buffer.duplicates = state.duplicates
+    buffer.gaps = state.gaps
+    buffer.clock_resets = state.clock_resets
+    return buffer
+
+
+def encode_record(record: DeviceRecord) -> bytes:
+    """A record as bytes: a fixed header, tensor shapes, the buffer's arrays, the recurrent tensors."""
+    b = record.buffer
+    if b is None:  # window 0 marks "no buffer"
+        b = BufferState(rate=0.0, window=0, max_gap=0.0, reorder=0.0, clock_reset=0.0, last_t=None,
+                        last_acc=np.zeros(3), origin=0.0, k=0, pending=np.empty((0, 3)), held_t=np.empty(0),
+                        held_acc=np.empty((0, 3)), held_age=np.empty(0))
+    header = _HEADER.pack(
+        FORMAT_VERSION, record.seq is not None, record.seq if record.seq is not None else 0,
+        b.rate, b.window, b.max_gap, b.reorder, b.clock_reset, math.nan if b.last_t is None else b.last_t,
+        *(float(v) for v in b.last_acc), b.origin, b.k, len(b.pending), len(b.held_t),
+        b.late_samples, b.duplicates, b.gaps, b.clock_resets, len(record.recurrent),
+    )
+    tensors = [np.ascontiguousarray(t, dtype=np.float32) for t in record.recurrent]
+    arrays = [np.ascontiguousarray(b.pending, dtype=np.float32),
+              *(np.ascontiguousarray(a, dtype=np.float64) for a in (b.held_t, b.held_acc, b.held_age)),
+              *tensors]
+    shapes = b"".join(_SHAPE.pack(*t.shape) for t in tensors)
+    return b"".join([header, shapes, *(a.tobytes() for a in arrays)])
+
+
+def decode_record(blob: bytes) -> DeviceRecord:
+    """The inverse of ``encode_record``; raises ValueError on anything else."""
+    offset = 0
+
+    def take(dtype, count: int, shape: tuple) -> np.ndarray:
+        nonlocal offset
+        out = np.frombuffer(blob, dtype, count, offset).reshape(shape).copy()
+        offset += out.nbytes
+        return out
+
+    try:
+        (version, has_seq, seq, rate, window, max_gap, reorder, clock_reset, last_t, ax, ay, az, origin, k,
+         fill, held, late, duplicates, gaps, clock_resets, n_tensors) = _HEADER.unpack_from(blob)
+        if version != FORMAT_VERSION:
+            raise ValueError(f"record format {version}, expected {FORMAT_VERSION}")
+        offset = _HEADER.size
+        shapes = [_SHAPE.unpack_from(blob, offset + i * _SHAPE.size) for i in range(n_tensors)]
+        offset += n_tensors * _SHAPE.size
+        pending = take(np.float32, fill * 3, (fill, 3))
+        held_t = take(np.float64, held, (held,))
+        held_acc = take(np.float64, held * 3, (held, 3))
+        held_age = take(np.float64, held, (held,))
+        tensors = tuple(take(np.float32, d0 * d2, (d0, d2)) for d0, d2 in shapes)
+    except (struct.error, ValueError) as exc:
+        raise ValueError(f"bad device record: {exc}") from None
+    if offset != len(blob):
+        raise ValueError(f"device record of {len(blob)} bytes, expected {offset}")
+    buffer = None
+    if window:
+        buffer = BufferState(rate=rate, window=window, max_gap=max_gap, reorder=reorder,
+                             clock_reset=clock_reset, last_t=None if math.isnan(last_t) else last_t,
+                             last_acc=np.array([ax, ay, az]), origin=origin, k=k, pending=pending,
+                             held_t=held_t, held_acc=held_acc, held_age=held_age, late_samples=late,
+                             duplicates=duplicates, gaps=gaps, clock_resets=clock_resets)
+    return DeviceRecord(seq=seq if has_seq else None, buffer=buffer, recurrent=tensors)
+
+
+# -- stores ----------------------------------------------------------------------------------------
+class StateStore:
+    """Versioned records by device: ``load`` reads, ``commit`` compare-and-sets.
+
+    A device never written has version 0 and no record. ``commit`` writes ``(expected, blob)`` only
+    where the stored version is still ``expected``, making it ``expected + 1``; it returns the
+    devices written.
+    """
+
+    def load(self, devices: list[str]) -> dict[str, tuple[int, bytes | None]]:
+        raise NotImplementedError
+
+    def commit(self, updates: dict[str, tuple[int, bytes]]) -> set[str]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release connections."""
+
+
+class MemoryStore(StateStore):
+    """In one process (tests, benchmarks): the same contract as Redis, under a lock."""
+
+    def __init__(self) -> None:
+        self._records: dict[str, tuple[int, bytes]] = {}
+        self._lock = threading.Lock()
+
+    def load(self, devices: list[str]) -> dict[str, tuple[int, bytes | None]]:
+        with self._lock:
+            return {d: self._records.get(d, (0, None)) for d in devices}
+
+    def commit(self, updates: dict[str, tuple[int, bytes]]) -> set[str]:
+        done = set()
+        with self._lock:
+            for device, (expected, blob) in updates.items():
+                if self._records.get(device, (0, None))[0] == expected:
+                    self._records[device] = (expected + 1, blob)
+                    done.add(device)
+        return done
+
+
+# One key per device, so that the script touches a single key: pipelined, it works unchanged on a
+# Redis Cluster (each key's script goes to the key's node).
+_COMMIT = """
+local current = redis.call('HGET', KEYS[1], 'v') or '0'
+if current ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'v', tostring(tonumber(ARGV[1]) + 1), 'b', ARGV[2])
+if tonumber(ARGV[3]) > 0 then redis.call('PEXPIRE', KEYS[1], ARGV[3]) end
+return 1
+"""
+
+
+class RedisStore(StateStore):
+    """Records in Redis hashes ``<namespace>:<device>`` with fields ``v`` (version) and ``b`` (record).
+
+    ``ttl`` seconds after its last write a device's record expires (0 keeps it forever).
+    """
+
+    def __init__(self, url: str, namespace: str, ttl: float = 7 * 86400.0, timeout: float = 5.0) -> None:
+        try:
+            import redis
+        except ImportError:
+            raise RuntimeError("a redis:// state store needs the redis package (pip install redis)") from None
+        self.url = url
+        self.namespace = namespace
+        self.ttl = ttl
+        self._errors = (redis.RedisError, OSError)
+        self._client = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
+        self._commit = self._client.register_script(_COMMIT)
+
+    def key(self, device: str) -> str:
+        return f"{self.namespace}:{device}"
+
+    def ping(self) -> None:
+        try:
+            self._client.ping()
+        except self._errors as exc:
+            raise StoreError(f"Redis at {self.url} does not answer: {exc}") from None
+
+    def load(self, devices: list[str]) -> dict[str, tuple[int, bytes | None]]:
+        pipe = self._client.pipeline(transaction=False)
+        for device in devices:
+            pipe.hmget(self.key(device), "v", "b")
+        try:
+            rows = pipe.execute()
+        except self._errors as exc:
+            raise StoreError(f"Redis load failed: {exc}") from None
+        return {d: (int(v or 0), b) for d, (v, b) in zip(devices, rows, strict=True)}
+
+    def commit(self, updates: dict[str, tuple[int, bytes]]) -> set[str]:
+        ttl_ms = int(self.ttl * 1000)
+        pipe = self._client.pipeline(transaction=False)
+        devices = list(updates)
+        for device in devices:
+            expected, blob = updates[device]
+            self._commit(keys=[self.key(device)], args=[str(expected), blob, ttl_ms], client=pipe)
+        try:
+            results = pipe.execute()
+        except self._errors as exc:
+            # unknown whether they were written: the caller treats them as not written, and the
+            # version check makes a retry of an applied message a repeat, not a second window
+            raise StoreError(f"Redis commit failed: {exc}") from None
+        return {d for d, ok in zip(devices, results, strict=True) if ok == 1}
+
+    def close(self) -> None:
+        self._client.close()
+
+
+def open_store(url: str, namespace: str, ttl: float = 7 * 86400.0) -> StateStore:
+    """A store from its URL: ``redis://[:password@]host:port/db`` (or ``rediss://``), or ``memory://``."""
+    if url.startswith(("redis://", "rediss://", "unix://")):
+        return RedisStore(url, namespace, ttl)
+    if url == "memory://":
+        return MemoryStore()
+    raise ValueError(f"Invalid state store {url!r}: expected redis://host:port/db or memory://")
+
+
+# -- the consumer's side ---------------------------------------------------------------------------
+@dataclass
+class _Held:
+    batch: SampleBatch
+    arrival: float  # monotonic time received
+
+
+class SharedDevices:
+    """Applies held messages to the ``Pipeline`` in each device's ``seq`` order, from shared state.
+
+    Each cycle of the consumer: ``hold`` every decoded imu batch; ``apply`` the ones that are their
+    device's next (loading state from the store where this replica's copy is stale); classify
+    (``Pipeline.classify_ready``); then ``commit``, which writes every touched device back and
+    returns the predictions of the devices whose write succeeded.
+    """
+
+    def __init__(self, store: StateStore, pipeline: Pipeline, sequence: SequenceCheck,
+                 reorder_wait: float = 5.0, max_held: int = 200_000) -> None:
+        if reorder_wait < 0:
+            raise ValueError("Invalid 'reorder_wait': must be at least 0 seconds")
+        self.store = store
+        self.pipeline = pipeline
+        self.sequence = sequence
+        self.reorder_wait = reorder_wait
+        self.max_held = max_held
+        self.counts: Counter[str] = Counter()  # reads, commits, conflicts, store_errors, dropped, ...
+        self._held: dict[str, list[_Held]] = {}
+        self._n_held = 0
+        self._versions: dict[str, int] = {}  # store version of the state this replica holds
+        self._applied: dict[str, list[_Held]] = {}  # devices touched since the last commit
+        self._shapes = [(t.shape[0], t.shape[2]) for t in pipeline.classifier.model.initial_state(1)]
+
+    @property
+    def held(self) -> int:
+        """Messages waiting to be applied."""
+        return self._n_held
+
+    @property
+    def touched(self) -> int:
+        """Devices applied to since the last ``commit``."""
+        return len(self._applied)
+
+    def hold(self, batch: SampleBatch, arrival: float) -> None:
+        if self._n_held >= self.max_held:
+            self.counts["dropped"] += 1
+            return
+        self._held.setdefault(batch.device, []).append(_Held(batch, arrival))
+        self._n_held += 1
+
+    def forget(self, device: str) -> None:
+        """Drop this replica's copy of ``device`` (idle); the store keeps the device's state."""
+        self._versions.pop(device, None)
+        self.sequence.forget(device)
+
+    # -- apply ------------------------------------------------------------------------------------
+    def apply(self, now: float | None = None) -> tuple[int, list[Rejected]]:
+        """Apply every held message that is its device's next; returns (samples applied, rejections)."""
+        now = time.monotonic() if now is None else now
+        last = self.sequence.snapshot()
+        stale = []
+        for device, messages in self._held.items():
+            first = min(m.batch.seq for m in messages)
+            if device not in self._versions or first != last.get(device, -2) + 1:
+                stale.append(device)
+        if stale:
+            try:
+                loaded = self.store.load(stale)
+            except StoreError as exc:
+                self.counts["store_errors"] += 1
+                log.warning("%s; %d messages held", exc, self._n_held)
+                return 0, []
+            self.counts["reads"] += len(stale)
+            for device in stale:
+                version, blob = loaded[device]
+                if self._versions.get(device) != version:
+                    self._install(device, version, blob)
+        samples, rejected = 0, []
+        last = self.sequence.snapshot()  # again: installs changed it
+        for device in list(self._held):
+            n, r = self._apply_device(device, last.get(device), now)
+            samples += n
+            rejected += r
+        return samples, rejected
+
+    def _install(self, device: str, version: int, blob: bytes | None) -> None:
+        """Make the pipeline's state of ``device`` the stored one."""
+        self.pipeline.evict(device)
+        self.sequence.forget(device)
+        self._versions[device] = version
+        if blob is None:
+            return
+        try:
+            record = decode_record(blob)
+        except ValueError as exc:
+            log.warning("%s: unreadable shared state (%s); starting afresh", device, exc)
+            return
+        if record.seq is not None:
+            self.sequence.restore({device: record.seq})
+        cfg = self.pipeline.config
+        if record.buffer is not None:
+            if record.buffer.rate == cfg.rate and record.buffer.window == cfg.window:
+                self.pipeline.buffers[device] = restore_buffer(device, record.buffer, time.monotonic())
+            else:
+                log.warning("%s: shared buffer state for %g Hz x %d, the model has %g Hz x %d; starting "
+                            "afresh", device, record.buffer.rate, record.buffer.window, cfg.rate, cfg.window)
+        if record.recurrent:
+            if [t.shape for t in record.recurrent] == self._shapes:
+                # the bank's tensors are inference tensors once it has grown inside a forward pass
+                with torch.inference_mode():
+                    self.pipeline.classifier.bank.set(device, tuple(torch.from_numpy(t).unsqueeze(1)
+                                                                    for t in record.recurrent))
+            else:
+                log.warning("%s: shared recurrent state of another architecture; starting afresh", device)
+
+    def _apply_device(self, device: str, last: int | None, now: float) -> tuple[int, list[Rejected]]:
+        """Apply ``device``'s held messages that follow on from ``last``, the seq applied last."""
+        messages = sorted(self._held.pop(device), key=lambda m: m.batch.seq)
+        keep: list[_Held] = []
+        samples, rejected = 0, []
+        for i, m in enumerate(messages):
+            seq, waited = m.batch.seq, now - m.arrival >= self.reorder_wait
+            if last is None:
+                ready = seq == 0 or waited  # earlier ones of a new device may be on another replica
+            elif seq == last + 1 or (seq == 0 and last > 0):  # next, or the device restarted
+                ready = True
+            elif seq == last:
+                ready = True  # a repeat: the sequence check refuses it at once
+            elif seq < last:
+                # perhaps a restarted device whose seq 0 another replica has not applied yet
+                if not waited:
+                    keep.append(m)
+                    continue
+                ready = True  # the sequence check refuses it
+            else:
+                ready = waited  # a gap: its messages may still be on another replica
+            if not ready:
+                keep += messages[i:]  # order: nothing after a gap goes before it
+                break
+            try:
+                self.sequence.check(m.batch)
+            except Rejected as exc:
+                rejected.append(exc)
+                continue
+            self.pipeline.add(m.batch, m.arrival)
+            self._applied.setdefault(device, []).append(m)
+            samples += len(m.batch)
+            last = seq
+        self._n_held -= len(messages) - len(keep)
+        if keep:
+            self._held[device] = keep
+        return samples, rejected
+
+    # -- commit -----------------------------------------------------------------------------------
+    def commit(self, predictions: list[Prediction]) -> list[Prediction]:
+        """Write back every touched device; returns the predictions of those written."""
+        if not self._applied:
+            return predictions
+        applied, self._applied = self._applied, {}
+        devices = list(applied)
+        bank = self.pipeline.classifier.bank
+        with_state = [d for d in devices if d in bank]
+        rows = {}
+        if with_state:
+            gathered = [t.numpy() for t in bank.gather(bank.slots(with_state))]  # each (d0, B, d2)
+            rows = {d: tuple(t[:, i] for t in gathered) for i, d in enumerate(with_state)}
+        last = self.sequence.snapshot()
+        now = time.monotonic()
+        updates = {}
+        for device in devices:
+            buffer = self.pipeline.buffers.get(device)
+            record = DeviceRecord(seq=last.get(device), recurrent=rows.get(device, ()),
+                                  buffer=None if buffer is None else buffer_state(buffer, now))
+            updates[device] = (self._versions.get(device, 0), encode_record(record))
+        try:
+            done = self.store.commit(updates)
+        except StoreError as exc:
+            self.counts["store_errors"] += 1
+            log.warning("%s", exc)
+            done = set()
+        else:
+            self.counts["conflicts"] += len(devices) - len(done)
+        self.counts["commits"] += len(done)
+        for device in devices:
+            if device in done:
+                self._versions[device] = updates[device][0] + 1
+                continue
+            # another replica got there first (a duplicate delivery), or the store failed: this
+            # replica's copy is worthless; the messages go back to be checked against the store
+            self.pipeline.evict(device)
+            self.forget(device)
+            for m in applied[device]:
+                self.hold(m.batch, m.arrival)
+        return [p for p in predictions if p.device in done]
+
+    def summary(self) -> dict:
+        return {"held": self._n_held, "devices": len(self._versions), **self.counts}
