@@ -50,6 +50,7 @@ class _Detectors:
         self.confidence = _adwin()
         self.orientation = _adwin()
         self.directions: dict[str, tuple[np.ndarray, int]] = {}  # class -> (mean unit vector, count)
+        self.orientation_pending = 0  # windows still to confirm an orientation change
         self.error = drift.binary.FHDDM(sliding_window_size=25, confidence_level=1e-6)
         self.accuracy = metrics.Accuracy()
         self.kappa = metrics.CohenKappa()
@@ -100,16 +101,26 @@ class Monitor:
                 angle = float(np.degrees(np.arccos(np.clip(direction @ usual, -1.0, 1.0))))
                 if count >= 3:
                     dev.orientation.update(angle)
-                    # only a turn away from the usual direction counts, not a return to it
-                    if dev.orientation.drift_detected and angle > 20.0:
-                        out.append(self._event(dev, device, "ADWIN", "orientation", t, angle, has_labels))
+                    # only a turn away from the usual direction counts, and only once two more windows
+                    # confirm it: single odd windows (a burpee's jump, a stretch) are not drift
+                    if dev.orientation.drift_detected and angle > 60.0:
+                        dev.orientation_pending = 2
+                    elif dev.orientation_pending:
+                        dev.orientation_pending = dev.orientation_pending - 1 if angle > 60.0 else 0
+                        if dev.orientation_pending == 0 and angle > 60.0:
+                            out.append(self._event(dev, device, "ADWIN", "orientation", t, angle, has_labels))
                 mixed = usual * min(count, 20) + direction  # running mean over the last ~20 windows
                 dev.directions[predicted] = (mixed / np.linalg.norm(mixed), count + 1)
         for det in (dev, self._all):
             det.rolling_confidence.append(confidence)
             before = det.confidence.estimation
+            before_magnitude = det.magnitude.estimation
             det.magnitude.update(magnitude)
-            if det.magnitude.drift_detected:
+            # vigorous exercise raises the mean magnitude up to 4-5 fold (jumping jacks on the wrist), but
+            # never lowers it far below 1 g; values in g instead of m/s² (or a dead sensor) divide it by
+            # ten: a fall below 40 %, or a rise beyond 7 fold (g read as m/s² the other way), is drift
+            ratio = magnitude / max(before_magnitude, 1e-6)
+            if det.magnitude.drift_detected and (ratio < 0.4 or ratio > 7.0):
                 out.append(self._event(det, device, "ADWIN", "input_magnitude", t, det.magnitude.estimation, has_labels))
             det.confidence.update(confidence)
             if det.confidence.drift_detected and confidence < before:  # a fall, not a recovery
