@@ -72,7 +72,8 @@ def cmd_consume(args) -> int:
                             checkpoint_interval=args.checkpoint_interval, idle_timeout=args.idle_timeout,
                             qos=args.qos, shared_group=args.shared, state_store=args.state_store,
                             reorder_wait=args.reorder_wait,
-                            health_file=Path(args.health_file) if args.health_file else None)
+                            health_file=Path(args.health_file) if args.health_file else None,
+                            adapters=tuple(args.adapter or ()), reorder=args.reorder)
     consumer = Consumer(config, StatefulClassifier(model, info["version"]))
     _on_signals(consumer.stop)
     if args.duration:
@@ -247,6 +248,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds a ready window may wait to share a batch (default: %(default)s)")
     p.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     p.add_argument("--torch-threads", type=int, default=1, help="torch intra-op threads (default: %(default)s)")
+    p.add_argument("--adapter", action="append", metavar="'PATTERN = NAME[@DEVICE]'",
+                   help="also read a phone format on topics matching PATTERN; NAME is sensor_logger, "
+                        "sensor_logger_ios, android or csv; the device is the topic level under the first '+' "
+                        "(repeatable; see docs/phone.md)")
+    p.add_argument("--reorder", type=float, default=0.0,
+                   help="seconds to hold each device's samples to merge out-of-order batches (phones: 0.2; "
+                        "adds that much latency; default: %(default)s)")
     p.add_argument("--state-dir", default=env("HARSTREAM_STATE_DIR") or None,
                    help="folder for checkpoints of device state, model versions and the event store "
                         "(events.db); restored on start (default: none, nothing kept)")

@@ -40,6 +40,7 @@ import torch
 from models.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from models.finetune import LearnerConfig, OnlineLearner, Sequence
 from models.state import StatefulClassifier
+from stream.adapters import AdapterRouter
 from stream.decode import MAX_PAYLOAD_BYTES, Rejected, SequenceCheck, decode_imu, parse_topic
 from stream.labels import LabelBook, LabelledWindow, WindowHistory, decode_label
 from stream.monitor import DriftEvent, Monitor
@@ -84,6 +85,9 @@ class ConsumerConfig:
     # more than a replica's queueing delay, or a late message is taken for lost
     state_ttl: float = 7 * 86400.0  # seconds a device's shared state outlives its last message
     health_file: Path | None = None  # the latest metrics, rewritten every metrics_interval (health checks)
+    adapters: tuple[str, ...] = ()  # phone formats by topic: "PATTERN = NAME[@DEVICE]" (stream.adapters)
+    reorder: float = 0.0  # seconds each device's samples are held to merge out-of-order batches; MQTT keeps
+    # one publisher's messages in order, so only phones that batch irregularly need it (it adds latency)
 
     def __post_init__(self) -> None:
         if self.shared_group and ("/" in self.shared_group or "+" in self.shared_group
@@ -138,7 +142,9 @@ class Consumer:
 
     def __init__(self, config: ConsumerConfig, classifier: StatefulClassifier) -> None:
         self.config = config
-        self.pipeline = Pipeline(classifier)
+        # the shared store keeps buffers itself and commits in seq order: no hold there
+        self.pipeline = Pipeline(classifier, reorder=0.0 if config.state_store else config.reorder)
+        self.router = AdapterRouter.from_spec(list(config.adapters), config.prefix, config.max_payload)
         self.sequence = SequenceCheck()
         self.stats = _Stats()
         self._queue: queue.Queue[tuple[str, bytes, float]] = queue.Queue(config.queue_size)
@@ -260,7 +266,9 @@ class Consumer:
             client_id=cfg.consumer_id,
             will=(status, b"offline"),
             subscriptions=[(self.imu_subscription, cfg.qos), (f"{cfg.prefix}/+/label", 1),
-                           (consumer_topic(cfg.prefix, cfg.consumer_id, "command"), 1)],
+                           (consumer_topic(cfg.prefix, cfg.consumer_id, "command"), 1),
+                           *[(self._shared_topic(t), cfg.qos) for t in self.router.subscriptions()
+                             if t != f"{cfg.prefix}/+/imu"]],
             on_message=self._on_message,
             clean_session=not cfg.persistent,
         )
@@ -276,6 +284,7 @@ class Consumer:
         try:
             while not self._stop.is_set():
                 self._drain(timeout=0.05)
+                self.pipeline.release(time.monotonic())
                 self._apply_swap()
                 self._classify()
                 if time.monotonic() >= next_metrics:
@@ -303,7 +312,9 @@ class Consumer:
 
     @property
     def imu_subscription(self) -> str:
-        topic = f"{self.config.prefix}/+/imu"
+        return self._shared_topic(f"{self.config.prefix}/+/imu")
+
+    def _shared_topic(self, topic: str) -> str:
         return f"$share/{self.config.shared_group}/{topic}" if self.config.shared_group else topic
 
     def _classify(self) -> None:
@@ -353,6 +364,10 @@ class Consumer:
             if topic == consumer_topic(self.config.prefix, self.config.consumer_id, "command"):
                 self._command(payload)
                 return
+            if not topic.startswith(self._native_head) and self.router.matches(topic):
+                for batch in self.router.decode(topic, payload):  # phone formats: no seq
+                    self._take(batch, arrival)
+                return
             device, kind = parse_topic(topic, self.config.prefix)
             if kind == "imu":
                 batch = decode_imu(payload, device, self.config.max_payload)
@@ -361,14 +376,7 @@ class Consumer:
                     self.shared.hold(batch, arrival)
                     return
                 self.sequence.check(batch)
-                if device not in self._last_seen and device in self._evicted:
-                    state = tuple(t.unsqueeze(1) for t in self._evicted.pop(device))
-                    with torch.inference_mode():  # the bank's tensors are inference tensors once it grew
-                        self.pipeline.classifier.bank.set(device, state)
-                self._last_seen[device] = arrival
-                self.stats.samples += len(batch)
-                self.stats._interval_samples += len(batch)
-                self.pipeline.add(batch, arrival)
+                self._take(batch, arrival)
             elif kind == "label":
                 label, start, end = decode_label(payload)
                 self.labels.add(device, label, start, end)
@@ -378,6 +386,21 @@ class Consumer:
         except Rejected as exc:
             self.stats.rejected[exc.reason] += 1
             log.debug("rejected %s: %s (payload %r)", topic[:80], exc, payload[:60])
+
+    @property
+    def _native_head(self) -> str:
+        return f"{self.config.prefix}/"
+
+    def _take(self, batch, arrival: float) -> None:
+        """Buffer a decoded batch, bringing an evicted device's state back first."""
+        device = batch.device
+        if device not in self._last_seen and device in self._evicted:
+            state = tuple(t.unsqueeze(1) for t in self._evicted.pop(device))
+            self.pipeline.classifier.bank.set(device, state)
+        self._last_seen[device] = arrival
+        self.stats.samples += len(batch)
+        self.stats._interval_samples += len(batch)
+        self.pipeline.add(batch, arrival)
 
     def _publish(self, predictions: list[Prediction]) -> None:
         cfg = self.config

@@ -103,3 +103,37 @@ def test_consumer_end_to_end(broker_url, tiny_model):
     assert not runner.is_alive()
     assert watch.wait_for(lambda m: any(t.endswith("/status") and p == b"offline" for t, p, _ in m))
     watch.close()
+
+
+def test_phone_formats_through_adapters(broker_url, tiny_model):
+    """A Sensor Logger phone and an Android sensor app, through their adapters, get predictions."""
+    tag = uuid.uuid4().hex[:8]
+    consumer = Consumer(ConsumerConfig(broker=broker_url, prefix=f"hartest{tag}", learn=False, reorder=0.2,
+                                       adapters=(f"sl{tag}/+ = sensor_logger", f"an{tag}/+ = android")),
+                        StatefulClassifier(tiny_model, "tiny"))
+    runner = threading.Thread(target=consumer.run)
+    runner.start()
+    watch = Collector(broker_url, [f"hartest{tag}/+/prediction"])
+    pub = connect(broker_url, "test-phone")
+    try:
+        assert watch.wait_for(lambda m: True, timeout=1) and consumer._client is not None
+        time.sleep(0.5)
+        t0 = 1_700_000_000_000_000_000  # ns since the epoch (Sensor Logger) / since boot (Android)
+        for k in range(10):  # 2 s of 50 Hz in 0.2 s batches
+            payload = [{"name": "totalacceleration", "time": t0 + (10 * k + i) * 20_000_000,
+                        "values": {"x": 0.1, "y": 0.2, "z": 9.8}} for i in range(10)]
+            pub.publish(f"sl{tag}/phone-1", orjson.dumps({"messageId": k, "sessionId": "s", "deviceId": "x",
+                                                         "payload": payload}), qos=1)
+            for i in range(10):
+                pub.publish(f"an{tag}/watch-2", orjson.dumps({"type": "android.sensor.accelerometer",
+                                                             "timestamp": (10 * k + i) * 20_000_000,
+                                                             "values": [0.0, 9.8, 0.5]}), qos=1)
+        pub.publish(f"sl{tag}/phone-1", b"not json", qos=1).wait_for_publish(5)
+        assert watch.wait_for(lambda m: {orjson.loads(p)["device"] for _, p, _ in m} == {"phone-1", "watch-2"})
+        assert consumer.stats.rejected["bad_json"] == 1
+    finally:
+        consumer.stop()
+        runner.join(15)
+        pub.disconnect()
+        pub.loop_stop()
+        watch.close()
