@@ -109,6 +109,7 @@ def run_demo(args) -> int:
         else:
             print(f"broker: nothing answers at {url}; starting the embedded broker (amqtt) there", flush=True)
             broker = EmbeddedBroker(url).start()
+        watcher = DemoWatcher(url, args.prefix)  # before the simulator: its first labels must not be missed
         common = ["--broker", args.broker, "--prefix", args.prefix]
         if args.ca_file:
             common += ["--ca-file", args.ca_file]
@@ -127,7 +128,6 @@ def run_demo(args) -> int:
                 proc, address = start_dashboard(args.broker, args.prefix)
                 children.append(proc)
                 print(f"dashboard: {address}", flush=True)
-        watcher = DemoWatcher(url, args.prefix)
         print(f"demo: {args.devices} simulated devices at 50 Hz -> consumer -> predictions on "
               f"{args.prefix}/<device>/prediction; Ctrl-C stops", flush=True)
         deadline = started + args.duration if args.duration else None
