@@ -150,6 +150,7 @@ def main() -> int:
         for which in prefixes:
             hits = {b: [] for b in BINS}
             delays, alarms = [], 0
+            by_signal: dict[str, int] = defaultdict(int)
             for name in names:
                 stream = streams[name]
                 onset = stream.scenario_onset if scenario else args.onset
@@ -162,6 +163,10 @@ def main() -> int:
                         if lo <= rel < hi:
                             hits[b].append(p["label"] == truth)
                 fired = sorted(d["t"] - origin - (onset or args.onset) for d in drifts[(which, name)])
+                for d in drifts[(which, name)]:
+                    x = d["t"] - origin - (onset or args.onset)
+                    quiet = (x < 0 if scenario else True) and x > -args.onset + 20
+                    by_signal[f"{d['signal']}{'' if quiet else ' (after onset)'}"] += 1
                 if scenario:
                     after = [x for x in fired if x >= 0]
                     if after:
@@ -176,6 +181,7 @@ def main() -> int:
                 "detection_delay_s": {"median": round(float(np.median(delays)), 1) if delays else None,
                                       "detected": f"{len(delays)}/{len(names)}"} if scenario else None,
                 "false_alarms_per_device_hour": round(alarms / quiet_hours, 2) if quiet_hours else None,
+                "events_by_signal": dict(by_signal),
             }
         results[scenario or "no_drift"] = row
     out = {"command": "python " + " ".join(sys.argv), "wall_seconds": round(wall, 1), "speed": args.speed,
