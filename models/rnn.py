@@ -18,8 +18,10 @@ from torch import nn
 __all__ = ["ModelConfig", "HARNet", "State", "CELLS"]
 
 CELLS = ("lstm", "gru", "rnn")
+FRONTS = ("linear", "conv")
 
-# (h, c) for an LSTM, (h,) for GRU and RNN; each (layers, batch, hidden)
+# (h, c) for an LSTM, (h,) for GRU and RNN, each (layers, batch, hidden); then, with the conv front end,
+# the carried input samples (1, batch, context * features). Batch is always dimension 1.
 State = tuple[torch.Tensor, ...]
 
 
@@ -35,6 +37,10 @@ class ModelConfig:
     hop: int = 50  # samples between predictions; equals window: carried state replaces overlap
     patch: int = 5  # samples per recurrent step (front-end stride); divides window
     dropout: float = 0.1  # between layers and before the head, training only
+    front: str = "linear"  # linear: one layer per patch | conv: causal convolutions over samples first
+    conv_channels: int = 32  # conv front end: filters per layer
+    conv_kernel: int = 5  # conv front end: samples per filter
+    conv_layers: int = 2  # conv front end: stacked layers; their left context is carried in the state
 
     def __post_init__(self) -> None:
         self.classes = tuple(self.classes)
@@ -46,6 +52,15 @@ class ModelConfig:
             raise ValueError("'hop' must equal 'window': the recurrent state carries the overlap")
         if self.rate <= 0:
             raise ValueError("'rate' must be positive")
+        if self.front not in FRONTS:
+            raise ValueError(f"Invalid 'front' {self.front!r}. Valid values are: {', '.join(FRONTS)}")
+        if self.front == "conv" and (self.conv_kernel < 1 or self.conv_layers < 1):
+            raise ValueError("'conv_kernel' and 'conv_layers' must be at least 1")
+
+    @property
+    def context(self) -> int:
+        """Past samples the conv front end needs before each new one (0 for the linear front end)."""
+        return self.conv_layers * (self.conv_kernel - 1) if self.front == "conv" else 0
 
     @property
     def window_seconds(self) -> float:
@@ -66,7 +81,13 @@ N_FEATURES = 4
 
 
 class HARNet(nn.Module):
-    """Stateful recurrent exercise classifier."""
+    """Stateful recurrent exercise classifier.
+
+    The state is the recurrent cell's ((h, c) for an LSTM, (h,) otherwise, each (layers, B, hidden)),
+    followed, with the conv front end, by the last ``context`` normalised input samples
+    (1, B, context * features): the convolutions see across window boundaries exactly as they would
+    over the whole stream.
+    """
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -76,7 +97,17 @@ class HARNet(nn.Module):
         # input normalisation, fitted on training data and saved in the checkpoint
         self.register_buffer("feature_mean", torch.zeros(N_FEATURES))
         self.register_buffer("feature_std", torch.ones(N_FEATURES))
-        self.front = nn.Sequential(nn.Linear(N_FEATURES * config.patch, config.hidden), nn.ReLU())
+        if config.front == "conv":
+            convs: list[nn.Module] = []
+            channels = N_FEATURES
+            for _ in range(config.conv_layers):  # no padding: the carried context supplies the past
+                convs += [nn.Conv1d(channels, config.conv_channels, config.conv_kernel), nn.ReLU()]
+                channels = config.conv_channels
+            self.conv = nn.Sequential(*convs)
+        else:
+            self.conv = None
+            channels = N_FEATURES
+        self.front = nn.Sequential(nn.Linear(channels * config.patch, config.hidden), nn.ReLU())
         rnn_cls = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}[config.cell]
         self.rnn = rnn_cls(
             config.hidden,
@@ -91,20 +122,31 @@ class HARNet(nn.Module):
     def initial_state(self, batch: int) -> State:
         cfg = self.config
         zeros = torch.zeros(cfg.layers, batch, cfg.hidden)
-        return (zeros, zeros.clone()) if cfg.cell == "lstm" else (zeros,)
+        state = (zeros, zeros.clone()) if cfg.cell == "lstm" else (zeros,)
+        if cfg.context:  # zeros: the training mean of every feature
+            state += (torch.zeros(1, batch, cfg.context * N_FEATURES),)
+        return state
 
     def step_logits(self, x: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
         """Logits at every recurrent step: x (B, T, 3) with T a multiple of ``patch`` → (B, T/patch, K)."""
         B, T, C = x.shape  # batch, samples, channels
-        p = self.config.patch
-        f = (features(x) - self.feature_mean) / self.feature_std  # (B, T, F)
-        f = f.reshape(B, T // p, p * N_FEATURES)  # (B, S, p*F): one patch per recurrent step
-        z = self.front(f)  # (B, S, H)
+        cfg = self.config
+        p = cfg.patch
         if state is None:
             state = self.initial_state(B)
-        rnn_state = state if self.config.cell == "lstm" else state[0]
+        f = (features(x) - self.feature_mean) / self.feature_std  # (B, T, F)
+        if self.conv is not None:
+            past = state[-1].reshape(B, cfg.context, N_FEATURES)  # (B, context, F)
+            f = torch.cat([past, f], dim=1)  # (B, context + T, F)
+            carried = (f[:, f.shape[1] - cfg.context :].reshape(1, B, -1),)
+            f = self.conv(f.transpose(1, 2)).transpose(1, 2)  # (B, T, conv_channels): one per new sample
+        else:
+            carried = ()
+        f = f.reshape(B, T // p, -1)  # (B, S, p*channels): one patch per recurrent step
+        z = self.front(f)  # (B, S, H)
+        rnn_state = state[:2] if cfg.cell == "lstm" else state[0]
         y, new = self.rnn(z, rnn_state)  # (B, S, H)
-        new_state = tuple(new) if self.config.cell == "lstm" else (new,)
+        new_state = (tuple(new) if cfg.cell == "lstm" else (new,)) + carried
         return self.head(self.drop(y)), new_state  # (B, S, K)
 
     def forward(self, x: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
@@ -121,4 +163,3 @@ class HARNet(nn.Module):
         """Per-feature mean and std of raw samples x (..., 3)."""
         f = features(x.reshape(-1, x.shape[-1]))
         return f.mean(dim=0), f.std(dim=0)
-

@@ -4,6 +4,10 @@ Training sees what serving sees: long crops of each device's stream on the model
 windows, the recurrent state carried from window to window and detached every ``tbptt`` windows
 (one optimiser step each time). Validation holds out whole people and runs each held-out stream
 through the network with carried state, exactly as ``evaluate`` does.
+
+The schedule counts optimiser steps, not passes over the data: real data sets are small (a pass is a
+few dozen steps), so an "epoch" here is ``steps_per_epoch`` steps between two validations, and the
+same defaults fit a data set of twenty minutes and one of six hours.
 """
 
 from __future__ import annotations
@@ -24,32 +28,52 @@ from models.metrics import scores
 from models.rnn import HARNet, ModelConfig
 from stream.recording import Recording
 
-__all__ = ["TrainConfig", "train", "split_subjects", "stream_predictions"]
+__all__ = ["TrainConfig", "train", "split_subjects", "split_streams", "stream_predictions", "CropSampler",
+           "augment_crop"]
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class TrainConfig:
-    epochs: int = 40  # upper bound; early stopping usually ends sooner
-    patience: int = 6  # epochs without a better validation macro F1 before stopping
+    epochs: int = 40  # at most this many epochs; early stopping usually ends sooner
+    steps_per_epoch: int = 100  # optimiser steps between validations (more if one pass over the data needs more)
+    min_epochs: int = 10  # never stop early before this many epochs
+    patience: int = 8  # epochs without a better validation score before stopping
     batch: int = 32  # crops per batch
     crop_windows: int = 16  # windows per crop (state carried across all of them)
     tbptt: int = 4  # windows per truncated-BPTT segment (k1 = k2): detach and step after each
-    lr: float = 2e-3
+    lr: float = 2e-3  # peak learning rate; cosine decay to lr/20 over epochs * steps_per_epoch
+    warmup_steps: int = 100  # linear learning-rate warm-up
     weight_decay: float = 1e-4
     clip: float = 1.0  # gradient norm clipping
+    label_smoothing: float = 0.0
+    ema: float = 0.0  # validate and keep an exponential moving average of the weights (0: off)
     val_fraction: float = 0.2  # share of people held out for validation
     augment: bool = True  # rotation, scaling and time warping of each crop
-    max_rotation_deg: float = 30.0  # strap and placement differences
+    max_rotation_deg: float = 30.0  # strap and placement differences between people
+    max_scale: float = 0.1  # gain differences: scale by 1 ± this
+    max_warp: float = 0.15  # tempo differences: play the crop 1 ± this faster
+    sampling: str = "streams"  # streams: whole streams, state carried throughout | crops: random crops
+    p_mid_start: float = 0.0  # streams: chance of starting a stream at a random point instead
+    p_flip: float = 0.0  # chance of a half turn about x, y or z first (worn upside down, face in)
     seed: int = 0
-    max_minutes: float | None = None  # stop after this long, keeping the best model so far
+    refit: bool = False  # then train on everyone (validation people too) for the best run's epochs
+    max_minutes: float | None = 20.0  # stop a run after this long, keeping the best model so far
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.steps_per_epoch < 1 or self.batch < 1:
+            raise ValueError("'epochs', 'steps_per_epoch' and 'batch' must be at least 1")
+        if self.tbptt < 1 or self.crop_windows < self.tbptt:
+            raise ValueError("'tbptt' must be at least 1 and at most 'crop_windows'")
+        if not 0 <= self.val_fraction < 1:
+            raise ValueError("'val_fraction' must be in [0, 1)")
 
 
 def split_subjects(subjects: list[str], fraction: float, seed: int) -> tuple[set[str], set[str]]:
     """People for training and for validation (at least one each when there are two or more)."""
     people = sorted(set(subjects))
-    if len(people) < 2:
+    if len(people) < 2 or fraction <= 0:
         return set(people), set()
     rng = np.random.default_rng(seed)
     rng.shuffle(people)
@@ -57,7 +81,32 @@ def split_subjects(subjects: list[str], fraction: float, seed: int) -> tuple[set
     return set(people[n_val:]), set(people[:n_val])
 
 
+def split_streams(streams: list[LabelledStream], fraction: float, seed: int
+                  ) -> tuple[list[LabelledStream], list[LabelledStream], str]:
+    """Training and validation streams: whole people held out; with one person, whole devices (sessions,
+    sets); with one device, the last ``fraction`` of every stream. Returns (train, val, how)."""
+    for key, how in ((lambda s: s.subject, "people"), (lambda s: s.device, "devices")):
+        train_keys, val_keys = split_subjects([key(s) for s in streams], fraction, seed)
+        if val_keys:
+            return ([s for s in streams if key(s) in train_keys], [s for s in streams if key(s) in val_keys],
+                    f"{how} {', '.join(sorted(val_keys)[:6])}{' ...' if len(val_keys) > 6 else ''}")
+    if fraction <= 0:
+        return list(streams), [], "none"
+    log.warning("one device of one person: validating on the last %d%% of each stream", round(100 * fraction))
+    train, val = [], []
+    for s in streams:
+        cut = int(len(s.x) * (1 - fraction))
+        train.append(LabelledStream(s.device, s.subject, s.x[:cut], s.y[:cut]))
+        val.append(LabelledStream(s.device, s.subject, s.x[cut:], s.y[cut:]))
+    return train, val, "time"
+
+
+# half turns about x, y and z: the sign changes of two axes that wearing a device another way round makes
+FLIPS = np.array([[1, -1, -1], [-1, 1, -1], [-1, -1, 1]], dtype=np.float64)
+
+
 def _rotation(rng: np.random.Generator, max_deg: float) -> np.ndarray:
+    """A rotation about a uniformly random axis by an angle uniform in ±max_deg (Rodrigues)."""
     axis = rng.normal(size=3)
     axis /= np.linalg.norm(axis)
     angle = np.deg2rad(rng.uniform(-max_deg, max_deg))
@@ -65,169 +114,315 @@ def _rotation(rng: np.random.Generator, max_deg: float) -> np.ndarray:
     return np.eye(3) + np.sin(angle) * k + (1 - np.cos(angle)) * (k @ k)
 
 
-class CropSampler:
-    """Random crops of the training streams, optionally augmented."""
+def augment_crop(x: np.ndarray, y: np.ndarray, length: int, rng: np.random.Generator, cfg: TrainConfig
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """A random crop of at most ``length`` samples of one stream (x (N, 3), y (N,)), time-warped,
+    rotated and scaled when ``cfg.augment``. Returns x (n, 3) float32 and y (n,), n <= length."""
+    warp = rng.uniform(1 - cfg.max_warp, 1 + cfg.max_warp) if cfg.augment else 1.0
+    n = min(length, int((len(x) - 1) / warp) + 1)  # output samples the stream can give at this tempo
+    span = (n - 1) * warp  # source samples covered
+    start = rng.uniform(0, len(x) - 1 - span) if len(x) - 1 > span else 0.0
+    src = start + np.arange(n) * warp  # fractional source positions
+    i0 = np.minimum(np.floor(src).astype(int), len(x) - 2) if len(x) > 1 else np.zeros(n, int)
+    frac = (src - i0)[:, None] if len(x) > 1 else np.zeros((n, 1))
+    out = x[i0] * (1 - frac) + x[np.minimum(i0 + 1, len(x) - 1)] * frac
+    labels = y[np.minimum(np.round(src).astype(int), len(y) - 1)]
+    if cfg.augment:
+        if rng.random() < cfg.p_flip:
+            out = out * FLIPS[rng.integers(len(FLIPS))]
+        out = out @ _rotation(rng, cfg.max_rotation_deg).T * rng.uniform(1 - cfg.max_scale, 1 + cfg.max_scale)
+    return out.astype(np.float32), labels
 
-    def __init__(self, streams: list[LabelledStream], length: int, cfg: TrainConfig) -> None:
-        self.length = length
+
+class CropSampler:
+    """Batches of random crops of the training streams, optionally augmented.
+
+    A stream shorter than a crop gives a shorter crop (a whole number of windows), padded at the end
+    with labels IGNORE: the network is causal, so the padding never changes the outputs that count.
+    """
+
+    def __init__(self, streams: list[LabelledStream], window: int, crop_windows: int, cfg: TrainConfig) -> None:
+        self.window = window
+        self.length = window * crop_windows
         self.cfg = cfg
         self.rng = np.random.default_rng(cfg.seed)
-        self.streams = [s for s in streams if len(s.x) >= int(length * 1.2) + 1]
+        self.streams = [s for s in streams if len(s.x) >= window and (s.y != IGNORE).any()]
         if not self.streams:
-            raise ValueError(f"no training stream is long enough for a crop of {length} samples")
+            raise ValueError(f"no labelled training stream is as long as one window ({window} samples)")
         sizes = np.array([len(s.x) for s in self.streams], dtype=np.float64)
-        self.p = sizes / sizes.sum()
+        self.p = sizes / sizes.sum()  # every sample equally likely to be in a crop
 
     def batch(self, size: int) -> tuple[np.ndarray, np.ndarray]:
-        xs, ys = [], []
-        for _ in range(size):
+        """x (size, length, 3) float32 and per-sample labels (size, length)."""
+        xs = np.zeros((size, self.length, 3), dtype=np.float32)
+        ys = np.full((size, self.length), IGNORE, dtype=np.int64)
+        for b in range(size):
             s = self.streams[self.rng.choice(len(self.streams), p=self.p)]
-            warp = self.rng.uniform(0.85, 1.15) if self.cfg.augment else 1.0
-            n_src = int(round(self.length * warp))
-            start = self.rng.integers(0, len(s.x) - n_src)
-            src = np.arange(self.length) * (n_src / self.length) + start
-            x = np.stack([np.interp(src, np.arange(start, start + n_src + 1),
-                                    s.x[start:start + n_src + 1, i]) for i in range(3)], axis=1)
-            y = s.y[np.minimum(np.round(src).astype(int), len(s.y) - 1)]
-            if self.cfg.augment:
-                x = x @ _rotation(self.rng, self.cfg.max_rotation_deg).T * self.rng.uniform(0.9, 1.1)
-            xs.append(x)
-            ys.append(y)
-        return np.stack(xs).astype(np.float32), np.stack(ys)
+            x, y = augment_crop(s.x, s.y, self.length, self.rng, self.cfg)
+            n = len(x) // self.window * self.window
+            if n == 0:  # warped shorter than a window: pad that one window
+                n = self.window
+            xs[b, : min(n, len(x))] = x[:n]
+            ys[b, : min(n, len(y))] = y[:n]
+        return xs, ys
 
 
-def stream_predictions(model: HARNet, streams: list[LabelledStream]) -> tuple[list[int], list[int]]:
-    """(true, predicted) class index of every labelled window, each stream run with carried state."""
+class StreamSampler:
+    """``rows`` training streams played side by side from their start, ``segment`` windows per call.
+
+    Training then sees what serving sees: each stream from its first window, with the state carried
+    through the whole of it (detached between calls). A row that finishes its stream starts another
+    (chosen in proportion to length, augmented as a whole: one orientation, gain and tempo per stream);
+    ``reset`` marks those rows, whose state must start again from zero. The rest of a finished
+    stream's last segment is padding with labels IGNORE.
+    """
+
+    def __init__(self, streams: list[LabelledStream], window: int, segment: int, rows: int, cfg: TrainConfig
+                 ) -> None:
+        self.window = window
+        self.segment = segment
+        self.cfg = cfg
+        self.rng = np.random.default_rng(cfg.seed)
+        self.streams = [s for s in streams if len(s.x) >= 2 * window and (s.y != IGNORE).any()]
+        if not self.streams:
+            raise ValueError(f"no labelled training stream is as long as two windows ({2 * window} samples)")
+        sizes = np.array([len(s.x) for s in self.streams], dtype=np.float64)
+        self.p = sizes / sizes.sum()  # every sample equally likely
+        self._rows: list[list] = [[None, None, 0] for _ in range(rows)]  # [x, y, next sample]
+
+    def _start(self) -> list:
+        while True:
+            s = self.streams[self.rng.choice(len(self.streams), p=self.p)]
+            x, y = augment_crop(s.x, s.y, 2 * len(s.x), self.rng, self.cfg)  # the whole stream
+            end = len(x) // self.window * self.window
+            start = 0
+            if self.rng.random() < self.cfg.p_mid_start and end > 2 * self.window:
+                start = int(self.rng.integers(0, end - self.window))  # as if the device joined late
+                end = start + (end - start) // self.window * self.window
+            if end > start:
+                return [x, y, start, end]
+
+    def next(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """x (rows, segment*window, 3) float32, labels (rows, segment*window), reset (rows,) bool."""
+        length = self.segment * self.window
+        xs = np.zeros((len(self._rows), length, 3), dtype=np.float32)
+        ys = np.full((len(self._rows), length), IGNORE, dtype=np.int64)
+        reset = np.zeros(len(self._rows), dtype=bool)
+        for r, row in enumerate(self._rows):
+            if row[0] is None or row[2] >= row[3]:
+                row[:] = self._start()
+                reset[r] = True
+            x, y, pos, end = row
+            n = min(length, end - pos)
+            xs[r, :n] = x[pos : pos + n]
+            ys[r, :n] = y[pos : pos + n]
+            row[2] = pos + n
+        return xs, ys, reset
+
+
+def stream_predictions(model: HARNet, streams: list[LabelledStream], batch: int = 64
+                       ) -> tuple[list[int], list[int]]:
+    """(true, predicted) class index of every labelled window, each stream run with carried state from
+    its start, as ``evaluate`` runs it; streams are padded at the end and run together."""
     W = model.config.window
     y_true, y_pred = [], []
+    todo = sorted((s for s in streams if len(s.x) >= W), key=lambda s: len(s.x))
     model.eval()
     with torch.no_grad():
-        for s in streams:
-            n = len(s.x) // W
-            if n == 0:
-                continue
-            x = torch.from_numpy(s.x[: n * W][None])
-            logits, _ = model.step_logits(x)  # (1, n*W/patch, K)
-            per_window = logits.reshape(n, W // model.config.patch, -1).mean(dim=1).argmax(dim=1).numpy()
-            labels = window_labels(s.y[: n * W], W)
-            keep = labels != IGNORE
-            y_true += labels[keep].tolist()
-            y_pred += per_window[keep].tolist()
+        for a in range(0, len(todo), batch):
+            group = todo[a : a + batch]
+            n = [len(s.x) // W for s in group]
+            x = np.zeros((len(group), max(n) * W, 3), dtype=np.float32)
+            for i, s in enumerate(group):
+                x[i, : n[i] * W] = s.x[: n[i] * W]
+            logits, _ = model.step_logits(torch.from_numpy(x))  # (B, L*W/patch, K)
+            per_window = logits.reshape(len(group), max(n), W // model.config.patch, -1).mean(dim=2).argmax(-1)
+            for i, s in enumerate(group):
+                labels = window_labels(s.y[: n[i] * W], W)
+                keep = labels != IGNORE
+                y_true += labels[keep].tolist()
+                y_pred += per_window[i, : n[i]].numpy()[keep].tolist()
     return y_true, y_pred
+
+
+def _class_weights(y: np.ndarray, k: int) -> torch.Tensor:
+    """Loss weights ∝ 1/sqrt(frequency): rare classes count more without drowning the common ones."""
+    counts = np.bincount(y[y != IGNORE], minlength=k).astype(np.float64)
+    weights = np.where(counts > 0, 1.0 / np.sqrt(np.maximum(counts, 1)), 0.0)
+    return torch.tensor(weights / weights[counts > 0].mean(), dtype=torch.float32)
+
+
+def _fit(train_streams: list[LabelledStream], val_streams: list[LabelledStream], mc: ModelConfig,
+         cfg: TrainConfig, epochs: int, early_stopping: bool, desc: str, progress: bool) -> tuple[HARNet, dict]:
+    """One training run of at most ``epochs`` epochs (the cosine schedule spans them all). With
+    validation streams, keeps the weights with the best validation macro F1; without, the last ones."""
+    classes = list(mc.classes)
+    W = mc.window
+    torch.manual_seed(cfg.seed)
+    model = HARNet(mc)
+    x_all = torch.from_numpy(np.concatenate([s.x for s in train_streams]))
+    model.set_normalisation(*HARNet.feature_stats(x_all))
+    y_all = np.concatenate([s.y for s in train_streams])
+    loss_fn = nn.CrossEntropyLoss(weight=_class_weights(y_all, len(classes)), ignore_index=IGNORE,
+                                  label_smoothing=cfg.label_smoothing)
+    optimiser = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+    if cfg.sampling == "streams":
+        sampler = StreamSampler(train_streams, W, cfg.tbptt, cfg.batch, cfg)
+        segments = 1  # optimiser steps per batch
+    else:
+        sampler = CropSampler(train_streams, W, cfg.crop_windows, cfg)
+        segments = math.ceil(cfg.crop_windows / cfg.tbptt)
+    train_windows = len(y_all) // W
+    one_pass = math.ceil(train_windows / (cfg.batch * cfg.tbptt))  # steps that see every window once
+    batches_per_epoch = math.ceil(max(cfg.steps_per_epoch, one_pass) / segments)
+    total_steps = epochs * batches_per_epoch * segments
+
+    def lr_at(step: int) -> float:
+        if step < cfg.warmup_steps:
+            return cfg.lr * (step + 1) / cfg.warmup_steps
+        done = min(1.0, (step - cfg.warmup_steps) / max(1, total_steps - cfg.warmup_steps))
+        return cfg.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * done)))
+
+    averaged = copy.deepcopy(model) if cfg.ema > 0 else model  # the weights validated and kept
+    best: dict = {"macro_f1": -1.0}
+    best_state = copy.deepcopy(averaged.state_dict())
+    grad_norms: list[float] = []
+    clipped = skipped = step = stale = 0
+    history = []
+    started = time.monotonic()
+    carried = None  # streams sampling: the rows' state, carried from step to step
+    bar = tqdm(total=total_steps, desc=desc, unit="step", disable=not progress, smoothing=0.1)
+    for epoch in range(epochs):
+        model.train()
+        losses = []
+        epoch_norms: list[float] = []
+        for _ in range(batches_per_epoch):
+            if cfg.sampling == "streams":
+                x, y, reset = sampler.next()
+                if carried is not None:  # zero the state of rows that started a new stream
+                    keep = torch.from_numpy(~reset).to(torch.float32).view(1, -1, 1)
+                    carried = tuple(s * keep for s in carried)
+                crop_windows = cfg.tbptt
+            else:
+                x, y = sampler.batch(cfg.batch)
+                carried = None
+                crop_windows = cfg.crop_windows
+            x = torch.from_numpy(x).reshape(cfg.batch, crop_windows, W, 3)
+            y = torch.from_numpy(window_labels(y, W))  # (B, crop_windows)
+            state = carried
+            for seg in range(0, crop_windows, cfg.tbptt):
+                if state is not None:
+                    state = tuple(s.detach() for s in state)  # truncate BPTT here
+                k = min(cfg.tbptt, crop_windows - seg)
+                steps, state = model.step_logits(x[:, seg : seg + k].reshape(cfg.batch, k * W, 3), state)
+                logits = steps.reshape(cfg.batch, k, W // mc.patch, -1).mean(dim=2)  # (B, k, K)
+                target = y[:, seg : seg + k]
+                step += 1
+                bar.update(1)
+                if (target == IGNORE).all():
+                    continue
+                for group in optimiser.param_groups:
+                    group["lr"] = lr_at(step)
+                loss = loss_fn(logits.reshape(-1, len(classes)), target.reshape(-1))
+                optimiser.zero_grad(set_to_none=True)
+                loss.backward()
+                norm = float(nn.utils.clip_grad_norm_(model.parameters(), cfg.clip))
+                if not math.isfinite(norm):
+                    skipped += 1
+                    continue  # never step on a non-finite gradient
+                grad_norms.append(norm)
+                epoch_norms.append(norm)
+                clipped += norm > cfg.clip
+                optimiser.step()
+                if averaged is not model:
+                    decay = min(cfg.ema, (1 + step) / (10 + step))
+                    with torch.no_grad():
+                        for a, p in zip(averaged.parameters(), model.parameters()):
+                            a.lerp_(p, 1 - decay)
+                losses.append(float(loss.detach()))
+            if cfg.sampling == "streams":
+                carried = tuple(s.detach() for s in state)
+        epoch_report = {
+            "epoch": epoch + 1,
+            "step": step,
+            "lr": round(lr_at(step), 6),
+            "loss": round(float(np.mean(losses)), 4) if losses else None,
+            "grad_norm_median": round(float(np.median(epoch_norms)), 3) if epoch_norms else None,
+            "grad_norm_max": round(float(np.max(epoch_norms)), 3) if epoch_norms else None,
+        }
+        if val_streams:
+            y_true, y_pred = stream_predictions(averaged, val_streams)
+            val = scores([classes[i] for i in y_true], [classes[i] for i in y_pred], classes)
+            epoch_report.update(val_accuracy=val["accuracy"], val_macro_f1=val["macro_f1"])
+        history.append(epoch_report)
+        log.debug("epoch %s", epoch_report)
+        bar.set_postfix({k: v for k, v in epoch_report.items() if k not in ("step", "lr", "grad_norm_max")})
+        if not val_streams:
+            best = {"epoch": epoch + 1, "step": step}
+            best_state = copy.deepcopy(averaged.state_dict())
+        elif (val["macro_f1"] or 0.0) > best["macro_f1"]:
+            best = {"macro_f1": val["macro_f1"], "accuracy": val["accuracy"], "epoch": epoch + 1, "step": step,
+                    "recall": val["recall"]}
+            best_state = copy.deepcopy(averaged.state_dict())
+            stale = 0
+        else:
+            stale += 1
+        if early_stopping and stale >= cfg.patience and epoch + 1 >= cfg.min_epochs:
+            log.info("no better validation score for %d epochs: stopping after epoch %d", stale, epoch + 1)
+            break
+        if cfg.max_minutes is not None and time.monotonic() - started > cfg.max_minutes * 60:
+            log.info("time budget of %.1f min reached after epoch %d", cfg.max_minutes, epoch + 1)
+            break
+    bar.close()
+    averaged.load_state_dict(best_state)
+    averaged.eval()
+    report = {
+        "train_windows": int(train_windows),
+        "steps_per_epoch": batches_per_epoch * segments,
+        "best": best,
+        "epochs_run": len(history),
+        "steps": step,
+        "history": history,
+        "grad_norm": {"median": round(float(np.median(grad_norms)), 3) if grad_norms else None,
+                      "max": round(float(np.max(grad_norms)), 3) if grad_norms else None,
+                      "clipped_share": round(clipped / max(1, len(grad_norms)), 3),
+                      "skipped_non_finite": skipped},
+        "seconds": round(time.monotonic() - started, 1),
+    }
+    return averaged, report
 
 
 def train(rec: Recording, model_config: ModelConfig | None = None, cfg: TrainConfig | None = None,
           classes: list[str] | None = None, progress: bool = True) -> tuple[HARNet, dict]:
-    """Train a classifier on a recording; returns the best model (by validation macro F1) and a report."""
+    """Train a classifier on a recording; returns the model and a report.
+
+    First a run validated on held-out people, stopped early; its best epoch and validation scores
+    are reported. Then, with ``cfg.refit``, a fresh model is trained on everyone for that many
+    epochs and returned: with a handful of people, the ones held out are too valuable to leave out.
+    """
     cfg = cfg or TrainConfig()
-    torch.manual_seed(cfg.seed)
     classes = classes or rec.classes
     if len(classes) < 2:
         raise ValueError(f"need at least two labelled classes to train, found {classes}")
     mc = copy.deepcopy(model_config) if model_config else ModelConfig(classes=tuple(classes))
     mc.classes = tuple(classes)
-    streams = labelled_streams(rec, classes, mc.rate)
-    train_people, val_people = split_subjects([s.subject for s in streams], cfg.val_fraction, cfg.seed)
-    train_streams = [s for s in streams if s.subject in train_people]
-    val_streams = [s for s in streams if s.subject in val_people]
-    if not val_streams:  # one person: hold out the last fifth of every stream instead
-        log.warning("only one person in the data: validating on the last 20%% of each stream")
-        train_streams, val_streams = [], []
-        for s in streams:
-            cut = int(len(s.x) * 0.8)
-            train_streams.append(LabelledStream(s.device, s.subject, s.x[:cut], s.y[:cut]))
-            val_streams.append(LabelledStream(s.device, s.subject, s.x[cut:], s.y[cut:]))
-
-    model = HARNet(mc)
-    x_all = torch.from_numpy(np.concatenate([s.x for s in train_streams]))
-    model.set_normalisation(*HARNet.feature_stats(x_all))
-    y_all = np.concatenate([s.y for s in train_streams])
-    counts = np.bincount(y_all[y_all != IGNORE], minlength=len(classes)).astype(np.float64)
-    weights = np.where(counts > 0, 1.0 / np.sqrt(np.maximum(counts, 1)), 0.0)
-    weights = weights / weights[counts > 0].mean()
-    loss_fn = nn.CrossEntropyLoss(weight=torch.tensor(weights, dtype=torch.float32), ignore_index=IGNORE)
-    optimiser = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-
-    W = mc.window
-    sampler = CropSampler(train_streams, cfg.crop_windows * W, cfg)
-    train_windows = len(y_all) // W
-    batches_per_epoch = max(4, math.ceil(train_windows / (cfg.batch * cfg.crop_windows)))
-    best = {"macro_f1": -1.0}
-    best_state = copy.deepcopy(model.state_dict())
-    grad_norms: list[float] = []
-    clipped = 0
-    history = []
-    stale = 0
     started = time.monotonic()
-    bar = tqdm(range(cfg.epochs), desc="training", unit="epoch", disable=not progress)
-    for epoch in bar:
-        model.train()
-        losses = []
-        for _ in range(batches_per_epoch):
-            x, y = sampler.batch(cfg.batch)
-            x = torch.from_numpy(x).reshape(cfg.batch, cfg.crop_windows, W, 3)
-            y = torch.from_numpy(window_labels(y, W))  # (B, crop_windows)
-            state = None
-            for seg in range(0, cfg.crop_windows, cfg.tbptt):
-                if state is not None:
-                    state = tuple(s.detach() for s in state)  # truncate BPTT here
-                seg_logits = []
-                for j in range(seg, min(seg + cfg.tbptt, cfg.crop_windows)):
-                    logits, state = model(x[:, j], state)
-                    seg_logits.append(logits)
-                logits = torch.stack(seg_logits, dim=1)  # (B, k, K)
-                target = y[:, seg : seg + len(seg_logits)]
-                if (target == IGNORE).all():
-                    continue
-                loss = loss_fn(logits.reshape(-1, len(classes)), target.reshape(-1))
-                optimiser.zero_grad(set_to_none=True)
-                loss.backward()
-                norm = float(nn.utils.clip_grad_norm_(model.parameters(), cfg.clip))
-                grad_norms.append(norm)
-                clipped += norm > cfg.clip
-                if not math.isfinite(norm):
-                    continue  # never step on a non-finite gradient
-                optimiser.step()
-                losses.append(float(loss.detach()))
-        y_true, y_pred = stream_predictions(model, val_streams)
-        val = scores([classes[i] for i in y_true], [classes[i] for i in y_pred], classes)
-        epoch_report = {
-            "epoch": epoch + 1,
-            "loss": round(float(np.mean(losses)), 4) if losses else None,
-            "grad_norm_median": round(float(np.median(grad_norms[-batches_per_epoch:])), 3),
-            "val_accuracy": val["accuracy"],
-            "val_macro_f1": val["macro_f1"],
-        }
-        history.append(epoch_report)
-        log.debug("epoch %s", epoch_report)
-        bar.set_postfix(loss=epoch_report["loss"], val_acc=val["accuracy"], val_f1=val["macro_f1"],
-                        grad=epoch_report["grad_norm_median"])
-        if (val["macro_f1"] or 0.0) > best["macro_f1"]:
-            best = {"macro_f1": val["macro_f1"], "accuracy": val["accuracy"], "epoch": epoch + 1,
-                    "recall": val["recall"]}
-            best_state = copy.deepcopy(model.state_dict())
-            stale = 0
-        else:
-            stale += 1
-        if stale >= cfg.patience:
-            break
-        if cfg.max_minutes is not None and time.monotonic() - started > cfg.max_minutes * 60:
-            log.info("time budget of %.1f min reached", cfg.max_minutes)
-            break
-    bar.close()
-    model.load_state_dict(best_state)
-    model.eval()
+    streams = labelled_streams(rec, classes, mc.rate)
+    train_streams, val_streams, held_out = split_streams(streams, cfg.val_fraction, cfg.seed)
+    log.info("training on %d streams, validating on held-out %s", len(train_streams), held_out)
+    model, fit = _fit(train_streams, val_streams, mc, cfg, cfg.epochs, True, "training", progress)
     report = {
         "classes": list(classes),
-        "train_people": sorted(train_people),
-        "val_people": sorted(val_people),
-        "train_windows": int(train_windows),
-        "best": best,
-        "epochs_run": len(history),
-        "history": history,
-        "grad_norm": {"median": round(float(np.median(grad_norms)), 3) if grad_norms else None,
-                      "max": round(float(np.max(grad_norms)), 3) if grad_norms else None,
-                      "clipped_share": round(clipped / max(1, len(grad_norms)), 3)},
-        "seconds": round(time.monotonic() - started, 1),
+        "train_people": sorted({s.subject for s in train_streams}),
+        "val_people": sorted({s.subject for s in val_streams}),
+        "held_out": held_out,
+        **fit,
     }
+    if cfg.refit and val_streams:
+        epochs = max(cfg.min_epochs, fit["best"]["epoch"])
+        log.info("refitting on everyone for %d epochs", epochs)
+        model, refit = _fit(streams, [], mc, cfg, epochs, False, "refit on everyone", progress)
+        report["refit"] = {k: refit[k] for k in ("train_windows", "epochs_run", "steps", "grad_norm", "seconds")}
+    report["seconds"] = round(time.monotonic() - started, 1)
     return model, report
