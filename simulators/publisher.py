@@ -40,6 +40,7 @@ class SimulatorConfig:
     scenario: str | None = None  # drift scenario name (see simulators.workout.SCENARIOS)
     scenario_start: float = 60.0  # seconds after the start
     client_per_device: bool = False  # one MQTT client (and last will) per device
+    record: str | None = None  # write everything published, with the whole truth, to this recording file
 
     def __post_init__(self) -> None:
         if self.devices < 1:
@@ -73,6 +74,7 @@ class Simulator:
         ]
         self._labelled = {d.device for d, flag in zip(self.devices, labelled) if flag}
         self._seq = {d.device: 0 for d in self.devices}
+        self._recorded: list[tuple] = []  # (device, chunk) when recording
         self._last_label: dict[str, str] = {}
 
     def stop(self) -> None:
@@ -142,15 +144,43 @@ class Simulator:
                 client.disconnect()
                 client.loop_stop()
             elapsed = time.monotonic() - start
+            if cfg.record:
+                self._write_record()
             log.info("simulator stopped: %d messages, %d samples in %.1f s (%.0f samples/s); %d of %d ticks "
                      "ended more than one interval late, largest lag %.3f s", self.published_messages,
                      self.published_samples, elapsed, self.published_samples / max(elapsed, 1e-9),
                      self.late_ticks, tick, self.max_lag)
 
+    def _write_record(self) -> None:
+        """The whole truth of what was published: samples in m/s², labels, and the drift scenario."""
+        from stream.recording import Recording, write_recording
+        if not self._recorded:
+            return
+        names, chunks = zip(*self._recorded)
+        order = sorted(range(len(names)), key=lambda i: names[i])  # each device's rows together, in time
+        scale = {"g": np.float32(9.80665), "m/s2": np.float32(1.0)}
+        rec = Recording(
+            device=np.concatenate([np.full(len(chunks[i].t), names[i]) for i in order]),
+            t=np.concatenate([chunks[i].t for i in order]),
+            acc=np.concatenate([chunks[i].acc * scale[chunks[i].unit] for i in order]).astype(np.float32),
+            label=np.concatenate([chunks[i].label.astype(str) for i in order]),
+            gyro=np.concatenate([chunks[i].gyro for i in order]).astype(np.float32),
+            subject=np.concatenate([np.full(len(chunks[i].t), names[i]) for i in order]),
+        )
+        write_recording(self.config.record, rec)
+        scenario = self.config.scenario
+        if scenario:
+            onsets = {d.device: d.scenario_onset for d in self.devices}
+            with open(f"{self.config.record}.scenario.json", "w") as f:
+                f.write(orjson.dumps({"scenario": scenario, "onset_device_time": onsets}).decode())
+        log.info("wrote the truth of %d samples to %s", len(rec), self.config.record)
+
     def _publish_chunk(self, client, device: DeviceStream) -> None:
         chunk = device.read(self.config.interval)
         if len(chunk.t) == 0:
             return
+        if self.config.record:
+            self._recorded.append((device.device, chunk))
         name = device.device
         if name in self._labelled:
             changes = np.flatnonzero(chunk.label[1:] != chunk.label[:-1]) + 1

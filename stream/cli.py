@@ -89,7 +89,7 @@ def cmd_simulate(args) -> int:
         interval=args.interval, duration=args.duration, speed=args.speed, seed=args.seed,
         prefix=args.prefix, placement=args.placement, label_fraction=args.labels,
         scenario=args.scenario, scenario_start=args.scenario_start,
-        client_per_device=args.client_per_device,
+        client_per_device=args.client_per_device, record=args.record,
     )
     simulator = Simulator(config)
     _on_signals(simulator.stop)
@@ -301,6 +301,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scenario", default=None, help="drift scenario name (strap_rotated, other_wrist, fatigue, ...)")
     p.add_argument("--scenario-start", type=float, default=60.0, help="seconds until the scenario starts")
     p.add_argument("--client-per-device", action="store_true", help="one MQTT client and last will per device")
+    p.add_argument("--record", default=None, metavar="FILE",
+                   help="at the end, write everything published with the whole truth (labels; the scenario "
+                        "and its onset per device in FILE.scenario.json) to a recording file")
     p.set_defaults(func=cmd_simulate)
 
     p = sub.add_parser("replay", help="publish a recording file over MQTT")
