@@ -10,8 +10,8 @@ import zlib
 import altair as alt
 import streamlit as st
 
-from dashboard.launch import ENV_CA_FILE, ENV_PREFIX
-from dashboard.live import LiveFeed
+from dashboard.launch import ENV_CA_FILE, ENV_EVENTS, ENV_PREFIX
+from dashboard.live import LiveFeed, load_history
 from models.labels import CANONICAL
 from stream.mqtt import BrokerURL, default_broker
 
@@ -34,7 +34,11 @@ REFRESH_SECONDS = 1.0  # live panels rerun this often
 @st.cache_resource(show_spinner=False, on_release=LiveFeed.close)
 def _shared_feed(broker: str, prefix: str, ca_file: str | None) -> LiveFeed:
     # One subscriber per server process, shared by every session and page; never hashed again.
-    return LiveFeed(BrokerURL.parse(broker, ca_file), prefix).start()
+    feed = LiveFeed(BrokerURL.parse(broker, ca_file), prefix)
+    events = os.environ.get(ENV_EVENTS)
+    if events and os.path.exists(events):  # history from before this server started
+        load_history(feed.store, events)
+    return feed.start()
 
 
 def get_feed() -> LiveFeed:

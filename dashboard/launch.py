@@ -20,12 +20,13 @@ from pathlib import Path
 
 from stream.mqtt import ENV_BROKER, BrokerURL
 
-__all__ = ["APP", "ENV_CA_FILE", "ENV_PREFIX", "run_dashboard", "start_dashboard", "streamlit_command"]
+__all__ = ["APP", "ENV_CA_FILE", "ENV_EVENTS", "ENV_PREFIX", "run_dashboard", "start_dashboard", "streamlit_command"]
 
 log = logging.getLogger(__name__)
 
 ENV_PREFIX = "HARSTREAM_PREFIX"
 ENV_CA_FILE = "HARSTREAM_CA_FILE"
+ENV_EVENTS = "HARSTREAM_EVENTS"  # the consumer's event store (events.db in its --state-dir): history
 
 APP = Path(__file__).resolve().parent / "app.py"
 ROOT = APP.parents[1]
@@ -47,9 +48,11 @@ def streamlit_command(address: str, port: int) -> list[str]:
     ]
 
 
-def _environment(broker: str, prefix: str, ca_file: str | None) -> dict[str, str]:
+def _environment(broker: str, prefix: str, ca_file: str | None, state_dir: str | None = None) -> dict[str, str]:
     BrokerURL.parse(broker, ca_file)  # a bad URL fails here, with a clear message, not in the browser
     env = dict(os.environ, **{ENV_BROKER: broker, ENV_PREFIX: prefix})
+    if state_dir:
+        env[ENV_EVENTS] = os.path.join(state_dir, "events.db")
     if ca_file:
         env[ENV_CA_FILE] = ca_file
     # the app imports dashboard.* and stream.*, also when harstream runs from a checkout
@@ -111,7 +114,7 @@ def _warm_up(url: str, process: subprocess.Popen) -> None:
 
 def run_dashboard(args) -> int:
     """Serve the dashboard in the foreground until Ctrl-C or SIGTERM (then exit status 0)."""
-    env = _environment(args.broker, args.prefix, getattr(args, "ca_file", None))
+    env = _environment(args.broker, args.prefix, getattr(args, "ca_file", None), getattr(args, "state_dir", None))
     print(f"dashboard: http://{_local(args.address)}:{args.port} (broker {BrokerURL.parse(args.broker)}, "
           f"prefix {args.prefix}); Ctrl-C stops it", flush=True)
     child = subprocess.Popen(streamlit_command(args.address, args.port), env=env, cwd=ROOT)
@@ -134,12 +137,13 @@ def run_dashboard(args) -> int:
 
 
 def start_dashboard(broker: str, prefix: str = "har", address: str = "127.0.0.1", port: int = 8501,
-                    ca_file: str | None = None, timeout: float = 30.0) -> tuple[subprocess.Popen, str]:
+                    ca_file: str | None = None, timeout: float = 30.0,
+                    state_dir: str | None = None) -> tuple[subprocess.Popen, str]:
     """Start the server as a child in its own session and wait until it answers; returns (process, url).
 
     Takes a free port when ``port`` is in use. Stop it with ``os.killpg(process.pid, signal.SIGTERM)``.
     """
-    env = _environment(broker, prefix, ca_file)
+    env = _environment(broker, prefix, ca_file, state_dir)
     if not _port_free(address, port):
         port = _free_port(address)
     url = f"http://{_local(address)}:{port}"

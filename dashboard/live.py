@@ -621,6 +621,52 @@ class LiveStore:
             }
 
 
+def load_history(store: LiveStore, db_path: str, per_device: int = 200, max_rows: int = 200_000) -> int:
+    """Fill ``store`` with the consumer's event store (SQLite, stream/store.py): the history from before
+    this dashboard started. Predictions keep only their top class's probability there. Returns rows."""
+    import sqlite3
+
+    import orjson
+
+    try:
+        db = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=5)
+    except sqlite3.Error:
+        return 0
+    rows = 0
+    p = store.prefix
+    try:
+        queries = (
+            ("prediction", "SELECT received, device, t, label, confidence, model, latency_ms FROM (SELECT *, "
+             "ROW_NUMBER() OVER (PARTITION BY device ORDER BY id DESC) AS k FROM predictions) WHERE k <= ? "
+             "ORDER BY id LIMIT ?"),
+            ("label", "SELECT received, device, label, start, end_ FROM (SELECT *, ROW_NUMBER() OVER "
+             "(PARTITION BY device ORDER BY id DESC) AS k FROM labels) WHERE k <= ? ORDER BY id LIMIT ?"),
+            ("drift", "SELECT received, device, detector, signal, t, value, needs_labels FROM (SELECT *, "
+             "ROW_NUMBER() OVER (PARTITION BY device ORDER BY id DESC) AS k FROM drift) WHERE k <= ? "
+             "ORDER BY id LIMIT ?"),
+        )
+        for kind, sql in queries:
+            for row in db.execute(sql, (per_device, max_rows)):
+                received, device = row[0], row[1]
+                if kind == "prediction":
+                    body = {"device": device, "t": row[2], "label": row[3], "confidence": row[4],
+                            "probs": {row[3]: row[4]}, "model": row[5], "latency_ms": row[6]}
+                elif kind == "label":
+                    body = {"label": row[2], "start": row[3], "end": row[4]} if row[4] is not None else \
+                        {"label": row[2], "t": row[3]}
+                else:
+                    body = {"detector": row[2], "signal": row[3], "t": row[4], "value": row[5],
+                            "needs_labels": bool(row[6])}
+                topic = f"{p}/_consumer/history/drift" if device == "_all" else f"{p}/{device}/{kind}"
+                store.handle(topic, orjson.dumps(body), now=received)
+                rows += 1
+    except sqlite3.Error as exc:  # no such table yet, a locked or foreign file: live data only
+        log.warning("not loading history from %s: %s", db_path, exc)
+    finally:
+        db.close()
+    return rows
+
+
 class LiveFeed:
     """The one MQTT client of a dashboard process: subscribes everything into a ``LiveStore``.
 

@@ -221,6 +221,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--duration", type=float, default=None, help="seconds to run (default: until Ctrl-C)")
     p.add_argument("--no-dashboard", action="store_true", help="headless: do not start the dashboard")
     p.add_argument("--seed", type=int, default=0, help="simulator seed (default: %(default)s)")
+    p.add_argument("--state-dir", default=None,
+                   help="keep the consumer's state, model versions and event store here; the dashboard shows "
+                        "its history (default: nothing kept)")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("broker", help="run the embedded MQTT broker (amqtt)")
@@ -322,6 +325,8 @@ def build_parser() -> argparse.ArgumentParser:
     _broker_args(p)
     p.add_argument("--address", default="127.0.0.1", help="address to listen on (default: %(default)s, localhost only)")
     p.add_argument("--port", type=int, default=8501, help="port (default: %(default)s)")
+    p.add_argument("--state-dir", default=os.environ.get("HARSTREAM_STATE_DIR"),
+                   help="the consumer's --state-dir: history from its event store (events.db) on start")
     p.set_defaults(func=cmd_dashboard)
 
     p = sub.add_parser("train", help="train a classifier on simulated data or recording files")

@@ -114,6 +114,8 @@ def run_demo(args) -> int:
         if args.ca_file:
             common += ["--ca-file", args.ca_file]
         consume = ["consume", *common, "--metrics-interval", "2"]
+        if args.state_dir:
+            consume += ["--state-dir", args.state_dir]
         if args.model:
             consume += ["--model", args.model]
         children.append(_child(consume))
@@ -125,7 +127,8 @@ def run_demo(args) -> int:
             except ImportError:
                 print("dashboard: not available in this build; running headless", flush=True)
             else:
-                proc, address = start_dashboard(args.broker, args.prefix)
+                proc, address = start_dashboard(args.broker, args.prefix, ca_file=args.ca_file,
+                                                state_dir=args.state_dir)
                 children.append(proc)
                 print(f"dashboard: {address}", flush=True)
         print(f"demo: {args.devices} simulated devices at 50 Hz -> consumer -> predictions on "

@@ -399,3 +399,23 @@ def test_every_page_shows_live_data(broker_url, prefix, app_feed):
         assert topic == f"{prefix}/dev-c/label" and orjson.loads(payload)["label"] == "walking"
     finally:
         watch.close()
+
+
+def test_history_comes_from_the_consumers_event_store(tmp_path):
+    from dashboard.live import LiveStore, load_history
+    from stream.store import EventStore
+
+    events = EventStore(tmp_path / "events.db")
+    for k in range(5):
+        events.prediction("dev-1", 100.0 + 2 * k, "squat", 0.9, "v1", 20.0)
+    events.label("dev-1", "squat", 99.0, None)
+    events.drift({"device": "dev-1", "detector": "ADWIN", "signal": "orientation", "t": 105.0, "value": 70.0,
+                  "needs_labels": True})
+    assert events.flush()
+    events.close()
+    store = LiveStore("har")
+    assert load_history(store, str(tmp_path / "events.db")) == 7
+    view = store.device("dev-1")
+    assert len(view.predictions) == 5 and view.predictions[-1].label == "squat"
+    assert store.counters()["received"] == {"prediction": 5, "label": 1, "drift": 1}
+    assert load_history(LiveStore("har"), str(tmp_path / "missing.db")) == 0
