@@ -276,7 +276,7 @@ class AndroidAdapter(Adapter):
             times.append(float(stamp) * 1e-9)
             xyz.append([float(v) for v in values[:3]])  # uncalibrated: 3 more values are the bias
         if not times:
-            kinds = {e.get("type", implied) for e in events}
+            kinds = {str(e.get("type", implied))[:40] for e in events}  # any JSON value, hashable or not
             raise Rejected("ignored_type", f"{sorted(map(str, kinds))}"[:80])
         t, acc = _ordered(np.asarray(times), np.asarray(xyz, dtype=np.float64))
         return [_checked(device, t, acc)]

@@ -340,3 +340,11 @@ def test_docstring_examples():
 
     import stream.adapters
     assert doctest.testmod(stream.adapters, raise_on_error=True).attempted > 0
+
+
+def test_android_event_with_a_list_as_type_is_rejected_not_crashing():
+    # found by hypothesis: {"type": []} made the rejection message itself raise TypeError
+    from stream.adapters import ADAPTERS
+    with pytest.raises(Rejected) as info:
+        ADAPTERS["android"]().decode(b'{"type": []}', "dev-1", "android/dev-1")
+    assert info.value.reason in REJECT_REASONS or info.value.reason in REASONS

@@ -41,7 +41,7 @@ def wait(predicate, timeout=20.0):
     return False
 
 
-def test_restart_resumes_state_and_gets_messages_sent_while_down(broker_url, tiny_model, tmp_path):
+def test_restart_resumes_state_and_gets_messages_sent_while_down(broker_url, needs_full_broker, tiny_model, tmp_path):
     prefix = f"hartest{uuid.uuid4().hex[:8]}"
     config = dict(broker=broker_url, prefix=prefix, state_dir=tmp_path, metrics_interval=0.5, learn=False)
     pub = connect(broker_url, "test-pub")

@@ -119,7 +119,7 @@ def test_device_page_draws_charts(browser, live_dashboard):
         page.close()
 
 
-def test_label_button_publishes_a_label(browser, live_dashboard, broker_url):
+def test_label_button_publishes_a_label(browser, live_dashboard, broker_url, needs_full_broker):
     prefix, url, feed = live_dashboard
     device = feed.devices[2]
     watch = Collector(broker_url, f"{prefix}/{device}/label")
