@@ -397,9 +397,9 @@ def train(rec: Recording, model_config: ModelConfig | None = None, cfg: TrainCon
           classes: list[str] | None = None, progress: bool = True) -> tuple[HARNet, dict]:
     """Train a classifier on a recording; returns the model and a report.
 
-    First a run validated on held-out people, stopped early; its best epoch and validation scores
-    are reported. Then, with ``cfg.refit``, a fresh model is trained on everyone for that many
-    epochs and returned: with a handful of people, the ones held out are too valuable to leave out.
+    First a run validated on held-out people, stopped early; its validation scores are reported.
+    Then, with ``cfg.refit``, a fresh model is trained on everyone for as many epochs as that run
+    took, and returned: with a handful of people, the ones held out are too valuable to leave out.
     """
     cfg = cfg or TrainConfig()
     classes = classes or rec.classes
@@ -420,7 +420,7 @@ def train(rec: Recording, model_config: ModelConfig | None = None, cfg: TrainCon
         **fit,
     }
     if cfg.refit and val_streams:
-        epochs = max(cfg.min_epochs, fit["best"]["epoch"])
+        epochs = fit["epochs_run"]  # as long as the validated run: its best epoch plus patience
         log.info("refitting on everyone for %d epochs", epochs)
         model, refit = _fit(streams, [], mc, cfg, epochs, False, "refit on everyone", progress)
         report["refit"] = {k: refit[k] for k in ("train_windows", "epochs_run", "steps", "grad_norm", "seconds")}
