@@ -23,6 +23,7 @@ __all__ = [
     "SampleBatch",
     "SequenceCheck",
     "decode_imu",
+    "json_object",
     "parse_topic",
     "valid_device",
 ]
@@ -102,8 +103,8 @@ def _xyz(value: object, name: str) -> np.ndarray:
     return arr
 
 
-def decode_imu(payload: bytes, device: str, max_bytes: int = MAX_PAYLOAD_BYTES) -> SampleBatch:
-    """Decode and validate one native imu payload of ``device``."""
+def json_object(payload: bytes, max_bytes: int) -> dict:
+    """A JSON object of at most ``max_bytes``, or ``Rejected`` (oversize, bad_json, not_object)."""
     if len(payload) > max_bytes:
         raise Rejected("oversize", f"{len(payload)} bytes > {max_bytes}")
     try:
@@ -112,6 +113,12 @@ def decode_imu(payload: bytes, device: str, max_bytes: int = MAX_PAYLOAD_BYTES) 
         raise Rejected("bad_json", str(exc)[:80]) from None
     if not isinstance(msg, dict):
         raise Rejected("not_object", type(msg).__name__)
+    return msg
+
+
+def decode_imu(payload: bytes, device: str, max_bytes: int = MAX_PAYLOAD_BYTES) -> SampleBatch:
+    """Decode and validate one native imu payload of ``device``."""
+    msg = json_object(payload, max_bytes)
     seq = msg.get("seq")
     if type(seq) is not int:  # bool is not a seq
         raise Rejected("bad_seq", repr(seq)[:40])

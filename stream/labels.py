@@ -13,10 +13,9 @@ from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
-import orjson
 import torch
 
-from stream.decode import Rejected
+from stream.decode import Rejected, json_object
 
 __all__ = ["LabelBook", "LabelledWindow", "WindowHistory", "decode_label"]
 
@@ -25,14 +24,7 @@ MAX_LABEL_BYTES = 4096
 
 def decode_label(payload: bytes) -> tuple[str, float, float | None]:
     """(label, start, end or None) of one label message; raises ``Rejected``."""
-    if len(payload) > MAX_LABEL_BYTES:
-        raise Rejected("oversize", f"label of {len(payload)} bytes")
-    try:
-        body = orjson.loads(payload)
-    except orjson.JSONDecodeError as exc:
-        raise Rejected("bad_json", str(exc)[:80]) from None
-    if not isinstance(body, dict):
-        raise Rejected("not_object", type(body).__name__)
+    body = json_object(payload, MAX_LABEL_BYTES)
     label = body.get("label")
     if not isinstance(label, str) or not 0 < len(label) <= 64:
         raise Rejected("bad_label", repr(label)[:40])
