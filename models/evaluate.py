@@ -62,7 +62,9 @@ def window_truth(rec: Recording, predictions: list[Prediction], rate: float, win
 
 
 def evaluate(model: HARNet, rec: Recording, version: str = "unknown", progress: bool = False) -> dict:
-    """accuracy, macro_f1, recall per class, confusion matrix and windows, over labelled windows."""
+    """accuracy, macro_f1, recall and F1 per class, confusion matrix and windows, over labelled windows;
+    also ``windows_total`` (labelled or not), ``unknown_classes`` (true labels the model does not have)
+    and ``accuracy_known_classes`` (over the windows of the classes it has)."""
     predictions = stream_recording(model, rec, version, progress=progress)
     cfg = model.config
     truth = window_truth(rec, predictions, cfg.rate, cfg.window)
@@ -70,5 +72,7 @@ def evaluate(model: HARNet, rec: Recording, version: str = "unknown", progress: 
     report = scores([t for t, _ in pairs], [p for _, p in pairs], list(cfg.classes))
     report["windows_total"] = len(predictions)
     report["unknown_classes"] = sorted({t for t, _ in pairs} - set(cfg.classes))
+    known = [(t, p) for t, p in pairs if t in cfg.classes]  # a model cannot name a class it never learnt
+    report["accuracy_known_classes"] = round(sum(t == p for t, p in known) / len(known), 4) if known else None
     report["model"] = version
     return report
