@@ -37,7 +37,8 @@ sys.path.insert(0, str(ROOT))
 from stream.recording import Recording, read_recording, write_recording  # noqa: E402
 
 SOURCE = ROOT.parent / "shared" / "datasets"
-FOLDERS = {"uci-hapt": "uci-hapt", "exermote": "exermote", "barbell": "barbell-metamotion", "muvr": "muvr-gym"}
+FOLDERS = {"uci-hapt": "uci-hapt", "exermote": "exermote", "barbell": "barbell-metamotion",
+           "muvr": "muvr-gym"}
 UCI_TEST = [2, 4, 9, 10, 12, 13, 18, 20, 24]  # UCI HAR's test volunteers
 MUVR_FOLDS = 5  # muvr: sets split into this many groups, each exercise spread over all of them
 
@@ -144,7 +145,8 @@ def summarise(name: str, results: list[dict]) -> dict:
         "accuracy_mean": round(float(np.mean([r["accuracy"] for r in results])), 4),
         "macro_f1_mean": round(float(np.mean([r["macro_f1"] for r in results])), 4),
         "accuracy_pooled": round(float(np.trace(total) / max(1, windows)), 4),
-        "accuracy_known_classes_mean": round(float(np.mean([r["accuracy_known_classes"] for r in results])), 4),
+        "accuracy_known_classes_mean": round(float(np.mean([r["accuracy_known_classes"] or 0.0
+                                                             for r in results])), 4),
         "train_seconds_mean": round(float(np.mean([r["train_seconds"] for r in results])), 1),
         "published": published,
         "goal": goal,
@@ -173,7 +175,8 @@ def plot_confusion(summary: dict, path: Path) -> None:
                             color="white" if share[i, j] > 0.5 else "black")
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    ax.set_title(f"{summary['data']}: {summary['split']}\nall folds, {summary['windows']} windows", fontsize=9)
+    ax.set_title(f"{summary['data']}: {summary['split']}\nall folds, {summary['windows']} windows",
+                 fontsize=9)
     fig.colorbar(image, ax=ax, fraction=0.046, label="share of the true class")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -196,15 +199,16 @@ def markdown(summaries: list[dict], results: dict[str, list[dict]], meta: dict) 
         "holds one label (transitions and unlabelled stretches are left out). "
         f"Reproduce with `{meta['command']}` ({meta['when']}, {meta['machine']}).",
         "",
-        "| data | split | folds | windows | accuracy | macro F1 | published figure | goal | training per fold |",
+        "| data | split | folds | windows | accuracy | macro F1 | published figure | goal "
+        "| training per fold |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for s in summaries:
         goal = pct(s["goal"]) if s["goal"] else "report"
         met = "" if not s["goal"] else (" ✓" if s["accuracy_mean"] >= s["goal"] else " ✗")
         lines.append(f"| {s['data']} | {s['split']} | {s['folds']} | {s['windows']} | "
-                     f"**{pct(s['accuracy_mean'])}**{met} | {pct(s['macro_f1_mean'])} | {pct(s['published'])} | "
-                     f"{goal} | {s['train_seconds_mean']:.0f} s |")
+                     f"**{pct(s['accuracy_mean'])}**{met} | {pct(s['macro_f1_mean'])} | "
+                     f"{pct(s['published'])} | {goal} | {s['train_seconds_mean']:.0f} s |")
     lines += ["", "Accuracy and macro F1 are means over folds (pooled over all windows: "
               + ", ".join(f"{s['data']} {pct(s['accuracy_pooled'])}" for s in summaries) + ")."]
     unknown = [s for s in summaries if s["accuracy_known_classes_mean"] != s["accuracy_mean"]]
@@ -215,15 +219,15 @@ def markdown(summaries: list[dict], results: dict[str, list[dict]], meta: dict) 
     lines += ["", "### Per fold", ""]
     for s in summaries:
         lines += [f"**{s['data']}**", "",
-                  "| fold | windows | accuracy | macro F1 | validation accuracy (held out) | epochs (+ refit) | "
-                  "training | evaluation |", "|---|---|---|---|---|---|---|---|"]
+                  "| fold | windows | accuracy | macro F1 | validation accuracy (held out) "
+                  "| epochs (+ refit) | training | evaluation |", "|---|---|---|---|---|---|---|---|"]
         for r in results[s["data"]]:
             val = r["validation"].get("accuracy")
             epochs = f"{r['epochs']}" + (f" + {r['refit_epochs']}" if r["refit_epochs"] else "")
             note = f" (unknown: {', '.join(r['unknown_classes'])})" if r["unknown_classes"] else ""
-            lines.append(f"| {r['fold']}{note} | {r['windows']} | {pct(r['accuracy'])} | {pct(r['macro_f1'])} | "
-                         f"{pct(val)} ({r['held_out_for_validation']}) | {epochs} | {r['train_seconds']:.0f} s | "
-                         f"{r['evaluate_seconds']:.0f} s |")
+            lines.append(f"| {r['fold']}{note} | {r['windows']} | {pct(r['accuracy'])} | "
+                         f"{pct(r['macro_f1'])} | {pct(val)} ({r['held_out_for_validation']}) | {epochs} | "
+                         f"{r['train_seconds']:.0f} s | {r['evaluate_seconds']:.0f} s |")
         lines += ["", f"![confusion matrix, {s['data']}](img/real_{s['data']}.png)", ""]
     first = next(iter(results.values()))[0]
     lines += ["### Commands", "", "Every fold runs, with `OMP_NUM_THREADS=" + str(meta["threads"]) + "`:", "",

@@ -36,8 +36,8 @@ class ModelConfig:
     window: int = 50  # samples per window; one prediction per window
     hop: int = 50  # samples between predictions; equals window: carried state replaces overlap
     patch: int = 5  # samples per recurrent step (front-end stride); divides window
-    dropout: float = 0.1  # between layers and before the head, training only
-    front: str = "linear"  # linear: one layer per patch | conv: causal convolutions over samples first
+    dropout: float = 0.3  # between layers and before the head, training only
+    front: str = "conv"  # conv: causal convolutions over samples, then a layer per patch | linear: the layer
     conv_channels: int = 32  # conv front end: filters per layer
     conv_kernel: int = 5  # conv front end: samples per filter
     conv_layers: int = 2  # conv front end: stacked layers; their left context is carried in the state

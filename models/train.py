@@ -1,13 +1,18 @@
 """Offline training with truncated backpropagation through time.
 
-Training sees what serving sees: long crops of each device's stream on the model's clock, cut into
-windows, the recurrent state carried from window to window and detached every ``tbptt`` windows
-(one optimiser step each time). Validation holds out whole people and runs each held-out stream
-through the network with carried state, exactly as ``evaluate`` does.
+Training sees what serving sees. ``batch`` training streams (each device's gap-free run, on the
+model's clock) are played side by side from their first window, ``tbptt`` windows per optimiser
+step, the recurrent state carried through the whole stream and detached between steps; a row that
+finishes its stream starts another with a fresh state. Each stream is augmented as a whole, as a
+different person would have worn the sensor: one orientation (a rotation, sometimes a half turn),
+one gain, one tempo.
 
-The schedule counts optimiser steps, not passes over the data: real data sets are small (a pass is a
-few dozen steps), so an "epoch" here is ``steps_per_epoch`` steps between two validations, and the
-same defaults fit a data set of twenty minutes and one of six hours.
+Validation holds out whole people (whole sessions when there is one person) and runs each held-out
+stream through the network with carried state, exactly as ``evaluate`` does; early stopping watches
+its macro F1. The schedule counts optimiser steps, not passes over the data: real data sets are
+small (a pass is a few dozen steps), so an epoch is ``steps_per_epoch`` steps, or one pass when that
+is longer, and the same defaults fit twenty minutes of data and six hours. Finally the model is
+trained again on everyone, validation people included, for as many epochs as the validated run took.
 """
 
 from __future__ import annotations
@@ -28,8 +33,8 @@ from models.metrics import scores
 from models.rnn import HARNet, ModelConfig
 from stream.recording import Recording
 
-__all__ = ["TrainConfig", "train", "split_subjects", "split_streams", "stream_predictions", "CropSampler",
-           "augment_crop"]
+__all__ = ["TrainConfig", "train", "split_subjects", "split_streams", "augment", "StreamSampler",
+           "stream_predictions"]
 
 log = logging.getLogger(__name__)
 
@@ -37,35 +42,30 @@ log = logging.getLogger(__name__)
 @dataclass
 class TrainConfig:
     epochs: int = 40  # at most this many epochs; early stopping usually ends sooner
-    steps_per_epoch: int = 100  # optimiser steps between validations (more if one pass over the data needs more)
-    min_epochs: int = 10  # never stop early before this many epochs
-    patience: int = 8  # epochs without a better validation score before stopping
-    batch: int = 32  # crops per batch
-    crop_windows: int = 16  # windows per crop (state carried across all of them)
-    tbptt: int = 4  # windows per truncated-BPTT segment (k1 = k2): detach and step after each
-    lr: float = 2e-3  # peak learning rate; cosine decay to lr/20 over epochs * steps_per_epoch
-    warmup_steps: int = 100  # linear learning-rate warm-up
-    weight_decay: float = 1e-4
+    steps_per_epoch: int = 100  # optimiser steps between validations (one pass over the data if longer)
+    min_epochs: int = 20  # never stop before this many epochs
+    patience: int = 10  # epochs without a better validation macro F1 before stopping
+    batch: int = 32  # streams played side by side
+    tbptt: int = 4  # windows per truncated-BPTT segment (k1 = k2): one optimiser step, then detach
+    lr: float = 2e-3  # peak learning rate: linear warm-up, then cosine decay to lr/20 over the run
+    warmup_steps: int = 100
+    weight_decay: float = 0.05  # AdamW's decoupled weight decay
     clip: float = 1.0  # gradient norm clipping
-    label_smoothing: float = 0.0
-    ema: float = 0.0  # validate and keep an exponential moving average of the weights (0: off)
+    ema: float = 0.995  # validate and keep an exponential moving average of the weights (0: off)
     val_fraction: float = 0.2  # share of people held out for validation
-    augment: bool = True  # rotation, scaling and time warping of each crop
-    max_rotation_deg: float = 30.0  # strap and placement differences between people
+    refit: bool = True  # then train on everyone, validation people too, and return that model
+    augment: bool = True  # one random orientation, gain and tempo per stream
+    max_rotation_deg: float = 30.0  # strap and placement differences: rotate by up to this
+    p_flip: float = 0.25  # chance of a half turn about x, y or z first (worn upside down, face in)
     max_scale: float = 0.1  # gain differences: scale by 1 ± this
-    max_warp: float = 0.15  # tempo differences: play the crop 1 ± this faster
-    sampling: str = "streams"  # streams: whole streams, state carried throughout | crops: random crops
-    p_mid_start: float = 0.0  # streams: chance of starting a stream at a random point instead
-    p_flip: float = 0.0  # chance of a half turn about x, y or z first (worn upside down, face in)
+    max_warp: float = 0.15  # tempo differences: play the stream 1 ± this faster
+    p_mid_start: float = 0.0  # chance of starting a stream at a random point, as a device joining late
     seed: int = 0
-    refit: bool = False  # then train on everyone (validation people too) for the best run's epochs
     max_minutes: float | None = 20.0  # stop a run after this long, keeping the best model so far
 
     def __post_init__(self) -> None:
-        if self.epochs < 1 or self.steps_per_epoch < 1 or self.batch < 1:
-            raise ValueError("'epochs', 'steps_per_epoch' and 'batch' must be at least 1")
-        if self.tbptt < 1 or self.crop_windows < self.tbptt:
-            raise ValueError("'tbptt' must be at least 1 and at most 'crop_windows'")
+        if min(self.epochs, self.steps_per_epoch, self.batch, self.tbptt) < 1:
+            raise ValueError("'epochs', 'steps_per_epoch', 'batch' and 'tbptt' must be at least 1")
         if not 0 <= self.val_fraction < 1:
             raise ValueError("'val_fraction' must be in [0, 1)")
 
@@ -83,13 +83,14 @@ def split_subjects(subjects: list[str], fraction: float, seed: int) -> tuple[set
 
 def split_streams(streams: list[LabelledStream], fraction: float, seed: int
                   ) -> tuple[list[LabelledStream], list[LabelledStream], str]:
-    """Training and validation streams: whole people held out; with one person, whole devices (sessions,
-    sets); with one device, the last ``fraction`` of every stream. Returns (train, val, how)."""
+    """Training and validation streams: whole people held out; with one person, whole devices
+    (sessions, sets); with one device, the last ``fraction`` of every stream. Returns (train, val, how)."""
     for key, how in ((lambda s: s.subject, "people"), (lambda s: s.device, "devices")):
         train_keys, val_keys = split_subjects([key(s) for s in streams], fraction, seed)
         if val_keys:
+            names = ", ".join(sorted(val_keys)[:6]) + (" ..." if len(val_keys) > 6 else "")
             return ([s for s in streams if key(s) in train_keys], [s for s in streams if key(s) in val_keys],
-                    f"{how} {', '.join(sorted(val_keys)[:6])}{' ...' if len(val_keys) > 6 else ''}")
+                    f"{how} {names}")
     if fraction <= 0:
         return list(streams), [], "none"
     log.warning("one device of one person: validating on the last %d%% of each stream", round(100 * fraction))
@@ -101,7 +102,8 @@ def split_streams(streams: list[LabelledStream], fraction: float, seed: int
     return train, val, "time"
 
 
-# half turns about x, y and z: the sign changes of two axes that wearing a device another way round makes
+# half turns about x, y and z: the sign changes of two axes that wearing a device the other way round
+# (upside down, screen in) makes; they keep which axis gravity lies along, unlike a free rotation
 FLIPS = np.array([[1, -1, -1], [-1, 1, -1], [-1, -1, 1]], dtype=np.float64)
 
 
@@ -114,67 +116,31 @@ def _rotation(rng: np.random.Generator, max_deg: float) -> np.ndarray:
     return np.eye(3) + np.sin(angle) * k + (1 - np.cos(angle)) * (k @ k)
 
 
-def augment_crop(x: np.ndarray, y: np.ndarray, length: int, rng: np.random.Generator, cfg: TrainConfig
-                 ) -> tuple[np.ndarray, np.ndarray]:
-    """A random crop of at most ``length`` samples of one stream (x (N, 3), y (N,)), time-warped,
-    rotated and scaled when ``cfg.augment``. Returns x (n, 3) float32 and y (n,), n <= length."""
-    warp = rng.uniform(1 - cfg.max_warp, 1 + cfg.max_warp) if cfg.augment else 1.0
-    n = min(length, int((len(x) - 1) / warp) + 1)  # output samples the stream can give at this tempo
-    span = (n - 1) * warp  # source samples covered
-    start = rng.uniform(0, len(x) - 1 - span) if len(x) - 1 > span else 0.0
-    src = start + np.arange(n) * warp  # fractional source positions
-    i0 = np.minimum(np.floor(src).astype(int), len(x) - 2) if len(x) > 1 else np.zeros(n, int)
-    frac = (src - i0)[:, None] if len(x) > 1 else np.zeros((n, 1))
-    out = x[i0] * (1 - frac) + x[np.minimum(i0 + 1, len(x) - 1)] * frac
-    labels = y[np.minimum(np.round(src).astype(int), len(y) - 1)]
-    if cfg.augment:
-        if rng.random() < cfg.p_flip:
-            out = out * FLIPS[rng.integers(len(FLIPS))]
-        out = out @ _rotation(rng, cfg.max_rotation_deg).T * rng.uniform(1 - cfg.max_scale, 1 + cfg.max_scale)
+def augment(x: np.ndarray, y: np.ndarray, rng: np.random.Generator, cfg: TrainConfig
+            ) -> tuple[np.ndarray, np.ndarray]:
+    """One stream (x (N, 3) m/s², y (N,)) as another person might have recorded it: played 1 ± max_warp
+    faster (labels follow), turned, rotated and scaled; unchanged unless ``cfg.augment``.
+    Returns x (n, 3) float32 and y (n,); n differs from N by the tempo change."""
+    if not cfg.augment or len(x) < 2:
+        return x.astype(np.float32), y
+    warp = rng.uniform(1 - cfg.max_warp, 1 + cfg.max_warp)
+    src = np.arange(0, len(x) - 1, warp)  # fractional source positions
+    i0 = np.floor(src).astype(int)
+    frac = (src - i0)[:, None]
+    out = x[i0] * (1 - frac) + x[i0 + 1] * frac
+    labels = y[np.round(src).astype(int)]
+    if rng.random() < cfg.p_flip:
+        out = out * FLIPS[rng.integers(len(FLIPS))]
+    out = out @ _rotation(rng, cfg.max_rotation_deg).T * rng.uniform(1 - cfg.max_scale, 1 + cfg.max_scale)
     return out.astype(np.float32), labels
-
-
-class CropSampler:
-    """Batches of random crops of the training streams, optionally augmented.
-
-    A stream shorter than a crop gives a shorter crop (a whole number of windows), padded at the end
-    with labels IGNORE: the network is causal, so the padding never changes the outputs that count.
-    """
-
-    def __init__(self, streams: list[LabelledStream], window: int, crop_windows: int, cfg: TrainConfig) -> None:
-        self.window = window
-        self.length = window * crop_windows
-        self.cfg = cfg
-        self.rng = np.random.default_rng(cfg.seed)
-        self.streams = [s for s in streams if len(s.x) >= window and (s.y != IGNORE).any()]
-        if not self.streams:
-            raise ValueError(f"no labelled training stream is as long as one window ({window} samples)")
-        sizes = np.array([len(s.x) for s in self.streams], dtype=np.float64)
-        self.p = sizes / sizes.sum()  # every sample equally likely to be in a crop
-
-    def batch(self, size: int) -> tuple[np.ndarray, np.ndarray]:
-        """x (size, length, 3) float32 and per-sample labels (size, length)."""
-        xs = np.zeros((size, self.length, 3), dtype=np.float32)
-        ys = np.full((size, self.length), IGNORE, dtype=np.int64)
-        for b in range(size):
-            s = self.streams[self.rng.choice(len(self.streams), p=self.p)]
-            x, y = augment_crop(s.x, s.y, self.length, self.rng, self.cfg)
-            n = len(x) // self.window * self.window
-            if n == 0:  # warped shorter than a window: pad that one window
-                n = self.window
-            xs[b, : min(n, len(x))] = x[:n]
-            ys[b, : min(n, len(y))] = y[:n]
-        return xs, ys
 
 
 class StreamSampler:
     """``rows`` training streams played side by side from their start, ``segment`` windows per call.
 
-    Training then sees what serving sees: each stream from its first window, with the state carried
-    through the whole of it (detached between calls). A row that finishes its stream starts another
-    (chosen in proportion to length, augmented as a whole: one orientation, gain and tempo per stream);
-    ``reset`` marks those rows, whose state must start again from zero. The rest of a finished
-    stream's last segment is padding with labels IGNORE.
+    A row that finishes its stream starts another, chosen in proportion to length and augmented as a
+    whole; ``reset`` marks those rows, whose state must start again from zero. The rest of a
+    finished stream's last segment is padding labelled IGNORE.
     """
 
     def __init__(self, streams: list[LabelledStream], window: int, segment: int, rows: int, cfg: TrainConfig
@@ -188,14 +154,13 @@ class StreamSampler:
             raise ValueError(f"no labelled training stream is as long as two windows ({2 * window} samples)")
         sizes = np.array([len(s.x) for s in self.streams], dtype=np.float64)
         self.p = sizes / sizes.sum()  # every sample equally likely
-        self._rows: list[list] = [[None, None, 0] for _ in range(rows)]  # [x, y, next sample]
+        self._rows: list[list] = [[None, None, 0, 0] for _ in range(rows)]  # [x, y, next sample, end]
 
     def _start(self) -> list:
         while True:
             s = self.streams[self.rng.choice(len(self.streams), p=self.p)]
-            x, y = augment_crop(s.x, s.y, 2 * len(s.x), self.rng, self.cfg)  # the whole stream
-            end = len(x) // self.window * self.window
-            start = 0
+            x, y = augment(s.x, s.y, self.rng, self.cfg)
+            start, end = 0, len(x) // self.window * self.window
             if self.rng.random() < self.cfg.p_mid_start and end > 2 * self.window:
                 start = int(self.rng.integers(0, end - self.window))  # as if the device joined late
                 end = start + (end - start) // self.window * self.window
@@ -236,7 +201,7 @@ def stream_predictions(model: HARNet, streams: list[LabelledStream], batch: int 
             for i, s in enumerate(group):
                 x[i, : n[i] * W] = s.x[: n[i] * W]
             logits, _ = model.step_logits(torch.from_numpy(x))  # (B, L*W/patch, K)
-            per_window = logits.reshape(len(group), max(n), W // model.config.patch, -1).mean(dim=2).argmax(-1)
+            per_window = logits.reshape(len(group), max(n), W // model.config.patch, -1).mean(2).argmax(-1)
             for i, s in enumerate(group):
                 labels = window_labels(s.y[: n[i] * W], W)
                 keep = labels != IGNORE
@@ -253,9 +218,10 @@ def _class_weights(y: np.ndarray, k: int) -> torch.Tensor:
 
 
 def _fit(train_streams: list[LabelledStream], val_streams: list[LabelledStream], mc: ModelConfig,
-         cfg: TrainConfig, epochs: int, early_stopping: bool, desc: str, progress: bool) -> tuple[HARNet, dict]:
-    """One training run of at most ``epochs`` epochs (the cosine schedule spans them all). With
-    validation streams, keeps the weights with the best validation macro F1; without, the last ones."""
+         cfg: TrainConfig, epochs: int, early_stopping: bool, desc: str, progress: bool
+         ) -> tuple[HARNet, dict]:
+    """One run of at most ``epochs`` epochs (the learning-rate schedule spans them all). With validation
+    streams, returns the weights with the best validation macro F1; without, the last ones."""
     classes = list(mc.classes)
     W = mc.window
     torch.manual_seed(cfg.seed)
@@ -263,20 +229,12 @@ def _fit(train_streams: list[LabelledStream], val_streams: list[LabelledStream],
     x_all = torch.from_numpy(np.concatenate([s.x for s in train_streams]))
     model.set_normalisation(*HARNet.feature_stats(x_all))
     y_all = np.concatenate([s.y for s in train_streams])
-    loss_fn = nn.CrossEntropyLoss(weight=_class_weights(y_all, len(classes)), ignore_index=IGNORE,
-                                  label_smoothing=cfg.label_smoothing)
+    loss_fn = nn.CrossEntropyLoss(weight=_class_weights(y_all, len(classes)), ignore_index=IGNORE)
     optimiser = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-
-    if cfg.sampling == "streams":
-        sampler = StreamSampler(train_streams, W, cfg.tbptt, cfg.batch, cfg)
-        segments = 1  # optimiser steps per batch
-    else:
-        sampler = CropSampler(train_streams, W, cfg.crop_windows, cfg)
-        segments = math.ceil(cfg.crop_windows / cfg.tbptt)
-    train_windows = len(y_all) // W
-    one_pass = math.ceil(train_windows / (cfg.batch * cfg.tbptt))  # steps that see every window once
-    batches_per_epoch = math.ceil(max(cfg.steps_per_epoch, one_pass) / segments)
-    total_steps = epochs * batches_per_epoch * segments
+    sampler = StreamSampler(train_streams, W, cfg.tbptt, cfg.batch, cfg)
+    train_windows = int((window_labels(y_all, W) != IGNORE).sum())
+    steps_per_epoch = max(cfg.steps_per_epoch, math.ceil(train_windows / (cfg.batch * cfg.tbptt)))
+    total_steps = epochs * steps_per_epoch
 
     def lr_at(step: int) -> float:
         if step < cfg.warmup_steps:
@@ -290,59 +248,45 @@ def _fit(train_streams: list[LabelledStream], val_streams: list[LabelledStream],
     grad_norms: list[float] = []
     clipped = skipped = step = stale = 0
     history = []
+    state = None  # the rows' recurrent state, carried from step to step
     started = time.monotonic()
-    carried = None  # streams sampling: the rows' state, carried from step to step
     bar = tqdm(total=total_steps, desc=desc, unit="step", disable=not progress, smoothing=0.1)
     for epoch in range(epochs):
         model.train()
-        losses = []
+        losses: list[float] = []
         epoch_norms: list[float] = []
-        for _ in range(batches_per_epoch):
-            if cfg.sampling == "streams":
-                x, y, reset = sampler.next()
-                if carried is not None:  # zero the state of rows that started a new stream
-                    keep = torch.from_numpy(~reset).to(torch.float32).view(1, -1, 1)
-                    carried = tuple(s * keep for s in carried)
-                crop_windows = cfg.tbptt
-            else:
-                x, y = sampler.batch(cfg.batch)
-                carried = None
-                crop_windows = cfg.crop_windows
-            x = torch.from_numpy(x).reshape(cfg.batch, crop_windows, W, 3)
-            y = torch.from_numpy(window_labels(y, W))  # (B, crop_windows)
-            state = carried
-            for seg in range(0, crop_windows, cfg.tbptt):
-                if state is not None:
-                    state = tuple(s.detach() for s in state)  # truncate BPTT here
-                k = min(cfg.tbptt, crop_windows - seg)
-                steps, state = model.step_logits(x[:, seg : seg + k].reshape(cfg.batch, k * W, 3), state)
-                logits = steps.reshape(cfg.batch, k, W // mc.patch, -1).mean(dim=2)  # (B, k, K)
-                target = y[:, seg : seg + k]
-                step += 1
-                bar.update(1)
-                if (target == IGNORE).all():
-                    continue
-                for group in optimiser.param_groups:
-                    group["lr"] = lr_at(step)
-                loss = loss_fn(logits.reshape(-1, len(classes)), target.reshape(-1))
-                optimiser.zero_grad(set_to_none=True)
-                loss.backward()
-                norm = float(nn.utils.clip_grad_norm_(model.parameters(), cfg.clip))
-                if not math.isfinite(norm):
-                    skipped += 1
-                    continue  # never step on a non-finite gradient
-                grad_norms.append(norm)
-                epoch_norms.append(norm)
-                clipped += norm > cfg.clip
-                optimiser.step()
-                if averaged is not model:
-                    decay = min(cfg.ema, (1 + step) / (10 + step))
-                    with torch.no_grad():
-                        for a, p in zip(averaged.parameters(), model.parameters()):
-                            a.lerp_(p, 1 - decay)
-                losses.append(float(loss.detach()))
-            if cfg.sampling == "streams":
-                carried = tuple(s.detach() for s in state)
+        for _ in range(steps_per_epoch):
+            x, y, reset = sampler.next()
+            if state is not None:  # truncate BPTT here; rows that started a new stream start from zero
+                keep = torch.from_numpy(~reset).to(torch.float32).view(1, -1, 1)
+                state = tuple(s.detach() * keep for s in state)
+            x = torch.from_numpy(x)  # (B, tbptt*W, 3)
+            target = torch.from_numpy(window_labels(y, W))  # (B, tbptt)
+            steps, state = model.step_logits(x, state)  # (B, tbptt*W/patch, K)
+            logits = steps.reshape(cfg.batch, cfg.tbptt, W // mc.patch, -1).mean(dim=2)  # (B, tbptt, K)
+            step += 1
+            bar.update(1)
+            if (target == IGNORE).all():
+                continue
+            for group in optimiser.param_groups:
+                group["lr"] = lr_at(step)
+            loss = loss_fn(logits.reshape(-1, len(classes)), target.reshape(-1))
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            norm = float(nn.utils.clip_grad_norm_(model.parameters(), cfg.clip))
+            if not math.isfinite(norm):
+                skipped += 1
+                continue  # never step on a non-finite gradient
+            grad_norms.append(norm)
+            epoch_norms.append(norm)
+            clipped += norm > cfg.clip
+            optimiser.step()
+            if averaged is not model:
+                decay = min(cfg.ema, (1 + step) / (10 + step))  # short memory while the weights move fast
+                with torch.no_grad():
+                    for a, p in zip(averaged.parameters(), model.parameters(), strict=True):
+                        a.lerp_(p, 1 - decay)
+            losses.append(float(loss.detach()))
         epoch_report = {
             "epoch": epoch + 1,
             "step": step,
@@ -356,14 +300,14 @@ def _fit(train_streams: list[LabelledStream], val_streams: list[LabelledStream],
             val = scores([classes[i] for i in y_true], [classes[i] for i in y_pred], classes)
             epoch_report.update(val_accuracy=val["accuracy"], val_macro_f1=val["macro_f1"])
         history.append(epoch_report)
-        log.debug("epoch %s", epoch_report)
+        log.debug("%s: %s", desc, epoch_report)
         bar.set_postfix({k: v for k, v in epoch_report.items() if k not in ("step", "lr", "grad_norm_max")})
         if not val_streams:
             best = {"epoch": epoch + 1, "step": step}
             best_state = copy.deepcopy(averaged.state_dict())
         elif (val["macro_f1"] or 0.0) > best["macro_f1"]:
-            best = {"macro_f1": val["macro_f1"], "accuracy": val["accuracy"], "epoch": epoch + 1, "step": step,
-                    "recall": val["recall"]}
+            best = {"macro_f1": val["macro_f1"], "accuracy": val["accuracy"], "epoch": epoch + 1,
+                    "step": step, "recall": val["recall"]}
             best_state = copy.deepcopy(averaged.state_dict())
             stale = 0
         else:
@@ -378,8 +322,8 @@ def _fit(train_streams: list[LabelledStream], val_streams: list[LabelledStream],
     averaged.load_state_dict(best_state)
     averaged.eval()
     report = {
-        "train_windows": int(train_windows),
-        "steps_per_epoch": batches_per_epoch * segments,
+        "train_windows": train_windows,
+        "steps_per_epoch": steps_per_epoch,
         "best": best,
         "epochs_run": len(history),
         "steps": step,
@@ -397,9 +341,10 @@ def train(rec: Recording, model_config: ModelConfig | None = None, cfg: TrainCon
           classes: list[str] | None = None, progress: bool = True) -> tuple[HARNet, dict]:
     """Train a classifier on a recording; returns the model and a report.
 
-    First a run validated on held-out people, stopped early; its validation scores are reported.
-    Then, with ``cfg.refit``, a fresh model is trained on everyone for as many epochs as that run
-    took, and returned: with a handful of people, the ones held out are too valuable to leave out.
+    First a run validated on held-out people and stopped early; its validation scores are the ones
+    reported. Then, with ``cfg.refit``, a fresh model is trained on everyone for as many epochs as
+    that run took, and returned: with a handful of people, the ones held out are too valuable to
+    leave out.
     """
     cfg = cfg or TrainConfig()
     classes = classes or rec.classes
@@ -420,9 +365,10 @@ def train(rec: Recording, model_config: ModelConfig | None = None, cfg: TrainCon
         **fit,
     }
     if cfg.refit and val_streams:
-        epochs = fit["epochs_run"]  # as long as the validated run: its best epoch plus patience
-        log.info("refitting on everyone for %d epochs", epochs)
-        model, refit = _fit(streams, [], mc, cfg, epochs, False, "refit on everyone", progress)
-        report["refit"] = {k: refit[k] for k in ("train_windows", "epochs_run", "steps", "grad_norm", "seconds")}
+        epochs = fit["epochs_run"]  # its best epoch plus patience, or the whole budget
+        log.info("training again on everyone for %d epochs", epochs)
+        model, refit = _fit(streams, [], mc, cfg, epochs, False, "training on everyone", progress)
+        report["refit"] = {k: refit[k] for k in ("train_windows", "epochs_run", "steps", "grad_norm",
+                                                 "seconds")}
     report["seconds"] = round(time.monotonic() - started, 1)
     return model, report

@@ -11,15 +11,7 @@ import torch
 import models.train as train_module
 from models.data import IGNORE, LabelledStream
 from models.rnn import HARNet, ModelConfig
-from models.train import (
-    CropSampler,
-    StreamSampler,
-    TrainConfig,
-    augment_crop,
-    split_streams,
-    stream_predictions,
-    train,
-)
+from models.train import StreamSampler, TrainConfig, augment, split_streams, stream_predictions, train
 from stream.recording import Recording, write_recording
 
 RATE = 25.0
@@ -57,8 +49,9 @@ def synthetic_recording(people: int = 5, minutes: float = 2.0, seed: int = 0) ->
             labels += [label] * len(t)
             ts.append(t)
             accs.append(a)
-    return Recording(device=np.asarray(devices), t=np.concatenate(ts), acc=np.concatenate(accs).astype(np.float32),
-                     label=np.asarray(labels), subject=np.asarray(subjects))
+    return Recording(device=np.asarray(devices), t=np.concatenate(ts),
+                     acc=np.concatenate(accs).astype(np.float32), label=np.asarray(labels),
+                     subject=np.asarray(subjects))
 
 
 # small and quick: a few hundred optimiser steps in all
@@ -71,7 +64,8 @@ FAST_TRAIN = dict(epochs=6, steps_per_epoch=40, min_epochs=3, patience=3, batch=
 def trained(tmp_path_factory):
     torch.manual_seed(0)
     rec = synthetic_recording()
-    model, report = train(rec, ModelConfig(classes=("_",), **FAST_MODEL), TrainConfig(**FAST_TRAIN), progress=False)
+    model, report = train(rec, ModelConfig(classes=("_",), **FAST_MODEL), TrainConfig(**FAST_TRAIN),
+                          progress=False)
     return rec, model, report
 
 
@@ -91,7 +85,8 @@ def test_checkpoint_round_trips_through_evaluate_json(trained, tmp_path, capsys)
     mask = rec.subject == "person0"
     write_recording(tmp_path / "test.csv", rec.take(mask))
     save_checkpoint(tmp_path / "m.pt", model, {"note": "test"})
-    assert main(["evaluate", "--model", str(tmp_path / "m.pt"), "--data", str(tmp_path / "test.csv"), "--json"]) == 0
+    argv = ["evaluate", "--model", str(tmp_path / "m.pt"), "--data", str(tmp_path / "test.csv"), "--json"]
+    assert main(argv) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["windows"] > 50
     assert report["accuracy"] >= 0.85 and report["macro_f1"] >= 0.8
@@ -121,31 +116,30 @@ def test_person_split_holds_people_out():
 def test_augmentation_keeps_shapes_and_magnitude():
     rng = np.random.default_rng(0)
     x = rng.normal(size=(500, 3)).astype(np.float32) + np.array([0, 0, 9.81], dtype=np.float32)
-    y = rng.integers(0, 3, size=500)
+    y = np.repeat(np.arange(5), 100)
     turned = TrainConfig(max_scale=0.0, max_warp=0.0, p_flip=1.0, max_rotation_deg=180)
-    out, labels = augment_crop(x, y, 200, np.random.default_rng(1), turned)
-    assert out.shape == (200, 3) and labels.shape == (200,) and out.dtype == np.float32
-    # the same crop, neither rotated nor turned: rotations and half turns keep every sample's magnitude
-    plain = TrainConfig(max_scale=0.0, max_warp=0.0, p_flip=0.0, max_rotation_deg=0.0)
-    same, same_labels = augment_crop(x, y, 200, np.random.default_rng(1), plain)
-    np.testing.assert_array_equal(labels, same_labels)
-    np.testing.assert_allclose(np.linalg.norm(out, axis=1), np.linalg.norm(same, axis=1), rtol=1e-4)
-    assert not np.allclose(out, same, atol=0.5)
-    # time warping changes how much of the stream a crop covers, never the crop's length beyond the cap
-    warped, _ = augment_crop(x, y, 200, rng, TrainConfig(max_warp=0.3))
-    assert warped.shape == (200, 3)
-    short, short_labels = augment_crop(x[:60], y[:60], 200, rng, TrainConfig(max_warp=0.0))
-    assert short.shape == (60, 3) and short_labels.shape == (60,)
+    out, labels = augment(x, y, rng, turned)
+    assert out.shape == (499, 3) and labels.shape == (499,) and out.dtype == np.float32
+    np.testing.assert_array_equal(labels, y[:499])
+    # half turns and rotations keep every sample's magnitude, and change the samples
+    np.testing.assert_allclose(np.linalg.norm(out, axis=1), np.linalg.norm(x[:499], axis=1), rtol=1e-4)
+    assert not np.allclose(out, x[:499], atol=0.5)
+    # a faster tempo gives fewer samples, a slower one more; labels follow the samples
+    fast, fast_labels = augment(x, y, rng, TrainConfig(max_warp=0.3))
+    assert abs(len(fast) - 500) <= 0.3 * 500 + 1 and len(fast_labels) == len(fast)
+    assert (np.diff(fast_labels) >= 0).all() and set(fast_labels) == set(y)
+    same, same_labels = augment(x, y, rng, TrainConfig(augment=False))
+    np.testing.assert_array_equal(same, x)
 
-    streams = [LabelledStream("a", "p", x, y), LabelledStream("b", "p", x[:120], y[:120])]
-    xs, ys = CropSampler(streams, 25, 8, TrainConfig()).batch(5)
-    assert xs.shape == (5, 200, 3) and ys.shape == (5, 200)
+    streams = [LabelledStream("a", "p", x, y % 3), LabelledStream("b", "p", x[:120], y[:120] % 3)]
     sampler = StreamSampler(streams, 25, 4, 3, TrainConfig())
-    for _ in range(10):
+    resets = 0
+    for _ in range(20):
         xs, ys, reset = sampler.next()
         assert xs.shape == (3, 100, 3) and ys.shape == (3, 100) and reset.shape == (3,)
-        assert xs.dtype == np.float32
-    assert ((ys == IGNORE) | ((ys >= 0) & (ys < 3))).all()
+        assert xs.dtype == np.float32 and ((ys == IGNORE) | ((ys >= 0) & (ys < 3))).all()
+        resets += int(reset.sum())
+    assert resets > 3  # rows move on to new streams when theirs end
 
 
 def test_early_stopping_stops(monkeypatch):
