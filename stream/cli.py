@@ -73,7 +73,9 @@ def cmd_consume(args) -> int:
                             qos=args.qos, shared_group=args.shared, state_store=args.state_store,
                             reorder_wait=args.reorder_wait,
                             health_file=Path(args.health_file) if args.health_file else None,
-                            adapters=tuple(args.adapter or ()), reorder=args.reorder)
+                            adapters=tuple(args.adapter or ()), reorder=args.reorder,
+                            ack=args.ack, mqtt_protocol=args.mqtt, max_unacked=args.max_unacked,
+                            ack_stall=args.ack_stall)
     consumer = Consumer(config, StatefulClassifier(model, info["version"]))
     _on_signals(consumer.stop)
     if args.duration:
@@ -265,6 +267,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--idle-timeout", type=float, default=300.0,
                    help="seconds without samples before a device leaves memory, its state kept (default: %(default)s)")
     p.add_argument("--qos", type=int, default=1, choices=(0, 1), help="subscription QoS for samples (default: 1)")
+    p.add_argument("--ack", default="auto", choices=("auto", "after-window", "on-receipt"),
+                   help="when QoS 1 samples are acknowledged to the broker: after-window (once every sample of "
+                        "a message is in a published window, so a restart, even kill -9, loses none: needs a "
+                        "persistent session, i.e. --state-dir or --id), on-receipt (when queued); auto: "
+                        "after-window with a persistent session over MQTT 5, else on-receipt (default: auto)")
+    p.add_argument("--mqtt", default="auto", choices=("auto", "5", "3.1.1"),
+                   help="MQTT protocol; auto: 5 when acknowledging after the window (its Receive Maximum lifts "
+                        "the broker's in-flight limit), with 3.1.1 as a fallback (default: auto)")
+    p.add_argument("--max-unacked", type=int, default=20_000, metavar="N",
+                   help="QoS 1 messages held unacknowledged at most (MQTT 5 Receive Maximum); beyond, the oldest "
+                        "is acknowledged and counted in acks.forced; about devices x messages per window are "
+                        "held (default: %(default)s)")
+    p.add_argument("--ack-stall", type=float, default=2.0, metavar="SECONDS",
+                   help="acknowledge all held messages when nothing arrives for this long (a broker in-flight "
+                        "limit below what the open windows hold; counted in acks.forced) (default: %(default)s)")
     p.add_argument("--health-file", default=env("HARSTREAM_HEALTH_FILE") or None, metavar="FILE",
                    help="write the latest metrics (JSON, with the time 't') to FILE every --metrics-interval, "
                         "for health checks (default: none)")

@@ -13,6 +13,17 @@ Topics (prefix ``har``):
   (the overall detectors). ``_consumer`` cannot be a
   device id (ids start with a letter or digit), so the two never collide.
 
+Acknowledgements (``ack``): with a persistent session and QoS 1, the consumer acknowledges an imu
+message only once every sample of it lies in a published window (``after-window``), so the broker
+keeps for the next life whatever a dead one had not finished: its queue and its partial windows.
+Labels, commands and refused payloads are acknowledged at once; messages that are dropped on purpose
+(full queue, idle device, device clock reset) are acknowledged and counted. The broker sends at
+most so many unacknowledged messages (MQTT 5 Receive Maximum = ``max_unacked``; Mosquitto's
+``max_inflight_messages`` for 3.1.1 clients), so when ``max_unacked`` are held the oldest is
+acknowledged (``acks.forced``: at most once for those), and when nothing arrives for ``ack_stall``
+seconds while messages are held, all are (a broker limit below what the open windows hold). The
+metrics' ``acks`` count each way. ``on-receipt`` is paho's default: acknowledged when queued.
+
 Scale-out: with ``shared_group`` the samples come through the shared subscription
 ``$share/<group>/har/+/imu``, so replicas of the same group split the devices' messages between them;
 with ``state_store`` (Redis) each device's state lives in the store and any replica can apply any
@@ -34,18 +45,17 @@ from pathlib import Path
 
 import numpy as np
 import orjson
-
 import torch
 
 from models.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from models.finetune import LearnerConfig, OnlineLearner, Sequence
 from models.state import StatefulClassifier
 from stream.adapters import AdapterRouter
-from stream.decode import MAX_PAYLOAD_BYTES, Rejected, SequenceCheck, decode_imu, parse_topic
+from stream.decode import MAX_PAYLOAD_BYTES, Rejected, SampleBatch, SequenceCheck, decode_imu, parse_topic
 from stream.labels import LabelBook, LabelledWindow, WindowHistory, decode_label
 from stream.monitor import DriftEvent, Monitor
-from stream.mqtt import BrokerURL, connect
-from stream.persist import SERVING_MODEL, load_state, save_state
+from stream.mqtt import PROTOCOLS, BrokerURL, NoMQTT5, connect
+from stream.persist import SERVING_MODEL, AckJournal, load_state, read_journal, save_state
 from stream.pipeline import Pipeline, Prediction
 from stream.shared_state import SharedDevices, open_store
 from stream.store import EventStore
@@ -53,6 +63,10 @@ from stream.store import EventStore
 __all__ = ["Consumer", "ConsumerConfig", "consumer_topic"]
 
 log = logging.getLogger(__name__)
+
+
+ACK_MODES = ("auto", "after-window", "on-receipt")
+CLOCK_RESET = 30.0  # s: a batch this far behind a device's held ones is a new clock (as DeviceBuffer)
 
 
 def consumer_topic(prefix: str, consumer_id: str, kind: str) -> str:
@@ -88,8 +102,23 @@ class ConsumerConfig:
     adapters: tuple[str, ...] = ()  # phone formats by topic: "PATTERN = NAME[@DEVICE]" (stream.adapters)
     reorder: float = 0.0  # seconds each device's samples are held to merge out-of-order batches; MQTT keeps
     # one publisher's messages in order, so only phones that batch irregularly need it (it adds latency)
+    ack: str = "auto"  # "after-window", "on-receipt" or "auto": after-window with a persistent QoS 1 session
+    # (and no state store) when the broker speaks MQTT 5, else on-receipt
+    mqtt_protocol: str = "auto"  # "5", "3.1.1" or "auto" (5 when acknowledging after the window, else 3.1.1)
+    max_unacked: int = 20_000  # QoS 1 messages held unacknowledged at most (MQTT 5 Receive Maximum,
+    # <= 65535); about devices x messages per window are held in steady state
+    ack_stall: float = 2.0  # seconds without any message while some are held unacknowledged: acknowledge them
+    max_queue_bytes: int = 256 * 1024 * 1024  # payload bytes queued between paho's thread and the service
 
     def __post_init__(self) -> None:
+        if self.ack not in ACK_MODES:
+            raise ValueError(f"Invalid 'ack' {self.ack!r}: one of {', '.join(ACK_MODES)}")
+        if self.mqtt_protocol not in PROTOCOLS:
+            raise ValueError(f"Invalid 'mqtt_protocol' {self.mqtt_protocol!r}: one of {', '.join(PROTOCOLS)}")
+        if not 1 <= self.max_unacked <= 65_535:
+            raise ValueError(f"Invalid 'max_unacked' {self.max_unacked}: 1 to 65535 (MQTT's Receive Maximum)")
+        if self.ack == "after-window" and self.state_store:
+            raise ValueError("'ack' after-window is not available with a state store (on-receipt there)")
         if self.shared_group and ("/" in self.shared_group or "+" in self.shared_group
                                   or "#" in self.shared_group):
             raise ValueError(f"Invalid 'shared_group' {self.shared_group!r}: no '/', '+' or '#'")
@@ -137,6 +166,108 @@ class _Stats:
         return out
 
 
+class _Acks:
+    """QoS 1 messages taken from the broker and not yet acknowledged (service thread only).
+
+    Each buffered batch is held as (time of its last sample, seq, mid) under its device; a window of
+    that device published with its end at or after that time releases it, and a message is
+    acknowledged once all its batches are released. ``client.ack`` is thread-safe (paho queues the
+    PUBACK like a publish). MQTT gives a message in flight a packet id (mid) no other has until it
+    is acknowledged, and re-sends it with the same mid: a mid already held is a copy.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.client = None
+        self.limit = limit  # held at most; the oldest is acknowledged beyond
+        self.held: OrderedDict[int, list] = OrderedDict()  # mid -> [batches not yet released, qos, devices]
+        self.by_device: dict[str, list[tuple[float, int | None, int]]] = {}
+        self.counts: Counter[str] = Counter()
+        self.deferred: list[tuple[int, int, str]] | None = None  # while set, acknowledgements wait here
+
+    def __len__(self) -> int:
+        return len(self.held)
+
+    def ack(self, mid: int, qos: int, why: str) -> None:
+        if not qos:
+            return
+        if self.deferred is not None:
+            self.deferred.append((mid, qos, why))
+            return
+        self.client.ack(mid, qos)
+        self.counts[why] += 1
+
+    def hold(self, mid: int, qos: int, device: str, t_last: float, seq: int | None) -> None:
+        entry = self.held.get(mid)
+        if entry is None:
+            entry = self.held[mid] = [0, qos, []]
+        entry[0] += 1
+        entry[2].append(device)
+        self.by_device.setdefault(device, []).append((t_last, seq, mid))
+
+    def enforce_limit(self, limit: int | None = None) -> int:
+        """Acknowledge the oldest until fewer than ``limit`` are held; returns how many."""
+        limit = self.limit if limit is None else limit
+        n = 0
+        while self.held and len(self.held) >= limit:
+            mid, (_, qos, devices) = self.held.popitem(last=False)
+            for device in set(devices):
+                entries = [e for e in self.by_device.get(device, ()) if e[2] != mid]
+                self._set(device, entries)
+            self.ack(mid, qos, "forced")
+            n += 1
+        return n
+
+    def _set(self, device: str, entries: list) -> None:
+        if entries:
+            self.by_device[device] = entries
+        else:
+            self.by_device.pop(device, None)
+
+    def _release(self, mid: int, why: str) -> None:
+        entry = self.held.get(mid)
+        if entry is None:
+            return
+        entry[0] -= 1
+        if entry[0] <= 0:
+            del self.held[mid]
+            self.ack(mid, entry[1], why)
+
+    def covered(self, device: str, t_end: float) -> None:
+        """A window of ``device`` ending at ``t_end`` was published: release what it covers."""
+        entries = self.by_device.get(device)
+        if not entries:
+            return
+        keep = []
+        for e in entries:
+            if e[0] <= t_end + 1e-9:
+                self._release(e[2], "after_window")
+            else:
+                keep.append(e)
+        self._set(device, keep)
+
+    def drop_device(self, device: str, why: str = "dropped", before: float | None = None) -> None:
+        """Release what ``device`` holds (all, or what ends before ``before``): its samples are dropped."""
+        entries = self.by_device.get(device)
+        if not entries:
+            return
+        keep = []
+        for e in entries:
+            if before is None or e[0] < before:
+                self._release(e[2], why)
+            else:
+                keep.append(e)
+        self._set(device, keep)
+
+    def newest(self, device: str) -> float | None:
+        entries = self.by_device.get(device)
+        return max(e[0] for e in entries) if entries else None
+
+    def safe_seq(self, device: str, last: int | None) -> int | None:
+        """The seq before ``device``'s first message still held (all up to it are acknowledged)."""
+        seqs = [e[1] for e in self.by_device.get(device, ()) if e[1] is not None]
+        return min(seqs) - 1 if seqs else last
+
+
 class Consumer:
     """Runs until ``stop()``; one instance per process."""
 
@@ -145,9 +276,24 @@ class Consumer:
         # the shared store keeps buffers itself and commits in seq order: no hold there
         self.pipeline = Pipeline(classifier, reorder=0.0 if config.state_store else config.reorder)
         self.router = AdapterRouter.from_spec(list(config.adapters), config.prefix, config.max_payload)
-        self.sequence = SequenceCheck()
+        # a late message that fills a counted gap is taken; the shared store applies messages in seq order
+        self.sequence = SequenceCheck(fill_gaps=not config.state_store)
         self.stats = _Stats()
-        self._queue: queue.Queue[tuple[str, bytes, float]] = queue.Queue(config.queue_size)
+        # (topic, payload, arrival, mid, qos)
+        self._queue: queue.Queue[tuple] = queue.Queue(config.queue_size)
+        self._bytes_in = 0  # payload bytes queued (paho's thread writes it) ...
+        self._bytes_out = 0  # ... and taken (the service thread writes it)
+        self._oversize = 0  # payloads refused in paho's thread, counted as rejected "oversize"
+        self._paho_acks: Counter[str] = Counter()  # acknowledgements sent from paho's thread
+        self._last_arrival = time.monotonic()
+        self.acks = _Acks(config.max_unacked)
+        self.after_window = False  # acknowledging after the window (decided when connecting)
+        self.protocol = ""  # MQTT protocol in use
+        self._watermarks: dict[str, float] = {}  # device -> end of its last published window
+        self._resume: dict[str, float] = {}  # the same, restored: the next life skips samples up to it
+        self.journal: AckJournal | None = None
+        self._journal_generation = 0
+        self._stall_warned = False
         self._stop = threading.Event()
         self._client = None
         self.last_metrics: dict = {}
@@ -206,9 +352,20 @@ class Consumer:
         for device, tensors in state["devices"].items():
             classifier.bank.set(device, tuple(t.unsqueeze(1) for t in tensors))
         self._evicted.update(state["evicted"])
-        self.sequence.restore(state["sequences"])
-        log.info("restored the state of %d devices (%d evicted) saved %.0f s ago", len(state["devices"]),
-                 len(state["evicted"]), time.time() - state["saved_at"])
+        sequences, watermarks = dict(state["sequences"]), dict(state["watermarks"])
+        journalled = 0
+        if state["journal"] is not None:
+            self._journal_generation = state["journal"]
+            marks, seqs = read_journal(directory, state["journal"])
+            watermarks.update(marks)
+            sequences.update(seqs)
+            journalled = len(marks)
+        self.sequence.restore(sequences)
+        self._watermarks = watermarks
+        self._resume = dict(watermarks)
+        log.info("restored the state of %d devices (%d evicted) saved %.0f s ago; what was acknowledged "
+                 "since, for %d devices, from the journal", len(state["devices"]), len(state["evicted"]),
+                 time.time() - state["saved_at"], journalled)
 
     def checkpoint(self) -> None:
         """Save per-device state (and the serving model if it changed) to the state directory."""
@@ -224,7 +381,15 @@ class Consumer:
             return  # device state lives in the shared store, written every cycle
         bank = classifier.bank
         devices = {d: tuple(t[:, 0] for t in bank.get(d)) for d in bank.devices()}
-        save_state(directory, classifier.version, devices, self.sequence.snapshot(), dict(self._evicted))
+        sequences = self.sequence.snapshot()
+        if self.after_window:  # what the broker will send again must be accepted: up to the first one held
+            sequences = {d: s for d, s in ((d, self.acks.safe_seq(d, s)) for d, s in sequences.items())
+                         if s is not None}
+        generation = self.journal.next_generation() if self.journal is not None else self._journal_generation
+        save_state(directory, classifier.version, devices, sequences, dict(self._evicted),
+                   watermarks=self._watermarks, journal=generation)
+        if self.journal is not None:
+            self.journal.rotate(generation)
 
     def _evict_idle(self) -> None:
         """Devices silent for idle_timeout leave memory; their state is kept for when they return."""
@@ -238,6 +403,7 @@ class Consumer:
                 while len(self._evicted) > self.config.max_evicted:
                     self._evicted.popitem(last=False)
             self.pipeline.evict(device)
+            self.acks.drop_device(device)  # its partial window goes: nothing to wait for
             self.monitor.forget(device)
             self.history.forget(device)
             self.labels.forget(device)
@@ -246,10 +412,30 @@ class Consumer:
 
     # -- paho thread: never block, never raise ------------------------------------------------
     def _on_message(self, client, userdata, message) -> None:
+        now = time.monotonic()
+        self._last_arrival = now
+        payload = message.payload
+        size = len(payload)
+        if size > self.config.max_payload:  # refused before it takes memory (decode would refuse it too)
+            self._oversize += 1
+            self._ack_in_paho(client, message, "at_once")
+            return
+        if self._bytes_in - self._bytes_out + size > self.config.max_queue_bytes:
+            self.stats.dropped += 1
+            self._ack_in_paho(client, message, "dropped")
+            return
         try:
-            self._queue.put_nowait((message.topic, message.payload, time.monotonic()))
+            self._queue.put_nowait((message.topic, payload, now, message.mid, message.qos))
+            self._bytes_in += size
         except queue.Full:
             self.stats.dropped += 1
+            self._ack_in_paho(client, message, "dropped")
+
+    def _ack_in_paho(self, client, message, why: str) -> None:
+        """Load shedding is explicit: the broker is told it may forget the message (and counted)."""
+        if self.after_window and message.qos:
+            client.ack(message.mid, message.qos)
+            self._paho_acks[why] += 1
 
     # -- service thread ------------------------------------------------------------------------
     def stop(self) -> None:
@@ -260,22 +446,15 @@ class Consumer:
         # OpenMP threads that wait for a busy core turn a 3 ms batch into 300 ms: measured, see bench
         torch.set_num_threads(cfg.torch_threads)
         status = consumer_topic(cfg.prefix, cfg.consumer_id, "status")
-        self._client = connect(
-            cfg.broker,
-            "consumer",
-            client_id=cfg.consumer_id,
-            will=(status, b"offline"),
-            subscriptions=[(self.imu_subscription, cfg.qos), (f"{cfg.prefix}/+/label", 1),
-                           (consumer_topic(cfg.prefix, cfg.consumer_id, "command"), 1),
-                           *[(self._shared_topic(t), cfg.qos) for t in self.router.subscriptions()
-                             if t != f"{cfg.prefix}/+/imu"]],
-            on_message=self._on_message,
-            clean_session=not cfg.persistent,
-        )
+        self._client = self._connect(status)
+        self.acks.client = self._client
+        if self.after_window and cfg.state_dir is not None and self.shared is None:
+            self.journal = AckJournal(cfg.state_dir, self._journal_generation)
         self._client.publish(status, b"online", qos=1, retain=True)
-        log.info("consumer %s on %s (%s), model %s (%d classes, window %.2f s)", cfg.consumer_id, cfg.broker,
-                 self.imu_subscription, self.pipeline.classifier.version,
-                 len(self.pipeline.classifier.classes), self.pipeline.config.window_seconds)
+        log.info("consumer %s on %s (%s), model %s (%d classes, window %.2f s); MQTT %s, acknowledging %s",
+                 cfg.consumer_id, cfg.broker, self.imu_subscription, self.pipeline.classifier.version,
+                 len(self.pipeline.classifier.classes), self.pipeline.config.window_seconds, self.protocol,
+                 f"after the window (at most {self.acks.limit} held)" if self.after_window else "on receipt")
         if self.learner is not None:
             self.learner.start()
         self._publish_model()
@@ -287,6 +466,8 @@ class Consumer:
                 self.pipeline.release(time.monotonic())
                 self._apply_swap()
                 self._classify()
+                if self.after_window and self.acks.held:
+                    self._check_stall()
                 if time.monotonic() >= next_metrics:
                     self._publish_metrics()
                     self._evict_idle()
@@ -298,7 +479,9 @@ class Consumer:
             if self.learner is not None:
                 self.learner.stop()
             self._apply_swap()
-            self.checkpoint()
+            self.checkpoint()  # nothing is acknowledged after it: the broker keeps the rest for the next life
+            if self.journal is not None:
+                self.journal.close()
             if self.store is not None:
                 self.store.close()
             if self.shared is not None:
@@ -308,7 +491,65 @@ class Consumer:
             self._client.disconnect()
             self._client.loop_stop()
             log.info("consumer stopped: %d windows classified, rejected %s", self.stats.windows,
-                     dict(self.stats.rejected) or "none")
+                     self._rejected() or "none")
+
+    def _connect(self, status: str):
+        """Connect, deciding the protocol and how to acknowledge (``after_window``, ``protocol``)."""
+        cfg = self.config
+        want = cfg.ack == "after-window" or (cfg.ack == "auto" and cfg.persistent and cfg.qos == 1
+                                              and self.shared is None)
+        kwargs = dict(
+            client_id=cfg.consumer_id,
+            will=(status, b"offline"),
+            subscriptions=[(self.imu_subscription, cfg.qos), (f"{cfg.prefix}/+/label", 1),
+                           (consumer_topic(cfg.prefix, cfg.consumer_id, "command"), 1),
+                           *[(self._shared_topic(t), cfg.qos) for t in self.router.subscriptions()
+                             if t != f"{cfg.prefix}/+/imu"]],
+            on_message=self._on_message,
+            clean_session=not cfg.persistent,
+        )
+        if want and cfg.mqtt_protocol in ("5", "auto"):
+            self.after_window = True  # before the first message can arrive
+            try:
+                client = connect(cfg.broker, "consumer", protocol="5", manual_ack=True,
+                                 receive_maximum=cfg.max_unacked, **kwargs)
+                self.protocol = "5"
+                return client
+            except NoMQTT5:
+                if cfg.mqtt_protocol == "5":
+                    raise ConnectionError(f"MQTT broker at {cfg.broker} does not speak MQTT 5") from None
+                # 3.1.1 has no Receive Maximum: the broker's in-flight limit (Mosquitto's default 20)
+                # would stall windows, so after-window only when asked for (with the broker set for it)
+                self.after_window = cfg.ack == "after-window"
+                log.warning("%s speaks MQTT 3.1.1 only: acknowledging %s", cfg.broker,
+                            "after the window; the broker must allow enough messages in flight "
+                            "(Mosquitto: max_inflight_messages 0)" if self.after_window else
+                            "on receipt (a restart may lose what was queued; --ack after-window "
+                            "with the broker's in-flight limit raised avoids it)")
+        else:
+            self.after_window = want
+        self.protocol = "3.1.1" if cfg.mqtt_protocol == "auto" else cfg.mqtt_protocol
+        return connect(cfg.broker, "consumer", protocol=self.protocol, manual_ack=self.after_window,
+                       receive_maximum=cfg.max_unacked if self.after_window else None, **kwargs)
+
+    def _check_stall(self) -> None:
+        """Messages held and nothing arriving: the broker's in-flight limit may be full of partial
+        windows. Acknowledge them all (counted as forced) so that it sends more; under MQTT 3.1.1 the
+        limit is then taken to be what was held, and kept below from now on."""
+        now = time.monotonic()
+        if now - self._last_arrival < self.config.ack_stall or not self._queue.empty():
+            return
+        held = len(self.acks)
+        self.acks.enforce_limit(0)
+        self._last_arrival = now
+        if self.protocol == "3.1.1" and 10 <= held < self.acks.limit:
+            self.acks.limit = held  # a broker limit repeats at the same count; a quiet spell rarely does
+            if not self._stall_warned:
+                self._stall_warned = True
+                log.warning("nothing arrived for %.1f s with %d messages unacknowledged: the broker seems to "
+                            "send at most %d in flight (Mosquitto: max_inflight_messages; set it to 0). "
+                            "Holding fewer from now on; the rest are acknowledged on arrival (acks.forced)",
+                            self.config.ack_stall, held, held)
 
     @property
     def imu_subscription(self) -> str:
@@ -344,12 +585,16 @@ class Consumer:
         deadline = None
         while True:
             try:
-                topic, payload, arrival = self._queue.get(timeout=timeout if deadline is None else 0.001)
+                wait = timeout if deadline is None else 0.001
+                item = self._queue.get(timeout=wait)
             except queue.Empty:
                 if deadline is None or time.monotonic() >= deadline:
                     return
                 continue
-            self.handle(topic, payload, arrival)
+            topic, payload, arrival = item[:3]
+            mid, qos = item[3:] or (0, 0)  # (topic, payload, arrival) alone: a QoS 0 message
+            self._bytes_out += len(payload)
+            self.handle(topic, payload, arrival, mid, qos)
             if deadline is None and (self.pipeline.pending or (self.shared is not None and self.shared.held)):
                 # from now, not from the message's arrival: behind a backlog, arrival + max_wait has
                 # long passed, every window would go through the network alone and the backlog grow
@@ -357,8 +602,25 @@ class Consumer:
             if deadline is not None and time.monotonic() >= deadline:
                 return
 
-    def handle(self, topic: str, payload: bytes, arrival: float) -> None:
-        """Decode and buffer one message; a bad one is counted and logged, never raised."""
+    def handle(self, topic: str, payload: bytes, arrival: float, mid: int = 0, qos: int = 0) -> None:
+        """Decode and buffer one message; a bad one is counted and logged, never raised.
+
+        Acknowledging after the window, a QoS 1 message whose samples were buffered is held until
+        they are in published windows; any other is acknowledged here.
+        """
+        if not (self.after_window and qos):
+            self._handle(topic, payload, arrival, 0, 0)
+            return
+        if mid in self.acks.held:  # the broker sent it again (a reconnection): we have it already
+            self.acks.counts["redelivered"] += 1
+            return
+        self._handle(topic, payload, arrival, mid, qos)
+        if mid not in self.acks.held:
+            self.acks.ack(mid, qos, "at_once")
+        else:
+            self.acks.enforce_limit()
+
+    def _handle(self, topic: str, payload: bytes, arrival: float, mid: int, qos: int) -> None:
         self.stats.messages += 1
         try:
             if topic == consumer_topic(self.config.prefix, self.config.consumer_id, "command"):
@@ -366,7 +628,7 @@ class Consumer:
                 return
             if not topic.startswith(self._native_head) and self.router.matches(topic):
                 for batch in self.router.decode(topic, payload):  # phone formats: no seq
-                    self._take(batch, arrival)
+                    self._take(batch, arrival, mid, qos)
                 return
             device, kind = parse_topic(topic, self.config.prefix)
             if kind == "imu":
@@ -375,8 +637,13 @@ class Consumer:
                     self._last_seen[device] = arrival
                     self.shared.hold(batch, arrival)
                     return
+                if device in self._resume:
+                    batch = self._skip_published(batch)
+                    if batch is None:  # sent again, but classified before the restart
+                        self.acks.counts["redelivered"] += 1
+                        return
                 self.sequence.check(batch)
-                self._take(batch, arrival)
+                self._take(batch, arrival, mid, qos)
             elif kind == "label":
                 label, start, end = decode_label(payload)
                 self.labels.add(device, label, start, end)
@@ -391,9 +658,32 @@ class Consumer:
     def _native_head(self) -> str:
         return f"{self.config.prefix}/"
 
-    def _take(self, batch, arrival: float) -> None:
+    def _skip_published(self, batch):
+        """The first message of a device after a restart: without the samples a published window
+        holds (they were classified before the restart), or None when it has no other."""
+        device = batch.device
+        mark = self._resume[device]
+        if (batch.seq == 0 and (self.sequence.last(device) or 0) > 0) or batch.t[-1] < mark - CLOCK_RESET:
+            del self._resume[device]  # a restarted device, a new clock: nothing of it was published
+            return batch
+        # resume on the published windows' grid: the next grid sample after the last window's end
+        keep = batch.t >= mark + 1.0 / self.pipeline.config.rate - 1e-6
+        if not keep.any():
+            return None
+        del self._resume[device]
+        if keep.all():
+            return batch
+        return SampleBatch(device, batch.t[keep], batch.acc[keep],
+                           None if batch.gyro is None else batch.gyro[keep], batch.seq)
+
+    def _take(self, batch, arrival: float, mid: int = 0, qos: int = 0) -> None:
         """Buffer a decoded batch, bringing an evicted device's state back first."""
         device = batch.device
+        if qos and self.after_window:
+            newest = self.acks.newest(device)
+            if newest is not None and batch.t[-1] < newest - CLOCK_RESET:
+                self.acks.drop_device(device)  # the device's clock restarted: its partial window goes
+            self.acks.hold(mid, qos, device, float(batch.t[-1]), batch.seq)
         if device not in self._last_seen and device in self._evicted:
             state = tuple(t.unsqueeze(1) for t in self._evicted.pop(device))
             self.pipeline.classifier.bank.set(device, state)
@@ -421,8 +711,30 @@ class Consumer:
             self._client.publish(f"{cfg.prefix}/{p.device}/prediction", orjson.dumps(body))
             if self.store is not None:
                 self.store.prediction(p.device, p.t_end, p.label, body["confidence"], version, body["latency_ms"])
+            self._watermarks[p.device] = p.t_end
         self.stats.windows += len(predictions)
         self.stats._interval_windows += len(predictions)
+        if self.after_window:
+            self._acknowledge(predictions)
+
+    def _acknowledge(self, predictions: list[Prediction]) -> None:
+        """Journal what the published windows cover, then acknowledge it (in that order: after a kill,
+        the journal knows at least what the broker will not send again)."""
+        ends: dict[str, float] = {}
+        for p in predictions:
+            ends[p.device] = max(p.t_end, ends.get(p.device, -np.inf))
+        entries = []
+        self.acks.deferred = []
+        try:
+            for device, t_end in ends.items():
+                self.acks.covered(device, t_end)
+                entries.append((device, t_end, self.acks.safe_seq(device, self.sequence.last(device))))
+        finally:
+            due, self.acks.deferred = self.acks.deferred, None
+        if self.journal is not None:
+            self.journal.write(entries)
+        for mid, qos, why in due:
+            self.acks.ack(mid, qos, why)
 
     # -- online learning, drift, live metrics -------------------------------------------------
     def _after_predictions(self, predictions: list[Prediction]) -> None:
@@ -526,11 +838,17 @@ class Consumer:
                            "max": round(float(lat.max()), 2) if len(lat) else None},
             "messages": self.stats.messages,
             "windows": self.stats.windows,
-            "rejected": dict(self.stats.rejected),
+            "rejected": self._rejected(),
             "dropped": self.stats.dropped,
             "lost_samples": self.sequence.lost_samples,
+            "filled_samples": self.sequence.filled_samples,
             "late_samples": sum(b.late_samples for b in self.pipeline.buffers.values()),
             "queue": self._queue.qsize(),
+            "queue_bytes": self._bytes_in - self._bytes_out,
+            "acks": {"mode": "after-window" if self.after_window else "on-receipt", "protocol": self.protocol,
+                     "unacked": len(self.acks), "limit": self.acks.limit,
+                     **{k: self.acks.counts[k] + self._paho_acks[k]
+                        for k in ("after_window", "at_once", "redelivered", "dropped", "forced")}},
             "evicted": len(self._evicted),
             "store": None if self.store is None else {"written": self.store.written, "dropped": self.store.dropped},
             "model": self.pipeline.classifier.version,
@@ -547,6 +865,12 @@ class Consumer:
         if self._client is not None:
             self._client.publish(consumer_topic(self.config.prefix, self.config.consumer_id, "metrics"),
                                  orjson.dumps(metrics), qos=0, retain=True)
+
+    def _rejected(self) -> dict[str, int]:
+        rejected = Counter(self.stats.rejected)
+        if self._oversize:
+            rejected["oversize"] += self._oversize
+        return dict(rejected)
 
     def _write_health(self, metrics: dict) -> None:
         """The latest metrics as a file, written whole (temporary file, then rename)."""

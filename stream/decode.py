@@ -33,6 +33,8 @@ DEVICE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 MAX_PAYLOAD_BYTES = 256 * 1024
 MAX_SAMPLES = 2000  # per message: 40 s at 50 Hz
 UNITS = {"m/s2": 1.0, "g": G}
+_F32_SAFE = 3.0e38  # below float32's largest (3.4e38): the cast cannot overflow
+_INF, _NEG_INF = float("inf"), float("-inf")
 
 REASONS = (
     "oversize",  # payload larger than the cap
@@ -156,8 +158,16 @@ def decode_imu(payload: bytes, device: str, max_bytes: int = MAX_PAYLOAD_BYTES) 
         gyro = _xyz(msg["gyro"], "gyro")
         if len(gyro) != n:
             raise Rejected("bad_shape", f"gyro has {len(gyro)} samples, acc has {n}")
+    if scale != 1.0:
+        with np.errstate(over="ignore"):  # beyond float64: inf, refused below
+            acc = acc * scale
+    # the usual batch in few numpy calls: |acc| well inside float32 (NaN fails the comparison too), t
+    # non-decreasing (NaN fails it) between finite ends; anything else takes the checks below, in order
+    if (gyro is None and float(np.abs(acc).max()) < _F32_SAFE and _NEG_INF < t[0] and t[-1] < _INF
+            and (n == 1 or bool((t[1:] >= t[:-1]).all()))):
+        return SampleBatch(device=device, t=t, acc=acc.astype(np.float32), gyro=None, seq=seq)
     with np.errstate(over="ignore"):  # a value beyond float32 becomes inf here, and is refused below
-        acc32 = (acc * scale).astype(np.float32)
+        acc32 = acc.astype(np.float32)
         gyro32 = None if gyro is None else gyro.astype(np.float32)
     if not (np.isfinite(acc32).all() and np.isfinite(t).all()):
         raise Rejected("non_finite", "t or acc")
@@ -172,15 +182,24 @@ class SequenceCheck:
     """Per-device ``seq`` bookkeeping: refuses repeats and regressions, counts gaps as lost samples.
 
     ``seq`` counts messages; a gap of k messages is counted as k times the size of the batch that
-    reveals it (the best estimate of what the missing messages held).
+    reveals it (the best estimate of what the missing messages held). With ``fill_gaps``, a ``seq``
+    below the last one that is one of a counted gap's messages arriving late (a publisher that
+    reconnected and re-sent its backlog after newer messages, say) is accepted and taken off
+    ``lost_samples``; each device remembers its ``MAX_GAPS`` most recent gaps.
     """
 
-    def __init__(self) -> None:
+    MAX_GAPS = 64  # gaps remembered per device (as ranges of seq, so a huge gap costs no more)
+
+    def __init__(self, fill_gaps: bool = True) -> None:
         self._last: dict[str, int] = {}
+        self._gaps: dict[str, list[list[int]]] = {}  # device -> [[first, last, samples per message], ...]
+        self.fill_gaps = fill_gaps
         self.lost_samples = 0
+        self.filled_samples = 0  # samples of late messages that filled a gap (taken off lost_samples)
 
     def check(self, batch: SampleBatch) -> int:
-        """Accept ``batch`` or raise ``Rejected``; returns the samples estimated lost before it."""
+        """Accept ``batch`` or raise ``Rejected``; returns the samples estimated lost before it
+        (negative when the batch fills a gap counted before)."""
         last = self._last.get(batch.device)
         seq = batch.seq
         lost = 0
@@ -189,18 +208,48 @@ class SequenceCheck:
             if seq == last:
                 raise Rejected("repeated_seq", f"{batch.device} seq {seq}")
             if seq < last:
-                raise Rejected("backwards_seq", f"{batch.device} seq {seq} after {last}")
+                filled = self._fill(batch.device, seq)
+                if filled is None:
+                    raise Rejected("backwards_seq", f"{batch.device} seq {seq} after {last}")
+                self.lost_samples -= filled
+                self.filled_samples += filled
+                return -filled
             lost = (seq - last - 1) * len(batch)
+            if lost and self.fill_gaps:
+                gaps = self._gaps.setdefault(batch.device, [])
+                gaps.append([last + 1, seq - 1, len(batch)])
+                if len(gaps) > self.MAX_GAPS:
+                    del gaps[0]
+        elif seq is not None and last is not None:  # a restarted device: earlier gaps are history
+            self._gaps.pop(batch.device, None)
         if seq is not None:
             self._last[batch.device] = seq
         self.lost_samples += lost
         return lost
 
+    def _fill(self, device: str, seq: int) -> int | None:
+        """Take ``seq`` out of ``device``'s gaps; the samples it had been counted for, or None."""
+        gaps = self._gaps.get(device) if self.fill_gaps else None
+        for i, (first, end, size) in enumerate(gaps or ()):
+            if first <= seq <= end:
+                parts = [[a, b, size] for a, b in ((first, seq - 1), (seq + 1, end)) if a <= b]
+                gaps[i:i + 1] = parts
+                if not gaps:
+                    del self._gaps[device]
+                return size
+        return None
+
+    def last(self, device: str) -> int | None:
+        return self._last.get(device)
+
     def forget(self, device: str) -> None:
         self._last.pop(device, None)
+        self._gaps.pop(device, None)
 
     def snapshot(self) -> dict[str, int]:
         return dict(self._last)
 
     def restore(self, last: dict[str, int]) -> None:
         self._last.update(last)
+        for device in last:
+            self._gaps.pop(device, None)

@@ -16,8 +16,12 @@ from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 __all__ = [
+    "NoMQTT5",
+    "PROTOCOLS",
     "BrokerURL",
     "DEFAULT_BROKER",
     "ENV_BROKER",
@@ -30,6 +34,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 ENV_BROKER = "HARSTREAM_BROKER"
+PROTOCOLS = ("3.1.1", "5", "auto")  # "auto": MQTT 5, or 3.1.1 when the broker closes a v5 CONNECT unanswered
+SESSION_NEVER_EXPIRES = 0xFFFFFFFF  # MQTT 5 Session Expiry Interval: a persistent session, as in 3.1.1
 DEFAULT_BROKER = "mqtt://127.0.0.1:1883"
 
 
@@ -94,20 +100,50 @@ def connect(
     subscriptions: list[tuple[str, int]] | None = None,
     clean_session: bool = True,
     on_message=None,
+    on_connected=None,
     timeout: float = 10.0,
     start_loop: bool = True,
+    protocol: str = "3.1.1",
+    manual_ack: bool = False,
+    receive_maximum: int | None = None,
 ) -> mqtt.Client:
     """A connected paho client whose ``on_connect`` (re)subscribes; raises ConnectionError on failure.
 
     ``will`` is a retained last will (topic, payload). The network loop runs in paho's thread.
+    ``protocol`` is ``"3.1.1"``, ``"5"`` or ``"auto"`` (MQTT 5, falling back to 3.1.1 when the broker
+    closes the connection without answering a v5 CONNECT, as amqtt does); ``client.protocol_name``
+    tells which one is in use. Under MQTT 5 a persistent session (``clean_session=False``) never
+    expires and ``receive_maximum`` (1..65535) is the Receive Maximum: how many QoS 1 messages the
+    broker may send us unacknowledged. Mosquitto 2.0 honours it above its ``max_inflight_messages``
+    (measured: docs/faults.md), which binds 3.1.1 clients only. ``manual_ack``: paho sends no PUBACK
+    by itself; the caller calls ``client.ack(mid, qos)``. ``on_connected(client)`` runs in paho's
+    thread after each (re)connection, after the subscriptions are sent.
     """
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"Invalid MQTT protocol {protocol!r}: one of {', '.join(PROTOCOLS)}")
+    if protocol == "auto":
+        try:
+            return connect(url, name, client_id=client_id, will=will, subscriptions=subscriptions,
+                           clean_session=clean_session, on_message=on_message, on_connected=on_connected,
+                           timeout=timeout, start_loop=start_loop, protocol="5", manual_ack=manual_ack,
+                           receive_maximum=receive_maximum)
+        except NoMQTT5:
+            log.info("%s: %s closed an MQTT 5 connection unanswered; using MQTT 3.1.1", name, url)
+            protocol = "3.1.1"
+    v5 = protocol == "5"
     client_id = client_id or f"{name}-{uuid.uuid4().hex[:8]}"
-    client = mqtt.Client(
-        mqtt.CallbackAPIVersion.VERSION2,
-        client_id=client_id,
-        clean_session=clean_session,
-        protocol=mqtt.MQTTv311,
-    )
+    if v5:
+        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5,
+                             manual_ack=manual_ack)
+    else:
+        client = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            clean_session=clean_session,
+            protocol=mqtt.MQTTv311,
+            manual_ack=manual_ack,
+        )
+    client.protocol_name = "5" if v5 else "3.1.1"
     if url.username:
         client.username_pw_set(url.username, url.password)
     if url.tls:
@@ -117,17 +153,25 @@ def connect(
     client.reconnect_delay_set(min_delay=1, max_delay=30)
     connected = threading.Event()
     failure: list[str] = []
+    answered: list[bool] = []
 
     def on_connect(client, userdata, flags, reason_code, properties):
+        answered.append(True)
         if reason_code.is_failure:
             failure.append(str(reason_code))
             connected.set()
             return
         for sub_topic, qos in subscriptions or []:
             client.subscribe(sub_topic, qos)
+        if on_connected is not None:
+            on_connected(client)
         connected.set()
 
     def on_disconnect(client, userdata, flags, reason_code, properties):
+        if not answered and not connected.is_set():
+            failure.append(f"connection closed before CONNACK ({reason_code})")
+            connected.set()
+            return
         if reason_code != 0:
             log.warning("%s: disconnected from %s (%s), reconnecting", name, url, reason_code)
 
@@ -136,7 +180,16 @@ def connect(
     if on_message is not None:
         client.on_message = on_message
     try:
-        client.connect(url.host, url.port, keepalive=30)
+        if v5:
+            props = Properties(PacketTypes.CONNECT)
+            if not clean_session:
+                props.SessionExpiryInterval = SESSION_NEVER_EXPIRES
+            if receive_maximum is not None:
+                props.ReceiveMaximum = max(1, min(int(receive_maximum), 65535))
+            # clean_start as a bool: the same on every reconnection (paho's default cleans the first only)
+            client.connect(url.host, url.port, keepalive=30, clean_start=clean_session, properties=props)
+        else:
+            client.connect(url.host, url.port, keepalive=30)
     except OSError as exc:
         raise ConnectionError(f"cannot connect to MQTT broker at {url}: {exc}") from None
     if start_loop:
@@ -146,5 +199,11 @@ def connect(
             raise ConnectionError(f"MQTT broker at {url} did not answer within {timeout:.0f} s")
         if failure:
             client.loop_stop()
+            if v5 and not answered:
+                raise NoMQTT5(failure[0])
             raise ConnectionError(f"MQTT broker at {url} refused the connection: {failure[0]}")
     return client
+
+
+class NoMQTT5(ConnectionError):
+    """The broker closed an MQTT 5 connection without a CONNACK (it speaks 3.1.1 only)."""

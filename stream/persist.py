@@ -3,28 +3,40 @@
 Written atomically (temporary file, then rename) every ``checkpoint_interval`` seconds and on
 SIGTERM; read on start, so that after a restart (even ``kill -9``) each device resumes from the
 state it had at the last checkpoint. The fine-tuned serving model is saved beside it as a normal
-model checkpoint (``serving.pt``). Sample buffers are not saved: a restarted consumer begins a new
-window at each device's next sample.
+model checkpoint (``serving.pt``).
+
+Sample buffers are not saved. A consumer that acknowledges QoS 1 messages only once their samples
+are in published windows (``--ack after-window``) needs no buffers: the broker sends the
+unacknowledged ones again to the next life. For that it saves, per device, the ``seq`` before the
+first message not yet acknowledged (so the ones sent again are accepted) and the end of the last
+published window (``watermarks``: the next life skips samples already classified). Between
+checkpoints, ``AckJournal`` appends both, for every device whose windows were published, before the
+acknowledgements leave: so after a ``kill -9`` the next life knows exactly what the broker will not
+send again, even though the recurrent state it restores is the checkpoint's.
 """
 
 from __future__ import annotations
 
 import io
+import os
 import time
 from pathlib import Path
 
 import torch
 
-__all__ = ["save_state", "load_state", "STATE_FILE", "SERVING_MODEL"]
+__all__ = ["AckJournal", "save_state", "load_state", "read_journal", "STATE_FILE", "SERVING_MODEL"]
 
 STATE_FILE = "consumer-state.pt"
 SERVING_MODEL = "serving.pt"
 FORMAT = "harstream.consumer-state"
-VERSION = 1
+VERSION = 2
+READABLE = (1, 2)  # version 1 has no watermarks nor journal
 
 
 def save_state(directory: Path, model_version: str, devices: dict[str, tuple[torch.Tensor, ...]],
-               sequences: dict[str, int], evicted: dict[str, tuple[torch.Tensor, ...]]) -> Path:
+               sequences: dict[str, int], evicted: dict[str, tuple[torch.Tensor, ...]],
+               watermarks: dict[str, float] | None = None, journal: int = 0) -> Path:
+    """Write the checkpoint atomically; ``journal`` names the ``AckJournal`` that continues it."""
     directory.mkdir(parents=True, exist_ok=True)
     blob = {
         "format": FORMAT,
@@ -34,6 +46,8 @@ def save_state(directory: Path, model_version: str, devices: dict[str, tuple[tor
         "devices": {d: list(s) for d, s in devices.items()},
         "evicted": {d: list(s) for d, s in evicted.items()},
         "sequences": dict(sequences),
+        "watermarks": {d: float(t) for d, t in (watermarks or {}).items()},
+        "journal": int(journal),
     }
     buffer = io.BytesIO()
     torch.save(blob, buffer)
@@ -50,8 +64,79 @@ def load_state(directory: Path) -> dict | None:
     if not path.exists():
         return None
     blob = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(blob, dict) or blob.get("format") != FORMAT or blob.get("format_version") != VERSION:
+    if (not isinstance(blob, dict) or blob.get("format") != FORMAT
+            or blob.get("format_version") not in READABLE):
         raise ValueError(f"{path}: not a harstream consumer state of version {VERSION}")
     blob["devices"] = {d: tuple(s) for d, s in blob["devices"].items()}
     blob["evicted"] = {d: tuple(s) for d, s in blob["evicted"].items()}
+    blob.setdefault("watermarks", {})
+    blob.setdefault("journal", None)
     return blob
+
+
+def _journal_path(directory: Path, generation: int) -> Path:
+    return directory / f"acked-{generation}.log"
+
+
+def _open_append(path: Path) -> int:
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+
+
+class AckJournal:
+    """Append-only lines ``device<TAB>end of its last published window<TAB>seq`` since the last checkpoint.
+
+    Each ``write`` is one ``os.write`` on a file opened with ``O_APPEND``: nothing waits in a Python
+    buffer, so a ``kill -9`` loses none of it (it is in the kernel's page cache; a power cut is another
+    matter: no fsync, as for the checkpoint). ``rotate`` starts the file of the next checkpoint.
+    """
+
+    def __init__(self, directory: Path, generation: int = 0) -> None:
+        self.directory = directory
+        self.generation = generation
+        directory.mkdir(parents=True, exist_ok=True)
+        self._fd = _open_append(_journal_path(directory, generation))
+        for old in directory.glob("acked-*.log"):  # earlier generations, left by a kill during rotate
+            if old.name != _journal_path(directory, generation).name:
+                old.unlink(missing_ok=True)
+
+    def write(self, entries: list[tuple[str, float, int | None]]) -> None:
+        if entries and self._fd is not None:
+            lines = "".join(f"{d}\t{t!r}\t{'' if s is None else s}\n" for d, t, s in entries)
+            os.write(self._fd, lines.encode())
+
+    def next_generation(self) -> int:
+        return self.generation + 1
+
+    def rotate(self, generation: int) -> None:
+        """Continue in ``generation``'s file (call once the checkpoint that names it is saved)."""
+        old = _journal_path(self.directory, self.generation)
+        fd = _open_append(_journal_path(self.directory, generation))
+        os.close(self._fd)
+        self._fd, self.generation = fd, generation
+        old.unlink(missing_ok=True)
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def read_journal(directory: Path, generation: int) -> tuple[dict[str, float], dict[str, int]]:
+    """(watermarks, seqs) from ``generation``'s journal, the last line of each device winning; an
+    incomplete last line (a kill in the middle of a write) is ignored."""
+    path = _journal_path(directory, generation)
+    watermarks: dict[str, float] = {}
+    seqs: dict[str, int] = {}
+    if not path.exists():
+        return watermarks, seqs
+    for line in path.read_bytes().decode(errors="replace").split("\n")[:-1]:
+        parts = line.split("\t")
+        if len(parts) != 3:
+            continue
+        try:
+            watermarks[parts[0]] = float(parts[1])
+            if parts[2]:
+                seqs[parts[0]] = int(parts[2])
+        except ValueError:
+            continue
+    return watermarks, seqs
