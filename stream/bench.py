@@ -26,7 +26,7 @@ import torch
 from stream.broker import EmbeddedBroker
 from stream.mqtt import BrokerURL, broker_answers, connect
 
-__all__ = ["run_bench", "publish_main", "baseline_throughput"]
+__all__ = ["run_bench", "publish_main", "baseline_throughput", "service_profile"]
 
 CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
@@ -34,6 +34,18 @@ CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 def _proc_cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime
+
+
+def _thread_cpu_seconds(pid: int) -> dict[int, float]:
+    """CPU seconds of each thread of ``pid`` (the main thread's id is ``pid``)."""
+    out = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        out[int(task.name)] = (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return out
 
 
 def _proc_rss_bytes(pid: int) -> int:
@@ -141,6 +153,113 @@ def baseline_throughput(model, context_seconds: float = 10.0, seconds: float = 3
             "model_only_ratio": round(stateful_per_s / per_s, 1)}
 
 
+# -- the service thread alone, and memory per device ---------------------------------------------
+class _NullClient:
+    """Stands in for paho in ``service_profile``: publishing costs what building the payload costs."""
+
+    def publish(self, topic, payload=None, qos=0, retain=False):
+        return None
+
+
+def _payloads(devices: int, seconds: float, interval: float, prefix: str) -> list[list[tuple[str, bytes]]]:
+    """Per tick, every device's message, as ``harstream bench``'s publisher sends them."""
+    pool = _pool(min(devices, 32), seconds + 2 * interval, 50.0, seed=1)
+    ticks = int(seconds / interval)
+    out = []
+    for tick in range(ticks):
+        row = []
+        for k in range(devices):
+            t, acc, _ = pool[k % len(pool)]
+            a, b = np.searchsorted(t, [tick * interval, (tick + 1) * interval])
+            body = orjson.dumps({"seq": tick, "t": t[a:b] + 1.7e9 + 0.37 * k, "acc": acc[a:b]},
+                                option=orjson.OPT_SERIALIZE_NUMPY)
+            row.append((f"{prefix}/b{k:05d}/imu", body))
+        out.append(row)
+    return out
+
+
+def service_profile(devices: int = 2000, seconds: float = 30.0, interval: float = 0.5, batch: int = 0,
+                    model_path: str | None = None, memory_devices: int = 500) -> dict:
+    """The consumer's service thread without MQTT, on one thread: CPU per message of decoding and
+    buffering (``handle``) and of classifying, publishing and monitoring (``_classify``), messages handed
+    over in ``harstream bench``'s order; then memory per device (tracemalloc, ``memory_devices`` devices
+    after the same seconds of samples), by the file that allocated it."""
+    import gc
+    import tracemalloc
+
+    from models.checkpoint import default_model_path, load_checkpoint
+    from models.state import StatefulClassifier
+    from stream.consumer import Consumer, ConsumerConfig
+
+    model, info = load_checkpoint(model_path or default_model_path())
+    batch = batch or max(1, devices // 25)  # messages per cycle: what arrives in 20 ms in real time
+
+    def consumer() -> Consumer:
+        c = Consumer(ConsumerConfig(broker=BrokerURL.parse("mqtt://127.0.0.1:1"), prefix="p", learn=False),
+                     StatefulClassifier(model, info["version"]))
+        c._client = _NullClient()
+        return c
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        c = consumer()
+        ticks = _payloads(devices, seconds, interval, "p")
+        warm = max(1, len(ticks) // 5)
+        handle_s = classify_s = 0.0
+        messages = 0
+        for i, row in enumerate(ticks):
+            for j in range(0, len(row), batch):
+                t0 = time.process_time()
+                for topic, body in row[j:j + batch]:
+                    c.handle(topic, body, time.monotonic())
+                t1 = time.process_time()
+                c._classify()
+                t2 = time.process_time()
+                if i >= warm:
+                    handle_s += t1 - t0
+                    classify_s += t2 - t1
+                    messages += len(row[j:j + batch])
+        windows = c.stats.windows
+        del c, ticks
+        # memory: every device's objects after the same stream, against the consumer before any device
+        ticks = _payloads(memory_devices, seconds, interval, "p")
+        gc.collect()
+        tracemalloc.start(1)
+        c = consumer()
+        gc.collect()
+        before = tracemalloc.take_snapshot()
+        for row in ticks:
+            for j in range(0, len(row), batch):
+                for topic, body in row[j:j + batch]:
+                    c.handle(topic, body, time.monotonic())
+                c._classify()
+        gc.collect()
+        after = tracemalloc.take_snapshot()
+        tracemalloc.stop()
+    finally:
+        torch.set_num_threads(threads)
+    by_file: dict[str, int] = {}
+    for stat in after.compare_to(before, "filename"):
+        name = stat.traceback[0].filename
+        for marker in ("/site-packages/", "/work/main/", str(Path(__file__).resolve().parents[1]) + "/"):
+            if marker in name:
+                name = name.split(marker, 1)[1]
+        by_file[name] = by_file.get(name, 0) + stat.size_diff
+    total = sum(by_file.values())
+    top = sorted(by_file.items(), key=lambda kv: -kv[1])[:8]
+    return {
+        "devices": devices, "seconds": seconds, "messages_per_cycle": batch, "messages": messages,
+        "windows": windows,
+        "handle_us_per_message": round(handle_s / max(messages, 1) * 1e6, 2),
+        "classify_us_per_message": round(classify_s / max(messages, 1) * 1e6, 2),
+        "service_us_per_message": round((handle_s + classify_s) / max(messages, 1) * 1e6, 2),
+        "memory_devices": memory_devices,
+        "memory_bytes_per_device": int(total / memory_devices),
+        "memory_by_file_per_device": {k: int(v / memory_devices) for k, v in top},
+    }
+
+
 # -- the benchmark -------------------------------------------------------------------------------
 def run_bench(broker: str, devices: int, duration: float, interval: float = 0.5, warmup: float = 8.0,
               model_path: str | None = None, learn: bool = False, labelled: int = 0,
@@ -178,11 +297,13 @@ def run_bench(broker: str, devices: int, duration: float, interval: float = 0.5,
         time.sleep(warmup)
         n0 = len(metrics)
         cpu0, t0 = _proc_cpu_seconds(consumer.pid), time.monotonic()
+        threads0 = _thread_cpu_seconds(consumer.pid)
         peak_rss = 0
         while publisher.poll() is None:
             peak_rss = max(peak_rss, _proc_rss_bytes(consumer.pid))
             time.sleep(0.5)
         cpu1, t1 = _proc_cpu_seconds(consumer.pid), time.monotonic()
+        threads1 = _thread_cpu_seconds(consumer.pid)
         time.sleep(2.5)  # let the last windows and metrics out
         pub = json.loads(publisher.stdout.read() or b"{}")
     finally:
@@ -202,6 +323,11 @@ def run_bench(broker: str, devices: int, duration: float, interval: float = 0.5,
     mx = [m["latency_ms"]["max"] for m in window if m["latency_ms"]["max"] is not None]
     last = metrics[-1]
     cpu_share = (cpu1 - cpu0) / max(t1 - t0, 1e-9)
+    # the service thread (decode, buffers, model, publishing) is the main thread; paho's network thread
+    # (reading and parsing MQTT packets, handing them over) is the busiest of the others
+    thread_cores = sorted(((threads1[k] - threads0.get(k, 0.0)) / max(t1 - t0, 1e-9), k) for k in threads1)
+    service_cores = next((c for c, k in thread_cores if k == consumer.pid), 0.0)
+    other = [c for c, k in thread_cores if k != consumer.pid]
     sustained = float(np.median(samples)) if samples else 0.0
     offered = devices * 50.0
     from models.checkpoint import default_model_path, load_checkpoint
@@ -222,6 +348,9 @@ def run_bench(broker: str, devices: int, duration: float, interval: float = 0.5,
         "lost_samples": last["lost_samples"],
         "rejected": last["rejected"],
         "consumer_cpu_cores": round(cpu_share, 3),
+        "service_thread_cores": round(service_cores, 3),
+        "network_thread_cores": round(max(other, default=0.0), 3),
+        "cpu_us_per_message": round(cpu_share / max(sustained / (50.0 * interval), 1e-9) * 1e6, 1),
         "samples_per_s_per_core": round(per_core, 1),
         "memory_bytes_per_device": int(max(0, peak_rss - rss_idle) / devices),
         "consumer_peak_rss_mb": round(peak_rss / 2**20, 1),

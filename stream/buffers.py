@@ -17,6 +17,7 @@ timestamp among the held samples is counted in ``duplicates`` and dropped. Holdi
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -115,7 +116,7 @@ class DeviceBuffer:
         self._last_acc = np.zeros(3, dtype=np.float64)
         self._origin = 0.0  # grid time k is origin + k / rate
         self._k = 0  # index of the next grid sample
-        self._pending = np.empty((window, 3), dtype=np.float32)
+        self._pending = np.empty((window, 3), dtype=np.float32)  # the partial window
         self._fill = 0
         self._held_t = np.empty(0, dtype=np.float64)  # held samples, sorted, unique times
         self._held_acc = np.empty((0, 3), dtype=np.float64)
@@ -138,6 +139,16 @@ class DeviceBuffer:
         if len(t) == 0:
             return []
         out: list[Window] = []
+        last_t = self._last_t
+        if (self.reorder == 0 and last_t is not None and t[0] > last_t
+                and float(t[-1]) - last_t <= self.max_gap):
+            # the usual message: after the last sample and spanning less than max_gap (so no silence
+            # longer than that inside); if strictly increasing, the same arithmetic as the general path
+            # below in a handful of numpy calls
+            ts = np.concatenate(([last_t], t))
+            if len(t) == 1 or (ts[1:] - ts[:-1]).min() > 0:
+                self._interpolate(t, acc, arrival, out, ts)
+                return out
         newest = self._newest()
         if newest is not None and t[-1] < newest - self.clock_reset and t.max() < newest - self.clock_reset:
             out += self.flush()
@@ -242,28 +253,34 @@ class DeviceBuffer:
         self._last_t = None
         self._last_acc = np.asarray(acc0, dtype=np.float64)
 
-    def _interpolate(self, t: np.ndarray, acc: np.ndarray, arrival: float, out: list[Window]) -> None:
+    def _interpolate(self, t: np.ndarray, acc: np.ndarray, arrival: float, out: list[Window],
+                     ts: np.ndarray | None = None) -> None:
         if self._last_t is None:  # first samples after a (re)start: the grid begins at t[0]
             ts, xs = t, acc
         else:
-            ts = np.concatenate([[self._last_t], t])
-            xs = np.concatenate([self._last_acc[None, :], acc], axis=0)
+            if ts is None:
+                ts = np.concatenate(([self._last_t], t))
+            xs = np.concatenate((self._last_acc[None], acc))
         self._last_t = float(t[-1])
-        self._last_acc = np.asarray(acc[-1], dtype=np.float64)
-        k_last = int(np.floor((ts[-1] - self._origin) * self.rate + 1e-9))
+        self._last_acc = acc[-1].astype(np.float64)  # a copy: the batch itself is not kept
+        k_last = math.floor((float(ts[-1]) - self._origin) * self.rate + 1e-9)
         if k_last < self._k:
             return
         grid = self._origin + np.arange(self._k, k_last + 1) / self.rate
         self._k = k_last + 1
-        resampled = np.empty((len(grid), 3), dtype=np.float32)
-        for axis in range(3):
-            resampled[:, axis] = np.interp(grid, ts, xs[:, axis])
+        m = len(grid)
+        fill = self._fill
+        pending = self._pending
         i = 0
-        while i < len(grid):
-            take = min(self.window - self._fill, len(grid) - i)
-            self._pending[self._fill : self._fill + take] = resampled[i : i + take]
-            self._fill += take
+        while i < m:
+            take = min(self.window - fill, m - i)
+            g = grid[i : i + take]
+            for axis in range(3):  # straight into the partial window
+                pending[fill : fill + take, axis] = np.interp(g, ts, xs[:, axis])
+            fill += take
             i += take
-            if self._fill == self.window:
-                out.append(Window(self.device, float(grid[i - 1]), self._pending.copy(), arrival))
-                self._fill = 0
+            if fill == self.window:
+                out.append(Window(self.device, float(grid[i - 1]), pending, arrival))  # handed out whole
+                fill = 0
+                pending = self._pending = np.empty((self.window, 3), dtype=np.float32)
+        self._fill = fill

@@ -704,7 +704,7 @@ class Consumer:
                 "t": p.t_end,
                 "label": p.label,
                 "confidence": round(p.confidence, 4),
-                "probs": {c: round(float(v), 4) for c, v in zip(classes, p.probs)},
+                "probs": dict(zip(classes, p.probs.round(4).tolist())),  # one numpy call, not K
                 "model": version,
                 "latency_ms": round(latency, 2),
             }
@@ -740,9 +740,8 @@ class Consumer:
     def _after_predictions(self, predictions: list[Prediction]) -> None:
         cfg = self.config
         events: list[DriftEvent] = []
-        for p in predictions:
-            magnitude = float(np.linalg.norm(p.window, axis=1).mean())
-            events += self.monitor.observe(p.device, p.t_end, magnitude, p.confidence, p.window.mean(axis=0), p.label)
+        for p in predictions:  # magnitude and mean computed for the whole batch by the pipeline
+            events += self.monitor.observe(p.device, p.t_end, p.magnitude, p.confidence, p.mean_acc, p.label)
             if p.device in self.history:
                 self.history.add(LabelledWindow(p.device, p.t_end, p.window, p.state_before(), p.label,
                                                 p.confidence))

@@ -15,6 +15,7 @@ where no labels come, the mean confidence of recent windows estimates accuracy.
 
 from __future__ import annotations
 
+import math
 from collections import Counter, deque
 from dataclasses import dataclass
 
@@ -43,22 +44,54 @@ def _adwin() -> drift.ADWIN:
     return drift.ADWIN(delta=0.0005, clock=1, grace_period=15, min_window_length=5)
 
 
+class _Confidences:
+    """The last ``size`` confidences in a float64 ring (a deque of Python floats costs 4 times more)."""
+
+    __slots__ = ("values", "n", "i")
+
+    def __init__(self, size: int) -> None:
+        self.values = np.zeros(size)
+        self.n = 0
+        self.i = 0
+
+    def append(self, value: float) -> None:
+        self.values[self.i] = value
+        self.i = (self.i + 1) % len(self.values)
+        self.n = min(self.n + 1, len(self.values))
+
+    def mean(self) -> float | None:
+        return float(self.values[: self.n].sum()) / self.n if self.n else None
+
+
 class _Detectors:
+    """One device's detectors (or the overall ones). What only labels feed (the error detector and the
+    prequential metrics, about 4 kB per device) is made when the first labelled window comes."""
+
     def __init__(self, device: str, rolling: int) -> None:
         self.device = device
+        self.rolling_size = rolling
         self.magnitude = _adwin()
         self.confidence = _adwin()
         self.orientation = _adwin()
-        self.directions: dict[str, tuple[np.ndarray, int]] = {}  # class -> (mean unit vector, count)
+        self.directions: dict[str, tuple[tuple[float, float, float], int]] = {}  # class -> (mean unit vector, count)
         self.orientation_pending = 0  # windows still to confirm an orientation change
-        self.error = drift.binary.FHDDM(sliding_window_size=25, confidence_level=1e-6)
-        self.accuracy = metrics.Accuracy()
-        self.kappa = metrics.CohenKappa()
-        self.rolling = utils.Rolling(metrics.Accuracy, window_size=rolling)
-        self.rolling_confidence: deque[float] = deque(maxlen=rolling)
+        self.error: drift.binary.FHDDM | None = None
+        self.accuracy: metrics.Accuracy | None = None
+        self.kappa: metrics.CohenKappa | None = None
+        self.rolling: utils.Rolling | None = None
+        self.rolling_confidence = _Confidences(rolling)
         self.drifts = 0
         self.needs_labels = False
         self.last_drift: float | None = None
+
+    def scored(self) -> _Detectors:
+        """The label-fed detectors and metrics, made on first use."""
+        if self.accuracy is None:
+            self.error = drift.binary.FHDDM(sliding_window_size=25, confidence_level=1e-6)
+            self.accuracy = metrics.Accuracy()
+            self.kappa = metrics.CohenKappa()
+            self.rolling = utils.Rolling(metrics.Accuracy, window_size=self.rolling_size)
+        return self
 
 
 class Monitor:
@@ -68,7 +101,7 @@ class Monitor:
         self.rolling = rolling
         self.labelled_recently = labelled_recently
         self._devices: dict[str, _Detectors] = {}
-        self._all = _Detectors("_all", rolling * 10)
+        self._all = _Detectors("_all", rolling * 10).scored()
         self.confusion = metrics.ConfusionMatrix()
         self.events: deque[DriftEvent] = deque(maxlen=1000)
         self.event_counts: Counter[str] = Counter()
@@ -94,11 +127,13 @@ class Monitor:
         has_labels = device in self._last_label_t and t - self._last_label_t[device] < self.labelled_recently
         dev = self._get(device)
         if mean_acc is not None and predicted is not None:
-            norm = float(np.linalg.norm(mean_acc))
+            x, y, z = (float(v) for v in mean_acc)  # three numbers: plain floats beat numpy calls
+            norm = math.sqrt(x * x + y * y + z * z)
             if norm > 1e-6:
-                direction = mean_acc / norm
+                direction = (x / norm, y / norm, z / norm)
                 usual, count = dev.directions.get(predicted, (direction, 0))
-                angle = float(np.degrees(np.arccos(np.clip(direction @ usual, -1.0, 1.0))))
+                dot = direction[0] * usual[0] + direction[1] * usual[1] + direction[2] * usual[2]
+                angle = math.degrees(math.acos(min(1.0, max(-1.0, dot))))
                 if count >= 3:
                     dev.orientation.update(angle)
                     # only a turn away from the usual direction counts, and only once two more windows
@@ -109,8 +144,12 @@ class Monitor:
                         dev.orientation_pending = dev.orientation_pending - 1 if angle > 60.0 else 0
                         if dev.orientation_pending == 0 and angle > 60.0:
                             out.append(self._event(dev, device, "ADWIN", "orientation", t, angle, has_labels))
-                mixed = usual * min(count, 20) + direction  # running mean over the last ~20 windows
-                dev.directions[predicted] = (mixed / np.linalg.norm(mixed), count + 1)
+                w = min(count, 20)  # running mean over the last ~20 windows
+                mixed = (usual[0] * w + direction[0], usual[1] * w + direction[1], usual[2] * w + direction[2])
+                length = math.sqrt(mixed[0] ** 2 + mixed[1] ** 2 + mixed[2] ** 2)
+                if length > 0:
+                    dev.directions[predicted] = ((mixed[0] / length, mixed[1] / length, mixed[2] / length),
+                                                 count + 1)
         for det in (dev, self._all):
             det.rolling_confidence.append(confidence)
             before = det.confidence.estimation
@@ -132,7 +171,7 @@ class Monitor:
         self._last_label_t[device] = t
         out = []
         self.confusion.update(truth, predicted)
-        for det in (self._get(device), self._all):
+        for det in (self._get(device).scored(), self._all):
             det.accuracy.update(truth, predicted)
             det.kappa.update(truth, predicted)
             det.rolling.update(truth, predicted)
@@ -155,14 +194,14 @@ class Monitor:
         return event
 
     def _summary(self, det: _Detectors) -> dict:
-        conf = list(det.rolling_confidence)
-        labelled = det.accuracy.cm.n_samples
+        conf = det.rolling_confidence.mean()
+        labelled = det.accuracy.cm.n_samples if det.accuracy is not None else 0
         return {
             "accuracy": round(det.accuracy.get(), 4) if labelled else None,
             "kappa": round(det.kappa.get(), 4) if labelled else None,
             "rolling_accuracy": round(det.rolling.get(), 4) if labelled else None,
             "labelled_windows": labelled,
-            "estimated_accuracy": round(sum(conf) / len(conf), 4) if conf else None,
+            "estimated_accuracy": round(conf, 4) if conf is not None else None,
             "drifts": det.drifts,
             "needs_labels": det.needs_labels,
         }

@@ -28,6 +28,8 @@ class Prediction:
     window: np.ndarray  # (window, 3) the samples classified, for fine-tuning and drift
     batch_state: tuple | None = None  # the batch's state before the window, each (layers, B, hidden)
     batch_index: int = 0  # this window's row in batch_state
+    magnitude: float = 0.0  # mean |specific force| over the window (m/s²), for the drift detectors
+    mean_acc: np.ndarray | None = None  # (3,) mean specific force over the window
 
     def state_before(self) -> tuple:
         """This device's state before the window, each (layers, hidden), as a copy."""
@@ -92,12 +94,16 @@ class Pipeline:
         classes = self.classifier.classes
         out: list[Prediction] = []
         for group in rounds:
-            probs, state = self.classifier.classify_with_state([w.device for w in group],
-                                                               np.stack([w.samples for w in group]))
+            windows = np.stack([w.samples for w in group])
+            probs, state = self.classifier.classify_with_state([w.device for w in group], windows)
             best = probs.argmax(axis=1)
-            for i, (w, p, k) in enumerate(zip(group, probs, best)):
-                out.append(Prediction(w.device, w.t_end, classes[k], float(p[k]), p, w.arrival, w.samples,
-                                      state, i))
+            # what the drift detectors watch, for the whole batch at once
+            magnitudes = np.sqrt((windows * windows).sum(axis=2)).mean(axis=1).tolist()
+            means = windows.mean(axis=1)
+            confidence = probs[np.arange(len(group)), best].tolist()
+            for i, (w, p, k) in enumerate(zip(group, probs, best.tolist())):
+                out.append(Prediction(w.device, w.t_end, classes[k], confidence[i], p, w.arrival, w.samples,
+                                      state, i, magnitudes[i], means[i]))
         return out
 
     def evict(self, device: str) -> None:
