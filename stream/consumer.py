@@ -39,7 +39,7 @@ import queue
 import threading
 import time
 import uuid
-from collections import Counter, OrderedDict
+from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,7 +55,7 @@ from stream.decode import MAX_PAYLOAD_BYTES, Rejected, SampleBatch, SequenceChec
 from stream.labels import LabelBook, LabelledWindow, WindowHistory, decode_label
 from stream.monitor import DriftEvent, Monitor
 from stream.mqtt import PROTOCOLS, BrokerURL, NoMQTT5, connect
-from stream.persist import SERVING_MODEL, AckJournal, load_state, read_journal, save_state
+from stream.persist import ADAPTERS_FILE, SERVING_MODEL, AckJournal, load_state, read_journal, save_state
 from stream.pipeline import Pipeline, Prediction
 from stream.shared_state import SharedDevices, open_store
 from stream.store import EventStore
@@ -66,6 +66,7 @@ log = logging.getLogger(__name__)
 
 
 ACK_MODES = ("auto", "after-window", "on-receipt")
+CONFIRM_TIMEOUT = 5.0  # s: a QoS 0 prediction not sent by then was lost to a disconnection
 CLOCK_RESET = 30.0  # s: a batch this far behind a device's held ones is a new clock (as DeviceBuffer)
 
 
@@ -294,6 +295,7 @@ class Consumer:
         self.journal: AckJournal | None = None
         self._journal_generation = 0
         self._stall_warned = False
+        self._confirm: deque[tuple] = deque()  # (last prediction's info, when, journal entries, acks due)
         self._stop = threading.Event()
         self._client = None
         self.last_metrics: dict = {}
@@ -327,6 +329,10 @@ class Consumer:
             lc.serving_version = self.pipeline.classifier.version
             self.learner = OnlineLearner(self.pipeline.classifier.model, lc, on_promote=self._on_promote,
                                          on_update=self._on_update)
+            if self.learner.adapters is not None:  # per-device adapters, applied in the batched pass
+                self.pipeline.classifier.adapters = self.learner.adapters
+                if config.state_dir is not None:
+                    self.learner.adapters.load(config.state_dir / ADAPTERS_FILE)
 
     # -- checkpoints ---------------------------------------------------------------------------
     def _restore(self, classifier: StatefulClassifier) -> None:
@@ -347,8 +353,9 @@ class Consumer:
         except (ValueError, RuntimeError, OSError) as exc:
             log.warning("not restoring device state from %s: %s", directory, exc)
             return
-        if state is None:
-            return
+        if state is None:  # killed before its first checkpoint: the journal may still say what was acked
+            state = {"devices": {}, "evicted": {}, "sequences": {}, "watermarks": {}, "journal": 0,
+                     "saved_at": time.time()}
         for device, tensors in state["devices"].items():
             classifier.bank.set(device, tuple(t.unsqueeze(1) for t in tensors))
         self._evicted.update(state["evicted"])
@@ -363,6 +370,8 @@ class Consumer:
         self.sequence.restore(sequences)
         self._watermarks = watermarks
         self._resume = dict(watermarks)
+        if not (state["devices"] or state["evicted"] or watermarks):
+            return
         log.info("restored the state of %d devices (%d evicted) saved %.0f s ago; what was acknowledged "
                  "since, for %d devices, from the journal", len(state["devices"]), len(state["evicted"]),
                  time.time() - state["saved_at"], journalled)
@@ -372,11 +381,14 @@ class Consumer:
         directory = self.config.state_dir
         if directory is None:
             return
+        self._flush_acks(wait=1.0)  # what the checkpoint says is published must be
         classifier = self.pipeline.classifier
         serving = directory / SERVING_MODEL
         if getattr(self, "_saved_version", None) != classifier.version:
             save_checkpoint(serving, classifier.model, {"online": True})
             self._saved_version = classifier.version
+        if self.learner is not None and self.learner.adapters is not None and self.learner.adapters.updates:
+            self.learner.adapters.save(directory / ADAPTERS_FILE)
         if self.shared is not None:
             return  # device state lives in the shared store, written every cycle
         bank = classifier.bank
@@ -466,6 +478,8 @@ class Consumer:
                 self.pipeline.release(time.monotonic())
                 self._apply_swap()
                 self._classify()
+                if self._confirm:
+                    self._flush_acks()
                 if self.after_window and self.acks.held:
                     self._check_stall()
                 if time.monotonic() >= next_metrics:
@@ -638,9 +652,13 @@ class Consumer:
                     self.shared.hold(batch, arrival)
                     return
                 if device in self._resume:
-                    batch = self._skip_published(batch)
+                    skipped, batch = batch, self._skip_published(batch)
                     if batch is None:  # sent again, but classified before the restart
                         self.acks.counts["redelivered"] += 1
+                        try:
+                            self.sequence.check(skipped)  # its seq is no gap
+                        except Rejected:
+                            pass  # acknowledged before the kill, though the PUBACK did not leave
                         return
                 self.sequence.check(batch)
                 self._take(batch, arrival, mid, qos)
@@ -696,6 +714,7 @@ class Consumer:
         cfg = self.config
         classes = self.pipeline.classifier.classes
         version = self.pipeline.classifier.version
+        info = None
         for p in predictions:
             latency = (time.monotonic() - p.arrival) * 1000.0
             self.stats._latencies.append(latency)
@@ -708,18 +727,20 @@ class Consumer:
                 "model": version,
                 "latency_ms": round(latency, 2),
             }
-            self._client.publish(f"{cfg.prefix}/{p.device}/prediction", orjson.dumps(body))
+            info = self._client.publish(f"{cfg.prefix}/{p.device}/prediction", orjson.dumps(body))
             if self.store is not None:
                 self.store.prediction(p.device, p.t_end, p.label, body["confidence"], version, body["latency_ms"])
             self._watermarks[p.device] = p.t_end
         self.stats.windows += len(predictions)
         self.stats._interval_windows += len(predictions)
         if self.after_window:
-            self._acknowledge(predictions)
+            self._acknowledge(predictions, info)
 
-    def _acknowledge(self, predictions: list[Prediction]) -> None:
-        """Journal what the published windows cover, then acknowledge it (in that order: after a kill,
-        the journal knows at least what the broker will not send again)."""
+    def _acknowledge(self, predictions: list[Prediction], info) -> None:
+        """Release what the published windows cover; journal it and acknowledge it once the predictions
+        have left (``info``: the last one's; paho writes packets in order). In that order, so that after
+        a kill every acknowledged message is in a window someone saw, and the journal knows at least
+        what the broker will not send again."""
         ends: dict[str, float] = {}
         for p in predictions:
             ends[p.device] = max(p.t_end, ends.get(p.device, -np.inf))
@@ -731,10 +752,28 @@ class Consumer:
                 entries.append((device, t_end, self.acks.safe_seq(device, self.sequence.last(device))))
         finally:
             due, self.acks.deferred = self.acks.deferred, None
-        if self.journal is not None:
-            self.journal.write(entries)
-        for mid, qos, why in due:
-            self.acks.ack(mid, qos, why)
+        self._confirm.append((info, time.monotonic(), entries, due))
+        # waiting for paho's thread to write them (well under a millisecond on an idle link) keeps the
+        # time between a prediction leaving and its journal line as short as can be: a kill -9 in
+        # between would have the next life classify that window again
+        self._flush_acks(wait=1.0)
+
+    def _flush_acks(self, wait: float = 0.0) -> None:
+        """Journal and acknowledge what ``_acknowledge`` released, as far as its predictions are sent
+        (waiting up to ``wait`` seconds for them). QoS 0 predictions lost to a disconnection are never
+        sent: after ``CONFIRM_TIMEOUT`` they count as published (the event store has them)."""
+        while self._confirm:
+            info, since, entries, due = self._confirm[0]
+            if info is not None and info.rc == 0 and not info.is_published():
+                if wait > 0:
+                    info.wait_for_publish(wait)
+                if not info.is_published() and time.monotonic() - since < CONFIRM_TIMEOUT:
+                    return
+            self._confirm.popleft()
+            if self.journal is not None:
+                self.journal.write(entries)
+            for mid, qos, why in due:
+                self.acks.ack(mid, qos, why)
 
     # -- online learning, drift, live metrics -------------------------------------------------
     def _after_predictions(self, predictions: list[Prediction]) -> None:
