@@ -90,6 +90,7 @@ class StatefulClassifier:
         self.version = version
         self.bank = StateBank(model)
         self.classes = list(model.config.classes)
+        self.adapters = None  # models.personal.DeviceAdapters: per-device adapters, when personal
 
     def set_model(self, model: HARNet, version: str) -> None:
         """Swap in new weights of the same architecture; per-device state is kept."""
@@ -113,6 +114,11 @@ class StatefulClassifier:
         slots = self.bank.slots(devices)
         state = self.bank.gather(slots)
         x = torch.from_numpy(np.ascontiguousarray(windows, dtype=np.float32))
+        bias = None
+        if self.adapters is not None:
+            x, bias = self.adapters.apply(devices, x)
         logits, new_state = self.model(x, state)
+        if bias is not None:
+            logits = logits + bias
         self.bank.scatter(slots, new_state)
         return torch.softmax(logits, dim=-1).numpy(), state

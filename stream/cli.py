@@ -63,7 +63,8 @@ def cmd_consume(args) -> int:
     from stream.consumer import Consumer, ConsumerConfig
     model, info = _load_model(args.model)
     from models.finetune import LearnerConfig
-    learner = LearnerConfig(k1=args.k1, k2=args.k2, optimiser=args.optimiser, lr=args.lr, clip=args.clip)
+    learner = LearnerConfig(k1=args.k1, k2=args.k2, optimiser=args.optimiser, lr=args.lr, clip=args.clip,
+                            adapt=args.adapt)
     config = ConsumerConfig(broker=BrokerURL.parse(args.broker, args.ca_file), prefix=args.prefix,
                             consumer_id=args.id, metrics_interval=args.metrics_interval,
                             max_wait=args.max_wait, learn=not args.no_learn, learner=learner,
@@ -298,6 +299,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "queueing delay (default: %(default)s)")
     g = p.add_argument_group("online fine-tuning (truncated BPTT on labelled windows)")
     g.add_argument("--no-learn", action="store_true", help="serve only; ignore labels for training")
+    g.add_argument("--adapt", default="device", choices=("device", "shared", "both"),
+                   help="what learns from labels: a small adapter per labelling device on the frozen shared "
+                        "network (measured best: docs/personal.md), the shared network itself (every "
+                        "device's predictions change), or both (default: %(default)s)")
     g.add_argument("--optimiser", default="adam", choices=("adam", "rmsprop", "sgd"))
     g.add_argument("--lr", type=float, default=1e-3, help="learning rate (default: %(default)s)")
     g.add_argument("--k1", type=int, default=4, help="windows between weight updates (default: %(default)s)")

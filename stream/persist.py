@@ -24,10 +24,11 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["AckJournal", "save_state", "load_state", "read_journal", "STATE_FILE", "SERVING_MODEL"]
+__all__ = ["AckJournal", "save_state", "load_state", "read_journal", "STATE_FILE", "SERVING_MODEL", "ADAPTERS_FILE"]
 
 STATE_FILE = "consumer-state.pt"
 SERVING_MODEL = "serving.pt"
+ADAPTERS_FILE = "adapters.pt"  # per-device adapters (models.personal), beside the serving model
 FORMAT = "harstream.consumer-state"
 VERSION = 2
 READABLE = (1, 2)  # version 1 has no watermarks nor journal

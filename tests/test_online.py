@@ -52,7 +52,8 @@ def test_window_history_waits_for_late_labels():
 
 def toy_model(seed=0):
     torch.manual_seed(seed)
-    return HARNet(ModelConfig(classes=("down", "up"), hidden=16, layers=1, window=10, hop=10, patch=5))
+    return HARNet(ModelConfig(classes=("down", "up"), hidden=16, layers=1, window=10, hop=10, patch=5,
+                              front="linear"))
 
 
 def toy_sequence(rng, L=4):
@@ -79,7 +80,7 @@ def test_learner_learns_promotes_and_rolls_back(tmp_path):
     test = [toy_sequence(rng) for _ in range(20)]
     before = accuracy(model, test)
     promoted = []
-    learner = OnlineLearner(model, LearnerConfig(lr=1e-2, promotion_windows=16, versions_dir=tmp_path),
+    learner = OnlineLearner(model, LearnerConfig(lr=1e-2, promotion_windows=16, versions_dir=tmp_path, adapt="shared"),
                             on_promote=lambda m, v: promoted.append((m, v)))
     reports = []
     for _ in range(60):
@@ -100,7 +101,7 @@ def test_learner_learns_promotes_and_rolls_back(tmp_path):
 
 def test_non_finite_updates_are_skipped_and_never_corrupt_the_model():
     rng = np.random.default_rng(1)
-    learner = OnlineLearner(toy_model(), LearnerConfig())
+    learner = OnlineLearner(toy_model(), LearnerConfig(adapt="shared"))
     before = {k: v.clone() for k, v in learner.challenger.state_dict().items()}
     bad = toy_sequence(rng)
     bad.windows[0, 0, 0] = float("nan")
@@ -115,7 +116,7 @@ def test_tbptt_k2_reaches_further_back_than_k1():
     seq = toy_sequence(rng, L=8)
     norms = {}
     for k2 in (1, 4):
-        learner = OnlineLearner(toy_model(), LearnerConfig(k1=1, k2=k2, replay_per_update=0, lr=0.0))
+        learner = OnlineLearner(toy_model(), LearnerConfig(k1=1, k2=k2, replay_per_update=0, lr=0.0, adapt="shared"))
         norms[k2] = [r.grad_norm for r in learner.learn(seq)]
     assert len(norms[1]) == len(norms[4]) == 8
     assert norms[1][0] == pytest.approx(norms[4][0])  # nothing before the first window

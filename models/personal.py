@@ -1,0 +1,267 @@
+"""Personal adaptation: a small per-device adapter on the shared network.
+
+Each device that sends labels gets an affine map of its input (``x M^T + b``: 9 + 3 numbers, enough
+to undo a strap turned round the wrist, a sensor on the other wrist or a different gain) and a bias on
+its class scores (K numbers: what this person does most). The shared network is untouched: an
+adapter only changes its own device's predictions, so one person's odd habits never leak into the
+others, and a device without labels is served exactly as before.
+
+Adapters learn from the same labelled sequences as the shared learner (:class:`models.finetune.
+Sequence`: consecutive windows with the state the device had before them), with truncated BPTT
+through the frozen network and gradients for the adapter alone. Each update is tested first
+(prequential): a device's adapter is used for serving only while it does at least as well as no
+adapter on that device's most recent labelled windows it had not yet trained on.
+
+Memory: nothing for a device without labels; about 0.6 kB of tensors plus the optimiser's moments
+for one with.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import threading
+from collections import deque
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from models.rnn import HARNet
+
+__all__ = ["AdapterConfig", "DeviceAdapters"]
+
+
+def _cube_rotations() -> torch.Tensor:
+    """The 24 rotations that map the axes onto the axes (signed permutation matrices, det +1)."""
+    out = []
+    for perm in itertools.permutations(range(3)):
+        for signs in itertools.product((1.0, -1.0), repeat=3):
+            m = torch.zeros(3, 3)
+            for row, (col, sign) in enumerate(zip(perm, signs, strict=True)):
+                m[row, col] = sign
+            if torch.det(m) > 0:
+                out.append(m)
+    return torch.stack(out)
+
+
+CUBE = _cube_rotations()  # (24, 3, 3); the first is the identity
+
+
+@dataclass
+class AdapterConfig:
+    lr: float = 0.02  # Adam step size for the adapter's few numbers
+    clip: float = 1.0  # gradient norm clipping
+    steps: int = 2  # optimiser steps per labelled sequence
+    memory: int = 8  # the device's most recent labelled sequences, trained on together
+    search: bool = True  # also try the 24 axis-aligned turns, a gradient cannot cross a half turn
+    class_bias: bool = False  # learn a per-device bias on the class scores too (it learns the current
+    # set's exercise and then gets the next set wrong: off unless labels are spread over exercises)
+    compare_windows: int = 16  # recent untrained windows over which adapted and plain are compared
+    max_devices: int = 100_000  # adapters kept; the least recently updated is dropped beyond
+
+
+class _Adapter:
+    __slots__ = ("M", "b", "c", "optimiser", "scores", "active", "updates", "memory", "lr")
+
+    def __init__(self, k: int, cfg: AdapterConfig) -> None:
+        self.M = torch.eye(3, requires_grad=True)
+        self.b = torch.zeros(3, requires_grad=True)
+        self.c = torch.zeros(k, requires_grad=True)
+        self.lr = cfg.lr
+        self.optimiser = torch.optim.Adam([self.M, self.b, self.c], lr=cfg.lr)
+        self.scores: deque[tuple[int, int]] = deque(maxlen=cfg.compare_windows)  # (plain ok, adapted ok)
+        self.memory: deque[tuple[torch.Tensor, torch.Tensor, tuple]] = deque(maxlen=cfg.memory)
+        self.active = False  # served only once it has shown it helps
+        self.updates = 0
+
+    def transform(self, x: torch.Tensor) -> torch.Tensor:
+        """x (..., 3) in m/s² -> adapted x."""
+        return x @ self.M.T + self.b
+
+    def jump(self, M: torch.Tensor) -> None:
+        with torch.no_grad():
+            self.M.copy_(M)
+        self.optimiser = torch.optim.Adam([self.M, self.b, self.c], lr=self.lr)
+
+
+class DeviceAdapters:
+    """Per-device adapters: ``apply`` on the serving path, ``learn`` on the learner's thread."""
+
+    def __init__(self, classes: int, config: AdapterConfig | None = None) -> None:
+        self.config = config or AdapterConfig()
+        self.k = classes
+        self._adapters: dict[str, _Adapter] = {}
+        # what serving reads: device -> (M (3, 3), b (3), c (K)); entries are replaced, never mutated
+        self._serving: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+        self._lock = threading.Lock()
+        self.updates = 0
+        self.skipped = 0
+        self.jumps = 0  # times a device's adapter jumped to another axis-aligned turn
+
+    def __len__(self) -> int:
+        return len(self._serving)
+
+    def devices(self) -> list[str]:
+        return list(self._serving)
+
+    # -- serving ---------------------------------------------------------------------------------
+    def apply(self, devices: list[str], x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """x (B, window, 3) -> (adapted x, logit bias (B, K) or None when no device has an adapter)."""
+        serving = self._serving
+        if not serving:
+            return x, None
+        rows = [(i, serving[d]) for i, d in enumerate(devices) if d in serving]
+        if not rows:
+            return x, None
+        x = x.clone()
+        bias = torch.zeros(len(devices), self.k)
+        idx = torch.tensor([i for i, _ in rows])
+        M = torch.stack([m for _, (m, _, _) in rows])  # (n, 3, 3)
+        b = torch.stack([v for _, (_, v, _) in rows])  # (n, 3)
+        x[idx] = torch.bmm(x[idx], M.transpose(1, 2)) + b[:, None, :]
+        bias[idx] = torch.stack([c for _, (_, _, c) in rows])
+        return x, bias
+
+    def transform(self, device: str, windows: torch.Tensor) -> torch.Tensor:
+        """A device's windows (..., 3) as its serving adapter sees them (unchanged without one)."""
+        entry = self._serving.get(device)
+        return windows if entry is None else windows @ entry[0].T + entry[1]
+
+    def forget(self, device: str) -> None:
+        with self._lock:
+            self._adapters.pop(device, None)
+            self._serving.pop(device, None)
+
+    # -- learning --------------------------------------------------------------------------------
+    def learn(self, model: HARNet, device: str, windows: torch.Tensor, targets: torch.Tensor,
+              state: tuple[torch.Tensor, ...]) -> dict | None:
+        """Test, then train the device's adapter on one labelled sequence.
+
+        windows (L, window, 3) m/s², as the device sent them; targets (L,) class index or -1;
+        state: the device's state before the first window, each (layers, hidden).
+        Returns a report (loss, grad norm, clipped, skipped, active) or None without labels.
+        """
+        known = targets >= 0
+        if not known.any():
+            return None
+        cfg = self.config
+        adapter = self._adapters.get(device)
+        if adapter is None:
+            adapter = self._adapters[device] = _Adapter(self.k, cfg)
+            if len(self._adapters) > cfg.max_devices:
+                self.forget(next(iter(self._adapters)))
+        else:  # most recently updated last, for the bound above
+            self._adapters[device] = self._adapters.pop(device)
+        was_training = model.training
+        model.eval()  # no dropout: the adapter fits the network that serves
+        loss_fn = nn.CrossEntropyLoss(ignore_index=-1)
+
+        def logits_of(x: torch.Tensor, h0: tuple, M: torch.Tensor | None, bias: bool) -> torch.Tensor:
+            """x (B, L, window, 3) -> per-window logits (B, L, K), through M (or none) and the bias."""
+            B, L = x.shape[:2]
+            xs = x.reshape(B, -1, 3)
+            if M is not None:
+                xs = xs @ M.transpose(-1, -2) + adapter.b
+            steps, _ = model.step_logits(xs, h0)
+            out = steps.reshape(B, L, -1, self.k).mean(dim=2)
+            return out + adapter.c if bias else out
+
+        # test: the plain network against the adapter as it is now, on windows neither trained on
+        x1, h1 = windows.unsqueeze(0), tuple(s.unsqueeze(1) for s in state)
+        with torch.no_grad():
+            plain = logits_of(x1, h1, None, False)[0].argmax(-1)
+            adapted = logits_of(x1, h1, adapter.M, True)[0].argmax(-1)
+        for p, a, y in zip(plain[known], adapted[known], targets[known], strict=True):
+            adapter.scores.append((int(p == y), int(a == y)))
+        # then train on the device's recent sequences: the network is frozen, the adapter learns
+        adapter.memory.append((windows, targets, state))
+        same = [m for m in adapter.memory if m[0].shape == windows.shape]
+        x = torch.stack([m[0] for m in same])  # (B, L, window, 3)
+        y = torch.stack([m[1] for m in same])  # (B, L)
+        h0 = tuple(torch.stack([m[2][i] for m in same], dim=1) for i in range(len(state)))
+        if cfg.search:  # try every axis-aligned turn of the current map: a gradient cannot get there
+            with torch.no_grad():
+                candidates = torch.cat([adapter.M.detach()[None], CUBE @ adapter.M.detach()])  # (25, 3, 3)
+                n = len(candidates)
+                big = x.repeat(n, 1, 1, 1)
+                Ms = candidates.repeat_interleave(len(same), dim=0)  # (n*B, 3, 3), candidate-major like big
+                logits = logits_of(big, tuple(h.repeat(1, n, 1) for h in h0), Ms, True)
+                losses = nn.functional.cross_entropy(logits.reshape(-1, self.k), y.repeat(n, 1).reshape(-1),
+                                                     ignore_index=-1, reduction="none")
+                losses = losses.reshape(n, -1).mean(dim=1)
+            best = int(losses.argmin())
+            if best != 0 and losses[best] < 0.8 * losses[0]:
+                adapter.jump(candidates[best])
+                self.jumps += 1
+        params = [adapter.M, adapter.b] + ([adapter.c] if cfg.class_bias else [])
+        loss_value, norm, skipped = float("nan"), float("nan"), False
+        for _ in range(cfg.steps):
+            loss = loss_fn(logits_of(x, h0, adapter.M, True).reshape(-1, self.k), y.reshape(-1))
+            grads = torch.autograd.grad(loss, params)
+            norm = float(torch.sqrt(sum((g * g).sum() for g in grads)))
+            if not (math.isfinite(norm) and math.isfinite(float(loss.detach()))):
+                skipped = True
+                self.skipped += 1
+                break
+            scale = min(1.0, cfg.clip / (norm + 1e-12))
+            for p, g in zip(params, grads, strict=True):
+                p.grad = g * scale
+            adapter.optimiser.step()
+            adapter.optimiser.zero_grad(set_to_none=True)
+            loss_value = float(loss.detach())
+        model.train(was_training)
+        adapter.updates += 1
+        self.updates += 1
+        plain_ok = sum(p for p, _ in adapter.scores)
+        adapted_ok = sum(a for _, a in adapter.scores)
+        adapter.active = len(adapter.scores) >= cfg.compare_windows // 2 and adapted_ok >= plain_ok
+        with self._lock:  # one assignment: serving reads the dict without a lock
+            if adapter.active:
+                self._serving[device] = (adapter.M.detach().clone(), adapter.b.detach().clone(),
+                                         adapter.c.detach().clone())
+            else:
+                self._serving.pop(device, None)
+        return {"device": device, "loss": loss_value, "grad_norm": norm, "clipped": norm > cfg.clip,
+                "skipped": skipped, "active": adapter.active, "plain_accuracy": plain_ok / len(adapter.scores),
+                "adapted_accuracy": adapted_ok / len(adapter.scores)}
+
+    # -- checkpoints -----------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {d: {"M": a.M.detach().clone(), "b": a.b.detach().clone(), "c": a.c.detach().clone(),
+                    "active": a.active} for d, a in self._adapters.items()}
+
+    def load_state_dict(self, state: dict) -> None:
+        for device, s in state.items():
+            if s["c"].shape[0] != self.k:
+                continue  # another model's classes
+            adapter = _Adapter(self.k, self.config)
+            with torch.no_grad():
+                adapter.M.copy_(s["M"])
+                adapter.b.copy_(s["b"])
+                adapter.c.copy_(s["c"])
+            adapter.active = bool(s["active"])
+            self._adapters[device] = adapter
+            if adapter.active:
+                self._serving[device] = (s["M"].clone(), s["b"].clone(), s["c"].clone())
+
+    def save(self, path) -> None:
+        """Write every adapter to ``path`` atomically (a plain tensor file, loadable without code)."""
+        from pathlib import Path
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp")
+        torch.save({"format": "harstream.adapters", "classes": self.k, "adapters": self.state_dict()}, tmp)
+        tmp.replace(path)
+
+    def load(self, path) -> int:
+        """Read adapters saved by ``save``; returns how many (0 when the file is missing or another
+        model's)."""
+        from pathlib import Path
+        path = Path(path)
+        if not path.exists():
+            return 0
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+        if blob.get("format") != "harstream.adapters" or blob.get("classes") != self.k:
+            return 0
+        self.load_state_dict(blob["adapters"])
+        return len(blob["adapters"])
