@@ -1,6 +1,7 @@
 """Per-device adapters on the shared network (personal adaptation)."""
 
 import numpy as np
+import pytest
 import torch
 
 from models.checkpoint import default_model_path, load_checkpoint
@@ -93,3 +94,65 @@ def test_adapter_checkpoint_round_trip_and_no_labels_no_adapter():
     a, _ = adapters.apply(["d"], x)
     b, _ = restored.apply(["d"], x)
     torch.testing.assert_close(a, b)
+
+
+@pytest.mark.broker
+def test_consumer_learns_adapters_from_labels_over_mqtt_and_keeps_them(broker_url, tmp_path):
+    """Through a real broker: a turned sensor and its labels in; adapter updates published on the
+    training topic; the adapter saved with the consumer's checkpoint and restored by the next one."""
+    import threading
+    import time
+    import uuid
+
+    import orjson
+
+    from stream.consumer import Consumer, ConsumerConfig
+    from stream.mqtt import connect
+
+    model, _ = load_checkpoint(default_model_path())
+    prefix = f"hartest{uuid.uuid4().hex[:8]}"
+    config = ConsumerConfig(broker=broker_url, prefix=prefix, consumer_id=f"c{uuid.uuid4().hex[:6]}",
+                            state_dir=tmp_path, metrics_interval=1.0)
+    consumer = Consumer(config, StatefulClassifier(model, "base"))
+    assert consumer.learner is not None and consumer.learner.adapters is not None  # the default
+    training, lock = [], threading.Lock()
+
+    def on_message(client, userdata, msg):
+        with lock:
+            training.append(orjson.loads(msg.payload))
+
+    watch = connect(broker_url, "test-watch-training", on_message=on_message,
+                    subscriptions=[(f"{prefix}/_consumer/+/training", 1)])
+    runner = threading.Thread(target=consumer.run)
+    runner.start()
+    try:
+        time.sleep(1.5)
+        pub = connect(broker_url, "test-pub-turned")
+        chunk = DeviceStream("turned", seed=11).read(120.0)
+        acc = (chunk.acc * np.float32(G_STANDARD) if chunk.unit == "g" else chunk.acc) @ TURN.numpy().T
+        changes = [0] + [i for i in range(1, len(chunk.label)) if chunk.label[i] != chunk.label[i - 1]]
+        for i in changes:  # each label holds until the next
+            pub.publish(f"{prefix}/turned/label", orjson.dumps({"label": str(chunk.label[i]),
+                                                               "t": float(chunk.t[i])}), qos=1)
+        for seq, start in enumerate(range(0, len(chunk.t), 25)):
+            body = {"seq": seq, "t": chunk.t[start : start + 25].tolist(),
+                    "acc": acc[start : start + 25].tolist()}
+            pub.publish(f"{prefix}/turned/imu", orjson.dumps(body), qos=1)
+            time.sleep(0.002)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            with lock:
+                if sum("+adapter:turned" in m["version"] for m in training) >= 5:
+                    break
+            time.sleep(0.2)
+        pub.disconnect()
+    finally:
+        consumer.stop()
+        runner.join(30)
+        watch.disconnect()
+    updates = [m for m in training if "+adapter:turned" in m["version"]]
+    assert len(updates) >= 5, training[:3]
+    assert all(np.isfinite(m["loss"]) and np.isfinite(m["grad_norm"]) for m in updates if not m["skipped"])
+    assert (tmp_path / "adapters.pt").exists()
+    again = Consumer(config, StatefulClassifier(model, "base"))
+    assert "turned" in again.learner.adapters._adapters  # restored, served once it has shown it helps
