@@ -109,7 +109,9 @@ class ConsumerConfig:
     max_unacked: int = 20_000  # QoS 1 messages held unacknowledged at most (MQTT 5 Receive Maximum,
     # <= 65535); about devices x messages per window are held in steady state
     ack_stall: float = 2.0  # seconds without any message while some are held unacknowledged: acknowledge them
-    max_queue_bytes: int = 256 * 1024 * 1024  # payload bytes queued between paho's thread and the service
+    max_queue_bytes: int = 32 * 1024 * 1024  # payload bytes queued between paho's thread and the service
+    # thread; beyond (or beyond queue_size), acknowledging after the window, paho's thread waits and the
+    # broker keeps the backlog; acknowledging on receipt, the message is dropped and counted
 
     def __post_init__(self) -> None:
         if self.ack not in ACK_MODES:
@@ -287,11 +289,13 @@ class Consumer:
         self._oversize = 0  # payloads refused in paho's thread, counted as rejected "oversize"
         self._paho_acks: Counter[str] = Counter()  # acknowledgements sent from paho's thread
         self._last_arrival = time.monotonic()
+        self._paho_waiting = False  # paho's thread waits for room in the queue (back-pressure)
         self.acks = _Acks(config.max_unacked)
         self.after_window = False  # acknowledging after the window (decided when connecting)
         self.protocol = ""  # MQTT protocol in use
         self._watermarks: dict[str, float] = {}  # device -> end of its last published window
         self._resume: dict[str, float] = {}  # the same, restored: the next life skips samples up to it
+        self._resume_prev: dict[str, tuple[float, np.ndarray]] = {}  # last sample of a message skipped
         self.journal: AckJournal | None = None
         self._journal_generation = 0
         self._stall_warned = False
@@ -376,12 +380,15 @@ class Consumer:
                  "since, for %d devices, from the journal", len(state["devices"]), len(state["evicted"]),
                  time.time() - state["saved_at"], journalled)
 
-    def checkpoint(self) -> None:
-        """Save per-device state (and the serving model if it changed) to the state directory."""
+    def checkpoint(self, final: bool = False) -> bool:
+        """Save per-device state (and the serving model if it changed) to the state directory; False
+        when it must wait: predictions whose windows it would record as published are not yet sent."""
         directory = self.config.state_dir
         if directory is None:
-            return
-        self._flush_acks(wait=1.0)  # what the checkpoint says is published must be
+            return True
+        self._flush_acks(wait=0.0 if self._paho_waiting else 1.0)
+        if self._confirm and not final:
+            return False
         classifier = self.pipeline.classifier
         serving = directory / SERVING_MODEL
         if getattr(self, "_saved_version", None) != classifier.version:
@@ -390,7 +397,7 @@ class Consumer:
         if self.learner is not None and self.learner.adapters is not None and self.learner.adapters.updates:
             self.learner.adapters.save(directory / ADAPTERS_FILE)
         if self.shared is not None:
-            return  # device state lives in the shared store, written every cycle
+            return True  # device state lives in the shared store, written every cycle
         bank = classifier.bank
         devices = {d: tuple(t[:, 0] for t in bank.get(d)) for d in bank.devices()}
         sequences = self.sequence.snapshot()
@@ -402,6 +409,7 @@ class Consumer:
                    watermarks=self._watermarks, journal=generation)
         if self.journal is not None:
             self.journal.rotate(generation)
+        return True
 
     def _evict_idle(self) -> None:
         """Devices silent for idle_timeout leave memory; their state is kept for when they return."""
@@ -432,7 +440,18 @@ class Consumer:
             self._oversize += 1
             self._ack_in_paho(client, message, "at_once")
             return
-        if self._bytes_in - self._bytes_out + size > self.config.max_queue_bytes:
+        if self.after_window and message.qos and not self._room(size):
+            # back-pressure: while this thread waits, paho reads nothing more and the broker keeps the
+            # backlog for us (nothing dropped, memory flat); it always comes back, even stopping
+            self._paho_waiting = True
+            try:
+                while not self._room(size):
+                    if self._stop.is_set():
+                        return  # not acknowledged: the broker sends it to the next life
+                    time.sleep(0.002)
+            finally:
+                self._paho_waiting = False
+        elif not self._room(size):
             self.stats.dropped += 1
             self._ack_in_paho(client, message, "dropped")
             return
@@ -442,6 +461,10 @@ class Consumer:
         except queue.Full:
             self.stats.dropped += 1
             self._ack_in_paho(client, message, "dropped")
+
+    def _room(self, size: int) -> bool:
+        return (self._bytes_in - self._bytes_out + size <= self.config.max_queue_bytes
+                and not self._queue.full())
 
     def _ack_in_paho(self, client, message, why: str) -> None:
         """Load shedding is explicit: the broker is told it may forget the message (and counted)."""
@@ -486,14 +509,13 @@ class Consumer:
                     self._publish_metrics()
                     self._evict_idle()
                     next_metrics += cfg.metrics_interval
-                if time.monotonic() >= next_checkpoint:
-                    self.checkpoint()
+                if time.monotonic() >= next_checkpoint and self.checkpoint():
                     next_checkpoint = time.monotonic() + cfg.checkpoint_interval
         finally:
             if self.learner is not None:
                 self.learner.stop()
             self._apply_swap()
-            self.checkpoint()  # nothing is acknowledged after it: the broker keeps the rest for the next life
+            self.checkpoint(final=True)  # nothing is acknowledged after it: the broker keeps the rest
             if self.journal is not None:
                 self.journal.close()
             if self.store is not None:
@@ -677,22 +699,33 @@ class Consumer:
         return f"{self.config.prefix}/"
 
     def _skip_published(self, batch):
-        """The first message of a device after a restart: without the samples a published window
-        holds (they were classified before the restart), or None when it has no other."""
+        """The first messages of a device after a restart, without what published windows hold.
+
+        The windows go on on the same grid: the next grid sample after the last published window's
+        end ``mark`` is interpolated from the samples around it, as the previous life would have, and
+        becomes the first sample of the new grid. Returns None for a message that lies wholly before
+        it (sent again, but classified before the restart); its last sample is kept to interpolate.
+        """
         device = batch.device
         mark = self._resume[device]
         if (batch.seq == 0 and (self.sequence.last(device) or 0) > 0) or batch.t[-1] < mark - CLOCK_RESET:
             del self._resume[device]  # a restarted device, a new clock: nothing of it was published
+            self._resume_prev.pop(device, None)
             return batch
-        # resume on the published windows' grid: the next grid sample after the last window's end
-        keep = batch.t >= mark + 1.0 / self.pipeline.config.rate - 1e-6
-        if not keep.any():
+        start = mark + 1.0 / self.pipeline.config.rate
+        t, acc = batch.t, batch.acc.astype(np.float64)
+        prev = self._resume_prev.pop(device, None)
+        if prev is not None:
+            t, acc = np.concatenate([[prev[0]], t]), np.concatenate([prev[1][None, :], acc])
+        if t[-1] < start - 1e-6:
+            self._resume_prev[device] = (float(t[-1]), acc[-1])
             return None
         del self._resume[device]
-        if keep.all():
-            return batch
-        return SampleBatch(device, batch.t[keep], batch.acc[keep],
-                           None if batch.gyro is None else batch.gyro[keep], batch.seq)
+        after = t > start + 1e-6
+        if t[0] <= start + 1e-6:  # a sample at or before the grid's next point: interpolate it
+            first = np.array([np.interp(start, t, acc[:, i]) for i in range(3)])
+            t, acc = np.concatenate([[start], t[after]]), np.concatenate([first[None, :], acc[after]])
+        return SampleBatch(device, t, acc.astype(np.float32), None, batch.seq)  # gyro: unused downstream
 
     def _take(self, batch, arrival: float, mid: int = 0, qos: int = 0) -> None:
         """Buffer a decoded batch, bringing an evicted device's state back first."""
@@ -756,7 +789,7 @@ class Consumer:
         # waiting for paho's thread to write them (well under a millisecond on an idle link) keeps the
         # time between a prediction leaving and its journal line as short as can be: a kill -9 in
         # between would have the next life classify that window again
-        self._flush_acks(wait=1.0)
+        self._flush_acks(wait=0.0 if self._paho_waiting else 1.0)  # waiting paho writes nothing
 
     def _flush_acks(self, wait: float = 0.0) -> None:
         """Journal and acknowledge what ``_acknowledge`` released, as far as its predictions are sent

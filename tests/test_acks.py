@@ -303,3 +303,49 @@ def test_oversize_payloads_are_refused_before_queueing_and_acknowledged(broker_u
         thread.join(20)
         pub.disconnect()
         pub.loop_stop()
+
+
+def test_mqtt5_receive_maximum_lifts_the_brokers_in_flight_limit(broker_url, needs_full_broker):
+    """What the consumer relies on: a subscriber that acknowledges nothing gets as many QoS 1 messages
+    as its Receive Maximum, whatever the broker's ``max_inflight_messages`` (20 by default: the
+    3.1.1 subscriber gets that many, or all where the broker sets no limit)."""
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
+    def unacked_received(protocol, receive_maximum=None) -> int:
+        topic = f"hartest{uuid.uuid4().hex[:8]}/inflight"
+        got = []
+        sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"test-inflight-{uuid.uuid4().hex[:6]}",
+                          protocol=protocol, manual_ack=True)
+        sub.on_message = lambda c, u, m: got.append(m.mid)
+        subscribed = threading.Event()
+        sub.on_subscribe = lambda *args: subscribed.set()
+        if protocol == mqtt.MQTTv5:
+            props = Properties(PacketTypes.CONNECT)
+            props.ReceiveMaximum = receive_maximum
+            sub.connect(broker_url.host, broker_url.port, properties=props)
+        else:
+            sub.connect(broker_url.host, broker_url.port)
+        sub.loop_start()
+        pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"test-inflight-pub-{uuid.uuid4().hex[:6]}")
+        pub.max_inflight_messages_set(1000)
+        pub.connect(broker_url.host, broker_url.port)
+        pub.loop_start()
+        try:
+            wait(lambda: sub.is_connected(), 10)
+            sub.subscribe(topic, 1)
+            assert subscribed.wait(10)
+            for info in [pub.publish(topic, b"x", qos=1) for _ in range(150)]:
+                info.wait_for_publish(10)
+            wait(lambda: len(got) >= 150, 2.0)  # what can come has come by then
+            return len(got)
+        finally:
+            for client in (sub, pub):
+                client.disconnect()
+                client.loop_stop()
+
+    v311 = unacked_received(mqtt.MQTTv311)
+    assert v311 in (20, 150)  # Mosquitto's default in-flight limit, or none (max_inflight_messages 0)
+    assert unacked_received(mqtt.MQTTv5, 100) == 100
+    assert unacked_received(mqtt.MQTTv5, 150) == 150
