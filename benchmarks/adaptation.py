@@ -1,8 +1,10 @@
 """Adaptation benchmark: drift scenarios through a real broker, frozen model vs online fine-tuning.
 
 For each scenario (strap rotated, other wrist, new person, fatigue) a few simulated devices switch
-into it at ``--onset`` seconds; identical streams go to two consumers on two topic prefixes: one
-frozen (``--no-learn``), one fine-tuning online from the labels that every device publishes. A
+into it at ``--onset`` seconds; identical streams go to several consumers on their own topic prefixes:
+one frozen (``--no-learn``), and one per ``--adapt`` setting learning online from the labels that
+every device publishes (``device``: per-device adapters, the default; ``shared``: fine-tuning the
+shared network). A
 group of devices without drift measures false alarms. The simulator runs ``--speed`` times faster
 than real time (device time is what every figure below is measured in).
 
@@ -11,6 +13,7 @@ Reported per scenario and consumer: accuracy before the drift, in the first minu
 alarms per device-hour without drift.
 
     python benchmarks/adaptation.py [--devices 4] [--speed 5] [--onset 60] [--model MODEL]
+                                    [--adapt device shared]
 
 Writes ``docs/adaptation.md`` and ``docs/adaptation.json``.
 """
@@ -86,6 +89,8 @@ def main() -> int:
     parser.add_argument("--speed", type=float, default=5.0, help="times faster than real time")
     parser.add_argument("--scenarios", nargs="+", default=list(SCENARIOS))
     parser.add_argument("--seed", type=int, default=100)
+    parser.add_argument("--adapt", nargs="+", default=["device", "shared"], choices=("device", "shared", "both"),
+                        help="one fine-tuning consumer per setting of `harstream consume --adapt`")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "adaptation.md")
     args = parser.parse_args()
 
@@ -93,7 +98,8 @@ def main() -> int:
     embedded = None if broker_answers(url) else EmbeddedBroker(url).start()
     duration = args.onset + 240.0
     tag = uuid.uuid4().hex[:6]
-    prefixes = {"frozen": f"adaptF{tag}", "online": f"adaptO{tag}"}
+    prefixes = {"frozen": f"adaptF{tag}", **{f"online ({m})": f"adapt{m[0].upper()}{tag}" for m in args.adapt}}
+    which_of = {p: w for w, p in prefixes.items()}
     streams: dict[str, DeviceStream] = {}
     scenario_of: dict[str, str | None] = {}
     for s_index, scenario in enumerate([*args.scenarios, None]):
@@ -107,25 +113,39 @@ def main() -> int:
     drifts: dict[str, list] = defaultdict(list)
     lock = threading.Lock()
 
+    online: set[str] = set()
+
     def on_message(client, userdata, msg):
+        if "/_consumer/" in msg.topic:  # a consumer's retained status
+            if msg.payload == b"online":
+                online.add(msg.topic.split("/")[0])
+            return
         prefix, device, kind = msg.topic.split("/")
-        which = "frozen" if prefix == prefixes["frozen"] else "online"
+        which = which_of[prefix]
         body = orjson.loads(msg.payload)
         with lock:
             (predictions if kind == "prediction" else drifts)[(which, device)].append(body)
 
     watcher = connect(url, "adapt-watch", on_message=on_message,
-                      subscriptions=[(f"{p}/+/{kind}", 1) for p in prefixes.values() for kind in ("prediction", "drift")])
+                      subscriptions=[(f"{p}/+/{kind}", 1) for p in prefixes.values() for kind in ("prediction", "drift")]
+                      + [(f"{p}/_consumer/+/status", 1) for p in prefixes.values()])
     consumers = []
     for which, prefix in prefixes.items():
         cmd = [sys.executable, "-m", "stream.cli", "consume", "--broker", args.broker, "--prefix", prefix,
-               "--id", f"adapt-{which}-{tag}", "--metrics-interval", "5"]
+               "--id", f"adapt-{which.split()[-1].strip('()')}-{tag}", "--metrics-interval", "5"]
         if args.model:
             cmd += ["--model", args.model]
         if which == "frozen":
             cmd.append("--no-learn")
+        else:
+            cmd += ["--adapt", which[len("online ("):-1]]
         consumers.append(subprocess.Popen(cmd, stderr=subprocess.DEVNULL))
-    time.sleep(6)  # consumers up and subscribed
+    deadline = time.monotonic() + 180  # every consumer up and subscribed (slow on a loaded machine)
+    while len(online) < len(prefixes) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    if len(online) < len(prefixes):
+        print(f"consumers not online after 180 s: {sorted(set(prefixes.values()) - online)}", file=sys.stderr)
+    time.sleep(1.0)
     stop = threading.Event()
     started = time.monotonic()
     print(f"adaptation: {len(streams)} devices, {duration:.0f} device-seconds at {args.speed:g}x", file=sys.stderr)
@@ -187,7 +207,7 @@ def main() -> int:
     out = {"command": "python " + " ".join(sys.argv), "wall_seconds": round(wall, 1), "speed": args.speed,
            "devices_per_scenario": args.devices, "quiet_devices": args.quiet_devices, "results": results}
     args.out.with_suffix(".json").write_text(json.dumps(out, indent=1))
-    lines = ["# Adaptation to drift: frozen model vs online fine-tuning", "",
+    lines = ["# Adaptation to drift: frozen model vs online learning", "",
              f"Reproduce: `{out['command']}` ({wall:.0f} s wall time at {args.speed:g}x real time).", "",
              "Accuracy of each consumer's predictions against the simulator's truth, by device time relative "
              "to the drift's onset; every device publishes its labels from the start. Detection delay: "
