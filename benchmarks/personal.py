@@ -39,7 +39,6 @@ sys.path.insert(0, str(ROOT))
 
 from models.checkpoint import default_model_path, load_checkpoint  # noqa: E402
 from models.finetune import LearnerConfig, OnlineLearner, Sequence  # noqa: E402
-from models.personal import DeviceAdapters  # noqa: E402
 from models.state import StatefulClassifier  # noqa: E402
 from simulators.workout import G_STANDARD, DeviceStream  # noqa: E402
 from stream.decode import SampleBatch  # noqa: E402
