@@ -54,7 +54,7 @@ from stream.adapters import AdapterRouter
 from stream.decode import MAX_PAYLOAD_BYTES, Rejected, SampleBatch, SequenceCheck, decode_imu, parse_topic
 from stream.labels import LabelBook, LabelledWindow, WindowHistory, decode_label
 from stream.monitor import DriftEvent, Monitor
-from stream.mqtt import PROTOCOLS, BrokerURL, NoMQTT5, connect
+from stream.mqtt import PROTOCOLS, BrokerURL, connect, speaks_mqtt5
 from stream.persist import ADAPTERS_FILE, SERVING_MODEL, AckJournal, load_state, read_journal, save_state
 from stream.pipeline import Pipeline, Prediction
 from stream.shared_state import SharedDevices, open_store
@@ -110,8 +110,7 @@ class ConsumerConfig:
     # <= 65535); about devices x messages per window are held in steady state
     ack_stall: float = 2.0  # seconds without any message while some are held unacknowledged: acknowledge them
     max_queue_bytes: int = 32 * 1024 * 1024  # payload bytes queued between paho's thread and the service
-    # thread; beyond (or beyond queue_size), acknowledging after the window, paho's thread waits and the
-    # broker keeps the backlog; acknowledging on receipt, the message is dropped and counted
+    # thread; beyond (or beyond queue_size) a message is dropped, acknowledged and counted (dropped)
 
     def __post_init__(self) -> None:
         if self.ack not in ACK_MODES:
@@ -199,13 +198,14 @@ class _Acks:
         self.client.ack(mid, qos)
         self.counts[why] += 1
 
-    def hold(self, mid: int, qos: int, device: str, t_last: float, seq: int | None) -> None:
+    def hold(self, mid: int, qos: int, device: str, t_last: float, seq: int | None,
+             last: np.ndarray | None = None) -> None:
         entry = self.held.get(mid)
         if entry is None:
             entry = self.held[mid] = [0, qos, []]
         entry[0] += 1
         entry[2].append(device)
-        self.by_device.setdefault(device, []).append((t_last, seq, mid))
+        self.by_device.setdefault(device, []).append((t_last, seq, mid, last))
 
     def enforce_limit(self, limit: int | None = None) -> int:
         """Acknowledge the oldest until fewer than ``limit`` are held; returns how many."""
@@ -235,18 +235,22 @@ class _Acks:
             del self.held[mid]
             self.ack(mid, entry[1], why)
 
-    def covered(self, device: str, t_end: float) -> None:
-        """A window of ``device`` ending at ``t_end`` was published: release what it covers."""
+    def covered(self, device: str, t_end: float) -> tuple | None:
+        """A window of ``device`` ending at ``t_end`` was published: release what it covers. Returns
+        the last sample released, (t, acc), for the next life to interpolate the grid's next point."""
         entries = self.by_device.get(device)
         if not entries:
-            return
-        keep = []
+            return None
+        keep, anchor = [], None
         for e in entries:
             if e[0] <= t_end + 1e-9:
                 self._release(e[2], "after_window")
+                if e[3] is not None and (anchor is None or e[0] > anchor[0]):
+                    anchor = (e[0], e[3])
             else:
                 keep.append(e)
         self._set(device, keep)
+        return anchor
 
     def drop_device(self, device: str, why: str = "dropped", before: float | None = None) -> None:
         """Release what ``device`` holds (all, or what ends before ``before``): its samples are dropped."""
@@ -289,13 +293,13 @@ class Consumer:
         self._oversize = 0  # payloads refused in paho's thread, counted as rejected "oversize"
         self._paho_acks: Counter[str] = Counter()  # acknowledgements sent from paho's thread
         self._last_arrival = time.monotonic()
-        self._paho_waiting = False  # paho's thread waits for room in the queue (back-pressure)
         self.acks = _Acks(config.max_unacked)
         self.after_window = False  # acknowledging after the window (decided when connecting)
         self.protocol = ""  # MQTT protocol in use
         self._watermarks: dict[str, float] = {}  # device -> end of its last published window
         self._resume: dict[str, float] = {}  # the same, restored: the next life skips samples up to it
-        self._resume_prev: dict[str, tuple[float, np.ndarray]] = {}  # last sample of a message skipped
+        self._resume_prev: dict[str, tuple[float, np.ndarray]] = {}  # last sample before the resume point
+        self._anchors: dict[str, tuple[float, list[float]]] = {}  # device -> last sample acknowledged
         self.journal: AckJournal | None = None
         self._journal_generation = 0
         self._stall_warned = False
@@ -364,16 +368,22 @@ class Consumer:
             classifier.bank.set(device, tuple(t.unsqueeze(1) for t in tensors))
         self._evicted.update(state["evicted"])
         sequences, watermarks = dict(state["sequences"]), dict(state["watermarks"])
+        anchors = dict(state.get("anchors") or {})
         journalled = 0
         if state["journal"] is not None:
             self._journal_generation = state["journal"]
-            marks, seqs = read_journal(directory, state["journal"])
+            marks, seqs, more = read_journal(directory, state["journal"])
             watermarks.update(marks)
             sequences.update(seqs)
+            anchors.update(more)
             journalled = len(marks)
         self.sequence.restore(sequences)
         self._watermarks = watermarks
         self._resume = dict(watermarks)
+        self._anchors = anchors
+        # the last sample acknowledged before each device's resume point, to interpolate its next grid point
+        self._resume_prev = {d: (a[0], np.asarray(a[1], dtype=np.float64)) for d, a in anchors.items()
+                             if d in watermarks and a[0] <= watermarks[d] + 1e-9}
         if not (state["devices"] or state["evicted"] or watermarks):
             return
         log.info("restored the state of %d devices (%d evicted) saved %.0f s ago; what was acknowledged "
@@ -386,7 +396,7 @@ class Consumer:
         directory = self.config.state_dir
         if directory is None:
             return True
-        self._flush_acks(wait=0.0 if self._paho_waiting else 1.0)
+        self._flush_acks(wait=1.0)
         if self._confirm and not final:
             return False
         classifier = self.pipeline.classifier
@@ -406,7 +416,7 @@ class Consumer:
                          if s is not None}
         generation = self.journal.next_generation() if self.journal is not None else self._journal_generation
         save_state(directory, classifier.version, devices, sequences, dict(self._evicted),
-                   watermarks=self._watermarks, journal=generation)
+                   watermarks=self._watermarks, journal=generation, anchors=self._anchors)
         if self.journal is not None:
             self.journal.rotate(generation)
         return True
@@ -440,23 +450,16 @@ class Consumer:
             self._oversize += 1
             self._ack_in_paho(client, message, "at_once")
             return
-        if self.after_window and message.qos and not self._room(size):
-            # back-pressure: while this thread waits, paho reads nothing more and the broker keeps the
-            # backlog for us (nothing dropped, memory flat); it always comes back, even stopping
-            self._paho_waiting = True
-            try:
-                while not self._room(size):
-                    if self._stop.is_set():
-                        return  # not acknowledged: the broker sends it to the next life
-                    time.sleep(0.002)
-            finally:
-                self._paho_waiting = False
-        elif not self._room(size):
+        if not self._room(size):
+            # explicit load shedding: acknowledged (the broker re-sends an unacknowledged message only
+            # on reconnection, and it would hold an in-flight slot till then) and counted. Blocking
+            # this thread instead, to leave the backlog to the broker, was tried: the broker cut the
+            # connection for keep-alive timeout under the overload of benchmarks/faults.py
             self.stats.dropped += 1
             self._ack_in_paho(client, message, "dropped")
             return
         try:
-            self._queue.put_nowait((message.topic, payload, now, message.mid, message.qos))
+            self._queue.put_nowait((message.topic, payload, now, message.mid, message.qos, message.dup))
             self._bytes_in += size
         except queue.Full:
             self.stats.dropped += 1
@@ -545,25 +548,22 @@ class Consumer:
             clean_session=not cfg.persistent,
         )
         if want and cfg.mqtt_protocol in ("5", "auto"):
-            self.after_window = True  # before the first message can arrive
-            try:
+            if cfg.mqtt_protocol == "5" or speaks_mqtt5(cfg.broker):
+                self.after_window = True  # before the first message can arrive
                 client = connect(cfg.broker, "consumer", protocol="5", manual_ack=True,
                                  receive_maximum=cfg.max_unacked, **kwargs)
                 self.protocol = "5"
                 return client
-            except NoMQTT5:
-                if cfg.mqtt_protocol == "5":
-                    raise ConnectionError(f"MQTT broker at {cfg.broker} does not speak MQTT 5") from None
-                # 3.1.1 has no Receive Maximum: the broker's in-flight limit (Mosquitto's default 20)
-                # would stall windows, so after-window only when asked for (with the broker set for it)
-                self.after_window = cfg.ack == "after-window"
-                log.warning("%s speaks MQTT 3.1.1 only: acknowledging %s", cfg.broker,
-                            "after the window; the broker must allow enough messages in flight "
-                            "(Mosquitto: max_inflight_messages 0)" if self.after_window else
-                            "on receipt (a restart may lose what was queued; --ack after-window "
-                            "with the broker's in-flight limit raised avoids it)")
-        else:
-            self.after_window = want
+            # 3.1.1 has no Receive Maximum: the broker's in-flight limit (Mosquitto's default 20)
+            # would stall windows, so after-window only when asked for (with the broker set for it)
+            self.after_window = cfg.ack == "after-window"
+            log.warning("%s speaks MQTT 3.1.1 only: acknowledging %s", cfg.broker,
+                        "after the window; the broker must allow enough messages in flight "
+                        "(Mosquitto: max_inflight_messages 0)" if self.after_window else
+                        "on receipt (a restart may lose what was queued; --ack after-window "
+                        "with the broker's in-flight limit raised avoids it)")
+        else:  # not wanted, or --mqtt 3.1.1: after the window only when asked for
+            self.after_window = want and cfg.ack == "after-window"
         self.protocol = "3.1.1" if cfg.mqtt_protocol == "auto" else cfg.mqtt_protocol
         return connect(cfg.broker, "consumer", protocol=self.protocol, manual_ack=self.after_window,
                        receive_maximum=cfg.max_unacked if self.after_window else None, **kwargs)
@@ -628,9 +628,9 @@ class Consumer:
                     return
                 continue
             topic, payload, arrival = item[:3]
-            mid, qos = item[3:] or (0, 0)  # (topic, payload, arrival) alone: a QoS 0 message
+            mid, qos, dup = item[3:] or (0, 0, False)  # (topic, payload, arrival) alone: a QoS 0 message
             self._bytes_out += len(payload)
-            self.handle(topic, payload, arrival, mid, qos)
+            self.handle(topic, payload, arrival, mid, qos, dup)
             if deadline is None and (self.pipeline.pending or (self.shared is not None and self.shared.held)):
                 # from now, not from the message's arrival: behind a backlog, arrival + max_wait has
                 # long passed, every window would go through the network alone and the backlog grow
@@ -638,25 +638,27 @@ class Consumer:
             if deadline is not None and time.monotonic() >= deadline:
                 return
 
-    def handle(self, topic: str, payload: bytes, arrival: float, mid: int = 0, qos: int = 0) -> None:
+    def handle(self, topic: str, payload: bytes, arrival: float, mid: int = 0, qos: int = 0,
+               dup: bool = False) -> None:
         """Decode and buffer one message; a bad one is counted and logged, never raised.
 
         Acknowledging after the window, a QoS 1 message whose samples were buffered is held until
-        they are in published windows; any other is acknowledged here.
+        they are in published windows; any other is acknowledged here. A copy the broker sent again
+        (``dup``) of a message already taken is counted in ``acks.redelivered``, not as rejected.
         """
         if not (self.after_window and qos):
-            self._handle(topic, payload, arrival, 0, 0)
+            self._handle(topic, payload, arrival, 0, 0, dup)
             return
         if mid in self.acks.held:  # the broker sent it again (a reconnection): we have it already
             self.acks.counts["redelivered"] += 1
             return
-        self._handle(topic, payload, arrival, mid, qos)
+        self._handle(topic, payload, arrival, mid, qos, dup)
         if mid not in self.acks.held:
             self.acks.ack(mid, qos, "at_once")
         else:
             self.acks.enforce_limit()
 
-    def _handle(self, topic: str, payload: bytes, arrival: float, mid: int, qos: int) -> None:
+    def _handle(self, topic: str, payload: bytes, arrival: float, mid: int, qos: int, dup: bool) -> None:
         self.stats.messages += 1
         try:
             if topic == consumer_topic(self.config.prefix, self.config.consumer_id, "command"):
@@ -691,6 +693,9 @@ class Consumer:
                     self.store.label(device, label, start, end)
                 self.history.track(device)
         except Rejected as exc:
+            if dup and exc.reason in ("repeated_seq", "backwards_seq"):
+                self.acks.counts["redelivered"] += 1  # taken before (its PUBACK lost to a reconnection)
+                return
             self.stats.rejected[exc.reason] += 1
             log.debug("rejected %s: %s (payload %r)", topic[:80], exc, payload[:60])
 
@@ -734,7 +739,7 @@ class Consumer:
             newest = self.acks.newest(device)
             if newest is not None and batch.t[-1] < newest - CLOCK_RESET:
                 self.acks.drop_device(device)  # the device's clock restarted: its partial window goes
-            self.acks.hold(mid, qos, device, float(batch.t[-1]), batch.seq)
+            self.acks.hold(mid, qos, device, float(batch.t[-1]), batch.seq, batch.acc[-1])
         if device not in self._last_seen and device in self._evicted:
             state = tuple(t.unsqueeze(1) for t in self._evicted.pop(device))
             self.pipeline.classifier.bank.set(device, state)
@@ -781,15 +786,18 @@ class Consumer:
         self.acks.deferred = []
         try:
             for device, t_end in ends.items():
-                self.acks.covered(device, t_end)
-                entries.append((device, t_end, self.acks.safe_seq(device, self.sequence.last(device))))
+                anchor = self.acks.covered(device, t_end)
+                if anchor is not None:
+                    self._anchors[device] = (float(anchor[0]), [float(x) for x in anchor[1]])
+                entries.append((device, t_end, self.acks.safe_seq(device, self.sequence.last(device)),
+                                self._anchors.get(device)))
         finally:
             due, self.acks.deferred = self.acks.deferred, None
         self._confirm.append((info, time.monotonic(), entries, due))
         # waiting for paho's thread to write them (well under a millisecond on an idle link) keeps the
         # time between a prediction leaving and its journal line as short as can be: a kill -9 in
         # between would have the next life classify that window again
-        self._flush_acks(wait=0.0 if self._paho_waiting else 1.0)  # waiting paho writes nothing
+        self._flush_acks(wait=1.0)
 
     def _flush_acks(self, wait: float = 0.0) -> None:
         """Journal and acknowledge what ``_acknowledge`` released, as far as its predictions are sent

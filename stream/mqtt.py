@@ -26,6 +26,7 @@ __all__ = [
     "DEFAULT_BROKER",
     "ENV_BROKER",
     "broker_answers",
+    "speaks_mqtt5",
     "connect",
     "default_broker",
     "topic",
@@ -91,6 +92,44 @@ def broker_answers(url: BrokerURL, timeout: float = 1.0) -> bool:
         return False
 
 
+def speaks_mqtt5(url: BrokerURL, timeout: float = 5.0) -> bool:
+    """Whether the broker accepts an MQTT 5 connection (a throwaway clean one, without a will).
+
+    A 3.1.1-only broker answers it with "unsupported protocol version" (amqtt does) or closes the
+    connection; other refusals (credentials, say) are left to the real connection to report.
+    """
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"probe-{uuid.uuid4().hex[:8]}",
+                         protocol=mqtt.MQTTv5)
+    if url.username:
+        client.username_pw_set(url.username, url.password)
+    if url.tls:
+        client.tls_set(ca_certs=url.ca_file, cert_reqs=ssl.CERT_REQUIRED)
+    answer: list[bool] = []
+    done = threading.Event()
+
+    def on_connect(client, userdata, flags, reason_code, properties):
+        answer.append(not (reason_code.is_failure and "protocol version" in str(reason_code).lower()))
+        done.set()
+
+    def on_disconnect(client, userdata, flags, reason_code, properties):
+        if not answer:
+            answer.append(False)
+        done.set()
+
+    client.on_connect, client.on_disconnect = on_connect, on_disconnect
+    try:
+        client.connect(url.host, url.port, keepalive=30, clean_start=True)
+    except OSError:
+        return True  # nothing answers: the real connection will say so
+    client.loop_start()
+    try:
+        done.wait(timeout)
+        return answer[0] if answer else True
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
 def connect(
     url: BrokerURL,
     name: str,
@@ -110,9 +149,9 @@ def connect(
     """A connected paho client whose ``on_connect`` (re)subscribes; raises ConnectionError on failure.
 
     ``will`` is a retained last will (topic, payload). The network loop runs in paho's thread.
-    ``protocol`` is ``"3.1.1"``, ``"5"`` or ``"auto"`` (MQTT 5, falling back to 3.1.1 when the broker
-    closes the connection without answering a v5 CONNECT, as amqtt does); ``client.protocol_name``
-    tells which one is in use. Under MQTT 5 a persistent session (``clean_session=False``) never
+    ``protocol`` is ``"3.1.1"``, ``"5"`` or ``"auto"`` (MQTT 5 if ``speaks_mqtt5``, else 3.1.1: amqtt
+    speaks 3.1.1 only); ``client.protocol_name`` tells which one is in use; a broker that refuses
+    MQTT 5 raises ``NoMQTT5``. Under MQTT 5 a persistent session (``clean_session=False``) never
     expires and ``receive_maximum`` (1..65535) is the Receive Maximum: how many QoS 1 messages the
     broker may send us unacknowledged. Mosquitto 2.0 honours it above its ``max_inflight_messages``
     (measured: docs/faults.md), which binds 3.1.1 clients only. ``manual_ack``: paho sends no PUBACK
@@ -122,14 +161,7 @@ def connect(
     if protocol not in PROTOCOLS:
         raise ValueError(f"Invalid MQTT protocol {protocol!r}: one of {', '.join(PROTOCOLS)}")
     if protocol == "auto":
-        try:
-            return connect(url, name, client_id=client_id, will=will, subscriptions=subscriptions,
-                           clean_session=clean_session, on_message=on_message, on_connected=on_connected,
-                           timeout=timeout, start_loop=start_loop, protocol="5", manual_ack=manual_ack,
-                           receive_maximum=receive_maximum)
-        except NoMQTT5:
-            log.info("%s: %s closed an MQTT 5 connection unanswered; using MQTT 3.1.1", name, url)
-            protocol = "3.1.1"
+        protocol = "5" if speaks_mqtt5(url) else "3.1.1"
     v5 = protocol == "5"
     client_id = client_id or f"{name}-{uuid.uuid4().hex[:8]}"
     if v5:
@@ -157,6 +189,11 @@ def connect(
 
     def on_connect(client, userdata, flags, reason_code, properties):
         answered.append(True)
+        if v5 and reason_code.is_failure and "protocol version" in str(reason_code).lower():
+            failure.append(str(reason_code))
+            answered.clear()  # as good as unanswered: a 3.1.1 broker
+            connected.set()
+            return
         if reason_code.is_failure:
             failure.append(str(reason_code))
             connected.set()

@@ -36,7 +36,8 @@ READABLE = (1, 2)  # version 1 has no watermarks nor journal
 
 def save_state(directory: Path, model_version: str, devices: dict[str, tuple[torch.Tensor, ...]],
                sequences: dict[str, int], evicted: dict[str, tuple[torch.Tensor, ...]],
-               watermarks: dict[str, float] | None = None, journal: int = 0) -> Path:
+               watermarks: dict[str, float] | None = None, journal: int = 0,
+               anchors: dict[str, tuple[float, list[float]]] | None = None) -> Path:
     """Write the checkpoint atomically; ``journal`` names the ``AckJournal`` that continues it."""
     directory.mkdir(parents=True, exist_ok=True)
     blob = {
@@ -49,6 +50,7 @@ def save_state(directory: Path, model_version: str, devices: dict[str, tuple[tor
         "sequences": dict(sequences),
         "watermarks": {d: float(t) for d, t in (watermarks or {}).items()},
         "journal": int(journal),
+        "anchors": {d: [float(a[0]), *map(float, a[1])] for d, a in (anchors or {}).items()},
     }
     buffer = io.BytesIO()
     torch.save(blob, buffer)
@@ -72,6 +74,7 @@ def load_state(directory: Path) -> dict | None:
     blob["evicted"] = {d: tuple(s) for d, s in blob["evicted"].items()}
     blob.setdefault("watermarks", {})
     blob.setdefault("journal", None)
+    blob["anchors"] = {d: (a[0], list(a[1:])) for d, a in blob.get("anchors", {}).items()}
     return blob
 
 
@@ -100,10 +103,16 @@ class AckJournal:
             if old.name != _journal_path(directory, generation).name:
                 old.unlink(missing_ok=True)
 
-    def write(self, entries: list[tuple[str, float, int | None]]) -> None:
+    def write(self, entries: list[tuple]) -> None:
+        """Lines of (device, end of its last published window, seq acknowledged up to[, (t, acc) of the
+        last sample acknowledged])."""
         if entries and self._fd is not None:
-            lines = "".join(f"{d}\t{t!r}\t{'' if s is None else s}\n" for d, t, s in entries)
-            os.write(self._fd, lines.encode())
+            lines = []
+            for d, t, s, *rest in entries:
+                anchor = rest[0] if rest else None
+                extra = "" if anchor is None else "\t" + "\t".join(repr(float(x)) for x in (anchor[0], *anchor[1]))
+                lines.append(f"{d}\t{t!r}\t{'' if s is None else s}{extra}\n")
+            os.write(self._fd, "".join(lines).encode())
 
     def next_generation(self) -> int:
         return self.generation + 1
@@ -122,22 +131,28 @@ class AckJournal:
             self._fd = None
 
 
-def read_journal(directory: Path, generation: int) -> tuple[dict[str, float], dict[str, int]]:
-    """(watermarks, seqs) from ``generation``'s journal, the last line of each device winning; an
-    incomplete last line (a kill in the middle of a write) is ignored."""
+def read_journal(directory: Path, generation: int) -> tuple[dict[str, float], dict[str, int], dict[str, tuple]]:
+    """(watermarks, seqs, anchors) from ``generation``'s journal, the last line of each device winning;
+    an incomplete last line (a kill in the middle of a write) is ignored."""
     path = _journal_path(directory, generation)
     watermarks: dict[str, float] = {}
     seqs: dict[str, int] = {}
+    anchors: dict[str, tuple] = {}
     if not path.exists():
-        return watermarks, seqs
+        return watermarks, seqs, anchors
     for line in path.read_bytes().decode(errors="replace").split("\n")[:-1]:
         parts = line.split("\t")
-        if len(parts) != 3:
+        if len(parts) not in (3, 7):
             continue
         try:
-            watermarks[parts[0]] = float(parts[1])
-            if parts[2]:
-                seqs[parts[0]] = int(parts[2])
+            mark = float(parts[1])
+            seq = int(parts[2]) if parts[2] else None
+            anchor = (float(parts[3]), [float(x) for x in parts[4:7]]) if len(parts) == 7 else None
         except ValueError:
             continue
-    return watermarks, seqs
+        watermarks[parts[0]] = mark
+        if seq is not None:
+            seqs[parts[0]] = seq
+        if anchor is not None:
+            anchors[parts[0]] = anchor
+    return watermarks, seqs, anchors

@@ -107,17 +107,17 @@ def test_the_journal_carries_what_was_acknowledged_since_the_checkpoint(tmp_path
     journal = AckJournal(tmp_path, 0)
     journal.write([("a", 10.5, 4), ("b", 3.0, None)])
     journal.write([("a", 11.3, 6)])
-    assert read_journal(tmp_path, 0) == ({"a": 11.3, "b": 3.0}, {"a": 6})
+    assert read_journal(tmp_path, 0) == ({"a": 11.3, "b": 3.0}, {"a": 6}, {})
     save_state(tmp_path, "v", {}, {"a": 6}, {}, watermarks={"a": 11.3, "b": 3.0}, journal=1)
     journal.rotate(1)
-    journal.write([("b", 4.0, 2)])
+    journal.write([("b", 4.0, 2, (3.98, [0.5, 0.25, 9.75]))])  # with the last sample acknowledged
     with open(tmp_path / "acked-1.log", "ab") as f:
         f.write(b"a\t99.0")  # a kill in the middle of a line: ignored
     journal.close()
     assert not (tmp_path / "acked-0.log").exists()
     state = load_state(tmp_path)
     assert state["journal"] == 1 and state["watermarks"] == {"a": 11.3, "b": 3.0}
-    assert read_journal(tmp_path, 1) == ({"b": 4.0}, {"b": 2})
+    assert read_journal(tmp_path, 1) == ({"b": 4.0}, {"b": 2}, {"b": (3.98, [0.5, 0.25, 9.75])})
 
 
 # -- through the broker ------------------------------------------------------------------------------
