@@ -4,7 +4,7 @@ Starts its OWN Mosquitto (a free port on 127.0.0.1, persistence in a temporary d
 system broker is left alone), the real consumer as a subprocess::
 
     python -m stream.cli consume --broker mqtt://127.0.0.1:PORT --state-dir TMP/state \\
-        --checkpoint-interval 5 --qos 1 --no-learn --metrics-interval 1
+        --checkpoint-interval 5 --qos 1 --no-learn --metrics-interval 1 --ack after-window
 
 a publisher thread (N simulated people, ``simulators.workout.DeviceStream``, 50 Hz in real time, fixed
 messages of K samples on ``har/<device>/imu`` at QoS 1 with consecutive ``seq``; every PUBACK is
@@ -12,7 +12,7 @@ tracked) and a watcher (``har/+/prediction``, the consumer's metrics and status)
 
 a1. ``kill -9`` of the consumer in steady state, restart with the same ``--state-dir``;
 a2. ``kill -9`` in steady state, restart, and ``kill -9`` again while the restarted consumer is still
-    eating the backlog the broker kept for it (its in-memory queue is full of acknowledged messages);
+    eating the backlog the broker kept for it (its in-memory queue is full);
 b.  restart of the broker (SIGTERM, same persistence), the clients reconnect by themselves;
 b2. 20 more devices reconnect through a proxy that holds the broker's CONNACK (reordering);
 c.  a flood of malformed payloads of every kind, and one spoofed ``seq``;
@@ -59,6 +59,7 @@ sys.path.insert(0, str(ROOT))
 PREFIX = "har"
 LAG_OK = 1.0  # s: a prediction is "live" when it arrives within this of its window's end (device clock)
 QUEUE_OK = 100  # messages: the consumer's queue counts as empty at or below this
+ACK_COUNTS = ("after_window", "at_once", "redelivered", "dropped", "forced")  # the consumer's metrics "acks"
 
 
 def say(*args) -> None:
@@ -162,13 +163,13 @@ class Mosquitto:
 
 # -- the consumer, one subprocess per life ----------------------------------------------------------
 class Consumers:
-    def __init__(self, workdir: Path, url: str, checkpoint_interval: float) -> None:
+    def __init__(self, workdir: Path, url: str, checkpoint_interval: float, ack: str) -> None:
         self.state_dir = workdir / "state"
         self.logs = workdir / "logs"
         self.logs.mkdir(parents=True, exist_ok=True)
         self.cmd = [sys.executable, "-m", "stream.cli", "consume", "--broker", url, "--state-dir",
                     str(self.state_dir), "--checkpoint-interval", f"{checkpoint_interval:g}", "--qos", "1",
-                    "--no-learn", "--metrics-interval", "1"]
+                    "--no-learn", "--metrics-interval", "1", "--ack", ack]
         self.lives: list[dict] = []
         self.proc: subprocess.Popen | None = None
 
@@ -625,7 +626,7 @@ class Run:
         self.port = free_port()
         self.url = f"mqtt://127.0.0.1:{self.port}"
         self.broker = Mosquitto(self.workdir, self.port)
-        self.consumers = Consumers(self.workdir, self.url, args.checkpoint_interval)
+        self.consumers = Consumers(self.workdir, self.url, args.checkpoint_interval, args.ack)
         self.events: list[tuple[float, str]] = []
         self.phases: list[dict] = []
         self.kills: list[dict] = []
@@ -681,8 +682,8 @@ class Run:
         last = [m for _, m in self.watcher.metrics if life["started"] < m["t"] <= t]
         kill = {"label": label, "life": life["life"], "t": t, "checkpoint": self.consumers.checkpoint(),
                 "last_metrics_before": (None if not last else
-                                        {k: last[-1][k] for k in ("t", "messages", "windows", "queue",
-                                                                 "lost_samples", "dropped")})}
+                                        {k: last[-1].get(k) for k in ("t", "messages", "windows", "queue",
+                                                                     "lost_samples", "dropped", "acks")})}
         self.kills.append(kill)
         return kill
 
@@ -796,8 +797,11 @@ class Run:
         time.sleep(quiet)
         self.wait(lambda: self.watcher.latest_metrics(since) is not None, 5)
         m = self.watcher.latest_metrics(since) or self.watcher.latest_metrics(0)
+        acks = m.get("acks") or {}
         return {"t": m["t"], "messages": m["messages"], "windows": m["windows"],
                 "rejected": dict(m["rejected"]), "dropped": m["dropped"], "lost_samples": m["lost_samples"],
+                "filled_samples": m.get("filled_samples", 0), "late_samples": m.get("late_samples", 0),
+                "acks": {k: acks.get(k, 0) for k in ACK_COUNTS}, "queue_bytes": m.get("queue_bytes"),
                 "life": self.consumers.current["life"]}
 
     @staticmethod
@@ -806,6 +810,9 @@ class Run:
         rej.subtract(a["rejected"])
         return {"messages": b["messages"] - a["messages"], "windows": b["windows"] - a["windows"],
                 "dropped": b["dropped"] - a["dropped"], "lost_samples": b["lost_samples"] - a["lost_samples"],
+                "filled_samples": b["filled_samples"] - a["filled_samples"],
+                "late_samples": b["late_samples"] - a["late_samples"],
+                "acks": {k: b["acks"][k] - a["acks"][k] for k in ACK_COUNTS},
                 "rejected": {k: v for k, v in rej.items() if v}, "same_life": a["life"] == b["life"]}
 
     def _recovery_after_restart(self, kill: dict, life: dict) -> dict:
@@ -904,6 +911,8 @@ class Run:
         return {"start": t_start, "end": t_end, "live_reached": ok, "live_at": t_live, "workers": reports,
                 "counters": self._delta(before, after),
                 "queue_peak": max((q for _, q, _ in queue), default=None),
+                "queue_bytes_peak": max((m.get("queue_bytes") or 0
+                                         for m in self.watcher.fresh_metrics(t_start)), default=None),
                 "queue_curve": [(round(t - t_start, 1), q, d) for t, q, d in queue if t <= t_live + 2]}
 
 
@@ -1073,7 +1082,7 @@ def analyse(run: Run, pub: dict) -> dict:
             "life": life["life"], "pid": life["pid"], "started": life["started"], "ended": life["ended"],
             "end": life["end"], "metrics_seen": len(ms),
             **{k: last.get(k) for k in ("messages", "windows", "lost_samples", "dropped", "rejected",
-                                        "queue")},
+                                        "queue", "acks", "filled_samples", "late_samples")},
             "store_dropped": (last.get("store") or {}).get("dropped"),
             "peak_rss_mb": max((r for _, lf, r, _ in run.memory if lf == life["life"] and r), default=None),
         })
@@ -1247,7 +1256,8 @@ def render_markdown(result: dict) -> str:
       f"paho-mqtt {result['environment']['paho']}. The whole run took {result['seconds']:.0f} s.\n")
     w("## Set-up\n")
     w("- **Broker**: the script's own Mosquitto on a free port of 127.0.0.1, `persistence true` in a "
-      "temporary directory, `max_queued_messages 1000000`, `max_inflight_messages 0` (no limit). The "
+      "temporary directory, `max_queued_messages 1000000`, `max_inflight_messages 0` (no limit for 3.1.1 "
+      "clients; the consumer, over MQTT 5, asks for up to 20,000 in flight with its Receive Maximum). The "
       "system broker is not touched.")
     w(f"- **Consumer**: `{' '.join(result['consumer_command'])}` (a subprocess; `--state-dir` gives it a "
       "stable client id, hence a persistent QoS 1 session, checkpoints every "
@@ -1297,16 +1307,17 @@ def render_markdown(result: dict) -> str:
       "consumer process. After a `kill -9` the lost messages are those between the last one the killed "
       "process classified and the first one the next process took. They can be split further: the "
       "samples of at most one window per device may have been decoded and buffered in the killed process "
-      "(its partial window: buffers are not checkpointed); a message whose samples lie beyond that "
-      "window had certainly not been decoded: it sat in the consumer's in-memory queue, **already "
-      "acknowledged to the broker** (paho sends the PUBACK as soon as `on_message` returns, and "
-      "`on_message` only enqueues). Outside the kills, messages are lost when the consumer refuses them "
-      "(`backwards_seq` after a reordering) or drops them (full queue): its metrics count those.")
-    w("- **Seq gap counted by the next life**: the restored checkpoint holds each device's `seq` at "
-      "checkpoint time, so the restarted consumer counts every message after it as lost "
-      "(`lost_samples` = messages × samples per message), including those the killed process "
-      "processed and classified after its last checkpoint. The two are separated below by looking at "
-      "which windows the killed process published.")
+      "(its partial window); a message whose samples lie beyond that window had certainly not been "
+      "decoded: it sat in the consumer's in-memory queue. Either way it is lost only if the consumer had "
+      "acknowledged it (with `--ack on-receipt`, paho's default, as soon as it is queued; with "
+      "`--ack after-window`, only once its samples are in a published window). Outside the kills, "
+      "messages are lost when the consumer refuses them (`backwards_seq` after a reordering) or drops "
+      "them (full queue): its metrics count those.")
+    w("- **Seq gap counted by the next life**: what a restarted consumer's `seq` check counts as lost "
+      "between the `seq` the checkpoint holds for each device and the first message it takes; the table "
+      "compares it with what the next life reported. The acknowledgement journal brings that `seq` "
+      "forward to the last message acknowledged (`--ack after-window`), so no gap is counted for messages "
+      "the killed process classified after its last checkpoint.")
     w("- **Windows classified twice**: the same `(device, t)` published more than once "
       "(`duplicate (device, t)`), or two windows of a device that overlap in time.")
     w(f"- **Live again** (recovery): the last prediction of a real device that was published more than "
@@ -1443,8 +1454,9 @@ def render_markdown(result: dict) -> str:
           f"{fmt(r.get('classified_before_the_kill', 0))} | {fmt(r.get('never_classified', 0))} | "
           f"{fmt(r['expected_lost_samples'])} / {fmt(r['reported_lost_samples_first_metrics'])} |")
     w("")
-    w("A life killed before its first checkpoint leaves the previous checkpoint in place, so the life "
-      "after it restores an older state and counts a larger gap.\n")
+    w("A life killed before its first checkpoint leaves the previous checkpoint in place; with "
+      "`--ack after-window` the journal it appended to carries on, so the life after it counts no larger "
+      "gap.\n")
 
     w("### Rejected inputs by reason (malformed flood)\n")
     exp, got = c["expected"], c["counters"]["rejected"]
@@ -1478,8 +1490,10 @@ def render_markdown(result: dict) -> str:
       f"({cfg['flood_samples']} samples, {fmt(msg_bytes)} bytes each, QoS 1, "
       f"{cfg['flood_devices']} devices per "
       f"process) at {fmt(sum(x.get('rate_per_s', 0) for x in wk))} messages/s in total, on top of the "
-      f"{cfg['devices']} real devices. The consumer's queue (200,000 messages) peaked at "
-      f"{fmt(d['queue_peak'])}; it dropped and counted {fmt(split['dropped'])} messages; its seq-gap counter "
+      f"{cfg['devices']} real devices. The consumer's queue (at most 200,000 messages and 32 MB of payload) "
+      f"peaked at {fmt(d['queue_peak'])}"
+      + (f" ({d['queue_bytes_peak'] / 2**20:.1f} MB)" if d.get("queue_bytes_peak") else "")
+      + f"; it dropped and counted {fmt(split['dropped'])} messages; its seq-gap counter "
       f"grew by {fmt(split['lost_samples'])} samples, which splits into ≈ "
       f"{fmt(split['real_device_messages_dropped_est'])} messages of real devices "
       f"({cfg['samples_per_message']} samples each) and ≈ {fmt(split['flood_messages_dropped_est'])} of the "
@@ -1518,13 +1532,15 @@ def render_markdown(result: dict) -> str:
       "allocator keeps freed memory for reuse rather than returning it to the system.\n")
     w("### Consumer lives\n")
     w("| life | ended by | messages | windows | lost_samples | dropped | rejected | last queue | event store "
-      "rows dropped | peak RSS |")
-    w("|---|---|---|---|---|---|---|---|---|---|")
+      "rows dropped | acked after the window / at once / forced | sent again, skipped | peak RSS |")
+    w("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for lf in a["lives"]:
+        ak = lf.get("acks") or {}
         w(f"| {lf['life']} | {lf['end']} | {fmt(lf['messages'])} | {fmt(lf['windows'])} | "
           f"{fmt(lf['lost_samples'])} | "
           f"{fmt(lf['dropped'])} | {fmt(sum((lf['rejected'] or {}).values()))} | {fmt(lf['queue'])} | "
-          f"{fmt(lf['store_dropped'])} | {fmt(lf['peak_rss_mb'], ' MB')} |")
+          f"{fmt(lf['store_dropped'])} | {fmt(ak.get('after_window'))} / {fmt(ak.get('at_once'))} / "
+          f"{fmt(ak.get('forced'))} | {fmt(ak.get('redelivered'))} | {fmt(lf['peak_rss_mb'], ' MB')} |")
     w("")
     w("The counters of a killed life are those of its last metrics message (up to 1 s before the "
       "kill); whatever it counted after that died with it. The last life's `lost_samples` holds the "
@@ -1537,106 +1553,69 @@ FINDINGS = """## What this shows
 
 {verdict}
 
-1. **Acknowledged, then lost on `kill -9`.** paho acknowledges a QoS 1 message as soon as `on_message`
-   returns, and the consumer's `on_message` only puts it in its in-memory queue. Whatever is in that
-   queue when the process dies was acknowledged to the broker and is gone: the broker will not send it
-   again. {kill_text} The persistent session protects only what the consumer has not yet
-   acknowledged, which with automatic acknowledgements is almost nothing.
-2. **Samples buffered in a partial window are lost on every restart, even a graceful one.** Buffers
-   are not checkpointed (`stream/persist.py`: “a restarted consumer begins a new window at each device's
-   next sample”), and their messages were acknowledged long ago. The same holds for SIGTERM: at most
-   one window (2 s) per device per restart.
-3. **The restarted consumer's `lost_samples` overstates the loss**: it counts from the checkpoint's
-   `seq`, so messages processed (and classified) after the last checkpoint are counted as lost
-   ({false_gap} of {gap} at the first kill). The state restored is also that old: the windows classified
-   after the checkpoint are not in the LSTM state the next life resumes from.
-4. **No window was classified twice** ({dups} duplicate `(device, t)`, {overlaps} overlapping windows):
-   messages the broker redelivers after a broker restart are refused as `repeated_seq`, and a restarted
-   consumer never sees again what its predecessor acknowledged. That is the flip side of finding 1: the
-   consumer is at-most-once today.
-5. **Broker restart**: {broker_text}
-6. **Malformed input** never stopped the consumer and every reason was counted exactly{c_mismatch}. One
+1. **kill -9: {kill_headline}.** {kill_text}
+2. **Restarts resume where the last published window ended.** The checkpoint keeps, per device, the
+   `seq` before the first message not yet acknowledged and the end of its last published window; an
+   append-only journal (`acked-<n>.log` beside the checkpoint, one line per device and cycle, written
+   before the PUBACKs leave) carries both between checkpoints. So the next life accepts what the broker
+   sends again, skips the samples already in a published window (the first grid sample after it is
+   interpolated from the samples around it, so the windows go on on the same grid) and its `seq` check
+   counts no false gap: the restarted lives reported {reported_gap} in `lost_samples` where the
+   checkpoint alone would have counted {expected_gap} (table above). The recurrent state it restores is
+   still the checkpoint's: the windows classified between the checkpoint and the kill are not in it.
+3. **Windows classified twice: {dups}** ({overlaps} overlapping windows). {dup_text}
+4. **Broker restart**: {broker_text}
+5. **Malformed input** never stopped the consumer and every reason was counted exactly{c_mismatch}. One
    valid-looking message with a huge `seq` on a device's topic makes the consumer refuse that device's
-   next messages as `backwards_seq` until the device restarts at `seq` 0 (5 of 5 here): only the ACL
+   next messages as `backwards_seq` until the device restarts at `seq` 0: only the ACL
    (`deploy/mosquitto/acl`: a device may publish only on its own topics) keeps other clients from doing
    that. The same message adds about 2 × 10⁹ to `lost_samples` ({spoof_lost} over the malformed flood),
-   which makes that counter useless until the consumer restarts. A `seq` jump that large (or a batch
-   far ahead of the device's clock) could be refused, or counted apart, instead of trusted.
-7. **Overload**: {overload_text} The queue is bounded in messages, not in bytes, and a payload is
-   queued before its size is checked (`MAX_PAYLOAD_BYTES`, 256 kB, applies when decoding): with
-   `deploy/mosquitto/mosquitto.conf`'s `max_packet_size 270000`, 200,000 queued messages could hold
-   about 54 GB; Mosquitto's default limit is 256 MB per message. A bound in bytes in `_on_message`
-   (refusing oversize payloads there) would keep memory flat whatever the senders do.
+   which makes that counter useless until the consumer restarts. A `seq` jump that large could be
+   refused, or counted apart, instead of trusted (not done).
+6. **Overload**: {overload_text}
+7. **In-flight limits** (measured on this Mosquitto, {mosquitto}; `tests/test_acks.py` keeps checking
+   it): a 3.1.1 subscriber that acknowledges nothing gets 20 QoS 1 messages (`max_inflight_messages`,
+   default 20); an MQTT 5 subscriber gets as many as its Receive Maximum (100 of 150, or 150), whatever
+   `max_inflight_messages` says. The consumer therefore connects with MQTT 5 and Receive Maximum =
+   `--max-unacked` (20,000 by default; about devices × messages per window are held), and never stalls:
+   at `--max-unacked` held it acknowledges the oldest, and when nothing arrives for `--ack-stall` (2 s)
+   while messages are held it acknowledges them all (both counted in `acks.forced`: at most once for
+   those); over 3.1.1 (`--mqtt 3.1.1`, or a broker without MQTT 5 such as the embedded amqtt) it
+   acknowledges on receipt unless `--ack after-window` is given, and then takes the count at a stall as
+   the broker's limit. This Mosquitto does not keep strictly to the limit once messages are
+   acknowledged: acknowledging one of 100 held (Receive Maximum 100) let 100 more through, so the
+   consumer bounds its queue itself (above). `deploy/mosquitto/mosquitto.conf` and
+   `deploy/compose/mosquitto.conf` set `max_inflight_messages 0` for 3.1.1 consumers and
+   `max_queued_messages 100000`, the backlog the broker keeps for the consumer.
 
-## Proposed fix (for `stream/consumer.py` and `stream/mqtt.py`; not applied here)
+## The fix (issue 7), in short
 
-Acknowledge a message only when its samples are safe, with paho 2.x manual acknowledgements, so that
-the broker's persistent session keeps everything a dead consumer had not finished:
+- `stream/mqtt.py`: `connect(..., protocol="5", manual_ack=True, receive_maximum=N)`; a persistent MQTT 5
+  session never expires (Session Expiry Interval 0xFFFFFFFF, `clean_start` False on every reconnection).
+- `stream/consumer.py`: `--ack after-window` (the default with a persistent QoS 1 session over MQTT 5):
+  an imu message is held as (time of its last sample, `seq`, packet id) under its device and
+  acknowledged once a published window of that device ends at or after it; labels, commands and
+  refused payloads are acknowledged at once; idle eviction and device clock resets acknowledge what
+  they drop; a packet id already held is a copy the broker re-sent (not processed twice). The journal
+  line and the PUBACKs of a cycle go out only once its predictions are written to the socket, and
+  nothing is acknowledged after the final checkpoint on SIGTERM. Payloads over `MAX_PAYLOAD_BYTES` are
+  refused in `on_message` before they are queued; the queue is bounded in bytes (32 MB of payload) as
+  well as messages. Metrics: `acks` (`mode`, `protocol`, `unacked`, `limit`, `after_window`,
+  `at_once`, `redelivered`, `dropped`, `forced`), `queue_bytes`, `filled_samples`.
+- `stream/decode.py`: `SequenceCheck` accepts a `seq` below the last one when it fills a gap it
+  counted, and takes it off `lost_samples` (`filled_samples`).
+- `stream/persist.py`: checkpoint version 2 (watermarks, journal generation; version 1 still read),
+  `AckJournal`.
 
-```python
-# stream/mqtt.py, connect(): a new keyword manual_ack=False
-client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
-                     clean_session=clean_session, protocol=mqtt.MQTTv311, manual_ack=manual_ack)
-
-# stream/consumer.py
-self._client = connect(..., manual_ack=cfg.persistent and cfg.qos == 1)
-
-def _on_message(self, client, userdata, message):            # paho thread
-    try:
-        self._queue.put_nowait((message.topic, message.payload, time.monotonic(), message.mid, message.qos))
-    except queue.Full:
-        self.stats.dropped += 1
-        # not acknowledged: the broker keeps it for the next session (see 3. below)
-
-def handle(self, topic, payload, arrival, mid=0, qos=0):    # service thread
-    ...  # as today; then, for an imu batch of a device that was buffered:
-    self._unacked.setdefault(device, []).append((batch.t[-1], mid, qos))
-    # labels, commands and rejected payloads: self._client.ack(mid, qos) at once
-
-def _publish(self, predictions):                              # after publishing the windows
-    for p in predictions:
-        pending = self._unacked.get(p.device, [])
-        while pending and pending[0][0] <= p.t_end:           # every sample of it is in a published window
-            _, mid, qos = pending.pop(0)
-            if qos:
-                self._client.ack(mid, qos)
-```
-
-1. With this, a `kill -9` loses nothing: the queue and the partial windows are redelivered to the next
-   life. Those messages have `seq` above the checkpoint's, so they are accepted, and no window is
-   classified twice (what was acknowledged is never redelivered; the next life's first window may
-   overlap the last published one by part of a message). Checked against Mosquitto 2.0.11 with paho
-   2.2 (`manual_ack=True`): acknowledging every other message, in reverse order, then reconnecting,
-   the unacknowledged ones came back in order, flagged DUP, before the new ones. Devices that go quiet
-   (`_evict_idle`) and grid restarts (`max_gap`) must acknowledge what they drop. On SIGTERM,
-   acknowledge nothing more after the final checkpoint.
-2. Acknowledging only after a *checkpoint* covers the messages (as the issue suggests) would also make
-   the restored LSTM state exact, but it redelivers everything processed since the last checkpoint,
-   so windows would be classified twice unless the checkpoint also holds each device's buffer and the
-   last `t` published (then re-published windows can be recognised by `(device, t)` and skipped, and the
-   event store should use `UNIQUE(device, t)` with `INSERT OR IGNORE`). It also keeps
-   `checkpoint_interval × message rate` messages in flight: at 5 s and 500 messages/s that is 2,500;
-   at the default 30 s and 3,000 devices it exceeds 65,535, the most an MQTT session can have in flight.
-3. In-flight limits: the broker sends at most `max_inflight_messages` unacknowledged messages per
-   client (Mosquitto's default is **20**; MQTT 5's Receive Maximum at most 65,535). With acknowledgement
-   after the window, a consumer holds about one window of messages per device unacknowledged
-   (10 per device with 0.2 s messages), so the broker must allow devices × 10 in flight
-   (`max_inflight_messages 0` or a large number; `deploy/mosquitto/mosquitto.conf` and
-   `deploy/compose/mosquitto.conf` do not set it today); with Mosquitto's default the consumer would
-   stall: 20 unacknowledged messages spread over the devices complete no window, so none is ever
-   acknowledged. A message that does not fit in the full queue is then best left unacknowledged only if the
-   broker re-sends it: MQTT 3.1.1 brokers re-send only on reconnection, so either acknowledge and count it
-   (explicit load shedding, as today) or size the queue above the in-flight limit so that it can never
-   be full (the broker then holds the backlog in its persistent queue, bounded by `max_queued_messages`).
+The PUBACKs still cannot make the output exactly once: a prediction that left the process just before
+a `kill -9`, whose journal line had not yet been written, is published again by the next life with the
+same `(device, t)` (finding 3); readers that need exactly once can key on `(device, t)`.
 """
 
 
 def findings(result: dict) -> str:
     a = result["analysis"]
     kills = a["kills"]
-    k1 = kills[0] if kills else {}
-    k_catch = next((k for k in kills if "catch-up" in k["label"]), k1)
-    r1 = a["restarts"][0] if a["restarts"] else {}
     c = result["faults"]["c"]
     mismatch = {r for r in set(c["expected"]) | set(c["counters"]["rejected"])
                 if c["expected"].get(r, 0) != c["counters"]["rejected"].get(r, 0)}
@@ -1648,97 +1627,120 @@ def findings(result: dict) -> str:
     queued = sum(k["certainly_in_queue"] for k in kills)
     b2 = result["faults"].get("b2") or {}
     b2_back = (b2.get("counters") or {}).get("lost_samples", 0) // b2.get("samples_per_message", 10)
-    real_dropped = result["overload_split"]["real_device_messages_dropped_est"]
+    split = result["overload_split"]
+    real_dropped = split["real_device_messages_dropped_est"]
+    ack_mode = result["config"].get("ack", "on-receipt")
+    dups, overlaps = a["predictions"]["duplicate_device_t"], a["predictions"]["overlapping_windows"]
     parts = [f"{lost:,} at the {len(kills)} `kill -9`s"
              + (f" ({queued:,} of them provably still waiting in the consumer's in-memory queue)"
                 if queued else "")]
     if b2_back:
-        parts.append(f"{b2_back:,} at a reconnection with a slow CONNACK (reordered, then refused as "
-                     "`backwards_seq`)")
+        parts.append(f"{b2_back:,} at a reconnection with a slow CONNACK (reordered, counted as a gap)")
     if real_dropped:
         parts.append(f"≈ {real_dropped:,} of the real devices' dropped, and counted, under overload")
-    verdict = (f"**QoS 1 messages acknowledged but never classified** (goal 0): {'; '.join(parts)}. "
-               f"**Windows classified twice: {a['predictions']['duplicate_device_t']}** (goal 0). "
-               "The consumer "
-               "survived every fault and recovered by itself; its memory stayed bounded (by its queue) under "
-               "overload.")
-    per_device = k1.get("lost", 0) / max(result["config"]["devices"], 1)
-    kill_text = (f"In steady state the queue is nearly empty and what is lost is the last partial window of "
-                 f"each device: {k1.get('lost', 0):,} messages over {result['config']['devices']} devices "
-                 f"({per_device:.1f} per device, 0.2 s each) at the first kill.")
-    if k_catch is not k1 and k_catch.get("certainly_in_queue"):
-        kill_text += (f" Killed while it was catching up after a restart, the consumer lost "
-                      f"{k_catch['lost']:,} messages, {k_catch['certainly_in_queue']:,} of them lying more "
-                      "than a "
-                      "window beyond the last it had classified: they had not even been decoded, they were "
-                      "acknowledged backlog waiting in its queue.")
-    elif k_catch is not k1:
-        kill_text += (f" The kill during catch-up lost {k_catch.get('lost', 0):,} messages, none provably "
-                      "still in the queue: it came when the consumer had nearly drained its backlog.")
+    verdict = (f"Consumer acknowledging **{ack_mode}**. "
+               f"**QoS 1 messages acknowledged but never classified** (goal 0): {'; '.join(parts)}. "
+               f"**Windows classified twice: {dups}** (goal 0). The consumer survived every fault and "
+               f"recovered by itself; its memory peaked at {fmt(peak)} MB against {fmt(steady)} MB in "
+               "steady state.")
+    lives = a["lives"]
+    redelivered = sum(((lf.get("acks") or {}).get("redelivered") or 0) for lf in lives)
+    forced = sum(((lf.get("acks") or {}).get("forced") or 0) for lf in lives)
+    if ack_mode == "after-window":
+        kill_headline = ("nothing the broker had acknowledged was lost" if lost == 0 else
+                         f"{lost:,} acknowledged messages lost")
+        kill_text = ("The consumer acknowledges an imu message only once every sample of it is in a "
+                     "published window, so what a killed consumer had queued, or buffered in a partial "
+                     "window, was still unacknowledged: the broker kept it in the persistent session and "
+                     "sent it again to the next life (flagged DUP, before the new ones). "
+                     f"Per kill: {', '.join(fmt(k['lost']) for k in kills)} messages lost. The lives "
+                     f"reported {redelivered:,} messages sent again that lay wholly in windows already "
+                     f"published (skipped) and {forced:,} acknowledged by force (`acks.forced`). "
+                     "The same holds for a graceful stop: buffers need no checkpoint, the broker holds "
+                     "their messages.")
+    else:
+        kill_headline = f"{lost:,} acknowledged messages lost"
+        kill_text = ("paho acknowledges a QoS 1 message as soon as `on_message` returns, and the "
+                     "consumer's `on_message` only queues it: what was queued or buffered in a partial "
+                     "window when the process died was acknowledged and is gone.")
+    if dups:
+        by_kill = [k for k in kills if "catch-up" in k["label"]]
+        dup_text = (f"{dups:,} windows were published twice with the same `(device, t)`. "
+                    "A prediction that left the process just before the kill, whose journal line was "
+                    "not yet written, is published again by the next life on the same grid. The kill "
+                    + ("during catch-up is triggered by the watcher receiving that life's first "
+                       "prediction, so it lands in that gap (a millisecond or so after the predictions are "
+                       "written, before the journal line) on purpose; a random kill rarely does. "
+                       if by_kill else "landed in that gap. ")
+                    + "Readers that need exactly once can key on `(device, t)`; the event store of "
+                    "the killed life usually had not written those rows yet.")
+    else:
+        dup_text = ("No `(device, t)` was published twice and no two windows of a device overlap: what "
+                    "was acknowledged is not sent again, and what is sent again is skipped up to the last "
+                    "published window.")
     spoof_lost = result["faults"]["c"]["counters"]["lost_samples"]
-    split = result["overload_split"]
     d = result["faults"]["d"]
     b = result["faults"]["b"]
     bc = b["counters"]
     back = bc["rejected"].get("backwards_seq", 0)
-    inv = {name: o.get("older_than_one_delivered_before", 0)
-           for name, o in b.get("delivery_order", {}).items()}
     broker_text = ("with `persistence true` and a clean stop, the consumer's persistent session and the "
                    "messages queued for it survive, and paho reconnects every client by itself. ")
     if back or bc["lost_samples"]:
-        seen = max(inv.values(), default=0)
         broker_text += (f"This time {back:,} messages were refused as `backwards_seq` and "
-                        f"{bc['lost_samples']:,} samples counted lost"
-                        + (f"; the taps saw {seen:,} messages delivered after newer ones of the same device"
-                           if seen else "") + ". ")
+                        f"{bc['lost_samples']:,} samples counted lost. ")
     else:
-        broker_text += (f"This time no sample was lost ({bc['rejected'].get('repeated_seq', 0)} messages the "
-                        "broker had in flight at the stop were re-sent with DUP and rightly refused as "
-                        "`repeated_seq`). ")
-    b2 = result["faults"].get("b2")
+        broker_text += (f"This time no sample was lost ({bc['rejected'].get('repeated_seq', 0)} messages "
+                        "refused as `repeated_seq`: re-sent copies of messages already acknowledged). ")
     if b2:
-        refused = b2["counters"]["rejected"].get("backwards_seq", 0)
-        b2_lost = b2["counters"]["lost_samples"] // b2.get("samples_per_message", 10)
+        bcnt = b2["counters"]
+        refused = bcnt["rejected"].get("backwards_seq", 0)
+        filled = bcnt.get("filled_samples")
+        late = bcnt.get("late_samples")
         broker_text += (
-            "But a reconnection can reorder a device's messages, and the consumer then throws acknowledged "
-            "messages away. The publisher's paho client, when it reconnects, sends what is published between "
-            "its new TCP connection and the broker's CONNACK at once (`publish()` writes whenever a socket "
-            "exists), and re-sends the backlog it kept while disconnected only once the CONNACK arrives "
-            "(`_handle_connack`). Fault b2 makes the CONNACK take "
-            f"{b2['connack_delay_s']:g} s (a proxy; a loaded broker, e.g. one loading a large persistence "
-            f"file, or a slow link does the same): of the {b2['published_while_disconnected']:,} messages "
-            "published while "
-            f"disconnected, **{b2_lost:,} were lost**: the consumer's `SequenceCheck` jumped to the newer "
-            f"`seq`, counted the backlog as a gap ({b2['counters']['lost_samples']:,} samples) and refused "
-            f"it when it came ({refused:,} refused as `backwards_seq`, counting the messages paho had "
-            "written to the dead connection and re-sent, which the consumer already had). In a trial run the "
-            "plain broker restart did it too (69 messages), when the machine was busy. A phone's MQTT "
-            "library may well behave the same. Remedies: publishers that hold new messages until the backlog "
-            "is re-sent (our `simulators/` and `replay`), and a consumer that accepts a `seq` below the last "
-            "one when it fills a gap it counted (and takes it off `lost_samples`), with a `--reorder` hold "
-            "long enough to merge the samples.")
+            "A reconnection can reorder a device's messages: the publisher's paho client sends what is "
+            "published between its new TCP connection and the broker's CONNACK at once, and re-sends the "
+            "backlog it kept while disconnected only once the CONNACK arrives. Fault b2 holds the CONNACK "
+            f"{b2['connack_delay_s']:g} s: of the {b2['published_while_disconnected']:,} messages published "
+            f"while disconnected, the consumer counted {bcnt['lost_samples']:,} samples lost net, refused "
+            f"{refused:,} as `backwards_seq`"
+            + (f", took {fmt(filled)} samples back off `lost_samples` as late messages that filled the gap "
+               f"(`filled_samples`), and its buffers dropped {fmt(late)} samples as late"
+               if filled is not None
+               else "")
+            + ": without `--reorder` (0 here) the buffer has moved on when the backlog comes, so its samples "
+            "are counted rather than classified; a `--reorder` hold longer than the reconnection would "
+            "merge them. Publishers that hold new messages until the backlog is re-sent (our `simulators/` "
+            "and `replay`) avoid the reordering.")
     broker_text += (" A `kill -9` of the broker would lose what it received since its last autosave "
                     "(`autosave_interval`, 30 min by default): a broker setting, not tested here.")
     live_d = fmt(rec.get("d", {}).get("live_s"))
+    qb = d.get("queue_bytes_peak")
     if split["dropped"]:
-        overload_text = (f"the consumer's queue filled up (peak {d['queue_peak']:,}), {split['dropped']:,} "
-                         "messages were dropped and counted in `dropped` "
-                         f"(≈ {split['real_device_messages_dropped_est']:,} "
-                         "of them from the real devices: they lose samples as much as the flood does), and "
-                         f"the consumer was live again {live_d} s after the flood ended. "
-                         f"Memory stayed bounded (peak {fmt(peak)} MB against {fmt(steady)} MB in steady "
-                         "state, the full queue included). The dropped messages had been acknowledged to "
-                         "the broker, like everything else: under overload QoS 1 buys nothing.")
+        overload_text = (f"the consumer's queue reached its bound (peak {d['queue_peak']:,} messages"
+                         + (f", {qb / 2**20:.1f} MB of payload" if qb else "")
+                         + "; at most 200,000 messages and 32 MB of payload), and "
+                         f"{split['dropped']:,} messages were dropped, acknowledged and counted in `dropped` "
+                         f"(≈ {split['real_device_messages_dropped_est']:,} of them from the real devices): "
+                         "under overload, at most once for those, explicitly. The consumer was live again "
+                         f"{live_d} s after the flood ended; its memory peaked at {fmt(peak)} MB against "
+                         f"{fmt(steady)} MB in steady state. Leaving the backlog to the broker instead "
+                         "(paho's thread waiting for room in the queue) was tried: under this overload the "
+                         "broker cut "
+                         "the consumer for keep-alive timeout and sent its whole in-flight window again.")
     else:
-        overload_text = (f"the queue peaked at {d['queue_peak']:,} of 200,000, nothing was dropped, and the "
-                         f"consumer was live again {live_d} s after the flood ended; memory grew with the "
-                         f"queue (peak {fmt(peak)} MB against {fmt(steady)} MB in steady "
-                         "state). The flood was not large enough to fill the queue on this machine.")
+        overload_text = (f"nothing was dropped: the consumer's queue peaked at {d['queue_peak']:,} messages"
+                         + (f" ({qb / 2**20:.1f} MB of payload)" if qb else "")
+                         + ("; acknowledging after the window, paho's thread waits for room once the queue "
+                            "holds 32 MB of payload (or 200,000 messages), so the broker keeps the backlog "
+                            "(its memory is the one that grows)" if ack_mode == "after-window" else "")
+                         + f". The consumer was live again {live_d} s after the flood ended; its memory "
+                         f"peaked at {fmt(peak)} MB against {fmt(steady)} MB in steady state.")
     return re.sub(r"\n {3}(?=\S)", " ", FINDINGS).format(
-        verdict=verdict, kill_text=kill_text, spoof_lost=fmt(spoof_lost),
-        false_gap=fmt(r1.get("classified_before_the_kill")), gap=fmt(r1.get("counted_as_lost")),
-        dups=a["predictions"]["duplicate_device_t"], overlaps=a["predictions"]["overlapping_windows"],
-        broker_text=broker_text,
+        verdict=verdict, kill_headline=kill_headline, kill_text=kill_text, spoof_lost=fmt(spoof_lost),
+        reported_gap=" and ".join(fmt(r["reported_lost_samples_first_metrics"]) for r in a["restarts"]),
+        expected_gap=" and ".join(fmt(r["expected_lost_samples"]) for r in a["restarts"]),
+        dups=fmt(dups), overlaps=fmt(overlaps), dup_text=dup_text, broker_text=broker_text,
+        mosquitto=result["environment"]["mosquitto"],
         c_mismatch="" if not mismatch else f" except {', '.join(sorted(mismatch))} (see the table)",
         overload_text=overload_text)
 
@@ -1765,6 +1767,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--flood-devices", type=int, default=100, help="devices per overload process")
     ap.add_argument("--flood-samples", type=int, default=25, help="samples per overload message (0.5 s)")
     ap.add_argument("--drain-timeout", type=float, default=90.0)
+    ap.add_argument("--ack", default="after-window", choices=("after-window", "on-receipt"),
+                    help="the consumer's --ack: after-window (the fix of issue 7) or on-receipt (paho's "
+                         "default, as before it) (default: %(default)s)")
     ap.add_argument("--budget", type=float, default=300.0, help="seconds of samples generated per device")
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "faults.json")
     ap.add_argument("--md", type=Path, default=ROOT / "docs" / "faults.md")
@@ -1798,7 +1803,7 @@ def main(argv: list[str] | None = None) -> int:
         "consumer_command": ["python", "-m", "stream.cli", "consume", "--broker", "mqtt://127.0.0.1:PORT",
                              "--state-dir", "TMP/state",
                              "--checkpoint-interval", f"{args.checkpoint_interval:g}",
-                             "--qos", "1", "--no-learn", "--metrics-interval", "1"],
+                             "--qos", "1", "--no-learn", "--metrics-interval", "1", "--ack", args.ack],
         "environment": {"when": time.strftime("%Y-%m-%d %H:%M"), "mosquitto": Mosquitto.version(),
                         "cpus": os.cpu_count(), "python": platform.python_version(),
                         "paho": version("paho-mqtt"),

@@ -293,6 +293,7 @@ class Consumer:
         self._oversize = 0  # payloads refused in paho's thread, counted as rejected "oversize"
         self._paho_acks: Counter[str] = Counter()  # acknowledgements sent from paho's thread
         self._last_arrival = time.monotonic()
+        self._connected_at = time.monotonic()
         self.acks = _Acks(config.max_unacked)
         self.after_window = False  # acknowledging after the window (decided when connecting)
         self.protocol = ""  # MQTT protocol in use
@@ -303,7 +304,8 @@ class Consumer:
         self.journal: AckJournal | None = None
         self._journal_generation = 0
         self._stall_warned = False
-        self._confirm: deque[tuple] = deque()  # (last prediction's info, when, journal entries, acks due)
+        self._confirm: deque[list] = deque()  # [last prediction's info, when, journal entries, acks due]
+        self._confirm_lock = threading.Lock()
         self._stop = threading.Event()
         self._client = None
         self.last_metrics: dict = {}
@@ -485,6 +487,7 @@ class Consumer:
         torch.set_num_threads(cfg.torch_threads)
         status = consumer_topic(cfg.prefix, cfg.consumer_id, "status")
         self._client = self._connect(status)
+        self._client.on_publish = self._on_publish
         self.acks.client = self._client
         if self.after_window and cfg.state_dir is not None and self.shared is None:
             self.journal = AckJournal(cfg.state_dir, self._journal_generation)
@@ -545,6 +548,7 @@ class Consumer:
                            *[(self._shared_topic(t), cfg.qos) for t in self.router.subscriptions()
                              if t != f"{cfg.prefix}/+/imu"]],
             on_message=self._on_message,
+            on_connected=self._on_connected,
             clean_session=not cfg.persistent,
         )
         if want and cfg.mqtt_protocol in ("5", "auto"):
@@ -568,13 +572,17 @@ class Consumer:
         return connect(cfg.broker, "consumer", protocol=self.protocol, manual_ack=self.after_window,
                        receive_maximum=cfg.max_unacked if self.after_window else None, **kwargs)
 
+    def _on_connected(self, client) -> None:  # paho thread, at every (re)connection
+        self._connected_at = time.monotonic()
+
     def _check_stall(self) -> None:
         """Messages held and nothing arriving: the broker's in-flight limit may be full of partial
         windows. Acknowledge them all (counted as forced) so that it sends more; under MQTT 3.1.1 the
         limit is then taken to be what was held, and kept below from now on."""
         now = time.monotonic()
-        if now - self._last_arrival < self.config.ack_stall or not self._queue.empty():
-            return
+        if (now - max(self._last_arrival, self._connected_at) < self.config.ack_stall
+                or not self._queue.empty() or not self._client.is_connected()):
+            return  # a broker that is away sends again what is held when it is back
         held = len(self.acks)
         self.acks.enforce_limit(0)
         self._last_arrival = now
@@ -793,28 +801,49 @@ class Consumer:
                                 self._anchors.get(device)))
         finally:
             due, self.acks.deferred = self.acks.deferred, None
-        self._confirm.append((info, time.monotonic(), entries, due))
-        # waiting for paho's thread to write them (well under a millisecond on an idle link) keeps the
-        # time between a prediction leaving and its journal line as short as can be: a kill -9 in
-        # between would have the next life classify that window again
-        self._flush_acks(wait=1.0)
+        with self._confirm_lock:
+            self._confirm.append([info, time.monotonic(), entries, due])
+        # the paho thread journals and acknowledges them as soon as it has written the predictions
+        # (_on_publish): a kill -9 between the two can then only fall between two system calls; had the
+        # predictions left without the journal line, the next life would classify those windows again
+        self._flush_acks()
 
-    def _flush_acks(self, wait: float = 0.0) -> None:
-        """Journal and acknowledge what ``_acknowledge`` released, as far as its predictions are sent
-        (waiting up to ``wait`` seconds for them). QoS 0 predictions lost to a disconnection are never
-        sent: after ``CONFIRM_TIMEOUT`` they count as published (the event store has them)."""
-        while self._confirm:
-            info, since, entries, due = self._confirm[0]
-            if info is not None and info.rc == 0 and not info.is_published():
-                if wait > 0:
-                    info.wait_for_publish(wait)
-                if not info.is_published() and time.monotonic() - since < CONFIRM_TIMEOUT:
-                    return
-            self._confirm.popleft()
+    def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:  # paho thread
+        if self._confirm:  # usually empty: no lock taken for metrics and the like
+            with self._confirm_lock:
+                for k, entry in enumerate(self._confirm):
+                    if entry[0] is not None and entry[0].mid == mid:
+                        self._complete(k + 1)  # it and every earlier one (paho writes in order)
+                        return
+
+    def _complete(self, n: int) -> None:
+        """Journal and acknowledge the first ``n`` confirmations (holding ``_confirm_lock``)."""
+        for _ in range(n):
+            _, _, entries, due = self._confirm.popleft()
             if self.journal is not None:
                 self.journal.write(entries)
             for mid, qos, why in due:
-                self.acks.ack(mid, qos, why)
+                self._client.ack(mid, qos)
+                self._paho_acks[why] += 1
+
+    def _flush_acks(self, wait: float = 0.0) -> None:
+        """Journal and acknowledge what ``_acknowledge`` released, as far as its predictions are sent
+        (waiting up to ``wait`` seconds for them; ``_on_publish`` usually did it already). QoS 0
+        predictions lost to a disconnection are never sent: after ``CONFIRM_TIMEOUT`` they count as
+        published (the event store has them)."""
+        while self._confirm:
+            with self._confirm_lock:
+                if not self._confirm:
+                    return
+                info, since = self._confirm[0][0], self._confirm[0][1]
+                if info is None or info.rc != 0 or info.is_published() or \
+                        time.monotonic() - since >= CONFIRM_TIMEOUT:
+                    self._complete(1)
+                    continue
+            if wait <= 0:
+                return
+            info.wait_for_publish(wait)
+            wait = 0.0
 
     # -- online learning, drift, live metrics -------------------------------------------------
     def _after_predictions(self, predictions: list[Prediction]) -> None:

@@ -110,7 +110,8 @@ class AckJournal:
             lines = []
             for d, t, s, *rest in entries:
                 anchor = rest[0] if rest else None
-                extra = "" if anchor is None else "\t" + "\t".join(repr(float(x)) for x in (anchor[0], *anchor[1]))
+                extra = ("" if anchor is None
+                         else "\t" + "\t".join(repr(float(x)) for x in (anchor[0], *anchor[1])))
                 lines.append(f"{d}\t{t!r}\t{'' if s is None else s}{extra}\n")
             os.write(self._fd, "".join(lines).encode())
 
@@ -131,7 +132,8 @@ class AckJournal:
             self._fd = None
 
 
-def read_journal(directory: Path, generation: int) -> tuple[dict[str, float], dict[str, int], dict[str, tuple]]:
+def read_journal(directory: Path, generation: int) -> tuple[dict[str, float], dict[str, int],
+                                                             dict[str, tuple]]:
     """(watermarks, seqs, anchors) from ``generation``'s journal, the last line of each device winning;
     an incomplete last line (a kill in the middle of a write) is ignored."""
     path = _journal_path(directory, generation)

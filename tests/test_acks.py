@@ -21,7 +21,7 @@ import pytest
 from models.checkpoint import save_checkpoint
 from models.state import StatefulClassifier
 from stream.consumer import Consumer, ConsumerConfig, _Acks
-from stream.decode import SampleBatch, SequenceCheck
+from stream.decode import Rejected, SampleBatch, SequenceCheck
 from stream.mqtt import BrokerURL, connect
 from stream.persist import AckJournal, load_state, read_journal, save_state
 
@@ -91,7 +91,7 @@ def test_a_late_message_that_fills_a_counted_gap_is_taken_off_lost_samples():
     assert check.check(batch(3)) == -10 and check.lost_samples == 30
     assert check.check(batch(1)) == -10 and check.lost_samples == 20
     for seq, reason in ((3, "backwards_seq"), (5, "repeated_seq")):  # filled already / the last one
-        with pytest.raises(Exception) as info:
+        with pytest.raises(Rejected) as info:
             check.check(batch(seq))
         assert info.value.reason == reason
     assert check.check(batch(2)) == -10 and check.check(batch(4)) == -10
@@ -99,7 +99,7 @@ def test_a_late_message_that_fills_a_counted_gap_is_taken_off_lost_samples():
     no_fill = SequenceCheck(fill_gaps=False)
     no_fill.check(batch(0))
     no_fill.check(batch(5))
-    with pytest.raises(Exception):
+    with pytest.raises(Rejected):
         no_fill.check(batch(3))
 
 
@@ -129,7 +129,8 @@ class Watcher:
         self.metrics: list[dict] = []
         self.status: list[bytes] = []
         self.client = connect(url, "test-acks-watch", on_message=self._on_message,
-                              subscriptions=[(f"{prefix}/+/prediction", 1), (f"{prefix}/_consumer/+/metrics", 0),
+                              subscriptions=[(f"{prefix}/+/prediction", 1),
+                                             (f"{prefix}/_consumer/+/metrics", 0),
                                              (f"{prefix}/_consumer/+/status", 1)])
 
     def _on_message(self, client, userdata, msg) -> None:
@@ -252,7 +253,8 @@ def test_acknowledging_after_the_window_never_stalls_under_a_small_limit(broker_
     acknowledge the oldest (counted) for the windows to go on."""
     prefix = f"hartest{uuid.uuid4().hex[:8]}"
     consumer, thread = start_consumer(ConsumerConfig(broker=broker_url, prefix=prefix, state_dir=tmp_path,
-                                                     learn=False, max_unacked=10, ack_stall=600.0), tiny_model)
+                                                     learn=False, max_unacked=10, ack_stall=600.0),
+                                      tiny_model)
     pub = connect(broker_url, "test-acks-pub")
     try:
         assert consumer.after_window
@@ -292,11 +294,11 @@ def test_oversize_payloads_are_refused_before_queueing_and_acknowledged(broker_u
                                                      max_payload=1000, metrics_interval=0.2), tiny_model)
     pub = connect(broker_url, "test-acks-pub")
     try:
-        for k in range(5):
+        for _ in range(5):
             pub.publish(f"{prefix}/dev-o/imu", b"x" * 5000, qos=1).wait_for_publish(5)
         pub.publish(f"{prefix}/dev-o/imu", imu(0, 5.0), qos=1).wait_for_publish(5)
         assert wait(lambda: consumer.stats.samples == 10, 20)
-        assert wait(lambda: consumer.last_metrics.get("rejected") == {"oversize": 5}, 20), consumer.last_metrics
+        assert wait(lambda: consumer.last_metrics.get("rejected") == {"oversize": 5}, 20)
         assert consumer.stats.messages == 1  # the refused ones never reached the queue
     finally:
         consumer.stop()
@@ -328,7 +330,8 @@ def test_mqtt5_receive_maximum_lifts_the_brokers_in_flight_limit(broker_url, nee
         else:
             sub.connect(broker_url.host, broker_url.port)
         sub.loop_start()
-        pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"test-inflight-pub-{uuid.uuid4().hex[:6]}")
+        pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2,
+                          client_id=f"test-inflight-pub-{uuid.uuid4().hex[:6]}")
         pub.max_inflight_messages_set(1000)
         pub.connect(broker_url.host, broker_url.port)
         pub.loop_start()
