@@ -2,10 +2,13 @@
 
 Runs ``harstream bench`` (the real consumer, a real broker, a publisher process replaying
 pre-generated simulator streams) for each device count, once with online fine-tuning off and, at
-one size, on (with a share of devices publishing labels); writes ``docs/throughput.md``, the JSON
-and a plot of latency percentiles against devices.
+one size, on (with a share of devices publishing labels); optionally the largest size again with
+1 s messages instead of 0.5 s; then the consumer's service thread alone without MQTT
+(``stream.bench.service_profile``: CPU per message, memory per device by the file that allocated
+it). Writes ``docs/throughput.md``, the JSON and a plot of latency percentiles against devices.
 
-    python benchmarks/throughput.py [--devices 500 1000 2000 3000 5000] [--duration 30] [--learn-at 2000]
+    python benchmarks/throughput.py [--devices 1000 2000 3000 5000] [--duration 20] [--learn-at 2000]
+                                    [--long-messages 5000]
 """
 
 from __future__ import annotations
@@ -27,27 +30,71 @@ def bench(devices: int, duration: float, extra: list[str]) -> dict:
     return json.loads(out.strip().splitlines()[-1])
 
 
+def load(r: dict) -> str:
+    la = r.get("load_average") or {}
+    return f"{la['before'][0]:.1f} → {la['after'][0]:.1f}" if la else "?"
+
+
+def stateless_consumer(r: dict) -> float:
+    """The consumer's CPU per message against the same consumer with the stateless model swapped in:
+    everything else (MQTT, JSON, buffers, publishing) costs the same, the model costs what the
+    baseline measured per prediction instead of the batched stateful pass."""
+    b = r["baseline"]
+    per_prediction = r["interval_s"] / b.get("window_s", 2.0)  # predictions per message
+    stateless = r["cpu_us_per_message"] + per_prediction * 1e6 * (
+        1 / b["predictions_per_s"] - 1 / b["stateful_batched_predictions_per_s"])
+    return stateless / r["cpu_us_per_message"]
+
+
+def row(r: dict) -> str:
+    lat = r["latency_ms"]
+    b = r["baseline"]
+    return (f"| {r['devices']} | {r['interval_s']:g} s | {r['offered_samples_per_s']:.0f} | "
+            f"{r['sustained_samples_per_s']:.0f} | {'yes' if r['real_time'] else 'no'} | "
+            f"{lat['p50']} / {lat['p99']} / {lat['max']} | {r['consumer_cpu_cores']} "
+            f"({r['service_thread_cores']} + {r['network_thread_cores']}) | {r['cpu_us_per_message']} | "
+            f"{r['samples_per_s_per_core']:.0f} | {stateless_consumer(r):.1f}x | "
+            f"{r['memory_bytes_per_device'] / 1024:.1f} kB | {r.get('broker_cpu_cores')} | {r['dropped']} | "
+            f"{load(r)} |")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--devices", type=int, nargs="+", default=[500, 1000, 2000, 3000, 5000])
-    parser.add_argument("--duration", type=float, default=30.0)
+    parser.add_argument("--devices", type=int, nargs="+", default=[1000, 2000, 3000, 5000])
+    parser.add_argument("--duration", type=float, default=20.0)
     parser.add_argument("--learn-at", type=int, default=2000, help="device count of the fine-tuning-on run")
     parser.add_argument("--labelled", type=float, default=0.05, help="share of devices with labels when learning")
+    parser.add_argument("--long-messages", type=int, default=0, metavar="N",
+                        help="also run N devices with 1 s messages (half the messages for the same samples)")
+    parser.add_argument("--profile-devices", type=int, default=3000, help="devices of the in-process profile")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "throughput.md")
+    parser.add_argument("--from-json", action="store_true", help="rewrite the page and plot from the JSON only")
     args = parser.parse_args()
+    if args.from_json:
+        data = json.loads(args.out.with_suffix(".json").read_text())
+        return write(args, data)
     runs = []
     for n in args.devices:
         r = bench(n, args.duration, [])
         print(json.dumps({k: r[k] for k in ("devices", "sustained_samples_per_s", "real_time", "latency_ms",
-                                            "consumer_cpu_cores", "memory_bytes_per_device")}), flush=True)
+                                            "consumer_cpu_cores", "cpu_us_per_message", "memory_bytes_per_device",
+                                            "load_average")}), flush=True)
         runs.append(r)
     learn_off = next((r for r in runs if r["devices"] == args.learn_at), None) or bench(args.learn_at, args.duration, [])
     learn_on = bench(args.learn_at, args.duration, ["--learn", "--labelled", str(args.labelled)])
+    long = bench(args.long_messages, args.duration, ["--interval", "1.0"]) if args.long_messages else None
+    from stream.bench import service_profile
+    profile = service_profile(args.profile_devices, 20.0, memory_devices=1000)
     command = "python benchmarks/throughput.py " + " ".join(sys.argv[1:])
     data = {"command": command.strip(), "runs": runs, "learn_off": learn_off, "learn_on": learn_on,
-            "cpu_count": os.cpu_count()}
+            "long_messages": long, "service_profile": profile, "cpu_count": os.cpu_count()}
     args.out.with_suffix(".json").write_text(json.dumps(data, indent=1))
+    return write(args, data)
 
+
+def write(args, data: dict) -> int:
+    runs, learn_on, learn_off = data["runs"], data["learn_on"], data["learn_off"]
+    long, profile = data["long_messages"], data["service_profile"]
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -58,13 +105,15 @@ def main() -> int:
     for key in ("p50", "p99", "max"):
         a1.plot(xs, [r["latency_ms"][key] for r in runs], marker="o", label=key)
     a1.set_yscale("log")
-    a1.set_xlabel("devices at 50 Hz")
+    a1.set_xlabel("devices at 50 Hz (0.5 s messages)")
     a1.set_ylabel("latency, window's last sample in -> prediction out (ms)")
     a1.axhline(100, color="grey", linestyle="--", linewidth=1)
     a1.legend()
     a1.grid(True, alpha=0.3)
     a2.plot(xs, [r["offered_samples_per_s"] for r in runs], "k--", label="offered")
     a2.plot(xs, [r["sustained_samples_per_s"] for r in runs], marker="o", label="sustained")
+    if long:
+        a2.plot([long["devices"]], [long["sustained_samples_per_s"]], "s", label="sustained, 1 s messages")
     a2.set_xlabel("devices at 50 Hz")
     a2.set_ylabel("samples per second")
     a2.legend()
@@ -72,39 +121,58 @@ def main() -> int:
     fig.tight_layout()
     fig.savefig(img, dpi=110)
 
+    b = runs[0]["baseline"]
     lines = ["# Throughput and latency through a real broker", "",
              f"Reproduce: `{data['command']}` (each row is one `harstream bench --devices N --duration "
-             f"{args.duration:g} --json`). Broker: {runs[0]['broker']}. Machine: {os.cpu_count()} cores, "
-             "shared by the broker, the publisher process and the consumer.", "",
-             "| devices | offered samples/s | sustained | real time | latency p50 / p99 / max (ms) | consumer cores | "
-             "samples/s per core | memory per device | dropped | baseline samples/s per core (model only) | "
-             "end-to-end per core vs baseline model only |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for r in runs:
-        lat = r["latency_ms"]
-        lines.append(f"| {r['devices']} | {r['offered_samples_per_s']:.0f} | {r['sustained_samples_per_s']:.0f} | "
-                     f"{'yes' if r['real_time'] else 'no'} | {lat['p50']} / {lat['p99']} / {lat['max']} | "
-                     f"{r['consumer_cpu_cores']} | {r['samples_per_s_per_core']:.0f} | "
-                     f"{r['memory_bytes_per_device'] / 1024:.1f} kB | {r['dropped']} | "
-                     f"{r['baseline']['samples_per_s_per_core']:.0f} | {r['speedup_per_core_vs_baseline']}x |")
-    b = runs[0]["baseline"]
-    lines += ["", f"Model only, one thread: the stateless baseline makes {b['predictions_per_s']:.0f} predictions/s "
-              f"(a {b['context_s']:g} s window from a zero state, one device at a time); the stateful classifier "
-              f"makes {b['stateful_batched_predictions_per_s']:.0f} (one 2 s window per device, 1,000 devices per "
-              f"batch, state carried): {b['model_only_ratio']}x."]
+             f"{runs[0]['duration_s']:g} --json`, the last columns' load average is the machine's before → after the "
+             f"row). Broker: {runs[0]['broker']}. Machine: {os.cpu_count()} cores, shared by the broker, the "
+             "publisher process and the consumer, and by other work (training jobs): compare figures only "
+             "within one run, as ratios.", "",
+             "| devices | message | offered samples/s | sustained | real time | latency p50 / p99 / max (ms) | "
+             "consumer cores (service + network thread) | CPU µs per message | samples/s per core | "
+             "per core vs the same consumer with the stateless model | memory per device (RSS) | broker cores | "
+             "dropped | load |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines += [row(r) for r in runs]
+    if long:
+        lines.append(row(long))
     on, off = learn_on, learn_off
-    lines += ["", f"Online fine-tuning at {args.learn_at} devices ({args.labelled:.0%} publishing labels): "
+    lines += ["", "## The baseline, same network, one thread (model only)", "",
+              "| way | predictions/s | vs stateless one at a time |", "|---|---|---|",
+              f"| stateless: every prediction re-runs a {b['context_s']:g} s window from a zero state, one device "
+              f"at a time (the usual way) | {b['predictions_per_s']:.0f} | 1x |",
+              f"| stateless, {b['batch']} devices per pass | {b['stateless_batched_predictions_per_s']:.0f} | "
+              f"{b['stateless_batched_predictions_per_s'] / b['predictions_per_s']:.1f}x |",
+              f"| stateful: one new {runs[0]['baseline'].get('window_s', 2):g} s window, state carried, one device "
+              f"at a time | {b['stateful_single_predictions_per_s']:.0f} | "
+              f"{b['stateful_single_predictions_per_s'] / b['predictions_per_s']:.1f}x |",
+              f"| stateful, {b['batch']} devices per pass (the consumer's way) | "
+              f"{b['stateful_batched_predictions_per_s']:.0f} | {b['model_only_ratio']}x |", "",
+              f"Carrying state alone (both batched): {b['state_ratio']}x; batching alone (both stateful): "
+              f"{b['batching_ratio']}x. Per core, the stateless way does {b['samples_per_s_per_core']:.0f} "
+              f"samples/s (each prediction takes in one 2 s hop of 50 Hz samples), the stateful batched model "
+              f"{b['stateful_batched_samples_per_s_per_core']:.0f}; the whole consumer (MQTT, JSON, buffers, "
+              "model, publishing, drift detection) does the 'samples/s per core' of the table above.", "",
+              "## The service thread alone, without MQTT (`stream.bench.service_profile`)", "",
+              f"{profile['devices']} devices, {profile['messages_per_cycle']} messages per cycle, one thread: "
+              f"{profile['handle_us_per_message']} µs per message to decode and buffer, "
+              f"{profile['classify_us_per_message']} µs per message to classify, publish (to a null client) and "
+              f"watch for drift: {profile['service_us_per_message']} µs in all. Memory that Python allocated per "
+              f"device (tracemalloc, {profile['memory_devices']} devices after 20 s): "
+              f"{profile['memory_bytes_per_device']} bytes; by file: "
+              + ", ".join(f"{k} {v}" for k, v in profile["memory_by_file_per_device"].items()) + ".", "",
+              f"## Online fine-tuning at {off['devices']} devices (5% of them publishing labels unless --labelled says otherwise)", "",
               f"{on['sustained_samples_per_s']:.0f} samples/s on vs {off['sustained_samples_per_s']:.0f} off "
-              f"(consumer cores {on['consumer_cpu_cores']} vs {off['consumer_cpu_cores']}); latency p50/p99 "
+              f"(consumer cores {on['consumer_cpu_cores']} vs {off['consumer_cpu_cores']}, CPU per message "
+              f"{on['cpu_us_per_message']} vs {off['cpu_us_per_message']} µs); latency p50/p99 "
               f"{on['latency_ms']['p50']}/{on['latency_ms']['p99']} ms vs {off['latency_ms']['p50']}/"
               f"{off['latency_ms']['p99']} ms.", "",
-             "The baseline is the usual stateless way, measured in the same run on one thread: every prediction "
-             f"re-runs a {runs[0]['baseline']['context_s']:g} s window through the same network from a zero state, one "
-             "device at a time. Its samples/s per core count the model only; the consumer's count everything "
-             "(MQTT, JSON decoding, resampling, the model, publishing), so the end-to-end column compares unlike "
-             "things and mostly shows that decoding, not the model, dominates the consumer.", "",
-             "![latency and throughput](img/throughput.png)"]
-    args.out.write_text("\n".join(lines) + "\n")
+              "![latency and throughput](img/throughput.png)"]
+    # the analysis written by hand below the generated part is kept
+    marker = "\n## What breaks first"
+    old = args.out.read_text() if args.out.exists() else ""
+    tail = old[old.index(marker):] if marker in old else "\n"
+    args.out.write_text("\n".join(lines) + "\n" + tail)
     print("\n".join(lines))
     return 0
 

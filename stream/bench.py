@@ -48,6 +48,18 @@ def _thread_cpu_seconds(pid: int) -> dict[int, float]:
     return out
 
 
+def _broker_pid() -> int | None:
+    """The local Mosquitto's pid, if one runs (its CPU is shared with anything else using it)."""
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                if (proc / "comm").read_text().strip() == "mosquitto":
+                    return int(proc.name)
+            except OSError:
+                continue
+    return None
+
+
 def _proc_rss_bytes(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -118,39 +130,54 @@ def publish_main(argv: list[str]) -> int:
 
 
 # -- baseline ------------------------------------------------------------------------------------
-def baseline_throughput(model, context_seconds: float = 10.0, seconds: float = 3.0) -> dict:
-    """Predictions per second of the stateless sliding-window way, one device at a time, on one thread."""
+def baseline_throughput(model, context_seconds: float = 10.0, seconds: float = 2.0, batch: int = 1000) -> dict:
+    """The model alone on one thread, the same network four ways: stateless (every prediction re-runs a
+    ``context_seconds`` window from a zero state, the usual way) or stateful (one new window per
+    prediction, the device's state carried), each one device at a time and ``batch`` devices per pass.
+
+    Predictions per second; samples/s per core count each prediction as one hop of new samples at the
+    sensors' 50 Hz (what a live consumer must keep up with)."""
     cfg = model.config
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    try:
-        n = int(round(context_seconds * cfg.rate / cfg.patch)) * cfg.patch
-        x = torch.randn(1, n, 3) + torch.tensor([0.0, 0.0, 9.81])
+    from models.state import StatefulClassifier
+    n = int(round(context_seconds * cfg.rate / cfg.patch)) * cfg.patch
+    rng = np.random.default_rng(0)
+
+    def rate(step, per_call: int) -> float:
+        step()  # warm up
         count, start = 0, time.perf_counter()
-        with torch.inference_mode():
-            while time.perf_counter() - start < seconds:
-                model(x, None)  # the whole context window, from a zero state
-                count += 1
-        elapsed = time.perf_counter() - start
-        # the same model the stateful, batched way: one window per device, 1,000 devices per pass
-        from models.state import StatefulClassifier
-        classifier = StatefulClassifier(model)
-        devices = [f"d{i}" for i in range(1000)]
-        windows = (np.random.default_rng(0).normal(0, 1, (1000, cfg.window, 3)) + [0, 0, 9.81]).astype(np.float32)
-        batched, start = 0, time.perf_counter()
         while time.perf_counter() - start < seconds:
-            classifier.classify(devices, windows)
-            batched += len(devices)
-        batched_elapsed = time.perf_counter() - start
+            step()
+            count += per_call
+        return count / (time.perf_counter() - start)
+
+    try:
+        with torch.inference_mode():
+            one = torch.from_numpy((rng.normal(0, 1, (1, n, 3)) + [0, 0, 9.81]).astype(np.float32))
+            many = torch.from_numpy((rng.normal(0, 1, (batch, n, 3)) + [0, 0, 9.81]).astype(np.float32))
+            stateless_one = rate(lambda: model(one, None), 1)  # the whole context window, from zero
+            stateless_many = rate(lambda: model(many, None), batch)
+        classifier = StatefulClassifier(model)
+        devices = [f"d{i}" for i in range(batch)]
+        windows = (rng.normal(0, 1, (batch, cfg.window, 3)) + [0, 0, 9.81]).astype(np.float32)
+        stateful_one = rate(lambda: classifier.classify(devices[:1], windows[:1]), 1)
+        stateful_many = rate(lambda: classifier.classify(devices, windows), batch)
     finally:
         torch.set_num_threads(threads)
-    per_s = count / elapsed
-    stateful_per_s = batched / batched_elapsed
-    # each prediction covers one hop of new samples at the sensors' 50 Hz
-    return {"predictions_per_s": round(per_s, 1), "context_s": context_seconds,
-            "samples_per_s_per_core": round(per_s * cfg.window_seconds * 50.0, 1),
-            "stateful_batched_predictions_per_s": round(stateful_per_s, 1),
-            "model_only_ratio": round(stateful_per_s / per_s, 1)}
+    samples = cfg.window_seconds * 50.0  # new samples per prediction at 50 Hz
+    return {"predictions_per_s": round(stateless_one, 1), "context_s": context_seconds, "batch": batch,
+            "window_s": cfg.window_seconds,
+            "samples_per_s_per_core": round(stateless_one * samples, 1),
+            "stateless_batched_predictions_per_s": round(stateless_many, 1),
+            "stateful_single_predictions_per_s": round(stateful_one, 1),
+            "stateful_batched_predictions_per_s": round(stateful_many, 1),
+            "stateful_batched_samples_per_s_per_core": round(stateful_many * samples, 1),
+            # the headline: the consumer's way against the usual way
+            "model_only_ratio": round(stateful_many / stateless_one, 1),
+            # what carrying state alone buys (both batched), and what batching alone buys (both stateful)
+            "state_ratio": round(stateful_many / stateless_many, 1),
+            "batching_ratio": round(stateful_many / stateful_one, 1)}
 
 
 # -- the service thread alone, and memory per device ---------------------------------------------
@@ -264,6 +291,7 @@ def service_profile(devices: int = 2000, seconds: float = 30.0, interval: float 
 def run_bench(broker: str, devices: int, duration: float, interval: float = 0.5, warmup: float = 8.0,
               model_path: str | None = None, learn: bool = False, labelled: int = 0,
               context_seconds: float = 10.0, quiet: bool = False) -> dict:
+    load_before = os.getloadavg()
     url = BrokerURL.parse(broker)
     say = (lambda *a: None) if quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
     embedded = None
@@ -296,6 +324,8 @@ def run_bench(broker: str, devices: int, duration: float, interval: float = 0.5,
              str(duration + warmup), str(interval), str(labelled)], stdout=subprocess.PIPE)
         time.sleep(warmup)
         n0 = len(metrics)
+        broker_pid = None if embedded else _broker_pid()
+        broker0 = _proc_cpu_seconds(broker_pid) if broker_pid else 0.0
         cpu0, t0 = _proc_cpu_seconds(consumer.pid), time.monotonic()
         threads0 = _thread_cpu_seconds(consumer.pid)
         peak_rss = 0
@@ -303,6 +333,7 @@ def run_bench(broker: str, devices: int, duration: float, interval: float = 0.5,
             peak_rss = max(peak_rss, _proc_rss_bytes(consumer.pid))
             time.sleep(0.5)
         cpu1, t1 = _proc_cpu_seconds(consumer.pid), time.monotonic()
+        broker1 = _proc_cpu_seconds(broker_pid) if broker_pid else 0.0
         threads1 = _thread_cpu_seconds(consumer.pid)
         time.sleep(2.5)  # let the last windows and metrics out
         pub = json.loads(publisher.stdout.read() or b"{}")
@@ -342,12 +373,13 @@ def run_bench(broker: str, devices: int, duration: float, interval: float = 0.5,
         "sustained_samples_per_s": round(sustained, 1),
         "real_time": bool(sustained >= 0.97 * offered and last["dropped"] == 0),
         "devices_in_real_time": int(min(devices, sustained / 50.0)),
-        "latency_ms": {"p50": float(np.median(p50)) if p50 else None, "p99": max(p99) if p99 else None,
+        "latency_ms": {"p50": round(float(np.median(p50)), 2) if p50 else None, "p99": max(p99) if p99 else None,
                        "max": max(mx) if mx else None},
         "dropped": last["dropped"],
         "lost_samples": last["lost_samples"],
         "rejected": last["rejected"],
         "consumer_cpu_cores": round(cpu_share, 3),
+        "broker_cpu_cores": round((broker1 - broker0) / max(t1 - t0, 1e-9), 3) if broker_pid else None,
         "service_thread_cores": round(service_cores, 3),
         "network_thread_cores": round(max(other, default=0.0), 3),
         "cpu_us_per_message": round(cpu_share / max(sustained / (50.0 * interval), 1e-9) * 1e6, 1),
@@ -356,6 +388,9 @@ def run_bench(broker: str, devices: int, duration: float, interval: float = 0.5,
         "consumer_peak_rss_mb": round(peak_rss / 2**20, 1),
         "publisher": pub,
         "learn": learn,
+        "interval_s": interval,
+        "load_average": {"before": [round(x, 2) for x in load_before],
+                         "after": [round(x, 2) for x in os.getloadavg()], "cpus": os.cpu_count()},
         "baseline": baseline,
         "speedup_per_core_vs_baseline": round(per_core / max(baseline["samples_per_s_per_core"], 1e-9), 1),
     }
