@@ -583,19 +583,21 @@ def malformed_messages(consumer_id: str, repeat: int) -> list[tuple[str, bytes, 
          "bad_command"),
     ]
     out = [(topic, payload, reason, kind) for kind, topic, payload, reason in kinds for _ in range(repeat)]
-    # repeated and backwards seq: each device sends seq 1, 1 again, 5, then 3 (2-sample valid batches)
+    # repeated and backwards seq: each device sends seq 1, 1 again, 5, 3 (late: fills the gap 2-4, so
+    # it is taken), then 3 again (2-sample valid batches)
     for j in range(repeat):
         dev = f"mal-seq-{j:03d}"
-        for seq, reason in ((1, ""), (1, "repeated_seq"), (5, ""), (3, "backwards_seq")):
+        for seq, reason, kind in ((1, "", "valid (seq test)"), (1, "repeated_seq", "seq repeated"),
+                                  (5, "", "valid (seq test)"), (3, "", "late seq filling a gap"),
+                                  (3, "backwards_seq", "seq lower than the last, gap already filled")):
             out.append(imu(dev, seq=seq, t=[100.0 + 0.04 * seq, 100.02 + 0.04 * seq], acc=ok_acc)
-                       + (reason, {"": "valid (seq test)", "repeated_seq": "seq repeated",
-                                   "backwards_seq": "seq lower than the last"}[reason]))
-    # one spoofed message with a huge seq on a device's topic: its next 5 real messages are refused
+                       + (reason, kind))
+    # one spoofed message with a huge seq on a device's topic: the device's next 5 real messages lie in
+    # the gap it opened, so they are taken as late ones (before gap filling they were refused)
     for seq in [0, 1, 2, 3, 4, 1_000_000_000, 5, 6, 7, 8, 9]:
-        reason = "backwards_seq" if 5 <= seq < 1000 else ""
         out.append(imu("victim", seq=seq, t=[200.0 + 0.04 * seq, 200.02 + 0.04 * seq], acc=ok_acc)
-                   + (reason, "spoofed seq on victim" if seq > 1000 else "victim after the spoof" if reason
-                      else "victim valid"))
+                   + ("", "spoofed seq on victim" if seq > 1000 else "victim after the spoof (fills the gap)"
+                      if seq >= 5 else "victim valid"))
     return out
 
 
@@ -1215,11 +1217,22 @@ def overload_split(d: dict, real_k: int, flood_k: int) -> dict:
     c = d["counters"]
     dropped, lost = c["dropped"], c["lost_samples"]
     real = (lost - flood_k * dropped) / (real_k - flood_k) if dropped else 0.0
+    # a device whose last messages were dropped reveals no gap: then the split does not hold
+    reliable = 0 <= real <= dropped
+    real = min(max(real, 0.0), dropped)
     return {"dropped": dropped, "lost_samples": lost, "real_device_messages_dropped_est": round(real),
-            "flood_messages_dropped_est": round(dropped - real)}
+            "flood_messages_dropped_est": round(dropped - real), "split_reliable": reliable}
 
 
 # -- the report ------------------------------------------------------------------------------------------
+def split_text(split: dict) -> str:
+    if split.get("split_reliable", True):
+        return (f"≈ {split['real_device_messages_dropped_est']:,} of real devices, "
+                f"≈ {split['flood_messages_dropped_est']:,} of the flood")
+    return ("not split between real and flood devices: flood devices whose last messages were dropped "
+            "reveal no seq gap; the real devices' holes are in the row “phase d overload” when there are any")
+
+
 def fmt(v, unit: str = "") -> str:
     if v is None:
         return "–"
@@ -1360,8 +1373,7 @@ def render_markdown(result: dict) -> str:
           f"{fmt(b2['counters']['rejected'].get('backwards_seq', 0))} refused as `backwards_seq` (the rest "
           "re-sent duplicates) |")
     w(f"| overload: messages dropped by the consumer's full queue (counted in `dropped`) | counted | "
-      f"{fmt(split['dropped'])} (≈ {fmt(split['real_device_messages_dropped_est'])} of real devices, "
-      f"≈ {fmt(split['flood_messages_dropped_est'])} of the flood) |")
+      f"{fmt(split['dropped'])} ({split_text(split)}) |")
     w(f"| windows classified twice: duplicate (device, t) | 0 | **{fmt(pr['duplicate_device_t'])}** |")
     w(f"| windows classified twice: overlapping windows | 0 | {fmt(pr['overlapping_windows'])} |")
     w(f"| messages not yet classified when the run stopped (last partial window of each device) | | "
@@ -1494,10 +1506,7 @@ def render_markdown(result: dict) -> str:
       f"peaked at {fmt(d['queue_peak'])}"
       + (f" ({d['queue_bytes_peak'] / 2**20:.1f} MB)" if d.get("queue_bytes_peak") else "")
       + f"; it dropped and counted {fmt(split['dropped'])} messages; its seq-gap counter "
-      f"grew by {fmt(split['lost_samples'])} samples, which splits into ≈ "
-      f"{fmt(split['real_device_messages_dropped_est'])} messages of real devices "
-      f"({cfg['samples_per_message']} samples each) and ≈ {fmt(split['flood_messages_dropped_est'])} of the "
-      f"flood ({cfg['flood_samples']} samples each). "
+      f"grew by {fmt(split['lost_samples'])} samples ({split_text(split)}). "
       f"Its memory went from {fmt(before, ' MB')} before the flood "
       f"to {fmt(peak_d, ' MB')} at the peak"
       + (f", about {(peak_d - before) * 2**20 / d['queue_peak'] / 1024:.1f} kB per queued message"
@@ -1566,12 +1575,13 @@ FINDINGS = """## What this shows
 3. **Windows classified twice: {dups}** ({overlaps} overlapping windows). {dup_text}
 4. **Broker restart**: {broker_text}
 5. **Malformed input** never stopped the consumer and every reason was counted exactly{c_mismatch}. One
-   valid-looking message with a huge `seq` on a device's topic makes the consumer refuse that device's
-   next messages as `backwards_seq` until the device restarts at `seq` 0: only the ACL
-   (`deploy/mosquitto/acl`: a device may publish only on its own topics) keeps other clients from doing
-   that. The same message adds about 2 × 10⁹ to `lost_samples` ({spoof_lost} over the malformed flood),
-   which makes that counter useless until the consumer restarts. A `seq` jump that large could be
-   refused, or counted apart, instead of trusted (not done).
+   valid-looking message with a huge `seq` on a device's topic used to make the consumer refuse that
+   device's next messages as `backwards_seq`; now they lie in the gap the spoof opened and are taken as
+   late messages that fill it (5 of 5 here). The spoof still adds about 2 × 10⁹ to `lost_samples`
+   ({spoof_lost} over the malformed flood), which makes that counter useless until the consumer
+   restarts; only the ACL (`deploy/mosquitto/acl`: a device may publish only on its own topics) keeps
+   other clients from doing that. A `seq` jump that large could be refused, or counted apart, instead
+   of trusted (not done).
 6. **Overload**: {overload_text}
 7. **In-flight limits** (measured on this Mosquitto, {mosquitto}; `tests/test_acks.py` keeps checking
    it): a 3.1.1 subscriber that acknowledges nothing gets 20 QoS 1 messages (`max_inflight_messages`,
@@ -1628,7 +1638,7 @@ def findings(result: dict) -> str:
     b2 = result["faults"].get("b2") or {}
     b2_back = (b2.get("counters") or {}).get("lost_samples", 0) // b2.get("samples_per_message", 10)
     split = result["overload_split"]
-    real_dropped = split["real_device_messages_dropped_est"]
+    real_dropped = split["real_device_messages_dropped_est"] if split.get("split_reliable", True) else 0
     ack_mode = result["config"].get("ack", "on-receipt")
     dups, overlaps = a["predictions"]["duplicate_device_t"], a["predictions"]["overlapping_windows"]
     parts = [f"{lost:,} at the {len(kills)} `kill -9`s"
@@ -1665,7 +1675,8 @@ def findings(result: dict) -> str:
                      "window when the process died was acknowledged and is gone.")
     if dups:
         by_kill = [k for k in kills if "catch-up" in k["label"]]
-        dup_text = (f"{dups:,} windows were published twice with the same `(device, t)`. "
+        dup_text = (f"{dups:,} {'window was' if dups == 1 else 'windows were'} published twice with the "
+                    "same `(device, t)`. "
                     "A prediction that left the process just before the kill, whose journal line was "
                     "not yet written, is published again by the next life on the same grid. The kill "
                     + ("during catch-up is triggered by the watcher receiving that life's first "
@@ -1720,7 +1731,7 @@ def findings(result: dict) -> str:
                          + (f", {qb / 2**20:.1f} MB of payload" if qb else "")
                          + "; at most 200,000 messages and 32 MB of payload), and "
                          f"{split['dropped']:,} messages were dropped, acknowledged and counted in `dropped` "
-                         f"(≈ {split['real_device_messages_dropped_est']:,} of them from the real devices): "
+                         f"({split_text(split)}): "
                          "under overload, at most once for those, explicitly. The consumer was live again "
                          f"{live_d} s after the flood ended; its memory peaked at {fmt(peak)} MB against "
                          f"{fmt(steady)} MB in steady state. Leaving the backlog to the broker instead "

@@ -294,6 +294,7 @@ class Consumer:
         self._paho_acks: Counter[str] = Counter()  # acknowledgements sent from paho's thread
         self._last_arrival = time.monotonic()
         self._connected_at = time.monotonic()
+        self._late_fills = 0  # samples of gap-filling messages that came after the buffer moved on
         self.acks = _Acks(config.max_unacked)
         self.after_window = False  # acknowledging after the window (decided when connecting)
         self.protocol = ""  # MQTT protocol in use
@@ -306,6 +307,7 @@ class Consumer:
         self._stall_warned = False
         self._confirm: deque[list] = deque()  # [last prediction's info, when, journal entries, acks due]
         self._confirm_lock = threading.Lock()
+        self._confirm_mids: dict[int, list] = {}  # mid of a confirmation's last prediction -> it
         self._stop = threading.Event()
         self._client = None
         self.last_metrics: dict = {}
@@ -692,7 +694,8 @@ class Consumer:
                         except Rejected:
                             pass  # acknowledged before the kill, though the PUBACK did not leave
                         return
-                self.sequence.check(batch)
+                if self.sequence.check(batch) < 0 and self._too_late(batch):
+                    return  # a late message filling a gap, but its samples' place on the grid is gone
                 self._take(batch, arrival, mid, qos)
             elif kind == "label":
                 label, start, end = decode_label(payload)
@@ -739,6 +742,16 @@ class Consumer:
             first = np.array([np.interp(start, t, acc[:, i]) for i in range(3)])
             t, acc = np.concatenate([[start], t[after]]), np.concatenate([first[None, :], acc[after]])
         return SampleBatch(device, t, acc.astype(np.float32), None, batch.seq)  # gyro: unused downstream
+
+    def _too_late(self, batch) -> bool:
+        """Whether the buffer has moved past all of ``batch`` (counted in ``late_samples``): pushed,
+        a batch that old would look like a device whose clock restarted, and windows would repeat."""
+        buffer = self.pipeline.buffers.get(batch.device)
+        last = None if buffer is None else buffer.last_t
+        if last is None or batch.t[-1] > last - self.pipeline.reorder:
+            return False
+        self._late_fills += len(batch)
+        return True
 
     def _take(self, batch, arrival: float, mid: int = 0, qos: int = 0) -> None:
         """Buffer a decoded batch, bringing an evicted device's state back first."""
@@ -802,24 +815,34 @@ class Consumer:
         finally:
             due, self.acks.deferred = self.acks.deferred, None
         with self._confirm_lock:
-            self._confirm.append([info, time.monotonic(), entries, due])
+            entry = [info, time.monotonic(), entries, due]
+            self._confirm.append(entry)
+            if info is not None:
+                self._confirm_mids[info.mid] = entry
         # the paho thread journals and acknowledges them as soon as it has written the predictions
         # (_on_publish): a kill -9 between the two can then only fall between two system calls; had the
         # predictions left without the journal line, the next life would classify those windows again
         self._flush_acks()
 
     def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:  # paho thread
-        if self._confirm:  # usually empty: no lock taken for metrics and the like
-            with self._confirm_lock:
-                for k, entry in enumerate(self._confirm):
-                    if entry[0] is not None and entry[0].mid == mid:
-                        self._complete(k + 1)  # it and every earlier one (paho writes in order)
-                        return
+        entry = self._confirm_mids.get(mid)  # one dict look-up per publish: this thread must keep up
+        if entry is None:
+            return
+        with self._confirm_lock:
+            if self._confirm_mids.get(mid) is not entry:
+                return  # completed meanwhile by the service thread
+            while self._confirm:  # it and every earlier one: paho writes in order, so they are out too
+                head = self._confirm[0]
+                self._complete(1)
+                if head is entry:
+                    break
 
     def _complete(self, n: int) -> None:
         """Journal and acknowledge the first ``n`` confirmations (holding ``_confirm_lock``)."""
         for _ in range(n):
-            _, _, entries, due = self._confirm.popleft()
+            info, _, entries, due = self._confirm.popleft()
+            if info is not None:
+                self._confirm_mids.pop(info.mid, None)
             if self.journal is not None:
                 self.journal.write(entries)
             for mid, qos, why in due:
@@ -950,7 +973,7 @@ class Consumer:
             "dropped": self.stats.dropped,
             "lost_samples": self.sequence.lost_samples,
             "filled_samples": self.sequence.filled_samples,
-            "late_samples": sum(b.late_samples for b in self.pipeline.buffers.values()),
+            "late_samples": self._late_fills + sum(b.late_samples for b in self.pipeline.buffers.values()),
             "queue": self._queue.qsize(),
             "queue_bytes": self._bytes_in - self._bytes_out,
             "acks": {"mode": "after-window" if self.after_window else "on-receipt", "protocol": self.protocol,
