@@ -54,8 +54,8 @@ def row(r: dict) -> str:
             f"{lat['p50']} / {lat['p99']} / {lat['max']} | {r['consumer_cpu_cores']} "
             f"({r['service_thread_cores']} + {r['network_thread_cores']}) | {r['cpu_us_per_message']} | "
             f"{r['samples_per_s_per_core']:.0f} | {stateless_consumer(r):.1f}x | "
-            f"{r['memory_bytes_per_device'] / 1024:.1f} kB | {r.get('broker_cpu_cores')} | {r['dropped']} | "
-            f"{load(r)} |")
+            f"{r['memory_bytes_per_device'] / 1024:.1f} kB | {r.get('broker_cpu_cores')} | "
+            f"{r['publisher'].get('max_behind_s')} | {r['dropped']} | {load(r)} |")
 
 
 def main() -> int:
@@ -131,8 +131,8 @@ def write(args, data: dict) -> int:
              "| devices | message | offered samples/s | sustained | real time | latency p50 / p99 / max (ms) | "
              "consumer cores (service + network thread) | CPU µs per message | samples/s per core | "
              "per core vs the same consumer with the stateless model | memory per device (RSS) | broker cores | "
-             "dropped | load |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "publisher behind (s) | dropped | load |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     lines += [row(r) for r in runs]
     if long:
         lines.append(row(long))
