@@ -37,6 +37,10 @@ CREATE TABLE IF NOT EXISTS models (
     detail TEXT);
 """
 
+UNIQUE_WINDOW = "CREATE UNIQUE INDEX IF NOT EXISTS predictions_window ON predictions (device, t)"
+# INSERT OR IGNORE where a row has a natural key: the same window stored twice is one row
+INSERT = {"predictions": "INSERT OR IGNORE"}
+
 TABLES = {
     "predictions": ("received", "device", "t", "label", "confidence", "model", "latency_ms"),
     "labels": ("received", "device", "label", "start", "end_"),
@@ -60,6 +64,14 @@ class EventStore:
         self._stop = threading.Event()
         with self._connect() as db:
             db.executescript(SCHEMA)
+            # one row per window: a prediction published again after a restart (at-least-once output)
+            # is ignored; a store written before this index existed is deduplicated first
+            try:
+                db.execute(UNIQUE_WINDOW)
+            except sqlite3.IntegrityError:
+                db.execute("DELETE FROM predictions WHERE id NOT IN "
+                           "(SELECT MIN(id) FROM predictions GROUP BY device, t)")
+                db.execute(UNIQUE_WINDOW)
         self._thread = threading.Thread(target=self._writer, name="event-store", daemon=True)
         self._thread.start()
 
@@ -108,7 +120,7 @@ class EventStore:
                     with db:
                         for table, rows in batch.items():
                             cols = TABLES[table]
-                            db.executemany(f"INSERT INTO {table} ({','.join(cols)}) VALUES "
+                            db.executemany(f"{INSERT.get(table, 'INSERT')} INTO {table} ({','.join(cols)}) VALUES "
                                            f"({','.join('?' * len(cols))})", rows)
                     n = sum(len(r) for r in batch.values())
                     self.written += n
