@@ -155,6 +155,11 @@ def summarise(name: str, results: list[dict]) -> dict:
     }
 
 
+def short(text: str | None, width: int = 60) -> str:
+    text = text or ""
+    return text if len(text) <= width else text[: width - 3].rsplit(",", 1)[0] + ", ..."
+
+
 def plot_confusion(summary: dict, path: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
@@ -226,7 +231,7 @@ def markdown(summaries: list[dict], results: dict[str, list[dict]], meta: dict) 
             epochs = f"{r['epochs']}" + (f" + {r['refit_epochs']}" if r["refit_epochs"] else "")
             note = f" (unknown: {', '.join(r['unknown_classes'])})" if r["unknown_classes"] else ""
             lines.append(f"| {r['fold']}{note} | {r['windows']} | {pct(r['accuracy'])} | "
-                         f"{pct(r['macro_f1'])} | {pct(val)} ({r['held_out_for_validation']}) | {epochs} | "
+                         f"{pct(r['macro_f1'])} | {pct(val)} ({short(r['held_out_for_validation'])}) | {epochs} | "
                          f"{r['train_seconds']:.0f} s | {r['evaluate_seconds']:.0f} s |")
         lines += ["", f"![confusion matrix, {s['data']}](img/real_{s['data']}.png)", ""]
     first = next(iter(results.values()))[0]
