@@ -39,6 +39,10 @@ class DriftEvent:
                 "value": round(self.value, 4), "needs_labels": self.needs_labels}
 
 
+ORIENTATION_DEG = 60.0  # a turn away from the usual direction beyond this many degrees ...
+ORIENTATION_CONFIRM = 2  # ... confirmed by this many more windows, after ADWIN saw the change
+
+
 def _adwin() -> drift.ADWIN:
     # clock=1: check on every window, so a change is seen within seconds, not 32 windows later
     return drift.ADWIN(delta=0.0005, clock=1, grace_period=15, min_window_length=5)
@@ -142,11 +146,12 @@ class Monitor:
                     dev.orientation.update(angle)
                     # only a turn away from the usual direction counts, and only once two more windows
                     # confirm it: single odd windows (a burpee's jump, a stretch) are not drift
-                    if dev.orientation.drift_detected and angle > 60.0:
-                        dev.orientation_pending = 2
+                    if dev.orientation.drift_detected and angle > ORIENTATION_DEG:
+                        dev.orientation_pending = ORIENTATION_CONFIRM
                     elif dev.orientation_pending:
-                        dev.orientation_pending = dev.orientation_pending - 1 if angle > 60.0 else 0
-                        if dev.orientation_pending == 0 and angle > 60.0:
+                        turned = angle > ORIENTATION_DEG
+                        dev.orientation_pending = dev.orientation_pending - 1 if turned else 0
+                        if dev.orientation_pending == 0 and turned:
                             out.append(self._event(dev, device, "ADWIN", "orientation", t, angle, has_labels))
                 w = min(count, 20)  # running mean over the last ~20 windows
                 mixed = (usual[0] * w + direction[0], usual[1] * w + direction[1], usual[2] * w + direction[2])

@@ -1,0 +1,173 @@
+"""Drift detection at scale: delay after each scenario's onset and false alarms per device-hour.
+
+The adaptation benchmark (``benchmarks/adaptation.py``) runs 28 devices for 5 minutes through a real
+broker: about one device-hour without drift, too little to tell 0.5 false alarms per device-hour
+from 2. This script feeds the consumer's ``Monitor`` exactly as the consumer does (every classified
+window; every labelled window when labels come), without a broker, in device time, so that tens of
+device-hours take minutes. The model is frozen: what is measured is the detectors.
+
+    python benchmarks/drift.py [--quiet-devices 40] [--quiet-minutes 30] [--devices 10]
+                               [--labels all|none] [--out docs/drift.md]
+
+Delay is reported from the onset and from the device's first wrong window after it (a drift that
+starts during a rest shows only when the next set starts).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from models.checkpoint import default_model_path, load_checkpoint  # noqa: E402
+from models.state import StatefulClassifier  # noqa: E402
+from simulators.workout import G_STANDARD, DeviceStream  # noqa: E402
+from stream.decode import SampleBatch  # noqa: E402
+from stream.monitor import Monitor  # noqa: E402
+from stream.pipeline import Pipeline  # noqa: E402
+
+SCENARIOS = ("strap_rotated", "other_wrist", "new_person", "fatigue")
+WARM_UP = 20.0  # device seconds before detections count (the detectors' grace period)
+
+
+def run(streams: dict[str, DeviceStream], duration: float, labels: bool, model_path: Path) -> dict:
+    """Every device's detections [(t from its start, signal)] and wrong windows [t]."""
+    model, _ = load_checkpoint(model_path)
+    pipeline = Pipeline(StatefulClassifier(model))
+    monitor = Monitor()
+    window_s = model.config.window_seconds
+    events: dict[str, list] = defaultdict(list)
+    wrong: dict[str, list] = defaultdict(list)
+    step = 2.0
+    for _ in range(int(duration / step)):
+        for name, stream in streams.items():
+            chunk = stream.read(step)
+            acc = chunk.acc * np.float32(G_STANDARD) if chunk.unit == "g" else chunk.acc
+            pipeline.add(SampleBatch(name, chunk.t, acc.astype(np.float32)), arrival=0.0)
+        for p in pipeline.classify_ready():
+            stream = streams[p.device]
+            t = p.t_end - stream.t0
+            found = monitor.observe(p.device, p.t_end, p.magnitude, p.confidence, p.mean_acc, p.label)
+            truth = str(stream.truth_label(p.t_end - 1.0))
+            if truth != p.label:
+                wrong[p.device].append(t)
+            # as the consumer labels windows: only where one label holds from the window's start to its end
+            span = str(stream.truth_label(p.t_end - window_s + 0.02))
+            if labels and span == truth == str(stream.truth_label(p.t_end)):
+                found += monitor.labelled(p.device, p.t_end, truth, p.label)
+            events[p.device] += [(t, e.signal) for e in found if e.device == p.device]
+    return {"events": events, "wrong": wrong}
+
+
+def measure(args, drifting: dict, quiet: dict, labels: bool) -> tuple[dict, list[str]]:
+    """One run of the drifting and the quiet devices; the figures and their markdown section."""
+    rows = {}
+    drift_run = run(drifting, args.onset + args.after, labels, args.model)
+    for s in SCENARIOS:
+        names = [n for n in drifting if n.startswith(s)]
+        delays, from_wrong, alarms, signals = [], [], 0, Counter()
+        for n in names:
+            onset = drifting[n].scenario_onset or args.onset
+            fired = [(t, sig) for t, sig in drift_run["events"][n] if t >= WARM_UP]
+            alarms += sum(1 for t, _ in fired if t < onset)
+            after = [(t, sig) for t, sig in fired if t >= onset]
+            if after:
+                delays.append(after[0][0] - onset)
+                signals[after[0][1]] += 1
+            first_wrong = next((t for t in drift_run["wrong"][n] if t >= onset), None)
+            seen = [t for t, _ in after if first_wrong is not None and t >= first_wrong]
+            if seen:
+                from_wrong.append(seen[0] - first_wrong)
+        rows[s] = {"detected": f"{len(delays)}/{len(names)}",
+                   "delay_median_s": round(float(np.median(delays)), 1) if delays else None,
+                   "delay_within_10s": sum(d <= 10 for d in delays),
+                   "from_first_wrong_median_s": (round(float(np.median(from_wrong)), 1) if from_wrong
+                                                 else None),
+                   "first_signal": dict(signals),
+                   "alarms_before_onset": alarms}
+    quiet_run = run(quiet, args.quiet_minutes * 60.0, labels, args.model)
+    counted = [(n, t, sig) for n, ev in quiet_run["events"].items() for t, sig in ev if t >= WARM_UP]
+    hours = args.quiet_devices * (args.quiet_minutes * 60.0 - WARM_UP) / 3600
+    by_signal = Counter(sig for _, _, sig in counted)
+    rate = len(counted) / hours
+    # a 95% interval for a Poisson rate (Wilson–Hilferty approximation of the chi-square quantiles)
+    k = len(counted)
+    lo = 0.0 if k == 0 else k * (1 - 1 / (9 * k) - 1.96 / (3 * np.sqrt(k))) ** 3 / hours
+    hi = (k + 1) * (1 - 1 / (9 * (k + 1)) + 1.96 / (3 * np.sqrt(k + 1))) ** 3 / hours
+    out = {"labels": labels, "scenarios": rows,
+           "no_drift": {"device_hours": round(hours, 2), "alarms": k, "per_device_hour": round(rate, 2),
+                        "interval_95": [round(lo, 2), round(hi, 2)], "by_signal": dict(by_signal)}}
+    lines = [
+        f"## {'Every device labels its windows' if labels else 'No labels'}", "",
+        "| scenario | detected | delay from onset, median (s) | within 10 s | from the first wrong window, "
+        "median (s) | first detector | alarms before the onset |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for s, r in rows.items():
+        lines.append(f"| {s} | {r['detected']} | {r['delay_median_s']} | {r['delay_within_10s']} | "
+                     f"{r['from_first_wrong_median_s']} | "
+                     f"{', '.join(f'{k} {v}' for k, v in r['first_signal'].items()) or '–'} | "
+                     f"{r['alarms_before_onset']} |")
+    lines += ["", f"No drift: **{rate:.2f} false alarms per device-hour** ({k} in {hours:.1f} device-hours; "
+              f"95% interval {lo:.2f}–{hi:.2f}); by detector: "
+              + (", ".join(f"{s} {c}" for s, c in by_signal.items()) or "none") + ".", ""]
+    return out, lines
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--devices", type=int, default=10, help="devices per drift scenario")
+    parser.add_argument("--onset", type=float, default=120.0, help="device seconds before the drift")
+    parser.add_argument("--after", type=float, default=300.0, help="device seconds after the onset")
+    parser.add_argument("--quiet-devices", type=int, default=40, help="devices without drift")
+    parser.add_argument("--quiet-minutes", type=float, default=30.0, help="how long they run")
+    parser.add_argument("--labels", choices=("all", "none", "both"), default="both",
+                        help="every device labels its windows, none does, or one run of each (default)")
+    parser.add_argument("--model", type=Path, default=default_model_path())
+    parser.add_argument("--seed", type=int, default=7000)
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "drift.md")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    started = time.monotonic()
+
+    def drifting() -> dict[str, DeviceStream]:  # the same people and workouts for every run
+        return {f"{s}-{k}": DeviceStream(f"{s}-{k}", seed=args.seed + 1000 * i + k, scenario=s,
+                                         scenario_start=args.onset)
+                for i, s in enumerate(SCENARIOS) for k in range(args.devices)}
+
+    def quiet() -> dict[str, DeviceStream]:
+        return {f"quiet-{k}": DeviceStream(f"quiet-{k}", seed=args.seed + 9000 + k)
+                for k in range(args.quiet_devices)}
+
+    results, lines = {}, ["# Drift detection: delay and false alarms"]
+    for mode in (["all", "none"] if args.labels == "both" else [args.labels]):
+        out, section = measure(args, drifting(), quiet(), mode == "all")
+        results[mode] = out
+        lines += section
+    wall = time.monotonic() - started
+    command = ("python benchmarks/drift.py " + " ".join(sys.argv[1:])).strip()
+    lines[1:1] = [f"Reproduce: `{command}` ({time.strftime('%Y-%m-%d')}, {wall:.0f} s). The consumer's "
+                  f"`Monitor` fed as the consumer feeds it (labels only on windows that one label covers), "
+                  f"without a broker, in device time, model frozen (`{args.model.name}`). "
+                  f"{args.devices} devices per scenario, drift at {args.onset:.0f} s, {args.after:.0f} s "
+                  f"after; {args.quiet_devices} devices without drift for {args.quiet_minutes:g} min. "
+                  f"Detections in the first {WARM_UP:.0f} s are not counted.", ""]
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.with_suffix(".json").write_text(json.dumps({"command": command, "results": results,
+                                                         "wall_seconds": round(wall, 1)}, indent=1))
+    args.out.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
