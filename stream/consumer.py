@@ -879,7 +879,8 @@ class Consumer:
                                                 p.confidence))
         for w in self.history.resolve(self.labels):
             if w.label is not None:
-                events += self.monitor.labelled(w.device, w.t_end, w.label, w.predicted)
+                events += self.monitor.labelled(w.device, w.t_end, w.label, w.predicted,
+                                                w.samples.mean(axis=0))
             self._collect(w)
         for e in events:
             target = (consumer_topic(cfg.prefix, cfg.consumer_id, "drift") if e.device == "_all"

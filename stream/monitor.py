@@ -39,8 +39,11 @@ class DriftEvent:
                 "value": round(self.value, 4), "needs_labels": self.needs_labels}
 
 
-ORIENTATION_DEG = 60.0  # a turn away from the usual direction beyond this many degrees ...
+ORIENTATION_DEG = 75.0  # a turn away from the usual direction beyond this many degrees ...
 ORIENTATION_CONFIRM = 2  # ... confirmed by this many more windows, after ADWIN saw the change
+CONCENTRATED = 0.9  # labelled windows: a class's orientation is trusted when the mean cosine of its
+LABELLED_MIN_WINDOWS = 5  # windows to their usual direction is at least this, over at least this many
+LABELLED_CONFIRM = 2  # and a turn beyond ORIENTATION_DEG must hold for this many more labelled windows
 
 
 def _adwin() -> drift.ADWIN:
@@ -73,7 +76,7 @@ class _Detectors:
 
     __slots__ = ("device", "rolling_size", "magnitude", "confidence", "orientation", "directions",
                  "orientation_pending", "error", "accuracy", "kappa", "rolling", "rolling_confidence", "drifts",
-                 "needs_labels", "last_drift")
+                 "needs_labels", "last_drift", "label_directions", "label_turned")
 
     def __init__(self, device: str, rolling: int) -> None:
         self.device = device
@@ -91,6 +94,9 @@ class _Detectors:
         self.drifts = 0
         self.needs_labels = False
         self.last_drift: float | None = None
+        # labelled windows: class -> (mean unit vector, count, mean cosine to it), by the TRUE class
+        self.label_directions: dict[str, tuple[tuple[float, float, float], int, float]] | None = None
+        self.label_turned = 0  # consecutive labelled windows turned away from their class's usual direction
 
     def scored(self) -> _Detectors:
         """The label-fed detectors and metrics, made on first use."""
@@ -175,11 +181,24 @@ class Monitor:
                 out.append(self._event(det, device, "ADWIN", "confidence", t, det.confidence.estimation, has_labels))
         return out
 
-    def labelled(self, device: str, t: float, truth: str, predicted: str) -> list[DriftEvent]:
-        """A window whose label is now known (scored before the learner sees it)."""
+    def labelled(self, device: str, t: float, truth: str, predicted: str,
+                 mean_acc: np.ndarray | None = None) -> list[DriftEvent]:
+        """A window whose label is now known (scored before the learner sees it).
+
+        With ``mean_acc``, the orientation check runs on the true class as well: a turned sensor makes
+        the model name another exercise, whose usual direction on this device it may not know yet,
+        while the true class's direction is known from before the turn.
+        """
         self._last_label_t[device] = t
         out = []
         self.confusion.update(truth, predicted)
+        if mean_acc is not None:
+            dev = self._get(device)
+            angle = self._labelled_angle(dev, truth, mean_acc)
+            if angle is not None:
+                dev.label_turned = dev.label_turned + 1 if angle > ORIENTATION_DEG else 0
+                if dev.label_turned == LABELLED_CONFIRM + 1:
+                    out.append(self._event(dev, device, "labelled", "orientation", t, angle, True))
         for det in (self._get(device).scored(), self._all):
             det.accuracy.update(truth, predicted)
             det.kappa.update(truth, predicted)
@@ -190,6 +209,35 @@ class Monitor:
             if det.error.drift_detected:
                 out.append(self._event(det, device, "FHDDM", "error", t, 1.0 - det.rolling.get(), True))
         return out
+
+    @staticmethod
+    def _labelled_angle(dev: _Detectors, truth: str, mean_acc: np.ndarray) -> float | None:
+        """Degrees between a labelled window's gravity direction and its true class's usual one on this
+        device; None until that class has been seen held in one orientation (rest, held any way, never)."""
+        x, y, z = (float(v) for v in mean_acc)
+        norm = math.sqrt(x * x + y * y + z * z)
+        if norm < 1e-6:
+            return None
+        d = (x / norm, y / norm, z / norm)
+        if dev.label_directions is None:
+            dev.label_directions = {}
+        usual, count, spread = dev.label_directions.get(truth, (d, 0, 1.0))
+        dot = min(1.0, max(-1.0, d[0] * usual[0] + d[1] * usual[1] + d[2] * usual[2]))
+        trusted = count >= LABELLED_MIN_WINDOWS and spread >= CONCENTRATED
+        angle = math.degrees(math.acos(dot))
+        if trusted and angle > ORIENTATION_DEG:
+            if dev.label_turned < LABELLED_CONFIRM:
+                return angle  # a turn to confirm: the usual direction stays as it was meanwhile
+            del dev.label_directions[truth]  # confirmed: learn this class's direction afresh
+            return angle
+        w = min(count, 20)  # running means over the last ~20 windows of the class
+        mixed = (usual[0] * w + d[0], usual[1] * w + d[1], usual[2] * w + d[2])
+        length = math.sqrt(mixed[0] ** 2 + mixed[1] ** 2 + mixed[2] ** 2)
+        if length > 0:
+            spread = (spread * w + dot) / (w + 1) if count else 1.0
+            dev.label_directions[truth] = ((mixed[0] / length, mixed[1] / length, mixed[2] / length),
+                                           count + 1, spread)
+        return angle if trusted else None
 
     def _event(self, det: _Detectors, device: str, detector: str, signal: str, t: float, value: float,
                has_labels: bool) -> DriftEvent:

@@ -163,3 +163,23 @@ def test_orientation_detector_fires_on_a_turned_strap_not_on_exercise_changes():
         events += mon.observe("d", 2.0 * k, 9.81, 0.9, mean, "squat")
     fired = [e for e in events if e.signal == "orientation"]
     assert fired and fired[0].t <= 2.0 * 905, [e.t for e in fired]
+
+
+def test_labelled_orientation_fires_when_the_model_names_another_exercise():
+    """A turned sensor makes the model name another exercise; its true class's direction is known."""
+    rng = np.random.default_rng(5)
+    mon = Monitor()
+    usual = {"squat": np.array([0.0, 0.0, 9.81]), "row": np.array([9.81, 0.0, 0.0])}
+    events = []
+    for k in range(600):  # sets of 15 windows; rest between them held any way at all
+        phase = (k // 15) % 3
+        label = ("squat", "row", "rest")[phase]
+        mean = (rng.normal(0, 1, 3) * 6 if label == "rest" else usual[label] + rng.normal(0, 0.8, 3))
+        events += mon.labelled("d", 2.0 * k, label, label, mean)
+    assert [e for e in events if e.signal == "orientation"] == []  # rest, held any way, never counts
+    turn = np.array([[1, 0, 0], [0, 0, -1.0], [0, 1.0, 0]])  # a quarter turn about x
+    for k in range(600, 610):  # squats again, now named curls by the model
+        events += mon.labelled("d", 2.0 * k, "squat", "biceps_curl", turn @ usual["squat"] + rng.normal(0, 0.8, 3))
+    fired = [e for e in events if e.signal == "orientation"]
+    assert len(fired) == 1 and fired[0].t <= 2.0 * 603 and fired[0].detector == "labelled"
+    assert not fired[0].needs_labels
