@@ -155,7 +155,7 @@ def main() -> int:
         lines += section
     wall = time.monotonic() - started
     command = ("python benchmarks/drift.py " + " ".join(sys.argv[1:])).strip()
-    lines[1:1] = [f"Reproduce: `{command}` ({time.strftime('%Y-%m-%d')}, {wall:.0f} s). The consumer's "
+    lines[1:1] = ["", f"Reproduce: `{command}` ({time.strftime('%Y-%m-%d')}, {wall:.0f} s). The consumer's "
                   f"`Monitor` fed as the consumer feeds it (labels only on windows that one label covers), "
                   f"without a broker, in device time, model frozen (`{args.model.name}`). "
                   f"{args.devices} devices per scenario, drift at {args.onset:.0f} s, {args.after:.0f} s "
