@@ -126,8 +126,8 @@ def write(args, data: dict) -> int:
              f"Reproduce: `{data['command']}` (each row is one `harstream bench --devices N --duration "
              f"{runs[0]['duration_s']:g} --json`, the last columns' load average is the machine's before → after the "
              f"row). Broker: {runs[0]['broker']}. Machine: {os.cpu_count()} cores, shared by the broker, the "
-             "publisher process and the consumer, and by other work (training jobs): compare figures only "
-             "within one run, as ratios.", "",
+             "publisher process and the consumer, and by whatever else runs (the load column): compare "
+             "figures only within one run, as ratios.", "",
              "| devices | message | offered samples/s | sustained | real time | latency p50 / p99 / max (ms) | "
              "consumer cores (service + network thread) | CPU µs per message | samples/s per core | "
              "per core vs the same consumer with the stateless model | memory per device (RSS) | broker cores | "
