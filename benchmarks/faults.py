@@ -1502,7 +1502,8 @@ def render_markdown(result: dict) -> str:
       f"({cfg['flood_samples']} samples, {fmt(msg_bytes)} bytes each, QoS 1, "
       f"{cfg['flood_devices']} devices per "
       f"process) at {fmt(sum(x.get('rate_per_s', 0) for x in wk))} messages/s in total, on top of the "
-      f"{cfg['devices']} real devices. The consumer's queue (at most 200,000 messages and 32 MB of payload) "
+      f"{cfg['devices']} real devices. The consumer's queue (at most 200,000 messages and 32 MB, counting "
+      "1 kB per message beyond its payload) "
       f"peaked at {fmt(d['queue_peak'])}"
       + (f" ({d['queue_bytes_peak'] / 2**20:.1f} MB)" if d.get("queue_bytes_peak") else "")
       + f"; it dropped and counted {fmt(split['dropped'])} messages; its seq-gap counter "
@@ -1610,8 +1611,8 @@ FINDINGS = """## What this shows
   they drop; a packet id already held is a copy the broker re-sent (not processed twice). The journal
   line and the PUBACKs of a cycle go out only once its predictions are written to the socket, and
   nothing is acknowledged after the final checkpoint on SIGTERM. Payloads over `MAX_PAYLOAD_BYTES` are
-  refused in `on_message` before they are queued; the queue is bounded in bytes (32 MB of payload) as
-  well as messages. Metrics: `acks` (`mode`, `protocol`, `unacked`, `limit`, `after_window`,
+  refused in `on_message` before they are queued; the queue is bounded in bytes (32 MB, payloads
+  plus 1 kB each) as well as messages. Metrics: `acks` (`mode`, `protocol`, `unacked`, `limit`, `after_window`,
   `at_once`, `redelivered`, `dropped`, `forced`), `queue_bytes`, `filled_samples`.
 - `stream/decode.py`: `SequenceCheck` accepts a `seq` below the last one when it fills a gap it
   counted, and takes it off `lost_samples` (`filled_samples`).
@@ -1737,8 +1738,9 @@ def findings(result: dict) -> str:
     qb = d.get("queue_bytes_peak")
     if split["dropped"]:
         overload_text = (f"the consumer's queue reached its bound (peak {d['queue_peak']:,} messages"
-                         + (f", {qb / 2**20:.1f} MB of payload" if qb else "")
-                         + "; at most 200,000 messages and 32 MB of payload), and "
+                         + (f", {qb / 2**20:.1f} MB counted" if qb else "")
+                         + "; at most 200,000 messages and 32 MB, counting 1 kB per message beyond its "
+                         "payload), and "
                          f"{split['dropped']:,} messages were dropped, acknowledged and counted in `dropped` "
                          f"({split_text(split)}): "
                          "under overload, at most once for those, explicitly. The consumer was live again "
@@ -1752,7 +1754,8 @@ def findings(result: dict) -> str:
         overload_text = (f"nothing was dropped: the consumer's queue peaked at {d['queue_peak']:,} messages"
                          + (f" ({qb / 2**20:.1f} MB of payload)" if qb else "")
                          + ("; acknowledging after the window, paho's thread waits for room once the queue "
-                            "holds 32 MB of payload (or 200,000 messages), so the broker keeps the backlog "
+                            "holds 32 MB (payloads plus 1 kB each, or 200,000 messages), so the broker keeps "
+                            "the backlog "
                             "(its memory is the one that grows)" if ack_mode == "after-window" else "")
                          + f". The consumer was live again {live_d} s after the flood ended; its memory "
                          f"peaked at {fmt(peak)} MB against {fmt(steady)} MB in steady state.")
