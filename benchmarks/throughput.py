@@ -48,7 +48,6 @@ def stateless_consumer(r: dict) -> float:
 
 def row(r: dict) -> str:
     lat = r["latency_ms"]
-    b = r["baseline"]
     return (f"| {r['devices']} | {r['interval_s']:g} s | {r['offered_samples_per_s']:.0f} | "
             f"{r['sustained_samples_per_s']:.0f} | {'yes' if r['real_time'] else 'no'} | "
             f"{lat['p50']} / {lat['p99']} / {lat['max']} | {r['consumer_cpu_cores']} "

@@ -14,7 +14,7 @@ from stream.adapters import (
     SensorLoggerAdapter,
 )
 from stream.buffers import DeviceBuffer
-from stream.decode import MAX_SAMPLES, G, Rejected
+from stream.decode import MAX_SAMPLES, REASONS, G, Rejected
 
 
 # -- how each format says "these samples": t (s), acc (m/s², Android convention) ---------------------

@@ -2,7 +2,16 @@ import numpy as np
 import orjson
 import pytest
 
-from stream.decode import G, MAX_SAMPLES, REASONS, Rejected, SampleBatch, SequenceCheck, decode_imu, parse_topic
+from stream.decode import (
+    MAX_SAMPLES,
+    REASONS,
+    G,
+    Rejected,
+    SampleBatch,
+    SequenceCheck,
+    decode_imu,
+    parse_topic,
+)
 
 
 def payload(**kw) -> bytes:

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models.importers import DATASETS, G, DatasetError, import_dataset, load_dataset
+from models.importers import DATASETS, DatasetError, G, import_dataset, load_dataset
 from stream.recording import read_recording
 
 # ../shared/datasets next to the repository, unless HARSTREAM_DATASETS points elsewhere
