@@ -41,6 +41,7 @@ class DriftEvent:
 
 ORIENTATION_DEG = 75.0  # a turn away from the usual direction beyond this many degrees ...
 ORIENTATION_CONFIRM = 2  # ... confirmed by this many more windows, after ADWIN saw the change
+COOLDOWN = 600.0  # device seconds in which the same signal on the same device is not reported again
 CONCENTRATED = 0.9  # labelled windows: a class's orientation is trusted when the mean cosine of its
 LABELLED_MIN_WINDOWS = 5  # windows to their usual direction is at least this, over at least this many
 LABELLED_CONFIRM = 2  # and a turn beyond ORIENTATION_DEG must hold for this many more labelled windows
@@ -76,7 +77,7 @@ class _Detectors:
 
     __slots__ = ("device", "rolling_size", "magnitude", "confidence", "orientation", "directions",
                  "orientation_pending", "error", "accuracy", "kappa", "rolling", "rolling_confidence", "drifts",
-                 "needs_labels", "last_drift", "label_directions", "label_turned")
+                 "needs_labels", "last_drift", "label_directions", "label_turned", "fired")
 
     def __init__(self, device: str, rolling: int) -> None:
         self.device = device
@@ -97,6 +98,7 @@ class _Detectors:
         # labelled windows: class -> (mean unit vector, count, mean cosine to it), by the TRUE class
         self.label_directions: dict[str, tuple[tuple[float, float, float], int, float]] | None = None
         self.label_turned = 0  # consecutive labelled windows turned away from their class's usual direction
+        self.fired: dict[str, float] | None = None  # signal -> device time it last fired
 
     def scored(self) -> _Detectors:
         """The label-fed detectors and metrics, made on first use."""
@@ -157,8 +159,10 @@ class Monitor:
                     elif dev.orientation_pending:
                         turned = angle > ORIENTATION_DEG
                         dev.orientation_pending = dev.orientation_pending - 1 if turned else 0
-                        if dev.orientation_pending == 0 and turned:
-                            out.append(self._event(dev, device, "ADWIN", "orientation", t, angle, has_labels))
+                        # a device sending labels gets the sharper check keyed by its true classes
+                        # (``labelled``); this one, keyed by what the model says, is for the others
+                        if dev.orientation_pending == 0 and turned and not has_labels:
+                            self._emit(out, dev, device, "ADWIN", "orientation", t, angle, has_labels)
                 w = min(count, 20)  # running mean over the last ~20 windows
                 mixed = (usual[0] * w + direction[0], usual[1] * w + direction[1], usual[2] * w + direction[2])
                 length = math.sqrt(mixed[0] ** 2 + mixed[1] ** 2 + mixed[2] ** 2)
@@ -175,10 +179,10 @@ class Monitor:
             # ten: a fall below 40 %, or a rise beyond 7 fold (g read as m/s² the other way), is drift
             ratio = magnitude / max(before_magnitude, 1e-6)
             if det.magnitude.drift_detected and (ratio < 0.4 or ratio > 7.0):
-                out.append(self._event(det, device, "ADWIN", "input_magnitude", t, det.magnitude.estimation, has_labels))
+                self._emit(out, det, device, "ADWIN", "input_magnitude", t, det.magnitude.estimation, has_labels)
             det.confidence.update(confidence)
             if det.confidence.drift_detected and confidence < before:  # a fall, not a recovery
-                out.append(self._event(det, device, "ADWIN", "confidence", t, det.confidence.estimation, has_labels))
+                self._emit(out, det, device, "ADWIN", "confidence", t, det.confidence.estimation, has_labels)
         return out
 
     def labelled(self, device: str, t: float, truth: str, predicted: str,
@@ -198,7 +202,7 @@ class Monitor:
             if angle is not None:
                 dev.label_turned = dev.label_turned + 1 if angle > ORIENTATION_DEG else 0
                 if dev.label_turned == LABELLED_CONFIRM + 1:
-                    out.append(self._event(dev, device, "labelled", "orientation", t, angle, True))
+                    self._emit(out, dev, device, "labelled", "orientation", t, angle, True)
         for det in (self._get(device).scored(), self._all):
             det.accuracy.update(truth, predicted)
             det.kappa.update(truth, predicted)
@@ -207,7 +211,7 @@ class Monitor:
             # river's FHDDM (as MOA's) fires when the rate of ones FALLS: feed 1 for a correct window
             det.error.update(truth == predicted)
             if det.error.drift_detected:
-                out.append(self._event(det, device, "FHDDM", "error", t, 1.0 - det.rolling.get(), True))
+                self._emit(out, det, device, "FHDDM", "error", t, 1.0 - det.rolling.get(), True)
         return out
 
     @staticmethod
@@ -238,6 +242,19 @@ class Monitor:
             dev.label_directions[truth] = ((mixed[0] / length, mixed[1] / length, mixed[2] / length),
                                            count + 1, spread)
         return angle if trusted else None
+
+    def _emit(self, out: list[DriftEvent], det: _Detectors, device: str, detector: str, signal: str,
+              t: float, value: float, has_labels: bool) -> None:
+        """Report a detection, unless the same signal fired on the same device less than COOLDOWN
+        seconds (device time) ago: a condition that lasts is one drift, not one per set."""
+        if det.fired is None:
+            det.fired = {}
+        last = det.fired.get(signal)
+        det.fired[signal] = t
+        if last is not None and t - last < COOLDOWN:
+            self.event_counts[f"{detector}:{signal}:repeated"] += 1
+            return
+        out.append(self._event(det, device, detector, signal, t, value, has_labels))
 
     def _event(self, det: _Detectors, device: str, detector: str, signal: str, t: float, value: float,
                has_labels: bool) -> DriftEvent:
