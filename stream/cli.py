@@ -133,7 +133,8 @@ def cmd_train(args) -> int:
         sources = [str(f) for f in args.data]
     mc = ModelConfig(classes=("_",), cell=args.cell, hidden=args.hidden, layers=args.layers, rate=args.rate,
                      window=args.window, hop=args.window, patch=args.patch)
-    tc = TrainConfig(epochs=args.epochs, seed=args.seed, max_minutes=args.max_minutes)
+    tc = TrainConfig(epochs=args.epochs, seed=args.seed, max_minutes=args.max_minutes,
+                     p_any_orientation=args.any_orientation)
     model, report = train(rec, mc, tc, progress=not args.quiet)
     version = save_checkpoint(args.out, model, {"command": " ".join(["harstream", *sys.argv[1:]]),
                                                 "data": sources, "report": report})
@@ -364,6 +365,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--patch", type=int, default=5, help="samples per recurrent step (default: %(default)s)")
     p.add_argument("--epochs", type=int, default=40, help="at most this many epochs (early stopping)")
     p.add_argument("--max-minutes", type=float, default=None, help="stop training after this long")
+    p.add_argument("--any-orientation", type=float, default=0.0, metavar="FRACTION",
+                   help="train this fraction of the streams in a random orientation, for sensors that people "
+                        "wear every which way (a phone in an armband or a pocket); costs accuracy where the "
+                        "orientation tells exercises apart, e.g. a wristband (default: %(default)s)")
     p.add_argument("--sim-devices", type=int, default=40, help="simulated people (default: %(default)s)")
     p.add_argument("--sim-minutes", type=float, default=10.0, help="minutes per simulated person (default: %(default)s)")
     p.add_argument("--sim-placement", default="wrist", choices=("wrist", "upper_arm", "waist", "mixed"),

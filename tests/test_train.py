@@ -192,3 +192,19 @@ def test_model_config_loads_from_a_dict():
     assert ModelConfig(**cfg.to_dict()) == cfg
     with pytest.raises(ValueError, match="front"):
         ModelConfig(classes=CLASSES, front="transformer")
+
+
+def test_any_orientation_turns_streams_every_way_and_keeps_magnitudes():
+    rng = np.random.default_rng(3)
+    x = np.tile(np.array([[0.0, 0.0, 9.81]], dtype=np.float32), (100, 1))
+    y = np.zeros(100, dtype=np.int64)
+    cfg = TrainConfig(p_any_orientation=1.0, max_warp=0.0, max_scale=0.0)
+    gravity = np.array([augment(x, y, rng, cfg)[0][0] for _ in range(400)])
+    np.testing.assert_allclose(np.linalg.norm(gravity, axis=1), 9.81, rtol=1e-4)
+    # uniform over the sphere: every axis's mean near 0, and as many pointing down as up
+    assert np.abs(gravity.mean(axis=0)).max() < 1.5
+    assert 0.35 < (gravity[:, 2] < 0).mean() < 0.65
+    small = np.array([augment(x, y, rng, TrainConfig(max_warp=0.0, max_scale=0.0))[0][0] for _ in range(100)])
+    assert (small[:, 2] > 9.81 * np.cos(np.radians(30)) - 1e-3).all()  # the default: within 30 degrees
+    with pytest.raises(ValueError):
+        TrainConfig(p_any_orientation=1.5)
