@@ -28,6 +28,7 @@ Examples
 
 from __future__ import annotations
 
+import itertools
 import logging
 import sys
 import threading
@@ -417,6 +418,12 @@ class LiveStore:
                 self._append_trace(state, *record)
                 state.saw(float(record[0][-1]), now)
             elif kind == "prediction":
+                # predictions are at least once: a consumer killed between publishing a cycle and
+                # journalling it publishes that cycle again after its restart; one point per window
+                recent = list(itertools.islice(reversed(state.predictions), 4))
+                if any(p.t == record.t for p in recent):
+                    self._received["duplicate_prediction"] += 1
+                    return
                 state.predictions.append(record)
                 state.saw(record.t, now)
             elif kind == "label":

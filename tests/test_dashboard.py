@@ -45,6 +45,16 @@ def metrics(online: bool = True) -> bytes:
 
 
 # -- the store, without a broker ------------------------------------------------------------------
+def test_a_prediction_published_again_after_a_restart_is_one_point():
+    store = LiveStore("har")
+    for t in (100.0, 102.0, 104.0):
+        store.handle("har/dev-a/prediction", prediction(t), now=1000.0 + t)
+    for t in (102.0, 104.0, 106.0):  # a restarted consumer repeats its last cycle, then goes on
+        store.handle("har/dev-a/prediction", prediction(t), now=1010.0 + t)
+    assert [p.t for p in store.device("dev-a").predictions] == [100.0, 102.0, 104.0, 106.0]
+    assert store.counters()["received"]["duplicate_prediction"] == 2
+
+
 def test_store_parses_every_kind():
     store = LiveStore("har")
     store.handle("har/dev-a/imu", imu(0, 100.0), now=1000.0)
