@@ -24,23 +24,9 @@ from stream.consumer import Consumer, ConsumerConfig, _Acks
 from stream.decode import Rejected, SampleBatch, SequenceCheck
 from stream.mqtt import BrokerURL, connect
 from stream.persist import AckJournal, load_state, read_journal, save_state
+from tests.helpers import imu, wait
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def wait(predicate, timeout=60.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
-
-
-def imu(seq: int, t0: float, n: int = 10, rate: float = 50.0) -> bytes:
-    t = t0 + np.arange(n) / rate
-    acc = np.stack([np.sin(7 * t), np.cos(5 * t), 9.81 + np.sin(3 * t)], axis=1)
-    return orjson.dumps({"seq": seq, "t": t.round(4).tolist(), "acc": acc.round(4).tolist()})
 
 
 # -- the bookkeeping alone -------------------------------------------------------------------------
@@ -189,16 +175,16 @@ def test_kill_9_loses_no_message_and_classifies_no_window_twice(broker_url, need
 
     try:
         first = start()
-        assert wait(lambda: b"online" in watcher.status), "the consumer did not come online"
+        assert wait(lambda: b"online" in watcher.status, timeout=60), "the consumer did not come online"
         feeder = threading.Thread(target=publish)
         feeder.start()
         # steady state: a few windows published, then SIGKILL
-        assert wait(lambda: len(watcher.predictions) >= 3 * len(devices))
+        assert wait(lambda: len(watcher.predictions) >= 3 * len(devices), timeout=60)
         kill9(first)
         seen = len(watcher.predictions)
         second = start()
         # its first prediction: it is eating the backlog the broker kept for the session; SIGKILL again
-        assert wait(lambda: len(watcher.predictions) > seen)
+        assert wait(lambda: len(watcher.predictions) > seen, timeout=60)
         kill9(second)
         start()
         feeder.join()
@@ -262,7 +248,7 @@ def test_acknowledging_after_the_window_never_stalls_under_a_small_limit(broker_
             for d in range(20):
                 pub.publish(f"{prefix}/dev-{d}/imu", imu(k, 50.0 + 0.2 * k), qos=1)
         # 4 s of samples per device: 5 windows of 0.8 s each, all of them classified
-        assert wait(lambda: consumer.stats.windows >= 20 * 5), consumer.stats.windows
+        assert wait(lambda: consumer.stats.windows >= 20 * 5, timeout=60), consumer.stats.windows
         assert consumer.acks.counts["forced"] > 0 and len(consumer.acks) < 10
     finally:
         consumer.stop()

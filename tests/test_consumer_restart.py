@@ -5,8 +5,6 @@ import threading
 import time
 import uuid
 
-import numpy as np
-import orjson
 import pytest
 import torch
 
@@ -15,14 +13,9 @@ from stream.consumer import Consumer, ConsumerConfig
 from stream.mqtt import connect
 from stream.persist import load_state
 from stream.store import EventStore
+from tests.helpers import imu, wait
 
 pytestmark = pytest.mark.broker
-
-
-def imu(seq, t0, n=10, rate=50.0):
-    t = t0 + np.arange(n) / rate
-    acc = np.stack([np.sin(7 * t), np.cos(5 * t), 9.81 + np.sin(3 * t)], axis=1)
-    return orjson.dumps({"seq": seq, "t": t.round(4).tolist(), "acc": acc.round(4).tolist()})
 
 
 def start(config, model):
@@ -30,15 +23,6 @@ def start(config, model):
     thread = threading.Thread(target=consumer.run)
     thread.start()
     return consumer, thread
-
-
-def wait(predicate, timeout=20.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def test_restart_resumes_state_and_gets_messages_sent_while_down(broker_url, needs_full_broker, tiny_model, tmp_path):

@@ -13,6 +13,7 @@ import pytest
 
 from dashboard.live import ALL_DEVICES, LiveFeed, LiveStore
 from stream.mqtt import connect
+from tests.helpers import wait
 
 APP = str(Path(__file__).resolve().parents[1] / "dashboard" / "app.py")
 PAGES = ["pages/overview.py", "pages/device.py", "pages/drift.py", "pages/model.py", "pages/label.py"]
@@ -241,15 +242,6 @@ class Collector:
         self.client.loop_stop()
 
 
-def wait_until(condition, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return False
-
-
 def publish_scene(url, prefix, devices=("dev-a", "dev-b", "dev-c")) -> float:
     """Samples, predictions, labels, drift and status of ``devices`` and one consumer; returns device time."""
     pub = connect(url, "test-dashboard-pub")
@@ -304,7 +296,7 @@ def app_feed(broker_url, prefix, monkeypatch):
     monkeypatch.setenv("HARSTREAM_PREFIX", prefix)
     from dashboard.common import _shared_feed, get_feed
     feed = get_feed()
-    assert wait_until(lambda: feed.connected), feed.error
+    assert wait(lambda: feed.connected), feed.error
     yield feed
     _shared_feed.clear()  # closes the feed (on_release)
 
@@ -322,7 +314,7 @@ def test_feed_through_the_broker(broker_url, prefix):
         assert feed.connected and feed.error is None
         device_time = publish_scene(broker_url, prefix)
         store = feed.store
-        assert wait_until(lambda: store.counters()["received"].get("consumer/training", 0) == 6)
+        assert wait(lambda: store.counters()["received"].get("consumer/training", 0) == 6)
         assert store.device_ids() == ["dev-a", "dev-b", "dev-c"]
         assert store.counters()["malformed"] == {"imu/bad_json": 1}
         assert len(store.device("dev-b").predictions) == 5 and len(store.device("dev-b").trace_t) == 500
@@ -331,12 +323,12 @@ def test_feed_through_the_broker(broker_url, prefix):
         assert body["label"] == "walking" and abs(body["t"] - device_time) < 5.0  # device clock, not wall
         (topic, payload), = watch.wait_for(lambda t, p: t.endswith("/label") and b"walking" in p)
         assert topic == f"{prefix}/dev-b/label" and orjson.loads(payload) == body
-        assert wait_until(lambda: any(lab.label == "walking" for lab in store.device("dev-b").labels))
+        assert wait(lambda: any(lab.label == "walking" for lab in store.device("dev-b").labels))
 
         assert feed.send_command("c1", "rollback", "v1") == {"action": "rollback", "version": "v1"}
         (topic, payload), = watch.wait_for(lambda t, p: t.endswith("/command"))
         assert topic == f"{prefix}/_consumer/c1/command" and orjson.loads(payload)["action"] == "rollback"
-        assert wait_until(lambda: store.consumers()[0].commands)
+        assert wait(lambda: store.consumers()[0].commands)
     finally:
         watch.close()
         feed.close()
@@ -359,7 +351,7 @@ def test_every_page_shows_live_data(broker_url, prefix, app_feed):
     try:
         publish_scene(broker_url, prefix)
         store = app_feed.store
-        assert wait_until(lambda: store.counters()["received"].get("consumer/training", 0) == 6)
+        assert wait(lambda: store.counters()["received"].get("consumer/training", 0) == 6)
         at = app_test().run()
         assert not at.exception
 
