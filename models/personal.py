@@ -107,7 +107,8 @@ class DeviceAdapters:
 
     # -- serving ---------------------------------------------------------------------------------
     def apply(self, devices: list[str], x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """x (B, window, 3) -> (adapted x, logit bias (B, K) or None when no device has an adapter)."""
+        """x (B, window, 3) -> (adapted x, logit bias (B, K), or None when no device in the batch has an
+        adapter or adapters learn no class bias)."""
         serving = self._serving
         if not serving:
             return x, None
@@ -115,11 +116,13 @@ class DeviceAdapters:
         if not rows:
             return x, None
         x = x.clone()
-        bias = torch.zeros(len(devices), self.k)
         idx = torch.tensor([i for i, _ in rows])
         M = torch.stack([m for _, (m, _, _) in rows])  # (n, 3, 3)
         b = torch.stack([v for _, (_, v, _) in rows])  # (n, 3)
         x[idx] = torch.bmm(x[idx], M.transpose(1, 2)) + b[:, None, :]
+        if not self.config.class_bias:  # the class scores are left alone: nothing to add
+            return x, None
+        bias = torch.zeros(len(devices), self.k)
         bias[idx] = torch.stack([c for _, (_, _, c) in rows])
         return x, bias
 

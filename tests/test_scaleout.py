@@ -38,6 +38,7 @@ from stream.shared_state import (
     encode_record,
     restore_buffer,
 )
+from tests.helpers import wait
 
 REDIS_URL = os.environ.get("HARSTREAM_TEST_REDIS", "redis://127.0.0.1:6379/0")
 ROOT = Path(__file__).resolve().parents[1]
@@ -259,12 +260,7 @@ class Collector:
             return {t: p for t, p in self.messages if t.endswith(suffix)}
 
     def wait_for(self, predicate, timeout=30.0) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if predicate():
-                return True
-            time.sleep(0.05)
-        return False
+        return wait(predicate, timeout)
 
     def close(self):
         self.client.disconnect()
