@@ -1566,8 +1566,9 @@ FINDINGS = """## What this shows
 1. **kill -9: {kill_headline}.** {kill_text}
 2. **Restarts resume where the last published window ended.** The checkpoint keeps, per device, the
    `seq` before the first message not yet acknowledged and the end of its last published window; an
-   append-only journal (`acked-<n>.log` beside the checkpoint, one line per device and cycle, written
-   before the PUBACKs leave) carries both between checkpoints. So the next life accepts what the broker
+   append-only journal (`acked-<n>.log` beside the checkpoint, one line per device and cycle and one
+   per prediction, written before the cycle's predictions are published and its PUBACKs leave) carries
+   them between checkpoints. So the next life accepts what the broker
    sends again, skips the samples already in a published window (the first grid sample after it is
    interpolated from the samples around it, so the windows go on on the same grid) and its `seq` check
    counts no false gap for what the killed life classified: the restarted lives reported {reported_gap}
@@ -1608,9 +1609,10 @@ FINDINGS = """## What this shows
   an imu message is held as (time of its last sample, `seq`, packet id) under its device and
   acknowledged once a published window of that device ends at or after it; labels, commands and
   refused payloads are acknowledged at once; idle eviction and device clock resets acknowledge what
-  they drop; a packet id already held is a copy the broker re-sent (not processed twice). The journal
-  line and the PUBACKs of a cycle go out only once its predictions are written to the socket, and
-  nothing is acknowledged after the final checkpoint on SIGTERM. Payloads over `MAX_PAYLOAD_BYTES` are
+  they drop; a packet id already held is a copy the broker re-sent (not processed twice). A cycle is
+  journalled, predictions included, before its predictions are published; its PUBACKs go out only once
+  the predictions are written to the socket, and nothing is acknowledged after the final checkpoint on
+  SIGTERM. A restarted consumer puts the journalled predictions its event store lacks into it. Payloads over `MAX_PAYLOAD_BYTES` are
   refused in `on_message` before they are queued; the queue is bounded in bytes (32 MB, payloads
   plus 1 kB each) as well as messages. Metrics: `acks` (`mode`, `protocol`, `unacked`, `limit`, `after_window`,
   `at_once`, `redelivered`, `dropped`, `forced`), `queue_bytes`, `filled_samples`.
@@ -1619,9 +1621,10 @@ FINDINGS = """## What this shows
 - `stream/persist.py`: checkpoint version 2 (watermarks, journal generation; version 1 still read),
   `AckJournal`.
 
-The PUBACKs still cannot make the output exactly once: a prediction that left the process just before
-a `kill -9`, whose journal line had not yet been written, is published again by the next life with the
-same `(device, t)` (finding 3); readers that need exactly once can key on `(device, t)`.
+Journalling before publishing makes classification exactly once (no window is classified again by the
+next life) at the price of the predictions in flight at a `kill -9` being at most once on the wire (QoS 0
+written to a killed process's socket can go down with its reset, journal or not). The event store holds
+every window once; it is the complete record.
 """
 
 
@@ -1686,15 +1689,11 @@ def findings(result: dict) -> str:
         by_kill = [k for k in kills if "catch-up" in k["label"]]
         dup_text = (f"{dups:,} {'window was' if dups == 1 else 'windows were'} published twice with the "
                     "same `(device, t)`. "
-                    "The journal line and the PUBACKs of a cycle follow the write of its last prediction "
-                    "(paho's `on_publish`); a kill while the cycle's predictions are being written "
-                    "leaves some of them out without the journal line, and the next life publishes those "
-                    "windows again, on the same grid. The kill "
-                    + ("during catch-up is triggered by the watcher receiving that life's first "
-                       "prediction, so it tends to land in that gap; a random kill rarely does. "
-                       if by_kill else "landed in that gap. ")
-                    + "Readers that need exactly once can key on `(device, t)`; the event store of "
-                    "the killed life usually had not written those rows yet.")
+                    "A cycle is journalled before its predictions are published and the next life "
+                    "resumes after the journal's marks, so this should not happen: "
+                    + ("the kill during catch-up is triggered by the watcher receiving that life's "
+                       "first prediction. " if by_kill else "")
+                    + "Look at the journal of that life (a bug).")
     else:
         dup_text = ("No `(device, t)` was published twice and no two windows of a device overlap: what "
                     "was acknowledged is not sent again, and what is sent again is skipped up to the last "

@@ -310,8 +310,9 @@ class Consumer:
         self._anchors: dict[str, tuple[float, list[float]]] = {}  # device -> last sample acknowledged
         self.journal: AckJournal | None = None
         self._journal_generation = 0
+        self._journalled: list[tuple] = []  # predictions read back from the journal at start
         self._stall_warned = False
-        self._confirm: deque[list] = deque()  # [last prediction's info, when, journal entries, acks due]
+        self._confirm: deque[list] = deque()  # [last prediction's info, when, acks due]
         self._confirm_lock = threading.Lock()
         self._confirm_mids: dict[int, list] = {}  # mid of a confirmation's last prediction -> it
         self._stop = threading.Event()
@@ -339,6 +340,12 @@ class Consumer:
         if config.state_dir is not None:
             self._restore(classifier)
             self.store = EventStore(config.state_dir / "events.db")
+            for row in self._journalled:  # what a killed life classified: the store ignores what it has
+                self.store.prediction(*row)
+            if self._journalled:
+                log.info("%d predictions of the last life put into the event store from the journal",
+                         len(self._journalled))
+            self._journalled = []
         self.learner: OnlineLearner | None = None
         if config.learn:
             lc = config.learner or LearnerConfig()
@@ -382,7 +389,7 @@ class Consumer:
         journalled = 0
         if state["journal"] is not None:
             self._journal_generation = state["journal"]
-            marks, seqs, more = read_journal(directory, state["journal"])
+            marks, seqs, more, self._journalled = read_journal(directory, state["journal"])
             watermarks.update(marks)
             sequences.update(seqs)
             anchors.update(more)
@@ -424,6 +431,8 @@ class Consumer:
         if self.after_window:  # what the broker will send again must be accepted: up to the first one held
             sequences = {d: s for d, s in ((d, self.acks.safe_seq(d, s)) for d, s in sequences.items())
                          if s is not None}
+        if self.journal is not None and self.store is not None and not self.store.flush(10.0) and not final:
+            return False  # the journal is the only copy of predictions the store has not written yet
         generation = self.journal.next_generation() if self.journal is not None else self._journal_generation
         save_state(directory, classifier.version, devices, sequences, dict(self._evicted),
                    watermarks=self._watermarks, journal=generation, anchors=self._anchors)
@@ -776,14 +785,19 @@ class Consumer:
         self.pipeline.add(batch, arrival)
 
     def _publish(self, predictions: list[Prediction]) -> None:
+        """Publish a cycle's predictions. With a journal (acknowledging after the window, with a state
+        directory), the cycle is journalled first, predictions included: whatever a ``kill -9`` then
+        interrupts, no window is classified twice by the next life and none is missing from the event
+        store; predictions on their way over MQTT (QoS 0) may go down with the socket."""
         cfg = self.config
         classes = self.pipeline.classifier.classes
         version = self.pipeline.classifier.version
-        info = None
+        now = time.monotonic()
+        bodies = []
         for p in predictions:
-            latency = (time.monotonic() - p.arrival) * 1000.0
+            latency = (now - p.arrival) * 1000.0
             self.stats._latencies.append(latency)
-            body = {
+            bodies.append({
                 "device": p.device,
                 "t": p.t_end,
                 "label": p.label,
@@ -791,21 +805,30 @@ class Consumer:
                 "probs": dict(zip(classes, p.probs.round(4).tolist())),  # one numpy call, not K
                 "model": version,
                 "latency_ms": round(latency, 2),
-            }
+            })
+        due = self._release(predictions, bodies) if self.after_window else None
+        info = None
+        for p, body in zip(predictions, bodies):
             info = self._client.publish(f"{cfg.prefix}/{p.device}/prediction", orjson.dumps(body))
             if self.store is not None:
                 self.store.prediction(p.device, p.t_end, p.label, body["confidence"], version, body["latency_ms"])
             self._watermarks[p.device] = p.t_end
         self.stats.windows += len(predictions)
         self.stats._interval_windows += len(predictions)
-        if self.after_window:
-            self._acknowledge(predictions, info)
+        if due is not None:
+            with self._confirm_lock:
+                entry = [info, time.monotonic(), due]
+                self._confirm.append(entry)
+                if info is not None:
+                    self._confirm_mids[info.mid] = entry
+            # the paho thread acknowledges them as soon as it has written the predictions (_on_publish)
+            self._flush_acks()
 
-    def _acknowledge(self, predictions: list[Prediction], info) -> None:
-        """Release what the published windows cover; journal it and acknowledge it once the predictions
-        have left (``info``: the last one's; paho writes packets in order). In that order, so that after
-        a kill every acknowledged message is in a window someone saw, and the journal knows at least
-        what the broker will not send again."""
+    def _release(self, predictions: list[Prediction], bodies: list[dict]) -> list:
+        """Release what the cycle's windows cover and journal it, with the predictions; return the
+        acknowledgements due once the predictions have left. In that order, so that after a kill every
+        acknowledged message is in a window the journal holds, and the journal knows at least what the
+        broker will not send again."""
         ends: dict[str, float] = {}
         for p in predictions:
             ends[p.device] = max(p.t_end, ends.get(p.device, -np.inf))
@@ -820,15 +843,10 @@ class Consumer:
                                 self._anchors.get(device)))
         finally:
             due, self.acks.deferred = self.acks.deferred, None
-        with self._confirm_lock:
-            entry = [info, time.monotonic(), entries, due]
-            self._confirm.append(entry)
-            if info is not None:
-                self._confirm_mids[info.mid] = entry
-        # the paho thread journals and acknowledges them as soon as it has written the predictions
-        # (_on_publish): a kill -9 between the two can then only fall between two system calls; had the
-        # predictions left without the journal line, the next life would classify those windows again
-        self._flush_acks()
+        if self.journal is not None:
+            self.journal.write(entries, [(b["device"], b["t"], b["label"], b["confidence"], b["model"],
+                                          b["latency_ms"]) for b in bodies])
+        return due
 
     def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:  # paho thread
         entry = self._confirm_mids.get(mid)  # one dict look-up per publish: this thread must keep up
@@ -844,19 +862,17 @@ class Consumer:
                     break
 
     def _complete(self, n: int) -> None:
-        """Journal and acknowledge the first ``n`` confirmations (holding ``_confirm_lock``)."""
+        """Acknowledge what the first ``n`` confirmations release (holding ``_confirm_lock``)."""
         for _ in range(n):
-            info, _, entries, due = self._confirm.popleft()
+            info, _, due = self._confirm.popleft()
             if info is not None:
                 self._confirm_mids.pop(info.mid, None)
-            if self.journal is not None:
-                self.journal.write(entries)
             for mid, qos, why in due:
                 self._client.ack(mid, qos)
                 self._paho_acks[why] += 1
 
     def _flush_acks(self, wait: float = 0.0) -> None:
-        """Journal and acknowledge what ``_acknowledge`` released, as far as its predictions are sent
+        """Acknowledge what ``_release`` released, as far as its predictions are sent
         (waiting up to ``wait`` seconds for them; ``_on_publish`` usually did it already). QoS 0
         predictions lost to a disconnection are never sent: after ``CONFIRM_TIMEOUT`` they count as
         published (the event store has them)."""

@@ -9,10 +9,11 @@ Sample buffers are not saved. A consumer that acknowledges QoS 1 messages only o
 are in published windows (``--ack after-window``) needs no buffers: the broker sends the
 unacknowledged ones again to the next life. For that it saves, per device, the ``seq`` before the
 first message not yet acknowledged (so the ones sent again are accepted) and the end of the last
-published window (``watermarks``: the next life skips samples already classified). Between
-checkpoints, ``AckJournal`` appends both, for every device whose windows were published, before the
-acknowledgements leave: so after a ``kill -9`` the next life knows exactly what the broker will not
-send again, even though the recurrent state it restores is the checkpoint's.
+classified window (``watermarks``: the next life skips samples already classified). Between
+checkpoints, ``AckJournal`` appends both, and the predictions, for every device whose windows were
+classified, before the predictions are published and the acknowledgements leave: so after a ``kill -9``
+the next life classifies no window twice, knows what the broker will not send again, and stores what
+the killed life classified, even though the recurrent state it restores is the checkpoint's.
 """
 
 from __future__ import annotations
@@ -78,6 +79,9 @@ def load_state(directory: Path) -> dict | None:
     return blob
 
 
+PREDICTION = "=P"  # a journal line's first field: no device id starts with "=" (stream.decode.DEVICE_ID)
+
+
 def _journal_path(directory: Path, generation: int) -> Path:
     return directory / f"acked-{generation}.log"
 
@@ -87,7 +91,13 @@ def _open_append(path: Path) -> int:
 
 
 class AckJournal:
-    """Append-only lines ``device<TAB>end of its last published window<TAB>seq`` since the last checkpoint.
+    """Append-only lines since the last checkpoint, written *before* a cycle's predictions are published.
+
+    Per device and cycle: ``device<TAB>end of its last classified window<TAB>seq[<TAB>last sample]``; per
+    window: ``=P<TAB>device<TAB>t<TAB>label<TAB>confidence<TAB>model<TAB>latency_ms``. So a ``kill -9``
+    at any point leaves every classified window in the journal: the next life classifies none of them
+    again (it resumes after the marks) and puts their predictions into the event store (which ignores
+    the ones it already has), while what was on its way over MQTT (QoS 0) may be lost with the socket.
 
     Each ``write`` is one ``os.write`` on a file opened with ``O_APPEND``: nothing waits in a Python
     buffer, so a ``kill -9`` loses none of it (it is in the kernel's page cache; a power cut is another
@@ -103,16 +113,19 @@ class AckJournal:
             if old.name != _journal_path(directory, generation).name:
                 old.unlink(missing_ok=True)
 
-    def write(self, entries: list[tuple]) -> None:
-        """Lines of (device, end of its last published window, seq acknowledged up to[, (t, acc) of the
-        last sample acknowledged])."""
-        if entries and self._fd is not None:
+    def write(self, entries: list[tuple], predictions: list[tuple] = ()) -> None:
+        """Lines of (device, end of its last classified window, seq acknowledged up to once its predictions
+        are out[, (t, acc) of the last sample then acknowledged]) and of predictions (device, t, label,
+        confidence, model, latency_ms), in one write."""
+        if (entries or predictions) and self._fd is not None:
             lines = []
             for d, t, s, *rest in entries:
                 anchor = rest[0] if rest else None
                 extra = ("" if anchor is None
                          else "\t" + "\t".join(repr(float(x)) for x in (anchor[0], *anchor[1])))
                 lines.append(f"{d}\t{t!r}\t{'' if s is None else s}{extra}\n")
+            for d, t, label, confidence, model, latency in predictions:
+                lines.append(f"{PREDICTION}\t{d}\t{t!r}\t{label}\t{confidence!r}\t{model}\t{latency!r}\n")
             os.write(self._fd, "".join(lines).encode())
 
     def next_generation(self) -> int:
@@ -133,17 +146,26 @@ class AckJournal:
 
 
 def read_journal(directory: Path, generation: int) -> tuple[dict[str, float], dict[str, int],
-                                                             dict[str, tuple]]:
-    """(watermarks, seqs, anchors) from ``generation``'s journal, the last line of each device winning;
-    an incomplete last line (a kill in the middle of a write) is ignored."""
+                                                             dict[str, tuple], list[tuple]]:
+    """(watermarks, seqs, anchors, predictions) from ``generation``'s journal, the last line of each device
+    winning; an incomplete last line (a kill in the middle of a write) is ignored."""
     path = _journal_path(directory, generation)
     watermarks: dict[str, float] = {}
     seqs: dict[str, int] = {}
     anchors: dict[str, tuple] = {}
+    predictions: list[tuple] = []
     if not path.exists():
-        return watermarks, seqs, anchors
+        return watermarks, seqs, anchors, predictions
     for line in path.read_bytes().decode(errors="replace").split("\n")[:-1]:
         parts = line.split("\t")
+        if parts[0] == PREDICTION:
+            if len(parts) == 7:
+                try:
+                    predictions.append((parts[1], float(parts[2]), parts[3], float(parts[4]), parts[5],
+                                        float(parts[6])))
+                except ValueError:
+                    pass
+            continue
         if len(parts) not in (3, 7):
             continue
         try:
@@ -157,4 +179,4 @@ def read_journal(directory: Path, generation: int) -> tuple[dict[str, float], di
             seqs[parts[0]] = seq
         if anchor is not None:
             anchors[parts[0]] = anchor
-    return watermarks, seqs, anchors
+    return watermarks, seqs, anchors, predictions

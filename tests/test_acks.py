@@ -93,17 +93,41 @@ def test_the_journal_carries_what_was_acknowledged_since_the_checkpoint(tmp_path
     journal = AckJournal(tmp_path, 0)
     journal.write([("a", 10.5, 4), ("b", 3.0, None)])
     journal.write([("a", 11.3, 6)])
-    assert read_journal(tmp_path, 0) == ({"a": 11.3, "b": 3.0}, {"a": 6}, {})
+    assert read_journal(tmp_path, 0) == ({"a": 11.3, "b": 3.0}, {"a": 6}, {}, [])
     save_state(tmp_path, "v", {}, {"a": 6}, {}, watermarks={"a": 11.3, "b": 3.0}, journal=1)
     journal.rotate(1)
-    journal.write([("b", 4.0, 2, (3.98, [0.5, 0.25, 9.75]))])  # with the last sample acknowledged
+    journal.write([("b", 4.0, 2, (3.98, [0.5, 0.25, 9.75])),  # with the last sample acknowledged
+                   ("P", 7.5, 3, (7.48, [1.0, 2.0, 3.0]))],  # a device called P: not a prediction line
+                  [("b", 4.0, "squat", 0.875, "v1", 12.5), ("P", 7.5, "rest", 0.5, "v1", 3.25)])
     with open(tmp_path / "acked-1.log", "ab") as f:
         f.write(b"a\t99.0")  # a kill in the middle of a line: ignored
     journal.close()
     assert not (tmp_path / "acked-0.log").exists()
     state = load_state(tmp_path)
     assert state["journal"] == 1 and state["watermarks"] == {"a": 11.3, "b": 3.0}
-    assert read_journal(tmp_path, 1) == ({"b": 4.0}, {"b": 2}, {"b": (3.98, [0.5, 0.25, 9.75])})
+    assert read_journal(tmp_path, 1) == ({"b": 4.0, "P": 7.5}, {"b": 2, "P": 3},
+                                         {"b": (3.98, [0.5, 0.25, 9.75]), "P": (7.48, [1.0, 2.0, 3.0])},
+                                         [("b", 4.0, "squat", 0.875, "v1", 12.5), ("P", 7.5, "rest", 0.5, "v1", 3.25)])
+
+
+def test_a_restarted_consumer_stores_what_the_killed_one_journalled(tmp_path, tiny_model):
+    """Predictions journalled before they were published (and before the store's writer got them) are
+    put into the event store by the next life, once: the store already had one of them."""
+    save_state(tmp_path, "tiny", {}, {}, {}, watermarks={}, journal=0)
+    journal = AckJournal(tmp_path, 0)
+    journal.write([("d1", 2.0, 5)], [("d1", 1.0, "squat", 0.9, "tiny", 10.0), ("d1", 2.0, "rest", 0.8, "tiny", 11.0)])
+    journal.close()
+    from stream.store import EventStore
+    store = EventStore(tmp_path / "events.db")
+    store.prediction("d1", 1.0, "squat", 0.9, "tiny", 10.0)  # written before the kill
+    store.close()
+    consumer = Consumer(ConsumerConfig(broker="mqtt://127.0.0.1:1", state_dir=tmp_path, learn=False),
+                        StatefulClassifier(tiny_model, "tiny"))
+    assert consumer._resume == {"d1": 2.0} and consumer.sequence.last("d1") == 5
+    assert consumer.store.flush(10)
+    consumer.store.close()
+    rows = sqlite3.connect(tmp_path / "events.db").execute("SELECT device, t, label FROM predictions ORDER BY t")
+    assert rows.fetchall() == [("d1", 1.0, "squat"), ("d1", 2.0, "rest")]
 
 
 # -- through the broker ------------------------------------------------------------------------------
