@@ -20,6 +20,8 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 __all__ = [
+    "BufferedClient",
+    "ENV_MQTT_READ",
     "NoMQTT5",
     "PROTOCOLS",
     "BrokerURL",
@@ -38,6 +40,101 @@ ENV_BROKER = "HARSTREAM_BROKER"
 PROTOCOLS = ("3.1.1", "5", "auto")  # "auto": MQTT 5, or 3.1.1 when the broker closes a v5 CONNECT unanswered
 SESSION_NEVER_EXPIRES = 0xFFFFFFFF  # MQTT 5 Session Expiry Interval: a persistent session, as in 3.1.1
 DEFAULT_BROKER = "mqtt://127.0.0.1:1883"
+
+
+ENV_MQTT_READ = "HARSTREAM_MQTT_READ"  # "buffered" (default) or "plain": how paho's clients read the socket
+READ_CHUNK = 64 * 1024  # bytes asked of the socket per recv() by BufferedClient
+
+
+def _buffering_applies() -> bool:
+    """Whether BufferedClient's override fits the installed paho: the private methods it relies on
+    exist, and paho does not read ahead by itself (its development branch has ``_sock_recv_read_ahead``)."""
+    return (all(callable(getattr(mqtt.Client, name, None)) for name in ("_sock_recv", "_packet_read",
+                                                                          "_loop_rc_handle"))
+            and not hasattr(mqtt.Client, "_sock_recv_read_ahead"))
+
+
+class BufferedClient(mqtt.Client):
+    """paho's Client, reading the socket up to 64 kB per ``recv()`` and handling every whole packet
+    that is already buffered before it goes back to ``select()``.
+
+    Plain paho reads one packet per ``select()``, with one ``recv()`` for the fixed header byte, one
+    per remaining-length byte and one (or more) for the rest: three or four system calls and one
+    ``select()`` per message. Here ``_sock_recv`` (the one place paho reads the socket) serves those
+    reads from a buffer filled 64 kB at a time, and ``loop_read`` goes on calling paho's own
+    ``_packet_read`` while a whole packet is buffered, so that no buffered packet waits for the next
+    ``select()`` (which would not see it). Only whole packets are drained: the loop never reads the
+    socket again, so writes, keep-alive and the wake-up socket get their turn after at most 64 kB.
+    Invariant: bytes stay buffered only at a packet boundary of paho's parser (``_packet_read``
+    returns mid-packet only when a read found nothing, i.e. the buffer is empty).
+
+    TLS: an ``ssl.SSLSocket`` returns at most one record per ``recv()``; paho's ``_loop`` skips the
+    ``select()`` wait while the socket has ``pending()`` decrypted bytes, as before; what this buffer
+    holds between loops is at most one partial packet, whose rest is still in the kernel or in the
+    TLS layer, where ``select()`` or ``pending()`` sees it. The buffer is emptied at every
+    ``reconnect()`` (a new socket).
+
+    Relies on paho's private ``_sock_recv``, ``_packet_read`` and ``_loop_rc_handle`` and on the
+    public ``loop_read`` and ``reconnect``: tested with paho-mqtt 2.2.0 (tests/test_mqtt_read.py);
+    pyproject pins ``>=2.0,<2.3``. ``connect()`` uses plain paho where those methods are absent, where
+    paho reads ahead by itself (``_sock_recv_read_ahead``, on paho's development branch), or with
+    ``HARSTREAM_MQTT_READ=plain``.
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._read_buf = b""
+        self._read_pos = 0
+
+    def _sock_recv(self, bufsize: int) -> bytes:
+        buf, pos = self._read_buf, self._read_pos
+        if pos < len(buf):
+            end = min(pos + bufsize, len(buf))
+            self._read_pos = end
+            return buf[pos:end]
+        data = super()._sock_recv(READ_CHUNK)  # raises as paho's does (BlockingIOError, OSError, ...)
+        if len(data) <= bufsize:
+            self._read_buf, self._read_pos = b"", 0
+            return data
+        self._read_buf, self._read_pos = data, bufsize
+        return data[:bufsize]
+
+    def _whole_packet_buffered(self) -> bool:
+        buf, pos = self._read_buf, self._read_pos
+        have = len(buf) - pos
+        length, mult = 0, 1
+        for i in range(1, 5):  # the remaining length: 1 to 4 bytes after the fixed header byte
+            if i >= have:
+                return False
+            byte = buf[pos + i]
+            length += (byte & 127) * mult
+            if not byte & 128:
+                return 1 + i + length <= have
+            mult *= 128
+        return True  # a malformed length: let paho's parser refuse it
+
+    def loop_read(self, max_packets: int = 1) -> mqtt.MQTTErrorCode:
+        rc = super().loop_read(max_packets)
+        while rc == mqtt.MQTT_ERR_SUCCESS and self._sock is not None and self._whole_packet_buffered():
+            rc = self._packet_read()
+            if rc > 0:
+                return self._loop_rc_handle(rc)
+            if rc == mqtt.MQTT_ERR_AGAIN:
+                return mqtt.MQTT_ERR_SUCCESS
+        return rc
+
+    def reconnect(self) -> mqtt.MQTTErrorCode:
+        self._read_buf, self._read_pos = b"", 0  # nothing of the old connection reaches the new one
+        return super().reconnect()
+
+
+def client_class() -> type[mqtt.Client]:
+    """The paho Client class ``connect()`` makes: BufferedClient unless ``HARSTREAM_MQTT_READ=plain``
+    or the installed paho does not fit it."""
+    mode = (os.environ.get(ENV_MQTT_READ) or "buffered").strip().lower()
+    if mode not in ("buffered", "plain"):
+        raise ValueError(f"Invalid {ENV_MQTT_READ}={mode!r}: buffered or plain")
+    return BufferedClient if mode == "buffered" and _buffering_applies() else mqtt.Client
 
 
 def default_broker() -> str:
@@ -164,11 +261,12 @@ def connect(
         protocol = "5" if speaks_mqtt5(url) else "3.1.1"
     v5 = protocol == "5"
     client_id = client_id or f"{name}-{uuid.uuid4().hex[:8]}"
+    client_cls = client_class()
     if v5:
-        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5,
+        client = client_cls(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5,
                              manual_ack=manual_ack)
     else:
-        client = mqtt.Client(
+        client = client_cls(
             mqtt.CallbackAPIVersion.VERSION2,
             client_id=client_id,
             clean_session=clean_session,

@@ -1,0 +1,239 @@
+"""stream.mqtt.BufferedClient: paho reading the socket 64 kB at a time.
+
+Against a scripted broker (a socket that answers CONNECT and then sends exactly the bytes a test
+gives it, cut where the test says, over TCP or TLS): packets split anywhere arrive intact; a burst of
+packets already read is delivered without waiting for more bytes; what a dropped connection left
+in the buffer never reaches the next one. Against the real broker: many small messages and large
+ones, in bursts, arrive intact and in order.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import shutil
+import socket
+import ssl
+import struct
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+
+from stream import mqtt as smqtt
+from stream.mqtt import BrokerURL, BufferedClient, client_class, connect
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        n, byte = divmod(n, 128)
+        out.append(byte | (128 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def publish_packet(topic: str, payload: bytes) -> bytes:
+    """An MQTT PUBLISH, QoS 0 (the same bytes in 3.1.1 and, without properties, almost in 5)."""
+    t = topic.encode()
+    body = struct.pack("!H", len(t)) + t + payload
+    return b"\x30" + _varint(len(body)) + body
+
+
+def _read_packet(conn: socket.socket) -> bytes:
+    def exactly(n: int) -> bytes:
+        data = b""
+        while len(data) < n:
+            chunk = conn.recv(n - len(data))
+            if not chunk:
+                raise ConnectionError("closed")
+            data += chunk
+        return data
+    head = exactly(1)
+    length, mult = 0, 1
+    while True:
+        byte = exactly(1)[0]
+        length += (byte & 127) * mult
+        mult *= 128
+        if not byte & 128:
+            break
+    return head + exactly(length)
+
+
+class ScriptedBroker:
+    """Accepts connections, answers the CONNECT with a CONNACK; the test sends the rest."""
+
+    def __init__(self, context: ssl.SSLContext | None = None) -> None:
+        self.context = context
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.connections: queue.Queue[socket.socket] = queue.Queue()
+        self._open: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if self.context is not None:
+                conn = self.context.wrap_socket(conn, server_side=True)
+            self._open.append(conn)
+            assert _read_packet(conn)[0] & 0xF0 == 0x10  # CONNECT
+            conn.sendall(b"\x20\x02\x00\x00")  # CONNACK, accepted
+            self.connections.put(conn)
+
+    def url(self, ca_file: str | None = None) -> BrokerURL:
+        return BrokerURL("127.0.0.1", self.port, tls=self.context is not None, ca_file=ca_file)
+
+    def close(self) -> None:
+        self.listener.close()
+        for conn in self._open:
+            conn.close()
+
+
+class Inbox:
+    def __init__(self) -> None:
+        self.messages: list[tuple[str, bytes]] = []
+        self.cond = threading.Condition()
+
+    def on_message(self, client, userdata, message) -> None:
+        with self.cond:
+            self.messages.append((message.topic, bytes(message.payload)))
+            self.cond.notify_all()
+
+    def wait_for(self, n: int, timeout: float) -> list[tuple[str, bytes]]:
+        with self.cond:
+            self.cond.wait_for(lambda: len(self.messages) >= n, timeout)
+            return list(self.messages)
+
+
+def _certs(directory: Path) -> tuple[Path, Path, Path] | None:
+    """A throwaway CA and a certificate for 127.0.0.1 (openssl), or None without openssl."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        return None
+
+    def run(*args: str) -> None:
+        subprocess.run([openssl, *args], cwd=directory, check=True, capture_output=True, timeout=60)
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    run("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.crt", "-days", "2", "-subj", "/CN=test CA")
+    run("req", *ec, "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=localhost")
+    (directory / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
+    run("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+        "-out", "server.crt", "-days", "2", "-extfile", "san.ext")
+    return directory / "ca.crt", directory / "server.crt", directory / "server.key"
+
+
+@pytest.fixture(params=["tcp", "tls"])
+def scripted(request, tmp_path, monkeypatch):
+    """(scripted broker, a connected client of stream.mqtt.connect(), its inbox)."""
+    monkeypatch.setenv(smqtt.ENV_MQTT_READ, "buffered")
+    context, ca = None, None
+    if request.param == "tls":
+        certs = _certs(tmp_path)
+        if certs is None:
+            pytest.skip("openssl is not installed: no certificate for the TLS case")
+        ca, crt, key = certs
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(crt, key)
+    broker = ScriptedBroker(context)
+    inbox = Inbox()
+    client = connect(broker.url(str(ca) if ca else None), "read-test", on_message=inbox.on_message)
+    assert isinstance(client, BufferedClient)
+    try:
+        yield broker, client, inbox
+    finally:
+        client.disconnect()
+        client.loop_stop()
+        broker.close()
+
+
+def test_packets_split_anywhere_arrive_intact(scripted):
+    broker, client, inbox = scripted
+    conn = broker.connections.get(timeout=5)
+    big = os.urandom(300_000)  # a 3-byte remaining length, several 64 kB reads
+    packets = [("t/first", b"one"), ("t/big", big), ("t/empty", b""), ("t/last", b"x" * 200)]
+    stream = b"".join(publish_packet(t, p) for t, p in packets)
+    first = len(publish_packet(*packets[0]))
+    # cut after the fixed header byte, inside the topic, at a packet boundary, after the next fixed
+    # header byte, inside the multi-byte remaining length, inside the payload, and after one byte
+    cuts = [1, 5, first, first + 1, first + 2, first + 70_000, first + 70_001, len(stream) - 150]
+    for a, b in zip([0, *cuts], [*cuts, len(stream)]):
+        conn.sendall(stream[a:b])
+        time.sleep(0.03)  # separate reads on the client's side
+    assert inbox.wait_for(len(packets), 10) == packets
+
+
+def test_a_burst_is_delivered_without_waiting_for_more_bytes(scripted):
+    """Packets already in the buffer are handled before paho goes back to select() (which would not
+    see them): here nothing else arrives after the burst."""
+    broker, client, inbox = scripted
+    conn = broker.connections.get(timeout=5)
+    packets = ([(f"t/d{i}", i.to_bytes(4, "big") * (i % 50)) for i in range(3000)]
+               + [("t/big", os.urandom(200_000))]
+               + [(f"t/e{i}", i.to_bytes(4, "big")) for i in range(500)])
+    conn.sendall(b"".join(publish_packet(t, p) for t, p in packets))
+    assert inbox.wait_for(len(packets), 10) == packets
+
+
+def test_a_new_connection_never_sees_what_the_old_one_left(scripted):
+    """A protocol error closes the connection with a packet still buffered behind the bad one; after
+    the reconnection only the new connection's bytes count."""
+    broker, client, inbox = scripted
+    conn = broker.connections.get(timeout=5)
+    conn.sendall(b"\xc0\x01\x00" + publish_packet("t/stale", b"old connection"))  # PINGREQ with a body
+    conn2 = broker.connections.get(timeout=15)  # paho reconnects after its 1 s delay
+    conn2.sendall(publish_packet("t/fresh", b"new connection"))
+    assert inbox.wait_for(1, 10) == [("t/fresh", b"new connection")]
+    time.sleep(0.2)
+    assert inbox.messages == [("t/fresh", b"new connection")]
+
+
+@pytest.mark.broker
+def test_many_small_and_large_messages_through_the_broker(broker_url, monkeypatch):
+    monkeypatch.setenv(smqtt.ENV_MQTT_READ, "buffered")
+    prefix = f"readtest{os.urandom(3).hex()}"
+    inbox = Inbox()
+    sub = connect(broker_url, "read-sub", subscriptions=[(f"{prefix}/#", 1)], on_message=inbox.on_message)
+    pub = connect(broker_url, "read-pub")
+    assert isinstance(sub, BufferedClient)
+    time.sleep(0.3)  # the subscription is in place
+    expected: list[tuple[str, bytes]] = []
+    try:
+        for burst in range(6):
+            infos = []
+            for i in range(500):  # a burst of small messages, then one large one
+                n = burst * 1000 + i
+                expected.append((f"{prefix}/d{n % 7}/imu", n.to_bytes(4, "big") * (n % 90)))
+                infos.append(pub.publish(*expected[-1], qos=1))
+            expected.append((f"{prefix}/big/imu", os.urandom(150_000 * (burst + 1))))
+            infos.append(pub.publish(*expected[-1], qos=1))
+            for info in infos:
+                info.wait_for_publish(10)
+            assert len(inbox.wait_for(len(expected), 20)) == len(expected)
+        assert inbox.messages == expected
+    finally:
+        for c in (pub, sub):
+            c.disconnect()
+            c.loop_stop()
+
+
+def test_plain_paho_when_asked_or_when_the_override_does_not_fit(monkeypatch):
+    monkeypatch.setenv(smqtt.ENV_MQTT_READ, "plain")
+    assert client_class() is mqtt.Client
+    monkeypatch.setenv(smqtt.ENV_MQTT_READ, "buffered")
+    assert client_class() is BufferedClient
+    monkeypatch.setattr(mqtt.Client, "_sock_recv_read_ahead", lambda self, n: b"", raising=False)
+    assert client_class() is mqtt.Client  # paho reads ahead by itself
+    monkeypatch.delattr(mqtt.Client, "_sock_recv_read_ahead")
+    monkeypatch.delattr(mqtt.Client, "_packet_read")
+    assert client_class() is mqtt.Client  # a paho without the private method the override calls
+    monkeypatch.setenv(smqtt.ENV_MQTT_READ, "nonsense")
+    with pytest.raises(ValueError):
+        client_class()
