@@ -418,8 +418,9 @@ class LiveStore:
                 self._append_trace(state, *record)
                 state.saw(float(record[0][-1]), now)
             elif kind == "prediction":
-                # predictions are at least once: a consumer killed between publishing a cycle and
-                # journalling it publishes that cycle again after its restart; one point per window
+                # one point per window: a consumer journals a cycle before publishing it, so it never
+                # classifies a window twice, but a replica without a state directory (no journal) or
+                # a replayed store can repeat one
                 recent = list(itertools.islice(reversed(state.predictions), 4))
                 if any(p.t == record.t for p in recent):
                     self._received["duplicate_prediction"] += 1

@@ -64,7 +64,7 @@ class EventStore:
         self._stop = threading.Event()
         with self._connect() as db:
             db.executescript(SCHEMA)
-            # one row per window: a prediction published again after a restart (at-least-once output)
+            # one row per window: a prediction put again from a killed life's journal
             # is ignored; a store written before this index existed is deduplicated first
             try:
                 db.execute(UNIQUE_WINDOW)
