@@ -22,6 +22,7 @@ from paho.mqtt.properties import Properties
 __all__ = [
     "BufferedClient",
     "ENV_MQTT_READ",
+    "READ_MODES",
     "NoMQTT5",
     "PROTOCOLS",
     "BrokerURL",
@@ -29,6 +30,7 @@ __all__ = [
     "ENV_BROKER",
     "broker_answers",
     "speaks_mqtt5",
+    "client_class",
     "connect",
     "default_broker",
     "topic",
@@ -42,7 +44,11 @@ SESSION_NEVER_EXPIRES = 0xFFFFFFFF  # MQTT 5 Session Expiry Interval: a persiste
 DEFAULT_BROKER = "mqtt://127.0.0.1:1883"
 
 
-ENV_MQTT_READ = "HARSTREAM_MQTT_READ"  # "buffered" (default) or "plain": how paho's clients read the socket
+# How paho's clients read and decode (one process, one way; measured in docs/throughput.md):
+#   "fast" (default): BufferedClient and MQTT 5 PUBLISH decoding without Properties when there are none;
+#   "buffered": BufferedClient only; "plain": paho as it is.
+ENV_MQTT_READ = "HARSTREAM_MQTT_READ"
+READ_MODES = ("fast", "buffered", "plain")
 READ_CHUNK = 64 * 1024  # bytes asked of the socket per recv() by BufferedClient
 
 
@@ -128,13 +134,60 @@ class BufferedClient(mqtt.Client):
         return super().reconnect()
 
 
+# -- MQTT 5 PUBLISH without properties, decoded without building a Properties object ------------
+try:  # paho 2.2 decodes packets in paho.mqtt._packet; 2.0 and 2.1 inside Client._handle_publish
+    from paho.mqtt import _packet as _paho_packet
+    _PAHO_DECODE_PUBLISH = _paho_packet.decode_publish
+    _PublishPacket = _paho_packet.PublishPacket
+except (ImportError, AttributeError):
+    _paho_packet = _PAHO_DECODE_PUBLISH = _PublishPacket = None
+# a fresh empty Properties(PUBLISH) holds only paho's lookup tables (never changed after __init__): an
+# empty one is a copy of this __dict__, shared tables and all, as copy.copy() would make it
+_EMPTY_PUBLISH_PROPERTIES = Properties(PacketTypes.PUBLISH).__dict__
+
+
+def _decode_publish(header: int, packet: bytes | bytearray, protocol: int):
+    """paho 2.2's ``_packet.decode_publish``, minus its cost for an MQTT 5 PUBLISH without properties
+    (property length 0: what a broker sends to a subscription without identifiers, aliases or user
+    properties): ``Properties(PUBLISH)`` and its ``unpack()`` take about 20 µs per message in paho,
+    two thirds of decoding it. The result is the same ``PublishPacket`` (``bytes`` topic and payload, an
+    empty ``Properties``); any other packet goes to paho's decoder."""
+    if protocol == mqtt.MQTTv5 and len(packet) > 2:
+        slen = (packet[0] << 8) | packet[1]
+        at = 2 + slen + (2 if header & 0x06 else 0)  # the property length, after the topic and the mid
+        if slen and len(packet) > at and packet[at] == 0:
+            properties = Properties.__new__(Properties)
+            properties.__dict__.update(_EMPTY_PUBLISH_PROPERTIES)
+            mid = ((packet[2 + slen] << 8) | packet[3 + slen]) if header & 0x06 else 0
+            return _PublishPacket(dup=bool(header & 0x08), qos=(header & 0x06) >> 1,
+                                  retain=bool(header & 0x01), topic=bytes(packet[2:2 + slen]), mid=mid,
+                                  properties=properties, payload=bytes(packet[at + 1:]))
+    return _PAHO_DECODE_PUBLISH(header, packet, protocol)
+
+
+def _fast_publish_decode(on: bool) -> bool:
+    """Install (or remove) ``_decode_publish`` in paho 2.2's ``_packet`` module: for every client of the
+    process, as paho looks it up there at each PUBLISH. False where paho has no such module function."""
+    if _paho_packet is None or _paho_packet.decode_publish not in (_PAHO_DECODE_PUBLISH, _decode_publish):
+        return False
+    _paho_packet.decode_publish = _decode_publish if on else _PAHO_DECODE_PUBLISH
+    return on
+
+
+def read_mode() -> str:
+    mode = (os.environ.get(ENV_MQTT_READ) or "fast").strip().lower()
+    if mode not in READ_MODES:
+        raise ValueError(f"Invalid {ENV_MQTT_READ}={mode!r}: one of {', '.join(READ_MODES)}")
+    return mode
+
+
 def client_class() -> type[mqtt.Client]:
-    """The paho Client class ``connect()`` makes: BufferedClient unless ``HARSTREAM_MQTT_READ=plain``
-    or the installed paho does not fit it."""
-    mode = (os.environ.get(ENV_MQTT_READ) or "buffered").strip().lower()
-    if mode not in ("buffered", "plain"):
-        raise ValueError(f"Invalid {ENV_MQTT_READ}={mode!r}: buffered or plain")
-    return BufferedClient if mode == "buffered" and _buffering_applies() else mqtt.Client
+    """The paho Client class ``connect()`` makes, after setting up decoding, as ``HARSTREAM_MQTT_READ``
+    says (``fast`` by default, see ``READ_MODES``): BufferedClient unless ``plain`` or the installed paho
+    does not fit it; the PUBLISH fast path with ``fast`` where paho 2.2 has ``_packet.decode_publish``."""
+    mode = read_mode()
+    _fast_publish_decode(mode == "fast")
+    return BufferedClient if mode != "plain" and _buffering_applies() else mqtt.Client
 
 
 def default_broker() -> str:

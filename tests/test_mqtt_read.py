@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import queue
+import random
 import shutil
 import socket
 import ssl
@@ -22,6 +23,7 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
+from paho.mqtt.exception import MalformedPacket
 
 from stream import mqtt as smqtt
 from stream.mqtt import BrokerURL, BufferedClient, client_class, connect
@@ -36,10 +38,10 @@ def _varint(n: int) -> bytes:
             return bytes(out)
 
 
-def publish_packet(topic: str, payload: bytes) -> bytes:
-    """An MQTT PUBLISH, QoS 0 (the same bytes in 3.1.1 and, without properties, almost in 5)."""
+def publish_packet(topic: str, payload: bytes, v5: bool = False) -> bytes:
+    """An MQTT PUBLISH, QoS 0 (MQTT 5: with an empty property section)."""
     t = topic.encode()
-    body = struct.pack("!H", len(t)) + t + payload
+    body = struct.pack("!H", len(t)) + t + (b"\x00" if v5 else b"") + payload
     return b"\x30" + _varint(len(body)) + body
 
 
@@ -66,8 +68,9 @@ def _read_packet(conn: socket.socket) -> bytes:
 class ScriptedBroker:
     """Accepts connections, answers the CONNECT with a CONNACK; the test sends the rest."""
 
-    def __init__(self, context: ssl.SSLContext | None = None) -> None:
+    def __init__(self, context: ssl.SSLContext | None = None, v5: bool = False) -> None:
         self.context = context
+        self.connack = b"\x20\x03\x00\x00\x00" if v5 else b"\x20\x02\x00\x00"  # accepted
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
         self.connections: queue.Queue[socket.socket] = queue.Queue()
@@ -85,7 +88,7 @@ class ScriptedBroker:
                 conn = self.context.wrap_socket(conn, server_side=True)
             self._open.append(conn)
             assert _read_packet(conn)[0] & 0xF0 == 0x10  # CONNECT
-            conn.sendall(b"\x20\x02\x00\x00")  # CONNACK, accepted
+            conn.sendall(self.connack)
             self.connections.put(conn)
 
     def url(self, ca_file: str | None = None) -> BrokerURL:
@@ -130,24 +133,26 @@ def _certs(directory: Path) -> tuple[Path, Path, Path] | None:
     return directory / "ca.crt", directory / "server.crt", directory / "server.key"
 
 
-@pytest.fixture(params=["tcp", "tls"])
+@pytest.fixture(params=[("tcp", "3.1.1"), ("tls", "3.1.1"), ("tcp", "5"), ("tls", "5")], ids="-".join)
 def scripted(request, tmp_path, monkeypatch):
-    """(scripted broker, a connected client of stream.mqtt.connect(), its inbox)."""
-    monkeypatch.setenv(smqtt.ENV_MQTT_READ, "buffered")
+    """(scripted broker, a connected client of stream.mqtt.connect(), its inbox, a PUBLISH maker)."""
+    monkeypatch.setenv(smqtt.ENV_MQTT_READ, "fast")
+    transport, protocol = request.param
     context, ca = None, None
-    if request.param == "tls":
+    if transport == "tls":
         certs = _certs(tmp_path)
         if certs is None:
             pytest.skip("openssl is not installed: no certificate for the TLS case")
         ca, crt, key = certs
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.load_cert_chain(crt, key)
-    broker = ScriptedBroker(context)
+    broker = ScriptedBroker(context, v5=protocol == "5")
     inbox = Inbox()
-    client = connect(broker.url(str(ca) if ca else None), "read-test", on_message=inbox.on_message)
+    client = connect(broker.url(str(ca) if ca else None), "read-test", on_message=inbox.on_message,
+                     protocol=protocol)
     assert isinstance(client, BufferedClient)
     try:
-        yield broker, client, inbox
+        yield broker, client, inbox, lambda t, p: publish_packet(t, p, v5=protocol == "5")
     finally:
         client.disconnect()
         client.loop_stop()
@@ -155,16 +160,16 @@ def scripted(request, tmp_path, monkeypatch):
 
 
 def test_packets_split_anywhere_arrive_intact(scripted):
-    broker, client, inbox = scripted
+    broker, client, inbox, packet = scripted
     conn = broker.connections.get(timeout=5)
     big = os.urandom(300_000)  # a 3-byte remaining length, several 64 kB reads
     packets = [("t/first", b"one"), ("t/big", big), ("t/empty", b""), ("t/last", b"x" * 200)]
-    stream = b"".join(publish_packet(t, p) for t, p in packets)
-    first = len(publish_packet(*packets[0]))
+    stream = b"".join(packet(t, p) for t, p in packets)
+    first = len(packet(*packets[0]))
     # cut after the fixed header byte, inside the topic, at a packet boundary, after the next fixed
     # header byte, inside the multi-byte remaining length, inside the payload, and after one byte
     cuts = [1, 5, first, first + 1, first + 2, first + 70_000, first + 70_001, len(stream) - 150]
-    for a, b in zip([0, *cuts], [*cuts, len(stream)]):
+    for a, b in zip([0, *cuts], [*cuts, len(stream)], strict=True):
         conn.sendall(stream[a:b])
         time.sleep(0.03)  # separate reads on the client's side
     assert inbox.wait_for(len(packets), 10) == packets
@@ -173,34 +178,39 @@ def test_packets_split_anywhere_arrive_intact(scripted):
 def test_a_burst_is_delivered_without_waiting_for_more_bytes(scripted):
     """Packets already in the buffer are handled before paho goes back to select() (which would not
     see them): here nothing else arrives after the burst."""
-    broker, client, inbox = scripted
+    broker, client, inbox, packet = scripted
     conn = broker.connections.get(timeout=5)
     packets = ([(f"t/d{i}", i.to_bytes(4, "big") * (i % 50)) for i in range(3000)]
                + [("t/big", os.urandom(200_000))]
                + [(f"t/e{i}", i.to_bytes(4, "big")) for i in range(500)])
-    conn.sendall(b"".join(publish_packet(t, p) for t, p in packets))
+    conn.sendall(b"".join(packet(t, p) for t, p in packets))
     assert inbox.wait_for(len(packets), 10) == packets
 
 
 def test_a_new_connection_never_sees_what_the_old_one_left(scripted):
     """A protocol error closes the connection with a packet still buffered behind the bad one; after
     the reconnection only the new connection's bytes count."""
-    broker, client, inbox = scripted
+    broker, client, inbox, packet = scripted
     conn = broker.connections.get(timeout=5)
-    conn.sendall(b"\xc0\x01\x00" + publish_packet("t/stale", b"old connection"))  # PINGREQ with a body
+    conn.sendall(b"\xc0\x01\x00" + packet("t/stale", b"old connection"))  # PINGREQ with a body
     conn2 = broker.connections.get(timeout=15)  # paho reconnects after its 1 s delay
-    conn2.sendall(publish_packet("t/fresh", b"new connection"))
+    conn2.sendall(packet("t/fresh", b"new connection"))
     assert inbox.wait_for(1, 10) == [("t/fresh", b"new connection")]
     time.sleep(0.2)
     assert inbox.messages == [("t/fresh", b"new connection")]
 
 
 @pytest.mark.broker
-def test_many_small_and_large_messages_through_the_broker(broker_url, monkeypatch):
-    monkeypatch.setenv(smqtt.ENV_MQTT_READ, "buffered")
+@pytest.mark.parametrize("protocol", ["3.1.1", "5"])
+def test_many_small_and_large_messages_through_the_broker(broker_url, monkeypatch, protocol):
+    monkeypatch.setenv(smqtt.ENV_MQTT_READ, "fast")
     prefix = f"readtest{os.urandom(3).hex()}"
     inbox = Inbox()
-    sub = connect(broker_url, "read-sub", subscriptions=[(f"{prefix}/#", 1)], on_message=inbox.on_message)
+    try:
+        sub = connect(broker_url, "read-sub", subscriptions=[(f"{prefix}/#", 1)], on_message=inbox.on_message,
+                      protocol=protocol)
+    except smqtt.NoMQTT5:
+        pytest.skip("the broker speaks MQTT 3.1.1 only")
     pub = connect(broker_url, "read-pub")
     assert isinstance(sub, BufferedClient)
     time.sleep(0.3)  # the subscription is in place
@@ -224,11 +234,66 @@ def test_many_small_and_large_messages_through_the_broker(broker_url, monkeypatc
             c.loop_stop()
 
 
-def test_plain_paho_when_asked_or_when_the_override_does_not_fit(monkeypatch):
+def _publish_body(topic: bytes, qos: int, properties: bytes | None, payload: bytes) -> bytearray:
+    """What follows the fixed header of a PUBLISH (``properties``: packed, or None under 3.1.1)."""
+    return bytearray(struct.pack("!H", len(topic)) + topic + (struct.pack("!H", 4242) if qos else b"")
+                     + (properties if properties is not None else b"") + payload)
+
+
+def test_fast_publish_decoding_gives_what_paho_gives():
+    if smqtt._PAHO_DECODE_PUBLISH is None:
+        pytest.skip("this paho has no _packet.decode_publish")
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+    rng = random.Random(8)
+    with_props = Properties(PacketTypes.PUBLISH)
+    with_props.UserProperty = ("k", "v")
+    with_props.ContentType = "application/json"
+    alias = Properties(PacketTypes.PUBLISH)
+    alias.TopicAlias = 3
+    cases = []
+    for _ in range(300):
+        header = 0x30 | rng.choice([0, 2]) | rng.choice([0, 1]) | rng.choice([0, 8])
+        topic = rng.choice([b"har/d1/imu", b"a", "ü/x".encode(), b"t" * 300])
+        payload = rng.randbytes(rng.choice([0, 1, 5, 1300, 70_000]))
+        props = rng.choice([b"\x00", with_props.pack()])
+        cases.append((header, _publish_body(topic, (header >> 1) & 3, props, payload), mqtt.MQTTv5))
+        cases.append((header, _publish_body(topic, (header >> 1) & 3, None, payload), mqtt.MQTTv311))
+    cases.append((0x30, _publish_body(b"", 0, alias.pack(), b"aliased"), mqtt.MQTTv5))  # empty topic
+    for header, body, protocol in cases:
+        ours = smqtt._decode_publish(header, body, protocol)
+        paho = smqtt._PAHO_DECODE_PUBLISH(header, body, protocol)
+        assert ours._replace(properties=None) == paho._replace(properties=None)
+        assert type(ours.payload) is type(paho.payload) and type(ours.topic) is type(paho.topic)
+        assert (ours.properties is None) == (paho.properties is None)
+        if paho.properties is not None:
+            assert str(ours.properties) == str(paho.properties)
+            assert ours.properties.json() == paho.properties.json()
+    for body in (bytearray(b"\x00\x09ab"), bytearray(b"\x00")):  # truncated: paho refuses it, as before
+        with pytest.raises(MalformedPacket):
+            smqtt._decode_publish(0x30, body, mqtt.MQTTv5)
+    # an empty Properties made by the fast path is a Properties of its own
+    a = smqtt._decode_publish(0x30, _publish_body(b"t", 0, b"\x00", b"x"), mqtt.MQTTv5).properties
+    b = smqtt._decode_publish(0x30, _publish_body(b"t", 0, b"\x00", b"x"), mqtt.MQTTv5).properties
+    a.UserProperty = ("only", "a")
+    assert a.json() == {"UserProperty": [("only", "a")]} and b.isEmpty()
+
+
+def test_read_modes(monkeypatch):
+    from paho.mqtt import _packet
     monkeypatch.setenv(smqtt.ENV_MQTT_READ, "plain")
     assert client_class() is mqtt.Client
+    assert _packet.decode_publish is smqtt._PAHO_DECODE_PUBLISH
     monkeypatch.setenv(smqtt.ENV_MQTT_READ, "buffered")
     assert client_class() is BufferedClient
+    assert _packet.decode_publish is smqtt._PAHO_DECODE_PUBLISH
+    monkeypatch.setenv(smqtt.ENV_MQTT_READ, "fast")
+    assert client_class() is BufferedClient
+    assert _packet.decode_publish is smqtt._decode_publish
+    monkeypatch.delenv(smqtt.ENV_MQTT_READ)
+    assert client_class() is BufferedClient  # fast: the default
+    assert _packet.decode_publish is smqtt._decode_publish
+    monkeypatch.setenv(smqtt.ENV_MQTT_READ, "buffered")
     monkeypatch.setattr(mqtt.Client, "_sock_recv_read_ahead", lambda self, n: b"", raising=False)
     assert client_class() is mqtt.Client  # paho reads ahead by itself
     monkeypatch.delattr(mqtt.Client, "_sock_recv_read_ahead")
