@@ -68,7 +68,7 @@ def evaluate(model: HARNet, rec: Recording, version: str = "unknown", progress: 
     predictions = stream_recording(model, rec, version, progress=progress)
     cfg = model.config
     truth = window_truth(rec, predictions, cfg.rate, cfg.window)
-    pairs = [(t, p.label) for t, p in zip(truth, predictions) if t]
+    pairs = [(t, p.label) for t, p in zip(truth, predictions, strict=True) if t]
     report = scores([t for t, _ in pairs], [p for _, p in pairs], list(cfg.classes))
     report["windows_total"] = len(predictions)
     report["unknown_classes"] = sorted({t for t, _ in pairs} - set(cfg.classes))

@@ -223,7 +223,7 @@ class OnlineLearner:
             return
         serving = self._predict(self.serving, seq)
         challenger = self._predict(self.challenger, seq)
-        for s, c, y in zip(serving[known], challenger[known], seq.targets[known]):
+        for s, c, y in zip(serving[known], challenger[known], seq.targets[known], strict=True):
             self._scores.append((int(s == y), int(c == y)))
 
     def _batch(self, seq: Sequence) -> list[Sequence]:

@@ -14,7 +14,7 @@ def scores(y_true: list[str], y_pred: list[str], classes: list[str] | None = Non
     and F1 are given for every class with at least one true window.
     """
     accuracy, macro_f1, confusion = metrics.Accuracy(), metrics.MacroF1(), metrics.ConfusionMatrix()
-    for t, p in zip(y_true, y_pred):
+    for t, p in zip(y_true, y_pred, strict=True):
         accuracy.update(t, p)
         macro_f1.update(t, p)
         confusion.update(t, p)

@@ -51,7 +51,7 @@ class StateBank:
             slot = len(self._slots)
             if slot >= self.capacity:
                 grow = self.model.initial_state(self.capacity)
-                self._tensors = [torch.cat([t, g], dim=1) for t, g in zip(self._tensors, grow)]
+                self._tensors = [torch.cat([t, g], dim=1) for t, g in zip(self._tensors, grow, strict=True)]
         for t in self._tensors:
             t[:, slot].zero_()
         return slot
@@ -60,7 +60,7 @@ class StateBank:
         return tuple(t.index_select(1, slots) for t in self._tensors)
 
     def scatter(self, slots: torch.Tensor, state: tuple[torch.Tensor, ...]) -> None:
-        for t, s in zip(self._tensors, state):
+        for t, s in zip(self._tensors, state, strict=True):
             t.index_copy_(1, slots, s)
 
     def get(self, device: str) -> tuple[torch.Tensor, ...]:

@@ -72,7 +72,7 @@ class Simulator:
             )
             for k in range(config.devices)
         ]
-        self._labelled = {d.device for d, flag in zip(self.devices, labelled) if flag}
+        self._labelled = {d.device for d, flag in zip(self.devices, labelled, strict=True) if flag}
         self._seq = {d.device: 0 for d in self.devices}
         self._recorded: list[tuple] = []  # (device, chunk) when recording
         self._last_label: dict[str, str] = {}
@@ -156,7 +156,7 @@ class Simulator:
         from stream.recording import Recording, write_recording
         if not self._recorded:
             return
-        names, chunks = zip(*self._recorded)
+        names, chunks = zip(*self._recorded, strict=True)
         order = sorted(range(len(names)), key=lambda i: names[i])  # each device's rows together, in time
         scale = {"g": np.float32(9.80665), "m/s2": np.float32(1.0)}
         rec = Recording(

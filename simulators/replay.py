@@ -30,7 +30,7 @@ def replay(rec: Recording, broker: BrokerURL, prefix: str = "har", speed: float 
         t = rec.t[rows]
         edges = np.searchsorted(t, np.arange(t[0], t[-1] + interval, interval), side="left")
         edges = np.unique(np.append(edges, len(t)))
-        for seq, (a, b) in enumerate(zip(edges[:-1], edges[1:])):
+        for seq, (a, b) in enumerate(zip(edges[:-1], edges[1:], strict=True)):
             if b > a:
                 messages.append((float(t[b - 1] - t[0]), device, seq, rows.start + a, rows.start + b))
     messages.sort(key=lambda m: m[0])

@@ -164,7 +164,7 @@ def cmd_evaluate(args) -> int:
     width = max(len(c) for c in labels)
     print("confusion (rows true, columns predicted):")
     print(" " * (width + 1) + " ".join(f"{c[:6]:>6}" for c in labels))
-    for c, row in zip(labels, report["confusion"]):
+    for c, row in zip(labels, report["confusion"], strict=True):
         print(f"{c:>{width}} " + " ".join(f"{v:>6}" for v in row))
     return 0
 

@@ -802,13 +802,13 @@ class Consumer:
                 "t": p.t_end,
                 "label": p.label,
                 "confidence": round(p.confidence, 4),
-                "probs": dict(zip(classes, p.probs.round(4).tolist())),  # one numpy call, not K
+                "probs": dict(zip(classes, p.probs.round(4).tolist(), strict=True)),  # one numpy call, not K
                 "model": version,
                 "latency_ms": round(latency, 2),
             })
         due = self._release(predictions, bodies) if self.after_window else None
         info = None
-        for p, body in zip(predictions, bodies):
+        for p, body in zip(predictions, bodies, strict=True):
             info = self._client.publish(f"{cfg.prefix}/{p.device}/prediction", orjson.dumps(body))
             if self.store is not None:
                 self.store.prediction(p.device, p.t_end, p.label, body["confidence"], version, body["latency_ms"])

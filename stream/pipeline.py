@@ -101,7 +101,7 @@ class Pipeline:
             magnitudes = np.sqrt((windows * windows).sum(axis=2)).mean(axis=1).tolist()
             means = windows.mean(axis=1)
             confidence = probs[np.arange(len(group)), best].tolist()
-            for i, (w, p, k) in enumerate(zip(group, probs, best.tolist())):
+            for i, (w, p, k) in enumerate(zip(group, probs, best.tolist(), strict=True)):
                 out.append(Prediction(w.device, w.t_end, classes[k], confidence[i], p, w.arrival, w.samples,
                                       state, i, magnitudes[i], means[i]))
         return out

@@ -54,7 +54,7 @@ class Recording:
             return
         change = np.flatnonzero(self.device[1:] != self.device[:-1]) + 1
         bounds = np.concatenate([[0], change, [n]])
-        for a, b in zip(bounds[:-1], bounds[1:]):
+        for a, b in zip(bounds[:-1], bounds[1:], strict=True):
             yield str(self.device[a]), slice(int(a), int(b))
 
     def subjects(self) -> np.ndarray:
@@ -136,7 +136,7 @@ def read_recording(path: str | Path) -> Recording:
             device = row[col["device"]]
             if not device:
                 raise RecordingError(f"{where}: empty device")
-            values = tuple(_float(row[i], c, where) for i, c in zip(idx, numeric))
+            values = tuple(_float(row[i], c, where) for i, c in zip(idx, numeric, strict=True))
             if device in last_t and values[0] < last_t[device]:
                 raise RecordingError(f"{where}: time goes backwards for device {device!r}")
             last_t[device] = values[0]

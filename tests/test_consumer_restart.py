@@ -48,7 +48,7 @@ def test_restart_resumes_state_and_gets_messages_sent_while_down(broker_url, nee
     for k in range(10, 20):
         pub.publish(f"{prefix}/dev-a/imu", imu(k, 100.0 + 0.2 * k), qos=1).wait_for_publish(5)
     saved = load_state(tmp_path)
-    for a, b in zip(saved_state, saved["devices"]["dev-a"]):
+    for a, b in zip(saved_state, saved["devices"]["dev-a"], strict=True):
         torch.testing.assert_close(a[:, 0], b)
     # acknowledged after the window: messages 0-6 lie in the two windows published (ending 101.56 s),
     # 7-9 in the partial third, so the broker keeps them, and the next life must accept them again
@@ -56,7 +56,7 @@ def test_restart_resumes_state_and_gets_messages_sent_while_down(broker_url, nee
     assert saved["sequences"]["dev-a"] == 6
     assert saved["watermarks"]["dev-a"] == pytest.approx(101.56)
     restarted = Consumer(ConsumerConfig(**config), StatefulClassifier(tiny_model, "tiny"))
-    for a, b in zip(saved_state, restarted.pipeline.classifier.bank.get("dev-a")):
+    for a, b in zip(saved_state, restarted.pipeline.classifier.bank.get("dev-a"), strict=True):
         torch.testing.assert_close(a, b)  # restored before the first message
     thread = threading.Thread(target=restarted.run)
     thread.start()
@@ -100,7 +100,7 @@ def test_idle_devices_are_evicted_and_return_with_their_state(broker_url, tiny_m
         assert "dev-b" in consumer._evicted and "dev-b" not in consumer.pipeline.buffers
         pub.publish(f"{prefix}/dev-b/imu", imu(10, 52.0), qos=1)
         assert wait(lambda: "dev-b" in consumer.pipeline.classifier.bank)
-        for a, b in zip(state, consumer.pipeline.classifier.bank.get("dev-b")):
+        for a, b in zip(state, consumer.pipeline.classifier.bank.get("dev-b"), strict=True):
             torch.testing.assert_close(a, b)
     finally:
         consumer.stop()

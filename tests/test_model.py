@@ -101,5 +101,5 @@ def test_state_can_be_set_after_the_bank_grew_during_inference(tiny_model):
     clf.classify([f"d{i}" for i in range(100)], np.zeros((100, 20, 3), np.float32))
     state = clf.bank.get("d5")
     clf.bank.set("new-device", state)
-    for a, b in zip(state, clf.bank.get("new-device")):
+    for a, b in zip(state, clf.bank.get("new-device"), strict=True):
         torch.testing.assert_close(a, b)
