@@ -9,6 +9,7 @@ it). Writes ``docs/throughput.md``, the JSON and a plot of latency percentiles a
 
     python benchmarks/throughput.py [--devices 1000 2000 3000 5000] [--duration 20] [--learn-at 2000]
                                     [--long-messages 5000]
+    python benchmarks/throughput.py --compare-read plain fast [--devices 3000 4000 5000] [--rounds 2]
 """
 
 from __future__ import annotations
@@ -23,11 +24,118 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def bench(devices: int, duration: float, extra: list[str]) -> dict:
+def bench(devices: int, duration: float, extra: list[str], read: str | None = None) -> dict:
+    """One ``harstream bench`` run; ``read`` sets HARSTREAM_MQTT_READ (how the consumer's paho reads)."""
     cmd = [sys.executable, "-m", "stream.cli", "bench", "--devices", str(devices), "--duration", str(duration),
            "--json", *extra]
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=ROOT).stdout
-    return json.loads(out.strip().splitlines()[-1])
+    env = dict(os.environ, **({"HARSTREAM_MQTT_READ": read} if read else {}))  # the consumer inherits it
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=ROOT, env=env).stdout
+    r = json.loads(out.strip().splitlines()[-1])
+    r["mqtt_read_asked"] = read
+    return r
+
+
+READ_BEGIN, READ_END = "<!-- read-comparison -->", "<!-- /read-comparison -->"
+
+
+def compare_read(args) -> int:
+    """The same bench with each HARSTREAM_MQTT_READ mode, interleaved (the order turns every round), so
+    that each pair of runs meets the same machine load; kept in the JSON's ``read_comparison``."""
+    runs = []
+    for k in range(args.rounds):
+        for n in args.devices:
+            modes = args.compare_read if (k + args.devices.index(n)) % 2 == 0 else args.compare_read[::-1]
+            for mode in modes:
+                r = bench(n, args.duration, [], read=mode)
+                r["round"] = k + 1
+                keys = ("devices", "mqtt_read", "sustained_samples_per_s", "latency_ms",
+                        "network_us_per_message", "service_us_per_message", "load_average")
+                print(json.dumps({key: r[key] for key in keys}), flush=True)
+                runs.append(r)
+    path = args.out.with_suffix(".json")
+    data = json.loads(path.read_text()) if path.exists() else {}
+    data["read_comparison"] = {"command": "python benchmarks/throughput.py " + " ".join(sys.argv[1:]),
+                               "runs": runs}
+    path.write_text(json.dumps(data, indent=1))
+    return write_read(args, data["read_comparison"])
+
+
+def write_read(args, comparison: dict) -> int:
+    """The comparison's table and plot, written between READ_BEGIN and READ_END in the page."""
+    runs = comparison["runs"]
+    modes = list(dict.fromkeys(r["mqtt_read_asked"] for r in runs))
+    lines = [READ_BEGIN, "",
+             f"Reproduce: `{comparison['command']}`. Each row is one `harstream bench --devices N --duration "
+             f"{runs[0]['duration_s']:g} --json` with `HARSTREAM_MQTT_READ` set for the consumer; the modes "
+             "alternate, so each pair met about the same load (last column, before → after).", "",
+             "| devices | round | read | sustained of offered samples/s | real time | latency p50 / p99 / max "
+             "(ms) | consumer cores (service + network) | network thread µs per message received | service "
+             "thread µs per message | CPU µs per message | dropped | load |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in runs:
+        lat = r["latency_ms"]
+        lines.append(
+            f"| {r['devices']} | {r['round']} | {r['mqtt_read_asked']} | "
+            f"{r['sustained_samples_per_s']:.0f} of {r['offered_samples_per_s']:.0f} | "
+            f"{'yes' if r['real_time'] else 'no'} | {lat['p50']} / {lat['p99']} / {lat['max']} | "
+            f"{r['consumer_cpu_cores']} ({r['service_thread_cores']} + {r['network_thread_cores']}) | "
+            f"{r['network_us_per_message']} | {r['service_us_per_message']} | {r['cpu_us_per_message']} | "
+            f"{r['dropped']} | {load(r)} |")
+    lines += ["", f"Means of the runs of each mode at each size, and their ratio to `{modes[0]}`:", "",
+              "| devices | read | network thread µs per message | ratio | consumer cores | ratio | "
+              "sustained samples/s | ratio | latency p99 (ms) |",
+              "|---|---|---|---|---|---|---|---|---|"]
+
+    def mean(xs: list[float]) -> float:
+        return sum(xs) / max(len(xs), 1)
+    for n in sorted({r["devices"] for r in runs}):
+        base = None
+        for mode in modes:
+            sel = [r for r in runs if r["devices"] == n and r["mqtt_read_asked"] == mode]
+            if not sel:
+                continue
+            net = mean([r["network_us_per_message"] for r in sel])
+            cores = mean([r["consumer_cpu_cores"] for r in sel])
+            sus = mean([r["sustained_samples_per_s"] for r in sel])
+            p99 = mean([r["latency_ms"]["p99"] or 0.0 for r in sel])
+            base = base or (net, cores, sus)
+            lines.append(f"| {n} | {mode} | {net:.1f} | {net / base[0]:.2f} | {cores:.3f} | "
+                         f"{cores / base[1]:.2f} | {sus:.0f} | {sus / base[2]:.2f} | {p99:.0f} |")
+    lines += ["", "![network thread CPU per message by read mode](img/throughput-read.png)", "", READ_END]
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
+    for mode in modes:
+        sel = [r for r in runs if r["mqtt_read_asked"] == mode]
+        a1.plot([r["devices"] for r in sel], [r["network_us_per_message"] for r in sel], "o", label=mode)
+        a2.plot([r["devices"] for r in sel], [r["latency_ms"]["p99"] for r in sel], "o", label=mode)
+    a1.set_xlabel("devices at 50 Hz (0.5 s messages)")
+    a1.set_ylabel("paho thread CPU per message received (µs)")
+    a1.set_ylim(bottom=0)
+    a2.set_xlabel("devices at 50 Hz (0.5 s messages)")
+    a2.set_ylabel("latency p99 (ms)")
+    a2.set_yscale("log")
+    a2.axhline(100, color="grey", linestyle="--", linewidth=1)
+    for a in (a1, a2):
+        a.legend()
+        a.grid(True, alpha=0.3)
+    fig.tight_layout()
+    img = args.out.parent / "img" / "throughput-read.png"
+    img.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(img, dpi=110)
+    block = "\n".join(lines)
+    page = args.out.read_text() if args.out.exists() else ""
+    if READ_BEGIN in page and READ_END in page:
+        page = page[:page.index(READ_BEGIN)] + block + page[page.index(READ_END) + len(READ_END):]
+    else:
+        marker = "\n## What breaks first"
+        at = page.index(marker) if marker in page else len(page)
+        head = "\n## How the consumer's MQTT client reads (HARSTREAM_MQTT_READ)\n\n"
+        page = page[:at] + head + block + "\n" + page[at:]
+    args.out.write_text(page)
+    print(block)
+    return 0
 
 
 def load(r: dict) -> str:
@@ -68,9 +176,17 @@ def main() -> int:
     parser.add_argument("--profile-devices", type=int, default=3000, help="devices of the in-process profile")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "throughput.md")
     parser.add_argument("--from-json", action="store_true", help="rewrite the page and plot from the JSON only")
+    parser.add_argument("--compare-read", nargs="+", metavar="MODE", choices=("fast", "buffered", "plain"),
+                        help="only compare the consumer's MQTT read modes (HARSTREAM_MQTT_READ) at --devices, "
+                             "interleaved, --rounds times")
+    parser.add_argument("--rounds", type=int, default=2, help="rounds of --compare-read (default: %(default)s)")
     args = parser.parse_args()
+    if args.compare_read:
+        return compare_read(args)
     if args.from_json:
         data = json.loads(args.out.with_suffix(".json").read_text())
+        if data.get("read_comparison"):
+            write_read(args, data["read_comparison"])
         return write(args, data)
     runs = []
     for n in args.devices:
@@ -87,6 +203,9 @@ def main() -> int:
     command = "python benchmarks/throughput.py " + " ".join(sys.argv[1:])
     data = {"command": command.strip(), "runs": runs, "learn_off": learn_off, "learn_on": learn_on,
             "long_messages": long, "service_profile": profile, "cpu_count": os.cpu_count()}
+    previous = args.out.with_suffix(".json")
+    if previous.exists() and "read_comparison" in (old := json.loads(previous.read_text())):
+        data["read_comparison"] = old["read_comparison"]
     args.out.with_suffix(".json").write_text(json.dumps(data, indent=1))
     return write(args, data)
 

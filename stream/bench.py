@@ -24,7 +24,7 @@ import orjson
 import torch
 
 from stream.broker import EmbeddedBroker
-from stream.mqtt import BrokerURL, BufferedClient, broker_answers, client_class, connect
+from stream.mqtt import BrokerURL, BufferedClient, broker_answers, client_class, connect, read_mode
 
 __all__ = ["run_bench", "publish_main", "baseline_throughput", "service_profile"]
 
@@ -404,7 +404,7 @@ def run_bench(broker: str, devices: int, duration: float, interval: float = 0.5,
         "service_us_per_message": round(service_cores / max(rates["handled"], 1e-9) * 1e6, 1),
         "received_messages_per_s": round(rates["received"], 1),
         # how the consumer's paho client read the socket (HARSTREAM_MQTT_READ, inherited by the consumer)
-        "mqtt_read": "buffered" if client_class() is BufferedClient else "plain",
+        "mqtt_read": read_mode() if client_class() is BufferedClient else "plain",
         "samples_per_s_per_core": round(per_core, 1),
         "memory_bytes_per_device": int(max(0, peak_rss - rss_idle) / devices),
         "consumer_peak_rss_mb": round(peak_rss / 2**20, 1),
