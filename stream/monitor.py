@@ -5,8 +5,11 @@ Per device and overall:
   9.81 m/s² whatever the exercise, so a shift means the sensor or its units changed, not the exercise);
 - orientation: ADWIN on the angle between each window's mean gravity direction and the usual direction
   for the exercise it was classified as on this device (a strap turned on the wrist, the other wrist);
-- prediction confidence: ADWIN on each window's top probability; only a fall counts as drift;
-- the error stream, where labels exist: FHDDM on 0/1 errors.
+  on devices sending labels, the angle to the usual direction of the window's true exercise instead;
+- prediction confidence: ADWIN on each window's top probability; only a fall counts as drift, and only
+  on devices without recent labels;
+- the error stream, where labels exist: per device, HDDM_A on the 0/1 errors of the classes the model
+  has been getting right on that device (its own baseline); overall, FHDDM.
 
 Live metrics are prequential (each labelled window is scored before the learner trains on it):
 accuracy, Cohen's kappa and the confusion matrix, rolling and cumulative, per device and overall;
@@ -21,6 +24,8 @@ from dataclasses import dataclass
 
 import numpy as np
 from river import drift, metrics, utils
+
+from models.labels import REST
 
 __all__ = ["DriftEvent", "Monitor"]
 
@@ -42,9 +47,32 @@ class DriftEvent:
 ORIENTATION_DEG = 75.0  # a turn away from the usual direction beyond this many degrees ...
 ORIENTATION_CONFIRM = 2  # ... confirmed by this many more windows, after ADWIN saw the change
 COOLDOWN = 600.0  # device seconds in which the same signal on the same device is not reported again
-CONCENTRATED = 0.9  # labelled windows: a class's orientation is trusted when the mean cosine of its
-LABELLED_MIN_WINDOWS = 5  # windows to their usual direction is at least this, over at least this many
-LABELLED_CONFIRM = 2  # and a turn beyond ORIENTATION_DEG must hold for this many more labelled windows
+# Devices sending labels: the orientation of each exercise, keyed by the TRUE class. A class's usual direction
+# is trusted once at least LABELLED_MIN_WINDOWS of its windows have a mean cosine of CONCENTRATED or more to
+# it; a window turned beyond max(LABELLED_DEG, LABELLED_SPREADS × the class's own mean deviation) from it,
+# followed by LABELLED_CONFIRM more such windows, is drift. People hold an exercise the same way set after
+# set (a few degrees apart), so a strap turned about the forearm shows even where gravity lies near that axis
+# (a 30–50° turn of the gravity direction), while a loosely held class needs a turn near 75° as before.
+CONCENTRATED = 0.9
+LABELLED_MIN_WINDOWS = 5
+LABELLED_DEG = 20.0
+LABELLED_SPREADS = 3.0
+LABELLED_CONFIRM = 1
+LABELLED_SKIP = frozenset({REST})  # held any way at all between sets: never a reference
+# Error detector of a device: it watches only the classes the model has got right on this device, i.e.
+# at least KNOWN_MIN labelled windows of the class with at most KNOWN_ERROR of them wrong (counted before
+# the window at hand). A class the model is simply worse on for this person, from its first set on, is a
+# fact about the model, not drift: it is not fed to the detector.
+KNOWN_MIN = 5
+KNOWN_ERROR = 0.34
+
+
+def _error_detector(overall: bool):
+    """River's HDDM_A (1 = error; a rise of the mean error since the device's watched windows began,
+    Hoeffding bound at 1e-4) per device; FHDDM (1 = correct) on the overall error stream, as before."""
+    if overall:
+        return drift.binary.FHDDM(sliding_window_size=25, confidence_level=1e-6)
+    return drift.binary.HDDMA(drift_confidence=1e-4)
 
 
 def _adwin() -> drift.ADWIN:
@@ -77,7 +105,7 @@ class _Detectors:
 
     __slots__ = ("device", "rolling_size", "magnitude", "confidence", "orientation", "directions",
                  "orientation_pending", "error", "accuracy", "kappa", "rolling", "rolling_confidence", "drifts",
-                 "needs_labels", "last_drift", "label_directions", "label_turned", "fired")
+                 "needs_labels", "last_drift", "label_directions", "label_turned", "fired", "known")
 
     def __init__(self, device: str, rolling: int) -> None:
         self.device = device
@@ -99,11 +127,12 @@ class _Detectors:
         self.label_directions: dict[str, tuple[tuple[float, float, float], int, float]] | None = None
         self.label_turned = 0  # consecutive labelled windows turned away from their class's usual direction
         self.fired: dict[str, float] | None = None  # signal -> device time it last fired
+        self.known: dict[str, list[int]] | None = None  # true class -> [labelled windows, wrong ones]
 
     def scored(self) -> _Detectors:
         """The label-fed detectors and metrics, made on first use."""
         if self.accuracy is None:
-            self.error = drift.binary.FHDDM(sliding_window_size=25, confidence_level=1e-6)
+            self.error = _error_detector(self.device == "_all")
             self.accuracy = metrics.Accuracy()
             self.kappa = metrics.CohenKappa()
             self.rolling = utils.Rolling(metrics.Accuracy, window_size=self.rolling_size)
@@ -181,7 +210,9 @@ class Monitor:
             if det.magnitude.drift_detected and (ratio < 0.4 or ratio > 7.0):
                 self._emit(out, det, device, "ADWIN", "input_magnitude", t, det.magnitude.estimation, has_labels)
             det.confidence.update(confidence)
-            if det.confidence.drift_detected and confidence < before:  # a fall, not a recovery
+            # a fall, not a recovery; reported for devices without recent labels (and overall): where labels
+            # come, the error stream measures what confidence only estimates
+            if det.confidence.drift_detected and confidence < before and (not has_labels or det is self._all):
                 self._emit(out, det, device, "ADWIN", "confidence", t, det.confidence.estimation, has_labels)
         return out
 
@@ -196,11 +227,12 @@ class Monitor:
         self._last_label_t[device] = t
         out = []
         self.confusion.update(truth, predicted)
-        if mean_acc is not None:
+        if mean_acc is not None and truth not in LABELLED_SKIP:
             dev = self._get(device)
-            angle = self._labelled_angle(dev, truth, mean_acc)
-            if angle is not None:
-                dev.label_turned = dev.label_turned + 1 if angle > ORIENTATION_DEG else 0
+            turn = self._labelled_angle(dev, truth, mean_acc)
+            if turn is not None:
+                angle, limit = turn
+                dev.label_turned = dev.label_turned + 1 if angle > limit else 0
                 if dev.label_turned == LABELLED_CONFIRM + 1:
                     self._emit(out, dev, device, "labelled", "orientation", t, angle, True)
         for det in (self._get(device).scored(), self._all):
@@ -208,14 +240,25 @@ class Monitor:
             det.kappa.update(truth, predicted)
             det.rolling.update(truth, predicted)
             det.needs_labels = False
-            # river's FHDDM (as MOA's) fires when the rate of ones FALLS: feed 1 for a correct window
-            det.error.update(truth == predicted)
+            if det is not self._all:
+                if det.known is None:
+                    det.known = {}
+                record = det.known.setdefault(truth, [0, 0])
+                watched = record[0] >= KNOWN_MIN and record[1] <= KNOWN_ERROR * record[0]
+                record[0] += 1
+                record[1] += truth != predicted
+                if not watched:  # a class not (yet) known to be right on this device
+                    continue
+            wrong = truth != predicted
+            # river's FHDDM (as MOA's) fires when the rate of ones FALLS: feed 1 for a correct window;
+            # HDDM_A takes 1 for an error
+            det.error.update(not wrong if isinstance(det.error, drift.binary.FHDDM) else wrong)
             if det.error.drift_detected:
-                self._emit(out, det, device, "FHDDM", "error", t, 1.0 - det.rolling.get(), True)
+                self._emit(out, det, device, type(det.error).__name__, "error", t, 1.0 - det.rolling.get(), True)
         return out
 
     @staticmethod
-    def _labelled_angle(dev: _Detectors, truth: str, mean_acc: np.ndarray) -> float | None:
+    def _labelled_angle(dev: _Detectors, truth: str, mean_acc: np.ndarray) -> tuple[float, float] | None:
         """Degrees between a labelled window's gravity direction and its true class's usual one on this
         device; None until that class has been seen held in one orientation (rest, held any way, never)."""
         x, y, z = (float(v) for v in mean_acc)
@@ -229,11 +272,12 @@ class Monitor:
         dot = min(1.0, max(-1.0, d[0] * usual[0] + d[1] * usual[1] + d[2] * usual[2]))
         trusted = count >= LABELLED_MIN_WINDOWS and spread >= CONCENTRATED
         angle = math.degrees(math.acos(dot))
-        if trusted and angle > ORIENTATION_DEG:
+        limit = max(LABELLED_DEG, LABELLED_SPREADS * math.degrees(math.acos(min(1.0, spread))))
+        if trusted and angle > limit:
             if dev.label_turned < LABELLED_CONFIRM:
-                return angle  # a turn to confirm: the usual direction stays as it was meanwhile
+                return angle, limit  # a turn to confirm: the usual direction stays as it was meanwhile
             del dev.label_directions[truth]  # confirmed: learn this class's direction afresh
-            return angle
+            return angle, limit
         w = min(count, 20)  # running means over the last ~20 windows of the class
         mixed = (usual[0] * w + d[0], usual[1] * w + d[1], usual[2] * w + d[2])
         length = math.sqrt(mixed[0] ** 2 + mixed[1] ** 2 + mixed[2] ** 2)
@@ -241,7 +285,7 @@ class Monitor:
             spread = (spread * w + dot) / (w + 1) if count else 1.0
             dev.label_directions[truth] = ((mixed[0] / length, mixed[1] / length, mixed[2] / length),
                                            count + 1, spread)
-        return angle if trusted else None
+        return (angle, limit) if trusted else None
 
     def _emit(self, out: list[DriftEvent], det: _Detectors, device: str, detector: str, signal: str,
               t: float, value: float, has_labels: bool) -> None:
