@@ -7,7 +7,11 @@ window; every labelled window when labels come), without a broker, in device tim
 device-hours take minutes. The model is frozen: what is measured is the detectors.
 
     python benchmarks/drift.py [--quiet-devices 40] [--quiet-minutes 30] [--devices 10]
-                               [--labels all|none] [--out docs/drift.md]
+                               [--labels all|none|both] [--seed 7000] [--out docs/drift.md]
+
+``--seed`` picks the simulated people and workouts. The thresholds in ``stream/monitor.py`` were chosen
+on seeds 20000 and 30000 (``--devices 30 --quiet-devices 160``: different people from the default
+seed's); the default seed 7000 is held out, and docs/drift.md reports it.
 
 Delay is reported from the onset and from the device's first wrong window after it (a drift that
 starts during a rest shows only when the next set starts).
@@ -37,6 +41,43 @@ from stream.pipeline import Pipeline  # noqa: E402
 
 SCENARIOS = ("strap_rotated", "other_wrist", "new_person", "fatigue")
 WARM_UP = 20.0  # device seconds before detections count (the detectors' grace period)
+TUNED_ON = (20000, 30000)  # seeds the monitor's thresholds were chosen on: not a held-out measurement
+HISTORY = """## History (default arguments, seed 7000)
+
+Before the per-device error baseline (commit 2b462e7: FHDDM on every labelled window, orientation over a
+fixed 75° including rest, confidence falls on every device), with labels: strap_rotated 7/10 detected,
+12 s median, 3 within 10 s; other_wrist 6/10, 7 s, 5 within 10 s; new_person 2/10; fatigue 7/10, 178 s;
+**1.16 false alarms per device-hour** (23 in 19.8; 95% interval 0.74–1.75; error 14, orientation 8,
+confidence 1). Without labels: unchanged (0.81 per device-hour).
+
+What changed and why (chosen on seeds 20000 and 30000, 30 devices per scenario and 80 quiet
+device-hours each, before this seed was run): the error detector of a device watches only the classes
+the model has been getting right on that device (≥ 5 labelled windows, ≤ 34 % wrong), with river's
+HDDM_A (drift confidence 1e-4): the quiet devices' error alarms were whole sets of an exercise the model
+gets wrong for that person from its first set on. The labelled orientation check turns at
+max(20°, 3 × the class's own mean deviation) instead of 75°, after one confirming window instead of two,
+and never uses rest as a reference (rest gave every orientation false alarm). Confidence falls are
+reported only for devices without recent labels. On the tuning seeds this cut false alarms from 1.33
+and 1.19 to 0.38 and 0.40 per device-hour and raised detection within 10 s (strap_rotated 3→9 and 1→8
+of 30, other_wrist 7→8 and 7→8 of 30), at a cost in the slow behavioural scenarios (fatigue 13→5 and
+14→5 of 30; new_person 6→6 and 8→6): with the model frozen, a fatigued set looks like a set the model
+gets wrong for a quiet person, and every error detector tried (river's FHDDM, HDDM_A, HDDM_W, DDM, EDDM,
+ADWIN at several settings, with and without the per-class baseline, with confirmation by a second class)
+bought fatigue detections only at a proportional rise in false alarms (about 13 of 30 at 1.0–1.3 per
+device-hour). On this seed, measured once after the choice: false alarms 1.16 → 0.20 per device-hour;
+within 10 s strap_rotated 3 → 4 and other_wrist 5 → 4 of 10; detected at all strap_rotated 7 → 5,
+other_wrist 6 → 6, new_person 2 → 1, fatigue 7 → 2 of 10. Lost: error alarms 1–5 min late (fatigue,
+new person) and one at 14 s (strap_rotated); two orientation alarms on rest (8 s and 76 s); on
+other_wrist-1 a false turn of sit-ups 94 s before the onset masks, by the
+10-minute cooldown, the true alarm. Gained: strap and other-wrist alarms 2 s sooner (one confirming
+window), other_wrist-5 at 18 s.
+
+Against issue 5's goal: fewer than one false alarm per device-hour with labels is met (upper end of the
+interval included, above). Detection within 10 s of the onset is not: the orientation check sees a
+turned sensor within 4–6 s only when the device is in a set of an exercise it has already seen held one
+way; a device at rest, or starting an exercise it has not seen yet, shows nothing until then, and the
+behavioural scenarios (new person, fatigue) take minutes or are not detected with the model frozen.
+"""
 
 
 def run(streams: dict[str, DeviceStream], duration: float, labels: bool, model_path: Path) -> dict:
@@ -160,9 +201,18 @@ def main() -> int:
                   f"without a broker, in device time, model frozen (`{args.model.name}`). "
                   f"{args.devices} devices per scenario, drift at {args.onset:.0f} s, {args.after:.0f} s "
                   f"after; {args.quiet_devices} devices without drift for {args.quiet_minutes:g} min. "
-                  f"Detections in the first {WARM_UP:.0f} s are not counted.", ""]
+                  f"Detections in the first {WARM_UP:.0f} s are not counted. "
+                  + (f"**Seed {args.seed} was used to choose the monitor's thresholds: not a held-out figure.**"
+                     if args.seed in TUNED_ON else
+                     f"Seed {args.seed}; the monitor's thresholds were chosen on seeds "
+                     f"{' and '.join(map(str, TUNED_ON))} (other simulated people): this is a held-out figure."),
+                  ""]
+    if args.seed == 7000:
+        lines += [HISTORY]
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps({"command": command, "results": results,
+    args.out.with_suffix(".json").write_text(json.dumps({"command": command, "seed": args.seed,
+                                                         "held_out": args.seed not in TUNED_ON,
+                                                         "tuned_on_seeds": list(TUNED_ON), "results": results,
                                                          "wall_seconds": round(wall, 1)}, indent=1))
     args.out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
