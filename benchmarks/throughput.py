@@ -40,7 +40,8 @@ READ_BEGIN, READ_END = "<!-- read-comparison -->", "<!-- /read-comparison -->"
 
 def compare_read(args) -> int:
     """The same bench with each HARSTREAM_MQTT_READ mode, interleaved (the order turns every round), so
-    that each pair of runs meets the same machine load; kept in the JSON's ``read_comparison``."""
+    that each pair of runs meets the same machine load; kept in the JSON's ``read_comparisons`` (one per
+    command: a run of the same command replaces the earlier one)."""
     runs = []
     for k in range(args.rounds):
         for n in args.devices:
@@ -54,17 +55,17 @@ def compare_read(args) -> int:
                 runs.append(r)
     path = args.out.with_suffix(".json")
     data = json.loads(path.read_text()) if path.exists() else {}
-    data["read_comparison"] = {"command": "python benchmarks/throughput.py " + " ".join(sys.argv[1:]),
-                               "runs": runs}
+    command = "python benchmarks/throughput.py " + " ".join(sys.argv[1:])
+    data["read_comparisons"] = [c for c in data.get("read_comparisons", []) if c["command"] != command]
+    data["read_comparisons"].append({"command": command, "runs": runs})
     path.write_text(json.dumps(data, indent=1))
-    return write_read(args, data["read_comparison"])
+    return write_read(args, data["read_comparisons"])
 
 
-def write_read(args, comparison: dict) -> int:
-    """The comparison's table and plot, written between READ_BEGIN and READ_END in the page."""
+def read_table(comparison: dict) -> list[str]:
     runs = comparison["runs"]
     modes = list(dict.fromkeys(r["mqtt_read_asked"] for r in runs))
-    lines = [READ_BEGIN, "",
+    lines = ["",
              f"Reproduce: `{comparison['command']}`. Each row is one `harstream bench --devices N --duration "
              f"{runs[0]['duration_s']:g} --json` with `HARSTREAM_MQTT_READ` set for the consumer; the modes "
              "alternate, so each pair met about the same load (last column, before → after).", "",
@@ -101,7 +102,17 @@ def write_read(args, comparison: dict) -> int:
             base = base or (net, cores, sus)
             lines.append(f"| {n} | {mode} | {net:.1f} | {net / base[0]:.2f} | {cores:.3f} | "
                          f"{cores / base[1]:.2f} | {sus:.0f} | {sus / base[2]:.2f} | {p99:.0f} |")
+    return lines
+
+
+def write_read(args, comparisons: list[dict]) -> int:
+    """The comparisons' tables and a plot of all their runs, written between READ_BEGIN and READ_END."""
+    lines = [READ_BEGIN]
+    for comparison in comparisons:
+        lines += read_table(comparison)
     lines += ["", "![network thread CPU per message by read mode](img/throughput-read.png)", "", READ_END]
+    runs = [r for c in comparisons for r in c["runs"]]
+    modes = list(dict.fromkeys(r["mqtt_read_asked"] for r in runs))
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -185,8 +196,8 @@ def main() -> int:
         return compare_read(args)
     if args.from_json:
         data = json.loads(args.out.with_suffix(".json").read_text())
-        if data.get("read_comparison"):
-            write_read(args, data["read_comparison"])
+        if data.get("read_comparisons"):
+            write_read(args, data["read_comparisons"])
         return write(args, data)
     runs = []
     for n in args.devices:
@@ -204,8 +215,8 @@ def main() -> int:
     data = {"command": command.strip(), "runs": runs, "learn_off": learn_off, "learn_on": learn_on,
             "long_messages": long, "service_profile": profile, "cpu_count": os.cpu_count()}
     previous = args.out.with_suffix(".json")
-    if previous.exists() and "read_comparison" in (old := json.loads(previous.read_text())):
-        data["read_comparison"] = old["read_comparison"]
+    if previous.exists() and "read_comparisons" in (old := json.loads(previous.read_text())):
+        data["read_comparisons"] = old["read_comparisons"]
     args.out.with_suffix(".json").write_text(json.dumps(data, indent=1))
     return write(args, data)
 
