@@ -1709,8 +1709,13 @@ def findings(result: dict) -> str:
         broker_text += (f"This time {back:,} messages were refused as `backwards_seq` and "
                         f"{bc['lost_samples']:,} samples counted lost. ")
     else:
-        broker_text += (f"This time no sample was lost ({bc['rejected'].get('repeated_seq', 0)} messages "
-                        "refused as `repeated_seq`: re-sent copies of messages already acknowledged). ")
+        broker_text += (f"This time the consumer counted no sample lost ({bc['rejected'].get('repeated_seq', 0)} "
+                        "messages refused as `repeated_seq`: re-sent copies of messages already acknowledged). ")
+    holes_b = a["real_devices"]["never_classified_elsewhere_by_phase"].get("b broker restart", 0)
+    if holes_b:
+        broker_text += (f"Yet {holes_b:,} PUBACKed messages of the phase lie in holes of ≥ 1 s: most likely they came "
+                        "late, after newer ones of their device (the reordering described next), and the "
+                        "consumer's buffers counted them in `late_samples` instead of classifying them. ")
     if b2:
         bcnt = b2["counters"]
         refused = bcnt["rejected"].get("backwards_seq", 0)
@@ -1744,18 +1749,19 @@ def findings(result: dict) -> str:
                          f"({split_text(split)}): "
                          "under overload, at most once for those, explicitly. The consumer was live again "
                          f"{live_d} s after the flood ended; its memory peaked at {fmt(peak)} MB against "
-                         f"{fmt(steady)} MB in steady state. Leaving the backlog to the broker instead "
-                         "(paho's thread waiting for room in the queue) was tried in an earlier run: the "
-                         "connection was cut for keep-alive timeout under this overload and the broker sent "
-                         "the whole in-flight window again (that run also had a slower paho thread; not "
-                         "retried).")
+                         f"{fmt(steady)} MB in steady state. With `HARSTREAM_MQTT_READ` `fast` or `buffered` "
+                         "(`fast` is the default) paho's thread reads nothing more once the queue is 75% "
+                         "full, leaving the backlog at the broker, so drops come from plain paho or from what "
+                         "was already read. (Blocking in `on_message` instead, tried in an earlier run, "
+                         "stopped paho's writes too, and the broker cut the connection for keep-alive "
+                         "timeout.)")
     else:
         overload_text = (f"nothing was dropped: the consumer's queue peaked at {d['queue_peak']:,} messages"
                          + (f" ({qb / 2**20:.1f} MB of payload)" if qb else "")
-                         + ("; acknowledging after the window, paho's thread waits for room once the queue "
-                            "holds 32 MB (payloads plus 1 kB each, or 200,000 messages), so the broker keeps "
-                            "the backlog "
-                            "(its memory is the one that grows)" if ack_mode == "after-window" else "")
+                         + ("; paho's thread reads nothing more while the queue is over 75% of its bounds "
+                            "(32 MB, payloads plus 1 kB each, or 200,000 messages), while its writes "
+                            "(acknowledgements, predictions, keep-alive) go on, so the broker keeps the "
+                            "backlog (its memory is the one that grows)")
                          + f". The consumer was live again {live_d} s after the flood ended; its memory "
                          f"peaked at {fmt(peak)} MB against {fmt(steady)} MB in steady state.")
     return re.sub(r"\n {3}(?=\S)", " ", FINDINGS).format(

@@ -17,7 +17,9 @@ Acknowledgements (``ack``): with a persistent session and QoS 1, the consumer ac
 message only once every sample of it lies in a published window (``after-window``), so the broker
 keeps for the next life whatever a dead one had not finished: its queue and its partial windows.
 Labels, commands and refused payloads are acknowledged at once; messages that are dropped on purpose
-(full queue, idle device, device clock reset) are acknowledged and counted. The broker sends at
+(full queue, idle device, device clock reset) are acknowledged and counted. Before the queue is full,
+paho's thread stops reading (``_queue_high``, back-pressure through stream.mqtt.BufferedClient), so
+the broker keeps a backlog rather than the consumer dropping it. The broker sends at
 most so many unacknowledged messages (MQTT 5 Receive Maximum = ``max_unacked``; Mosquitto's
 ``max_inflight_messages`` for 3.1.1 clients), so when ``max_unacked`` are held the oldest is
 acknowledged (``acks.forced``: at most once for those), and when nothing arrives for ``ack_stall``
@@ -78,6 +80,7 @@ def consumer_topic(prefix: str, consumer_id: str, kind: str) -> str:
 # what a queued message costs beyond its payload (the queue's tuple, the topic string, the bytes object):
 # benchmarks/faults.py measured 1.7 kB of resident memory per queued 578-byte message
 QUEUED_OVERHEAD = 1024
+HIGH_WATER = 0.75  # share of the queue bounds beyond which paho's thread stops reading (back-pressure)
 
 @dataclass
 class ConsumerConfig:
@@ -484,6 +487,13 @@ class Consumer:
             self.stats.dropped += 1
             self._ack_in_paho(client, message, "dropped")
 
+    def _queue_high(self) -> bool:
+        """Paho's thread reads nothing more while the queue is this full (stream.mqtt.BufferedClient):
+        the backlog waits at the broker, which keeps it for the session, instead of being dropped here.
+        What was read already still fits: drops are left for plain paho (HARSTREAM_MQTT_READ=plain)."""
+        return (self._bytes_in - self._bytes_out > HIGH_WATER * self.config.max_queue_bytes
+                or self._queue.qsize() > HIGH_WATER * self.config.queue_size)
+
     def _room(self, size: int) -> bool:
         return (self._bytes_in - self._bytes_out + size <= self.config.max_queue_bytes
                 and not self._queue.full())
@@ -567,6 +577,7 @@ class Consumer:
             on_message=self._on_message,
             on_connected=self._on_connected,
             clean_session=not cfg.persistent,
+            read_paused=self._queue_high,
         )
         if want and cfg.mqtt_protocol in ("5", "auto"):
             if cfg.mqtt_protocol == "5" or speaks_mqtt5(cfg.broker):

@@ -11,7 +11,9 @@ import os
 import socket
 import ssl
 import threading
+import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 
@@ -50,6 +52,7 @@ DEFAULT_BROKER = "mqtt://127.0.0.1:1883"
 ENV_MQTT_READ = "HARSTREAM_MQTT_READ"
 READ_MODES = ("fast", "buffered", "plain")
 READ_CHUNK = 64 * 1024  # bytes asked of the socket per recv() by BufferedClient
+PAUSE_SLICE = 0.002  # seconds BufferedClient waits per loop while its owner asks it not to read
 
 
 def _buffering_applies() -> bool:
@@ -91,6 +94,13 @@ class BufferedClient(mqtt.Client):
         super().__init__(*args, **kwargs)
         self._read_buf = b""
         self._read_pos = 0
+        # Back-pressure: while ``read_paused()`` is true nothing more is read (the backlog waits in the
+        # socket and then at the broker, as TCP flow control holds it there), but paho's loop goes on
+        # writing (publishes, acknowledgements, keep-alive pings) every PAUSE_SLICE. Blocking in
+        # ``on_message`` instead would stop the writes too, and the broker cuts a client that sends
+        # nothing for 1.5 keep-alives.
+        self.read_paused: Callable[[], bool] | None = None
+        self.read_pauses = 0  # loops spent paused
 
     def _sock_recv(self, bufsize: int) -> bytes:
         buf, pos = self._read_buf, self._read_pos
@@ -120,8 +130,14 @@ class BufferedClient(mqtt.Client):
         return True  # a malformed length: let paho's parser refuse it
 
     def loop_read(self, max_packets: int = 1) -> mqtt.MQTTErrorCode:
+        paused = self.read_paused
+        if paused is not None and paused():
+            self.read_pauses += 1
+            time.sleep(PAUSE_SLICE)  # select() sees the socket readable at once: no busy loop
+            return mqtt.MQTT_ERR_SUCCESS
         rc = super().loop_read(max_packets)
-        while rc == mqtt.MQTT_ERR_SUCCESS and self._sock is not None and self._whole_packet_buffered():
+        while (rc == mqtt.MQTT_ERR_SUCCESS and self._sock is not None and self._whole_packet_buffered()
+               and not (paused is not None and paused())):
             rc = self._packet_read()
             if rc > 0:
                 return self._loop_rc_handle(rc)
@@ -295,6 +311,7 @@ def connect(
     protocol: str = "3.1.1",
     manual_ack: bool = False,
     receive_maximum: int | None = None,
+    read_paused: Callable[[], bool] | None = None,
 ) -> mqtt.Client:
     """A connected paho client whose ``on_connect`` (re)subscribes; raises ConnectionError on failure.
 
@@ -306,7 +323,8 @@ def connect(
     broker may send us unacknowledged. Mosquitto 2.0 honours it above its ``max_inflight_messages``
     (measured: docs/faults.md), which binds 3.1.1 clients only. ``manual_ack``: paho sends no PUBACK
     by itself; the caller calls ``client.ack(mid, qos)``. ``on_connected(client)`` runs in paho's
-    thread after each (re)connection, after the subscriptions are sent.
+    thread after each (re)connection, after the subscriptions are sent. ``read_paused()``: while true,
+    a BufferedClient reads nothing more (back-pressure; plain paho ignores it).
     """
     if protocol not in PROTOCOLS:
         raise ValueError(f"Invalid MQTT protocol {protocol!r}: one of {', '.join(PROTOCOLS)}")
@@ -327,6 +345,8 @@ def connect(
             manual_ack=manual_ack,
         )
     client.protocol_name = "5" if v5 else "3.1.1"
+    if read_paused is not None and isinstance(client, BufferedClient):
+        client.read_paused = read_paused
     if url.username:
         client.username_pw_set(url.username, url.password)
     if url.tls:

@@ -302,3 +302,37 @@ def test_read_modes(monkeypatch):
     monkeypatch.setenv(smqtt.ENV_MQTT_READ, "nonsense")
     with pytest.raises(ValueError):
         client_class()
+
+
+@pytest.mark.broker
+def test_a_paused_reader_leaves_the_backlog_at_the_broker_and_goes_on_writing(broker_url, monkeypatch):
+    """While ``read_paused()`` is true nothing more is delivered, yet the client still publishes; once it
+    is false everything published meanwhile arrives, in order, nothing lost (back-pressure, not drops)."""
+    monkeypatch.setenv(smqtt.ENV_MQTT_READ, "fast")
+    prefix = f"readtest{os.urandom(3).hex()}"
+    inbox = Inbox()
+    paused = threading.Event()
+    sub = connect(broker_url, "read-sub", subscriptions=[(f"{prefix}/in", 1)], on_message=inbox.on_message,
+                  read_paused=paused.is_set)
+    echo = Inbox()
+    watch = connect(broker_url, "read-watch", subscriptions=[(f"{prefix}/out", 1)], on_message=echo.on_message)
+    pub = connect(broker_url, "read-pub")
+    assert isinstance(sub, BufferedClient)
+    time.sleep(0.3)  # the subscriptions are in place
+    try:
+        paused.set()
+        time.sleep(0.05)  # the loop in progress finishes its read
+        sub_before = len(inbox.messages)
+        expected = [(f"{prefix}/in", n.to_bytes(4, "big") * 50) for n in range(300)]
+        for message in expected:
+            pub.publish(*message, qos=1).wait_for_publish(10)
+        sub.publish(f"{prefix}/out", b"still writing", qos=1)
+        assert echo.wait_for(1, 10) == [(f"{prefix}/out", b"still writing")]
+        time.sleep(0.5)
+        assert len(inbox.messages) == sub_before == 0 and sub.read_pauses > 0
+        paused.clear()
+        assert inbox.wait_for(len(expected), 20) == expected
+    finally:
+        for c in (pub, sub, watch):
+            c.disconnect()
+            c.loop_stop()
