@@ -16,7 +16,6 @@ import shutil
 import socket
 import ssl
 import struct
-import subprocess
 import threading
 import time
 from pathlib import Path
@@ -27,6 +26,7 @@ from paho.mqtt.exception import MalformedPacket
 
 from stream import mqtt as smqtt
 from stream.mqtt import BrokerURL, BufferedClient, client_class, connect
+from tests.helpers import make_certs
 
 
 def _varint(n: int) -> bytes:
@@ -117,20 +117,9 @@ class Inbox:
 
 
 def _certs(directory: Path) -> tuple[Path, Path, Path] | None:
-    """A throwaway CA and a certificate for 127.0.0.1 (openssl), or None without openssl."""
+    """A throwaway CA and a certificate for 127.0.0.1, or None without openssl."""
     openssl = shutil.which("openssl")
-    if openssl is None:
-        return None
-
-    def run(*args: str) -> None:
-        subprocess.run([openssl, *args], cwd=directory, check=True, capture_output=True, timeout=60)
-    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
-    run("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.crt", "-days", "2", "-subj", "/CN=test CA")
-    run("req", *ec, "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=localhost")
-    (directory / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
-    run("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
-        "-out", "server.crt", "-days", "2", "-extfile", "san.ext")
-    return directory / "ca.crt", directory / "server.crt", directory / "server.key"
+    return None if openssl is None else make_certs(directory, openssl)
 
 
 @pytest.fixture(params=[("tcp", "3.1.1"), ("tls", "3.1.1"), ("tcp", "5"), ("tls", "5")], ids="-".join)
@@ -315,7 +304,8 @@ def test_a_paused_reader_leaves_the_backlog_at_the_broker_and_goes_on_writing(br
     sub = connect(broker_url, "read-sub", subscriptions=[(f"{prefix}/in", 1)], on_message=inbox.on_message,
                   read_paused=paused.is_set)
     echo = Inbox()
-    watch = connect(broker_url, "read-watch", subscriptions=[(f"{prefix}/out", 1)], on_message=echo.on_message)
+    watch = connect(broker_url, "read-watch", subscriptions=[(f"{prefix}/out", 1)],
+                    on_message=echo.on_message)
     pub = connect(broker_url, "read-pub")
     assert isinstance(sub, BufferedClient)
     time.sleep(0.3)  # the subscriptions are in place

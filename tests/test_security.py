@@ -21,6 +21,7 @@ from urllib.parse import quote
 import pytest
 
 from stream.mqtt import BrokerURL, broker_answers, connect
+from tests.helpers import make_certs
 
 pytestmark = pytest.mark.broker
 
@@ -44,20 +45,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def _make_certs(directory: Path) -> None:
-    """A CA and a server certificate for 127.0.0.1, as README.md tells an operator to make them."""
-    def run(*args: str) -> None:
-        subprocess.run([OPENSSL, *args], cwd=directory, check=True, capture_output=True, timeout=60)
-    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
-    run("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.crt", "-days", "2", "-subj", "/CN=test CA")
-    run("req", *ec, "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=localhost")
-    (directory / "san.ext").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
-    run("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
-        "-out", "server.crt", "-days", "2", "-extfile", "san.ext")
-    run("req", "-x509", *ec, "-keyout", "other.key", "-out", "other-ca.crt", "-days", "2",
-        "-subj", "/CN=other CA")
 
 
 def _render(directory: Path, ports: dict[int, int], tls: bool) -> str:
@@ -94,7 +81,7 @@ def broker(tmp_path_factory):
                        check=True, capture_output=True, timeout=30)
     tls = OPENSSL is not None
     if tls:
-        _make_certs(directory)
+        make_certs(directory, OPENSSL, other_ca=True)
     ports = {1883: _free_port(), 8883: _free_port()}
     conf = directory / "mosquitto.conf"
     conf.write_text(_render(directory, ports, tls))
