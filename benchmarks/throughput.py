@@ -289,7 +289,13 @@ def write(args, data: dict) -> int:
               f"watch for drift: {profile['service_us_per_message']} µs in all. Memory that Python allocated per "
               f"device (tracemalloc, {profile['memory_devices']} devices after 20 s): "
               f"{profile['memory_bytes_per_device']} bytes; by file: "
-              + ", ".join(f"{k} {v}" for k, v in profile["memory_by_file_per_device"].items()) + ".", "",
+              + ", ".join(f"{k} {v}" for k, v in profile["memory_by_file_per_device"].items()) + "."
+              + (f" Resident memory (VmRSS) per device, in a fresh process after a warm-up: "
+                 f"{profile['resident_bytes_per_device']} bytes (`python -m stream.bench resident "
+                 f"{profile['memory_devices']} 20 0.5 {profile['messages_per_cycle']}`); the table's 'memory "
+                 "per device' is the whole process's peak over its idle size, divided by the devices: the "
+                 "queue, MQTT buffers and the first use of lazily loaded code are in it."
+                 if profile.get("resident_bytes_per_device") is not None else ""), "",
               f"## Online fine-tuning at {off['devices']} devices (5% of them publishing labels unless --labelled says otherwise)", "",
               f"{on['sustained_samples_per_s']:.0f} samples/s on vs {off['sustained_samples_per_s']:.0f} off "
               f"(consumer cores {on['consumer_cpu_cores']} vs {off['consumer_cpu_cores']}, CPU per message "

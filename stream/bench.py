@@ -9,6 +9,7 @@ through the network for every prediction, one device at a time, with no carried 
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import signal
@@ -211,7 +212,6 @@ def service_profile(devices: int = 2000, seconds: float = 30.0, interval: float 
     buffering (``handle``) and of classifying, publishing and monitoring (``_classify``), messages handed
     over in ``harstream bench``'s order; then memory per device (tracemalloc, ``memory_devices`` devices
     after the same seconds of samples), by the file that allocated it."""
-    import gc
     import tracemalloc
 
     from models.checkpoint import default_model_path, load_checkpoint
@@ -284,7 +284,49 @@ def service_profile(devices: int = 2000, seconds: float = 30.0, interval: float 
         "memory_devices": memory_devices,
         "memory_bytes_per_device": int(total / memory_devices),
         "memory_by_file_per_device": {k: int(v / memory_devices) for k, v in top},
+        "resident_bytes_per_device": _resident_per_device(memory_devices, seconds, interval, batch,
+                                                          model_path),
     }
+
+
+def _resident_per_device(devices: int, seconds: float, interval: float, batch: int,
+                         model_path: str | None = None) -> int:
+    """Resident memory (VmRSS) the consumer's service path adds per device, measured in a fresh process
+    (in this one, memory freed by earlier work would be reused and hide it): ``resident_main``."""
+    cmd = [sys.executable, "-m", "stream.bench", "resident", str(devices), str(seconds), str(interval),
+           str(batch), model_path or ""]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=900)
+    return int(out.stdout.split()[-1])
+
+
+def resident_main(argv: list[str]) -> int:
+    """A consumer without MQTT is warmed up with 8 devices (lazy imports, first detectors, the model's
+    first passes); with the payloads made beforehand, DEVICES devices then stream for SECONDS; prints
+    the growth of VmRSS per device."""
+    from models.checkpoint import default_model_path, load_checkpoint
+    from models.state import StatefulClassifier
+    from stream.consumer import Consumer, ConsumerConfig
+    devices, seconds, interval, batch = int(argv[0]), float(argv[1]), float(argv[2]), int(argv[3])
+    model, info = load_checkpoint((argv[4] if len(argv) > 4 and argv[4] else None) or default_model_path())
+    torch.set_num_threads(1)
+    c = Consumer(ConsumerConfig(broker=BrokerURL.parse("mqtt://127.0.0.1:1"), prefix="p", learn=False),
+                 StatefulClassifier(model, info["version"]))
+    c._client = _NullClient()
+    for row in _payloads(8, seconds, interval, "p"):  # 8 of the devices measured next: a rounding error
+        for topic, body in row:
+            c.handle(topic, body, time.monotonic())
+        c._classify()
+    ticks = _payloads(devices, seconds, interval, "p")
+    gc.collect()
+    before = _proc_rss_bytes(os.getpid())
+    for row in ticks:
+        for j in range(0, len(row), batch):
+            for topic, body in row[j:j + batch]:
+                c.handle(topic, body, time.monotonic())
+            c._classify()
+    gc.collect()
+    print(int((_proc_rss_bytes(os.getpid()) - before) / devices))
+    return 0
 
 
 # -- the benchmark -------------------------------------------------------------------------------
@@ -421,5 +463,7 @@ def run_bench(broker: str, devices: int, duration: float, interval: float = 0.5,
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "publish":
         sys.exit(publish_main(sys.argv[2:]))
+    if len(sys.argv) > 1 and sys.argv[1] == "resident":
+        sys.exit(resident_main(sys.argv[2:]))
     print("usage: python -m stream.bench publish URL PREFIX N DURATION INTERVAL", file=sys.stderr)
     sys.exit(2)

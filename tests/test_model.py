@@ -40,6 +40,26 @@ def test_batched_classifier_matches_one_device_at_a_time(tiny_model):
     assert not np.allclose(fresh[0], probs[0], atol=1e-4)
 
 
+def test_a_batch_beyond_max_batch_is_split_with_the_same_answers(tiny_model, monkeypatch):
+    import models.state
+    rng = np.random.default_rng(1)
+    devices = [f"d{i}" for i in range(20)]
+    whole, split = StatefulClassifier(tiny_model), StatefulClassifier(tiny_model)
+    for k in range(3):
+        windows = rng.normal(size=(20, 20, 3)).astype(np.float32) * 4
+        monkeypatch.setattr(models.state, "MAX_BATCH", 64)
+        p_whole, before_whole = whole.classify_with_state(devices, windows)
+        monkeypatch.setattr(models.state, "MAX_BATCH", 7)  # passes of 7, 7 and 6
+        p_split, before_split = split.classify_with_state(devices, windows)
+        np.testing.assert_allclose(p_split, p_whole, atol=1e-5)
+        for a, b in zip(before_split, before_whole, strict=True):
+            assert a.shape[1] == 20
+            torch.testing.assert_close(a, b)
+    for d in devices:  # and every device's state moved on the same
+        for a, b in zip(split.bank.get(d), whole.bank.get(d), strict=True):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
 def test_state_bank_grows_and_reuses_slots(tiny_model):
     clf = StatefulClassifier(tiny_model)
     window = np.zeros((1, 20, 3), np.float32)
