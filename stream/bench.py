@@ -256,11 +256,7 @@ def service_profile(devices: int = 2000, seconds: float = 30.0, interval: float 
         c = consumer()
         gc.collect()
         before = tracemalloc.take_snapshot()
-        for row in ticks:
-            for j in range(0, len(row), batch):
-                for topic, body in row[j:j + batch]:
-                    c.handle(topic, body, time.monotonic())
-                c._classify()
+        _stream(c, ticks, batch)
         gc.collect()
         after = tracemalloc.take_snapshot()
         tracemalloc.stop()
@@ -299,6 +295,15 @@ def _resident_per_device(devices: int, seconds: float, interval: float, batch: i
     return int(out.stdout.split()[-1])
 
 
+def _stream(c, ticks: list[list[tuple[str, bytes]]], batch: int) -> None:
+    """Hand a consumer the payloads tick by tick, ``batch`` messages per cycle, classifying after each."""
+    for row in ticks:
+        for j in range(0, len(row), batch):
+            for topic, body in row[j:j + batch]:
+                c.handle(topic, body, time.monotonic())
+            c._classify()
+
+
 def resident_main(argv: list[str]) -> int:
     """A consumer without MQTT is warmed up with 8 devices (lazy imports, first detectors, the model's
     first passes); with the payloads made beforehand, DEVICES devices then stream for SECONDS; prints
@@ -312,18 +317,11 @@ def resident_main(argv: list[str]) -> int:
     c = Consumer(ConsumerConfig(broker=BrokerURL.parse("mqtt://127.0.0.1:1"), prefix="p", learn=False),
                  StatefulClassifier(model, info["version"]))
     c._client = _NullClient()
-    for row in _payloads(8, seconds, interval, "p"):  # 8 of the devices measured next: a rounding error
-        for topic, body in row:
-            c.handle(topic, body, time.monotonic())
-        c._classify()
+    _stream(c, _payloads(8, seconds, interval, "p"), batch)  # 8 of the devices measured next: a rounding error
     ticks = _payloads(devices, seconds, interval, "p")
     gc.collect()
     before = _proc_rss_bytes(os.getpid())
-    for row in ticks:
-        for j in range(0, len(row), batch):
-            for topic, body in row[j:j + batch]:
-                c.handle(topic, body, time.monotonic())
-            c._classify()
+    _stream(c, ticks, batch)
     gc.collect()
     print(int((_proc_rss_bytes(os.getpid()) - before) / devices))
     return 0
