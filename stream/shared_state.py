@@ -113,6 +113,7 @@ class DeviceRecord:
 # (samples held for reordering included) cuts the same windows as one that never stopped.
 def buffer_state(buffer: DeviceBuffer, now: float) -> BufferState:
     """``buffer``'s state; ``now`` is the monotonic time its held samples' ages are taken at."""
+    buffer.settle()  # batches kept for one interpolation go onto the grid first
     return BufferState(
         rate=buffer.rate, window=buffer.window, max_gap=buffer.max_gap, reorder=buffer.reorder,
         clock_reset=buffer.clock_reset, last_t=buffer._last_t,

@@ -178,3 +178,33 @@ def test_docstring_examples():
 
     import stream.buffers
     assert doctest.testmod(stream.buffers, raise_on_error=True).attempted > 0
+
+
+def test_kept_batches_give_the_windows_and_arrivals_of_batches_taken_one_by_one():
+    """Batches that follow the last one are interpolated only when one completes a window: the windows,
+    their values and their arrival (the batch that completed them) must not change for it, with
+    batches of every size, repeated timestamps inside a kept batch, a silence and a snapshot midway."""
+    rng = np.random.default_rng(3)
+    t, acc = stream(n=3000, rate=50.0, jitter=0.015, seed=3)
+    t[1200:] += 2.5  # a silence longer than max_gap: the grid restarts
+    t[700] = t[699]  # a repeated timestamp: that batch takes the general path
+    bounds = np.cumsum(rng.integers(1, 40, size=400))
+    bounds = [0] + [int(b) for b in bounds if b < len(t)] + [len(t)]
+    buf = DeviceBuffer("d", 25.0, 50)
+    got, completes = [], []
+    for i, (a, b) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
+        windows = buf.push(t[a:b], acc[a:b].astype(np.float32), float(i))
+        got += windows
+        completes += [float(t[b - 1])] * len(windows)
+        if i == 150:
+            buf.settle()  # a snapshot midway changes nothing
+        assert buf.last_t == t[b - 1]
+    runs = resample(t, acc, 25.0)
+    expected = [(g[k + 49], v[k:k + 50]) for g, v in runs for k in range(0, len(g) - 49, 50)]
+    assert len(got) == len(expected) > 25
+    for w, (t_end, values), last in zip(got, expected, completes, strict=True):
+        assert w.t_end == t_end
+        np.testing.assert_allclose(w.samples, values, atol=1e-5)
+        # the batch that completed the window: the first whose last sample reaches its end
+        first = next(i for i, b in enumerate(bounds[1:]) if t[b - 1] >= t_end)
+        assert w.arrival == float(first) and last >= t_end
