@@ -90,7 +90,7 @@ def publish_main(argv: list[str]) -> int:
     cuts = []
     for t, acc, label in pool:
         edges = np.searchsorted(t, np.arange(0, duration + interval, interval))
-        cuts.append([(t[a:b], acc[a:b], label[a:b]) for a, b in zip(edges[:-1], edges[1:])])
+        cuts.append([(t[a:b], acc[a:b], label[a:b]) for a, b in zip(edges[:-1], edges[1:], strict=True)])
     client = connect(broker, "bench-pub")
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -238,8 +238,8 @@ def service_profile(devices: int = 2000, seconds: float = 30.0, interval: float 
         for i, row in enumerate(ticks):
             for j in range(0, len(row), batch):
                 t0 = time.process_time()
-                for topic, body in row[j:j + batch]:
-                    c.handle(topic, body, time.monotonic())
+                now = time.monotonic()
+                c.handle_many([(topic, body, now) for topic, body in row[j:j + batch]])
                 t1 = time.process_time()
                 c._classify()
                 t2 = time.process_time()
@@ -299,8 +299,8 @@ def _stream(c, ticks: list[list[tuple[str, bytes]]], batch: int) -> None:
     """Hand a consumer the payloads tick by tick, ``batch`` messages per cycle, classifying after each."""
     for row in ticks:
         for j in range(0, len(row), batch):
-            for topic, body in row[j:j + batch]:
-                c.handle(topic, body, time.monotonic())
+            now = time.monotonic()
+            c.handle_many([(topic, body, now) for topic, body in row[j:j + batch]])
             c._classify()
 
 

@@ -53,7 +53,15 @@ from models.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from models.finetune import LearnerConfig, OnlineLearner, Sequence
 from models.state import StatefulClassifier
 from stream.adapters import AdapterRouter
-from stream.decode import MAX_PAYLOAD_BYTES, Rejected, SampleBatch, SequenceCheck, decode_imu, parse_topic
+from stream.decode import (
+    MAX_PAYLOAD_BYTES,
+    Rejected,
+    SampleBatch,
+    SequenceCheck,
+    decode_imu,
+    decode_imu_many,
+    parse_topic,
+)
 from stream.labels import LabelBook, LabelledWindow, WindowHistory, decode_label
 from stream.monitor import DriftEvent, Monitor
 from stream.mqtt import PROTOCOLS, BrokerURL, connect, speaks_mqtt5
@@ -76,11 +84,11 @@ def consumer_topic(prefix: str, consumer_id: str, kind: str) -> str:
     return f"{prefix}/_consumer/{consumer_id}/{kind}"
 
 
-
 # what a queued message costs beyond its payload (the queue's tuple, the topic string, the bytes object):
 # benchmarks/faults.py measured 1.7 kB of resident memory per queued 578-byte message
 QUEUED_OVERHEAD = 1024
 HIGH_WATER = 0.75  # share of the queue bounds beyond which paho's thread stops reading (back-pressure)
+DRAIN_CHUNK = 256  # messages taken off the queue at once: their imu payloads are decoded together
 
 @dataclass
 class ConsumerConfig:
@@ -658,15 +666,19 @@ class Consumer:
         while True:
             try:
                 wait = timeout if deadline is None else 0.001
-                item = self._queue.get(timeout=wait)
+                items = [self._queue.get(timeout=wait)]
             except queue.Empty:
                 if deadline is None or time.monotonic() >= deadline:
                     return
                 continue
-            topic, payload, arrival = item[:3]
-            mid, qos, dup = item[3:] or (0, 0, False)  # (topic, payload, arrival) alone: a QoS 0 message
-            self._bytes_out += len(payload) + QUEUED_OVERHEAD
-            self.handle(topic, payload, arrival, mid, qos, dup)
+            try:
+                while len(items) < DRAIN_CHUNK:
+                    items.append(self._queue.get_nowait())
+            except queue.Empty:
+                pass
+            for item in items:
+                self._bytes_out += len(item[1]) + QUEUED_OVERHEAD
+            self.handle_many(items)
             if deadline is None and (self.pipeline.pending or (self.shared is not None and self.shared.held)):
                 # from now, not from the message's arrival: behind a backlog, arrival + max_wait has
                 # long passed, every window would go through the network alone and the backlog grow
@@ -674,8 +686,32 @@ class Consumer:
             if deadline is not None and time.monotonic() >= deadline:
                 return
 
+    def handle_many(self, items: list[tuple]) -> None:
+        """``handle`` each (topic, payload, arrival[, mid, qos, dup]) in order (a QoS 0 message may
+        come as the first three alone); the native imu payloads among them are decoded in one go."""
+        head = self._native_head
+        imu: list[tuple[bytes, str]] = []
+        where: list[int] = []
+        for i, item in enumerate(items):
+            topic = item[0]
+            if topic.startswith(head) and topic.endswith("/imu"):
+                try:
+                    device, _ = parse_topic(topic, self.config.prefix)
+                except Rejected:
+                    continue  # handle() counts it
+                imu.append((item[1], device))
+                where.append(i)
+        decoded: list = [None] * len(items)
+        if imu:
+            for i, device_item, result in zip(where, imu, decode_imu_many(imu, self.config.max_payload),
+                                              strict=True):
+                decoded[i] = (device_item[1], result)
+        for item, pre in zip(items, decoded, strict=True):
+            mid, qos, dup = item[3:] or (0, 0, False)
+            self.handle(item[0], item[1], item[2], mid, qos, dup, pre)
+
     def handle(self, topic: str, payload: bytes, arrival: float, mid: int = 0, qos: int = 0,
-               dup: bool = False) -> None:
+               dup: bool = False, decoded: tuple | None = None) -> None:
         """Decode and buffer one message; a bad one is counted and logged, never raised.
 
         Acknowledging after the window, a QoS 1 message whose samples were buffered is held until
@@ -683,30 +719,40 @@ class Consumer:
         (``dup``) of a message already taken is counted in ``acks.redelivered``, not as rejected.
         """
         if not (self.after_window and qos):
-            self._handle(topic, payload, arrival, 0, 0, dup)
+            self._handle(topic, payload, arrival, 0, 0, dup, decoded)
             return
         if mid in self.acks.held:  # the broker sent it again (a reconnection): we have it already
             self.acks.counts["redelivered"] += 1
             return
-        self._handle(topic, payload, arrival, mid, qos, dup)
+        self._handle(topic, payload, arrival, mid, qos, dup, decoded)
         if mid not in self.acks.held:
             self.acks.ack(mid, qos, "at_once")
         else:
             self.acks.enforce_limit()
 
-    def _handle(self, topic: str, payload: bytes, arrival: float, mid: int, qos: int, dup: bool) -> None:
+    def _handle(self, topic: str, payload: bytes, arrival: float, mid: int, qos: int, dup: bool,
+                decoded: tuple | None = None) -> None:
+        """``decoded``: (device, batch or Rejected) of a native imu payload decoded beforehand."""
         self.stats.messages += 1
         try:
-            if topic == consumer_topic(self.config.prefix, self.config.consumer_id, "command"):
-                self._command(payload)
-                return
-            if not topic.startswith(self._native_head) and self.router.matches(topic):
-                for batch in self.router.decode(topic, payload):  # phone formats: no seq
-                    self._take(batch, arrival, mid, qos)
-                return
-            device, kind = parse_topic(topic, self.config.prefix)
+            if decoded is not None:
+                device, kind = decoded[0], "imu"
+            else:
+                if topic == self._command_topic:
+                    self._command(payload)
+                    return
+                if not topic.startswith(self._native_head) and self.router.matches(topic):
+                    for batch in self.router.decode(topic, payload):  # phone formats: no seq
+                        self._take(batch, arrival, mid, qos)
+                    return
+                device, kind = parse_topic(topic, self.config.prefix)
             if kind == "imu":
-                batch = decode_imu(payload, device, self.config.max_payload)
+                if decoded is None:
+                    batch = decode_imu(payload, device, self.config.max_payload)
+                elif isinstance(decoded[1], Rejected):
+                    raise decoded[1]
+                else:
+                    batch = decoded[1]
                 if self.shared is not None:  # applied in seq order, against the shared state
                     self._last_seen[device] = arrival
                     self.shared.hold(batch, arrival)
@@ -739,6 +785,10 @@ class Consumer:
     @property
     def _native_head(self) -> str:
         return f"{self.config.prefix}/"
+
+    @property
+    def _command_topic(self) -> str:
+        return consumer_topic(self.config.prefix, self.config.consumer_id, "command")
 
     def _skip_published(self, batch):
         """The first messages of a device after a restart, without what published windows hold.

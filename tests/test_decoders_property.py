@@ -124,3 +124,35 @@ def test_any_csv_text(name, text):
        value=structured)
 def test_router_any_topic(topic, value):
     check(lambda payload: ROUTER.decode(topic, payload), orjson.dumps(value))
+
+
+# -- a cycle's payloads decoded at once ------------------------------------------------------------
+valid_imu = st.builds(
+    lambda seq, t, rows, unit: {"seq": seq, "t": sorted(t)[: len(rows)], "acc": rows[: len(t)], **unit},
+    st.integers(0, 2**40), st.lists(st.floats(-1e6, 1e10), min_size=1, max_size=6),
+    st.lists(st.lists(st.floats(-1e3, 1e3) | st.sampled_from([1e39, float("nan")]), min_size=3, max_size=3),
+             min_size=1, max_size=6),
+    st.sampled_from([{}, {"unit": "m/s2"}, {"unit": "g"}]))
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(values=st.lists(valid_imu | imu_like | json_values, max_size=8))
+def test_decoding_a_cycle_at_once_is_decoding_each_message(values):
+    """decode_imu_many gives, item by item, what decode_imu gives: the same arrays, or the same reason."""
+    from stream.decode import decode_imu, decode_imu_many
+
+    items = [(orjson.dumps(v, option=orjson.OPT_NON_STR_KEYS) if not isinstance(v, bytes) else v, f"d{i}")
+             for i, v in enumerate(values)]
+    many = decode_imu_many(items)
+    assert len(many) == len(items)
+    for (payload, device), got in zip(items, many, strict=True):
+        try:
+            want = decode_imu(payload, device)
+        except Rejected as exc:
+            assert isinstance(got, Rejected) and got.reason == exc.reason
+            continue
+        assert isinstance(got, SampleBatch), got
+        assert (got.device, got.seq) == (want.device, want.seq) and got.gyro is None and want.gyro is None
+        assert got.t.dtype == want.t.dtype and got.acc.dtype == want.acc.dtype
+        np.testing.assert_array_equal(got.t, want.t)
+        np.testing.assert_array_equal(got.acc, want.acc)

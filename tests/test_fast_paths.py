@@ -94,3 +94,49 @@ def test_pipeline_window_features_match_per_window(tiny_model):
         assert p.magnitude == pytest.approx(float(np.linalg.norm(p.window, axis=1).mean()), rel=1e-6)
         np.testing.assert_allclose(p.mean_acc, p.window.mean(axis=0), rtol=1e-6)
         assert p.confidence == pytest.approx(float(p.probs.max()))
+
+
+def test_a_cycle_handled_at_once_is_each_message_handled_alone(tiny_model):
+    """Consumer.handle_many decodes a cycle's imu payloads together: the predictions, the samples and
+    every rejection reason must be those of handling the messages one by one, bad ones in the middle."""
+    from models.state import StatefulClassifier
+    from stream.consumer import Consumer, ConsumerConfig
+
+    rng = np.random.default_rng(5)
+    messages = []
+    for tick in range(12):
+        for k in range(6):
+            t = 50.0 * k + tick * 0.4 + np.arange(20) / 50.0
+            body = {"seq": tick, "t": t.tolist(), "acc": (rng.normal(size=(20, 3)) + [0, 0, 9.81]).tolist()}
+            messages.append((f"har/dev-{k}/imu", orjson.dumps(body)))
+        messages += [("har/dev-0/imu", b"{not json"),
+                     ("har/dev-9/imu", orjson.dumps({"seq": tick, "t": [1.0, 0.5], "acc": [[0, 0, 1]] * 2})),
+                     ("har/dev-8/imu", orjson.dumps({"seq": tick, "t": [2.0 + tick], "acc": [[0, 0, 1e39]]})),
+                     ("har/bad dev/imu", orjson.dumps({"seq": tick, "t": [1.0], "acc": [[0, 0, 1]]})),
+                     ("har/dev-7/imu", orjson.dumps({"seq": tick, "t": [3.0 + tick], "acc": [[0, 0]]})),
+                     ("har/dev-1/label", orjson.dumps({"label": "squat", "t": 50.0}))]
+        if tick == 5:
+            messages.append(("har/dev-2/imu", messages[-12][1]))  # dev-2's message again: repeated_seq
+
+    def run(at_once: bool):
+        c = Consumer(ConsumerConfig(broker="mqtt://127.0.0.1:1", learn=False),
+                     StatefulClassifier(tiny_model, "t"))
+        published = []
+        c._publish = published.extend
+        for a in range(0, len(messages), 17):
+            chunk = [(topic, body, 0.0) for topic, body in messages[a:a + 17]]
+            if at_once:
+                c.handle_many(chunk)
+            else:
+                for item in chunk:
+                    c.handle(*item)
+            c._classify()
+        return c, [(p.device, p.t_end, p.label, round(p.confidence, 6)) for p in published]
+
+    alone, each = run(False)
+    together, cycle = run(True)
+    assert len(each) > 20 and cycle == each
+    assert together.stats.samples == alone.stats.samples > 0
+    assert dict(together.stats.rejected) == dict(alone.stats.rejected)
+    assert {"bad_json", "bad_time", "non_finite", "bad_device", "bad_shape", "repeated_seq"} <= set(
+        k for k, v in together.stats.rejected.items() if v)
