@@ -156,9 +156,11 @@ class DeviceBuffer:
         last_t = self._last_t
         if self.reorder == 0 and last_t is not None:
             t_last = float(t[-1])
-            if t[0] > last_t and t_last - last_t <= self.max_gap:
-                # the usual message: after the last sample and spanning less than max_gap (so no
-                # silence longer than that inside): kept until the pending window's last grid point
+            if last_t < t[0] <= last_t + self.max_gap and (
+                    t_last - last_t <= self.max_gap or float((t[1:] - t[:-1]).max()) <= self.max_gap):
+                # the usual message: after the last sample, no silence longer than max_gap before or
+                # inside it (a message spanning less cannot hold one): kept until the pending window's
+                # last grid point
                 if not self._kept:
                     self._kept_from = last_t
                 self._kept.append((t, acc, arrival))
