@@ -43,7 +43,7 @@ class Window:
 
     device: str
     t_end: float  # device time of the window's last grid sample
-    samples: np.ndarray  # (window, 3) float32 m/s²
+    samples: np.ndarray  # (window, channels) float32: m/s², then rad/s for a model that reads the gyroscope
     arrival: float  # monotonic time the sample completing it was received
 
 
@@ -86,6 +86,9 @@ class DeviceBuffer:
         A batch that lies wholly more than this many seconds before the newest sample means the
         device's clock restarted (a reboot, a new session): the grid restarts on the new clock
         instead of dropping everything as late until the clock catches up.
+    channels
+        Values per sample: 3 (the accelerometer), or 6 (then the gyroscope, for a model that reads it);
+        all are interpolated alike.
 
     Examples
     --------
@@ -109,7 +112,7 @@ class DeviceBuffer:
                  "_held_acc", "_held_arrival", "_kept", "_kept_from")
 
     def __init__(self, device: str, rate: float, window: int, max_gap: float = 1.0, reorder: float = 0.0,
-                 clock_reset: float = 30.0) -> None:
+                 clock_reset: float = 30.0, channels: int = 3) -> None:
         if rate <= 0 or window <= 0:
             raise ValueError("rate and window must be positive")
         if max_gap <= 0 or reorder < 0:
@@ -127,13 +130,14 @@ class DeviceBuffer:
         self.gaps = 0  # grid restarts after a silence longer than max_gap
         self.clock_resets = 0  # grid restarts because the device clock went back
         self._last_t: float | None = None  # last committed sample
-        self._last_acc = np.zeros(3, dtype=np.float64)
+        self._last_acc = np.zeros(channels, dtype=np.float64)
         self._origin = 0.0  # grid time k is origin + k / rate
         self._k = 0  # index of the next grid sample
-        self._pending = np.empty((window, 3), dtype=np.float32)  # the partial window
+        self._pending = np.empty((window, channels), dtype=np.float32)  # the partial window; its width is
+        # the channel count (no slot of its own: memory per device)
         self._fill = 0
         self._held_t = _NO_T  # held samples, sorted, unique times (shared empty arrays until there are some)
-        self._held_acc = _NO_ACC
+        self._held_acc = _NO_ACC if channels == 3 else np.empty((0, channels))
         self._held_arrival = _NO_T
         self._kept: list[tuple[np.ndarray, np.ndarray, float]] = []  # batches not interpolated yet
         self._kept_from: float | None = None  # _last_t before the first kept batch
@@ -339,12 +343,12 @@ class DeviceBuffer:
         while i < m:
             take = min(self.window - fill, m - i)
             g = grid[i : i + take]
-            for axis in range(3):  # straight into the partial window
+            for axis in range(pending.shape[1]):  # straight into the partial window
                 pending[fill : fill + take, axis] = np.interp(g, ts, xs[:, axis])
             fill += take
             i += take
             if fill == self.window:
                 out.append(Window(self.device, float(grid[i - 1]), pending, arrival))  # handed out whole
                 fill = 0
-                pending = self._pending = np.empty((self.window, 3), dtype=np.float32)
+                pending = self._pending = np.empty((self.window, pending.shape[1]), dtype=np.float32)
         self._fill = fill
