@@ -52,6 +52,7 @@ REASONS = (
     "non_finite",  # NaN or infinity in t, acc or gyro
     "bad_time",  # no t nor t0 + rate, rate not positive, or t decreasing within the batch
     "bad_unit",  # unit other than m/s2 or g
+    "no_gyro",  # no gyro, for a model that reads the gyroscope (stream.pipeline)
     "ignored_type",  # an adapter's message of a sensor we do not use (stream.adapters)
     "bad_csv",  # a CSV line that is not t,ax,ay,az[,gx,gy,gz] (stream.adapters)
     "bad_label",  # a label message without a usable label (stream.labels)
