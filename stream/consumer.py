@@ -743,6 +743,7 @@ class Consumer:
                     return
                 if not topic.startswith(self._native_head) and self.router.matches(topic):
                     for batch in self.router.decode(topic, payload):  # phone formats: no seq
+                        self.pipeline.check(batch)  # the gyroscope, if the model reads it
                         self._take(batch, arrival, mid, qos)
                     return
                 device, kind = parse_topic(topic, self.config.prefix)
@@ -753,6 +754,7 @@ class Consumer:
                     raise decoded[1]
                 else:
                     batch = decoded[1]
+                self.pipeline.check(batch)  # the gyroscope, if the model reads it
                 if self.shared is not None:  # applied in seq order, against the shared state
                     self._last_seen[device] = arrival
                     self.shared.hold(batch, arrival)
@@ -805,9 +807,9 @@ class Consumer:
             self._resume_prev.pop(device, None)
             return batch
         start = mark + 1.0 / self.pipeline.config.rate
-        t, acc = batch.t, batch.acc.astype(np.float64)
+        t, acc = batch.t, self._sample_values(batch).astype(np.float64)  # gyro too if the model reads it
         prev = self._resume_prev.pop(device, None)
-        if prev is not None:
+        if prev is not None and len(prev[1]) == acc.shape[1]:
             t, acc = np.concatenate([[prev[0]], t]), np.concatenate([prev[1][None, :], acc])
         if t[-1] < start - 1e-6:
             self._resume_prev[device] = (float(t[-1]), acc[-1])
@@ -815,9 +817,16 @@ class Consumer:
         del self._resume[device]
         after = t > start + 1e-6
         if t[0] <= start + 1e-6:  # a sample at or before the grid's next point: interpolate it
-            first = np.array([np.interp(start, t, acc[:, i]) for i in range(3)])
+            first = np.array([np.interp(start, t, acc[:, i]) for i in range(acc.shape[1])])
             t, acc = np.concatenate([[start], t[after]]), np.concatenate([first[None, :], acc[after]])
-        return SampleBatch(device, t, acc.astype(np.float32), None, batch.seq)  # gyro: unused downstream
+        acc = acc.astype(np.float32)
+        return SampleBatch(device, t, acc[:, :3], acc[:, 3:] if acc.shape[1] == 6 else None, batch.seq)
+
+    def _sample_values(self, batch) -> np.ndarray:
+        """A batch's samples as the model reads them: the accelerometer, then the gyroscope if it does."""
+        if self.pipeline.config.input_channels == 3:
+            return batch.acc
+        return np.concatenate([batch.acc, batch.gyro], axis=1)
 
     def _too_late(self, batch) -> bool:
         """Whether the buffer has moved past all of ``batch`` (counted in ``late_samples``): pushed,
@@ -836,7 +845,9 @@ class Consumer:
             newest = self.acks.newest(device)
             if newest is not None and batch.t[-1] < newest - CLOCK_RESET:
                 self.acks.drop_device(device)  # the device's clock restarted: its partial window goes
-            self.acks.hold(mid, qos, device, float(batch.t[-1]), batch.seq, batch.acc[-1])
+            last = (batch.acc[-1] if self.pipeline.config.input_channels == 3  # what the model reads
+                    else np.concatenate([batch.acc[-1], batch.gyro[-1]]))
+            self.acks.hold(mid, qos, device, float(batch.t[-1]), batch.seq, last)
         if device not in self._last_seen and device in self._evicted:
             state = tuple(t.unsqueeze(1) for t in self._evicted.pop(device))
             self.pipeline.classifier.bank.set(device, state)

@@ -172,7 +172,7 @@ class Monitor:
         has_labels = device in self._last_label_t and t - self._last_label_t[device] < self.labelled_recently
         dev = self._get(device)
         if mean_acc is not None and predicted is not None:
-            x, y, z = (float(v) for v in mean_acc)  # three numbers: plain floats beat numpy calls
+            x, y, z = (float(v) for v in mean_acc[:3])  # the accelerometer's; floats beat numpy calls
             norm = math.sqrt(x * x + y * y + z * z)
             if norm > 1e-6:
                 direction = (x / norm, y / norm, z / norm)
@@ -261,7 +261,7 @@ class Monitor:
     def _labelled_angle(dev: _Detectors, truth: str, mean_acc: np.ndarray) -> tuple[float, float] | None:
         """Degrees between a labelled window's gravity direction and its true class's usual one on this
         device; None until that class has been seen held in one orientation (rest, held any way, never)."""
-        x, y, z = (float(v) for v in mean_acc)
+        x, y, z = (float(v) for v in mean_acc[:3])  # the accelerometer's (a gyroscope's may follow)
         norm = math.sqrt(x * x + y * y + z * z)
         if norm < 1e-6:
             return None

@@ -115,8 +115,8 @@ class AckJournal:
 
     def write(self, entries: list[tuple], predictions: list[tuple] = ()) -> None:
         """Lines of (device, end of its last classified window, seq acknowledged up to once its predictions
-        are out[, (t, acc) of the last sample then acknowledged]) and of predictions (device, t, label,
-        confidence, model, latency_ms), in one write."""
+        are out[, (t, values) of the last sample then acknowledged: acc, then gyro for a model that
+        reads it]) and of predictions (device, t, label, confidence, model, latency_ms), in one write."""
         if (entries or predictions) and self._fd is not None:
             lines = []
             for d, t, s, *rest in entries:
@@ -166,12 +166,12 @@ def read_journal(directory: Path, generation: int) -> tuple[dict[str, float], di
                 except ValueError:
                     pass
             continue
-        if len(parts) not in (3, 7):
+        if len(parts) not in (3, 7, 10):  # anchor: t and the accelerometer (and the gyroscope, if read)
             continue
         try:
             mark = float(parts[1])
             seq = int(parts[2]) if parts[2] else None
-            anchor = (float(parts[3]), [float(x) for x in parts[4:7]]) if len(parts) == 7 else None
+            anchor = (float(parts[3]), [float(x) for x in parts[4:]]) if len(parts) > 3 else None
         except ValueError:
             continue
         watermarks[parts[0]] = mark

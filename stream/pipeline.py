@@ -6,15 +6,20 @@ of the samples differs.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import numpy as np
 
 from models.state import StatefulClassifier
 from stream.buffers import DeviceBuffer, Window
-from stream.decode import SampleBatch
+from stream.decode import Rejected, SampleBatch
 
 __all__ = ["Pipeline", "Prediction"]
+
+log = logging.getLogger(__name__)
+
+MAX_WARNED = 1000  # devices named in a "sends no gyroscope" warning; beyond, the count alone tells
 
 
 @dataclass
@@ -25,11 +30,11 @@ class Prediction:
     confidence: float
     probs: np.ndarray  # (K,)
     arrival: float  # monotonic time the window's last sample was received
-    window: np.ndarray  # (window, 3) the samples classified, for fine-tuning and drift
+    window: np.ndarray  # (window, C) the samples classified (C = the model's input channels), for fine-tuning
     batch_state: tuple | None = None  # the batch's state before the window, each (layers, B, hidden)
     batch_index: int = 0  # this window's row in batch_state
     magnitude: float = 0.0  # mean |specific force| over the window (m/s²), for the drift detectors
-    mean_acc: np.ndarray | None = None  # (3,) mean specific force over the window
+    mean_acc: np.ndarray | None = None  # (3,) mean specific force over the window (for the drift detectors)
 
     def state_before(self) -> tuple:
         """This device's state before the window, each (layers, hidden), as a copy."""
@@ -37,7 +42,12 @@ class Prediction:
 
 
 class Pipeline:
-    """Per-device buffers and ONE batched forward pass for all devices whose window is ready."""
+    """Per-device buffers and ONE batched forward pass for all devices whose window is ready.
+
+    A model that reads the gyroscope gets each sample's accelerometer and gyroscope side by side
+    (resampled together); a batch without the gyroscope is then refused (``Rejected("no_gyro")``),
+    since zeros in its place would be confidently wrong predictions.
+    """
 
     def __init__(self, classifier: StatefulClassifier, max_gap: float = 1.0, reorder: float = 0.0) -> None:
         self.classifier = classifier
@@ -45,6 +55,7 @@ class Pipeline:
         self.reorder = reorder  # seconds each buffer holds samples back to merge out-of-order batches
         self.buffers: dict[str, DeviceBuffer] = {}
         self._ready: list[Window] = []
+        self._warned: set[str] = set()  # devices already named in a "sends no gyroscope" warning
 
     @property
     def config(self):
@@ -55,14 +66,28 @@ class Pipeline:
         """Windows waiting for ``classify_ready``."""
         return len(self._ready)
 
+    def check(self, batch: SampleBatch) -> None:
+        """Raise ``Rejected("no_gyro")`` for a batch without the gyroscope the model reads (logged once
+        per device); callers that hold or count a batch before ``add`` check it first."""
+        if batch.gyro is None and self.config.input_channels == 6:
+            if batch.device not in self._warned and len(self._warned) < MAX_WARNED:
+                self._warned.add(batch.device)
+                log.warning("device %s sends no gyroscope, but model %s reads it: its samples are refused "
+                            "(counted as rejected 'no_gyro'); serve it with a model trained with --no-gyro",
+                            batch.device, self.classifier.version)
+            raise Rejected("no_gyro", f"{batch.device}: the model reads the gyroscope, the batch has none")
+
     def add(self, batch: SampleBatch, arrival: float) -> int:
         """Buffer ``batch``; returns how many windows it completed."""
+        self.check(batch)
+        cfg = self.config
         buffer = self.buffers.get(batch.device)
         if buffer is None:
-            cfg = self.config
-            buffer = DeviceBuffer(batch.device, cfg.rate, cfg.window, self.max_gap, reorder=self.reorder)
+            buffer = DeviceBuffer(batch.device, cfg.rate, cfg.window, self.max_gap, reorder=self.reorder,
+                                  channels=cfg.input_channels)
             self.buffers[batch.device] = buffer
-        windows = buffer.push(batch.t, batch.acc, arrival)
+        values = batch.acc if cfg.input_channels == 3 else np.concatenate([batch.acc, batch.gyro], axis=1)
+        windows = buffer.push(batch.t, values, arrival)
         self._ready.extend(windows)
         return len(windows)
 
@@ -97,9 +122,10 @@ class Pipeline:
             windows = np.stack([w.samples for w in group])
             probs, state = self.classifier.classify_with_state([w.device for w in group], windows)
             best = probs.argmax(axis=1)
-            # what the drift detectors watch, for the whole batch at once
-            magnitudes = np.sqrt((windows * windows).sum(axis=2)).mean(axis=1).tolist()
-            means = windows.mean(axis=1)
+            # what the drift detectors watch, for the whole batch at once: the accelerometer's
+            acc = windows[:, :, :3]
+            magnitudes = np.sqrt((acc * acc).sum(axis=2)).mean(axis=1).tolist()
+            means = acc.mean(axis=1)
             confidence = probs[np.arange(len(group)), best].tolist()
             for i, (w, p, k) in enumerate(zip(group, probs, best.tolist(), strict=True)):
                 out.append(Prediction(w.device, w.t_end, classes[k], confidence[i], p, w.arrival, w.samples,
@@ -108,4 +134,5 @@ class Pipeline:
 
     def evict(self, device: str) -> None:
         self.buffers.pop(device, None)
+        self._warned.discard(device)
         self.classifier.bank.evict(device)

@@ -339,6 +339,9 @@ class SharedDevices:
                  reorder_wait: float = 5.0, max_held: int = 200_000) -> None:
         if reorder_wait < 0:
             raise ValueError("Invalid 'reorder_wait': must be at least 0 seconds")
+        if pipeline.config.input_channels != 3:  # the record format (encode_record) holds three per sample
+            raise ValueError("shared device state (--state-store) holds accelerometer buffers only; serve a "
+                             "model that reads the gyroscope from one consumer, or train one with --no-gyro")
         self.store = store
         self.pipeline = pipeline
         self.sequence = sequence
