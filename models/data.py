@@ -20,17 +20,22 @@ class LabelledStream:
 
     device: str
     subject: str
-    x: np.ndarray  # (N, 3) float32 m/s²
+    x: np.ndarray  # (N, 3) float32 m/s²; (N, 6) with the gyroscope after it, rad/s
     y: np.ndarray  # (N,) int64 class index, IGNORE where unknown or not a model class
 
 
 def labelled_streams(rec: Recording, classes: list[str], rate: float, max_gap: float = 1.0,
-                     min_samples: int = 1) -> list[LabelledStream]:
+                     min_samples: int = 1, gyro: bool = False) -> list[LabelledStream]:
+    """Each device's gap-free runs resampled onto ``rate``, with the accelerometer, or with ``gyro``
+    the accelerometer and then the gyroscope (as ``Pipeline`` feeds a model that reads both)."""
+    if gyro and rec.gyro is None:
+        raise ValueError("the recording has no gyroscope (gx, gy, gz columns) for a model that reads it")
+    values = np.concatenate([rec.acc, rec.gyro], axis=1) if gyro else rec.acc
     index = {c: i for i, c in enumerate(classes)}
     subjects = rec.subjects()
     out = []
     for device, rows in rec.segments():
-        t, acc, labels = rec.t[rows], rec.acc[rows], rec.label[rows]
+        t, acc, labels = rec.t[rows], values[rows], rec.label[rows]
         subject = str(subjects[rows.start])
         codes = np.array([index.get(str(lab), IGNORE) for lab in labels], dtype=np.int64)
         for grid, x in resample(t, acc.astype(np.float64), rate, max_gap):

@@ -21,7 +21,12 @@ __all__ = ["evaluate", "stream_recording", "window_truth"]
 
 def stream_recording(model: HARNet, rec: Recording, version: str = "unknown", chunk_seconds: float = 1.0,
                      progress: bool = False) -> list[Prediction]:
-    """Every window's prediction, feeding the devices chunk by chunk through one Pipeline."""
+    """Every window's prediction, feeding the devices chunk by chunk through one Pipeline (with the
+    gyroscope where the model reads it: a recording without one is then an error)."""
+    gyro = model.config.input_channels == 6
+    if gyro and rec.gyro is None:
+        raise ValueError("the model reads the gyroscope, but the recording has no gx, gy, gz columns "
+                         "(evaluate it with a model trained with --no-gyro)")
     pipeline = Pipeline(StatefulClassifier(model, version))
     cursors = []
     for device, rows in rec.segments():
@@ -38,7 +43,8 @@ def stream_recording(model: HARNet, rec: Recording, version: str = "unknown", ch
             a, b = start + prev[device], start + ends[r]
             prev[device] = ends[r]
             if b > a:
-                pipeline.add(SampleBatch(device, rec.t[a:b], rec.acc[a:b]), arrival=0.0)
+                pipeline.add(SampleBatch(device, rec.t[a:b], rec.acc[a:b], rec.gyro[a:b] if gyro else None),
+                             arrival=0.0)
         if pipeline.pending:
             out.extend(pipeline.classify_ready())
     return out

@@ -51,7 +51,7 @@ class Sequence:
     """Consecutive labelled windows of one device."""
 
     device: str
-    windows: torch.Tensor  # (L, window, 3)
+    windows: torch.Tensor  # (L, window, C): the model's input channels
     targets: torch.Tensor  # (L,) class index, -1 where unknown
     state: tuple[torch.Tensor, ...]  # state before the first window, each (layers, hidden)
 
@@ -212,7 +212,7 @@ class OnlineLearner:
         was_training = model.training
         model.eval()
         state = tuple(s.unsqueeze(1) for s in seq.state)
-        logits, _ = model.step_logits(seq.windows.reshape(1, -1, 3), state)
+        logits, _ = model.step_logits(seq.windows.reshape(1, -1, seq.windows.shape[-1]), state)
         model.train(was_training)
         L = seq.windows.shape[0]
         return logits.reshape(L, -1, logits.shape[-1]).mean(dim=1).argmax(dim=1)
@@ -235,7 +235,7 @@ class OnlineLearner:
     def _train(self, seq: Sequence) -> list[UpdateReport]:
         cfg = self.config
         batch = self._batch(seq)
-        x = torch.stack([s.windows for s in batch])  # (B, L, window, 3)
+        x = torch.stack([s.windows for s in batch])  # (B, L, window, C)
         y = torch.stack([s.targets for s in batch])  # (B, L)
         state = tuple(torch.stack([s.state[i] for s in batch], dim=1) for i in range(len(seq.state)))
         L = x.shape[1]

@@ -48,6 +48,16 @@ def _cube_rotations() -> torch.Tensor:
 CUBE = _cube_rotations()  # (24, 3, 3); the first is the identity
 
 
+def affine(x: torch.Tensor, M: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """x (..., 3) m/s² → x M^T + b. With the gyroscope after it, x (..., 6): the gyroscope is turned
+    by the same M (both sensors sit on one board, so a strap turned round the wrist turns both) but
+    gets no offset. M may be batched (n, 3, 3) with x (n, T, C) and b (n, 1, 3)."""
+    Mt = M.transpose(-1, -2)
+    if x.shape[-1] == 3:
+        return x @ Mt + b
+    return torch.cat([x[..., :3] @ Mt + b, x[..., 3:] @ Mt], dim=-1)
+
+
 @dataclass
 class AdapterConfig:
     lr: float = 0.02  # Adam step size for the adapter's few numbers
@@ -76,8 +86,8 @@ class _Adapter:
         self.updates = 0
 
     def transform(self, x: torch.Tensor) -> torch.Tensor:
-        """x (..., 3) in m/s² -> adapted x."""
-        return x @ self.M.T + self.b
+        """x (..., 3) in m/s² (or (..., 6) with the gyroscope) -> adapted x."""
+        return affine(x, self.M, self.b)
 
     def jump(self, M: torch.Tensor) -> None:
         with torch.no_grad():
@@ -107,7 +117,7 @@ class DeviceAdapters:
 
     # -- serving ---------------------------------------------------------------------------------
     def apply(self, devices: list[str], x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """x (B, window, 3) -> (adapted x, logit bias (B, K), or None when no device in the batch has an
+        """x (B, window, C) -> (adapted x, logit bias (B, K), or None when no device in the batch has an
         adapter or adapters learn no class bias)."""
         serving = self._serving
         if not serving:
@@ -119,7 +129,7 @@ class DeviceAdapters:
         idx = torch.tensor([i for i, _ in rows])
         M = torch.stack([m for _, (m, _, _) in rows])  # (n, 3, 3)
         b = torch.stack([v for _, (_, v, _) in rows])  # (n, 3)
-        x[idx] = torch.bmm(x[idx], M.transpose(1, 2)) + b[:, None, :]
+        x[idx] = affine(x[idx], M, b[:, None, :])
         if not self.config.class_bias:  # the class scores are left alone: nothing to add
             return x, None
         bias = torch.zeros(len(devices), self.k)
@@ -127,9 +137,9 @@ class DeviceAdapters:
         return x, bias
 
     def transform(self, device: str, windows: torch.Tensor) -> torch.Tensor:
-        """A device's windows (..., 3) as its serving adapter sees them (unchanged without one)."""
+        """A device's windows (..., C) as its serving adapter sees them (unchanged without one)."""
         entry = self._serving.get(device)
-        return windows if entry is None else windows @ entry[0].T + entry[1]
+        return windows if entry is None else affine(windows, entry[0], entry[1])
 
     def forget(self, device: str) -> None:
         with self._lock:
@@ -141,8 +151,9 @@ class DeviceAdapters:
               state: tuple[torch.Tensor, ...]) -> dict | None:
         """Test, then train the device's adapter on one labelled sequence.
 
-        windows (L, window, 3) m/s², as the device sent them; targets (L,) class index or -1;
-        state: the device's state before the first window, each (layers, hidden).
+        windows (L, window, C) (m/s², then rad/s with the gyroscope), as the device sent them;
+        targets (L,) class index or -1; state: the device's state before the first window, each
+        (layers, hidden).
         Returns a report (loss, grad norm, clipped, skipped, active) or None without labels.
         """
         known = targets >= 0
@@ -161,11 +172,11 @@ class DeviceAdapters:
         loss_fn = nn.CrossEntropyLoss(ignore_index=-1)
 
         def logits_of(x: torch.Tensor, h0: tuple, M: torch.Tensor | None, bias: bool) -> torch.Tensor:
-            """x (B, L, window, 3) -> per-window logits (B, L, K), through M (or none) and the bias."""
+            """x (B, L, window, C) -> per-window logits (B, L, K), through M (or none) and the bias."""
             B, L = x.shape[:2]
-            xs = x.reshape(B, -1, 3)
+            xs = x.reshape(B, -1, x.shape[-1])
             if M is not None:
-                xs = xs @ M.transpose(-1, -2) + adapter.b
+                xs = affine(xs, M, adapter.b)
             steps, _ = model.step_logits(xs, h0)
             out = steps.reshape(B, L, -1, self.k).mean(dim=2)
             return out + adapter.c if bias else out
@@ -180,7 +191,7 @@ class DeviceAdapters:
         # then train on the device's recent sequences: the network is frozen, the adapter learns
         adapter.memory.append((windows, targets, state))
         same = [m for m in adapter.memory if m[0].shape == windows.shape]
-        x = torch.stack([m[0] for m in same])  # (B, L, window, 3)
+        x = torch.stack([m[0] for m in same])  # (B, L, window, C)
         y = torch.stack([m[1] for m in same])  # (B, L)
         h0 = tuple(torch.stack([m[2][i] for m in same], dim=1) for i in range(len(state)))
         if cfg.search:  # try every axis-aligned turn of the current map: a gradient cannot get there

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-__all__ = ["ModelConfig", "HARNet", "State", "CELLS"]
+__all__ = ["ModelConfig", "HARNet", "State", "CELLS", "CHANNELS"]
 
 CELLS = ("lstm", "gru", "rnn")
 FRONTS = ("linear", "conv")
@@ -31,7 +31,7 @@ class ModelConfig:
     cell: str = "lstm"  # lstm | gru | rnn (the plain RNN is there to show vanishing gradients)
     hidden: int = 64  # recurrent units per layer
     layers: int = 2  # stacked recurrent layers
-    input_channels: int = 3  # ax, ay, az in m/s² (specific force)
+    input_channels: int = 3  # ax, ay, az in m/s² (specific force); 6: then gx, gy, gz in rad/s
     rate: float = 25.0  # Hz; every source is resampled onto this clock
     window: int = 50  # samples per window; one prediction per window
     hop: int = 50  # samples between predictions; equals window: carried state replaces overlap
@@ -52,6 +52,9 @@ class ModelConfig:
             raise ValueError("'hop' must equal 'window': the recurrent state carries the overlap")
         if self.rate <= 0:
             raise ValueError("'rate' must be positive")
+        if self.input_channels not in CHANNELS:
+            raise ValueError(f"'input_channels' must be 3 (accelerometer) or 6 (and gyroscope), not "
+                             f"{self.input_channels}")
         if self.front not in FRONTS:
             raise ValueError(f"Invalid 'front' {self.front!r}. Valid values are: {', '.join(FRONTS)}")
         if self.front == "conv" and (self.conv_kernel < 1 or self.conv_layers < 1):
@@ -63,6 +66,16 @@ class ModelConfig:
         return self.conv_layers * (self.conv_kernel - 1) if self.front == "conv" else 0
 
     @property
+    def gyro(self) -> bool:
+        """Whether the model reads the gyroscope (channels 3-5) after the accelerometer (0-2)."""
+        return self.input_channels == 6
+
+    @property
+    def features(self) -> int:
+        """Features per sample: each three-axis sensor's axes and magnitude."""
+        return self.input_channels // 3 * 4
+
+    @property
     def window_seconds(self) -> float:
         return self.window / self.rate
 
@@ -72,12 +85,17 @@ class ModelConfig:
         return d
 
 
+CHANNELS = (3, 6)  # accelerometer; accelerometer then gyroscope
+
+
 def features(x: torch.Tensor) -> torch.Tensor:
-    """Raw specific force (B, T, 3) → features (B, T, 4): the three axes and the magnitude."""
-    return torch.cat([x, x.norm(dim=-1, keepdim=True)], dim=-1)
-
-
-N_FEATURES = 4
+    """Raw samples (B, T, 3) → features (B, T, 4): the three axes and the magnitude; with the
+    gyroscope, (B, T, 6) → (B, T, 8): the same for each sensor (magnitudes do not depend on how the
+    sensor is turned, the axes do)."""
+    if x.shape[-1] == 3:
+        return torch.cat([x, x.norm(dim=-1, keepdim=True)], dim=-1)
+    acc, gyro = x[..., :3], x[..., 3:]
+    return torch.cat([acc, acc.norm(dim=-1, keepdim=True), gyro, gyro.norm(dim=-1, keepdim=True)], dim=-1)
 
 
 class HARNet(nn.Module):
@@ -95,18 +113,19 @@ class HARNet(nn.Module):
             raise ValueError("ModelConfig.classes is empty")
         self.config = config
         # input normalisation, fitted on training data and saved in the checkpoint
-        self.register_buffer("feature_mean", torch.zeros(N_FEATURES))
-        self.register_buffer("feature_std", torch.ones(N_FEATURES))
+        n_features = config.features
+        self.register_buffer("feature_mean", torch.zeros(n_features))
+        self.register_buffer("feature_std", torch.ones(n_features))
         if config.front == "conv":
             convs: list[nn.Module] = []
-            channels = N_FEATURES
+            channels = n_features
             for _ in range(config.conv_layers):  # no padding: the carried context supplies the past
                 convs += [nn.Conv1d(channels, config.conv_channels, config.conv_kernel), nn.ReLU()]
                 channels = config.conv_channels
             self.conv = nn.Sequential(*convs)
         else:
             self.conv = None
-            channels = N_FEATURES
+            channels = n_features
         self.front = nn.Sequential(nn.Linear(channels * config.patch, config.hidden), nn.ReLU())
         rnn_cls = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}[config.cell]
         self.rnn = rnn_cls(
@@ -124,19 +143,22 @@ class HARNet(nn.Module):
         zeros = torch.zeros(cfg.layers, batch, cfg.hidden)
         state = (zeros, zeros.clone()) if cfg.cell == "lstm" else (zeros,)
         if cfg.context:  # zeros: the training mean of every feature
-            state += (torch.zeros(1, batch, cfg.context * N_FEATURES),)
+            state += (torch.zeros(1, batch, cfg.context * cfg.features),)
         return state
 
     def step_logits(self, x: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
-        """Logits at every recurrent step: x (B, T, 3) with T a multiple of ``patch`` → (B, T/patch, K)."""
+        """Logits at every recurrent step: x (B, T, C) with T a multiple of ``patch`` → (B, T/patch, K);
+        C is ``input_channels``."""
         B, T, C = x.shape  # batch, samples, channels
         cfg = self.config
+        if C != cfg.input_channels:
+            raise ValueError(f"the model reads {cfg.input_channels} channels per sample, got {C}")
         p = cfg.patch
         if state is None:
             state = self.initial_state(B)
         f = (features(x) - self.feature_mean) / self.feature_std  # (B, T, F)
         if self.conv is not None:
-            past = state[-1].reshape(B, cfg.context, N_FEATURES)  # (B, context, F)
+            past = state[-1].reshape(B, cfg.context, cfg.features)  # (B, context, F)
             f = torch.cat([past, f], dim=1)  # (B, context + T, F)
             carried = (f[:, f.shape[1] - cfg.context :].reshape(1, B, -1),)
             f = self.conv(f.transpose(1, 2)).transpose(1, 2)  # (B, T, conv_channels): one per new sample
@@ -150,7 +172,7 @@ class HARNet(nn.Module):
         return self.head(self.drop(y)), new_state  # (B, S, K)
 
     def forward(self, x: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
-        """One window per row: x (B, window, 3) → logits (B, K) (mean over the window's steps), state."""
+        """One window per row: x (B, window, C) → logits (B, K) (mean over the window's steps), state."""
         logits, state = self.step_logits(x, state)
         return logits.mean(dim=1), state
 
@@ -160,6 +182,6 @@ class HARNet(nn.Module):
 
     @staticmethod
     def feature_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-feature mean and std of raw samples x (..., 3)."""
+        """Per-feature mean and std of raw samples x (..., C)."""
         f = features(x.reshape(-1, x.shape[-1]))
         return f.mean(dim=0), f.std(dim=0)

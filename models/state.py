@@ -108,7 +108,7 @@ class StatefulClassifier:
 
     @torch.inference_mode()
     def classify(self, devices: list[str], windows: np.ndarray) -> np.ndarray:
-        """One window per device, ``windows`` (B, window, 3) in m/s² → probabilities (B, K).
+        """One window per device, ``windows`` (B, window, C) (C: input channels) → probabilities (B, K).
 
         Each device's state is advanced by its window. A device must appear once per call.
         """

@@ -132,9 +132,11 @@ def _any_rotation(rng: np.random.Generator) -> np.ndarray:
 
 def augment(x: np.ndarray, y: np.ndarray, rng: np.random.Generator, cfg: TrainConfig
             ) -> tuple[np.ndarray, np.ndarray]:
-    """One stream (x (N, 3) m/s², y (N,)) as another person might have recorded it: played 1 ± max_warp
-    faster (labels follow), turned, rotated and scaled; unchanged unless ``cfg.augment``.
-    Returns x (n, 3) float32 and y (n,); n differs from N by the tempo change."""
+    """One stream (x (N, 3) m/s², or (N, 6) with the gyroscope in rad/s after it; y (N,)) as another
+    person might have recorded it: played 1 ± max_warp faster (labels follow; turning rates scale with
+    the tempo), turned, rotated and scaled, both sensors by the same turn (they sit on one board);
+    unchanged unless ``cfg.augment``. Returns x (n, C) float32 and y (n,); n differs from N by the
+    tempo change."""
     if not cfg.augment or len(x) < 2:
         return x.astype(np.float32), y
     warp = rng.uniform(1 - cfg.max_warp, 1 + cfg.max_warp)
@@ -143,10 +145,15 @@ def augment(x: np.ndarray, y: np.ndarray, rng: np.random.Generator, cfg: TrainCo
     frac = (src - i0)[:, None]
     out = x[i0] * (1 - frac) + x[i0 + 1] * frac
     labels = y[np.round(src).astype(int)]
+    sensors = x.shape[1] // 3
+    if sensors > 1:
+        out[:, 3:] *= warp  # played faster, it turns faster
     if rng.random() < cfg.p_flip:
-        out = out * FLIPS[rng.integers(len(FLIPS))]
+        out = out * np.tile(FLIPS[rng.integers(len(FLIPS))], sensors)
     turn = (_any_rotation(rng) if rng.random() < cfg.p_any_orientation else _rotation(rng, cfg.max_rotation_deg))
-    out = out @ turn.T * rng.uniform(1 - cfg.max_scale, 1 + cfg.max_scale)
+    n = len(out)
+    out = (out.reshape(n, sensors, 3) @ turn.T).reshape(n, -1)
+    out = out * rng.uniform(1 - cfg.max_scale, 1 + cfg.max_scale)
     return out.astype(np.float32), labels
 
 
@@ -183,9 +190,9 @@ class StreamSampler:
                 return [x, y, start, end]
 
     def next(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """x (rows, segment*window, 3) float32, labels (rows, segment*window), reset (rows,) bool."""
+        """x (rows, segment*window, C) float32, labels (rows, segment*window), reset (rows,) bool."""
         length = self.segment * self.window
-        xs = np.zeros((len(self._rows), length, 3), dtype=np.float32)
+        xs = np.zeros((len(self._rows), length, self.streams[0].x.shape[1]), dtype=np.float32)
         ys = np.full((len(self._rows), length), IGNORE, dtype=np.int64)
         reset = np.zeros(len(self._rows), dtype=bool)
         for r, row in enumerate(self._rows):
@@ -212,7 +219,7 @@ def stream_predictions(model: HARNet, streams: list[LabelledStream], batch: int 
         for a in range(0, len(todo), batch):
             group = todo[a : a + batch]
             n = [len(s.x) // W for s in group]
-            x = np.zeros((len(group), max(n) * W, 3), dtype=np.float32)
+            x = np.zeros((len(group), max(n) * W, model.config.input_channels), dtype=np.float32)
             for i, s in enumerate(group):
                 x[i, : n[i] * W] = s.x[: n[i] * W]
             logits, _ = model.step_logits(torch.from_numpy(x))  # (B, L*W/patch, K)
@@ -275,7 +282,7 @@ def _fit(train_streams: list[LabelledStream], val_streams: list[LabelledStream],
             if state is not None:  # truncate BPTT here; rows that started a new stream start from zero
                 keep = torch.from_numpy(~reset).to(torch.float32).view(1, -1, 1)
                 state = tuple(s.detach() * keep for s in state)
-            x = torch.from_numpy(x)  # (B, tbptt*W, 3)
+            x = torch.from_numpy(x)  # (B, tbptt*W, C)
             target = torch.from_numpy(window_labels(y, W))  # (B, tbptt)
             steps, state = model.step_logits(x, state)  # (B, tbptt*W/patch, K)
             logits = steps.reshape(cfg.batch, cfg.tbptt, W // mc.patch, -1).mean(dim=2)  # (B, tbptt, K)
@@ -368,7 +375,7 @@ def train(rec: Recording, model_config: ModelConfig | None = None, cfg: TrainCon
     mc = copy.deepcopy(model_config) if model_config else ModelConfig(classes=tuple(classes))
     mc.classes = tuple(classes)
     started = time.monotonic()
-    streams = labelled_streams(rec, classes, mc.rate)
+    streams = labelled_streams(rec, classes, mc.rate, gyro=mc.gyro)
     train_streams, val_streams, held_out = split_streams(streams, cfg.val_fraction, cfg.seed)
     log.info("training on %d streams, validating on held-out %s", len(train_streams), held_out)
     model, fit = _fit(train_streams, val_streams, mc, cfg, cfg.epochs, True, "training", progress)

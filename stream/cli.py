@@ -131,8 +131,13 @@ def cmd_train(args) -> int:
         from stream.recording import concat_recordings
         rec = concat_recordings([read_recording(f) for f in args.data])
         sources = [str(f) for f in args.data]
+    # the gyroscope helps where every file has it (docs/results.md); a model that reads it can only
+    # serve devices that send it, hence --no-gyro
+    gyro = rec.gyro is not None and not args.no_gyro
+    print(f"inputs: accelerometer{' and gyroscope' if gyro else ''}"
+          + ("" if gyro or args.no_gyro else " (not every training file has gx, gy, gz)"), flush=True)
     mc = ModelConfig(classes=("_",), cell=args.cell, hidden=args.hidden, layers=args.layers, rate=args.rate,
-                     window=args.window, hop=args.window, patch=args.patch)
+                     window=args.window, hop=args.window, patch=args.patch, input_channels=6 if gyro else 3)
     tc = TrainConfig(epochs=args.epochs, seed=args.seed, max_minutes=args.max_minutes,
                      p_any_orientation=args.any_orientation)
     model, report = train(rec, mc, tc, progress=not args.quiet)
@@ -369,6 +374,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train this fraction of the streams in a random orientation, for sensors that people "
                         "wear every which way (a phone in an armband or a pocket); costs accuracy where the "
                         "orientation tells exercises apart, e.g. a wristband (default: %(default)s)")
+    p.add_argument("--no-gyro", action="store_true",
+                   help="read the accelerometer only, even where every file has gx, gy, gz (by default the "
+                        "model then reads the gyroscope too, and serves only devices that send it)")
     p.add_argument("--sim-devices", type=int, default=40, help="simulated people (default: %(default)s)")
     p.add_argument("--sim-minutes", type=float, default=10.0, help="minutes per simulated person (default: %(default)s)")
     p.add_argument("--sim-placement", default="wrist", choices=("wrist", "upper_arm", "waist", "mixed"),

@@ -86,7 +86,7 @@ class LabelBook:
 class LabelledWindow:
     device: str
     t_end: float
-    samples: np.ndarray  # (window, 3)
+    samples: np.ndarray  # (window, C): the model's input channels, the accelerometer's first
     state: tuple[torch.Tensor, ...]  # the device's state before this window, each (layers, hidden)
     predicted: str
     confidence: float
