@@ -54,6 +54,8 @@ def replay(rec: Recording, broker: BrokerURL, prefix: str = "har", speed: float 
                         client.publish(f"{prefix}/{device}/label",
                                        orjson.dumps({"label": str(seg[i]), "t": float(rec.t[a + i])}), qos=1)
             body = {"seq": seq, "t": rec.t[a:b].round(4).tolist(), "acc": rec.acc[a:b].round(4).tolist()}
+            if rec.gyro is not None:  # as the device sent it: a model that reads the gyroscope needs it
+                body["gyro"] = rec.gyro[a:b].round(5).tolist()
             info = client.publish(f"{prefix}/{device}/imu", orjson.dumps(body), qos=qos)
             if speed <= 0 and seq % 200 == 0:
                 info.wait_for_publish(10)  # as fast as possible, but without unbounded client memory
