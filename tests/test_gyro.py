@@ -143,6 +143,15 @@ def test_cli_reads_the_gyroscope_when_every_file_has_it(tmp_path, capsys):
     assert load_checkpoint(tmp_path / "m.pt")[0].config.input_channels == 3
 
 
+def test_simulated_training_keeps_to_the_accelerometer(tmp_path):
+    """Simulated people have a gyroscope, but the simulator's devices publish none and the model made
+    from them (the shipped default) must serve every device."""
+    from stream.cli import main
+    assert main(["train", "--simulated", "--sim-devices", "2", "--sim-minutes", "0.3", "--out",
+                 str(tmp_path / "s.pt"), "--hidden", "8", "--layers", "1", "--epochs", "1", "--quiet"]) == 0
+    assert load_checkpoint(tmp_path / "s.pt")[0].config.input_channels == 3
+
+
 def test_old_checkpoint_without_input_channels_loads_as_accelerometer_only(tmp_path, tiny_model):
     save_checkpoint(tmp_path / "m.pt", tiny_model)
     blob = torch.load(tmp_path / "m.pt", weights_only=True)
