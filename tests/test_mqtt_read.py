@@ -207,6 +207,37 @@ def test_delivering_messages_leaves_no_reference_cycles(scripted):
     assert unreachable < 500
 
 
+def test_every_publish_leaves_promptly_with_one_wake_up_per_burst(scripted):
+    """BufferedClient writes paho's wake-up byte only when none is pending: a lone publish on an idle
+    connection, and every publish of bursts from two threads at once, must still reach the broker
+    at once (paho's select() would otherwise sleep until its keep-alive timeout)."""
+    broker, client, inbox, packet = scripted
+    conn = broker.connections.get(timeout=5)
+    conn.settimeout(5)
+    for i in range(5):  # lone publishes, the network thread idle in select() between them
+        time.sleep(0.1)
+        sent = time.monotonic()
+        client.publish(f"out/lone{i}", b"x")
+        got = _read_packet(conn)
+        assert time.monotonic() - sent < 0.5 and f"out/lone{i}".encode() in got
+
+    def burst(name: str) -> None:
+        for i in range(1500):
+            client.publish(f"out/{name}", i.to_bytes(2, "big"))
+
+    threads = [threading.Thread(target=burst, args=(name,)) for name in ("a", "b")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    seen = {"a": [], "b": []}
+    for _ in range(3000):
+        got = _read_packet(conn)
+        name = "a" if b"out/a" in got else "b"
+        seen[name].append(int.from_bytes(got[-2:], "big"))
+    assert seen == {"a": list(range(1500)), "b": list(range(1500))}
+
+
 def test_per_topic_callbacks_still_take_their_messages(scripted):
     broker, client, inbox, packet = scripted
     conn = broker.connections.get(timeout=5)
