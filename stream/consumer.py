@@ -64,7 +64,7 @@ from stream.decode import (
 )
 from stream.labels import LabelBook, LabelledWindow, WindowHistory, decode_label
 from stream.monitor import DriftEvent, Monitor
-from stream.mqtt import PROTOCOLS, BrokerURL, connect, speaks_mqtt5
+from stream.mqtt import PROTOCOLS, BrokerURL, batched_writes, connect, speaks_mqtt5
 from stream.persist import ADAPTERS_FILE, SERVING_MODEL, AckJournal, load_state, read_journal, save_state
 from stream.pipeline import Pipeline, Prediction
 from stream.shared_state import SharedDevices, open_store
@@ -880,11 +880,13 @@ class Consumer:
             })
         due = self._release(predictions, bodies) if self.after_window else None
         info = None
-        for p, body in zip(predictions, bodies, strict=True):
-            info = self._client.publish(f"{cfg.prefix}/{p.device}/prediction", orjson.dumps(body))
-            if self.store is not None:
-                self.store.prediction(p.device, p.t_end, p.label, body["confidence"], version, body["latency_ms"])
-            self._watermarks[p.device] = p.t_end
+        with batched_writes(self._client):  # the network thread is woken once, when all are queued
+            for p, body in zip(predictions, bodies, strict=True):
+                info = self._client.publish(f"{cfg.prefix}/{p.device}/prediction", orjson.dumps(body))
+                if self.store is not None:
+                    self.store.prediction(p.device, p.t_end, p.label, body["confidence"], version,
+                                          body["latency_ms"])
+                self._watermarks[p.device] = p.t_end
         self.stats.windows += len(predictions)
         self.stats._interval_windows += len(predictions)
         if due is not None:

@@ -9,6 +9,7 @@ ones, in bursts, arrive intact and in order.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
 import queue
@@ -236,6 +237,25 @@ def test_every_publish_leaves_promptly_with_one_wake_up_per_burst(scripted):
         name = "a" if b"out/a" in got else "b"
         seen[name].append(int.from_bytes(got[-2:], "big"))
     assert seen == {"a": list(range(1500)), "b": list(range(1500))}
+
+
+def test_batched_writes_wake_the_network_thread_once_at_the_end(scripted):
+    """Inside batched_writes() publishes are queued without a wake-up (on an idle connection nothing
+    leaves); at the end of the block all of them leave at once, in order."""
+    broker, client, inbox, packet = scripted
+    conn = broker.connections.get(timeout=5)
+    with smqtt.batched_writes(client):
+        for i in range(50):
+            client.publish("out/held", i.to_bytes(2, "big"))
+        conn.settimeout(0.3)
+        with pytest.raises(TimeoutError):
+            conn.recv(1)  # the network thread sleeps in select(): nothing written yet
+    conn.settimeout(5)
+    sent = time.monotonic()
+    got = [int.from_bytes(_read_packet(conn)[-2:], "big") for _ in range(50)]
+    assert got == list(range(50)) and time.monotonic() - sent < 0.5
+    assert isinstance(smqtt.batched_writes(mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)),
+                      contextlib.nullcontext)  # plain paho: a block that changes nothing
 
 
 def test_per_topic_callbacks_still_take_their_messages(scripted):
