@@ -169,7 +169,8 @@ def row(r: dict) -> str:
     lat = r["latency_ms"]
     return (f"| {r['devices']} | {r['interval_s']:g} s | {r['offered_samples_per_s']:.0f} | "
             f"{r['sustained_samples_per_s']:.0f} | {'yes' if r['real_time'] else 'no'} | "
-            f"{lat['p50']} / {lat['p99']} / {lat['max']} | {r['consumer_cpu_cores']} "
+            f"{lat['p50']} / {lat.get('p99_median_second', '–')} / {lat['p99']} / {lat['max']} | "
+            f"{r['consumer_cpu_cores']} "
             f"({r['service_thread_cores']} + {r['network_thread_cores']}) | {r['cpu_us_per_message']} | "
             f"{r['samples_per_s_per_core']:.0f} | {stateless_consumer(r):.1f}x | "
             f"{r['memory_bytes_per_device'] / 1024:.1f} kB | {r.get('broker_cpu_cores')} | "
@@ -257,7 +258,8 @@ def write(args, data: dict) -> int:
              f"row). Broker: {runs[0]['broker']}. Machine: {os.cpu_count()} cores, shared by the broker, the "
              "publisher process and the consumer, and by whatever else runs (the load column): compare "
              "figures only within one run, as ratios.", "",
-             "| devices | message | offered samples/s | sustained | real time | latency p50 / p99 / max (ms) | "
+             "| devices | message | offered samples/s | sustained | real time | latency p50 / p99 of the median "
+             "second / p99 of the worst second / max (ms) | "
              "consumer cores (service + network thread) | CPU µs per message | samples/s per core | "
              "per core vs the same consumer with the stateless model | memory per device (RSS) | broker cores | "
              "publisher behind (s) | dropped | load |",
