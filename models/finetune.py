@@ -68,6 +68,9 @@ class LearnerConfig:
     promotion_windows: int = 24  # recent untrained windows the promotion compares on
     min_updates_between_promotions: int = 2
     queue_size: int = 256  # sequences waiting for the learner; the oldest are dropped beyond
+    cpu_share: float = 0.2  # of one core, at most, over time: after learning for c CPU seconds the
+    # learner rests c * (1 / cpu_share - 1) seconds (0 or less: no limit); what it cannot take in time
+    # waits in the queue, and the oldest is dropped beyond queue_size (counted in ``dropped``)
     versions_dir: Path | None = None  # where promoted versions are saved (None: not saved)
     serving_version: str = "base"
     adapt: str = "device"  # device | shared | both (see the module's docstring)
@@ -130,6 +133,7 @@ class OnlineLearner:
         self.updates = 0
         self.skipped = 0  # updates skipped for a non-finite loss or gradient
         self.dropped = 0  # sequences dropped because the learner fell behind
+        self.rested = 0.0  # seconds the learner rested to keep to cpu_share
         self._since_promotion = 0
         self.version = config.serving_version
         self.versions: list[VersionInfo] = [VersionInfo(self.version, time.time(), None)]
@@ -176,12 +180,18 @@ class OnlineLearner:
             except queue.Empty:
                 continue
             self._busy = True
+            cpu = time.thread_time()
             try:
                 self.learn(sequence)
             except Exception:  # a learner bug must never take serving down
                 log.exception("online learner failed on a sequence of %s", sequence.device)
             finally:
                 self._busy = False
+            share = self.config.cpu_share
+            if share > 0:  # a flood of labels must not take the serving threads' CPU (and GIL) away
+                rest = (time.thread_time() - cpu) * (1.0 / share - 1.0)
+                self.rested += rest
+                self._stop.wait(rest)
 
     # -- the learning step (learner thread, or called directly in tests and benchmarks) ----------
     def learn(self, sequence: Sequence) -> list[UpdateReport]:

@@ -64,7 +64,7 @@ def cmd_consume(args) -> int:
     model, info = _load_model(args.model)
     from models.finetune import LearnerConfig
     learner = LearnerConfig(k1=args.k1, k2=args.k2, optimiser=args.optimiser, lr=args.lr, clip=args.clip,
-                            adapt=args.adapt)
+                            adapt=args.adapt, cpu_share=args.learn_cpu)
     config = ConsumerConfig(broker=BrokerURL.parse(args.broker, args.ca_file), prefix=args.prefix,
                             consumer_id=args.id, metrics_interval=args.metrics_interval,
                             max_wait=args.max_wait, learn=not args.no_learn, learner=learner,
@@ -322,6 +322,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--k1", type=int, default=4, help="windows between weight updates (default: %(default)s)")
     g.add_argument("--k2", type=int, default=4, help="windows backpropagated through (default: %(default)s)")
     g.add_argument("--clip", type=float, default=1.0, help="gradient norm clipping (default: %(default)s)")
+    g.add_argument("--learn-cpu", type=float, default=0.2, metavar="SHARE",
+                   help="share of one core the learner may use over time, so that a flood of labels never "
+                        "slows serving; beyond it sequences wait, and the oldest are dropped (0: no limit; "
+                        "default: %(default)s)")
     p.set_defaults(func=cmd_consume)
 
     p = sub.add_parser("simulate", help="publish simulated accelerometer streams",

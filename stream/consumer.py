@@ -1085,7 +1085,7 @@ class Consumer:
             "online": self.monitor.summary(),
             "learner": None if self.learner is None else {
                 "updates": self.learner.updates, "skipped": self.learner.skipped, "dropped": self.learner.dropped,
-                **self.learner.comparison()},
+                "rested_s": round(self.learner.rested, 1), **self.learner.comparison()},
         }
         self.last_metrics = metrics
         if self.config.health_file is not None:

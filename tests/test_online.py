@@ -183,3 +183,29 @@ def test_labelled_orientation_fires_when_the_model_names_another_exercise():
     fired = [e for e in events if e.signal == "orientation"]
     assert len(fired) == 1 and fired[0].t <= 2.0 * 603 and fired[0].detector == "labelled"
     assert not fired[0].needs_labels
+
+
+def test_the_learner_keeps_to_its_cpu_share():
+    """After c CPU seconds of learning the learner thread rests c * (1 / share - 1): a flood of labels
+    takes at most its share of a core; what it cannot take waits, then the oldest is dropped."""
+    import time
+
+    class Burner(OnlineLearner):
+        def learn(self, sequence):  # 40 ms of CPU per sequence, whatever the model
+            end = time.thread_time() + 0.04
+            while time.thread_time() < end:
+                pass
+            self.updates += 1
+            return []
+
+    rng = np.random.default_rng(3)
+    sequence = toy_sequence(rng)
+    learner = Burner(toy_model(), LearnerConfig(adapt="shared", cpu_share=0.25, queue_size=64))
+    for _ in range(40):
+        learner.submit(sequence)
+    learner.start()
+    time.sleep(1.0)
+    learner.stop()
+    # 40 ms of work, then 120 ms of rest: about 6 in one second (about 25 without a share)
+    assert 3 <= learner.updates <= 10
+    assert learner.rested == pytest.approx(0.12 * learner.updates, rel=0.3)
