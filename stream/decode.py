@@ -134,8 +134,8 @@ def decode_imu_many(items: list[tuple[bytes, str]],
     JSON parse and two array conversions (each message's own: parsed numbers freed at once are
     reused by the next parse, which keeps it fast); a handful of numpy calls then check every such
     message of the cycle together (|acc| within float32, ``t`` finite and not decreasing within each
-    message). The batches are views into the cycle's arrays. Anything else, and every message of a
-    cycle whose check fails, takes ``decode_imu``'s own path, which names the reason.
+    message). Anything else, and every message of a cycle whose check fails, takes ``decode_imu``'s
+    own path, which names the reason.
     """
     out: list[SampleBatch | Rejected | None] = [None] * len(items)
     fast: list[tuple[int, str, int, int]] = []  # (item, device, seq, samples)
@@ -161,36 +161,31 @@ def decode_imu_many(items: list[tuple[bytes, str]],
         except Rejected as exc:
             out[i] = exc
     if fast:
-        checked = _checked(accs, times, [f[3] for f in fast])
-        if checked is None:  # something to refuse: one by one, with the reason
+        if _all_pass(accs, times, [f[3] for f in fast]):
+            # each batch owns its arrays: a view into the cycle's would keep all of it alive for as
+            # long as a buffer keeps any one batch (a device that went quiet, until it is evicted)
+            for (i, device, seq, _), t, acc in zip(fast, times, accs, strict=True):
+                out[i] = SampleBatch(device, t, acc.astype(np.float32), None, seq)
+        else:  # something to refuse: one by one, with the reason
             for i, device, _, _ in fast:
                 try:
                     out[i] = decode_imu(items[i][0], device, max_bytes)
                 except Rejected as exc:
                     out[i] = exc
-        else:
-            t_all, acc_all = checked
-            a = 0
-            for i, device, seq, n in fast:
-                out[i] = SampleBatch(device, t_all[a:a + n], acc_all[a:a + n], None, seq)
-                a += n
     return out  # type: ignore[return-value]
 
 
-def _checked(accs: list[np.ndarray], times: list[np.ndarray],
-             sizes: list[int]) -> tuple[np.ndarray, np.ndarray] | None:
-    """(t float64, acc float32) of messages laid end to end, or None unless every one passes
-    ``decode_imu``'s checks: |acc| within float32, t finite and not decreasing within each message
-    (it may go back from one message to the next: they are different devices)."""
+def _all_pass(accs: list[np.ndarray], times: list[np.ndarray], sizes: list[int]) -> bool:
+    """Whether every message passes ``decode_imu``'s checks, checked on all of them laid end to end:
+    |acc| within float32, t finite and not decreasing within each message (it may go back from one
+    message to the next: they are different devices)."""
     acc = np.concatenate(accs) if len(accs) > 1 else accs[0]
     t = np.concatenate(times) if len(times) > 1 else times[0]
     if not float(np.abs(acc).max()) < _F32_SAFE or not np.isfinite(t).all():
-        return None
+        return False
     step = t[1:] >= t[:-1]
     step[np.cumsum(sizes[:-1], dtype=np.intp) - 1] = True  # one message's last sample to the next's first
-    if not step.all():
-        return None
-    return t, acc.astype(np.float32)
+    return bool(step.all())
 
 
 def _imu(msg: dict, device: str) -> SampleBatch:

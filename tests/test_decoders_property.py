@@ -156,3 +156,4 @@ def test_decoding_a_cycle_at_once_is_decoding_each_message(values):
         assert got.t.dtype == want.t.dtype and got.acc.dtype == want.acc.dtype
         np.testing.assert_array_equal(got.t, want.t)
         np.testing.assert_array_equal(got.acc, want.acc)
+        assert got.t.base is None and got.acc.base is None  # its own memory, not a view of the cycle's
