@@ -222,6 +222,9 @@ def main() -> int:
     return write(args, data)
 
 
+HAND_WRITTEN = ("\n## How the consumer's MQTT client reads", "\n## What breaks first")
+
+
 def write(args, data: dict) -> int:
     runs, learn_on, learn_off = data["runs"], data["learn_on"], data["learn_off"]
     long, profile = data["long_messages"], data["service_profile"]
@@ -305,10 +308,10 @@ def write(args, data: dict) -> int:
               f"{on['latency_ms']['p50']}/{on['latency_ms']['p99']} ms vs {off['latency_ms']['p50']}/"
               f"{off['latency_ms']['p99']} ms.", "",
               "![latency and throughput](img/throughput.png)"]
-    # the analysis written by hand below the generated part is kept
-    marker = "\n## What breaks first"
+    # the sections written by hand (and --compare-read's tables) below the generated part are kept
     old = args.out.read_text() if args.out.exists() else ""
-    tail = old[old.index(marker):] if marker in old else "\n"
+    starts = [old.index(m) for m in HAND_WRITTEN if m in old]
+    tail = old[min(starts):] if starts else "\n"
     args.out.write_text("\n".join(lines) + "\n" + tail)
     print("\n".join(lines))
     return 0
