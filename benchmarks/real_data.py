@@ -8,7 +8,7 @@ people, or whole sets for muvr's one person), then the command line itself runs 
 
 so the figures are exactly what a user gets (window-level, streamed through the stateful pipeline).
 
-    python benchmarks/real_data.py [--quick] [--datasets uci-hapt exermote barbell muvr]
+    python benchmarks/real_data.py [--quick] [--no-gyro] [--datasets uci-hapt exermote barbell muvr]
                                    [--recordings /tmp/harimport] [--source ../shared/datasets]
 
 Recording files are read from ``--recordings`` (``<name>.csv``) and imported from ``--source`` with
@@ -91,13 +91,14 @@ def harstream(args: list[str], threads: int) -> tuple[str, float]:
     return done.stdout, time.monotonic() - started
 
 
-def run_fold(name: str, fold: str, rec: Recording, mask: np.ndarray, work: Path, threads: int) -> dict:
+def run_fold(name: str, fold: str, rec: Recording, mask: np.ndarray, work: Path, threads: int,
+             train_args: tuple[str, ...] = ()) -> dict:
     folder = work / name / re.sub(r"[^A-Za-z0-9_.-]+", "_", fold)
     folder.mkdir(parents=True, exist_ok=True)
     train_csv, test_csv, model = folder / "train.csv", folder / "test.csv", folder / "model.pt"
     write_recording(train_csv, rec.take(~mask))
     write_recording(test_csv, rec.take(mask))
-    train_cmd = ["train", "--data", str(train_csv), "--out", str(model), "--quiet"]
+    train_cmd = ["train", "--data", str(train_csv), "--out", str(model), "--quiet", *train_args]
     eval_cmd = ["evaluate", "--model", str(model), "--data", str(test_csv), "--json"]
     print(f"  {name} / {fold}: training ...", end=" ", flush=True)
     _, train_s = harstream(train_cmd, threads)
@@ -256,6 +257,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--datasets", nargs="+", default=list(TARGETS), choices=list(TARGETS))
     parser.add_argument("--quick", action="store_true", help="two folds per data set")
+    parser.add_argument("--no-gyro", action="store_true",
+                        help="train on the accelerometer alone (harstream train --no-gyro), as before issue 4")
     parser.add_argument("--recordings", type=Path, default=Path("/tmp/harimport"),
                         help="folder of <name>.csv recording files (imported when missing)")
     parser.add_argument("--source", type=Path, default=SOURCE, help="the real data sets as published")
@@ -277,7 +280,9 @@ def main() -> int:
         if args.quick:
             todo = todo[:2]
         print(f"{name}: {len(todo)} fold(s)", flush=True)
-        results[name] = [run_fold(name, fold, rec, mask, args.work, args.threads) for fold, mask in todo]
+        train_args = ("--no-gyro",) if args.no_gyro else ()
+        results[name] = [run_fold(name, fold, rec, mask, args.work, args.threads, train_args)
+                         for fold, mask in todo]
         summary = summarise(name, results[name])
         plot_confusion(summary, args.docs / "img" / f"real_{name}.png")
         summaries.append(summary)
@@ -286,6 +291,7 @@ def main() -> int:
         return 1
     meta = {
         "command": "python benchmarks/real_data.py" + (" --quick" if args.quick else "")
+                   + (" --no-gyro" if args.no_gyro else "")
                    + ("" if args.datasets == list(TARGETS) else " --datasets " + " ".join(args.datasets)),
         "when": time.strftime("%Y-%m-%d"),
         "machine": f"{os.cpu_count()} CPU cores, {platform.machine()}, Python {platform.python_version()}",
