@@ -258,7 +258,8 @@ def main() -> int:
     parser.add_argument("--datasets", nargs="+", default=list(TARGETS), choices=list(TARGETS))
     parser.add_argument("--quick", action="store_true", help="two folds per data set")
     parser.add_argument("--no-gyro", action="store_true",
-                        help="train on the accelerometer alone (harstream train --no-gyro), as before issue 4")
+                        help="train on the accelerometer alone (harstream train --no-gyro), as before "
+                             "issue 4")
     parser.add_argument("--recordings", type=Path, default=Path("/tmp/harimport"),
                         help="folder of <name>.csv recording files (imported when missing)")
     parser.add_argument("--source", type=Path, default=SOURCE, help="the real data sets as published")
