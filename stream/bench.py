@@ -80,6 +80,9 @@ def _pool(streams: int, seconds: float, rate: float, seed: int) -> list[tuple[np
     return out
 
 
+JOIN_SECONDS = 4.0  # bench devices join over this long, within the warm-up (publish_main)
+
+
 def publish_main(argv: list[str]) -> int:
     """Entry of the publisher process: python -m stream.bench publish URL PREFIX N DURATION INTERVAL."""
     url, prefix, n, duration, interval = argv[0], argv[1], int(argv[2]), float(argv[3]), float(argv[4])
@@ -100,6 +103,10 @@ def publish_main(argv: list[str]) -> int:
     behind = 0.0
     sent = 0
     last_label: dict[int, str] = {}
+    # devices join over the first JOIN_SECONDS (inside the warm-up), as independent devices do: started
+    # together, every device's window would end in the same tick (a 2 s window is 4 messages of 0.5 s),
+    # a burst of one window per device every 2 s instead of an even flow
+    join_ticks = max(1, round(JOIN_SECONDS / interval))
     for tick in range(ticks):
         for k in range(n):
             due = start + tick * interval + interval * k / n
@@ -108,6 +115,8 @@ def publish_main(argv: list[str]) -> int:
                 time.sleep(delay)
             else:
                 behind = max(behind, -delay)
+            if tick < k % join_ticks:
+                continue
             t, acc, label = cuts[k % len(cuts)][tick]
             if len(t) == 0:
                 continue
@@ -331,7 +340,7 @@ def resident_main(argv: list[str]) -> int:
 def _message_rates(metrics: list[dict], wall0: float, wall1: float) -> dict[str, float]:
     """Messages per second between the consumer's metrics nearest the measured interval: received by
     paho's thread (handled, dropped or still queued) and handled by the service thread."""
-    inside = [m for m in metrics if wall0 - 0.5 <= m["t"] <= wall1 + 0.5]
+    inside = [m for m in metrics if wall0 <= m["t"] <= wall1]  # while the publisher published
     if len(inside) < 2:
         return {"received": 0.0, "handled": 0.0}
     a, b = inside[0], inside[-1]
@@ -339,7 +348,10 @@ def _message_rates(metrics: list[dict], wall0: float, wall1: float) -> dict[str,
 
     def received(m: dict) -> int:
         return m["messages"] + m["dropped"] + m.get("queue", 0)
-    return {"received": (received(b) - received(a)) / dt, "handled": (b["messages"] - a["messages"]) / dt}
+    rates = {"received": (received(b) - received(a)) / dt, "handled": (b["messages"] - a["messages"]) / dt}
+    if "samples" in a and "samples" in b:
+        rates["samples"] = (b["samples"] - a["samples"]) / dt
+    return rates
 
 
 def run_bench(broker: str, devices: int, duration: float, interval: float = 0.5, warmup: float = 8.0,
@@ -413,13 +425,15 @@ def run_bench(broker: str, devices: int, duration: float, interval: float = 0.5,
     thread_cores = sorted(((threads1[k] - threads0.get(k, 0.0)) / max(t1 - t0, 1e-9), k) for k in threads1)
     service_cores = next((c for c, k in thread_cores if k == consumer.pid), 0.0)
     other = [c for c, k in thread_cores if k != consumer.pid]
-    sustained = float(np.median(samples)) if samples else 0.0
+    rates = _message_rates(metrics, wall0, wall1)
+    # samples handled over the measured span (the metrics' intervals are irregular when the service
+    # thread is busy: a median of per-interval rates weighs a short interval like a long one)
+    sustained = rates.get("samples") or (float(np.median(samples)) if samples else 0.0)
     offered = devices * 50.0
     from models.checkpoint import default_model_path, load_checkpoint
     model, _ = load_checkpoint(model_path or default_model_path())
     baseline = baseline_throughput(model, context_seconds)
     per_core = sustained / max(cpu_share, 1e-9)
-    rates = _message_rates(metrics, wall0, wall1)
     return {
         "devices": devices,
         "duration_s": duration,

@@ -1060,6 +1060,7 @@ class Consumer:
             "consumer": self.config.consumer_id,
             "uptime_s": round(time.monotonic() - self.stats.started, 1),
             "samples_per_s": round(samples / max(elapsed, 1e-9), 1),
+            "samples": self.stats.samples,  # since start: rates over any span, whatever the intervals
             "windows_per_s": round(windows / max(elapsed, 1e-9), 2),
             "devices": len(self.pipeline.buffers),
             "latency_ms": {"p50": pct[0], "p95": pct[1], "p99": pct[2],
