@@ -16,3 +16,20 @@ def test_resident_memory_per_device_is_measured_and_small():
                          capture_output=True, text=True, check=True, timeout=300, cwd=ROOT)
     per_device = int(out.stdout.split()[-1])
     assert 0 < per_device < 20_000, per_device
+
+
+def test_sustained_rate_counts_samples_over_the_publishing_span():
+    """The bench's rates come from the consumer's cumulative counters between the first and the last
+    metrics inside the publishing span: irregular metric intervals (1.5 s then 0.5 s, as when the
+    service thread is busy) must not bias them, and metrics after the publisher stopped must not count."""
+    from stream.bench import _message_rates
+
+    metrics, t, samples, messages = [], 100.0, 0, 0
+    for dt in [1.5, 0.5] * 6:
+        t += dt
+        samples += int(250_000 * dt)
+        messages += int(10_000 * dt)
+        metrics.append({"t": t, "samples": samples, "messages": messages, "dropped": 0, "queue": 0})
+    metrics.append({"t": t + 1.0, "samples": samples, "messages": messages, "dropped": 0, "queue": 0})  # idle tail
+    rates = _message_rates(metrics, 100.0, t)
+    assert rates["samples"] == 250_000 and rates["handled"] == 10_000 == rates["received"]
