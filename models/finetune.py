@@ -69,7 +69,7 @@ class LearnerConfig:
     min_updates_between_promotions: int = 2
     queue_size: int = 256  # sequences waiting for the learner; the oldest are dropped beyond
     cpu_share: float = 0.2  # of one core, at most, over time: after learning for c CPU seconds the
-    # learner rests c * (1 / cpu_share - 1) seconds (0 or less: no limit); what it cannot take in time
+    # learner rests c * (1 / cpu_share - 1) seconds (0 or less, or 1 or more: no limit); what it cannot take in time
     # waits in the queue, and the oldest is dropped beyond queue_size (counted in ``dropped``)
     versions_dir: Path | None = None  # where promoted versions are saved (None: not saved)
     serving_version: str = "base"
@@ -188,7 +188,7 @@ class OnlineLearner:
             finally:
                 self._busy = False
             share = self.config.cpu_share
-            if share > 0:  # a flood of labels must not take the serving threads' CPU (and GIL) away
+            if 0 < share < 1:  # a flood of labels must not take the serving threads' CPU (and GIL) away
                 rest = (time.thread_time() - cpu) * (1.0 / share - 1.0)
                 self.rested += rest
                 self._stop.wait(rest)

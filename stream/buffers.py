@@ -159,12 +159,15 @@ class DeviceBuffer:
             return []
         last_t = self._last_t
         if self.reorder == 0 and last_t is not None:
-            t_last = float(t[-1])
-            if last_t < t[0] <= last_t + self.max_gap and (
+            t_last = float(t[-1]) if len(t) == 1 else float(t.max())  # the newest, in any order
+            # gaps measured as everywhere else (t - previous > max_gap), so that a silence of exactly
+            # max_gap is judged alike here and on the general path
+            if last_t < t[0] and float(t[0]) - last_t <= self.max_gap and (
                     t_last - last_t <= self.max_gap or float((t[1:] - t[:-1]).max()) <= self.max_gap):
                 # the usual message: after the last sample, no silence longer than max_gap before or
                 # inside it (a message spanning less cannot hold one): kept until the pending window's
-                # last grid point
+                # last grid point; anything unusual inside (repeats, disorder) is left to _settle,
+                # which then takes the kept batches one by one as _push would
                 if not self._kept:
                     self._kept_from = last_t
                 self._kept.append((t, acc, arrival))

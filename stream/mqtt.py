@@ -215,8 +215,9 @@ class BufferedClient(mqtt.Client):
         return super().loop_write()
 
     def loop_start(self) -> mqtt.MQTTErrorCode:
-        self._wake_pending = False  # a new socket pair holds no byte
-        return super().loop_start()
+        rc = super().loop_start()
+        self._wake_pending = False  # a new socket pair holds no byte (after it exists: at worst one wake too many)
+        return rc
 
     def _handle_on_message(self, message: mqtt.MQTTMessage) -> None:
         """paho's dispatch, without asking its topic matcher when no per-topic callback is registered.
