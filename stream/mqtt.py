@@ -176,12 +176,8 @@ class BufferedClient(mqtt.Client):
                                  "to_process": len(packet), "packet": packet, "info": info})
         if self._wake_held:
             self._wake_skipped = True
-        elif self._sockpairW is not None and not self._wake_pending:
-            self._wake_pending = True
-            try:
-                self._sockpairW.send(mqtt.sockpair_data)
-            except BlockingIOError:
-                pass  # the pipe is full of wake-up bytes already
+        else:
+            self._wake()
         if (self._thread is None and self._on_socket_register_write is None
                 and self._in_callback_mutex.acquire(False)):
             self._in_callback_mutex.release()
@@ -203,12 +199,16 @@ class BufferedClient(mqtt.Client):
             self._wake_held = False
             if self._wake_skipped:
                 self._wake_skipped = False
-                if self._sockpairW is not None and not self._wake_pending:
-                    self._wake_pending = True
-                    try:
-                        self._sockpairW.send(mqtt.sockpair_data)
-                    except BlockingIOError:
-                        pass
+                self._wake()
+
+    def _wake(self) -> None:
+        """Break the network thread out of select(), unless a wake-up byte is pending already."""
+        if self._sockpairW is not None and not self._wake_pending:
+            self._wake_pending = True
+            try:
+                self._sockpairW.send(mqtt.sockpair_data)
+            except BlockingIOError:
+                pass  # the pipe is full of wake-up bytes already
 
     def loop_write(self) -> mqtt.MQTTErrorCode:
         self._wake_pending = False  # before writing: whatever is queued from now on wakes us again

@@ -43,3 +43,44 @@ def make_certs(directory: Path, openssl: str, other_ca: bool = False) -> tuple[P
         run("req", "-x509", *ec, "-keyout", "other.key", "-out", "other-ca.crt", "-days", "2",
             "-subj", "/CN=other CA")
     return directory / "ca.crt", directory / "server.crt", directory / "server.key"
+
+
+def replay_through_consumer_matches_evaluate(rec, model, version: str, broker_url):
+    """Replay ``rec`` over MQTT (as fast as possible, QoS 1) to a running consumer serving ``model`` and
+    check its predictions against ``harstream evaluate``'s for the same recording (label, and
+    probabilities within 2e-3). Returns the consumer, stopped, for further checks."""
+    import threading
+    import uuid
+
+    from models.evaluate import stream_recording
+    from models.state import StatefulClassifier
+    from simulators.replay import replay
+    from stream.consumer import Consumer, ConsumerConfig
+    from stream.mqtt import connect
+
+    expected = stream_recording(model, rec, version)
+    prefix = f"hartest{uuid.uuid4().hex[:8]}"
+    got = []
+    watch = connect(broker_url, f"test-watch-{prefix}", subscriptions=[(f"{prefix}/+/prediction", 1)],
+                    on_message=lambda c, u, m: got.append(orjson.loads(m.payload)))
+    consumer = Consumer(ConsumerConfig(broker=broker_url, prefix=prefix, learn=False),
+                        StatefulClassifier(model, version))
+    thread = threading.Thread(target=consumer.run)
+    thread.start()
+    try:
+        wait(lambda: consumer._client is not None and consumer._client.is_connected())
+        time.sleep(0.3)
+        assert replay(rec, broker_url, prefix=prefix, speed=0, qos=1)["samples"] == len(rec)
+        wait(lambda: len(got) >= len(expected), timeout=30)
+    finally:
+        consumer.stop()
+        thread.join(20)
+        watch.disconnect()
+        watch.loop_stop()
+    assert len(got) == len(expected) > 30
+    by_key = {(p["device"], round(p["t"], 3)): p for p in got}
+    for e in expected:
+        p = by_key[(e.device, round(e.t_end, 3))]
+        assert p["label"] == e.label
+        np.testing.assert_allclose([p["probs"][c] for c in model.config.classes], e.probs, atol=2e-3)
+    return consumer

@@ -257,44 +257,7 @@ def test_a_restarted_consumer_resumes_a_gyro_device_with_both_sensors(gyro_model
 def test_a_replayed_gyro_recording_through_a_consumer_equals_evaluate(broker_url, twists):
     """End to end: a recording with gx, gy, gz replayed over MQTT (gyro in the payload) to a consumer
     serving a gyro model gives the predictions `harstream evaluate` gives."""
-    import threading
-    import time
-    import uuid
-
-    import orjson
-
-    from models.evaluate import stream_recording
-    from simulators.replay import replay
-    from stream.consumer import Consumer, ConsumerConfig
-    from stream.mqtt import connect
+    from tests.helpers import replay_through_consumer_matches_evaluate
     _, test_rec, model, _ = twists
-    expected = stream_recording(model, test_rec, "g")
-    prefix = f"hartest{uuid.uuid4().hex[:8]}"
-    got = []
-    watch = connect(broker_url, "test-watch-gyro", subscriptions=[(f"{prefix}/+/prediction", 1)],
-                    on_message=lambda c, u, m: got.append(orjson.loads(m.payload)))
-    consumer = Consumer(ConsumerConfig(broker=broker_url, prefix=prefix, learn=False),
-                        StatefulClassifier(model, "g"))
-    thread = threading.Thread(target=consumer.run)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 20
-        while not (consumer._client and consumer._client.is_connected()) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        time.sleep(0.3)
-        assert replay(test_rec, broker_url, prefix=prefix, speed=0, qos=1)["samples"] == len(test_rec)
-        deadline = time.monotonic() + 30
-        while len(got) < len(expected) and time.monotonic() < deadline:
-            time.sleep(0.1)
-    finally:
-        consumer.stop()
-        thread.join(20)
-        watch.disconnect()
-        watch.loop_stop()
+    consumer = replay_through_consumer_matches_evaluate(test_rec, model, "g", broker_url)
     assert consumer.stats.rejected.get("no_gyro", 0) == 0
-    assert len(got) == len(expected) > 30
-    by_key = {(p["device"], round(p["t"], 3)): p for p in got}
-    for e in expected:
-        p = by_key[(e.device, round(e.t_end, 3))]
-        assert p["label"] == e.label
-        np.testing.assert_allclose([p["probs"][c] for c in model.config.classes], e.probs, atol=2e-3)
