@@ -409,9 +409,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="throughput and latency of the consumer through a real broker",
                        description="Runs the real consumer against the broker at --broker (Mosquitto when it "
                                    "answers, else the embedded one) with N simulated devices at 50 Hz from "
-                                   "pre-generated payloads, and reports sustained samples/s, latency "
-                                   "percentiles, CPU and memory per device, against a stateless sliding-window "
-                                   "baseline measured in the same run.")
+                                   "pre-generated payloads (devices join over the first 4 s of an 8 s warm-up, "
+                                   "as independent devices do), and reports sustained samples/s, latency "
+                                   "percentiles (p99 of the worst second and of the median second), CPU and "
+                                   "memory per device, against a stateless sliding-window baseline measured in "
+                                   "the same run.")
     _broker_args(p)
     _model_arg(p)
     p.add_argument("--devices", type=int, nargs="+", default=[1000], help="device counts to run (default: 1000)")
