@@ -134,8 +134,8 @@ def decode_imu_many(items: list[tuple[bytes, str]],
     JSON parse and two array conversions (each message's own: parsed numbers freed at once are
     reused by the next parse, which keeps it fast); a handful of numpy calls then check every such
     message of the cycle together (|acc| within float32, ``t`` finite and not decreasing within each
-    message). Anything else, and every message of a cycle whose check fails, takes ``decode_imu``'s
-    own path, which names the reason.
+    message). Anything else, and every message whose check fails, takes ``decode_imu``'s own path,
+    which names the reason; the others of its cycle stay on the fast one.
     """
     out: list[SampleBatch | Rejected | None] = [None] * len(items)
     fast: list[tuple[int, str, int, int]] = []  # (item, device, seq, samples)
@@ -161,31 +161,35 @@ def decode_imu_many(items: list[tuple[bytes, str]],
         except Rejected as exc:
             out[i] = exc
     if fast:
-        if _all_pass(accs, times, [f[3] for f in fast]):
-            # each batch owns its arrays: a view into the cycle's would keep all of it alive for as
-            # long as a buffer keeps any one batch (a device that went quiet, until it is evicted)
-            for (i, device, seq, _), t, acc in zip(fast, times, accs, strict=True):
+        passing = _passing(accs, times, [f[3] for f in fast])
+        for (i, device, seq, _), t, acc, ok in zip(fast, times, accs, passing.tolist(), strict=True):
+            if ok:  # each batch owns its arrays: a view into the cycle's would keep all of it alive for
+                # as long as a buffer keeps any one batch (a device that went quiet, until evicted)
                 out[i] = SampleBatch(device, t, acc.astype(np.float32), None, seq)
-        else:  # something to refuse: one by one, with the reason
-            for i, device, _, _ in fast:
-                try:
-                    out[i] = decode_imu(items[i][0], device, max_bytes)
-                except Rejected as exc:
-                    out[i] = exc
+                continue
+            try:  # something to refuse: decode_imu's own checks, in order, name the reason
+                out[i] = decode_imu(items[i][0], device, max_bytes)
+            except Rejected as exc:
+                out[i] = exc
     return out  # type: ignore[return-value]
 
 
-def _all_pass(accs: list[np.ndarray], times: list[np.ndarray], sizes: list[int]) -> bool:
-    """Whether every message passes ``decode_imu``'s checks, checked on all of them laid end to end:
-    |acc| within float32, t finite and not decreasing within each message (it may go back from one
+def _passing(accs: list[np.ndarray], times: list[np.ndarray], sizes: list[int]) -> np.ndarray:
+    """For each message, whether it passes ``decode_imu``'s checks, computed on all of them laid end to
+    end: |acc| within float32, t finite and not decreasing within the message (it may go back from one
     message to the next: they are different devices)."""
     acc = np.concatenate(accs) if len(accs) > 1 else accs[0]
     t = np.concatenate(times) if len(times) > 1 else times[0]
-    if not float(np.abs(acc).max()) < _F32_SAFE or not np.isfinite(t).all():
-        return False
+    starts = np.zeros(len(sizes), dtype=np.intp)
+    np.cumsum(sizes[:-1], out=starts[1:])
     step = t[1:] >= t[:-1]
-    step[np.cumsum(sizes[:-1], dtype=np.intp) - 1] = True  # one message's last sample to the next's first
-    return bool(step.all())
+    step[starts[1:] - 1] = True  # one message's last sample to the next's first
+    if float(np.abs(acc).max()) < _F32_SAFE and np.isfinite(t).all() and step.all():
+        return np.ones(len(sizes), dtype=bool)  # the usual cycle: a handful of calls in all
+    bad = ~(np.abs(acc).max(axis=1) < _F32_SAFE) | ~np.isfinite(t)  # NaN fails the comparison too
+    bad[1:] |= t[1:] < t[:-1]
+    bad[starts] = ~np.isfinite(t[starts]) | ~(np.abs(acc[starts]).max(axis=1) < _F32_SAFE)  # no step before
+    return ~np.logical_or.reduceat(bad, starts)
 
 
 def _imu(msg: dict, device: str) -> SampleBatch:
