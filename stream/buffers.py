@@ -208,17 +208,9 @@ class DeviceBuffer:
             out += self._push(t, np.asarray(acc, dtype=np.float64), arrival)
 
     def _push(self, t: np.ndarray, acc: np.ndarray, arrival: float) -> list[Window]:
-        """``push`` without keeping: t float64, acc (n, 3) float64, nothing kept."""
+        """``push`` without keeping (the general path): t float64, acc (n, channels) float64. With
+        ``reorder`` 0 a message that follows the last one does not come here: ``push`` keeps it."""
         out: list[Window] = []
-        last_t = self._last_t
-        if (self.reorder == 0 and last_t is not None and t[0] > last_t
-                and float(t[-1]) - last_t <= self.max_gap):
-            # after the last sample and spanning less than max_gap: if strictly increasing, the same
-            # arithmetic as the general path below in a handful of numpy calls
-            ts = np.concatenate(([last_t], t))
-            if len(t) == 1 or (ts[1:] - ts[:-1]).min() > 0:
-                self._interpolate(t, acc, arrival, out, ts)
-                return out
         newest = self._newest()
         if newest is not None and t[-1] < newest - self.clock_reset and t.max() < newest - self.clock_reset:
             out += self.flush()

@@ -845,9 +845,7 @@ class Consumer:
             newest = self.acks.newest(device)
             if newest is not None and batch.t[-1] < newest - CLOCK_RESET:
                 self.acks.drop_device(device)  # the device's clock restarted: its partial window goes
-            last = (batch.acc[-1] if self.pipeline.config.input_channels == 3  # what the model reads
-                    else np.concatenate([batch.acc[-1], batch.gyro[-1]]))
-            self.acks.hold(mid, qos, device, float(batch.t[-1]), batch.seq, last)
+            self.acks.hold(mid, qos, device, float(batch.t[-1]), batch.seq, self._sample_values(batch)[-1])
         if device not in self._last_seen and device in self._evicted:
             state = tuple(t.unsqueeze(1) for t in self._evicted.pop(device))
             self.pipeline.classifier.bank.set(device, state)

@@ -145,8 +145,9 @@ def decode_imu_many(items: list[tuple[bytes, str]],
         try:
             msg = json_object(payload, max_bytes)
             seq, acc, t = msg.get("seq"), msg.get("acc"), msg.get("t")
-            if (type(seq) is int and type(acc) is list and type(t) is list
-                    and 0 < len(acc) == len(t) <= MAX_SAMPLES and msg.get("gyro") is None and msg.get("unit", "m/s2") == "m/s2"):
+            usual = type(seq) is int and type(acc) is list and type(t) is list
+            if (usual and 0 < len(acc) == len(t) <= MAX_SAMPLES and msg.get("gyro") is None
+                    and msg.get("unit", "m/s2") == "m/s2"):
                 try:
                     acc = np.array(acc, dtype=np.float64)
                     t = np.array(t, dtype=np.float64)
