@@ -43,6 +43,10 @@ def save_checkpoint(path: str | Path, model: HARNet, metadata: dict | None = Non
         "model_version": version,
         "config": model.config.to_dict(),
         "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+        # optional (absent in older files): window features of the training data, for choosing how a
+        # device is worn (models.orientation)
+        **({"orientation": {k: torch.tensor(v) for k, v in model.orientation.to_dict().items()}}
+           if getattr(model, "orientation", None) is not None else {}),
         "metadata": {"saved_at": time.time(), **(metadata or {})},
     }
     buffer = io.BytesIO()
@@ -74,7 +78,12 @@ def load_checkpoint(path: str | Path) -> tuple[HARNet, dict]:
         config = ModelConfig(**blob["config"])
         model = HARNet(config)
         model.load_state_dict(blob["state_dict"])
-    except (TypeError, KeyError, RuntimeError, ValueError) as exc:
+        if blob.get("orientation") is not None:
+            from models.orientation import Reference
+            if not config.gyro:
+                raise ValueError("an orientation reference needs a model that reads the gyroscope")
+            model.orientation = Reference.from_dict({k: v.numpy() for k, v in blob["orientation"].items()})
+    except (TypeError, KeyError, RuntimeError, ValueError, AttributeError) as exc:
         raise CheckpointError(f"{path}: checkpoint does not match the model ({exc})") from None
     model.eval()
     return model, {"version": blob.get("model_version", "unknown"), "metadata": blob.get("metadata", {}),

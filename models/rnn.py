@@ -112,6 +112,9 @@ class HARNet(nn.Module):
         if not config.classes:
             raise ValueError("ModelConfig.classes is empty")
         self.config = config
+        # how the training data's sensors were worn (models.orientation.Reference), saved in the
+        # checkpoint; None: devices are served as they come
+        self.orientation = None
         # input normalisation, fitted on training data and saved in the checkpoint
         n_features = config.features
         self.register_buffer("feature_mean", torch.zeros(n_features))

@@ -97,6 +97,10 @@ class StatefulClassifier:
         self.bank = StateBank(model)
         self.classes = list(model.config.classes)
         self.adapters = None  # models.personal.DeviceAdapters: per-device adapters, when personal
+        self.orienter = None  # models.orientation.Orienter: turns devices worn turned (Pipeline applies it)
+        if getattr(model, "orientation", None) is not None and model.config.gyro:
+            from models.orientation import Orienter
+            self.orienter = Orienter(model.orientation)
 
     def set_model(self, model: HARNet, version: str) -> None:
         """Swap in new weights of the same architecture; per-device state is kept."""

@@ -64,6 +64,8 @@ class TrainConfig:
     max_scale: float = 0.1  # gain differences: scale by 1 ± this
     max_warp: float = 0.15  # tempo differences: play the stream 1 ± this faster
     p_mid_start: float = 0.0  # chance of starting a stream at a random point, as a device joining late
+    orientation: bool = True  # a gyro model keeps its training data's window features, to turn a device
+    # worn upside down or turned back at serving time (models.orientation; exermote's person 1: 77 -> 93%)
     seed: int = 0
     max_minutes: float | None = 20.0  # stop a run after this long, keeping the best model so far
 
@@ -392,5 +394,19 @@ def train(rec: Recording, model_config: ModelConfig | None = None, cfg: TrainCon
         model, refit = _fit(streams, [], mc, cfg, epochs, False, "training on everyone", progress)
         report["refit"] = {k: refit[k] for k in ("train_windows", "epochs_run", "steps", "grad_norm",
                                                  "seconds")}
+    if cfg.orientation and mc.gyro:
+        model.orientation = orientation_reference(streams, mc.window, cfg.seed)
+        report["orientation_windows"] = len(model.orientation.g)
     report["seconds"] = round(time.monotonic() - started, 1)
     return model, report
+
+
+def orientation_reference(streams: list[LabelledStream], window: int, seed: int = 0):
+    """How the training data's sensors were worn: the features of (at most 600 of) its windows, as
+    ``Pipeline`` cuts them (``models.orientation``). Streams of 6 channels."""
+    from models.orientation import OrientationConfig, Reference
+    windows = [s.x[:len(s.x) // window * window].reshape(-1, window, s.x.shape[1]) for s in streams]
+    windows = [w for w in windows if len(w)]
+    if not windows:
+        raise ValueError("no whole window in the training data for an orientation reference")
+    return Reference.from_windows(np.concatenate(windows), OrientationConfig(seed=seed))

@@ -147,7 +147,7 @@ def cmd_train(args) -> int:
     mc = ModelConfig(classes=("_",), cell=args.cell, hidden=args.hidden, layers=args.layers, rate=args.rate,
                      window=args.window, hop=args.window, patch=args.patch, input_channels=6 if gyro else 3)
     tc = TrainConfig(epochs=args.epochs, seed=args.seed, max_minutes=args.max_minutes,
-                     p_any_orientation=args.any_orientation)
+                     p_any_orientation=args.any_orientation, orientation=not args.no_orientation)
     model, report = train(rec, mc, tc, progress=not args.quiet)
     version = save_checkpoint(args.out, model, {"command": " ".join(["harstream", *sys.argv[1:]]),
                                                 "data": sources, "report": report})
@@ -390,6 +390,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="read the accelerometer only, even where every --data file has gx, gy, gz (by default "
                         "the model then reads the gyroscope too, and serves only devices that send it; "
                         "--simulated always trains on the accelerometer alone)")
+    p.add_argument("--no-orientation", action="store_true",
+                   help="keep no sample of how the training data's sensors were worn; by default a model that "
+                        "reads the gyroscope keeps one, and serves a device worn upside down or turned on the "
+                        "limb turned back, chosen from its first 10 to 30 s without labels (models/orientation.py)")
     p.add_argument("--sim-devices", type=int, default=40, help="simulated people (default: %(default)s)")
     p.add_argument("--sim-minutes", type=float, default=10.0, help="minutes per simulated person (default: %(default)s)")
     p.add_argument("--sim-placement", default="wrist", choices=("wrist", "upper_arm", "waist", "mixed"),

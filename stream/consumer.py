@@ -394,6 +394,8 @@ class Consumer:
                      "saved_at": time.time()}
         for device, tensors in state["devices"].items():
             classifier.bank.set(device, tuple(t.unsqueeze(1) for t in tensors))
+        if classifier.orienter is not None:  # devices worn turned go on being served turned back
+            classifier.orienter.restore(state.get("orientation") or {})
         self._evicted.update(state["evicted"])
         sequences, watermarks = dict(state["sequences"]), dict(state["watermarks"])
         anchors = dict(state.get("anchors") or {})
@@ -446,7 +448,8 @@ class Consumer:
             return False  # the journal is the only copy of predictions the store has not written yet
         generation = self.journal.next_generation() if self.journal is not None else self._journal_generation
         save_state(directory, classifier.version, devices, sequences, dict(self._evicted),
-                   watermarks=self._watermarks, journal=generation, anchors=self._anchors)
+                   watermarks=self._watermarks, journal=generation, anchors=self._anchors,
+                   orientation=classifier.orienter.snapshot() if classifier.orienter is not None else None)
         if self.journal is not None:
             self.journal.rotate(generation)
         return True

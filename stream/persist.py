@@ -38,7 +38,8 @@ READABLE = (1, 2)  # version 1 has no watermarks nor journal
 def save_state(directory: Path, model_version: str, devices: dict[str, tuple[torch.Tensor, ...]],
                sequences: dict[str, int], evicted: dict[str, tuple[torch.Tensor, ...]],
                watermarks: dict[str, float] | None = None, journal: int = 0,
-               anchors: dict[str, tuple[float, list[float]]] | None = None) -> Path:
+               anchors: dict[str, tuple[float, list[float]]] | None = None,
+               orientation: dict | None = None) -> Path:
     """Write the checkpoint atomically; ``journal`` names the ``AckJournal`` that continues it."""
     directory.mkdir(parents=True, exist_ok=True)
     blob = {
@@ -52,6 +53,8 @@ def save_state(directory: Path, model_version: str, devices: dict[str, tuple[tor
         "watermarks": {d: float(t) for d, t in (watermarks or {}).items()},
         "journal": int(journal),
         "anchors": {d: [float(a[0]), *map(float, a[1])] for d, a in (anchors or {}).items()},
+        # models.orientation.Orienter.snapshot(): the devices whose orientation is settled, and turns
+        "orientation": orientation or {},
     }
     buffer = io.BytesIO()
     torch.save(blob, buffer)
@@ -75,6 +78,7 @@ def load_state(directory: Path) -> dict | None:
     blob["evicted"] = {d: tuple(s) for d, s in blob["evicted"].items()}
     blob.setdefault("watermarks", {})
     blob.setdefault("journal", None)
+    blob.setdefault("orientation", {})
     blob["anchors"] = {d: (a[0], list(a[1:])) for d, a in blob.get("anchors", {}).items()}
     return blob
 

@@ -118,9 +118,17 @@ class Pipeline:
             rounds[r].append(w)
         classes = self.classifier.classes
         out: list[Prediction] = []
+        orienter = self.classifier.orienter
         for group in rounds:
             windows = np.stack([w.samples for w in group])
-            probs, state = self.classifier.classify_with_state([w.device for w in group], windows)
+            devices = [w.device for w in group]
+            seen = [w.samples for w in group]  # what the model sees of each window, kept for fine-tuning
+            if orienter is not None:  # a device worn turned is served turned back (models.orientation)
+                stacked, windows = windows, orienter.apply(devices, windows)
+                if windows is not stacked:  # own copies: a view would keep the whole batch alive
+                    seen = [windows[i].copy() if orienter.turns.get(d) is not None else seen[i]
+                            for i, d in enumerate(devices)]
+            probs, state = self.classifier.classify_with_state(devices, windows)
             best = probs.argmax(axis=1)
             # what the drift detectors watch, for the whole batch at once: the accelerometer's
             acc = windows[:, :, :3]
@@ -128,7 +136,7 @@ class Pipeline:
             means = acc.mean(axis=1)
             confidence = probs[np.arange(len(group)), best].tolist()
             for i, (w, p, k) in enumerate(zip(group, probs, best.tolist(), strict=True)):
-                out.append(Prediction(w.device, w.t_end, classes[k], confidence[i], p, w.arrival, w.samples,
+                out.append(Prediction(w.device, w.t_end, classes[k], confidence[i], p, w.arrival, seen[i],
                                       state, i, magnitudes[i], means[i]))
         return out
 
@@ -136,3 +144,5 @@ class Pipeline:
         self.buffers.pop(device, None)
         self._warned.discard(device)
         self.classifier.bank.evict(device)
+        if self.classifier.orienter is not None:
+            self.classifier.orienter.evict(device)

@@ -1,0 +1,224 @@
+"""How a device is worn, found without labels: turn a sensor worn upside down or turned on the limb back
+to the orientation the model was trained on.
+
+A phone in an arm band, or a watch, can be put on turned: upside down, or a quarter turn round the arm.
+The model then sees every exercise turned and is confidently wrong (exermote's person 1: two of four
+sessions). What the device does gives its orientation away: per window, the direction of gravity (the
+mean specific force) and the axis it mostly turns about (the principal axis of the gyroscope's
+readings). Training stores a sample of both from its data (``Reference``); a device's first windows
+are compared with it under every candidate turn, and when one turn explains them much better than none
+(``margin`` nats per window), the device is served through that turn from then on.
+
+Only for models that read the gyroscope: gravity alone leaves a turn about itself unseen (an arm
+hanging at rest looks the same however the band is turned), and a guessed turn would do harm.
+
+The score of a turn R is the mean, over the device's windows i, of
+``log mean_j exp(kg (R g_i . g_j - 1) + ka ((R a_i . a_j)^2 - 1))`` over reference windows j (a
+von Mises-Fisher kernel on gravity, a Watson kernel on the sign-less rotation axis, the latter only
+where both windows turn at all).
+
+>>> import numpy as np
+>>> rng = np.random.default_rng(0)
+>>> g = rng.normal([0, 0, 1], 0.1, (200, 3)); a = rng.normal([1, 0, 0], 0.1, (200, 3))
+>>> ref = Reference.from_features(g, a, np.ones(200))
+>>> upside_down = np.diag([1.0, -1.0, -1.0])
+>>> R, gain = ref.fit(g[:20] @ upside_down.T, a[:20] @ upside_down.T, np.ones(20))
+>>> bool(gain > 1.0), bool(np.allclose(R @ upside_down, np.eye(3), atol=0.2))
+(True, True)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.spatial.transform import Rotation
+
+__all__ = ["OrientationConfig", "Reference", "Orienter", "window_features"]
+
+
+@dataclass
+class OrientationConfig:
+    # (windows, margin): after this many of a device's windows, turn it if the best turn explains them
+    # better than none by at least margin nats per window; the last stage decides for good. A sensor
+    # upside down shows within 5 windows (10 s), a quarter turn about the arm needs about 15 (exermote)
+    stages: tuple[tuple[int, float], ...] = ((5, 3.0), (15, 1.0))  # ~80 ms of one core per device
+    kg: float = 20.0  # concentration of the kernel on gravity directions
+    ka: float = 8.0  # concentration of the kernel on rotation axes
+    min_energy: float = 0.05  # (rad/s)^2: a window that turns less has no rotation axis to speak of
+    grid: int = 400  # random turns tried besides the 24 axis-aligned ones (then refined near the best)
+    reference: int = 600  # reference windows kept from the training data (in the checkpoint)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        self.stages = tuple((int(n), float(m)) for n, m in self.stages)
+        counts = [n for n, _ in self.stages]
+        if not counts or counts[0] < 1 or counts != sorted(set(counts)):
+            raise ValueError("'stages' must be (windows, margin) pairs with windows >= 1, increasing")
+        if any(m < 0 for _, m in self.stages) or self.kg <= 0 or self.ka < 0:
+            raise ValueError("every margin must be >= 0, 'kg' > 0 and 'ka' >= 0")
+
+    @property
+    def windows(self) -> int:
+        """A device's windows before its orientation is settled."""
+        return self.stages[-1][0]
+
+
+def window_features(windows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Windows (B, T, 6) (accelerometer, then gyroscope) → gravity direction (B, 3), the gyroscope's
+    principal axis (B, 3, sign-less) and its mean square along that axis (B,) in (rad/s)^2."""
+    windows = np.asarray(windows, dtype=np.float64)
+    if windows.ndim != 3 or windows.shape[2] != 6:
+        raise ValueError(f"expected windows (B, T, 6), got {windows.shape}")
+    g = windows[:, :, :3].mean(axis=1)
+    g /= np.linalg.norm(g, axis=1, keepdims=True) + 1e-9
+    w = windows[:, :, 3:]
+    lam, vec = np.linalg.eigh(np.einsum("bti,btj->bij", w, w) / w.shape[1])
+    return g, vec[:, :, -1], lam[:, -1]
+
+
+def _turns(n: int, seed: int) -> np.ndarray:
+    cube = Rotation.create_group("O").as_matrix()
+    cube = cube[np.argsort([np.abs(m - np.eye(3)).sum() for m in cube], kind="stable")]  # identity first
+    return np.concatenate([cube, Rotation.random(n, random_state=seed).as_matrix()]) if n else cube
+
+
+class Reference:
+    """Window features of the training data, and the turn that best brings a device's windows to them."""
+
+    def __init__(self, g: np.ndarray, a: np.ndarray, e: np.ndarray, config: OrientationConfig | None = None):
+        self.config = config or OrientationConfig()
+        self.g = np.asarray(g, dtype=np.float64).reshape(-1, 3)
+        self.a = np.asarray(a, dtype=np.float64).reshape(-1, 3)
+        self.e = np.asarray(e, dtype=np.float64).reshape(-1)
+        if not (len(self.g) == len(self.a) == len(self.e)) or len(self.g) == 0:
+            raise ValueError("a reference needs the same, non-zero number of g, a and e rows")
+        self._turns = _turns(self.config.grid, self.config.seed)
+
+    @classmethod
+    def from_features(cls, g, a, e, config: OrientationConfig | None = None) -> Reference:
+        """Keep at most ``config.reference`` windows, drawn at random (seeded)."""
+        config = config or OrientationConfig()
+        g, a, e = (np.asarray(v) for v in (g, a, e))
+        if len(g) > config.reference:
+            keep = np.sort(np.random.default_rng(config.seed).choice(len(g), config.reference, replace=False))
+            g, a, e = g[keep], a[keep], e[keep]
+        return cls(g, a, e, config)
+
+    @classmethod
+    def from_windows(cls, windows: np.ndarray, config: OrientationConfig | None = None) -> Reference:
+        return cls.from_features(*window_features(windows), config)
+
+    def to_dict(self) -> dict:
+        """The features as float32 arrays (the checkpoint stores them as tensors)."""
+        return {k: v.astype(np.float32) for k, v in (("g", self.g), ("a", self.a), ("e", self.e))}
+
+    @classmethod
+    def from_dict(cls, blob: dict, config: OrientationConfig | None = None) -> Reference:
+        try:
+            return cls(blob["g"], blob["a"], blob["e"], config)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"not an orientation reference: {exc}") from None
+
+    def scores(self, turns: np.ndarray, g: np.ndarray, a: np.ndarray, e: np.ndarray) -> np.ndarray:
+        """Mean log-likelihood per window of the device's windows under each turn (n,)."""
+        cfg = self.config
+        both = ((e > cfg.min_energy)[:, None] & (self.e > cfg.min_energy)[None, :]).astype(np.float32)
+        rg, ra = self.g.astype(np.float32).T, self.a.astype(np.float32).T
+        g, a = np.asarray(g, dtype=np.float32), np.asarray(a, dtype=np.float32)
+        turns = np.asarray(turns, dtype=np.float32)
+        out = np.empty(len(turns))
+        for start in range(0, len(turns), 64):
+            R = turns[start:start + 64]
+            s = np.einsum("rij,nj->rni", R, g) @ rg  # (r, n, m) cosines
+            s -= 1.0
+            s *= cfg.kg
+            if cfg.ka:
+                c = np.einsum("rij,nj->rni", R, a) @ ra
+                c *= c
+                c -= 1.0
+                c *= cfg.ka * both
+                s += c
+            top = s.max(axis=2, keepdims=True)
+            s -= top
+            np.exp(s, out=s)
+            out[start:start + 64] = (top[..., 0] + np.log(s.mean(axis=2))).mean(axis=1)
+        return out
+
+    def fit(self, g: np.ndarray, a: np.ndarray, e: np.ndarray) -> tuple[np.ndarray, float]:
+        """(the best turn R (3, 3), how much better it explains the windows than none, nats per window).
+
+        A coarse search over the axis-aligned turns and random ones, then two rounds of small turns
+        round the best."""
+        scores = self.scores(self._turns, g, a, e)
+        best = int(scores.argmax())
+        R, score = self._turns[best], float(scores[best])
+        rng = np.random.default_rng(self.config.seed + 1)
+        for scale in (0.25, 0.1):
+            near = Rotation.from_rotvec(rng.normal(0.0, scale, (100, 3))).as_matrix() @ R
+            s = self.scores(near, g, a, e)
+            if s.max() > score:
+                R, score = near[int(s.argmax())], float(s.max())
+        return R, score - float(scores[0])
+
+
+class Orienter:
+    """Per device: collect its first windows (as they came) and fit a turn to all of them at each of
+    ``config.stages``; from the first stage that fires, every window of that device is turned before the
+    model sees it; the last stage settles the turn (or none) for good."""
+
+    def __init__(self, reference: Reference) -> None:
+        self.reference = reference
+        self.config = reference.config
+        self.turns: dict[str, np.ndarray] = {}  # device -> R (3, 3), only for turned devices
+        self.decided: set[str] = set()  # devices whose orientation was chosen (turned or not)
+        self.gains: dict[str, float] = {}
+        self._pending: dict[str, list[np.ndarray]] = {}
+
+    def apply(self, devices: list[str], windows: np.ndarray) -> np.ndarray:
+        """Windows (B, T, 6) of distinct devices, as the model must see them: turned where a turn was
+        chosen. Windows of undecided devices are collected (as they came) towards the decision."""
+        out = windows
+        for i, device in enumerate(devices):
+            if device not in self.decided:
+                pending = self._pending.setdefault(device, [])
+                pending.append(np.array(windows[i]))
+                for count, margin in self.config.stages:
+                    if len(pending) == count:
+                        self._decide(device, np.stack(pending), margin, count == self.config.windows)
+            R = self.turns.get(device)
+            if R is not None:
+                if out is windows:
+                    out = np.array(windows)
+                out[i, :, :3] = windows[i, :, :3] @ R.T.astype(windows.dtype)
+                out[i, :, 3:] = windows[i, :, 3:] @ R.T.astype(windows.dtype)
+        return out
+
+    def _decide(self, device: str, windows: np.ndarray, margin: float, last: bool) -> None:
+        R, gain = self.reference.fit(*window_features(windows))
+        self.gains[device] = gain
+        if gain >= margin:
+            self.turns[device] = R  # a later stage, with more windows, may turn it better (or back)
+        elif last:
+            self.turns.pop(device, None)
+        if last:
+            del self._pending[device]
+            self.decided.add(device)
+
+    def snapshot(self) -> dict:
+        """What a restarted consumer needs: every settled device and the turn of each turned one (the
+        windows of devices still undecided are not kept: they start collecting again)."""
+        return {"decided": sorted(self.decided),
+                "turns": {d: R.reshape(-1).tolist() for d, R in self.turns.items() if d in self.decided}}
+
+    def restore(self, snapshot: dict) -> None:
+        for device in snapshot.get("decided", ()):
+            self.decided.add(str(device))
+            self._pending.pop(str(device), None)
+        for device, values in snapshot.get("turns", {}).items():
+            self.turns[str(device)] = np.asarray(values, dtype=np.float64).reshape(3, 3)
+
+    def evict(self, device: str) -> None:
+        for table in (self.turns, self.gains, self._pending):
+            table.pop(device, None)
+        self.decided.discard(device)
