@@ -155,6 +155,9 @@ def cmd_train(args) -> int:
     print(f"saved {args.out} (version {version}): {len(report['classes'])} classes, "
           f"validation accuracy {best.get('accuracy')}, macro F1 {best.get('macro_f1')} "
           f"on held-out people {', '.join(report['val_people'][:6])}{' ...' if len(report['val_people']) > 6 else ''}")
+    if report.get("orientation_windows"):
+        print(f"kept how the training sensors were worn ({report['orientation_windows']} windows): a device worn "
+              "turned is served turned back (--no-orientation: not)")
     return 0
 
 

@@ -184,3 +184,16 @@ def test_a_turned_device_replayed_over_mqtt_is_served_as_evaluate_serves_it(brok
     upside_down = turned(test, np.diag([1.0, -1.0, -1.0]))
     consumer = replay_through_consumer_matches_evaluate(upside_down, model, "o", broker_url)
     assert set(consumer.pipeline.classifier.orienter.turns) == set(np.unique(upside_down.device))
+
+
+def test_cli_train_keeps_the_reference_unless_told_not_to(tmp_path, capsys):
+    from stream.cli import main
+    from stream.recording import write_recording
+    write_recording(tmp_path / "train.csv", twisting_recording(people=3, minutes=0.5))
+    small = ["--data", str(tmp_path / "train.csv"), "--hidden", "8", "--layers", "1", "--window", "25",
+             "--epochs", "1", "--quiet"]
+    assert main(["train", *small, "--out", str(tmp_path / "o.pt")]) == 0
+    assert "served turned back" in capsys.readouterr().out
+    assert main(["train", *small, "--out", str(tmp_path / "n.pt"), "--no-orientation"]) == 0
+    assert load_checkpoint(tmp_path / "o.pt")[0].orientation is not None
+    assert load_checkpoint(tmp_path / "n.pt")[0].orientation is None
