@@ -29,6 +29,8 @@ where both windows turn at all).
 
 from __future__ import annotations
 
+import time
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
@@ -42,13 +44,13 @@ class OrientationConfig:
     # (windows, margin): after this many of a device's windows, turn it if the best turn explains them
     # better than none by at least margin nats per window; the last stage decides for good. A sensor
     # upside down shows within 5 windows (10 s), a quarter turn about the arm needs about 15 (exermote)
-    stages: tuple[tuple[int, float], ...] = ((5, 3.0), (15, 1.0))  # ~80 ms of one core per device
+    stages: tuple[tuple[int, float], ...] = ((5, 3.0), (15, 1.0))  # ~35 ms of one core per device
     kg: float = 20.0  # concentration of the kernel on gravity directions
     ka: float = 8.0  # concentration of the kernel on rotation axes
     min_energy: float = 0.05  # (rad/s)^2: a window that turns less has no rotation axis to speak of
     grid: int = 400  # random turns tried besides the 24 axis-aligned ones (then refined near the best)
     reference: int = 600  # reference windows kept from the training data (in the checkpoint)
-    seed: int = 0
+    seed: int = 0  # of the candidate turns; the checkpoint keeps no config, so leave it (and the rest) be
 
     def __post_init__(self) -> None:
         self.stages = tuple((int(n), float(m)) for n, m in self.stages)
@@ -96,18 +98,19 @@ class Reference:
         self._turns = _turns(self.config.grid, self.config.seed)
 
     @classmethod
-    def from_features(cls, g, a, e, config: OrientationConfig | None = None) -> Reference:
-        """Keep at most ``config.reference`` windows, drawn at random (seeded)."""
+    def from_features(cls, g, a, e, config: OrientationConfig | None = None, seed: int = 0) -> Reference:
+        """Keep at most ``config.reference`` windows, drawn at random (``seed``)."""
         config = config or OrientationConfig()
         g, a, e = (np.asarray(v) for v in (g, a, e))
         if len(g) > config.reference:
-            keep = np.sort(np.random.default_rng(config.seed).choice(len(g), config.reference, replace=False))
+            keep = np.sort(np.random.default_rng(seed).choice(len(g), config.reference, replace=False))
             g, a, e = g[keep], a[keep], e[keep]
         return cls(g, a, e, config)
 
     @classmethod
-    def from_windows(cls, windows: np.ndarray, config: OrientationConfig | None = None) -> Reference:
-        return cls.from_features(*window_features(windows), config)
+    def from_windows(cls, windows: np.ndarray, config: OrientationConfig | None = None,
+                     seed: int = 0) -> Reference:
+        return cls.from_features(*window_features(windows), config, seed)
 
     def to_dict(self) -> dict:
         """The features as float32 arrays (the checkpoint stores them as tensors)."""
@@ -163,40 +166,80 @@ class Reference:
 
 
 class Orienter:
-    """Per device: collect its first windows (as they came) and fit a turn to all of them at each of
-    ``config.stages``; from the first stage that fires, every window of that device is turned before the
-    model sees it; the last stage settles the turn (or none) for good."""
+    """Per device: keep the features of its first windows (as they came) and fit a turn to all of them
+    at each of ``config.stages``; from the first stage that fires, every window of that device is turned
+    before the model sees it; the last stage settles the turn (or none) for good.
 
-    def __init__(self, reference: Reference) -> None:
+    ``budget`` (seconds per ``apply``, None: no limit) bounds the fitting done in one call: at least one
+    fit runs, then more while time is left; devices whose stage is due wait, first come first served,
+    keeping their current turn, and are fitted on every window they have by then. ``evaluate`` runs
+    without a limit; the consumer with one, so that thousands of devices starting together do not stall
+    serving. ``changed`` lists the devices whose turn changed in the last ``apply`` (what was learnt of
+    their orientation before, e.g. by the drift detectors, no longer holds).
+    """
+
+    MAX_PARKED = 100_000  # settled devices kept after eviction (the consumer keeps as many states)
+
+    def __init__(self, reference: Reference, budget: float | None = None) -> None:
         self.reference = reference
         self.config = reference.config
+        self.budget = budget
         self.turns: dict[str, np.ndarray] = {}  # device -> R (3, 3), only for turned devices
-        self.decided: set[str] = set()  # devices whose orientation was chosen (turned or not)
-        self.gains: dict[str, float] = {}
-        self._pending: dict[str, list[np.ndarray]] = {}
+        self.decided: set[str] = set()  # devices whose orientation is settled (turned or not)
+        self.gains: dict[str, float] = {}  # device -> the last fit's gain
+        self.changed: list[str] = []
+        self._pending: dict[str, list[np.ndarray]] = {}  # device -> per window (g, a, e) as 7 floats
+        self._due: dict[str, None] = {}  # devices with a stage to fit, in order
+        self._parked: OrderedDict[str, np.ndarray | None] = OrderedDict()  # evicted settled devices
+        self._stage_counts = {n for n, _ in self.config.stages}
 
     def apply(self, devices: list[str], windows: np.ndarray) -> np.ndarray:
         """Windows (B, T, 6) of distinct devices, as the model must see them: turned where a turn was
-        chosen. Windows of undecided devices are collected (as they came) towards the decision."""
+        chosen (a copy then; else ``windows`` itself)."""
+        self.changed = []
+        last = self.config.windows
+        new = [i for i, d in enumerate(devices) if d not in self.decided]
+        if new:
+            parked = [i for i in new if devices[i] in self._parked]
+            for i in parked:
+                self._unpark(devices[i])
+            new = [i for i in new if devices[i] not in self.decided]
+        if new:
+            g, a, e = window_features(windows[new])
+            for j, i in enumerate(new):
+                pending = self._pending.setdefault(devices[i], [])
+                if len(pending) < last:
+                    pending.append(np.concatenate([g[j], a[j], e[j:j + 1]]))
+                    if len(pending) in self._stage_counts:
+                        self._due[devices[i]] = None
+        if self._due:
+            self._fit_due()
         out = windows
         for i, device in enumerate(devices):
-            if device not in self.decided:
-                pending = self._pending.setdefault(device, [])
-                pending.append(np.array(windows[i]))
-                for count, margin in self.config.stages:
-                    if len(pending) == count:
-                        self._decide(device, np.stack(pending), margin, count == self.config.windows)
             R = self.turns.get(device)
             if R is not None:
                 if out is windows:
                     out = np.array(windows)
-                out[i, :, :3] = windows[i, :, :3] @ R.T.astype(windows.dtype)
-                out[i, :, 3:] = windows[i, :, 3:] @ R.T.astype(windows.dtype)
+                Rt = R.T.astype(windows.dtype)
+                out[i, :, :3] = windows[i, :, :3] @ Rt
+                out[i, :, 3:] = windows[i, :, 3:] @ Rt
         return out
 
-    def _decide(self, device: str, windows: np.ndarray, margin: float, last: bool) -> None:
-        R, gain = self.reference.fit(*window_features(windows))
+    def _fit_due(self) -> None:
+        started = time.perf_counter()
+        while self._due:
+            device = next(iter(self._due))
+            del self._due[device]
+            features = np.stack(self._pending[device])
+            count, margin = max(st for st in self.config.stages if st[0] <= len(features))
+            self._decide(device, features, margin, count == self.config.windows)
+            if self.budget is not None and time.perf_counter() - started >= self.budget:
+                break
+
+    def _decide(self, device: str, features: np.ndarray, margin: float, last: bool) -> None:
+        R, gain = self.reference.fit(features[:, :3], features[:, 3:6], features[:, 6])
         self.gains[device] = gain
+        before = self.turns.get(device)
         if gain >= margin:
             self.turns[device] = R  # a later stage, with more windows, may turn it better (or back)
         elif last:
@@ -204,21 +247,48 @@ class Orienter:
         if last:
             del self._pending[device]
             self.decided.add(device)
+        if self.turns.get(device) is not before:
+            self.changed.append(device)
 
     def snapshot(self) -> dict:
-        """What a restarted consumer needs: every settled device and the turn of each turned one (the
-        windows of devices still undecided are not kept: they start collecting again)."""
-        return {"decided": sorted(self.decided),
-                "turns": {d: R.reshape(-1).tolist() for d, R in self.turns.items() if d in self.decided}}
+        """What a restarted consumer needs: every settled device (evicted ones too) and the turn of each
+        turned one. Devices still undecided start collecting again."""
+        turns = {d: R for d, R in self._parked.items() if R is not None}
+        turns.update((d, R) for d, R in self.turns.items() if d in self.decided)
+        return {"decided": sorted(self.decided | set(self._parked)),
+                "turns": {d: R.reshape(-1).tolist() for d, R in turns.items()}}
 
     def restore(self, snapshot: dict) -> None:
-        for device in snapshot.get("decided", ()):
-            self.decided.add(str(device))
-            self._pending.pop(str(device), None)
-        for device, values in snapshot.get("turns", {}).items():
-            self.turns[str(device)] = np.asarray(values, dtype=np.float64).reshape(3, 3)
+        """Take back a ``snapshot``; ValueError (and nothing taken) if it is not one."""
+        try:
+            decided = [str(d) for d in snapshot.get("decided", ())]
+            turns = {str(d): np.asarray(v, dtype=np.float64).reshape(3, 3)
+                     for d, v in dict(snapshot.get("turns", {})).items()}
+        except (AttributeError, TypeError, ValueError) as exc:
+            raise ValueError(f"not an orientation snapshot: {exc}") from None
+        for d, R in turns.items():
+            if not (np.isfinite(R).all() and np.allclose(R @ R.T, np.eye(3), atol=1e-4)
+                    and np.linalg.det(R) > 0):
+                raise ValueError(f"not an orientation snapshot: the turn of {d} is not a rotation")
+        for device in decided:
+            self.decided.add(device)
+            self._pending.pop(device, None)
+            self._due.pop(device, None)
+        self.turns.update(turns)
 
     def evict(self, device: str) -> None:
-        for table in (self.turns, self.gains, self._pending):
+        """Forget a device; a settled one's turn is kept (up to ``MAX_PARKED``) for when it returns."""
+        if device in self.decided:
+            self._parked[device] = self.turns.get(device)
+            self._parked.move_to_end(device)
+            while len(self._parked) > self.MAX_PARKED:
+                self._parked.popitem(last=False)
+        for table in (self.turns, self.gains, self._pending, self._due):
             table.pop(device, None)
         self.decided.discard(device)
+
+    def _unpark(self, device: str) -> None:
+        R = self._parked.pop(device)
+        self.decided.add(device)
+        if R is not None:
+            self.turns[device] = R

@@ -409,4 +409,4 @@ def orientation_reference(streams: list[LabelledStream], window: int, seed: int 
     windows = [w for w in windows if len(w)]
     if not windows:
         raise ValueError("no whole window in the training data for an orientation reference")
-    return Reference.from_windows(np.concatenate(windows), OrientationConfig(seed=seed))
+    return Reference.from_windows(np.concatenate(windows), OrientationConfig(), seed)

@@ -89,6 +89,7 @@ def consumer_topic(prefix: str, consumer_id: str, kind: str) -> str:
 QUEUED_OVERHEAD = 1024
 HIGH_WATER = 0.75  # share of the queue bounds beyond which paho's thread stops reading (back-pressure)
 DRAIN_CHUNK = 256  # messages taken off the queue at once: their imu payloads are decoded together
+ORIENT_BUDGET = 0.01  # s of fitting how devices are worn per cycle (models.orientation.Orienter.budget)
 
 @dataclass
 class ConsumerConfig:
@@ -299,6 +300,8 @@ class Consumer:
         self.config = config
         # the shared store keeps buffers itself and commits in seq order: no hold there
         self.pipeline = Pipeline(classifier, reorder=0.0 if config.state_store else config.reorder)
+        if classifier.orienter is not None:  # fits of how devices are worn: at most ~10 ms per cycle
+            classifier.orienter.budget = ORIENT_BUDGET
         self.router = AdapterRouter.from_spec(list(config.adapters), config.prefix, config.max_payload)
         # a late message that fills a counted gap is taken; the shared store applies messages in seq order
         self.sequence = SequenceCheck(fill_gaps=not config.state_store)
@@ -395,7 +398,10 @@ class Consumer:
         for device, tensors in state["devices"].items():
             classifier.bank.set(device, tuple(t.unsqueeze(1) for t in tensors))
         if classifier.orienter is not None:  # devices worn turned go on being served turned back
-            classifier.orienter.restore(state.get("orientation") or {})
+            try:
+                classifier.orienter.restore(state.get("orientation") or {})
+            except ValueError as exc:
+                log.warning("not restoring how devices are worn from %s: %s", directory, exc)
         self._evicted.update(state["evicted"])
         sequences, watermarks = dict(state["sequences"]), dict(state["watermarks"])
         anchors = dict(state.get("anchors") or {})
@@ -970,6 +976,8 @@ class Consumer:
         cfg = self.config
         events: list[DriftEvent] = []
         for p in predictions:  # magnitude and mean computed for the whole batch by the pipeline
+            if p.reoriented:  # turned anew: not a drift of its own making (models.orientation)
+                self.monitor.reoriented(p.device, p.t_end)
             events += self.monitor.observe(p.device, p.t_end, p.magnitude, p.confidence, p.mean_acc, p.label)
             if p.device in self.history:
                 self.history.add(LabelledWindow(p.device, p.t_end, p.window, p.state_before(), p.label,

@@ -105,7 +105,8 @@ class _Detectors:
 
     __slots__ = ("device", "rolling_size", "magnitude", "confidence", "orientation", "directions",
                  "orientation_pending", "error", "accuracy", "kappa", "rolling", "rolling_confidence", "drifts",
-                 "needs_labels", "last_drift", "label_directions", "label_turned", "fired", "known")
+                 "needs_labels", "last_drift", "label_directions", "label_turned", "fired", "known",
+                 "oriented_at")
 
     def __init__(self, device: str, rolling: int) -> None:
         self.device = device
@@ -128,6 +129,7 @@ class _Detectors:
         self.label_turned = 0  # consecutive labelled windows turned away from their class's usual direction
         self.fired: dict[str, float] | None = None  # signal -> device time it last fired
         self.known: dict[str, list[int]] | None = None  # true class -> [labelled windows, wrong ones]
+        self.oriented_at: float | None = None  # device time the device's windows were last turned anew
 
     def scored(self) -> _Detectors:
         """The label-fed detectors and metrics, made on first use."""
@@ -157,6 +159,18 @@ class Monitor:
         if d is None:
             d = self._devices[device] = _Detectors(device, self.rolling)
         return d
+
+    def reoriented(self, device: str, t: float) -> None:
+        """The device's windows are turned anew from device time ``t`` on (``models.orientation``): what
+        the orientation checks learnt of it no longer holds, and a labelled window from before ``t``
+        (labels may come late) must not teach them the old orientation again."""
+        dev = self._get(device)
+        dev.orientation = _adwin()
+        dev.directions = {}
+        dev.orientation_pending = 0
+        dev.label_directions = None
+        dev.label_turned = 0
+        dev.oriented_at = t
 
     def forget(self, device: str) -> None:
         self._devices.pop(device, None)
@@ -227,7 +241,8 @@ class Monitor:
         self._last_label_t[device] = t
         out = []
         self.confusion.update(truth, predicted)
-        if mean_acc is not None and truth not in LABELLED_SKIP:
+        if mean_acc is not None and truth not in LABELLED_SKIP and (
+                self._get(device).oriented_at is None or t >= self._get(device).oriented_at):
             dev = self._get(device)
             turn = self._labelled_angle(dev, truth, mean_acc)
             if turn is not None:

@@ -35,6 +35,7 @@ class Prediction:
     batch_index: int = 0  # this window's row in batch_state
     magnitude: float = 0.0  # mean |specific force| over the window (m/s²), for the drift detectors
     mean_acc: np.ndarray | None = None  # (3,) mean specific force over the window (for the drift detectors)
+    reoriented: bool = False  # the device's windows are turned anew from this one on (models.orientation)
 
     def state_before(self) -> tuple:
         """This device's state before the window, each (layers, hidden), as a copy."""
@@ -123,8 +124,10 @@ class Pipeline:
             windows = np.stack([w.samples for w in group])
             devices = [w.device for w in group]
             seen = [w.samples for w in group]  # what the model sees of each window, kept for fine-tuning
+            changed: set[str] = set()
             if orienter is not None:  # a device worn turned is served turned back (models.orientation)
                 stacked, windows = windows, orienter.apply(devices, windows)
+                changed = set(orienter.changed)
                 if windows is not stacked:  # own copies: a view would keep the whole batch alive
                     seen = [windows[i].copy() if orienter.turns.get(d) is not None else seen[i]
                             for i, d in enumerate(devices)]
@@ -137,7 +140,7 @@ class Pipeline:
             confidence = probs[np.arange(len(group)), best].tolist()
             for i, (w, p, k) in enumerate(zip(group, probs, best.tolist(), strict=True)):
                 out.append(Prediction(w.device, w.t_end, classes[k], confidence[i], p, w.arrival, seen[i],
-                                      state, i, magnitudes[i], means[i]))
+                                      state, i, magnitudes[i], means[i], w.device in changed))
         return out
 
     def evict(self, device: str) -> None:

@@ -14,7 +14,7 @@ import models.orientation
 from models.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from models.data import labelled_streams
 from models.evaluate import evaluate
-from models.orientation import OrientationConfig, Orienter, window_features
+from models.orientation import OrientationConfig, Orienter, Reference, window_features
 from models.rnn import HARNet, ModelConfig
 from models.train import TrainConfig, orientation_reference, train
 from stream.recording import Recording
@@ -197,3 +197,141 @@ def test_cli_train_keeps_the_reference_unless_told_not_to(tmp_path, capsys):
     assert main(["train", *small, "--out", str(tmp_path / "n.pt"), "--no-orientation"]) == 0
     assert load_checkpoint(tmp_path / "o.pt")[0].orientation is not None
     assert load_checkpoint(tmp_path / "n.pt")[0].orientation is None
+
+
+# -- review findings: both sensors turned, the pipeline's copy, stages, budget, eviction, drift ---------
+class _Scripted(Reference):
+    """A reference whose fit returns set gains (the turn: upside down), to test the stages alone."""
+
+    def __init__(self, gains):
+        super().__init__(np.array([[0.0, 0.0, 1.0]]), np.array([[1.0, 0.0, 0.0]]), np.ones(1))
+        self._gains = list(gains)
+        self.fitted: list[int] = []
+
+    def fit(self, g, a, e):
+        self.fitted.append(len(g))
+        return np.diag([1.0, -1.0, -1.0]), self._gains.pop(0)
+
+
+def _windows(n: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    w = rng.normal(0, 1, (n, 25, 6)).astype(np.float32)
+    w[:, :, 2] += 9.81
+    return w
+
+
+def test_both_sensors_are_turned_by_the_chosen_turn():
+    orienter = Orienter(_Scripted([5.0, 5.0]))
+    w = _windows(6)
+    for i in range(5):
+        out = orienter.apply(["d"], w[i:i + 1])
+    R = orienter.turns["d"]
+    np.testing.assert_allclose(out[0, :, :3], w[4, :, :3] @ R.T, atol=1e-5)
+    np.testing.assert_allclose(out[0, :, 3:], w[4, :, 3:] @ R.T, atol=1e-5)
+    assert out[0, 0, 4] == -w[4, 0, 4] and out[0, 0, 5] == -w[4, 0, 5]  # gyro y, z flipped too
+
+
+def test_a_stage_turns_from_its_window_on_and_the_last_one_may_turn_back():
+    ref = _Scripted([3.5, 0.2])  # stage 5 fires (margin 3); stage 15 does not (margin 1): back
+    orienter = Orienter(ref)
+    w = _windows(16)
+    for i in range(16):
+        out = orienter.apply(["d"], w[i:i + 1])
+        if i + 1 < 5 or i + 1 >= 15:
+            assert out is w[i:i + 1] or np.array_equal(out, w[i:i + 1]), i
+        else:
+            assert not np.array_equal(out, w[i:i + 1]), i
+        assert orienter.changed == (["d"] if i + 1 in (5, 15) else []), i
+    assert ref.fitted == [5, 15] and orienter.decided == {"d"} and "d" not in orienter.turns
+
+
+def test_a_budget_spreads_the_fits_over_calls_and_loses_none():
+    ref = _Scripted([0.0] * 20)
+    orienter = Orienter(ref, budget=0.0)  # one fit per call
+    devices = [f"d{i}" for i in range(4)]
+    w = _windows(4 * 20)
+    for k in range(20):
+        orienter.apply(devices, w[4 * k:4 * k + 4])
+    # all four due at windows 5 and 15, one fit per call: the later ones fit on the windows they have
+    assert orienter.decided == set(devices) and len(ref.fitted) == 8
+    assert ref.fitted[:4] == [5, 6, 7, 8] and ref.fitted[4:] == [15, 15, 15, 15]
+    unlimited = Orienter(_Scripted([0.0] * 8))
+    for k in range(15):
+        unlimited.apply(devices, w[4 * k:4 * k + 4])
+    assert unlimited.reference.fitted == [5] * 4 + [15] * 4
+
+
+def test_the_pipeline_keeps_the_turned_window_and_flags_the_turn(people):
+    from models.state import StatefulClassifier
+    from stream.decode import SampleBatch
+    from stream.pipeline import Pipeline
+    ref, windows = people
+    torch.manual_seed(0)
+    model = HARNet(ModelConfig(classes=("hold", "twist"), input_channels=6, **FAST_MODEL)).eval()
+    model.orientation = ref
+    pipeline = Pipeline(StatefulClassifier(model, "o"))
+    upside = np.diag([1.0, -1.0, -1.0])
+    samples = windows[:20].reshape(-1, 6).astype(np.float64)
+    t = np.arange(len(samples)) / 25.0
+    acc, gyro = samples[:, :3] @ upside.T, samples[:, 3:] @ upside.T
+    out, turns = [], []
+    for a in range(0, len(t), 25):
+        pipeline.add(SampleBatch("d", t[a:a + 25], acc[a:a + 25], gyro[a:a + 25]), 0.0)
+        out += pipeline.classify_ready()
+        turns.append(pipeline.classifier.orienter.turns.get("d"))
+    assert len(out) == 20
+    # upside down shows at the first stage; the last, on 15 windows, refines the turn
+    assert [i for i, p in enumerate(out) if p.reoriented] == [4, 14]
+    assert turns[3] is None and turns[4] is not None and turns[14] is not turns[4]
+    raw = np.concatenate([acc, gyro], axis=1).astype(np.float32)
+    for i, p in enumerate(out):
+        block, R = raw[i * 25:(i + 1) * 25], turns[i]  # the buffer's grid is the samples' own here
+        expected = block if R is None else np.concatenate([block[:, :3] @ R.T, block[:, 3:] @ R.T], axis=1)
+        np.testing.assert_allclose(p.window, expected, atol=1e-4)
+        if R is not None:
+            assert p.window.base is None  # a turned window owns its copy
+            np.testing.assert_allclose(p.window[:, :3].mean(0), windows[i, :, :3].mean(0), atol=0.2 * 9.81)
+    # evicted, and back: the settled turn comes back with the device, no new fit
+    for a in range(len(t), len(t) + 25 * 12, 25):  # settle it first (stage 15)
+        pipeline.add(SampleBatch("d", a / 25.0 + np.arange(25) / 25.0, acc[:25], gyro[:25]), 0.0)
+        pipeline.classify_ready()
+    orienter = pipeline.classifier.orienter
+    assert "d" in orienter.decided
+    R = orienter.turns["d"]
+    pipeline.evict("d")
+    assert "d" not in orienter.turns and "d" not in orienter.decided
+    assert orienter.snapshot()["turns"]["d"] == R.reshape(-1).tolist()  # kept across a restart too
+    orienter.apply(["d"], raw[None, :25])
+    assert "d" in orienter.decided and orienter.turns["d"] is R and orienter.changed == []
+
+
+def test_the_orienters_own_turn_is_not_reported_as_drift(people):
+    """Windows 1-14 served as they come teach the orientation checks one direction per class; the turn
+    chosen at window 15 must not look like a strap turned (the consumer tells the monitor)."""
+    from stream.monitor import Monitor
+    rec = twisting_recording(people=4, minutes=3, seed=3)
+    test = rec.subject == "person3"
+    ref = orientation_reference(labelled_streams(rec.take(~test), ["hold", "twist"], 25.0, gyro=True), 25)
+    held = max(labelled_streams(rec.take(test), ["hold", "twist"], 25.0, gyro=True), key=lambda s: len(s.x))
+    n = len(held.x) // 25
+    W = held.x[:n * 25].reshape(n, 25, 6).astype(np.float32)
+    truth = np.array(["hold", "twist"])[held.y[:n * 25].reshape(n, 25)[:, 12]]
+    R0 = Rotation.from_euler("x", 20, degrees=True).as_matrix()  # a small misfit, turned at window 15
+    bad = W.copy()
+    bad[:, :, :3], bad[:, :, 3:] = W[:, :, :3] @ R0.T, W[:, :, 3:] @ R0.T
+    for tell in (False, True):
+        orienter, monitor, events = Orienter(ref), Monitor(), []
+        for i in range(n):
+            x = orienter.apply(["dev"], bad[i:i + 1])
+            if tell and orienter.changed:
+                monitor.reoriented("dev", float(i))
+            mean = x[0, :, :3].mean(0)
+            events += monitor.observe("dev", float(i), float(np.linalg.norm(x[0, :, :3], axis=1).mean()),
+                                      0.9, mean, truth[i])
+            events += monitor.labelled("dev", float(i), truth[i], truth[i], x[0].mean(0))
+        turned_at = 15 if "dev" in orienter.turns else None
+        alarms = [e for e in events if e.signal == "orientation"]
+        if not tell:
+            assert turned_at == 15 and alarms, "the scenario no longer shows the problem"
+        else:
+            assert alarms == []
