@@ -198,12 +198,14 @@ class Orienter:
         chosen (a copy then; else ``windows`` itself)."""
         self.changed = []
         last = self.config.windows
-        new = [i for i, d in enumerate(devices) if d not in self.decided]
-        if new:
-            parked = [i for i in new if devices[i] in self._parked]
-            for i in parked:
-                self._unpark(devices[i])
-            new = [i for i in new if devices[i] not in self.decided]
+        new = []
+        for i, device in enumerate(devices):
+            if device in self.decided:
+                continue
+            if device in self._parked:  # settled before it was evicted
+                self._unpark(device)
+                continue
+            new.append(i)
         if new:
             g, a, e = window_features(windows[new])
             for j, i in enumerate(new):
@@ -214,15 +216,14 @@ class Orienter:
                         self._due[devices[i]] = None
         if self._due:
             self._fit_due()
-        out = windows
-        for i, device in enumerate(devices):
-            R = self.turns.get(device)
-            if R is not None:
-                if out is windows:
-                    out = np.array(windows)
-                Rt = R.T.astype(windows.dtype)
-                out[i, :, :3] = windows[i, :, :3] @ Rt
-                out[i, :, 3:] = windows[i, :, 3:] @ Rt
+        turned = [(i, self.turns[d]) for i, d in enumerate(devices) if d in self.turns] if self.turns else []
+        if not turned:
+            return windows
+        out = np.array(windows)
+        for i, R in turned:
+            Rt = R.T.astype(windows.dtype)
+            out[i, :, :3] = windows[i, :, :3] @ Rt
+            out[i, :, 3:] = windows[i, :, 3:] @ Rt
         return out
 
     def _fit_due(self) -> None:

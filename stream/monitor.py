@@ -241,9 +241,8 @@ class Monitor:
         self._last_label_t[device] = t
         out = []
         self.confusion.update(truth, predicted)
-        if mean_acc is not None and truth not in LABELLED_SKIP and (
-                self._get(device).oriented_at is None or t >= self._get(device).oriented_at):
-            dev = self._get(device)
+        dev = self._get(device) if mean_acc is not None and truth not in LABELLED_SKIP else None
+        if dev is not None and (dev.oriented_at is None or t >= dev.oriented_at):  # not from before a turn
             turn = self._labelled_angle(dev, truth, mean_acc)
             if turn is not None:
                 angle, limit = turn

@@ -129,8 +129,7 @@ class Pipeline:
                 stacked, windows = windows, orienter.apply(devices, windows)
                 changed = set(orienter.changed)
                 if windows is not stacked:  # own copies: a view would keep the whole batch alive
-                    seen = [windows[i].copy() if orienter.turns.get(d) is not None else seen[i]
-                            for i, d in enumerate(devices)]
+                    seen = [windows[i].copy() if d in orienter.turns else seen[i] for i, d in enumerate(devices)]
             probs, state = self.classifier.classify_with_state(devices, windows)
             best = probs.argmax(axis=1)
             # what the drift detectors watch, for the whole batch at once: the accelerometer's
