@@ -343,8 +343,8 @@ class Monitor:
         out = self._summary(self._all)
         labels = sorted(self.confusion.classes)
         matrix = [[int(self.confusion[t][p]) for p in labels] for t in labels]
-        out["per_class_recall"] = {c: round(row[i] / sum(row), 4) for i, (c, row) in enumerate(zip(labels, matrix))
-                                   if sum(row)}
+        out["per_class_recall"] = {c: round(row[i] / sum(row), 4)
+                                   for i, (c, row) in enumerate(zip(labels, matrix, strict=True)) if sum(row)}
         out["confusion"] = {"labels": labels, "matrix": matrix}
         out["drift_counts"] = dict(self.event_counts)
         return out

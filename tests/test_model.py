@@ -45,7 +45,7 @@ def test_a_batch_beyond_max_batch_is_split_with_the_same_answers(tiny_model, mon
     rng = np.random.default_rng(1)
     devices = [f"d{i}" for i in range(20)]
     whole, split = StatefulClassifier(tiny_model), StatefulClassifier(tiny_model)
-    for k in range(3):
+    for _ in range(3):
         windows = rng.normal(size=(20, 20, 3)).astype(np.float32) * 4
         monkeypatch.setattr(models.state, "MAX_BATCH", 64)
         p_whole, before_whole = whole.classify_with_state(devices, windows)
