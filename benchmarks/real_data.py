@@ -266,6 +266,8 @@ def main() -> int:
     parser.add_argument("--work", type=Path, default=Path("/tmp/harstream-real-data"),
                         help="fold files and models go here")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per command (default: 1)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="harstream train --seed: it also picks the validation people (default: 0)")
     parser.add_argument("--docs", type=Path, default=ROOT / "docs")
     args = parser.parse_args()
     started = time.monotonic()
@@ -282,6 +284,7 @@ def main() -> int:
             todo = todo[:2]
         print(f"{name}: {len(todo)} fold(s)", flush=True)
         train_args = ("--no-gyro",) if args.no_gyro else ()
+        train_args += ("--seed", str(args.seed)) if args.seed else ()
         results[name] = [run_fold(name, fold, rec, mask, args.work, args.threads, train_args)
                          for fold, mask in todo]
         summary = summarise(name, results[name])
@@ -292,7 +295,7 @@ def main() -> int:
         return 1
     meta = {
         "command": "python benchmarks/real_data.py" + (" --quick" if args.quick else "")
-                   + (" --no-gyro" if args.no_gyro else "")
+                   + (" --no-gyro" if args.no_gyro else "") + (f" --seed {args.seed}" if args.seed else "")
                    + ("" if args.datasets == list(TARGETS) else " --datasets " + " ".join(args.datasets)),
         "when": time.strftime("%Y-%m-%d"),
         "machine": f"{os.cpu_count()} CPU cores, {platform.machine()}, Python {platform.python_version()}",

@@ -43,8 +43,10 @@ __all__ = ["OrientationConfig", "Reference", "Orienter", "window_features"]
 class OrientationConfig:
     # (windows, margin): after this many of a device's windows, turn it if the best turn explains them
     # better than none by at least margin nats per window; the last stage decides for good. A sensor
-    # upside down shows within 5 windows (10 s), a quarter turn about the arm needs about 15 (exermote)
-    stages: tuple[tuple[int, float], ...] = ((5, 3.0), (15, 1.0))  # ~35 ms of one core per device
+    # upside down shows within 5 windows (10 s), a quarter turn about the arm needs about 15 (exermote);
+    # the fits at 30 and 45, on all the windows so far, mend a turn chosen wrongly on 15 windows that
+    # held one exercise only. A fit's cost grows with its windows: 5, 15, 30, 45 windows ~ 1 : 3 : 5 : 7
+    stages: tuple[tuple[int, float], ...] = ((5, 3.0), (15, 1.0), (30, 1.0), (45, 1.0))
     kg: float = 20.0  # concentration of the kernel on gravity directions
     ka: float = 8.0  # concentration of the kernel on rotation axes
     min_energy: float = 0.05  # (rad/s)^2: a window that turns less has no rotation axis to speak of

@@ -396,7 +396,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-orientation", action="store_true",
                    help="keep no sample of how the training data's sensors were worn; by default a model that "
                         "reads the gyroscope keeps one, and serves a device worn upside down or turned on the "
-                        "limb turned back, chosen from its first 10 to 30 s without labels (models/orientation.py)")
+                        "limb turned back, chosen from its first 10 to 90 s without labels (models/orientation.py)")
     p.add_argument("--sim-devices", type=int, default=40, help="simulated people (default: %(default)s)")
     p.add_argument("--sim-minutes", type=float, default=10.0, help="minutes per simulated person (default: %(default)s)")
     p.add_argument("--sim-placement", default="wrist", choices=("wrist", "upper_arm", "waist", "mixed"),

@@ -203,14 +203,19 @@ def test_cli_train_keeps_the_reference_unless_told_not_to(tmp_path, capsys):
 class _Scripted(Reference):
     """A reference whose fit returns set gains (the turn: upside down), to test the stages alone."""
 
-    def __init__(self, gains):
-        super().__init__(np.array([[0.0, 0.0, 1.0]]), np.array([[1.0, 0.0, 0.0]]), np.ones(1))
+    def __init__(self, gains, config: OrientationConfig | None = None):
+        super().__init__(np.array([[0.0, 0.0, 1.0]]), np.array([[1.0, 0.0, 0.0]]), np.ones(1), config)
         self._gains = list(gains)
         self.fitted: list[int] = []
+        self.features: list[np.ndarray] = []
 
     def fit(self, g, a, e):
         self.fitted.append(len(g))
+        self.features.append(np.asarray(g).copy())
         return np.diag([1.0, -1.0, -1.0]), self._gains.pop(0)
+
+
+TWO_STAGES = OrientationConfig(stages=((5, 3.0), (15, 1.0)))  # the stage mechanics, on fewer windows
 
 
 def _windows(n: int, seed: int = 0) -> np.ndarray:
@@ -232,7 +237,7 @@ def test_both_sensors_are_turned_by_the_chosen_turn():
 
 
 def test_a_stage_turns_from_its_window_on_and_the_last_one_may_turn_back():
-    ref = _Scripted([3.5, 0.2])  # stage 5 fires (margin 3); stage 15 does not (margin 1): back
+    ref = _Scripted([3.5, 0.2], TWO_STAGES)  # stage 5 fires (margin 3); stage 15 does not (margin 1): back
     orienter = Orienter(ref)
     w = _windows(16)
     for i in range(16):
@@ -246,7 +251,7 @@ def test_a_stage_turns_from_its_window_on_and_the_last_one_may_turn_back():
 
 
 def test_a_budget_spreads_the_fits_over_calls_and_loses_none():
-    ref = _Scripted([0.0] * 20)
+    ref = _Scripted([0.0] * 20, TWO_STAGES)
     orienter = Orienter(ref, budget=0.0)  # one fit per call
     devices = [f"d{i}" for i in range(4)]
     w = _windows(4 * 20)
@@ -255,10 +260,26 @@ def test_a_budget_spreads_the_fits_over_calls_and_loses_none():
     # all four due at windows 5 and 15, one fit per call: the later ones fit on the windows they have
     assert orienter.decided == set(devices) and len(ref.fitted) == 8
     assert ref.fitted[:4] == [5, 6, 7, 8] and ref.fitted[4:] == [15, 15, 15, 15]
-    unlimited = Orienter(_Scripted([0.0] * 8))
+    unlimited = Orienter(_Scripted([0.0] * 8, TWO_STAGES))
     for k in range(15):
         unlimited.apply(devices, w[4 * k:4 * k + 4])
     assert unlimited.reference.fitted == [5] * 4 + [15] * 4
+
+
+def test_later_stages_fit_on_all_the_windows_and_may_change_the_turn():
+    """The default stages: 5, 15, then 30 and 45 windows, each fit on every window so far (what the
+    first 15 held may be one exercise only)."""
+    assert [n for n, _ in OrientationConfig().stages] == [5, 15, 30, 45]
+    ref = _Scripted([0.0, 0.5, 1.5, 0.2])  # nothing, nothing, turned at 30, back at 45 (margin 1)
+    orienter = Orienter(ref)
+    w = _windows(46)
+    g = window_features(w)[0]
+    for i in range(46):
+        out = orienter.apply(["d"], w[i:i + 1])
+        assert orienter.changed == (["d"] if i + 1 in (30, 45) else []), i
+        assert np.array_equal(out, w[i:i + 1]) == (not 30 <= i + 1 < 45), i
+    assert ref.fitted == [5, 15, 30, 45] and orienter.decided == {"d"} and "d" not in orienter.turns
+    np.testing.assert_allclose(ref.features[-1], g[:45], atol=1e-6)  # as they came, not turned
 
 
 def test_the_pipeline_keeps_the_turned_window_and_flags_the_turn(people):
@@ -280,7 +301,7 @@ def test_the_pipeline_keeps_the_turned_window_and_flags_the_turn(people):
         out += pipeline.classify_ready()
         turns.append(pipeline.classifier.orienter.turns.get("d"))
     assert len(out) == 20
-    # upside down shows at the first stage; the last, on 15 windows, refines the turn
+    # upside down shows at the first stage; the second, on 15 windows, refines the turn
     assert [i for i, p in enumerate(out) if p.reoriented] == [4, 14]
     assert turns[3] is None and turns[4] is not None and turns[14] is not turns[4]
     raw = np.concatenate([acc, gyro], axis=1).astype(np.float32)
@@ -292,7 +313,7 @@ def test_the_pipeline_keeps_the_turned_window_and_flags_the_turn(people):
             assert p.window.base is None  # a turned window owns its copy
             np.testing.assert_allclose(p.window[:, :3].mean(0), windows[i, :, :3].mean(0), atol=0.2 * 9.81)
     # evicted, and back: the settled turn comes back with the device, no new fit
-    for a in range(len(t), len(t) + 25 * 12, 25):  # settle it first (stage 15)
+    for a in range(len(t), len(t) + 25 * 27, 25):  # settle it first (the last stage, 45)
         pipeline.add(SampleBatch("d", a / 25.0 + np.arange(25) / 25.0, acc[:25], gyro[:25]), 0.0)
         pipeline.classify_ready()
     orienter = pipeline.classifier.orienter
