@@ -45,7 +45,7 @@ class OrientationConfig:
     # better than none by at least margin nats per window; the last stage decides for good. A sensor
     # upside down shows within 5 windows (10 s), a quarter turn about the arm needs about 15 (exermote);
     # the fits at 30 and 45, on all the windows so far, mend a turn chosen wrongly on 15 windows that
-    # held one exercise only. A fit's cost grows with its windows: 5, 15, 30, 45 windows ~ 1 : 3 : 5 : 7
+    # held one exercise only. A fit's cost grows about as its windows (docs/results.md)
     stages: tuple[tuple[int, float], ...] = ((5, 3.0), (15, 1.0), (30, 1.0), (45, 1.0))
     kg: float = 20.0  # concentration of the kernel on gravity directions
     ka: float = 8.0  # concentration of the kernel on rotation axes
@@ -85,6 +85,11 @@ def _turns(n: int, seed: int) -> np.ndarray:
     cube = Rotation.create_group("O").as_matrix()
     cube = cube[np.argsort([np.abs(m - np.eye(3)).sum() for m in cube], kind="stable")]  # identity first
     return np.concatenate([cube, Rotation.random(n, random_state=seed).as_matrix()]) if n else cube
+
+
+def _degrees(R1: np.ndarray, R2: np.ndarray) -> float:
+    """The angle of the turn between two rotations."""
+    return float(np.degrees(np.arccos(np.clip((np.trace(R1.T @ R2) - 1.0) / 2.0, -1.0, 1.0))))
 
 
 class Reference:
@@ -181,6 +186,7 @@ class Orienter:
     """
 
     MAX_PARKED = 100_000  # settled devices kept after eviction (the consumer keeps as many states)
+    CHANGE_DEG = 10.0  # a new fit that moves the turn less than this is taken, but not reported as a change
 
     def __init__(self, reference: Reference, budget: float | None = None) -> None:
         self.reference = reference
@@ -190,7 +196,7 @@ class Orienter:
         self.decided: set[str] = set()  # devices whose orientation is settled (turned or not)
         self.gains: dict[str, float] = {}  # device -> the last fit's gain
         self.changed: list[str] = []
-        self._pending: dict[str, list[np.ndarray]] = {}  # device -> per window (g, a, e) as 7 floats
+        self._pending: dict[str, list] = {}  # device -> [(windows, 7) array of (g, a, e) per window, count]
         self._due: dict[str, None] = {}  # devices with a stage to fit, in order
         self._parked: OrderedDict[str, np.ndarray | None] = OrderedDict()  # evicted settled devices
         self._stage_counts = {n for n, _ in self.config.stages}
@@ -211,10 +217,14 @@ class Orienter:
         if new:
             g, a, e = window_features(windows[new])
             for j, i in enumerate(new):
-                pending = self._pending.setdefault(devices[i], [])
-                if len(pending) < last:
-                    pending.append(np.concatenate([g[j], a[j], e[j:j + 1]]))
-                    if len(pending) in self._stage_counts:
+                pending = self._pending.get(devices[i])
+                if pending is None:
+                    pending = self._pending[devices[i]] = [np.empty((last, 7)), 0]
+                features, n = pending
+                if n < last:
+                    features[n, :3], features[n, 3:6], features[n, 6] = g[j], a[j], e[j]
+                    pending[1] = n = n + 1
+                    if n in self._stage_counts:
                         self._due[devices[i]] = None
         if self._due:
             self._fit_due()
@@ -233,7 +243,8 @@ class Orienter:
         while self._due:
             device = next(iter(self._due))
             del self._due[device]
-            features = np.stack(self._pending[device])
+            features, n = self._pending[device]
+            features = features[:n]
             count, margin = max(st for st in self.config.stages if st[0] <= len(features))
             self._decide(device, features, margin, count == self.config.windows)
             if self.budget is not None and time.perf_counter() - started >= self.budget:
@@ -250,14 +261,16 @@ class Orienter:
         if last:
             del self._pending[device]
             self.decided.add(device)
-        if self.turns.get(device) is not before:
+        after = self.turns.get(device)
+        if (after is None) != (before is None) or (
+                after is not None and _degrees(before, after) > self.CHANGE_DEG):
             self.changed.append(device)
 
     def snapshot(self) -> dict:
         """What a restarted consumer needs: every settled device (evicted ones too) and the turn of each
-        turned one. Devices still undecided start collecting again."""
+        turned one. Devices still undecided start collecting again, keeping the turn they have so far."""
         turns = {d: R for d, R in self._parked.items() if R is not None}
-        turns.update((d, R) for d, R in self.turns.items() if d in self.decided)
+        turns.update(self.turns)
         return {"decided": sorted(self.decided | set(self._parked)),
                 "turns": {d: R.reshape(-1).tolist() for d, R in turns.items()}}
 
