@@ -300,7 +300,7 @@ class Consumer:
         self.config = config
         # the shared store keeps buffers itself and commits in seq order: no hold there
         self.pipeline = Pipeline(classifier, reorder=0.0 if config.state_store else config.reorder)
-        if classifier.orienter is not None:  # fits of how devices are worn: started while a cycle spent < 10 ms
+        if classifier.orienter is not None:  # how devices are worn: fits start while a cycle spent < 10 ms
             classifier.orienter.budget = ORIENT_BUDGET
         self.router = AdapterRouter.from_spec(list(config.adapters), config.prefix, config.max_payload)
         # a late message that fills a counted gap is taken; the shared store applies messages in seq order
