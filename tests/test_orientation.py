@@ -322,6 +322,20 @@ def test_a_restart_keeps_a_turn_chosen_before_the_device_was_settled():
     assert back.decided == {"d"} and "d" not in back.turns
 
 
+def test_a_budget_with_the_default_stages_loses_no_fit():
+    ref = _Scripted([0.0] * 16)
+    orienter = Orienter(ref, budget=0.0)  # one fit per call
+    devices = [f"d{i}" for i in range(4)]
+    w = _windows(4 * 50)
+    for k in range(50):
+        orienter.apply(devices, w[4 * k:4 * k + 4])
+    # every device fitted once per stage; a device kept waiting is fitted on the windows it has by then
+    assert orienter.decided == set(devices) and len(ref.fitted) == 16
+    assert ref.fitted[:4] == [5, 6, 7, 8] and ref.fitted[-4:] == [45, 45, 45, 45]
+    assert ref.fitted[4:8] == [15, 16, 17, 18] and ref.fitted[8:12] == [30, 31, 32, 33]  # at most 45 kept
+    assert orienter._pending == {} and not orienter.turns
+
+
 def test_the_pipeline_keeps_the_turned_window_and_flags_the_turn(people):
     from models.state import StatefulClassifier
     from stream.decode import SampleBatch
