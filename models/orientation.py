@@ -87,11 +87,6 @@ def _turns(n: int, seed: int) -> np.ndarray:
     return np.concatenate([cube, Rotation.random(n, random_state=seed).as_matrix()]) if n else cube
 
 
-def _degrees(R1: np.ndarray, R2: np.ndarray) -> float:
-    """The angle of the turn between two rotations."""
-    return float(np.degrees(np.arccos(np.clip((np.trace(R1.T @ R2) - 1.0) / 2.0, -1.0, 1.0))))
-
-
 class Reference:
     """Window features of the training data, and the turn that best brings a device's windows to them."""
 
@@ -262,8 +257,11 @@ class Orienter:
             del self._pending[device]
             self.decided.add(device)
         after = self.turns.get(device)
-        if (after is None) != (before is None) or (
-                after is not None and _degrees(before, after) > self.CHANGE_DEG):
+        if before is None or after is None:
+            moved = before is not after
+        else:
+            moved = np.degrees(Rotation.from_matrix(before.T @ after).magnitude()) > self.CHANGE_DEG
+        if moved:
             self.changed.append(device)
 
     def snapshot(self) -> dict:

@@ -252,13 +252,19 @@ def test_a_stage_turns_from_its_window_on_and_the_last_one_may_turn_back():
     assert ref.fitted == [5, 15] and orienter.decided == {"d"} and "d" not in orienter.turns
 
 
-def test_a_budget_spreads_the_fits_over_calls_and_loses_none():
-    ref = _Scripted([0.0] * 20, TWO_STAGES)
-    orienter = Orienter(ref, budget=0.0)  # one fit per call
+def _one_fit_per_call(calls: int, config: OrientationConfig | None = None):
+    """Four devices, a window each per call, under a budget that lets one fit run per call."""
+    ref = _Scripted([0.0] * 20, config)
+    orienter = Orienter(ref, budget=0.0)
     devices = [f"d{i}" for i in range(4)]
-    w = _windows(4 * 20)
-    for k in range(20):
+    w = _windows(4 * calls)
+    for k in range(calls):
         orienter.apply(devices, w[4 * k:4 * k + 4])
+    return orienter, ref, devices, w
+
+
+def test_a_budget_spreads_the_fits_over_calls_and_loses_none():
+    orienter, ref, devices, w = _one_fit_per_call(20, TWO_STAGES)
     # all four due at windows 5 and 15, one fit per call: the later ones fit on the windows they have
     assert orienter.decided == set(devices) and len(ref.fitted) == 8
     assert ref.fitted[:4] == [5, 6, 7, 8] and ref.fitted[4:] == [15, 15, 15, 15]
@@ -323,12 +329,7 @@ def test_a_restart_keeps_a_turn_chosen_before_the_device_was_settled():
 
 
 def test_a_budget_with_the_default_stages_loses_no_fit():
-    ref = _Scripted([0.0] * 16)
-    orienter = Orienter(ref, budget=0.0)  # one fit per call
-    devices = [f"d{i}" for i in range(4)]
-    w = _windows(4 * 50)
-    for k in range(50):
-        orienter.apply(devices, w[4 * k:4 * k + 4])
+    orienter, ref, devices, _ = _one_fit_per_call(50)
     # every device fitted once per stage; a device kept waiting is fitted on the windows it has by then
     assert orienter.decided == set(devices) and len(ref.fitted) == 16
     assert ref.fitted[:4] == [5, 6, 7, 8] and ref.fitted[-4:] == [45, 45, 45, 45]
