@@ -45,7 +45,8 @@ class OrientationConfig:
     # better than none by at least margin nats per window; the last stage decides for good. A sensor
     # upside down shows within 5 windows (10 s), a quarter turn about the arm needs about 15 (exermote);
     # the fits at 30 and 45, on all the windows so far, mend a turn chosen wrongly on 15 windows that
-    # held one exercise only. A fit's cost grows about as its windows (docs/results.md)
+    # held one exercise only. Each stage scores only the windows added since the last one (the sums are
+    # kept per device, Reference.fit): about 41 ms of one core per device in all (docs/orientation.md)
     stages: tuple[tuple[int, float], ...] = ((5, 3.0), (15, 1.0), (30, 1.0), (45, 1.0))
     kg: float = 20.0  # concentration of the kernel on gravity directions
     ka: float = 8.0  # concentration of the kernel on rotation axes
@@ -98,6 +99,9 @@ class Reference:
         if not (len(self.g) == len(self.a) == len(self.e)) or len(self.g) == 0:
             raise ValueError("a reference needs the same, non-zero number of g, a and e rows")
         self._turns = _turns(self.config.grid, self.config.seed)
+        rng = np.random.default_rng(self.config.seed + 1)  # the small turns tried round the best, per round
+        self._near = [Rotation.from_rotvec(rng.normal(0.0, scale, (100, 3))).as_matrix()
+                      for scale in (0.25, 0.1)]
 
     @classmethod
     def from_features(cls, g, a, e, config: OrientationConfig | None = None, seed: int = 0) -> Reference:
@@ -125,45 +129,80 @@ class Reference:
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"not an orientation reference: {exc}") from None
 
-    def scores(self, turns: np.ndarray, g: np.ndarray, a: np.ndarray, e: np.ndarray) -> np.ndarray:
-        """Mean log-likelihood per window of the device's windows under each turn (n,)."""
+    def _sums(self, turns: np.ndarray, g: np.ndarray, a: np.ndarray, e: np.ndarray) -> np.ndarray:
+        """Sum over the device's windows of each turn's log-likelihood per window (n,), float64."""
         cfg = self.config
-        both = ((e > cfg.min_energy)[:, None] & (self.e > cfg.min_energy)[None, :]).astype(np.float32)
-        rg, ra = self.g.astype(np.float32).T, self.a.astype(np.float32).T
-        g, a = np.asarray(g, dtype=np.float32), np.asarray(a, dtype=np.float32)
         turns = np.asarray(turns, dtype=np.float32)
-        out = np.empty(len(turns))
-        for start in range(0, len(turns), 64):
-            R = turns[start:start + 64]
-            s = np.einsum("rij,nj->rni", R, g) @ rg  # (r, n, m) cosines
-            s -= 1.0
-            s *= cfg.kg
-            if cfg.ka:
-                c = np.einsum("rij,nj->rni", R, a) @ ra
+        n, m = len(g), len(self.g)
+        out = np.zeros(len(turns))
+        if n == 0:
+            return out
+        g, a = np.asarray(g, dtype=np.float32), np.asarray(a, dtype=np.float32)
+        # kg (R g_i . g_j - 1) + ka b_ij ((R a_i . a_j)^2 - 1), computed as
+        # (kg g_j) . R g_i + wa_ij (R a_i . a_j)^2 - off_ij, with wa_ij = ka b_ij, off_ij = kg + wa_ij
+        both = ((np.asarray(e) > cfg.min_energy)[:, None] & (self.e > cfg.min_energy)[None, :])
+        wa = both.astype(np.float32) * np.float32(cfg.ka)
+        off = wa + np.float32(cfg.kg)
+        rg = (self.g * cfg.kg).astype(np.float32).T.copy()
+        ra = self.a.astype(np.float32).T.copy()
+        tg = np.einsum("rij,nj->rni", turns, g).reshape(-1, 3)  # every turned window, one matrix product each
+        ta = np.einsum("rij,nj->rni", turns, a).reshape(-1, 3) if cfg.ka else None
+        # every term lies in [-(2 kg + ka), 0]: exp() of it needs no shift by the maximum unless that
+        # bound comes near float32's smallest number (e^-87)
+        shift = 2 * cfg.kg + cfg.ka > 80.0
+        chunk = 4  # turns at a time: (4, n, m) float32 stays in the cache
+        for start in range(0, len(turns), chunk):
+            rows = slice(start * n, min(start + chunk, len(turns)) * n)
+            s = (tg[rows] @ rg).reshape(-1, n, m)
+            if ta is not None:
+                c = (ta[rows] @ ra).reshape(-1, n, m)
                 c *= c
-                c -= 1.0
-                c *= cfg.ka * both
+                c *= wa
                 s += c
-            top = s.max(axis=2, keepdims=True)
-            s -= top
+            s -= off
+            if shift:
+                top = s.max(axis=2, keepdims=True)
+                s -= top
             np.exp(s, out=s)
-            out[start:start + 64] = (top[..., 0] + np.log(s.mean(axis=2))).mean(axis=1)
+            ll = np.log(s.mean(axis=2))
+            if shift:
+                ll += top[..., 0]
+            out[start:start + chunk] = ll.sum(axis=1, dtype=np.float64)
         return out
 
-    def fit(self, g: np.ndarray, a: np.ndarray, e: np.ndarray) -> tuple[np.ndarray, float]:
+    def scores(self, turns: np.ndarray, g: np.ndarray, a: np.ndarray, e: np.ndarray) -> np.ndarray:
+        """Mean log-likelihood per window of the device's windows under each turn (n,)."""
+        return self._sums(turns, g, a, e) / max(len(g), 1)
+
+    def fit(self, g: np.ndarray, a: np.ndarray, e: np.ndarray,
+            cache: dict | None = None) -> tuple[np.ndarray, float]:
         """(the best turn R (3, 3), how much better it explains the windows than none, nats per window).
 
         A coarse search over the axis-aligned turns and random ones, then two rounds of small turns
-        round the best."""
-        scores = self.scores(self._turns, g, a, e)
+        round the best. ``cache`` (a dict kept by the caller between fits of one device whose windows
+        only grow) holds each round's sums of scores so far: a later fit scores only the windows added
+        since, except in a round whose candidates moved (a new best turn to refine round)."""
+        n = len(g)
+
+        def mean_scores(name: str, base: np.ndarray, turns: np.ndarray) -> np.ndarray:
+            done, total = 0, 0.0
+            if cache is not None and name in cache:
+                kept, count, sums = cache[name]
+                if count <= n and np.array_equal(kept, base):
+                    done, total = count, sums
+            total = total + self._sums(turns, g[done:], a[done:], e[done:])
+            if cache is not None:
+                cache[name] = (base, n, total)
+            return total / n
+
+        scores = mean_scores("grid", self._turns[0], self._turns)
         best = int(scores.argmax())
         R, score = self._turns[best], float(scores[best])
-        rng = np.random.default_rng(self.config.seed + 1)
-        for scale in (0.25, 0.1):
-            near = Rotation.from_rotvec(rng.normal(0.0, scale, (100, 3))).as_matrix() @ R
-            s = self.scores(near, g, a, e)
+        for k, near in enumerate(self._near):
+            candidates = near @ R
+            s = mean_scores(f"near{k}", R, candidates)
             if s.max() > score:
-                R, score = near[int(s.argmax())], float(s.max())
+                R, score = candidates[int(s.argmax())], float(s.max())
         return R, score - float(scores[0])
 
 
@@ -191,7 +230,8 @@ class Orienter:
         self.decided: set[str] = set()  # devices whose orientation is settled (turned or not)
         self.gains: dict[str, float] = {}  # device -> the last fit's gain
         self.changed: list[str] = []
-        self._pending: dict[str, list] = {}  # device -> [(windows, 7) array of (g, a, e) per window, count]
+        # device -> [(windows, 7) array of (g, a, e) per window, count, the fits' sums so far (Reference.fit)]
+        self._pending: dict[str, list] = {}
         self._due: dict[str, None] = {}  # devices with a stage to fit, in order
         self._parked: OrderedDict[str, np.ndarray | None] = OrderedDict()  # evicted settled devices
         self._stage_counts = {n for n, _ in self.config.stages}
@@ -214,8 +254,8 @@ class Orienter:
             for j, i in enumerate(new):
                 pending = self._pending.get(devices[i])
                 if pending is None:
-                    pending = self._pending[devices[i]] = [np.empty((last, 7)), 0]
-                features, n = pending
+                    pending = self._pending[devices[i]] = [np.empty((last, 7)), 0, {}]
+                features, n, _ = pending
                 if n < last:
                     features[n, :3], features[n, 3:6], features[n, 6] = g[j], a[j], e[j]
                     pending[1] = n = n + 1
@@ -238,15 +278,15 @@ class Orienter:
         while self._due:
             device = next(iter(self._due))
             del self._due[device]
-            features, n = self._pending[device]
+            features, n, cache = self._pending[device]
             features = features[:n]
             count, margin = max(st for st in self.config.stages if st[0] <= len(features))
-            self._decide(device, features, margin, count == self.config.windows)
+            self._decide(device, features, margin, count == self.config.windows, cache)
             if self.budget is not None and time.perf_counter() - started >= self.budget:
                 break
 
-    def _decide(self, device: str, features: np.ndarray, margin: float, last: bool) -> None:
-        R, gain = self.reference.fit(features[:, :3], features[:, 3:6], features[:, 6])
+    def _decide(self, device: str, features: np.ndarray, margin: float, last: bool, cache: dict) -> None:
+        R, gain = self.reference.fit(features[:, :3], features[:, 3:6], features[:, 6], cache)
         self.gains[device] = gain
         before = self.turns.get(device)
         if gain >= margin:

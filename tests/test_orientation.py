@@ -92,6 +92,61 @@ def test_the_orienter_turns_only_the_device_worn_turned(people):
     assert "bad" not in orienter.turns and "bad" not in orienter.decided
 
 
+def _counting(ref: Reference) -> list[int]:
+    """Record how many windows each scoring call of ``ref`` is given."""
+    scored: list[int] = []
+    sums = ref._sums
+
+    def counted(turns, g, a, e):
+        scored.append(len(g))
+        return sums(turns, g, a, e)
+
+    ref._sums = counted
+    return scored
+
+
+def test_a_fit_kept_between_stages_scores_only_the_new_windows_and_finds_the_same_turn(people):
+    ref, windows = people
+    # upright for 15 windows, then worn upside down: the best turn of the grid moves between stages,
+    # so the small turns round it are scored on every window again (and not taken from the sums)
+    w = windows[:45].copy()
+    w[15:, :, :3] = w[15:, :, :3] @ np.diag([1.0, -1.0, -1.0])
+    w[15:, :, 3:] = w[15:, :, 3:] @ np.diag([1.0, -1.0, -1.0])
+    g, a, e = window_features(w)
+    scored = _counting(ref)
+    cache: dict = {}
+    previous, rounds = 0, []
+    for n in (5, 15, 30, 45):
+        scored.clear()
+        R, gain = ref.fit(g[:n], a[:n], e[:n], cache)
+        rounds.append(scored[1:])
+        R0, gain0 = ref.fit(g[:n], a[:n], e[:n])  # from scratch
+        assert scored[0] == n - previous  # the grid's turns: the new windows only
+        assert abs(gain - gain0) < 1e-6 * max(1.0, abs(gain0)), (n, gain, gain0)
+        assert angle(R.T @ R0) < 0.1, n
+        previous = n
+    assert 30 in rounds[2] or 45 in rounds[3]  # a round round a new best turn: every window scored
+    assert [15, 15] in rounds[2:]  # and one round round the same: the new windows only
+
+
+def test_the_orienter_keeps_a_devices_sums_from_stage_to_stage_and_forgets_them_once_settled(people):
+    ref, windows = people
+    scored = _counting(ref)
+    orienter = Orienter(ref)
+    for i in range(ref.config.windows):
+        orienter.apply(["d"], windows[i:i + 1])
+    assert scored[0::3] == [5, 10, 15, 15]  # the grid at each stage: the windows added since the last
+    assert "d" in orienter.decided and "d" not in orienter._pending
+
+
+def test_scores_stay_finite_where_every_term_is_far_below_float32s_range(people):
+    ref, windows = people
+    sharp = Reference(ref.g, ref.a, ref.e, OrientationConfig(kg=200.0))  # e^(-2 kg) underflows float32
+    g, a, e = window_features(windows[:5])
+    away = sharp.scores(np.diag([1.0, -1.0, -1.0])[None], g, a, e)  # every gravity turned away
+    assert np.isfinite(away).all() and away[0] < -100
+
+
 def test_config_is_validated():
     with pytest.raises(ValueError, match="stages"):
         OrientationConfig(stages=((15, 1.0), (5, 3.0)))
@@ -210,7 +265,7 @@ class _Scripted(Reference):
         self.fitted: list[int] = []
         self.features: list[np.ndarray] = []
 
-    def fit(self, g, a, e):
+    def fit(self, g, a, e, cache=None):
         self.fitted.append(len(g))
         self.features.append(np.asarray(g).copy())
         R = self._fits.pop(0) if self._fits is not None else np.diag([1.0, -1.0, -1.0])
