@@ -9,8 +9,9 @@ others, and a device without labels is served exactly as before.
 Adapters learn from the same labelled sequences as the shared learner (:class:`models.finetune.
 Sequence`: consecutive windows with the state the device had before them), with truncated BPTT
 through the frozen network and gradients for the adapter alone. Each update is tested first
-(prequential): a device's adapter is used for serving only while it does at least as well as no
-adapter on that device's most recent labelled windows it had not yet trained on.
+(prequential): a device's adapter is used for serving only while it does better than no adapter
+on that device's most recent labelled windows it had not yet trained on; a tie serves the plain
+network (serving ties cost the devices worn as in training: docs/personal.md).
 
 Memory: nothing for a device without labels; about 0.6 kB of tensors plus the optimiser's moments
 for one with.
@@ -229,7 +230,7 @@ class DeviceAdapters:
         self.updates += 1
         plain_ok = sum(p for p, _ in adapter.scores)
         adapted_ok = sum(a for _, a in adapter.scores)
-        adapter.active = len(adapter.scores) >= cfg.compare_windows // 2 and adapted_ok >= plain_ok
+        adapter.active = len(adapter.scores) >= cfg.compare_windows // 2 and adapted_ok > plain_ok
         with self._lock:  # one assignment: serving reads the dict without a lock
             if adapter.active:
                 self._serving[device] = (adapter.M.detach().clone(), adapter.b.detach().clone(),

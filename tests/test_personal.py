@@ -78,6 +78,27 @@ def test_adapter_learns_a_turned_sensor_and_leaves_other_devices_alone():
     np.testing.assert_allclose(both[0], alone[0], atol=1e-5)
 
 
+def test_an_adapter_that_only_ties_with_the_plain_network_is_not_served():
+    """A device worn as in training: its adapter gets the same windows right as no adapter, so the
+    device is served by the plain network (serving ties cost such devices, docs/personal.md)."""
+    torch.manual_seed(0)
+    model, _ = load_checkpoint(default_model_path())
+    classes = list(model.config.classes)
+    x, y = windows_of(seed=21, seconds=120.0, classes=classes)
+    adapters = DeviceAdapters(len(classes))
+    state = tuple(s[:, 0] for s in model.initial_state(1))
+    ties = 0
+    for i in range(0, len(x) - 3, 4):
+        r = adapters.learn(model, "d", x[i:i + 4], y[i:i + 4], state)
+        if r is None:
+            continue
+        enough = len(adapters._adapters["d"].scores) >= adapters.config.compare_windows // 2
+        assert r["active"] == (enough and r["adapted_accuracy"] > r["plain_accuracy"]), r
+        assert ("d" in adapters.devices()) == r["active"]
+        ties += enough and r["adapted_accuracy"] == r["plain_accuracy"]
+    assert ties >= 3  # the rule was put to the test: ties happened, and none was served
+
+
 def test_adapter_checkpoint_round_trip_and_no_labels_no_adapter():
     model, _ = load_checkpoint(default_model_path())
     k = len(model.config.classes)
