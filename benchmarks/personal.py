@@ -181,8 +181,8 @@ def main() -> int:
               "`--adapt shared` and `--adapt both` remain settings."]
     lines += ["", "An adapter is served only while it gets more of its device's recent untrained windows "
               "right than no adapter; until 2026-12-03 a tie was enough. Measured on the change: this "
-              "benchmark's seed 500 (the tie rule's figures from 2026-11-25; frozen and shared reproduce them to the "
-              "tenth), device mode 92.5% → 91.0% (drifted) "
+              "benchmark's seed 500 (the tie rule's figures from 2026-11-25; frozen and shared reproduce "
+              "them to the tenth), device mode 92.5% → 91.0% (drifted) "
               "and 93.0% → 93.5% (steady, labelling), both mode 89.5% → 92.4% and 90.7% → 95.2%; "
               "`--seed 3000 --devices 6 --modes frozen device both` (not looked at before; both rules run "
               "side by side), device mode "
