@@ -46,7 +46,7 @@ class OrientationConfig:
     # upside down shows within 5 windows (10 s), a quarter turn about the arm needs about 15 (exermote);
     # the fits at 30 and 45, on all the windows so far, mend a turn chosen wrongly on 15 windows that
     # held one exercise only. Each stage scores only the windows added since the last one (the sums are
-    # kept per device, Reference.fit): about 41 ms of one core per device in all (docs/orientation.md)
+    # kept per device, Reference.fit): about 45 ms of one core per device in all (docs/orientation.md)
     stages: tuple[tuple[int, float], ...] = ((5, 3.0), (15, 1.0), (30, 1.0), (45, 1.0))
     kg: float = 20.0  # concentration of the kernel on gravity directions
     ka: float = 8.0  # concentration of the kernel on rotation axes
@@ -82,6 +82,10 @@ def window_features(windows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.nda
     return g, vec[:, :, -1], lam[:, -1]
 
 
+def _unit(v: np.ndarray) -> np.ndarray:
+    return v / (np.linalg.norm(v, axis=-1, keepdims=True) + 1e-12)
+
+
 def _turns(n: int, seed: int) -> np.ndarray:
     cube = Rotation.create_group("O").as_matrix()
     cube = cube[np.argsort([np.abs(m - np.eye(3)).sum() for m in cube], kind="stable")]  # identity first
@@ -93,8 +97,8 @@ class Reference:
 
     def __init__(self, g: np.ndarray, a: np.ndarray, e: np.ndarray, config: OrientationConfig | None = None):
         self.config = config or OrientationConfig()
-        self.g = np.asarray(g, dtype=np.float64).reshape(-1, 3)
-        self.a = np.asarray(a, dtype=np.float64).reshape(-1, 3)
+        self.g = _unit(np.asarray(g, dtype=np.float64).reshape(-1, 3))
+        self.a = _unit(np.asarray(a, dtype=np.float64).reshape(-1, 3))
         self.e = np.asarray(e, dtype=np.float64).reshape(-1)
         if not (len(self.g) == len(self.a) == len(self.e)) or len(self.g) == 0:
             raise ValueError("a reference needs the same, non-zero number of g, a and e rows")
@@ -137,7 +141,8 @@ class Reference:
         out = np.zeros(len(turns))
         if n == 0:
             return out
-        g, a = np.asarray(g, dtype=np.float32), np.asarray(a, dtype=np.float32)
+        g = _unit(np.asarray(g, dtype=np.float64).reshape(-1, 3)).astype(np.float32)  # the bound below needs
+        a = _unit(np.asarray(a, dtype=np.float64).reshape(-1, 3)).astype(np.float32)  # unit directions
         # kg (R g_i . g_j - 1) + ka b_ij ((R a_i . a_j)^2 - 1), computed as
         # (kg g_j) . R g_i + wa_ij (R a_i . a_j)^2 - off_ij, with wa_ij = ka b_ij, off_ij = kg + wa_ij
         both = ((np.asarray(e) > cfg.min_energy)[:, None] & (self.e > cfg.min_energy)[None, :])
@@ -172,7 +177,9 @@ class Reference:
 
     def scores(self, turns: np.ndarray, g: np.ndarray, a: np.ndarray, e: np.ndarray) -> np.ndarray:
         """Mean log-likelihood per window of the device's windows under each turn (n,)."""
-        return self._sums(turns, g, a, e) / max(len(g), 1)
+        if len(g) == 0:
+            return np.full(len(turns), np.nan)  # no windows: no score
+        return self._sums(turns, g, a, e) / len(g)
 
     def fit(self, g: np.ndarray, a: np.ndarray, e: np.ndarray,
             cache: dict | None = None) -> tuple[np.ndarray, float]:
@@ -192,7 +199,7 @@ class Reference:
                     done, total = count, sums
             total = total + self._sums(turns, g[done:], a[done:], e[done:])
             if cache is not None:
-                cache[name] = (base, n, total)
+                cache[name] = (base.copy(), n, total)  # a copy: not a view keeping the candidates alive
             return total / n
 
         scores = mean_scores("grid", self._turns[0], self._turns)
