@@ -994,7 +994,9 @@ class Consumer:
             if self.store is not None:
                 self.store.drift(e.to_dict())
             if e.signal == "error" and self.learner is not None:
-                log.info("drift on %s's errors: adapting", e.device)
+                # nothing to switch on: the learner learns from every labelled sequence already; forgetting
+                # the device's adapter at the onset was measured and gained nothing (docs/personal.md)
+                log.info("drift on %s's errors: its labels keep adapting it", e.device)
 
     def _collect(self, w: LabelledWindow) -> None:
         """Group resolved windows into sequences of k1 windows for the learner."""
