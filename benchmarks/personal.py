@@ -192,8 +192,8 @@ def main() -> int:
               "points). `benchmarks/adaptation.py` through Mosquitto: docs/adaptation.md. On the same two "
               "seeds, forgetting each device's adapter at the drift's onset (told the onset: the most a "
               "reset on a drift could do; a study outside the repository) gained nothing: -0.8 to +0.3 "
-              "points per minute after the onset under this rule, -2.1 to +2.0 under the tie rule. So a drift does not "
-              "reset adapters; labels keep adapting them."]
+              "points per minute after the onset under this rule, -2.1 to +2.0 under the tie rule. So a "
+              "drift does not reset adapters; labels keep adapting them."]
     lines += ["", "Run time per mode (s): " + ", ".join(f"{m} {s}" for m, s in seconds.items()), ""]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines) + "\n")
