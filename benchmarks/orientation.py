@@ -47,8 +47,9 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from real_data import SOURCE, folds, recording  # noqa: E402
 
 from models.data import labelled_streams  # noqa: E402
-from models.orientation import OrientationConfig, Orienter, Reference, window_features  # noqa: E402
+from models.orientation import OrientationConfig, Orienter  # noqa: E402
 from models.rnn import ModelConfig  # noqa: E402
+from models.train import orientation_reference  # noqa: E402
 from stream.recording import read_recording  # noqa: E402
 
 DATASETS = ("exermote", "barbell", "uci-hapt")  # the ones with a gyroscope
@@ -62,13 +63,6 @@ def device_windows(rec, window: int, rate: float) -> dict[str, np.ndarray]:
         if n:
             out[s.device].append(s.x[:n * window].reshape(n, window, 6))
     return {d: np.concatenate(w) for d, w in out.items()}
-
-
-def reference_windows(rec, window: int, rate: float) -> np.ndarray:
-    """The windows ``models.train.orientation_reference`` keeps its sample from."""
-    streams = labelled_streams(rec, rec.classes, rate, gyro=True)
-    return np.concatenate([s.x[:len(s.x) // window * window].reshape(-1, window, 6)
-                           for s in streams if len(s.x) >= window])
 
 
 def timed(orienter_cls, fresh_cache: bool):
@@ -185,14 +179,16 @@ def main() -> int:
             print(f"{name}: no recording file and cannot import it ({exc}); skipped", file=sys.stderr)
             continue
         for fold, mask in folds(name, rec):
-            ref_windows = reference_windows(rec.take(~mask), mc.window, mc.rate)
+            # the reference exactly as harstream train keeps it
+            ref = orientation_reference(labelled_streams(rec.take(~mask), rec.classes, mc.rate, gyro=True),
+                                        mc.window, args.seed)
             windows = device_windows(rec.take(mask), mc.window, mc.rate)
-            features = window_features(ref_windows)
             seconds, longest, outcomes, gains = {}, {}, {}, {}
             for kind, cls in kinds.items():
-                module_ref = (old.Reference if kind == args.against else Reference)
-                module_cfg = (old.OrientationConfig() if kind == args.against else config)
-                orienter = cls(module_ref.from_features(*features, module_cfg, args.seed))
+                if kind == args.against:  # the same sample, in the old code's classes
+                    orienter = cls(old.Reference(ref.g, ref.a, ref.e, old.OrientationConfig()))
+                else:
+                    orienter = cls(ref)
                 feed(orienter, windows, config.windows)
                 fits = orienter.fit_seconds
                 seconds[kind] = sum(sum(v) for v in fits.values())

@@ -75,15 +75,14 @@ def window_features(windows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.nda
     windows = np.asarray(windows, dtype=np.float64)
     if windows.ndim != 3 or windows.shape[2] != 6:
         raise ValueError(f"expected windows (B, T, 6), got {windows.shape}")
-    g = windows[:, :, :3].mean(axis=1)
-    g /= np.linalg.norm(g, axis=1, keepdims=True) + 1e-9
+    g = _unit(windows[:, :, :3].mean(axis=1))
     w = windows[:, :, 3:]
     lam, vec = np.linalg.eigh(np.einsum("bti,btj->bij", w, w) / w.shape[1])
     return g, vec[:, :, -1], lam[:, -1]
 
 
 def _unit(v: np.ndarray) -> np.ndarray:
-    return v / (np.linalg.norm(v, axis=-1, keepdims=True) + 1e-12)
+    return v / (np.linalg.norm(v, axis=-1, keepdims=True) + 1e-9)
 
 
 def _turns(n: int, seed: int) -> np.ndarray:
@@ -103,6 +102,10 @@ class Reference:
         if not (len(self.g) == len(self.a) == len(self.e)) or len(self.g) == 0:
             raise ValueError("a reference needs the same, non-zero number of g, a and e rows")
         self._turns = _turns(self.config.grid, self.config.seed)
+        # what every scoring reads of the reference, in the form it reads it (see _sums)
+        self._rg = (self.g * self.config.kg).astype(np.float32).T.copy()
+        self._ra = self.a.astype(np.float32).T.copy()
+        self._moving = self.e > self.config.min_energy
         rng = np.random.default_rng(self.config.seed + 1)  # the small turns tried round the best, per round
         self._near = [Rotation.from_rotvec(rng.normal(0.0, scale, (100, 3))).as_matrix()
                       for scale in (0.25, 0.1)]
@@ -145,11 +148,10 @@ class Reference:
         a = _unit(np.asarray(a, dtype=np.float64).reshape(-1, 3)).astype(np.float32)  # unit directions
         # kg (R g_i . g_j - 1) + ka b_ij ((R a_i . a_j)^2 - 1), computed as
         # (kg g_j) . R g_i + wa_ij (R a_i . a_j)^2 - off_ij, with wa_ij = ka b_ij, off_ij = kg + wa_ij
-        both = ((np.asarray(e) > cfg.min_energy)[:, None] & (self.e > cfg.min_energy)[None, :])
+        both = (np.asarray(e) > cfg.min_energy)[:, None] & self._moving[None, :]
         wa = both.astype(np.float32) * np.float32(cfg.ka)
         off = wa + np.float32(cfg.kg)
-        rg = (self.g * cfg.kg).astype(np.float32).T.copy()
-        ra = self.a.astype(np.float32).T.copy()
+        rg, ra = self._rg, self._ra
         tg = np.einsum("rij,nj->rni", turns, g).reshape(-1, 3)  # every turned window, one matrix product each
         ta = np.einsum("rij,nj->rni", turns, a).reshape(-1, 3) if cfg.ka else None
         # every term lies in [-(2 kg + ka), 0]: exp() of it needs no shift by the maximum unless that
