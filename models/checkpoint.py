@@ -16,7 +16,8 @@ import torch
 
 from models.rnn import HARNet, ModelConfig
 
-__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "default_model_path", "FORMAT", "VERSION"]
+__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "checkpoint_bytes", "default_model_path",
+           "FORMAT", "VERSION"]
 
 FORMAT = "harstream.checkpoint"
 VERSION = 1
@@ -36,6 +37,16 @@ def _model_version(model: HARNet) -> str:
 
 def save_checkpoint(path: str | Path, model: HARNet, metadata: dict | None = None) -> str:
     """Write ``model`` to ``path``; returns its version (a hash of the weights)."""
+    data, version = checkpoint_bytes(model, metadata)
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    tmp.replace(path)  # atomic: a reader never sees half a file
+    return version
+
+
+def checkpoint_bytes(model: HARNet, metadata: dict | None = None) -> tuple[bytes, str]:
+    """The checkpoint file's bytes and the model's version (a hash of the weights)."""
     version = _model_version(model)
     blob = {
         "format": FORMAT,
@@ -51,18 +62,16 @@ def save_checkpoint(path: str | Path, model: HARNet, metadata: dict | None = Non
     }
     buffer = io.BytesIO()
     torch.save(blob, buffer)
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(buffer.getvalue())
-    tmp.replace(path)  # atomic: a reader never sees half a file
-    return version
+    return buffer.getvalue(), version
 
 
-def load_checkpoint(path: str | Path) -> tuple[HARNet, dict]:
-    """Load a checkpoint; returns the model in eval mode and ``{"version", "metadata", "path"}``."""
-    path = Path(path)
+def load_checkpoint(path: str | Path | bytes) -> tuple[HARNet, dict]:
+    """Load a checkpoint (a file, or its bytes); returns the model in eval mode and
+    ``{"version", "metadata", "path"}``."""
+    source = io.BytesIO(path) if isinstance(path, bytes) else Path(path)
+    path = "<checkpoint bytes>" if isinstance(path, bytes) else source
     try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
+        blob = torch.load(source, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise CheckpointError(f"{path}: no such checkpoint") from None
     except Exception as exc:  # pickle errors, refused globals, truncated files

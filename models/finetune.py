@@ -23,7 +23,6 @@ from __future__ import annotations
 import copy
 import logging
 import math
-import queue
 import random
 import threading
 import time
@@ -38,7 +37,7 @@ from models.checkpoint import load_checkpoint, save_checkpoint
 from models.personal import AdapterConfig, DeviceAdapters
 from models.rnn import HARNet
 
-__all__ = ["LearnerConfig", "OnlineLearner", "Sequence", "OPTIMISERS"]
+__all__ = ["LearnerConfig", "OnlineLearner", "Pacer", "Sequence", "OPTIMISERS"]
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +70,7 @@ class LearnerConfig:
     cpu_share: float = 0.2  # of one core, at most, over time: after learning for c CPU seconds the
     # learner rests c * (1 / cpu_share - 1) seconds (0 or less, or 1 or more: no limit); what it cannot take in time
     # waits in the queue, and the oldest is dropped beyond queue_size (counted in ``dropped``)
+    cpu_slice: float = 0.002  # CPU seconds a learner on its own works between rests (``Pacer``)
     versions_dir: Path | None = None  # where promoted versions are saved (None: not saved)
     serving_version: str = "base"
     adapt: str = "device"  # device | shared | both (see the module's docstring)
@@ -83,6 +83,43 @@ class LearnerConfig:
             raise ValueError(f"Invalid 'optimiser' {self.optimiser!r}. Valid values are: {', '.join(OPTIMISERS)}")
         if self.k1 < 1 or self.k2 < 1:
             raise ValueError("'k1' and 'k2' must be at least 1")
+
+
+class Pacer:
+    """Keeps the thread that calls it to ``share`` of one core, in slices of about ``slice_s`` CPU
+    seconds: called at safe points of the learning code, it rests ``used * (1 / share - 1)`` once the
+    thread has used ``slice_s`` since its last rest (0 < share < 1; otherwise it never rests). Short
+    slices spread the learner's CPU evenly instead of in bursts of a whole sequence (12 ms of CPU on
+    average, far longer for some).
+    """
+
+    def __init__(self, share: float, slice_s: float = 0.002, stop: threading.Event | None = None) -> None:
+        self.share = share
+        self.slice_s = slice_s
+        self.rested = 0.0  # seconds spent resting
+        self._stop = stop or threading.Event()
+        self._mark = time.thread_time()
+
+    @property
+    def limited(self) -> bool:
+        return 0 < self.share < 1
+
+    def __call__(self) -> None:
+        if self.limited and time.thread_time() - self._mark >= self.slice_s:
+            self.rest()
+
+    def rest(self) -> None:
+        """Rest for the CPU used since the last rest, whatever it was (at the end of a piece of work)."""
+        if not self.limited:
+            return
+        rest = max(0.0, time.thread_time() - self._mark) * (1.0 / self.share - 1.0)
+        self.rested += rest
+        self._stop.wait(rest)
+        self._mark = time.thread_time()
+
+
+def _no_pace() -> None:
+    """Without a share to keep (tests, benchmarks), learning runs flat out."""
 
 
 @dataclass
@@ -114,7 +151,13 @@ class VersionInfo:
 
 
 class OnlineLearner:
-    """Trains a challenger in its own thread; hands promoted weights to ``on_promote(model, version)``."""
+    """Trains a challenger (and per-device adapters) on labelled sequences; hands promoted weights to
+    ``on_promote(model, version)`` and every update's report to ``on_update(report)``.
+
+    It runs wherever ``learn`` is called: the consumer runs it in a process of its own
+    (``models.learner_process``); tests and benchmarks call it directly. ``pace`` is called between
+    pieces of a few milliseconds of work (a ``Pacer`` keeps the caller to a share of a core).
+    """
 
     def __init__(self, serving: HARNet, config: LearnerConfig, on_promote=None, on_update=None) -> None:
         self.config = config
@@ -123,17 +166,13 @@ class OnlineLearner:
         self.serving = copy.deepcopy(serving).eval()
         self.challenger = copy.deepcopy(serving).train()
         self._make_optimiser()
-        self._queue: queue.Queue[Sequence] = queue.Queue(config.queue_size)
         self._replay: list[Sequence] = []
         self._seen = 0  # sequences offered to the replay reservoir
         self._scores: deque[tuple[int, int]] = deque(maxlen=config.promotion_windows)  # (serving ok, challenger ok)
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self.updates = 0
         self.skipped = 0  # updates skipped for a non-finite loss or gradient
-        self.dropped = 0  # sequences dropped because the learner fell behind
-        self.rested = 0.0  # seconds the learner rested to keep to cpu_share
+        self.pace = _no_pace  # called between pieces of work (a Pacer where a share of a core is kept)
         self._since_promotion = 0
         self.version = config.serving_version
         self.versions: list[VersionInfo] = [VersionInfo(self.version, time.time(), None)]
@@ -146,54 +185,7 @@ class OnlineLearner:
         cls = OPTIMISERS[self.config.optimiser]
         self.optimiser = cls(self.challenger.parameters(), lr=self.config.lr)
 
-    # -- called from the consumer thread -------------------------------------------------------
-    def submit(self, sequence: Sequence) -> None:
-        try:
-            self._queue.put_nowait(sequence)
-        except queue.Full:
-            try:
-                self._queue.get_nowait()
-                self.dropped += 1
-            except queue.Empty:
-                pass
-            self._queue.put_nowait(sequence)
-
-    def start(self) -> OnlineLearner:
-        self._thread = threading.Thread(target=self._run, name="online-learner", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread:
-            self._thread.join(30)
-
-    def idle(self) -> bool:
-        return self._queue.empty() and not self._busy
-
-    _busy = False
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                sequence = self._queue.get(timeout=0.1)
-            except queue.Empty:
-                continue
-            self._busy = True
-            cpu = time.thread_time()
-            try:
-                self.learn(sequence)
-            except Exception:  # a learner bug must never take serving down
-                log.exception("online learner failed on a sequence of %s", sequence.device)
-            finally:
-                self._busy = False
-            share = self.config.cpu_share
-            if 0 < share < 1:  # a flood of labels must not take the serving threads' CPU (and GIL) away
-                rest = (time.thread_time() - cpu) * (1.0 / share - 1.0)
-                self.rested += rest
-                self._stop.wait(rest)
-
-    # -- the learning step (learner thread, or called directly in tests and benchmarks) ----------
+    # -- the learning step ---------------------------------------------------------------------
     def learn(self, sequence: Sequence) -> list[UpdateReport]:
         """Test then train on one sequence: the device's adapter and/or the shared challenger, which
         may then be promoted."""
@@ -201,7 +193,8 @@ class OnlineLearner:
         if self.adapters is not None:
             with self._lock:
                 serving = self.serving
-            r = self.adapters.learn(serving, sequence.device, sequence.windows, sequence.targets, sequence.state)
+            r = self.adapters.learn(serving, sequence.device, sequence.windows, sequence.targets,
+                                    sequence.state, pace=self.pace)
             if r is not None:
                 report = UpdateReport(time.time(), f"{self.version}+adapter:{sequence.device}", r["loss"],
                                       r["grad_norm"], r["clipped"], r["skipped"], int(sequence.windows.shape[0]))
@@ -232,7 +225,9 @@ class OnlineLearner:
         if not known.any():
             return
         serving = self._predict(self.serving, seq)
+        self.pace()
         challenger = self._predict(self.challenger, seq)
+        self.pace()
         for s, c, y in zip(serving[known], challenger[known], seq.targets[known], strict=True):
             self._scores.append((int(s == y), int(c == y)))
 
@@ -289,6 +284,7 @@ class OnlineLearner:
                                   (not skipped) and norm > cfg.clip, skipped, len(logits))
             reports.append(report)
             self.on_update(report)
+            self.pace()
         return reports
 
     def _remember(self, seq: Sequence) -> None:

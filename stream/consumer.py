@@ -50,7 +50,8 @@ import orjson
 import torch
 
 from models.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from models.finetune import LearnerConfig, OnlineLearner, Sequence
+from models.finetune import LearnerConfig, Sequence
+from models.learner_process import LearnerProcess
 from models.state import StatefulClassifier
 from stream.adapters import AdapterRouter
 from stream.decode import (
@@ -360,14 +361,14 @@ class Consumer:
                 log.info("%d predictions of the last life put into the event store from the journal",
                          len(self._journalled))
             self._journalled = []
-        self.learner: OnlineLearner | None = None
+        self.learner: LearnerProcess | None = None  # the online learner, in a process of its own from run()
         if config.learn:
             lc = config.learner or LearnerConfig()
             if config.state_dir is not None and lc.versions_dir is None:
                 lc.versions_dir = config.state_dir / "models"
             lc.serving_version = self.pipeline.classifier.version
-            self.learner = OnlineLearner(self.pipeline.classifier.model, lc, on_promote=self._on_promote,
-                                         on_update=self._on_update)
+            self.learner = LearnerProcess(self.pipeline.classifier.model, lc, on_promote=self._on_promote,
+                                          on_update=self._on_update)
             if self.learner.adapters is not None:  # per-device adapters, applied in the batched pass
                 self.pipeline.classifier.adapters = self.learner.adapters
                 if config.state_dir is not None:
@@ -549,6 +550,8 @@ class Consumer:
             while not self._stop.is_set():
                 self._drain(timeout=0.05)
                 self.pipeline.release(time.monotonic())
+                if self.learner is not None:
+                    self.learner.poll()  # its reports, adapters and promoted weights
                 self._apply_swap()
                 self._classify()
                 if self._confirm:
@@ -1020,7 +1023,7 @@ class Consumer:
             ))
         pending.clear()
 
-    def _on_promote(self, model, version: str) -> None:  # learner thread
+    def _on_promote(self, model, version: str) -> None:  # from LearnerProcess.poll
         with self._swap_lock:
             self._swap = (model, version)
 
@@ -1034,7 +1037,7 @@ class Consumer:
                 self.store.model_event(swap[1], "serving", self.learner.comparison() if self.learner else {})
             self._publish_model()
 
-    def _on_update(self, report) -> None:  # learner thread; paho's publish is thread-safe
+    def _on_update(self, report) -> None:  # from LearnerProcess.poll
         if self._client is not None:
             self._client.publish(consumer_topic(self.config.prefix, self.config.consumer_id, "training"),
                                  orjson.dumps(report.to_dict()))
@@ -1097,6 +1100,7 @@ class Consumer:
             "online": self.monitor.summary(),
             "learner": None if self.learner is None else {
                 "updates": self.learner.updates, "skipped": self.learner.skipped, "dropped": self.learner.dropped,
+                "adapter_updates": self.learner.adapters.updates if self.learner.adapters is not None else 0,
                 "rested_s": round(self.learner.rested, 1), **self.learner.comparison()},
         }
         self.last_metrics = metrics

@@ -186,9 +186,13 @@ def test_labelled_orientation_fires_when_the_model_names_another_exercise():
 
 
 def test_the_learner_keeps_to_its_cpu_share():
-    """After c CPU seconds of learning the learner thread rests c * (1 / share - 1): a flood of labels
-    takes at most its share of a core; what it cannot take waits, then the oldest is dropped."""
+    """After c CPU seconds of learning the learner rests c * (1 / share - 1): a flood of labels takes at
+    most its share of a core; what it cannot take waits, and the oldest is dropped beyond queue_size."""
+    import queue
+    import threading
     import time
+
+    from models.learner_process import _arrays, learner_loop
 
     class Burner(OnlineLearner):
         def learn(self, sequence):  # 40 ms of CPU per sequence, whatever the model
@@ -200,12 +204,78 @@ def test_the_learner_keeps_to_its_cpu_share():
 
     rng = np.random.default_rng(3)
     sequence = toy_sequence(rng)
-    learner = Burner(toy_model(), LearnerConfig(adapt="shared", cpu_share=0.25, queue_size=64))
+    learner = Burner(toy_model(), LearnerConfig(adapt="shared", cpu_share=0.25, queue_size=30))
+    inbox, outbox = queue.Queue(), queue.Queue()
     for _ in range(40):
-        learner.submit(sequence)
-    learner.start()
+        inbox.put(("sequence", _arrays(sequence)))
+    loop = threading.Thread(target=learner_loop, args=(learner, inbox, outbox))
+    loop.start()
     time.sleep(1.0)
-    learner.stop()
+    inbox.put(("stop",))
+    loop.join(5)
+    messages = [outbox.get_nowait() for _ in range(outbox.qsize())]
+    assert messages[-1] == ("stopped",)
+    last = messages[-2][1]
     # 40 ms of work, then 120 ms of rest: about 6 in one second (about 25 without a share)
-    assert 3 <= learner.updates <= 10
-    assert learner.rested == pytest.approx(0.12 * learner.updates, rel=0.3)
+    assert 3 <= learner.updates <= 10 and last["updates"] == learner.updates
+    assert last["rested"] == pytest.approx(0.12 * learner.updates, rel=0.3)
+    assert last["dropped"] == 10  # 40 sent, 30 kept
+
+
+def test_the_learner_process_learns_reports_and_stops():
+    """The consumer's learner runs in a process of its own: sequences in, update reports, each
+    device's adapter and the counters back through poll(); stop() applies everything it learnt."""
+    import time
+
+    from models.learner_process import LearnerProcess
+
+    rng = np.random.default_rng(4)
+    reports = []
+    learner = LearnerProcess(toy_model(), LearnerConfig(cpu_share=1.0), on_update=reports.append).start()
+    try:
+        for _ in range(6):
+            learner.submit(toy_sequence(rng))
+        deadline = time.monotonic() + 60
+        while learner.adapters.updates < 6 and time.monotonic() < deadline:
+            learner.poll()
+            time.sleep(0.05)
+    finally:
+        learner.stop()
+    assert not learner.alive
+    assert learner.adapters.updates == 6 and len(reports) == 6
+    assert all(r.version.endswith("+adapter:d") and np.isfinite(r.loss) for r in reports)
+    assert "d" in learner.adapters.state_dict()  # the serving side's copy, saved with its checkpoint
+    learner.submit(toy_sequence(rng))  # to a learner that is gone: counted, not queued
+    assert learner.dropped == 1
+
+
+def test_the_learner_process_hands_promoted_weights_back(tmp_path):
+    """Shared fine-tuning in the learner process: a promotion comes back as a model with the learnt
+    weights and their version, saved; a rollback to an unknown version is refused at once."""
+    import time
+
+    from models.learner_process import LearnerProcess
+
+    rng = np.random.default_rng(5)
+    promoted = []
+    config = LearnerConfig(adapt="shared", lr=1e-2, promotion_windows=16, versions_dir=tmp_path,
+                           cpu_share=1.0)
+    model = toy_model()
+    learner = LearnerProcess(model, config, on_promote=lambda m, v: promoted.append((m, v))).start()
+    try:
+        for _ in range(60):
+            learner.submit(toy_sequence(rng))
+        deadline = time.monotonic() + 60
+        while not promoted and time.monotonic() < deadline:
+            learner.poll()
+            time.sleep(0.05)
+        with pytest.raises(ValueError):
+            learner.rollback("nope")
+    finally:
+        learner.stop()
+    assert promoted, learner.comparison()
+    assert learner.updates > 0 and learner.comparison()["windows"] >= 0
+    assert learner.versions[-1].version == learner.version == promoted[-1][1]
+    assert (tmp_path / f"{promoted[0][1]}.pt").exists()
+    before, after = model.state_dict(), promoted[0][0].state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before)  # what it learnt, not a copy
