@@ -207,7 +207,8 @@ def main() -> int:
                                             "consumer_cpu_cores", "cpu_us_per_message", "memory_bytes_per_device",
                                             "load_average")}), flush=True)
         runs.append(r)
-    learn_off = next((r for r in runs if r["devices"] == args.learn_at), None) or bench(args.learn_at, args.duration, [])
+    # the same label traffic both ways: the difference is learning, not decoding and scoring labels
+    learn_off = bench(args.learn_at, args.duration, ["--labelled", str(args.labelled)])
     learn_on = bench(args.learn_at, args.duration, ["--learn", "--labelled", str(args.labelled)])
     long = bench(args.long_messages, args.duration, ["--interval", "1.0"]) if args.long_messages else None
     from stream.bench import service_profile
@@ -301,7 +302,8 @@ def write(args, data: dict) -> int:
                  "per device' is the whole process's peak over its idle size, divided by the devices: the "
                  "queue, MQTT buffers and the first use of lazily loaded code are in it."
                  if profile.get("resident_bytes_per_device") is not None else ""), "",
-              f"## Online fine-tuning at {off['devices']} devices (5% of them publishing labels unless --labelled says otherwise)", "",
+              f"## Online fine-tuning at {off['devices']} devices (5% of them publishing labels, both ways, "
+              "unless --labelled says otherwise; several rounds: benchmarks/learning_latency.py)", "",
               f"{on['sustained_samples_per_s']:.0f} samples/s on vs {off['sustained_samples_per_s']:.0f} off "
               f"(consumer cores {on['consumer_cpu_cores']} vs {off['consumer_cpu_cores']}, CPU per message "
               f"{on['cpu_us_per_message']} vs {off['cpu_us_per_message']} µs); latency p50/p99 "
