@@ -566,7 +566,7 @@ class Consumer:
                     next_checkpoint = time.monotonic() + cfg.checkpoint_interval
         finally:
             if self.learner is not None:
-                self.learner.stop()
+                self.learner.stop(timeout=5.0)  # what it learnt goes into the final checkpoint
             self._apply_swap()
             self.checkpoint(final=True)  # nothing is acknowledged after it: the broker keeps the rest
             if self.journal is not None:
