@@ -271,6 +271,9 @@ class DeviceAdapters:
                     "active": a.active} for d, a in self._adapters.items()}
 
     def load_state_dict(self, state: dict) -> None:
+        """Set these devices' adapters (as ``state_dict`` gives them); each is served as its ``active``
+        says, whatever was served for the device before (the serving process's copy of a learner's
+        adapters follows them so)."""
         for device, s in state.items():
             if s["c"].shape[0] != self.k:
                 continue  # another model's classes
@@ -281,8 +284,11 @@ class DeviceAdapters:
                 adapter.c.copy_(s["c"])
             adapter.active = bool(s["active"])
             self._adapters[device] = adapter
-            if adapter.active:
-                self._serving[device] = (s["M"].clone(), s["b"].clone(), s["c"].clone())
+            with self._lock:
+                if adapter.active:
+                    self._serving[device] = (s["M"].clone(), s["b"].clone(), s["c"].clone())
+                else:
+                    self._serving.pop(device, None)
 
     def save(self, path) -> None:
         """Write every adapter to ``path`` atomically (a plain tensor file, loadable without code)."""

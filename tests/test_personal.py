@@ -118,6 +118,12 @@ def test_adapter_checkpoint_round_trip_and_no_labels_no_adapter():
     b, _ = restored.apply(["d"], xs[:4])
     torch.testing.assert_close(a, b)
     assert not torch.allclose(a, xs[:4])  # and it does change what the network sees
+    # the serving copy follows the learner's adapter as it goes: withdrawn once it no longer helps
+    withdrawn = {d: {**e, "active": False} for d, e in adapters.state_dict().items()}
+    restored.load_state_dict(withdrawn)
+    assert restored.devices() == [] and "d" in restored.state_dict()
+    c, _ = restored.apply(["d"], xs[:4])
+    torch.testing.assert_close(c, xs[:4])
 
 
 @pytest.mark.broker
