@@ -1,12 +1,12 @@
 """The online learner in a process of its own, beside the serving process.
 
 Why a process: serving and learning in one Python process share one interpreter lock. At 5,000
-devices the consumer's service and network threads keep it busy about 0.7 of the time; a learner
-thread at its 0.2 share of a core brought that to about 0.9, and windows queued behind it
-(``harstream bench --devices 5000 --learn --labelled 0.05``: p99 latency of the worst second 2 to
-3.6 times that without learning, p50 1.25 times; pacing the thread in 2 ms slices, or letting it run
-only in turns between serving cycles, did no better). In its own process the learner takes CPU, not
-the serving process's interpreter lock.
+devices the consumer's service and network threads keep it busy about 0.75 of the time, and a
+learner thread at its 0.2 share of a core brought that near 0.9: windows queued behind it. Measured
+with the same label traffic both ways (``benchmarks/learning_latency.py``, docs/learning_latency.md):
+the learner thread cost 1.18x the p50 latency and 1.67x the worst second's p99; in this process,
+scheduled below serving, 1.14x and 1.25x. (Pacing the thread in 2 ms slices, or letting it run only
+in turns between serving cycles, had done no better than the thread.)
 
 The serving side (``LearnerProcess``) sends each labelled ``Sequence`` as numpy arrays, and polls
 (``poll``, once per serving cycle) what comes back: update reports, each device's adapter after it
@@ -40,7 +40,6 @@ from models.rnn import HARNet
 __all__ = ["LearnerProcess", "learner_loop"]
 
 log = logging.getLogger(__name__)
-
 
 
 def _below_serving() -> None:
@@ -130,7 +129,7 @@ def learner_loop(learner: OnlineLearner, inbox, outbox, stop: threading.Event | 
             log.exception("online learner failed on a sequence of %s", seq.device)
         pacer.rest()  # what the last slice used
         if learner.adapters is not None:
-            entry = learner.adapters.state_dict().get(seq.device)
+            entry = learner.adapters.entry(seq.device)
             if entry is not None:
                 outbox.put(("adapter", seq.device, _numpy(entry)))
         outbox.put(("counters", _counters(learner, pacer, dropped)))

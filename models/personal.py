@@ -267,8 +267,17 @@ class DeviceAdapters:
 
     # -- checkpoints -----------------------------------------------------------------------------
     def state_dict(self) -> dict:
-        return {d: {"M": a.M.detach().clone(), "b": a.b.detach().clone(), "c": a.c.detach().clone(),
-                    "active": a.active} for d, a in self._adapters.items()}
+        return {d: self._entry(a) for d, a in self._adapters.items()}
+
+    def entry(self, device: str) -> dict | None:
+        """One device's part of ``state_dict`` (None without an adapter)."""
+        adapter = self._adapters.get(device)
+        return None if adapter is None else self._entry(adapter)
+
+    @staticmethod
+    def _entry(a: _Adapter) -> dict:
+        return {"M": a.M.detach().clone(), "b": a.b.detach().clone(), "c": a.c.detach().clone(),
+                "active": a.active}
 
     def load_state_dict(self, state: dict) -> None:
         """Set these devices' adapters (as ``state_dict`` gives them); each is served as its ``active``
