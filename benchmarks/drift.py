@@ -40,6 +40,8 @@ from stream.monitor import Monitor  # noqa: E402
 from stream.pipeline import Pipeline  # noqa: E402
 
 SCENARIOS = ("strap_rotated", "other_wrist", "new_person", "fatigue")
+SENSOR_SCENARIOS = ("strap_rotated", "other_wrist")  # the sensor moves; the person does what they did
+VISIBLE_DEG = 20.0  # a window's mean specific force turned this far shows the turn (labelled check's floor)
 WARM_UP = 20.0  # device seconds before detections count (the detectors' grace period)
 TUNED_ON = (20000, 30000)  # seeds the monitor's thresholds were chosen on: not a held-out measurement
 HISTORY = """## History (default arguments, seed 7000)
@@ -75,8 +77,19 @@ window), other_wrist-5 at 18 s.
 Against issue 5's goal: fewer than one false alarm per device-hour with labels is met (upper end of the
 interval included, above). Detection within 10 s of the onset is not: the orientation check sees a
 turned sensor within 4–6 s only when the device is in a set of an exercise it has already seen held one
-way; a device at rest, or starting an exercise it has not seen yet, shows nothing until then, and the
-behavioural scenarios (new person, fatigue) take minutes or are not detected with the model frozen.
+way, and the behavioural scenarios (new person, fatigue) take minutes or are not detected with the model
+frozen.
+
+What the sensor shows (2026-12-06, the columns "sensor turned > 20°"): each drifting device is generated
+again without its scenario (the same person, workout and noise; the scenario's parameters are drawn
+either way), and the angle between the two streams' mean specific force is taken window by window from
+the onset. In 9 of 10 devices of each sensor scenario that angle exceeds 20° in the very first window,
+rests included (a rest is a posture held with the forearm off the vertical, and gestures); one strap
+shows it after 26 s (a deadlift set: the arm hangs along the axis the strap turned about), one other
+wrist after 10 s. So a turned sensor is visible at once; the detectors miss it, not the physics: rest
+is never a reference (its posture and gestures vary from rest to rest: it gave every false orientation
+alarm), and an exercise needs 5 labelled windows of it on the device before its direction is trusted.
+Earlier notes said that a strap turned at rest leaves gravity where it was; in the simulator it does not.
 """
 
 
@@ -109,6 +122,26 @@ def run(streams: dict[str, DeviceStream], duration: float, labels: bool, model_p
     return {"events": events, "wrong": wrong}
 
 
+def turned_after(stream: DeviceStream, horizon: float, window: float = 2.0) -> float | None:
+    """Seconds from a sensor scenario's onset to the first window whose mean specific force points more
+    than VISIBLE_DEG away from where it would point without the drift: the same device, person and
+    workout again without the scenario (its parameters are drawn either way, so the streams match)."""
+    onset = stream.scenario_start
+    drifted, twin = (DeviceStream(stream.device, seed=stream.seed, rate=stream.rate,
+                                  placement=stream.placement, scenario=scenario, scenario_start=onset,
+                                  t0=stream.t0) for scenario in (stream.scenario, None))
+    a, b = drifted.read(onset + horizon), twin.read(onset + horizon)
+    n = min(len(a.t), len(b.t))
+    for start in np.arange(stream.t0 + onset, stream.t0 + onset + horizon - window, window):
+        rows = (a.t[:n] >= start) & (a.t[:n] < start + window)
+        if rows.any():
+            u, v = a.acc[:n][rows].mean(axis=0), b.acc[:n][rows].mean(axis=0)
+            cos = float(u @ v / (np.linalg.norm(u) * np.linalg.norm(v) + 1e-12))
+            if np.degrees(np.arccos(np.clip(cos, -1.0, 1.0))) > VISIBLE_DEG:
+                return float(start - stream.t0 - onset)
+    return None
+
+
 def measure(args, drifting: dict, quiet: dict, labels: bool) -> tuple[dict, list[str]]:
     """One run of the drifting and the quiet devices; the figures and their markdown section."""
     rows = {}
@@ -116,6 +149,7 @@ def measure(args, drifting: dict, quiet: dict, labels: bool) -> tuple[dict, list
     for s in SCENARIOS:
         names = [n for n in drifting if n.startswith(s)]
         delays, from_wrong, alarms, signals = [], [], 0, Counter()
+        visible, from_visible = [], []
         for n in names:
             onset = drifting[n].scenario_onset or args.onset
             fired = [(t, sig) for t, sig in drift_run["events"][n] if t >= WARM_UP]
@@ -128,7 +162,14 @@ def measure(args, drifting: dict, quiet: dict, labels: bool) -> tuple[dict, list
             seen = [t for t, _ in after if first_wrong is not None and t >= first_wrong]
             if seen:
                 from_wrong.append(seen[0] - first_wrong)
-        rows[s] = {"detected": f"{len(delays)}/{len(names)}",
+            shown = turned_after(drifting[n], args.after) if s in SENSOR_SCENARIOS else None
+            if shown is not None:  # a detection before the window that shows the turn counts as at once
+                visible.append(shown)
+                from_visible.append(max(0.0, after[0][0] - onset - shown) if after else None)
+        rows[s] = {"turned_visible_median_s": round(float(np.median(visible)), 1) if visible else None,
+                   "within_10s_of_visible": (f"{sum(d is not None and d <= 10 for d in from_visible)}"
+                                             f"/{len(from_visible)}") if s in SENSOR_SCENARIOS else None,
+                   "detected": f"{len(delays)}/{len(names)}",
                    "delay_median_s": round(float(np.median(delays)), 1) if delays else None,
                    "delay_within_10s": sum(d <= 10 for d in delays),
                    "from_first_wrong_median_s": (round(float(np.median(from_wrong)), 1) if from_wrong
@@ -150,12 +191,15 @@ def measure(args, drifting: dict, quiet: dict, labels: bool) -> tuple[dict, list
     lines = [
         f"## {'Every device labels its windows' if labels else 'No labels'}", "",
         "| scenario | detected | delay from onset, median (s) | within 10 s | from the first wrong window, "
-        "median (s) | first detector | alarms before the onset |",
-        "|---|---|---|---|---|---|---|",
+        f"median (s) | sensor turned > {VISIBLE_DEG:g}°, median from onset (s) | within 10 s of that "
+        "| first detector | alarms before the onset |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for s, r in rows.items():
         lines.append(f"| {s} | {r['detected']} | {r['delay_median_s']} | {r['delay_within_10s']} | "
                      f"{r['from_first_wrong_median_s']} | "
+                     f"{r['turned_visible_median_s'] if s in SENSOR_SCENARIOS else '–'} | "
+                     f"{r['within_10s_of_visible'] or '–'} | "
                      f"{', '.join(f'{k} {v}' for k, v in r['first_signal'].items()) or '–'} | "
                      f"{r['alarms_before_onset']} |")
     lines += ["", f"No drift: **{rate:.2f} false alarms per device-hour** ({k} in {hours:.1f} device-hours; "
