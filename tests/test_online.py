@@ -1,5 +1,7 @@
 """Labels, online fine-tuning with TBPTT, promotion and rollback, drift detection."""
 
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -279,3 +281,57 @@ def test_the_learner_process_hands_promoted_weights_back(tmp_path):
     assert (tmp_path / f"{promoted[0][1]}.pt").exists()
     before, after = model.state_dict(), promoted[0][0].state_dict()
     assert any(not torch.equal(before[k], after[k]) for k in before)  # what it learnt, not a copy
+
+
+def _children(pid: int) -> list[int]:
+    """Processes whose parent is ``pid`` (Linux /proc)."""
+    import os
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                out.append(int(entry))
+    return out
+
+
+def _gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"  # exited, not yet reaped
+    except OSError:
+        return True
+
+
+@pytest.mark.broker
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc; SCHED_IDLE is Linux's")
+def test_the_learner_process_runs_below_serving_and_goes_with_a_killed_consumer(broker_url):
+    """`harstream consume` learns in a child process scheduled SCHED_IDLE (it takes only CPU that
+    serving leaves); after a kill -9 of the consumer it exits by itself instead of lingering."""
+    import os
+    import subprocess
+    import uuid
+
+    from tests.helpers import wait
+
+    cmd = [sys.executable, "-m", "stream.cli", "consume", "--broker", str(broker_url), "--prefix",
+           f"hartest{uuid.uuid4().hex[:8]}"]
+    consumer = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        learners = []
+
+        def learner_started() -> bool:
+            learners[:] = [p for p in _children(consumer.pid)
+                           if b"spawn_main" in open(f"/proc/{p}/cmdline", "rb").read()]
+            return bool(learners) and os.sched_getscheduler(learners[0]) == os.SCHED_IDLE
+
+        assert wait(learner_started, timeout=60), learners
+        consumer.kill()
+        consumer.wait(10)
+        assert wait(lambda: _gone(learners[0]), timeout=10)
+    finally:
+        consumer.kill()
