@@ -89,6 +89,7 @@ def learner_summary(view: ConsumerView) -> dict:
     learner = (view.metrics or {}).get("learner") or {}
     comparison = model.get("comparison") or learner
     return {"updates": model.get("updates", learner.get("updates")),
+            "adapter_updates": learner.get("adapter_updates"),  # per-device adapters (--adapt device, both)
             "skipped": model.get("skipped", learner.get("skipped")),
             "windows": comparison.get("windows"),
             "serving_accuracy": comparison.get("serving_accuracy"),
@@ -117,9 +118,12 @@ def live(view_id: str) -> None:
                                            "on them")
     cols[2].metric("Serving accuracy", number(learner["serving_accuracy"], "{:.1%}"),
                    "same windows" if windows else None, delta_color="off", delta_arrow="off")
-    cols[3].metric("Fine-tuning updates", number(learner["updates"], "{:,.0f}"),
-                   f"{learner['skipped']:,} skipped" if isinstance(learner["skipped"], int) else None,
-                   delta_color="off", delta_arrow="off")
+    notes = [f"{learner['skipped']:,} skipped"] if isinstance(learner["skipped"], int) else []
+    if isinstance(learner["adapter_updates"], int):
+        notes.append(f"{learner['adapter_updates']:,} device-adapter updates")
+    cols[3].metric("Fine-tuning updates", number(learner["updates"], "{:,.0f}"), " · ".join(notes) or None,
+                   delta_color="off", delta_arrow="off", help="of the shared network (--adapt shared or both); "
+                   "the per-device adapters (--adapt device, the default) learn beside it")
     if view.metrics and "learner" in view.metrics and view.metrics["learner"] is None:
         st.caption("This consumer runs without online learning: it serves one model and reports no versions.")
 
