@@ -122,8 +122,9 @@ def live(view_id: str) -> None:
     if isinstance(learner["adapter_updates"], int):
         notes.append(f"{learner['adapter_updates']:,} device-adapter updates")
     cols[3].metric("Fine-tuning updates", number(learner["updates"], "{:,.0f}"), " · ".join(notes) or None,
-                   delta_color="off", delta_arrow="off", help="of the shared network (--adapt shared or both); "
-                   "the per-device adapters (--adapt device, the default) learn beside it")
+                   delta_color="off", delta_arrow="off",
+                   help="of the shared network (--adapt shared or both); the per-device adapters (--adapt "
+                        "device, the default) learn beside it")
     if view.metrics and "learner" in view.metrics and view.metrics["learner"] is None:
         st.caption("This consumer runs without online learning: it serves one model and reports no versions.")
 
