@@ -335,3 +335,52 @@ def test_the_learner_process_runs_below_serving_and_goes_with_a_killed_consumer(
         assert wait(lambda: _gone(learners[0]), timeout=10)
     finally:
         consumer.kill()
+
+
+@pytest.mark.broker
+def test_promote_and_rollback_commands_reach_the_learner_process_and_come_back(broker_url, tiny_model, tmp_path):
+    """Over MQTT, as the dashboard sends them: a forced promotion is carried out in the learner
+    process and its weights come back to serving (the retained model message names the new version,
+    saved under the state directory); a rollback to an unknown version is refused and counted; a
+    rollback to a saved version serves it again."""
+    import threading
+    import uuid
+
+    import orjson
+
+    from models.state import StatefulClassifier
+    from stream.consumer import Consumer, ConsumerConfig
+    from stream.mqtt import connect
+    from tests.helpers import wait
+
+    prefix = f"hartest{uuid.uuid4().hex[:8]}"
+    config = ConsumerConfig(broker=broker_url, prefix=prefix, consumer_id=f"c{uuid.uuid4().hex[:6]}",
+                            state_dir=tmp_path, learner=LearnerConfig(adapt="shared"))
+    consumer = Consumer(config, StatefulClassifier(tiny_model, "tiny"))
+    models = []
+    watch = connect(broker_url, "test-watch-model", subscriptions=[(f"{prefix}/_consumer/+/model", 1)],
+                    on_message=lambda c, u, m: models.append(orjson.loads(m.payload)))
+    runner = threading.Thread(target=consumer.run)
+    runner.start()
+    command = f"{prefix}/_consumer/{config.consumer_id}/command"
+    try:
+        assert wait(lambda: consumer._client is not None and consumer._client.is_connected())
+        assert wait(lambda: consumer.learner.alive, timeout=30)
+        pub = connect(broker_url, "test-pub-command")
+        pub.publish(command, orjson.dumps({"action": "promote"}), qos=1)
+        assert wait(lambda: models and models[-1]["serving"] != "tiny", timeout=60), models
+        promoted = models[-1]["serving"]
+        assert consumer.pipeline.classifier.version == promoted
+        assert promoted in [v["version"] for v in models[-1]["versions"]]
+        assert (tmp_path / "models" / f"{promoted}.pt").exists()
+        pub.publish(command, orjson.dumps({"action": "rollback", "version": "nope"}), qos=1)
+        assert wait(lambda: consumer.stats.rejected["bad_command"] == 1)
+        before = len(models)
+        pub.publish(command, orjson.dumps({"action": "rollback", "version": promoted}), qos=1)
+        assert wait(lambda: len(models) > before and models[-1]["serving"] == promoted, timeout=60), models
+        pub.disconnect()
+    finally:
+        consumer.stop()
+        runner.join(30)
+        watch.disconnect()
+    assert not consumer.learner.alive
