@@ -338,7 +338,8 @@ def test_the_learner_process_runs_below_serving_and_goes_with_a_killed_consumer(
 
 
 @pytest.mark.broker
-def test_promote_and_rollback_commands_reach_the_learner_process_and_come_back(broker_url, tiny_model, tmp_path):
+def test_promote_and_rollback_commands_reach_the_learner_process_and_come_back(broker_url, tiny_model,
+                                                                                tmp_path):
     """Over MQTT, as the dashboard sends them: a forced promotion is carried out in the learner
     process and its weights come back to serving (the retained model message names the new version,
     saved under the state directory); a rollback to an unknown version is refused and counted; a
