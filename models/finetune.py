@@ -70,7 +70,6 @@ class LearnerConfig:
     cpu_share: float = 0.2  # of one core, at most, over time: after learning for c CPU seconds the
     # learner rests c * (1 / cpu_share - 1) seconds (0 or less, or 1 or more: no limit); what it cannot take in time
     # waits in the queue, and the oldest is dropped beyond queue_size (counted in ``dropped``)
-    cpu_slice: float = 0.002  # CPU seconds a learner on its own works between rests (``Pacer``)
     versions_dir: Path | None = None  # where promoted versions are saved (None: not saved)
     serving_version: str = "base"
     adapt: str = "device"  # device | shared | both (see the module's docstring)
@@ -86,40 +85,22 @@ class LearnerConfig:
 
 
 class Pacer:
-    """Keeps the thread that calls it to ``share`` of one core, in slices of about ``slice_s`` CPU
-    seconds: called at safe points of the learning code, it rests ``used * (1 / share - 1)`` once the
-    thread has used ``slice_s`` since its last rest (0 < share < 1; otherwise it never rests). Short
-    slices spread the learner's CPU evenly instead of in bursts of a whole sequence (12 ms of CPU on
-    average, far longer for some).
-    """
+    """Keeps the thread that calls it to ``share`` of one core: after a piece of work that took c CPU
+    seconds, ``rest`` sleeps c * (1 / share - 1) (0 < share < 1; otherwise it never rests)."""
 
-    def __init__(self, share: float, slice_s: float = 0.002, stop: threading.Event | None = None) -> None:
+    def __init__(self, share: float, stop: threading.Event | None = None) -> None:
         self.share = share
-        self.slice_s = slice_s
         self.rested = 0.0  # seconds spent resting
-        self._stop = stop or threading.Event()
+        self._stop = stop or threading.Event()  # set: no more resting
         self._mark = time.thread_time()
-
-    @property
-    def limited(self) -> bool:
-        return 0 < self.share < 1
-
-    def __call__(self) -> None:
-        if self.limited and time.thread_time() - self._mark >= self.slice_s:
-            self.rest()
 
     def rest(self) -> None:
-        """Rest for the CPU used since the last rest, whatever it was (at the end of a piece of work)."""
-        if not self.limited:
-            return
-        rest = max(0.0, time.thread_time() - self._mark) * (1.0 / self.share - 1.0)
-        self.rested += rest
-        self._stop.wait(rest)
+        """Rest for the CPU used since the last rest."""
+        if 0 < self.share < 1:
+            rest = max(0.0, time.thread_time() - self._mark) * (1.0 / self.share - 1.0)
+            self.rested += rest
+            self._stop.wait(rest)
         self._mark = time.thread_time()
-
-
-def _no_pace() -> None:
-    """Without a share to keep (tests, benchmarks), learning runs flat out."""
 
 
 @dataclass
@@ -155,8 +136,7 @@ class OnlineLearner:
     ``on_promote(model, version)`` and every update's report to ``on_update(report)``.
 
     It runs wherever ``learn`` is called: the consumer runs it in a process of its own
-    (``models.learner_process``); tests and benchmarks call it directly. ``pace`` is called between
-    pieces of a few milliseconds of work (a ``Pacer`` keeps the caller to a share of a core).
+    (``models.learner_process``); tests and benchmarks call it directly.
     """
 
     def __init__(self, serving: HARNet, config: LearnerConfig, on_promote=None, on_update=None) -> None:
@@ -172,7 +152,6 @@ class OnlineLearner:
         self._lock = threading.Lock()
         self.updates = 0
         self.skipped = 0  # updates skipped for a non-finite loss or gradient
-        self.pace = _no_pace  # called between pieces of work (a Pacer where a share of a core is kept)
         self._since_promotion = 0
         self.version = config.serving_version
         self.versions: list[VersionInfo] = [VersionInfo(self.version, time.time(), None)]
@@ -194,7 +173,7 @@ class OnlineLearner:
             with self._lock:
                 serving = self.serving
             r = self.adapters.learn(serving, sequence.device, sequence.windows, sequence.targets,
-                                    sequence.state, pace=self.pace)
+                                    sequence.state)
             if r is not None:
                 report = UpdateReport(time.time(), f"{self.version}+adapter:{sequence.device}", r["loss"],
                                       r["grad_norm"], r["clipped"], r["skipped"], int(sequence.windows.shape[0]))
@@ -225,9 +204,7 @@ class OnlineLearner:
         if not known.any():
             return
         serving = self._predict(self.serving, seq)
-        self.pace()
         challenger = self._predict(self.challenger, seq)
-        self.pace()
         for s, c, y in zip(serving[known], challenger[known], seq.targets[known], strict=True):
             self._scores.append((int(s == y), int(c == y)))
 
@@ -284,7 +261,6 @@ class OnlineLearner:
                                   (not skipped) and norm > cfg.clip, skipped, len(logits))
             reports.append(report)
             self.on_update(report)
-            self.pace()
         return reports
 
     def _remember(self, seq: Sequence) -> None:

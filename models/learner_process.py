@@ -5,16 +5,16 @@ devices the consumer's service and network threads keep it busy about 0.75 of th
 learner thread at its 0.2 share of a core brought that near 0.9: windows queued behind it. Measured
 with the same label traffic both ways (``benchmarks/learning_latency.py``, docs/learning_latency.md):
 the learner thread cost 1.18x the p50 latency and 1.67x the worst second's p99; in this process,
-scheduled below serving, 1.14x and 1.25x. (Pacing the thread in 2 ms slices, or letting it run only
-in turns between serving cycles, had done no better than the thread.)
+scheduled below serving, 1.14x and 1.25x. (Resting the thread after every 2 ms of learning instead of
+after every sequence, or letting it run only in turns between serving cycles, had done no better.)
 
 The serving side (``LearnerProcess``) sends each labelled ``Sequence`` as numpy arrays, and polls
 (``poll``, once per serving cycle) what comes back: update reports, each device's adapter after it
 learnt (the serving process keeps a copy of every adapter: it applies them in the batched pass and
 saves them with its checkpoint), promoted or rolled-back weights (as checkpoint bytes), and the
 learner's counters. The learner side (``learner_loop``) keeps the newest ``queue_size`` sequences
-(dropping the oldest beyond) and learns them with a ``Pacer`` that keeps it to ``cpu_share`` of a
-core.
+(dropping the oldest beyond) and learns them, resting after each to keep to ``cpu_share`` of a
+core (``Pacer``).
 """
 
 from __future__ import annotations
@@ -86,8 +86,7 @@ def learner_loop(learner: OnlineLearner, inbox, outbox, stop: threading.Event | 
     docstring for the messages). Runs in the learner process, or in a thread in tests."""
     cfg = learner.config
     stop = stop or threading.Event()
-    pacer = Pacer(cfg.cpu_share, cfg.cpu_slice, stop)
-    learner.pace = pacer
+    pacer = Pacer(cfg.cpu_share, stop)
     waiting: deque = deque()
     dropped = 0
 
@@ -127,7 +126,7 @@ def learner_loop(learner: OnlineLearner, inbox, outbox, stop: threading.Event | 
             learner.learn(seq)
         except Exception:  # a learner bug must never take serving down
             log.exception("online learner failed on a sequence of %s", seq.device)
-        pacer.rest()  # what the last slice used
+        pacer.rest()
         if learner.adapters is not None:
             entry = learner.adapters.entry(seq.device)
             if entry is not None:

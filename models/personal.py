@@ -23,7 +23,6 @@ import itertools
 import math
 import threading
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -48,9 +47,6 @@ def _cube_rotations() -> torch.Tensor:
 
 
 CUBE = _cube_rotations()  # (24, 3, 3); the first is the identity
-# turns scored per forward pass of the search: a few milliseconds of work between a paced learner's rests
-# (models.finetune.Pacer); all 25 at once took 15 ms with 8 remembered sequences
-SEARCH_CHUNK = 4
 
 
 def affine(x: torch.Tensor, M: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -161,16 +157,14 @@ class DeviceAdapters:
 
     # -- learning --------------------------------------------------------------------------------
     def learn(self, model: HARNet, device: str, windows: torch.Tensor, targets: torch.Tensor,
-              state: tuple[torch.Tensor, ...], pace: Callable[[], None] | None = None) -> dict | None:
+              state: tuple[torch.Tensor, ...]) -> dict | None:
         """Test, then train the device's adapter on one labelled sequence.
 
         windows (L, window, C) (m/s², then rad/s with the gyroscope), as the device sent them;
         targets (L,) class index or -1; state: the device's state before the first window, each
-        (layers, hidden); ``pace`` is called between pieces of a few milliseconds of work (a
-        ``models.finetune.Pacer`` rests there).
+        (layers, hidden).
         Returns a report (loss, grad norm, clipped, skipped, active) or None without labels.
         """
-        pace = pace or (lambda: None)
         known = targets >= 0
         if not known.any():
             return None
@@ -201,7 +195,6 @@ class DeviceAdapters:
         with torch.no_grad():
             plain = logits_of(x1, h1, None, False)[0].argmax(-1)
             adapted = logits_of(x1, h1, adapter.M, True)[0].argmax(-1)
-        pace()
         for p, a, y in zip(plain[known], adapted[known], targets[known], strict=True):
             adapter.scores.append((int(p == y), int(a == y)))
         # then train on the device's recent sequences: the network is frozen, the adapter learns
@@ -211,9 +204,15 @@ class DeviceAdapters:
         y = torch.stack([m[1] for m in same])  # (B, L)
         h0 = tuple(torch.stack([m[2][i] for m in same], dim=1) for i in range(len(state)))
         if cfg.search:  # try every axis-aligned turn of the current map: a gradient cannot get there
-            candidates = torch.cat([adapter.M.detach()[None], CUBE @ adapter.M.detach()])  # (25, 3, 3)
-            losses = torch.cat([self._turn_losses(logits_of, x, y, h0, candidates[a:a + SEARCH_CHUNK], pace)
-                                for a in range(0, len(candidates), SEARCH_CHUNK)])
+            with torch.no_grad():
+                candidates = torch.cat([adapter.M.detach()[None], CUBE @ adapter.M.detach()])  # (25, 3, 3)
+                n = len(candidates)
+                big = x.repeat(n, 1, 1, 1)
+                Ms = candidates.repeat_interleave(len(same), dim=0)  # (n*B, 3, 3), candidate-major like big
+                logits = logits_of(big, tuple(h.repeat(1, n, 1) for h in h0), Ms, True)
+                losses = nn.functional.cross_entropy(logits.reshape(-1, self.k), y.repeat(n, 1).reshape(-1),
+                                                     ignore_index=-1, reduction="none")
+                losses = losses.reshape(n, -1).mean(dim=1)
             best = int(losses.argmin())
             if best != 0 and losses[best] < 0.8 * losses[0]:
                 adapter.jump(candidates[best])
@@ -234,7 +233,6 @@ class DeviceAdapters:
             adapter.optimiser.step()
             adapter.optimiser.zero_grad(set_to_none=True)
             loss_value = float(loss.detach())
-            pace()
         model.train(was_training)
         adapter.updates += 1
         self.updates += 1
@@ -250,20 +248,6 @@ class DeviceAdapters:
         return {"device": device, "loss": loss_value, "grad_norm": norm, "clipped": norm > cfg.clip,
                 "skipped": skipped, "active": adapter.active, "plain_accuracy": plain_ok / len(adapter.scores),
                 "adapted_accuracy": adapted_ok / len(adapter.scores)}
-
-    @torch.no_grad()
-    def _turn_losses(self, logits_of, x: torch.Tensor, y: torch.Tensor, h0: tuple, turns: torch.Tensor,
-                     pace: Callable[[], None]) -> torch.Tensor:
-        """Mean loss over the sequences x (B, L, window, C), labels y (B, L), of each of ``turns``
-        (n, 3, 3), in one batched pass."""
-        n, B = len(turns), len(x)
-        big = x.repeat(n, 1, 1, 1)
-        Ms = turns.repeat_interleave(B, dim=0)  # (n*B, 3, 3), turn-major like big
-        logits = logits_of(big, tuple(h.repeat(1, n, 1) for h in h0), Ms, True)
-        losses = nn.functional.cross_entropy(logits.reshape(-1, self.k), y.repeat(n, 1).reshape(-1),
-                                             ignore_index=-1, reduction="none")
-        pace()
-        return losses.reshape(n, -1).mean(dim=1)
 
     # -- checkpoints -----------------------------------------------------------------------------
     def state_dict(self) -> dict:
