@@ -3,9 +3,9 @@
 Why a process: serving and learning in one Python process share one interpreter lock. At 5,000
 devices the consumer's service and network threads keep it busy about 0.75 of the time, and a
 learner thread at its 0.2 share of a core brought that near 0.9: windows queued behind it. Measured
-with the same label traffic both ways (``benchmarks/learning_latency.py``, docs/learning_latency.md):
-the learner thread cost 1.18x the p50 latency and 1.67x the worst second's p99; in this process,
-scheduled below serving, 1.14x and 1.25x. (Resting the thread after every 2 ms of learning instead of
+with the same label traffic both ways (``benchmarks/learning_latency.py``, docs/learning_latency.md;
+two runs of three rounds): the learner thread cost 1.03-1.18x the p50 latency and 1.67-2.01x the
+worst second's p99; in this process, scheduled below serving, 0.98-1.14x and 1.21-1.25x. (Resting the thread after every 2 ms of learning instead of
 after every sequence, or letting it run only in turns between serving cycles, had done no better.)
 
 The serving side (``LearnerProcess``) sends each labelled ``Sequence`` as numpy arrays, and polls
