@@ -105,7 +105,8 @@ class _Adapter:
 
 
 class DeviceAdapters:
-    """Per-device adapters: ``apply`` on the serving path, ``learn`` on the learner's thread."""
+    """Per-device adapters: ``apply`` on the serving path, ``learn`` in the learner (in the consumer, a
+    process of its own: the serving process keeps a copy, ``load_state_dict`` after each update)."""
 
     def __init__(self, classes: int, config: AdapterConfig | None = None) -> None:
         self.config = config or AdapterConfig()
