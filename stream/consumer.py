@@ -1101,6 +1101,7 @@ class Consumer:
             "learner": None if self.learner is None else {
                 "updates": self.learner.updates, "skipped": self.learner.skipped, "dropped": self.learner.dropped,
                 "adapter_updates": self.learner.adapters.updates if self.learner.adapters is not None else 0,
+                "alive": self.learner.alive,  # False: the learner process is gone, labels are not learnt
                 "rested_s": round(self.learner.rested, 1), **self.learner.comparison()},
         }
         self.last_metrics = metrics
