@@ -40,7 +40,8 @@ def metrics(online: bool = True) -> bytes:
             "model": "v1"}
     if online:
         body["learner"] = {"updates": 4, "skipped": 0, "dropped": 7, "adapter_updates": 12, "alive": False,
-                           "rested_s": 1.5, "windows": 0, "serving_accuracy": None, "challenger_accuracy": None}
+                           "rested_s": 1.5, "windows": 0, "serving_accuracy": None,
+                           "challenger_accuracy": None}
         body["online"] = {"accuracy": 0.8, "kappa": 0.7, "rolling_accuracy": 0.75, "estimated_accuracy": 0.72,
                           "per_class_recall": {"rest": 0.9, "squat": 0.7, "walking": 0.8},
                           "confusion": {"labels": CLASSES, "matrix": [[9, 1, 0], [2, 7, 1], [0, 2, 8]]}}
@@ -386,7 +387,8 @@ def test_every_page_shows_live_data(broker_url, prefix, app_feed):
         assert {m.label: m.value for m in at.metric}["Gradient clipped"] == "1"
         (updates,) = [m for m in at.metric if m.label == "Fine-tuning updates"]
         assert updates.value == "4" and updates.proto.delta == "0 skipped · 12 device-adapter updates"
-        assert "learner process has stopped" in at.error[0].value and "7 sequences dropped" in at.error[0].value
+        (stopped,) = at.error
+        assert "learner process has stopped" in stopped.value and "7 sequences dropped" in stopped.value
         assert at.selectbox(key="version-c1").options == ["v1"]  # the earlier versions, not the serving one
         at.button(key="rollback-c1").click().run()
         assert not at.exception and at.success
