@@ -5,8 +5,9 @@ devices the consumer's service and network threads keep it busy about 0.75 of th
 learner thread at its 0.2 share of a core brought that near 0.9: windows queued behind it. Measured
 with the same label traffic both ways (``benchmarks/learning_latency.py``, docs/learning_latency.md;
 two runs of three rounds): the learner thread cost 1.03-1.18x the p50 latency and 1.67-2.01x the
-worst second's p99; in this process, scheduled below serving, 0.98-1.14x and 1.21-1.25x. (Resting the thread after every 2 ms of learning instead of
-after every sequence, or letting it run only in turns between serving cycles, had done no better.)
+worst second's p99; in this process, scheduled below serving, 0.98-1.14x and 1.21-1.25x. (Resting the
+thread after every 2 ms of learning instead of after every sequence, or letting it run only in turns
+between serving cycles, had done no better.)
 
 The serving side (``LearnerProcess``) sends each labelled ``Sequence`` as numpy arrays, and polls
 (``poll``, once per serving cycle) what comes back: update reports, each device's adapter after it
@@ -80,23 +81,21 @@ def _counters(learner: OnlineLearner, pacer: Pacer, dropped: int) -> dict:
             "rested": pacer.rested, "comparison": learner.comparison()}
 
 
-def learner_loop(learner: OnlineLearner, inbox, outbox, stop: threading.Event | None = None,
-                 alive: Callable[[], bool] = lambda: True) -> None:
-    """Learn what comes in ``inbox`` until a ``("stop",)``; report to ``outbox`` (see the module's
-    docstring for the messages). Runs in the learner process, or in a thread in tests."""
+def learner_loop(learner: OnlineLearner, inbox, outbox, alive: Callable[[], bool] = lambda: True) -> None:
+    """Learn what comes in ``inbox`` until a ``("stop",)`` (or until ``alive()`` is false); report to
+    ``outbox`` (see the module's docstring for the messages). Runs in the learner process, or in a
+    thread in tests."""
     cfg = learner.config
-    stop = stop or threading.Event()
+    stop = threading.Event()
     pacer = Pacer(cfg.cpu_share, stop)
-    waiting: deque = deque()
+    waiting: deque = deque(maxlen=cfg.queue_size)  # the newest sequences; the oldest fall out
     dropped = 0
 
     def take(item) -> None:
         nonlocal dropped
         kind = item[0]
         if kind == "sequence":
-            if len(waiting) >= cfg.queue_size:
-                waiting.popleft()
-                dropped += 1
+            dropped += len(waiting) == waiting.maxlen
             waiting.append(item[1])
         elif kind == "stop":
             stop.set()

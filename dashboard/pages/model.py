@@ -91,6 +91,7 @@ def learner_summary(view: ConsumerView) -> dict:
     return {"updates": model.get("updates", learner.get("updates")),
             "adapter_updates": learner.get("adapter_updates"),  # per-device adapters (--adapt device, both)
             "alive": learner.get("alive"),  # the consumer's learner process (None: not reported)
+            "dropped": learner.get("dropped"),
             "skipped": model.get("skipped", learner.get("skipped")),
             "windows": comparison.get("windows"),
             "serving_accuracy": comparison.get("serving_accuracy"),
@@ -128,7 +129,7 @@ def live(view_id: str) -> None:
                         "device, the default) learn beside it")
     if learner["alive"] is False and view.status != "offline":
         st.error(f"This consumer's learner process has stopped: its labels are no longer learnt "
-                 f"({(view.metrics or {}).get('learner', {}).get('dropped', 0):,} sequences dropped). "
+                 f"({learner['dropped'] or 0:,} sequences dropped). "
                  "Its log says why; a restart of the consumer starts a new one.")
     if view.metrics and "learner" in view.metrics and view.metrics["learner"] is None:
         st.caption("This consumer runs without online learning: it serves one model and reports no versions.")
