@@ -64,7 +64,7 @@ from stream.decode import (
     parse_topic,
 )
 from stream.labels import LabelBook, LabelledWindow, WindowHistory, decode_label
-from stream.monitor import DriftEvent, Monitor
+from stream.monitor import DriftEvent, Monitor, window_motion
 from stream.mqtt import PROTOCOLS, BrokerURL, batched_writes, connect, speaks_mqtt5
 from stream.persist import ADAPTERS_FILE, SERVING_MODEL, AckJournal, load_state, read_journal, save_state
 from stream.pipeline import Pipeline, Prediction
@@ -988,7 +988,7 @@ class Consumer:
         for w in self.history.resolve(self.labels):
             if w.label is not None:
                 events += self.monitor.labelled(w.device, w.t_end, w.label, w.predicted,
-                                                w.samples.mean(axis=0))
+                                                w.samples.mean(axis=0), window_motion(w.samples))
             self._collect(w)
         for e in events:
             target = (consumer_topic(cfg.prefix, cfg.consumer_id, "drift") if e.device == "_all"

@@ -5,7 +5,9 @@ Per device and overall:
   9.81 m/s² whatever the exercise, so a shift means the sensor or its units changed, not the exercise);
 - orientation: ADWIN on the angle between each window's mean gravity direction and the usual direction
   for the exercise it was classified as on this device (a strap turned on the wrist, the other wrist);
-  on devices sending labels, the angle to the usual direction of the window's true exercise instead;
+  on devices sending labels, the angle to the usual direction of the window's true exercise instead, and
+  to the direction of the set under way (a turn in the middle of a set shows within seconds); a
+  posture held still (sitting, lying) is never checked;
 - prediction confidence: ADWIN on each window's top probability; only a fall counts as drift, and only
   on devices without recent labels;
 - the error stream, where labels exist: per device, HDDM_A on the 0/1 errors of the classes the model
@@ -27,7 +29,7 @@ from river import drift, metrics, utils
 
 from models.labels import REST
 
-__all__ = ["DriftEvent", "Monitor"]
+__all__ = ["DriftEvent", "Monitor", "window_motion"]
 
 
 @dataclass
@@ -59,12 +61,43 @@ LABELLED_DEG = 20.0
 LABELLED_SPREADS = 3.0
 LABELLED_CONFIRM = 1
 LABELLED_SKIP = frozenset({REST})  # held any way at all between sets: never a reference
+# Devices sending labels, within one set: consecutive labelled windows of one class (SET_GAP device seconds
+# apart at most) are held one way, a few degrees apart, whether or not the class was seen before. From the
+# set's SET_MIN_WINDOWS-th window on, a window turned beyond max(SET_DEG, SET_SPREADS × the set's own mean
+# deviation) from the set's mean direction, confirmed by SET_CONFIRM more, is drift: a sensor turned in the
+# middle of a set shows within seconds, where the per-class check above needs 5 windows of the class first.
+# Only a turned window that moves as much as the set's others (within SET_MOTION_RATIO of their geometric
+# mean ``window_motion``, which no turn of the sensor changes) counts: one that moves differently is the
+# person doing something else under the same label (muvr's sets: picking the weights up, lying down on
+# the bench, putting them down).
+SET_MIN_WINDOWS = 3
+SET_DEG = 30.0
+SET_SPREADS = 6.0
+SET_CONFIRM = 1
+SET_GAP = 5.0
+SET_MOTION_RATIO = 1.5
+# A class held still (a posture: sitting, lying, standing, resting) has no orientation of its own to check:
+# people sit, lie or stand a little differently every time (UCI HAPT's waist-worn phone: sitting 20–46°,
+# lying 46–92° apart from one bout to the next, no sensor moved). Where the caller gives each window's
+# motion (``window_motion``), a class or set of which more than STILL_SHARE of the recent windows move less
+# than STILL_MOTION m/s² is neither a reference nor checked (a share, not a mean: people lying down roll
+# over now and then). Measured: 95 % of still windows below 0.55 m/s² (UCI HAPT), 95 % of exercise windows
+# above 0.8 and at most 2 % below 0.5 (simulator, barbell, exermote, UCI's walking).
+STILL_MOTION = 0.5
+STILL_SHARE = 0.25
 # Error detector of a device: it watches only the classes the model has got right on this device, i.e.
 # at least KNOWN_MIN labelled windows of the class with at most KNOWN_ERROR of them wrong (counted before
 # the window at hand). A class the model is simply worse on for this person, from its first set on, is a
 # fact about the model, not drift: it is not fed to the detector.
 KNOWN_MIN = 5
 KNOWN_ERROR = 0.34
+
+
+def window_motion(window: np.ndarray) -> float:
+    """How much a window (T, C; the accelerometer's first 3 channels, m/s²) moves: the root of the summed
+    variances of its specific force about their mean, m/s² (a posture held still: about 0.1)."""
+    acc = np.asarray(window, dtype=np.float64)[:, :3]
+    return float(np.sqrt(acc.var(axis=0).sum()))
 
 
 def _error_detector(overall: bool):
@@ -99,6 +132,20 @@ class _Confidences:
         return float(self.values[: self.n].sum(dtype=np.float64)) / self.n if self.n else None
 
 
+class _Set:
+    """A labelled set under way on a device: its class, last window's time, mean direction, windows and
+    their mean deviation from it (degrees), windows turned away in a row, the share of its windows held
+    still and their mean log motion."""
+
+    __slots__ = ("label", "t", "mean", "count", "spread", "turned", "still", "level")
+
+    def __init__(self, label: str, t: float, direction: tuple[float, float, float], motion: float) -> None:
+        self.label, self.t, self.mean = label, t, direction
+        self.count, self.spread, self.turned = 1, 0.0, 0
+        self.still = float(motion < STILL_MOTION)  # share of its windows held still
+        self.level = math.log(motion + 0.05)  # mean log motion (0.05: a still window's log stays finite)
+
+
 class _Detectors:
     """One device's detectors (or the overall ones). What only labels feed (the error detector and the
     prequential metrics, about 4 kB per device) is made when the first labelled window comes."""
@@ -106,7 +153,7 @@ class _Detectors:
     __slots__ = ("device", "rolling_size", "magnitude", "confidence", "orientation", "directions",
                  "orientation_pending", "error", "accuracy", "kappa", "rolling", "rolling_confidence", "drifts",
                  "needs_labels", "last_drift", "label_directions", "label_turned", "fired", "known",
-                 "oriented_at")
+                 "oriented_at", "set")
 
     def __init__(self, device: str, rolling: int) -> None:
         self.device = device
@@ -124,12 +171,14 @@ class _Detectors:
         self.drifts = 0
         self.needs_labels = False
         self.last_drift: float | None = None
-        # labelled windows: class -> (mean unit vector, count, mean cosine to it), by the TRUE class
-        self.label_directions: dict[str, tuple[tuple[float, float, float], int, float]] | None = None
+        # labelled windows, by the TRUE class: class -> (mean unit vector, count, mean cosine to it, share of
+        # its windows held still)
+        self.label_directions: dict[str, tuple[tuple[float, float, float], int, float, float]] | None = None
         self.label_turned = 0  # consecutive labelled windows turned away from their class's usual direction
         self.fired: dict[str, float] | None = None  # signal -> device time it last fired
         self.known: dict[str, list[int]] | None = None  # true class -> [labelled windows, wrong ones]
         self.oriented_at: float | None = None  # device time the device's windows were last turned anew
+        self.set: _Set | None = None  # the labelled set under way
 
     def scored(self) -> _Detectors:
         """The label-fed detectors and metrics, made on first use."""
@@ -171,6 +220,7 @@ class Monitor:
         dev.label_directions = None
         dev.label_turned = 0
         dev.oriented_at = t
+        dev.set = None
 
     def forget(self, device: str) -> None:
         self._devices.pop(device, None)
@@ -231,24 +281,29 @@ class Monitor:
         return out
 
     def labelled(self, device: str, t: float, truth: str, predicted: str,
-                 mean_acc: np.ndarray | None = None) -> list[DriftEvent]:
+                 mean_acc: np.ndarray | None = None, motion: float | None = None) -> list[DriftEvent]:
         """A window whose label is now known (scored before the learner sees it).
 
         With ``mean_acc``, the orientation check runs on the true class as well: a turned sensor makes
         the model name another exercise, whose usual direction on this device it may not know yet,
-        while the true class's direction is known from before the turn.
+        while the true class's direction is known from before the turn. ``motion`` (``window_motion``)
+        tells a class held still, whose direction is not checked (STILL_MOTION); None: not known.
         """
         self._last_label_t[device] = t
         out = []
         self.confusion.update(truth, predicted)
         dev = self._get(device) if mean_acc is not None and truth not in LABELLED_SKIP else None
         if dev is not None and (dev.oriented_at is None or t >= dev.oriented_at):  # not from before a turn
-            turn = self._labelled_angle(dev, truth, mean_acc)
+            motion = STILL_MOTION if motion is None else float(motion)  # None: moving, as before
+            turn = self._labelled_angle(dev, truth, mean_acc, motion)
             if turn is not None:
                 angle, limit = turn
                 dev.label_turned = dev.label_turned + 1 if angle > limit else 0
                 if dev.label_turned == LABELLED_CONFIRM + 1:
                     self._emit(out, dev, device, "labelled", "orientation", t, angle, True)
+            angle = self._set_angle(dev, t, truth, mean_acc, motion)
+            if angle is not None:
+                self._emit(out, dev, device, "set", "orientation", t, angle, True)
         for det in (self._get(device).scored(), self._all):
             det.accuracy.update(truth, predicted)
             det.kappa.update(truth, predicted)
@@ -272,9 +327,47 @@ class Monitor:
         return out
 
     @staticmethod
-    def _labelled_angle(dev: _Detectors, truth: str, mean_acc: np.ndarray) -> tuple[float, float] | None:
+    def _set_angle(dev: _Detectors, t: float, truth: str, mean_acc: np.ndarray,
+                   motion: float) -> float | None:
+        """The angle of a confirmed turn within the set under way (see SET_DEG), else None."""
+        x, y, z = (float(v) for v in mean_acc[:3])
+        norm = math.sqrt(x * x + y * y + z * z)
+        if norm < 1e-6:
+            return None
+        d = (x / norm, y / norm, z / norm)
+        s = dev.set
+        if s is None or s.label != truth or t - s.t > SET_GAP or t < s.t:
+            dev.set = _Set(truth, t, d, motion)
+            return None
+        s.t = t
+        s.still = (s.still * min(s.count, 20) + (motion < STILL_MOTION)) / (min(s.count, 20) + 1)
+        dot = d[0] * s.mean[0] + d[1] * s.mean[1] + d[2] * s.mean[2]
+        angle = math.degrees(math.acos(min(1.0, max(-1.0, dot))))
+        same_motion = abs(math.log(motion + 0.05) - s.level) < math.log(SET_MOTION_RATIO)
+        if s.count >= SET_MIN_WINDOWS and s.still <= STILL_SHARE and same_motion and \
+                angle > max(SET_DEG, SET_SPREADS * s.spread):
+            s.turned += 1
+            if s.turned <= SET_CONFIRM:
+                return None  # the set's direction stays as it was while the turn is confirmed
+            dev.set = _Set(truth, t, d, motion)  # confirmed: the set goes on held the new way
+            return angle
+        s.turned = 0
+        s.level = (s.level * min(s.count, 20) + math.log(motion + 0.05)) / (min(s.count, 20) + 1)
+        s.spread = (s.spread * (s.count - 1) + angle) / s.count  # mean deviation, windows after the first
+        w = min(s.count, 20)
+        mixed = (s.mean[0] * w + d[0], s.mean[1] * w + d[1], s.mean[2] * w + d[2])
+        length = math.sqrt(mixed[0] ** 2 + mixed[1] ** 2 + mixed[2] ** 2)
+        if length > 0:
+            s.mean = (mixed[0] / length, mixed[1] / length, mixed[2] / length)
+        s.count += 1
+        return None
+
+    @staticmethod
+    def _labelled_angle(dev: _Detectors, truth: str, mean_acc: np.ndarray,
+                        motion: float) -> tuple[float, float] | None:
         """Degrees between a labelled window's gravity direction and its true class's usual one on this
-        device; None until that class has been seen held in one orientation (rest, held any way, never)."""
+        device; None until that class has been seen held in one orientation while moving (rest, held any
+        way, never; a class held still, never)."""
         x, y, z = (float(v) for v in mean_acc[:3])  # the accelerometer's (a gyroscope's may follow)
         norm = math.sqrt(x * x + y * y + z * z)
         if norm < 1e-6:
@@ -282,9 +375,11 @@ class Monitor:
         d = (x / norm, y / norm, z / norm)
         if dev.label_directions is None:
             dev.label_directions = {}
-        usual, count, spread = dev.label_directions.get(truth, (d, 0, 1.0))
+        usual, count, spread, still = dev.label_directions.get(truth, (d, 0, 1.0, 0.0))
         dot = min(1.0, max(-1.0, d[0] * usual[0] + d[1] * usual[1] + d[2] * usual[2]))
-        trusted = count >= LABELLED_MIN_WINDOWS and spread >= CONCENTRATED
+        w = min(count, 20)  # running means over the last ~20 windows of the class
+        still = (still * w + (motion < STILL_MOTION)) / (w + 1)
+        trusted = count >= LABELLED_MIN_WINDOWS and spread >= CONCENTRATED and still <= STILL_SHARE
         angle = math.degrees(math.acos(dot))
         limit = max(LABELLED_DEG, LABELLED_SPREADS * math.degrees(math.acos(min(1.0, spread))))
         if trusted and angle > limit:
@@ -292,13 +387,12 @@ class Monitor:
                 return angle, limit  # a turn to confirm: the usual direction stays as it was meanwhile
             del dev.label_directions[truth]  # confirmed: learn this class's direction afresh
             return angle, limit
-        w = min(count, 20)  # running means over the last ~20 windows of the class
         mixed = (usual[0] * w + d[0], usual[1] * w + d[1], usual[2] * w + d[2])
         length = math.sqrt(mixed[0] ** 2 + mixed[1] ** 2 + mixed[2] ** 2)
         if length > 0:
             spread = (spread * w + dot) / (w + 1) if count else 1.0
             dev.label_directions[truth] = ((mixed[0] / length, mixed[1] / length, mixed[2] / length),
-                                           count + 1, spread)
+                                           count + 1, spread, still)
         return (angle, limit) if trusted else None
 
     def _emit(self, out: list[DriftEvent], det: _Detectors, device: str, detector: str, signal: str,

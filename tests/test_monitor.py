@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from stream.monitor import Monitor
+from stream.monitor import Monitor, window_motion
 
 
 def _errors(events):
@@ -83,3 +83,67 @@ def test_confidence_falls_are_reported_only_for_devices_without_labels():
         events += mon.labelled("labelled", 2.0 * k, "squat", "squat")
     fired = {e.device for e in events if e.signal == "confidence"}
     assert "silent" in fired and "labelled" not in fired
+
+
+def _turned(vector, degrees, axis=0):
+    c, s = np.cos(np.radians(degrees)), np.sin(np.radians(degrees))
+    turn = np.roll(np.array([[1, 0, 0], [0, c, -s], [0, s, c]]), axis, axis=(0, 1))
+    return turn @ vector
+
+
+def test_a_sensor_turned_in_the_middle_of_a_first_set_shows_within_the_set():
+    """A class never seen before on the device, turned on its fifth window, before the per-class check
+    trusts a direction for it (5 windows): the set's own first windows are the reference, and the turn
+    shows on its second turned window."""
+    rng = np.random.default_rng(8)
+    mon = Monitor()
+    usual = np.array([2.0, 9.0, 3.0])
+    events = []
+    for k in range(12):  # a set of squats; the strap turns 90° about the forearm (x) at window 4
+        mean = _turned(usual, 90 if k >= 4 else 0) + rng.normal(0, 0.3, 3)
+        events += mon.labelled("d", 2.0 * k, "squat", "squat", mean, motion=float(rng.uniform(2.5, 3.5)))
+    fired = [e for e in events if e.signal == "orientation"]
+    assert len(fired) == 1 and fired[0].detector == "set" and fired[0].t == 2.0 * 5
+    assert fired[0].value > 60 and not fired[0].needs_labels
+
+
+def test_within_a_set_a_turn_that_moves_differently_is_the_person_not_the_sensor():
+    """Lying down on the bench under the set's label: gravity turns, but the windows move unlike the
+    set's others (a turn of the sensor leaves window_motion as it was); where the caller gives no motion,
+    the same windows are taken for a turn."""
+    rng = np.random.default_rng(9)
+    usual = np.array([2.0, 9.0, 3.0])
+    for motions, expected in (((3.0, 12.0), []), ((3.0, 3.5), ["set"]), ((None, None), ["set"])):
+        mon = Monitor()
+        events = []
+        for k in range(12):
+            mean = _turned(usual, 120 if k >= 4 else 0) + rng.normal(0, 0.3, 3)
+            events += mon.labelled("d", 2.0 * k, "chest_fly", "chest_fly", mean, motion=motions[k >= 4])
+        assert [e.detector for e in events if e.signal == "orientation"] == expected
+
+
+def test_a_posture_held_still_is_never_an_orientation_reference():
+    """Sitting a little differently from one bout to the next (UCI HAPT: 20–46° apart, the phone never
+    moved) is not drift; the same windows moving are a turned sensor for the per-class check."""
+    rng = np.random.default_rng(10)
+    for motion, expected in ((0.1, []), (3.0, ["labelled"])):
+        mon = Monitor()
+        events = []
+        for bout in range(4):
+            mean = _turned(np.array([9.5, 1.0, 2.0]), 35 * (bout % 2), axis=2)
+            for k in range(10):
+                t = 100.0 * bout + 2.0 * k  # bouts 80 s apart: separate sets
+                mean_acc = mean + rng.normal(0, 0.05, 3)
+                events += mon.labelled("d", t, "sitting", "sitting", mean_acc, motion=motion)
+        assert [e.detector for e in events if e.signal == "orientation"] == expected
+
+
+def test_window_motion_is_what_moves_not_where_gravity_points():
+    rng = np.random.default_rng(11)
+    still = np.array([0.0, 0.0, 9.81]) + rng.normal(0, 0.05, (50, 3))
+    reps = still + np.sin(np.linspace(0, 4 * np.pi, 50))[:, None] * np.array([3.0, 0.0, 1.0])
+    assert window_motion(still) < 0.15 < 1.5 < window_motion(reps)
+    turned = reps @ np.array([[0, 1, 0], [-1, 0, 0], [0, 0, 1.0]])  # the sensor turned: the same motion
+    assert np.isclose(window_motion(turned), window_motion(reps))
+    six = np.hstack([reps, rng.normal(0, 5, (50, 3))])  # a gyroscope's channels after the accelerometer's
+    assert np.isclose(window_motion(six), window_motion(reps))
