@@ -143,3 +143,47 @@ def test_phone_formats_through_adapters(broker_url, tiny_model):
         pub.disconnect()
         pub.loop_stop()
         watch.close()
+
+
+def test_a_sensor_turned_mid_set_is_published_as_drift(broker_url, tiny_model):
+    """Through the broker: a labelled set whose sensor turns 90° on its fifth window (before the
+    per-class check trusts a direction for the class) gets a drift message from the within-set check on
+    the device's drift topic; its twin, not turned, gets none, and so does a third, turned the same way
+    but held still (the consumer gives the monitor each window's motion: a posture has no orientation
+    of its own to check)."""
+    tag = uuid.uuid4().hex[:8]
+    prefix = f"hartest{tag}"
+    consumer = Consumer(ConsumerConfig(broker=broker_url, prefix=prefix, learn=False, label_lateness=1.0),
+                        StatefulClassifier(tiny_model, "tiny"))
+    runner = threading.Thread(target=consumer.run)
+    runner.start()
+    watch = Collector(broker_url, [f"{prefix}/+/drift", f"{prefix}/_consumer/+/status"])
+    assert watch.wait_for(lambda m: any(t.endswith("/status") and p == b"online" for t, p, _ in m))
+    pub = connect(broker_url, "test-turn")
+    turn = np.array([[1.0, 0, 0], [0, 0, -1], [0, 1, 0]])  # 90° about x (the forearm)
+    try:
+        for device in ("turned", "steady", "still"):
+            pub.publish(f"{prefix}/{device}/label", orjson.dumps({"label": "squat", "t": 100.0}), qos=1)
+        time.sleep(0.3)
+        for k in range(60):  # 12 s at 50 Hz in 0.2 s messages; the tiny model's windows are 0.8 s
+            t = 100.0 + 0.2 * k + np.arange(10) / 50.0
+            reps = np.sin(2 * np.pi * 2.5 * t)[:, None] * np.array([0.5, 2.0, 1.5])  # 2 reps a window, 1.8 m/s²
+            acc = np.array([2.0, 9.0, 3.0]) + reps
+            for device in ("turned", "steady", "still"):
+                sample = acc - reps if device == "still" else acc
+                sample = sample @ turn.T if device != "steady" and t[0] >= 100.0 + 4 * 0.8 else sample
+                pub.publish(f"{prefix}/{device}/imu", orjson.dumps(
+                    {"seq": k, "t": t.round(4).tolist(), "acc": sample.round(4).tolist()}), qos=1)
+        assert watch.wait_for(lambda m: any(t.endswith("/turned/drift") for t, _, _ in m)), watch.messages
+        time.sleep(1.0)
+        drifts = [(t, orjson.loads(p)) for t, p, _ in watch.messages if t.endswith("/drift")]
+        assert [t for t, _ in drifts] == [f"{prefix}/turned/drift"]
+        event = drifts[0][1]
+        assert event["signal"] == "orientation" and event["detector"] == "set" and event["value"] > 60
+        assert 100.0 + 5 * 0.8 <= event["t"] <= 100.0 + 7 * 0.8
+    finally:
+        consumer.stop()
+        runner.join(15)
+        pub.disconnect()
+        pub.loop_stop()
+        watch.close()
