@@ -167,7 +167,7 @@ def test_a_sensor_turned_mid_set_is_published_as_drift(broker_url, tiny_model):
         time.sleep(0.3)
         for k in range(60):  # 12 s at 50 Hz in 0.2 s messages; the tiny model's windows are 0.8 s
             t = 100.0 + 0.2 * k + np.arange(10) / 50.0
-            reps = np.sin(2 * np.pi * 2.5 * t)[:, None] * np.array([0.5, 2.0, 1.5])  # 2 reps a window, 1.8 m/s²
+            reps = np.sin(2 * np.pi * 2.5 * t)[:, None] * np.array([0.5, 2.0, 1.5])  # 2 a window, 1.8 m/s²
             acc = np.array([2.0, 9.0, 3.0]) + reps
             for device in ("turned", "steady", "still"):
                 sample = acc - reps if device == "still" else acc
