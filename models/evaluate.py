@@ -16,7 +16,7 @@ from stream.decode import SampleBatch
 from stream.pipeline import Pipeline, Prediction
 from stream.recording import Recording
 
-__all__ = ["evaluate", "stream_recording", "window_truth"]
+__all__ = ["drift_alarms", "evaluate", "stream_recording", "window_truth"]
 
 
 def stream_recording(model: HARNet, rec: Recording, version: str = "unknown", chunk_seconds: float = 1.0,
@@ -67,10 +67,38 @@ def window_truth(rec: Recording, predictions: list[Prediction], rate: float, win
     return truth
 
 
+def drift_alarms(rec: Recording, predictions: list[Prediction], rate: float, window: int) -> dict:
+    """The consumer's drift monitor (``stream.monitor``) over the predictions, as the consumer feeds it:
+    once with every window that one label covers from end to end fed as labelled, once with none. In a
+    recording where nothing is known to have drifted, every alarm is a false one. Per device (the
+    overall detectors, ``_all``, left out): alarms by ``detector:signal``, and per device-hour."""
+    from stream.monitor import Monitor, window_motion
+
+    truth = window_truth(rec, predictions, rate, window, agree=1.0)
+    hours = len(predictions) * window / rate / 3600
+    out: dict = {"device_hours": round(hours, 3)}
+    for mode in ("with_labels", "without_labels"):
+        monitor, alarms = Monitor(), {}
+        for p, label in zip(predictions, truth, strict=True):
+            events = monitor.observe(p.device, p.t_end, p.magnitude, p.confidence, p.mean_acc, p.label)
+            if label and mode == "with_labels":
+                events += monitor.labelled(p.device, p.t_end, label, p.label, p.window.mean(axis=0),
+                                           window_motion(p.window))
+            for e in events:
+                if e.device == p.device:
+                    key = f"{e.detector}:{e.signal}"
+                    alarms[key] = alarms.get(key, 0) + 1
+        n = sum(alarms.values())
+        out[mode] = {"alarms": n, "per_device_hour": round(n / hours, 3) if hours else None,
+                     "by_detector": dict(sorted(alarms.items()))}
+    return out
+
+
 def evaluate(model: HARNet, rec: Recording, version: str = "unknown", progress: bool = False) -> dict:
     """accuracy, macro_f1, recall and F1 per class, confusion matrix and windows, over labelled windows;
     also ``windows_total`` (labelled or not), ``unknown_classes`` (true labels the model does not have)
-    and ``accuracy_known_classes`` (over the windows of the classes it has)."""
+    and ``accuracy_known_classes`` (over the windows of the classes it has); ``drift``: the drift
+    monitor's alarms over the same windows (``drift_alarms``)."""
     predictions = stream_recording(model, rec, version, progress=progress)
     cfg = model.config
     truth = window_truth(rec, predictions, cfg.rate, cfg.window)
@@ -81,4 +109,5 @@ def evaluate(model: HARNet, rec: Recording, version: str = "unknown", progress: 
     known = [(t, p) for t, p in pairs if t in cfg.classes]  # a model cannot name a class it never learnt
     report["accuracy_known_classes"] = round(sum(t == p for t, p in known) / len(known), 4) if known else None
     report["model"] = version
+    report["drift"] = drift_alarms(rec, predictions, cfg.rate, cfg.window)
     return report

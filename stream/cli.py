@@ -176,6 +176,11 @@ def cmd_evaluate(args) -> int:
     if report["unknown_classes"]:
         print(f"classes the model does not know: {', '.join(report['unknown_classes'])}")
     print("recall: " + ", ".join(f"{c} {r:.3f}" for c, r in report["recall"].items()))
+    drift = report["drift"]
+    runs = [f"{mode.replace('_', ' ')} {d['alarms']} ({d['per_device_hour']} per device-hour)"
+            for mode, d in drift.items() if mode != "device_hours"]
+    print(f"drift alarms over {drift['device_hours']} device-hours (false ones where nothing drifted): "
+          + "; ".join(runs))
     labels = report["labels"]
     width = max(len(c) for c in labels)
     print("confusion (rows true, columns predicted):")

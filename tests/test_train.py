@@ -92,6 +92,29 @@ def test_checkpoint_round_trips_through_evaluate_json(trained, tmp_path, capsys)
     assert report["accuracy"] >= 0.85 and report["macro_f1"] >= 0.8
     assert set(report["recall"]) == set(CLASSES)
     assert len(report["confusion"]) == len(report["labels"]) == 3
+    drift = report["drift"]
+    assert drift["device_hours"] > 0 and set(drift) == {"device_hours", "with_labels", "without_labels"}
+    assert all(isinstance(drift[m]["alarms"], int) for m in ("with_labels", "without_labels"))
+
+
+def test_evaluate_reports_the_drift_monitors_alarms_on_a_sensor_turned_mid_set(trained):
+    """The consumer's monitor runs over the evaluated windows: a person whose sensor turns 90° six
+    seconds into a set (and stays turned) raises an orientation alarm when the labels are fed; the same
+    person unturned raises none."""
+    from models.evaluate import evaluate
+    rec, model, _ = trained
+    person = rec.take(rec.subject == "person0")
+    t, label = person.t, person.label
+    starts = np.flatnonzero(np.r_[True, label[1:] != label[:-1]])
+    ends = np.r_[starts[1:], len(label)]
+    first = next(a for a, b in zip(starts, ends, strict=True) if label[a] != "rest" and t[b - 1] - t[a] > 10)
+    turned = Recording(device=person.device, t=t, acc=person.acc.copy(), label=label, subject=person.subject)
+    after = t >= t[first] + 6.0
+    turned.acc[after] = turned.acc[after] @ np.array([[1.0, 0, 0], [0, 0, -1], [0, 1, 0]], dtype=np.float32).T
+    steady = evaluate(model, person)["drift"]["with_labels"]["by_detector"]
+    moved = evaluate(model, turned)["drift"]["with_labels"]["by_detector"]
+    assert not any(k.endswith(":orientation") for k in steady), steady
+    assert any(k in moved for k in ("set:orientation", "labelled:orientation")), moved
 
 
 def test_person_split_holds_people_out():
