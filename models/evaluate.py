@@ -80,7 +80,8 @@ def drift_alarms(rec: Recording, predictions: list[Prediction], rate: float, win
     for mode in ("with_labels", "without_labels"):
         monitor, alarms = Monitor(), {}
         for p, label in zip(predictions, truth, strict=True):
-            events = monitor.observe(p.device, p.t_end, p.magnitude, p.confidence, p.mean_acc, p.label)
+            events = monitor.observe(p.device, p.t_end, p.magnitude, p.confidence, p.mean_acc, p.label,
+                                     p.motion)
             if label and mode == "with_labels":
                 events += monitor.labelled(p.device, p.t_end, label, p.label, p.window.mean(axis=0),
                                            window_motion(p.window))

@@ -981,7 +981,8 @@ class Consumer:
         for p in predictions:  # magnitude and mean computed for the whole batch by the pipeline
             if p.reoriented:  # turned anew: not a drift of its own making (models.orientation)
                 self.monitor.reoriented(p.device, p.t_end)
-            events += self.monitor.observe(p.device, p.t_end, p.magnitude, p.confidence, p.mean_acc, p.label)
+            events += self.monitor.observe(p.device, p.t_end, p.magnitude, p.confidence, p.mean_acc, p.label,
+                                          p.motion)
             if p.device in self.history:
                 self.history.add(LabelledWindow(p.device, p.t_end, p.window, p.state_before(), p.label,
                                                 p.confidence))

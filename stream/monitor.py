@@ -6,8 +6,9 @@ Per device and overall:
 - orientation: ADWIN on the angle between each window's mean gravity direction and the usual direction
   for the exercise it was classified as on this device (a strap turned on the wrist, the other wrist);
   on devices sending labels, the angle to the usual direction of the window's true exercise instead, and
-  to the direction of the set under way (a turn in the middle of a set shows within seconds); a
-  posture held still (sitting, lying) is never checked;
+  to the direction of the set under way (a turn in the middle of a set shows within seconds); on every
+  device, the angle to the direction of the run of steadily moving windows under way (a set, as far as
+  can be told without labels); a posture held still (sitting, lying) is never checked;
 - prediction confidence: ADWIN on each window's top probability; only a fall counts as drift, and only
   on devices without recent labels;
 - the error stream, where labels exist: per device, HDDM_A on the 0/1 errors of the classes the model
@@ -76,6 +77,11 @@ SET_SPREADS = 6.0
 SET_CONFIRM = 1
 SET_GAP = 5.0
 SET_MOTION_RATIO = 1.5
+# Devices without labels: a run is consecutive windows (SET_GAP apart at most) that the model does not call
+# rest, none held still, each moving within RUN_MOTION_RATIO of the run's geometric mean motion: a set, as
+# far as can be told without its label. Within a run, the set check above (SET_* thresholds) runs, on
+# devices with labels too (it needs none).
+RUN_MOTION_RATIO = 1.5
 # A class held still (a posture: sitting, lying, standing, resting) has no orientation of its own to check:
 # people sit, lie or stand a little differently every time (UCI HAPT's waist-worn phone: sitting 20–46°,
 # lying 46–92° apart from one bout to the next, no sensor moved). Where the caller gives each window's
@@ -91,6 +97,14 @@ STILL_SHARE = 0.25
 # fact about the model, not drift: it is not fed to the detector.
 KNOWN_MIN = 5
 KNOWN_ERROR = 0.34
+
+
+def _unit(v: np.ndarray) -> tuple[float, float, float] | None:
+    """The accelerometer's direction (the first 3 values) as plain floats (faster than numpy calls on
+    3 values), None for a zero vector."""
+    x, y, z = (float(a) for a in v[:3])
+    norm = math.sqrt(x * x + y * y + z * z)
+    return None if norm < 1e-6 else (x / norm, y / norm, z / norm)
 
 
 def window_motion(window: np.ndarray) -> float:
@@ -153,7 +167,7 @@ class _Detectors:
     __slots__ = ("device", "rolling_size", "magnitude", "confidence", "orientation", "directions",
                  "orientation_pending", "error", "accuracy", "kappa", "rolling", "rolling_confidence", "drifts",
                  "needs_labels", "last_drift", "label_directions", "label_turned", "fired", "known",
-                 "oriented_at", "set")
+                 "oriented_at", "set", "run")
 
     def __init__(self, device: str, rolling: int) -> None:
         self.device = device
@@ -179,6 +193,7 @@ class _Detectors:
         self.known: dict[str, list[int]] | None = None  # true class -> [labelled windows, wrong ones]
         self.oriented_at: float | None = None  # device time the device's windows were last turned anew
         self.set: _Set | None = None  # the labelled set under way
+        self.run: _Set | None = None  # the run of steadily moving windows under way (no labels needed)
 
     def scored(self) -> _Detectors:
         """The label-fed detectors and metrics, made on first use."""
@@ -221,16 +236,19 @@ class Monitor:
         dev.label_turned = 0
         dev.oriented_at = t
         dev.set = None
+        dev.run = None
 
     def forget(self, device: str) -> None:
         self._devices.pop(device, None)
         self._last_label_t.pop(device, None)
 
     def observe(self, device: str, t: float, magnitude: float, confidence: float,
-                mean_acc: np.ndarray | None = None, predicted: str | None = None) -> list[DriftEvent]:
+                mean_acc: np.ndarray | None = None, predicted: str | None = None,
+                motion: float | None = None) -> list[DriftEvent]:
         """One classified window; returns drift detections.
 
-        ``mean_acc`` (the window's mean specific force) and ``predicted`` feed the orientation detector.
+        ``mean_acc`` (the window's mean specific force) and ``predicted`` feed the orientation detectors;
+        with ``motion`` (``window_motion``) too, the check within runs of steadily moving windows.
         """
         out = []
         has_labels = device in self._last_label_t and t - self._last_label_t[device] < self.labelled_recently
@@ -262,6 +280,10 @@ class Monitor:
                 if length > 0:
                     dev.directions[predicted] = ((mixed[0] / length, mixed[1] / length, mixed[2] / length),
                                                  count + 1)
+        if mean_acc is not None and predicted is not None and motion is not None:
+            angle = self._run_angle(dev, t, predicted, mean_acc, motion)
+            if angle is not None:
+                self._emit(out, dev, device, "run", "orientation", t, angle, has_labels)
         for det in (dev, self._all):
             det.rolling_confidence.append(confidence)
             before = det.confidence.estimation
@@ -330,15 +352,41 @@ class Monitor:
     def _set_angle(dev: _Detectors, t: float, truth: str, mean_acc: np.ndarray,
                    motion: float) -> float | None:
         """The angle of a confirmed turn within the set under way (see SET_DEG), else None."""
-        x, y, z = (float(v) for v in mean_acc[:3])
-        norm = math.sqrt(x * x + y * y + z * z)
-        if norm < 1e-6:
+        d = _unit(mean_acc)
+        if d is None:
             return None
-        d = (x / norm, y / norm, z / norm)
         s = dev.set
         if s is None or s.label != truth or t - s.t > SET_GAP or t < s.t:
             dev.set = _Set(truth, t, d, motion)
             return None
+        angle = Monitor._step(s, t, d, motion)
+        if angle is not None:
+            dev.set = _Set(truth, t, d, motion)  # confirmed: the set goes on held the new way
+        return angle
+
+    @staticmethod
+    def _run_angle(dev: _Detectors, t: float, predicted: str, mean_acc: np.ndarray,
+                   motion: float) -> float | None:
+        """Without labels: the angle of a confirmed turn within the run under way (see RUN_MOTION_RATIO),
+        else None."""
+        d = _unit(mean_acc)
+        if d is None or motion < STILL_MOTION or predicted in LABELLED_SKIP:
+            dev.run = None
+            return None
+        s = dev.run
+        if s is None or t - s.t > SET_GAP or t < s.t or \
+                abs(math.log(motion + 0.05) - s.level) > math.log(RUN_MOTION_RATIO):
+            dev.run = _Set("", t, d, motion)
+            return None
+        angle = Monitor._step(s, t, d, motion)
+        if angle is not None:
+            dev.run = _Set("", t, d, motion)
+        return angle
+
+    @staticmethod
+    def _step(s: _Set, t: float, d: tuple[float, float, float], motion: float) -> float | None:
+        """One more window of a set (or run): the angle of a turn it confirms, else None (the window
+        joins the set's direction, spread and motion unless it is a turn still to confirm)."""
         s.t = t
         s.still = (s.still * min(s.count, 20) + (motion < STILL_MOTION)) / (min(s.count, 20) + 1)
         dot = d[0] * s.mean[0] + d[1] * s.mean[1] + d[2] * s.mean[2]
@@ -349,7 +397,6 @@ class Monitor:
             s.turned += 1
             if s.turned <= SET_CONFIRM:
                 return None  # the set's direction stays as it was while the turn is confirmed
-            dev.set = _Set(truth, t, d, motion)  # confirmed: the set goes on held the new way
             return angle
         s.turned = 0
         s.level = (s.level * min(s.count, 20) + math.log(motion + 0.05)) / (min(s.count, 20) + 1)

@@ -36,6 +36,7 @@ class Prediction:
     magnitude: float = 0.0  # mean |specific force| over the window (m/s²), for the drift detectors
     mean_acc: np.ndarray | None = None  # (3,) mean specific force over the window (for the drift detectors)
     reoriented: bool = False  # the device's windows are turned anew from this one on (models.orientation)
+    motion: float = 0.0  # how much the window moves (stream.monitor.window_motion), for the drift detectors
 
     def state_before(self) -> tuple:
         """This device's state before the window, each (layers, hidden), as a copy."""
@@ -136,10 +137,11 @@ class Pipeline:
             acc = windows[:, :, :3]
             magnitudes = np.sqrt((acc * acc).sum(axis=2)).mean(axis=1).tolist()
             means = acc.mean(axis=1)
+            motions = np.sqrt(acc.var(axis=1, dtype=np.float64).sum(axis=1)).tolist()  # window_motion
             confidence = probs[np.arange(len(group)), best].tolist()
             for i, (w, p, k) in enumerate(zip(group, probs, best.tolist(), strict=True)):
                 out.append(Prediction(w.device, w.t_end, classes[k], confidence[i], p, w.arrival, seen[i],
-                                      state, i, magnitudes[i], means[i], w.device in changed))
+                                      state, i, magnitudes[i], means[i], w.device in changed, motions[i]))
         return out
 
     def evict(self, device: str) -> None:

@@ -147,3 +147,36 @@ def test_window_motion_is_what_moves_not_where_gravity_points():
     assert np.isclose(window_motion(turned), window_motion(reps))
     six = np.hstack([reps, rng.normal(0, 5, (50, 3))])  # a gyroscope's channels after the accelerometer's
     assert np.isclose(window_motion(six), window_motion(reps))
+
+
+def test_without_labels_a_turn_within_a_run_of_steady_motion_is_drift():
+    """No labels: windows the model does not call rest, moving alike, are one set as far as can be told;
+    the sensor turned within it shows on the second turned window."""
+    rng = np.random.default_rng(12)
+    mon = Monitor()
+    usual = np.array([2.0, 9.0, 3.0])
+    events = []
+    for k in range(12):
+        mean = _turned(usual, 90 if k >= 5 else 0) + rng.normal(0, 0.3, 3)
+        events += mon.observe("d", 2.0 * k, 9.81, 0.9, mean, "squat", motion=float(rng.uniform(2.6, 3.2)))
+    fired = [e for e in events if e.signal == "orientation"]
+    assert len(fired) == 1 and fired[0].detector == "run" and fired[0].t == 2.0 * 6 and fired[0].needs_labels
+
+
+def test_without_labels_a_new_exercise_or_a_rest_starts_a_new_run():
+    """Gravity turns where the motion changes too (the next exercise), where the model says rest in
+    between, or in windows held still: no drift."""
+    rng = np.random.default_rng(13)
+    usual = np.array([2.0, 9.0, 3.0])
+    cases = {  # windows 5 on: (motion, predicted) of the turned windows; the first 5 move 3 m/s² as squats
+        "another exercise": [(8.0, "squat")] * 7,
+        "after a rest": [(3.0, "rest")] + [(3.0, "lunge")] * 6,
+        "held still": [(0.2, "squat")] * 7,
+    }
+    for name, turned in cases.items():
+        mon = Monitor()
+        events = []
+        for k, (motion, predicted) in enumerate([(3.0, "squat")] * 5 + turned):
+            mean = _turned(usual, 90 if k >= 5 else 0) + rng.normal(0, 0.3, 3)
+            events += mon.observe("d", 2.0 * k, 9.81, 0.9, mean, predicted, motion=motion)
+        assert [e for e in events if e.signal == "orientation"] == [], name
