@@ -253,35 +253,32 @@ class Monitor:
         out = []
         has_labels = device in self._last_label_t and t - self._last_label_t[device] < self.labelled_recently
         dev = self._get(device)
-        if mean_acc is not None and predicted is not None:
-            x, y, z = (float(v) for v in mean_acc[:3])  # the accelerometer's; floats beat numpy calls
-            norm = math.sqrt(x * x + y * y + z * z)
-            if norm > 1e-6:
-                direction = (x / norm, y / norm, z / norm)
-                usual, count = dev.directions.get(predicted, (direction, 0))
-                dot = direction[0] * usual[0] + direction[1] * usual[1] + direction[2] * usual[2]
-                angle = math.degrees(math.acos(min(1.0, max(-1.0, dot))))
-                if count >= 3:
-                    dev.orientation.update(angle)
-                    # only a turn away from the usual direction counts, and only once two more windows
-                    # confirm it: single odd windows (a burpee's jump, a stretch) are not drift
-                    if dev.orientation.drift_detected and angle > ORIENTATION_DEG:
-                        dev.orientation_pending = ORIENTATION_CONFIRM
-                    elif dev.orientation_pending:
-                        turned = angle > ORIENTATION_DEG
-                        dev.orientation_pending = dev.orientation_pending - 1 if turned else 0
-                        # a device sending labels gets the sharper check keyed by its true classes
-                        # (``labelled``); this one, keyed by what the model says, is for the others
-                        if dev.orientation_pending == 0 and turned and not has_labels:
-                            self._emit(out, dev, device, "ADWIN", "orientation", t, angle, has_labels)
-                w = min(count, 20)  # running mean over the last ~20 windows
-                mixed = (usual[0] * w + direction[0], usual[1] * w + direction[1], usual[2] * w + direction[2])
-                length = math.sqrt(mixed[0] ** 2 + mixed[1] ** 2 + mixed[2] ** 2)
-                if length > 0:
-                    dev.directions[predicted] = ((mixed[0] / length, mixed[1] / length, mixed[2] / length),
-                                                 count + 1)
-        if mean_acc is not None and predicted is not None and motion is not None:
-            angle = self._run_angle(dev, t, predicted, mean_acc, motion)
+        direction = _unit(mean_acc) if mean_acc is not None and predicted is not None else None
+        if direction is not None:
+            usual, count = dev.directions.get(predicted, (direction, 0))
+            dot = direction[0] * usual[0] + direction[1] * usual[1] + direction[2] * usual[2]
+            angle = math.degrees(math.acos(min(1.0, max(-1.0, dot))))
+            if count >= 3:
+                dev.orientation.update(angle)
+                # only a turn away from the usual direction counts, and only once two more windows
+                # confirm it: single odd windows (a burpee's jump, a stretch) are not drift
+                if dev.orientation.drift_detected and angle > ORIENTATION_DEG:
+                    dev.orientation_pending = ORIENTATION_CONFIRM
+                elif dev.orientation_pending:
+                    turned = angle > ORIENTATION_DEG
+                    dev.orientation_pending = dev.orientation_pending - 1 if turned else 0
+                    # a device sending labels gets the sharper check keyed by its true classes
+                    # (``labelled``); this one, keyed by what the model says, is for the others
+                    if dev.orientation_pending == 0 and turned and not has_labels:
+                        self._emit(out, dev, device, "ADWIN", "orientation", t, angle, has_labels)
+            w = min(count, 20)  # running mean over the last ~20 windows
+            mixed = (usual[0] * w + direction[0], usual[1] * w + direction[1], usual[2] * w + direction[2])
+            length = math.sqrt(mixed[0] ** 2 + mixed[1] ** 2 + mixed[2] ** 2)
+            if length > 0:
+                dev.directions[predicted] = ((mixed[0] / length, mixed[1] / length, mixed[2] / length),
+                                             count + 1)
+        if direction is not None and motion is not None:
+            angle = self._run_angle(dev, t, predicted, direction, motion)
             if angle is not None:
                 self._emit(out, dev, device, "run", "orientation", t, angle, has_labels)
         for det in (dev, self._all):
@@ -365,12 +362,11 @@ class Monitor:
         return angle
 
     @staticmethod
-    def _run_angle(dev: _Detectors, t: float, predicted: str, mean_acc: np.ndarray,
+    def _run_angle(dev: _Detectors, t: float, predicted: str, d: tuple[float, float, float],
                    motion: float) -> float | None:
         """Without labels: the angle of a confirmed turn within the run under way (see RUN_MOTION_RATIO),
-        else None."""
-        d = _unit(mean_acc)
-        if d is None or motion < STILL_MOTION or predicted in LABELLED_SKIP:
+        else None (``d``: the window's unit direction)."""
+        if motion < STILL_MOTION or predicted in LABELLED_SKIP:
             dev.run = None
             return None
         s = dev.run
