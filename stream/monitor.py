@@ -147,9 +147,10 @@ class _Confidences:
 
 
 class _Set:
-    """A labelled set under way on a device: its class, last window's time, mean direction, windows and
-    their mean deviation from it (degrees), windows turned away in a row, the share of its windows held
-    still and their mean log motion."""
+    """A set under way on a device: consecutive windows of one label (``Monitor._set_angle``), or, without
+    labels, a run of steadily moving windows (``label`` "", ``Monitor._run_angle``). Its label, last
+    window's time, mean direction, windows and their mean deviation from it (degrees), windows turned
+    away in a row, the share of its windows held still and their mean log motion."""
 
     __slots__ = ("label", "t", "mean", "count", "spread", "turned", "still", "level")
 
@@ -411,11 +412,9 @@ class Monitor:
         """Degrees between a labelled window's gravity direction and its true class's usual one on this
         device; None until that class has been seen held in one orientation while moving (rest, held any
         way, never; a class held still, never)."""
-        x, y, z = (float(v) for v in mean_acc[:3])  # the accelerometer's (a gyroscope's may follow)
-        norm = math.sqrt(x * x + y * y + z * z)
-        if norm < 1e-6:
+        d = _unit(mean_acc)  # the accelerometer's (a gyroscope's may follow)
+        if d is None:
             return None
-        d = (x / norm, y / norm, z / norm)
         if dev.label_directions is None:
             dev.label_directions = {}
         usual, count, spread, still = dev.label_directions.get(truth, (d, 0, 1.0, 0.0))
