@@ -163,8 +163,7 @@ def run(streams: dict[str, DeviceStream], duration: float, labels: bool, model_p
             # as the consumer labels windows: only where one label holds from the window's start to its end
             span = str(stream.truth_label(p.t_end - window_s + 0.02))
             if labels and span == truth == str(stream.truth_label(p.t_end)):
-                found += monitor.labelled(p.device, p.t_end, truth, p.label, p.mean_acc,
-                                          window_motion(p.window))
+                found += monitor.labelled(p.device, p.t_end, truth, p.label, p.mean_acc, p.motion)
             events[p.device] += [(t, e.signal) for e in found if e.device == p.device]
     return {"events": events, "wrong": wrong}
 

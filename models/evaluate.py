@@ -72,7 +72,7 @@ def drift_alarms(rec: Recording, predictions: list[Prediction], rate: float, win
     once with every window that one label covers from end to end fed as labelled, once with none. In a
     recording where nothing is known to have drifted, every alarm is a false one. Per device (the
     overall detectors, ``_all``, left out): alarms by ``detector:signal``, and per device-hour."""
-    from stream.monitor import Monitor, window_motion
+    from stream.monitor import Monitor
 
     truth = window_truth(rec, predictions, rate, window, agree=1.0)
     hours = len(predictions) * window / rate / 3600
@@ -83,8 +83,7 @@ def drift_alarms(rec: Recording, predictions: list[Prediction], rate: float, win
             events = monitor.observe(p.device, p.t_end, p.magnitude, p.confidence, p.mean_acc, p.label,
                                      p.motion)
             if label and mode == "with_labels":
-                events += monitor.labelled(p.device, p.t_end, label, p.label, p.window.mean(axis=0),
-                                           window_motion(p.window))
+                events += monitor.labelled(p.device, p.t_end, label, p.label, p.mean_acc, p.motion)
             for e in events:
                 if e.device == p.device:
                     key = f"{e.detector}:{e.signal}"
