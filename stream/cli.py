@@ -412,7 +412,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("evaluate", help="stream a recording file through the stateful classifier and score it")
+    p = sub.add_parser("evaluate", help="stream a recording file through the stateful classifier and score it",
+                       description="Streams FILE through the same stateful pipeline as live data and reports "
+                                   "accuracy, macro F1, per-class recall, the confusion matrix and the number of "
+                                   "windows; also the alarms of the consumer's drift monitor over the same "
+                                   "windows, with the file's labels fed and without (on a recording where "
+                                   "nothing drifted, its false alarms).")
     _model_arg(p)
     p.add_argument("--data", required=True, type=Path, metavar="FILE", help="recording file")
     p.add_argument("--json", action="store_true", help="print one JSON object")
