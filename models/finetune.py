@@ -70,6 +70,9 @@ class LearnerConfig:
     cpu_share: float = 0.2  # of one core, at most, over time: after learning for c CPU seconds the
     # learner rests c * (1 / cpu_share - 1) seconds (0 or less, or 1 or more: no limit); what it cannot take in time
     # waits in the queue, and the oldest is dropped beyond queue_size (counted in ``dropped``)
+    below_serving: bool = True  # the learner process runs only on CPU that nothing else wants (SCHED_IDLE,
+    # else niceness 19): it starves, and drops sequences, while other work fills every core; False: it keeps
+    # its parent's priority, still paced by cpu_share
     versions_dir: Path | None = None  # where promoted versions are saved (None: not saved)
     serving_version: str = "base"
     adapt: str = "device"  # device | shared | both (see the module's docstring)

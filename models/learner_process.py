@@ -20,6 +20,7 @@ core (``Pacer``).
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import multiprocessing
 import os
@@ -54,6 +55,17 @@ def _below_serving() -> None:
             os.nice(19)
         except OSError:
             pass
+
+
+def _die_with_parent() -> None:
+    """Linux: the kernel kills this process as soon as the thread that started it ends
+    (``PR_SET_PDEATHSIG``), however busy the machine is. Noticing it by itself (``getppid``, still
+    checked) works too, but a SCHED_IDLE process on cores that other work fills gets so little CPU that
+    shutting its interpreter down took longer than 10 s (tests/test_online.py under load)."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux
+        pass
 
 
 def _arrays(seq: Sequence) -> tuple:
@@ -138,7 +150,11 @@ def learner_loop(learner: OnlineLearner, inbox, outbox, alive: Callable[[], bool
 def _child(model: bytes, config: LearnerConfig, adapters: dict, inbox, outbox, parent: int) -> None:
     """The learner process: one thread, below serving in priority, gone with its parent."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the parent stops us
-    _below_serving()
+    _die_with_parent()
+    if os.getppid() != parent:  # the parent died before that was set
+        return
+    if config.below_serving:
+        _below_serving()
     torch.set_num_threads(1)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     serving, _ = load_checkpoint(model)

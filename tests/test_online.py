@@ -233,7 +233,10 @@ def test_the_learner_process_learns_reports_and_stops():
 
     rng = np.random.default_rng(4)
     reports = []
-    learner = LearnerProcess(toy_model(), LearnerConfig(cpu_share=1.0), on_update=reports.append).start()
+    # at its parent's priority: this test is about what goes through the process, and SCHED_IDLE would
+    # starve it on a machine whose cores other work fills (tested below, and in the consumer's test)
+    config = LearnerConfig(cpu_share=1.0, below_serving=False)
+    learner = LearnerProcess(toy_model(), config, on_update=reports.append).start()
     try:
         for _ in range(6):
             learner.submit(toy_sequence(rng))
@@ -261,7 +264,7 @@ def test_the_learner_process_hands_promoted_weights_back(tmp_path):
     rng = np.random.default_rng(5)
     promoted = []
     config = LearnerConfig(adapt="shared", lr=1e-2, promotion_windows=16, versions_dir=tmp_path,
-                           cpu_share=1.0)
+                           cpu_share=1.0, below_serving=False)  # at its parent's priority, as above
     model = toy_model()
     learner = LearnerProcess(model, config, on_promote=lambda m, v: promoted.append((m, v))).start()
     try:
@@ -356,7 +359,7 @@ def test_promote_and_rollback_commands_reach_the_learner_process_and_come_back(b
 
     prefix = f"hartest{uuid.uuid4().hex[:8]}"
     config = ConsumerConfig(broker=broker_url, prefix=prefix, consumer_id=f"c{uuid.uuid4().hex[:6]}",
-                            state_dir=tmp_path, learner=LearnerConfig(adapt="shared"))
+                            state_dir=tmp_path, learner=LearnerConfig(adapt="shared", below_serving=False))
     consumer = Consumer(config, StatefulClassifier(tiny_model, "tiny"))
     models = []
     watch = connect(broker_url, "test-watch-model", subscriptions=[(f"{prefix}/_consumer/+/model", 1)],
