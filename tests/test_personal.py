@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from models.checkpoint import default_model_path, load_checkpoint
+from models.finetune import LearnerConfig
 from models.personal import CUBE, AdapterConfig, DeviceAdapters
 from models.state import StatefulClassifier
 from simulators.workout import G_STANDARD, DeviceStream
@@ -141,8 +142,11 @@ def test_consumer_learns_adapters_from_labels_over_mqtt_and_keeps_them(broker_ur
 
     model, _ = load_checkpoint(default_model_path())
     prefix = f"hartest{uuid.uuid4().hex[:8]}"
+    # the learner's defaults, but at the test's priority: SCHED_IDLE starves it on a machine whose cores
+    # other work fills (tests/test_online.py checks the priority)
     config = ConsumerConfig(broker=broker_url, prefix=prefix, consumer_id=f"c{uuid.uuid4().hex[:6]}",
-                            state_dir=tmp_path, metrics_interval=1.0)
+                            state_dir=tmp_path, metrics_interval=1.0,
+                            learner=LearnerConfig(below_serving=False))
     consumer = Consumer(config, StatefulClassifier(model, "base"))
     assert consumer.learner is not None and consumer.learner.adapters is not None  # the default
     training, lock = [], threading.Lock()
