@@ -180,3 +180,23 @@ def test_without_labels_a_new_exercise_or_a_rest_starts_a_new_run():
             mean = _turned(usual, 90 if k >= 5 else 0) + rng.normal(0, 0.3, 3)
             events += mon.observe("d", 2.0 * k, 9.81, 0.9, mean, predicted, motion=motion)
         assert [e for e in events if e.signal == "orientation"] == [], name
+
+
+def test_the_pipeline_gives_each_prediction_its_windows_motion(tiny_model):
+    """Prediction.motion (batched in the pipeline) is window_motion of the window the model saw."""
+    from models.state import StatefulClassifier
+    from stream.decode import SampleBatch
+    from stream.pipeline import Pipeline
+
+    rng = np.random.default_rng(14)
+    pipeline = Pipeline(StatefulClassifier(tiny_model))
+    t = np.arange(100) / 25.0
+    for device, amplitude in (("still", 0.0), ("moving", 3.0)):
+        acc = np.array([2.0, 9.0, 3.0]) + amplitude * np.sin(2 * np.pi * 2.0 * t)[:, None] * [1.0, 0.5, 0.0]
+        noisy = (acc + rng.normal(0, 0.05, acc.shape)).astype(np.float32)
+        pipeline.add(SampleBatch(device, t, noisy), arrival=0.0)
+    predictions = pipeline.classify_ready()
+    assert {p.device for p in predictions} == {"still", "moving"}
+    for p in predictions:
+        assert np.isclose(p.motion, window_motion(p.window), atol=1e-3)
+        assert (p.motion < 0.2) == (p.device == "still")
