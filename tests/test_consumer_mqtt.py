@@ -1,5 +1,6 @@
 """The consumer through a real broker: samples in, predictions out, bad payloads counted, never fatal."""
 
+import contextlib
 import threading
 import time
 import uuid
@@ -40,6 +41,32 @@ class Collector:
         self.client.loop_stop()
 
 
+@contextlib.contextmanager
+def serving(consumer, broker_url, topics, client_id):
+    """The consumer running in a thread; a Collector on ``topics`` (they must take in the consumer's
+    status) once the consumer is online; a publisher. On leaving, the consumer stops, its thread ends
+    and it says it is offline."""
+    runner = threading.Thread(target=consumer.run)
+    runner.start()
+    watch = Collector(broker_url, topics)
+    pub = None
+    try:
+        # connect one client at a time: amqtt 0.12 (the embedded broker) can drop a session when clients
+        # connect while others subscribe ("dictionary changed size during iteration")
+        assert watch.wait_for(lambda m: any(t.endswith("/status") and p == b"online" for t, p, _ in m))
+        pub = connect(broker_url, client_id)
+        yield watch, pub
+    finally:
+        consumer.stop()
+        runner.join(15)
+        if pub is not None:
+            pub.disconnect()
+            pub.loop_stop()
+    assert not runner.is_alive()
+    assert watch.wait_for(lambda m: any(t.endswith("/status") and p == b"offline" for t, p, _ in m))
+    watch.close()
+
+
 def imu(seq, t0, n, rate=50.0, z=9.81):
     t = t0 + np.arange(n) / rate
     acc = np.stack([np.sin(7 * t), np.cos(5 * t), z + np.sin(3 * t)], axis=1)
@@ -50,14 +77,8 @@ def test_consumer_end_to_end(broker_url, tiny_model):
     prefix = f"hartest{uuid.uuid4().hex[:8]}"
     consumer = Consumer(ConsumerConfig(broker=broker_url, prefix=prefix, metrics_interval=0.5),
                         StatefulClassifier(tiny_model, "tiny"))
-    runner = threading.Thread(target=consumer.run)
-    runner.start()
-    watch = Collector(broker_url, [f"{prefix}/+/prediction", f"{prefix}/_consumer/+/+"])
-    # connect one client at a time: amqtt 0.12 (the embedded broker) can drop a session when clients
-    # connect while others subscribe ("dictionary changed size during iteration")
-    assert watch.wait_for(lambda m: any(t.endswith("/status") and p == b"online" for t, p, _ in m))
-    pub = connect(broker_url, "test-pub")
-    try:
+    topics = [f"{prefix}/+/prediction", f"{prefix}/_consumer/+/+"]
+    with serving(consumer, broker_url, topics, "test-pub") as (watch, pub):
         devices = ["dev-a", "dev-b", "dev-c"]
         sent = {d: [] for d in devices}
         # 4 s at 50 Hz per device in 0.2 s messages, plus a malformed payload of every kind in between
@@ -97,14 +118,6 @@ def test_consumer_end_to_end(broker_url, tiny_model):
         assert consumer.sequence.lost_samples == 50
         metrics = [orjson.loads(p) for t, p, _ in watch.messages if t.endswith("/metrics")]
         assert metrics and metrics[-1]["rejected"]["bad_json"] == 1 and metrics[-1]["devices"] == 3
-    finally:
-        consumer.stop()
-        runner.join(15)
-        pub.disconnect()
-        pub.loop_stop()
-    assert not runner.is_alive()
-    assert watch.wait_for(lambda m: any(t.endswith("/status") and p == b"offline" for t, p, _ in m))
-    watch.close()
 
 
 def test_phone_formats_through_adapters(broker_url, tiny_model):
@@ -157,13 +170,9 @@ def test_a_sensor_turned_mid_set_is_published_as_drift(broker_url, tiny_model):
     prefix = f"hartest{tag}"
     consumer = Consumer(ConsumerConfig(broker=broker_url, prefix=prefix, learn=False, label_lateness=1.0),
                         StatefulClassifier(tiny_model, "tiny"))
-    runner = threading.Thread(target=consumer.run)
-    runner.start()
-    watch = Collector(broker_url, [f"{prefix}/+/drift", f"{prefix}/_consumer/+/status"])
-    assert watch.wait_for(lambda m: any(t.endswith("/status") and p == b"online" for t, p, _ in m))
-    pub = connect(broker_url, "test-turn")
     turn = np.array([[1.0, 0, 0], [0, 0, -1], [0, 1, 0]])  # 90° about x (the forearm)
-    try:
+    topics = [f"{prefix}/+/drift", f"{prefix}/_consumer/+/status"]
+    with serving(consumer, broker_url, topics, "test-turn") as (watch, pub):
         for device in ("turned", "steady", "still"):
             pub.publish(f"{prefix}/{device}/label", orjson.dumps({"label": "squat", "t": 100.0}), qos=1)
         time.sleep(0.3)
@@ -186,9 +195,3 @@ def test_a_sensor_turned_mid_set_is_published_as_drift(broker_url, tiny_model):
         assert 100.0 + 5 * 0.8 <= event["t"] <= 100.0 + 7 * 0.8
         counts = consumer.monitor.event_counts
         assert {"run:orientation", "set:orientation:repeated"} <= set(counts), counts
-    finally:
-        consumer.stop()
-        runner.join(15)
-        pub.disconnect()
-        pub.loop_stop()
-        watch.close()
