@@ -146,7 +146,7 @@ def cmd_train(args) -> int:
           flush=True)
     mc = ModelConfig(classes=("_",), cell=args.cell, hidden=args.hidden, layers=args.layers, rate=args.rate,
                      window=args.window, hop=args.window, patch=args.patch, input_channels=6 if gyro else 3)
-    tc = TrainConfig(epochs=args.epochs, seed=args.seed, max_minutes=args.max_minutes,
+    tc = TrainConfig(epochs=args.epochs, tbptt=args.tbptt, seed=args.seed, max_minutes=args.max_minutes,
                      p_any_orientation=args.any_orientation, orientation=not args.no_orientation)
     model, report = train(rec, mc, tc, progress=not args.quiet)
     version = save_checkpoint(args.out, model, {"command": " ".join(["harstream", *sys.argv[1:]]),
@@ -389,6 +389,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--window", type=int, default=50, help="samples per window at --rate (default: %(default)s)")
     p.add_argument("--patch", type=int, default=5, help="samples per recurrent step (default: %(default)s)")
     p.add_argument("--epochs", type=int, default=40, help="at most this many epochs (early stopping)")
+    p.add_argument("--tbptt", type=int, default=8,
+                   help="windows per truncated-BPTT segment: the error flows back through this many, then the "
+                        "state is carried on detached (default: %(default)s; 4 before 2026-12-06, "
+                        "docs/results.md)")
     p.add_argument("--max-minutes", type=float, default=None, help="stop training after this long")
     p.add_argument("--any-orientation", type=float, default=0.0, metavar="FRACTION",
                    help="train this fraction of the streams in a random orientation, for sensors that people "

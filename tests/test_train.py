@@ -175,6 +175,20 @@ def test_early_stopping_stops(monkeypatch):
     assert report["epochs_run"] == 3 and report["best"]["epoch"] == 1
 
 
+def test_cli_train_bptt_segment_is_a_setting(tmp_path):
+    """`harstream train --tbptt K`: K windows per optimiser step; the default is 8, and the checkpoint says
+    which was used."""
+    from models.checkpoint import load_checkpoint
+    from stream.cli import main
+    write_recording(tmp_path / "train.csv", synthetic_recording(people=3, minutes=0.5))
+    small = ["--data", str(tmp_path / "train.csv"), "--hidden", "8", "--layers", "1", "--window", "25",
+             "--epochs", "1", "--quiet", "--no-gyro"]
+    assert main(["train", *small, "--out", str(tmp_path / "d.pt")]) == 0
+    assert main(["train", *small, "--out", str(tmp_path / "k2.pt"), "--tbptt", "2"]) == 0
+    reports = [load_checkpoint(tmp_path / f)[1]["metadata"]["report"] for f in ("d.pt", "k2.pt")]
+    assert [r["tbptt"] for r in reports] == [8, 2]
+
+
 def test_stream_predictions_match_window_by_window():
     torch.manual_seed(0)
     model = HARNet(ModelConfig(classes=CLASSES, hidden=8, layers=1, window=20, hop=20, patch=5)).eval()
