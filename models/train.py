@@ -48,7 +48,8 @@ class TrainConfig:
     batch: int = 32  # streams played side by side
     tbptt: int = 8  # windows per truncated-BPTT segment (k1 = k2): one optimiser step, then detach. 8 (16 s at
     # 2 s a window) rather than 4: exermote 95.70 -> 96.48% (seed 1: 95.85 -> 96.71%); barbell within its seed
-    # spread (88.65 -> 89.42%, seed 1: 84.28 -> 82.94%); twice the training time (docs/results.md)
+    # spread (88.65 -> 89.42%, seed 1: 84.28 -> 82.94%); twice the training time. Most of the gain is the windows
+    # per step (4 x 64 streams: 96.32%), less the reach back; 16: no better (docs/results.md)
     lr: float = 2e-3  # peak learning rate: linear warm-up, then cosine decay to lr/20 over the run
     warmup_steps: int = 100
     weight_decay: float = 0.05  # AdamW's decoupled weight decay
