@@ -91,13 +91,20 @@ def harstream(args: list[str], threads: int) -> tuple[str, float]:
     return done.stdout, time.monotonic() - started
 
 
-def run_fold(name: str, fold: str, rec: Recording, mask: np.ndarray, work: Path, threads: int,
-             train_args: tuple[str, ...] = ()) -> dict:
+def write_fold(name: str, fold: str, rec: Recording, mask: np.ndarray, work: Path) -> tuple[Path, Path, Path]:
+    """The fold's folder under ``work``, its training people's recording file and its test file."""
     folder = work / name / re.sub(r"[^A-Za-z0-9_.-]+", "_", fold)
     folder.mkdir(parents=True, exist_ok=True)
-    train_csv, test_csv, model = folder / "train.csv", folder / "test.csv", folder / "model.pt"
+    train_csv, test_csv = folder / "train.csv", folder / "test.csv"
     write_recording(train_csv, rec.take(~mask))
     write_recording(test_csv, rec.take(mask))
+    return folder, train_csv, test_csv
+
+
+def run_fold(name: str, fold: str, rec: Recording, mask: np.ndarray, work: Path, threads: int,
+             train_args: tuple[str, ...] = ()) -> dict:
+    folder, train_csv, test_csv = write_fold(name, fold, rec, mask, work)
+    model = folder / "model.pt"
     train_cmd = ["train", "--data", str(train_csv), "--out", str(model), "--quiet", *train_args]
     eval_cmd = ["evaluate", "--model", str(model), "--data", str(test_csv), "--json"]
     print(f"  {name} / {fold}: training ...", end=" ", flush=True)

@@ -1,16 +1,17 @@
 """Seeds: how far one training seed is from what to expect, and what averaging models over seeds buys.
 
 For each fold of ``benchmarks/real_data.py`` (the same recordings and held-out people), a model is
-trained with each seed as ``harstream train --data FILE --seed S`` trains it (its model settings,
-in process) and the held-out people's recording is streamed through it as ``harstream evaluate``
-streams it; every window's class probabilities are kept. Then each seed is scored, and the
+trained with each seed by ``harstream train --data FILE --seed S`` and the held-out people's file is
+streamed through it as ``harstream evaluate`` streams it (in process); every window's class
+probabilities are kept. Then each seed is scored, and the
 ensembles: each window's probabilities averaged over k seeds' models, each model streamed with its
 own carried state.
 
     python benchmarks/seeds.py --datasets barbell --seeds 0 1 2 3 [--folds barbell-A ...] [--jobs 2]
 
 Prints a Markdown table per data set and writes the figures to ``WORK/seeds.json``; each fold and
-seed's probabilities are kept in ``WORK/DATASET/FOLD/seedS.npz`` and reused on the next run. Needs
+seed's model and probabilities are kept in ``WORK/DATASET/FOLD/seedS.pt`` and ``seedS.npz``, and the
+probabilities are reused on the next run. Needs
 ../shared/datasets. Measured in docs/results.md, "Four seeds on barbell and exermote".
 """
 
@@ -19,10 +20,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import os
-import re
 import sys
-import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -37,28 +35,23 @@ import real_data  # noqa: E402
 from stream.recording import read_recording  # noqa: E402
 
 
-def run(name: str, fold: str, seed: int, recordings: Path, out: Path) -> str:
-    """Train one fold with one seed (one thread) and keep its windows' probabilities in ``out``."""
-    import torch
-
+def run(train_csv: Path, test_csv: Path, seed: int, out: Path) -> str:
+    """``harstream train --seed S`` on the fold's training file (one thread), then the test file
+    streamed through the model as ``harstream evaluate`` streams it; every window's probabilities
+    kept in ``out`` (beside the model, ``out`` with the suffix .pt)."""
+    from models.checkpoint import load_checkpoint
     from models.evaluate import stream_recording, window_truth
-    from models.rnn import ModelConfig
-    from models.train import TrainConfig, train
-    torch.set_num_threads(1)
-    rec = read_recording(real_data.recording(name, recordings, real_data.SOURCE))
-    mask = dict(real_data.folds(name, rec))[fold]
-    started = time.monotonic()
-    # as cmd_train builds them from its defaults: the gyroscope wherever the recording has it
-    mc = ModelConfig(classes=("_",), input_channels=6 if rec.gyro is not None else 3)
-    model, _ = train(rec.take(~mask), mc, TrainConfig(seed=seed, max_minutes=None), progress=False)
-    test = rec.take(mask)
+    model_path = out.with_suffix(".pt")
+    _, seconds = real_data.harstream(["train", "--data", str(train_csv), "--out", str(model_path), "--quiet",
+                                      "--seed", str(seed)], threads=1)
+    model, _ = load_checkpoint(model_path)
+    test = read_recording(test_csv)
     predictions = stream_recording(model, test)
-    truth = window_truth(test, predictions, model.config.rate, model.config.window)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(out, probs=np.stack([p.probs for p in predictions]), truth=np.array(truth),
-             classes=np.array(model.config.classes), seconds=time.monotonic() - started)
-    seconds = time.monotonic() - started
-    return f"{name} / {fold} / seed {seed}: accuracy {accuracy(np.load(out)):.4f}, {seconds:.0f} s"
+    result = {"probs": np.stack([p.probs for p in predictions]),
+              "truth": np.array(window_truth(test, predictions, model.config.rate, model.config.window)),
+              "classes": np.array(model.config.classes)}
+    np.savez(out, **result)
+    return f"{out.parent.name} / seed {seed}: accuracy {accuracy(result):.4f}, trained in {seconds:.0f} s"
 
 
 def accuracy(result: dict, probs: np.ndarray | None = None) -> float:
@@ -128,18 +121,18 @@ def main() -> int:
     if not real_data.SOURCE.is_dir():
         print(f"no data sets at {real_data.SOURCE}: nothing to do", file=sys.stderr)
         return 1
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
     tasks, layout = [], {}
     for name in args.datasets:
         rec = read_recording(real_data.recording(name, args.recordings, real_data.SOURCE))
-        for fold, _ in real_data.folds(name, rec):
+        for fold, mask in real_data.folds(name, rec):
             if args.folds and fold not in args.folds:
                 continue
+            folder, train_csv, test_csv = real_data.write_fold(name, fold, rec, mask, args.work)
             for seed in args.seeds:
-                out = args.work / name / re.sub(r"[^A-Za-z0-9_.-]+", "_", fold) / f"seed{seed}.npz"
+                out = folder / f"seed{seed}.npz"
                 layout.setdefault(name, {}).setdefault(fold, {})[seed] = out
                 if not out.exists():
-                    tasks.append((name, fold, seed, args.recordings, out))
+                    tasks.append((train_csv, test_csv, seed, out))
     kept = sum(len(seeds) for folds in layout.values() for seeds in folds.values()) - len(tasks)
     print(f"{len(tasks)} trainings to run ({kept} kept from an earlier run in {args.work})", flush=True)
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
