@@ -37,6 +37,9 @@ sys.path.insert(0, str(ROOT))
 from stream.recording import Recording, read_recording, write_recording  # noqa: E402
 
 SOURCE = ROOT.parent / "shared" / "datasets"
+# the command installed beside this interpreter (a venv's python run without activating the venv), else PATH's
+_BESIDE = Path(sys.executable).with_name("harstream")
+HARSTREAM = str(_BESIDE) if _BESIDE.exists() else "harstream"
 FOLDERS = {"uci-hapt": "uci-hapt", "exermote": "exermote", "barbell": "barbell-metamotion",
            "muvr": "muvr-gym"}
 UCI_TEST = [2, 4, 9, 10, 12, 13, 18, 20, 24]  # UCI HAR's test volunteers
@@ -55,7 +58,7 @@ def recording(name: str, recordings: Path, source: Path) -> Path:
     path = recordings / f"{name}.csv"
     if not path.exists():
         recordings.mkdir(parents=True, exist_ok=True)
-        cmd = ["harstream", "import", name, str(source / FOLDERS[name]), str(path)]
+        cmd = [HARSTREAM, "import", name, str(source / FOLDERS[name]), str(path)]
         print("$", " ".join(cmd), flush=True)
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
     return path
@@ -87,7 +90,7 @@ def folds(name: str, rec: Recording) -> list[tuple[str, np.ndarray]]:
 def harstream(args: list[str], threads: int) -> tuple[str, float]:
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     started = time.monotonic()
-    done = subprocess.run(["harstream", *args], check=True, capture_output=True, text=True, env=env)
+    done = subprocess.run([HARSTREAM, *args], check=True, capture_output=True, text=True, env=env)
     return done.stdout, time.monotonic() - started
 
 
