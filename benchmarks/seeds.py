@@ -11,8 +11,9 @@ own carried state.
 
 Prints a Markdown table per data set and writes the figures to ``WORK/seeds.json``; each fold and
 seed's model and probabilities are kept in ``WORK/DATASET/FOLD/seedS.pt`` and ``seedS.npz``, and the
-probabilities are reused on the next run. Needs
-../shared/datasets. Measured in docs/results.md, "Four seeds on barbell and exermote".
+probabilities are reused on the next run. ``--train-args "..."`` passes more arguments to every
+``harstream train`` (a variant against the defaults, over the same seeds; give it a ``--work`` of its
+own). Needs ../shared/datasets. Measured in docs/results.md, "Four seeds on barbell and exermote".
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import shlex
 import sys
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -35,15 +37,16 @@ import real_data  # noqa: E402
 from stream.recording import read_recording  # noqa: E402
 
 
-def run(train_csv: Path, test_csv: Path, seed: int, out: Path) -> str:
+def run(train_csv: Path, test_csv: Path, seed: int, out: Path, extra: tuple[str, ...] = ()) -> str:
     """``harstream train --seed S`` on the fold's training file (one thread), then the test file
     streamed through the model as ``harstream evaluate`` streams it; every window's probabilities
-    kept in ``out`` (beside the model, ``out`` with the suffix .pt)."""
+    kept in ``out`` (beside the model, ``out`` with the suffix .pt). ``extra``: more arguments
+    for ``harstream train``."""
     from models.checkpoint import load_checkpoint
     from models.evaluate import stream_recording, window_truth
     model_path = out.with_suffix(".pt")
     _, seconds = real_data.harstream(["train", "--data", str(train_csv), "--out", str(model_path), "--quiet",
-                                      "--seed", str(seed)], threads=1)
+                                      "--seed", str(seed), *extra], threads=1)
     model, _ = load_checkpoint(model_path)
     test = read_recording(test_csv)
     predictions = stream_recording(model, test)
@@ -115,9 +118,10 @@ def main() -> int:
     parser.add_argument("--recordings", type=Path, default=Path("/tmp/harimport"),
                         help="where the imported recording files are kept (made if missing)")
     parser.add_argument("--work", type=Path, default=Path("/tmp/harstream-seeds"))
+    parser.add_argument("--train-args", default="", metavar="ARGS",
+                        help="more arguments for every `harstream train`, e.g. \"--readout last\" (use a "
+                             "--work of its own: results kept there are reused)")
     args = parser.parse_args()
-    if len(args.seeds) < 2:
-        parser.error("give at least two --seeds")
     if not real_data.SOURCE.is_dir():
         print(f"no data sets at {real_data.SOURCE}: nothing to do", file=sys.stderr)
         return 1
@@ -132,7 +136,7 @@ def main() -> int:
                 out = folder / f"seed{seed}.npz"
                 layout.setdefault(name, {}).setdefault(fold, {})[seed] = out
                 if not out.exists():
-                    tasks.append((train_csv, test_csv, seed, out))
+                    tasks.append((train_csv, test_csv, seed, out, tuple(shlex.split(args.train_args))))
     kept = sum(len(seeds) for folds in layout.values() for seeds in folds.values()) - len(tasks)
     print(f"{len(tasks)} trainings to run ({kept} kept from an earlier run in {args.work})", flush=True)
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:

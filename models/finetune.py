@@ -199,8 +199,7 @@ class OnlineLearner:
         state = tuple(s.unsqueeze(1) for s in seq.state)
         logits, _ = model.step_logits(seq.windows.reshape(1, -1, seq.windows.shape[-1]), state)
         model.train(was_training)
-        L = seq.windows.shape[0]
-        return logits.reshape(L, -1, logits.shape[-1]).mean(dim=1).argmax(dim=1)
+        return model.window_logits(logits[0]).argmax(dim=1)
 
     def _score(self, seq: Sequence) -> None:
         known = seq.targets >= 0

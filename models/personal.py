@@ -188,7 +188,7 @@ class DeviceAdapters:
             if M is not None:
                 xs = affine(xs, M, adapter.b)
             steps, _ = model.step_logits(xs, h0)
-            out = steps.reshape(B, L, -1, self.k).mean(dim=2)
+            out = model.window_logits(steps)  # (B, L, K)
             return out + adapter.c if bias else out
 
         # test: the plain network against the adapter as it is now, on windows neither trained on

@@ -174,6 +174,13 @@ class HARNet(nn.Module):
         new_state = (tuple(new) if cfg.cell == "lstm" else (new,)) + carried
         return self.head(self.drop(y)), new_state  # (B, S, K)
 
+    def window_logits(self, steps: torch.Tensor) -> torch.Tensor:
+        """Per-step logits (..., L * window/patch, K) → per-window logits (..., L, K): the mean over each
+        window's steps. (Reading the last step's alone, the state having seen the whole window, was
+        tried: docs/results.md, "Tried, not adopted: a window's last step".)"""
+        per_window = self.config.window // self.config.patch
+        return steps.reshape(*steps.shape[:-2], -1, per_window, steps.shape[-1]).mean(dim=-2)
+
     def forward(self, x: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
         """One window per row: x (B, window, C) → logits (B, K) (mean over the window's steps), state."""
         logits, state = self.step_logits(x, state)

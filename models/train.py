@@ -228,7 +228,7 @@ def stream_predictions(model: HARNet, streams: list[LabelledStream], batch: int 
             for i, s in enumerate(group):
                 x[i, : n[i] * W] = s.x[: n[i] * W]
             logits, _ = model.step_logits(torch.from_numpy(x))  # (B, L*W/patch, K)
-            per_window = logits.reshape(len(group), max(n), W // model.config.patch, -1).mean(2).argmax(-1)
+            per_window = model.window_logits(logits).argmax(-1)  # (B, L)
             for i, s in enumerate(group):
                 labels = window_labels(s.y[: n[i] * W], W)
                 keep = labels != IGNORE
@@ -290,7 +290,7 @@ def _fit(train_streams: list[LabelledStream], val_streams: list[LabelledStream],
             x = torch.from_numpy(x)  # (B, tbptt*W, C)
             target = torch.from_numpy(window_labels(y, W))  # (B, tbptt)
             steps, state = model.step_logits(x, state)  # (B, tbptt*W/patch, K)
-            logits = steps.reshape(cfg.batch, cfg.tbptt, W // mc.patch, -1).mean(dim=2)  # (B, tbptt, K)
+            logits = model.window_logits(steps)  # (B, tbptt, K)
             step += 1
             bar.update(1)
             if (target == IGNORE).all():

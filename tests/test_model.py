@@ -16,6 +16,7 @@ def test_window_by_window_equals_whole_stream(cell):
     with torch.no_grad():
         steps, _ = model.step_logits(x)  # whole stream at once
         whole = steps.reshape(2, 7, 4, -1).mean(dim=2)
+        torch.testing.assert_close(model.window_logits(steps), whole)
         state, windowed = None, []
         for k in range(7):
             logits, state = model(x[:, k * 20:(k + 1) * 20], state)
