@@ -119,7 +119,7 @@ def main() -> int:
                         help="where the imported recording files are kept (made if missing)")
     parser.add_argument("--work", type=Path, default=Path("/tmp/harstream-seeds"))
     parser.add_argument("--train-args", default="", metavar="ARGS",
-                        help="more arguments for every `harstream train`, e.g. \"--readout last\" (use a "
+                        help="more arguments for every `harstream train`, e.g. \"--tbptt 4\" (use a "
                              "--work of its own: results kept there are reused)")
     args = parser.parse_args()
     if not real_data.SOURCE.is_dir():
