@@ -11,7 +11,7 @@ own carried state.
 
 Prints a Markdown table per data set and writes the figures to ``WORK/seeds.json``; each fold and
 seed's model and probabilities are kept in ``WORK/DATASET/FOLD/seedS.pt`` and ``seedS.npz``, and the
-probabilities are reused on the next run. ``--train-args "..."`` passes more arguments to every
+probabilities are reused on the next run. ``--train-args='...'`` passes more arguments to every
 ``harstream train`` (a variant against the defaults, over the same seeds; give it a ``--work`` of its
 own). Needs ../shared/datasets. Measured in docs/results.md, "Four seeds on barbell and exermote".
 """
@@ -119,8 +119,9 @@ def main() -> int:
                         help="where the imported recording files are kept (made if missing)")
     parser.add_argument("--work", type=Path, default=Path("/tmp/harstream-seeds"))
     parser.add_argument("--train-args", default="", metavar="ARGS",
-                        help="more arguments for every `harstream train`, e.g. \"--tbptt 4\" (use a "
-                             "--work of its own: results kept there are reused)")
+                        help="more arguments for every `harstream train`, joined to the option by '=' as they "
+                             "start with a dash: --train-args='--tbptt 4' (use a --work of its own: results "
+                             "kept there are reused)")
     args = parser.parse_args()
     if not real_data.SOURCE.is_dir():
         print(f"no data sets at {real_data.SOURCE}: nothing to do", file=sys.stderr)
