@@ -334,8 +334,9 @@ class Consumer:
         self._client = None
         self.last_metrics: dict = {}
         self.labels = LabelBook()
-        window_seconds = self.pipeline.config.window_seconds
-        self.history = WindowHistory(window_seconds, config.label_lateness)
+        model_config = self.pipeline.config
+        # a window's t_end is its LAST sample's time: its first sample is (window - 1) samples before
+        self.history = WindowHistory((model_config.window - 1) / model_config.rate, config.label_lateness)
         self.monitor = Monitor()
         self._pending_sequences: dict[str, list[LabelledWindow]] = {}
         self._swap: tuple | None = None  # (model, version) handed over by the learner

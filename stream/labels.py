@@ -96,8 +96,8 @@ class LabelledWindow:
 class WindowHistory:
     """Recent windows of devices that receive labels, waiting for their labels to be final."""
 
-    def __init__(self, window_seconds: float, lateness: float = 4.0, max_windows: int = 64) -> None:
-        self.window_seconds = window_seconds
+    def __init__(self, span: float, lateness: float = 4.0, max_windows: int = 64) -> None:
+        self.span = span  # seconds from a window's first sample to its last (``t_end``): (window - 1) / rate
         self.lateness = lateness
         self._windows: dict[str, deque[LabelledWindow]] = {}
         self.max_windows = max_windows
@@ -122,7 +122,7 @@ class WindowHistory:
             newest = queue[-1].t_end
             while queue and queue[0].t_end <= newest - self.lateness:
                 w = queue.popleft()
-                w.label = labels.window_label(device, w.t_end - self.window_seconds, w.t_end)
+                w.label = labels.window_label(device, w.t_end - self.span, w.t_end)
                 out.append(w)
         return out
 

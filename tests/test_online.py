@@ -41,7 +41,7 @@ def test_bad_labels_rejected(payload, reason):
 
 
 def test_window_history_waits_for_late_labels():
-    book, history = LabelBook(), WindowHistory(window_seconds=2.0, lateness=4.0)
+    book, history = LabelBook(), WindowHistory(span=1.96, lateness=4.0)
     history.track("d")
     state = (torch.zeros(2, 8),)
     for k in range(1, 6):
@@ -50,6 +50,20 @@ def test_window_history_waits_for_late_labels():
     resolved = history.resolve(book)
     assert [w.t_end for w in resolved] == [2.0, 4.0, 6.0]  # the last two may still get a late label
     assert all(w.label == "squat" for w in resolved)
+
+
+def test_a_window_that_starts_where_its_label_starts_is_labelled():
+    """t_end is the window's last sample; its first is span = (window - 1) / rate before it, so a label
+    starting on the first sample covers the whole window (25 Hz, 2 s windows: span 1.96 s)."""
+    book, history = LabelBook(), WindowHistory(span=49 / 25, lateness=4.0)
+    history.track("d")
+    state = (torch.zeros(2, 8),)
+    for k in range(6):  # windows of samples 2k .. 2k + 1.96
+        history.add(LabelledWindow("d", 2.0 * k + 1.96, np.zeros((4, 3), np.float32), state, "rest", 0.9))
+    book.add("d", "rest", 0.0)  # the first sample of the first window
+    book.add("d", "squat", 4.0)  # the first sample of the third window
+    resolved = history.resolve(book)
+    assert [w.label for w in resolved] == ["rest", "rest", "squat", "squat"]  # the last two wait
 
 
 def toy_model(seed=0):
