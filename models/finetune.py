@@ -58,7 +58,8 @@ class Sequence:
 @dataclass
 class LearnerConfig:
     k1: int = 4  # windows between weight updates
-    k2: int = 4  # windows the error is backpropagated through (k2 >= k1 makes segments overlap)
+    k2: int = 4  # windows the error is backpropagated through, at most (k2 > k1 makes segments overlap;
+    # k2 < k1 cuts the k1 windows into pieces of k2, the state carried on detached between them)
     optimiser: str = "adam"  # adam | rmsprop | sgd
     lr: float = 1e-3
     clip: float = 1.0  # gradient norm clipping
@@ -187,8 +188,10 @@ class OnlineLearner:
                                     sequence.targets, sequence.state)
         if self.shared:
             self._score(sequence)
-            reports += self._train(sequence)
-            self._remember(sequence)
+            trained = self._train(sequence)
+            reports += trained
+            if not any(r.skipped for r in trained):  # a sequence whose loss was not finite would spoil
+                self._remember(sequence)  # every later update that replays it
             self._maybe_promote()
         return reports
 
@@ -235,6 +238,8 @@ class OnlineLearner:
             st = states[start]
             logits = []
             for w in range(start, end):
+                if (w - start) % cfg.k2 == 0 and w > start:  # k2 < k1: no error flows further back than k2
+                    st = tuple(s.detach() for s in st)
                 out, st = self.challenger(x[:, w], st)
                 if w >= j:
                     logits.append(out)

@@ -227,6 +227,7 @@ class DeviceAdapters:
             if not (math.isfinite(norm) and math.isfinite(float(loss.detach()))):
                 skipped = True
                 self.skipped += 1
+                adapter.memory.pop()  # kept, it would spoil every later update of the device
                 break
             scale = min(1.0, cfg.clip / (norm + 1e-12))
             for p, g in zip(params, grads, strict=True):

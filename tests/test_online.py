@@ -5,6 +5,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 from models.finetune import LearnerConfig, OnlineLearner, Sequence
 from models.rnn import HARNet, ModelConfig
@@ -125,6 +126,41 @@ def test_non_finite_updates_are_skipped_and_never_corrupt_the_model():
     assert learner.skipped == 1 and reports[0].skipped
     for k, v in learner.challenger.state_dict().items():
         assert torch.equal(v, before[k]), k
+
+
+def test_a_sequence_with_a_non_finite_loss_is_not_kept_for_replay_or_by_the_adapter():
+    """One bad sequence must not spoil every later update that would replay it."""
+    rng = np.random.default_rng(4)
+    for adapt in ("shared", "device"):
+        learner = OnlineLearner(toy_model(), LearnerConfig(adapt=adapt, replay_per_update=8))
+        bad = toy_sequence(rng)
+        bad.windows[1, 3, 2] = float("nan")
+        assert all(r.skipped for r in learner.learn(bad))
+        later = [r for _ in range(10) for r in learner.learn(toy_sequence(rng))]
+        assert later and not any(r.skipped for r in later), adapt
+        assert (learner.skipped if adapt == "shared" else learner.adapters.skipped) == 1
+
+
+def test_tbptt_k2_below_k1_backpropagates_through_k2_windows_only():
+    rng = np.random.default_rng(5)
+    seq = toy_sequence(rng, L=4)
+    for k2 in (1, 2):
+        serving = toy_model()
+        serving.drop.p = 0.0  # no dropout, so that the two computations see the same network
+        learner = OnlineLearner(serving, LearnerConfig(k1=4, k2=k2, replay_per_update=0, lr=0.0, adapt="shared"))
+        [report] = learner.learn(seq)
+        model = toy_model().train()  # the same weights
+        model.drop.p = 0.0
+        state, outs = tuple(s.unsqueeze(1) for s in seq.state), []
+        for w in range(4):
+            if w % k2 == 0:
+                state = tuple(s.detach() for s in state)
+            out, state = model(seq.windows[w][None], state)
+            outs.append(out)
+        loss = nn.functional.cross_entropy(torch.cat(outs), seq.targets)
+        loss.backward()
+        norm = float(nn.utils.clip_grad_norm_(model.parameters(), 1.0))
+        assert report.grad_norm == pytest.approx(norm, rel=1e-5), k2
 
 
 def test_tbptt_k2_reaches_further_back_than_k1():
