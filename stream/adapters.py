@@ -43,6 +43,7 @@ from stream.decode import (
     G,
     Rejected,
     SampleBatch,
+    check_range,
     decode_imu,
     valid_device,
 )
@@ -102,6 +103,7 @@ def _checked(device: str, t: np.ndarray, acc: np.ndarray, gyro: np.ndarray | Non
         raise Rejected("non_finite", "t or acc")
     if gyro is not None and not np.isfinite(gyro).all():
         raise Rejected("non_finite", "gyro")
+    check_range(acc, gyro)
     return SampleBatch(device=device, t=t.astype(np.float64), acc=acc, gyro=gyro)
 
 

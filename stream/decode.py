@@ -22,6 +22,7 @@ __all__ = [
     "Rejected",
     "SampleBatch",
     "SequenceCheck",
+    "check_range",
     "decode_imu",
     "decode_imu_many",
     "json_object",
@@ -34,7 +35,12 @@ DEVICE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 MAX_PAYLOAD_BYTES = 256 * 1024
 MAX_SAMPLES = 2000  # per message: 40 s at 50 Hz
 UNITS = {"m/s2": 1.0, "g": G}
-_F32_SAFE = 3.0e38  # below float32's largest (3.4e38): the cast cannot overflow
+# The most a body-worn sensor can read: about 1,000 g, and 57,000 °/s (sensors saturate at 16–400 g and
+# 2,000–4,000 °/s). A sample beyond is a glitch, refused as "out_of_range": accepted, it would overflow the
+# network's float32 features and leave the device's recurrent state NaN for good. Far below float32's
+# largest value (3.4e38), so a batch within it is cast to float32 without overflow.
+MAX_ACC = 1.0e4  # m/s²
+MAX_GYRO = 1.0e3  # rad/s
 _INF, _NEG_INF = float("inf"), float("-inf")
 
 REASONS = (
@@ -50,6 +56,7 @@ REASONS = (
     "too_many_samples",  # more samples than MAX_SAMPLES
     "empty",  # no samples
     "non_finite",  # NaN or infinity in t, acc or gyro
+    "out_of_range",  # acc beyond MAX_ACC m/s² or gyro beyond MAX_GYRO rad/s: no body-worn sensor reads that
     "bad_time",  # no t nor t0 + rate, rate not positive, or t decreasing within the batch
     "bad_unit",  # unit other than m/s2 or g
     "no_gyro",  # no gyro, for a model that reads the gyroscope (stream.pipeline)
@@ -133,7 +140,7 @@ def decode_imu_many(items: list[tuple[bytes, str]],
     The usual message (``seq``, ``t`` and ``acc`` lists of the same length, m/s², no gyro) costs a
     JSON parse and two array conversions (each message's own: parsed numbers freed at once are
     reused by the next parse, which keeps it fast); a handful of numpy calls then check every such
-    message of the cycle together (|acc| within float32, ``t`` finite and not decreasing within each
+    message of the cycle together (|acc| within MAX_ACC, ``t`` finite and not decreasing within each
     message). Anything else, and every message whose check fails, takes ``decode_imu``'s own path,
     which names the reason; the others of its cycle stay on the fast one.
     """
@@ -177,7 +184,7 @@ def decode_imu_many(items: list[tuple[bytes, str]],
 
 def _passing(accs: list[np.ndarray], times: list[np.ndarray], sizes: list[int]) -> np.ndarray:
     """For each message, whether it passes ``decode_imu``'s checks, computed on all of them laid end to
-    end: |acc| within float32, t finite and not decreasing within the message (it may go back from one
+    end: |acc| within MAX_ACC, t finite and not decreasing within the message (it may go back from one
     message to the next: they are different devices)."""
     acc = np.concatenate(accs) if len(accs) > 1 else accs[0]
     t = np.concatenate(times) if len(times) > 1 else times[0]
@@ -185,11 +192,11 @@ def _passing(accs: list[np.ndarray], times: list[np.ndarray], sizes: list[int]) 
     np.cumsum(sizes[:-1], out=starts[1:])
     step = t[1:] >= t[:-1]
     step[starts[1:] - 1] = True  # one message's last sample to the next's first
-    if float(np.abs(acc).max()) < _F32_SAFE and np.isfinite(t).all() and step.all():
+    if float(np.abs(acc).max()) < MAX_ACC and np.isfinite(t).all() and step.all():
         return np.ones(len(sizes), dtype=bool)  # the usual cycle: a handful of calls in all
-    bad = ~(np.abs(acc).max(axis=1) < _F32_SAFE) | ~np.isfinite(t)  # NaN fails the comparison too
+    bad = ~(np.abs(acc).max(axis=1) < MAX_ACC) | ~np.isfinite(t)  # NaN fails the comparison too
     bad[1:] |= t[1:] < t[:-1]
-    bad[starts] = ~np.isfinite(t[starts]) | ~(np.abs(acc[starts]).max(axis=1) < _F32_SAFE)  # no step before
+    bad[starts] = ~np.isfinite(t[starts]) | ~(np.abs(acc[starts]).max(axis=1) < MAX_ACC)  # no step before
     return ~np.logical_or.reduceat(bad, starts)
 
 
@@ -235,9 +242,9 @@ def _imu(msg: dict, device: str) -> SampleBatch:
     if scale != 1.0:
         with np.errstate(over="ignore"):  # beyond float64: inf, refused below
             acc = acc * scale
-    # the usual batch in few numpy calls: |acc| well inside float32 (NaN fails the comparison too), t
+    # the usual batch in few numpy calls: |acc| within MAX_ACC (NaN fails the comparison too), t
     # non-decreasing (NaN fails it) between finite ends; anything else takes the checks below, in order
-    if (gyro is None and float(np.abs(acc).max()) < _F32_SAFE and _NEG_INF < t[0] and t[-1] < _INF
+    if (gyro is None and float(np.abs(acc).max()) < MAX_ACC and _NEG_INF < t[0] and t[-1] < _INF
             and (n == 1 or bool((t[1:] >= t[:-1]).all()))):
         return SampleBatch(device=device, t=t, acc=acc.astype(np.float32), gyro=None, seq=seq)
     with np.errstate(over="ignore"):  # a value beyond float32 becomes inf here, and is refused below
@@ -249,7 +256,16 @@ def _imu(msg: dict, device: str) -> SampleBatch:
         raise Rejected("non_finite", "gyro")
     if n > 1 and (np.diff(t) < 0).any():
         raise Rejected("bad_time", "t decreases within the batch")
+    check_range(acc32, gyro32)
     return SampleBatch(device=device, t=t, acc=acc32, gyro=gyro32, seq=seq)
+
+
+def check_range(acc: np.ndarray, gyro: np.ndarray | None) -> None:
+    """Raise ``Rejected("out_of_range")`` for a sample no body-worn sensor can read (finite values)."""
+    if float(np.abs(acc).max(initial=0.0)) > MAX_ACC:
+        raise Rejected("out_of_range", f"|acc| {float(np.abs(acc).max()):.3g} m/s² > {MAX_ACC:g}")
+    if gyro is not None and float(np.abs(gyro).max(initial=0.0)) > MAX_GYRO:
+        raise Rejected("out_of_range", f"|gyro| {float(np.abs(gyro).max()):.3g} rad/s > {MAX_GYRO:g}")
 
 
 class SequenceCheck:

@@ -4,8 +4,9 @@ import numpy as np
 import orjson
 import pytest
 
+from stream.adapters import CsvAdapter
 from stream.buffers import DeviceBuffer, resample
-from stream.decode import Rejected, decode_imu
+from stream.decode import Rejected, decode_imu, decode_imu_many
 from stream.monitor import Monitor, _Confidences
 
 
@@ -46,6 +47,29 @@ def test_values_beyond_float32_are_refused_on_every_path(acc, unit, reason):
     with pytest.raises(Rejected) as info:
         decode_imu(payload, "d")
     assert info.value.reason == reason
+
+
+@pytest.mark.parametrize("body", [
+    {"acc": [[0, 0, 1e20]] * 2},  # finite in float32, but the network's features would overflow
+    {"acc": [[0, 0, 9.8], [-2e4, 0, 0]]},
+    {"acc": [[0, 0, 2000]] * 2, "unit": "g"},  # 19,600 m/s²
+    {"acc": [[0, 0, 9.8]] * 2, "gyro": [[0, 5e3, 0]] * 2},
+])
+def test_values_no_body_worn_sensor_reads_are_refused_on_every_path(body):
+    payload = orjson.dumps({"seq": 1, "t": [0.0, 0.1], **body})
+    with pytest.raises(Rejected) as info:
+        decode_imu(payload, "d")
+    assert info.value.reason == "out_of_range"
+    good = orjson.dumps({"seq": 1, "t": [0.0, 0.1], "acc": [[0, 0, 1500.0]] * 2})  # a hard landing: kept
+    out = decode_imu_many([(good, "a"), (payload, "b"), (good, "c")])
+    assert [o.reason if isinstance(o, Rejected) else "ok" for o in out] == ["ok", "out_of_range", "ok"]
+    assert reason_of(lambda: CsvAdapter().decode(b"0,0,0,9.8\n0.1,0,0,1e20", "rig")) == "out_of_range"
+
+
+def reason_of(call):
+    with pytest.raises(Rejected) as info:
+        call()
+    return info.value.reason
 
 
 def test_time_checks_of_the_fast_path():
