@@ -33,11 +33,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from models.checkpoint import load_checkpoint, save_checkpoint
+from models.checkpoint import FORMAT, load_checkpoint, save_checkpoint
 from models.personal import AdapterConfig, DeviceAdapters
 from models.rnn import HARNet
 
-__all__ = ["LearnerConfig", "OnlineLearner", "Pacer", "Sequence", "OPTIMISERS"]
+__all__ = ["LearnerConfig", "OnlineLearner", "Pacer", "Sequence", "OPTIMISERS", "saved_versions", "starting_versions"]
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ class LearnerConfig:
     below_serving: bool = True  # the learner process runs only on CPU that nothing else wants (SCHED_IDLE,
     # else niceness 19): it starves, and drops sequences, while other work fills every core; False: it keeps
     # its parent's priority, still paced by cpu_share
-    versions_dir: Path | None = None  # where promoted versions are saved (None: not saved)
+    versions_dir: Path | None = None  # where every version is saved, the starting one too (None: not saved)
     serving_version: str = "base"
     adapt: str = "device"  # device | shared | both (see the module's docstring)
     adapter: AdapterConfig = field(default_factory=AdapterConfig)
@@ -135,6 +135,54 @@ class VersionInfo:
                 "metrics": self.metrics, "path": self.path}
 
 
+INCOMING = "incoming.pt"  # a promoted version while it is being written, in versions_dir
+
+
+def _saved(path: Path) -> VersionInfo | None:
+    """What a version's file says of it (its metadata: the weights are mapped, not read); None for a
+    file that is not a checkpoint."""
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as exc:  # truncated, not a torch file, refused globals
+        log.warning("ignoring %s in the versions folder: %s", path, exc)
+        return None
+    if not isinstance(blob, dict) or blob.get("format") != FORMAT:
+        log.warning("ignoring %s in the versions folder: not a harstream checkpoint", path)
+        return None
+    meta = blob.get("metadata") or {}
+    metrics = meta.get("online")
+    return VersionInfo(path.stem, float(meta.get("saved_at", path.stat().st_mtime)), meta.get("parent"),
+                       metrics if isinstance(metrics, dict) else {}, str(path))
+
+
+def saved_versions(directory: Path) -> list[VersionInfo]:
+    """Every version saved in ``directory`` (``<version>.pt``), in the order they were made."""
+    if not directory.is_dir():
+        return []
+    infos = [_saved(p) for p in directory.glob("*.pt") if p.name != INCOMING]
+    return sorted((v for v in infos if v is not None), key=lambda v: (v.created, v.version))
+
+
+def starting_versions(serving: HARNet, config: LearnerConfig) -> list[VersionInfo]:
+    """The versions a learner starts with. With ``versions_dir``: the starting model
+    (``serving_version``) is saved there as ``<version>.pt`` unless that file is there already (a
+    restart), and every version in the folder is listed, in the order they were made, so that any of
+    them can be rolled back to. Without: the starting version alone, which cannot be restored."""
+    version, directory = config.serving_version, config.versions_dir
+    versions = []
+    if directory is not None:
+        path = directory / f"{version}.pt"
+        if version in ("", ".", "..") or Path(version).name != version or path.name == INCOMING:
+            log.warning("the starting version %r cannot name a file: not saved, no rollback to it", version)
+        elif not path.exists():
+            directory.mkdir(parents=True, exist_ok=True)
+            save_checkpoint(path, serving, {"parent": None, "online": {}})
+        versions = saved_versions(directory)
+    if all(v.version != version for v in versions):
+        versions.append(VersionInfo(version, time.time(), None))
+    return versions
+
+
 class OnlineLearner:
     """Trains a challenger (and per-device adapters) on labelled sequences; hands promoted weights to
     ``on_promote(model, version)`` and every update's report to ``on_update(report)``.
@@ -158,7 +206,7 @@ class OnlineLearner:
         self.skipped = 0  # updates skipped for a non-finite loss or gradient
         self._since_promotion = 0
         self.version = config.serving_version
-        self.versions: list[VersionInfo] = [VersionInfo(self.version, time.time(), None)]
+        self.versions: list[VersionInfo] = starting_versions(self.serving, config)
         self.rng = random.Random(0)
         self.shared = config.adapt in ("shared", "both")
         self.adapters = (DeviceAdapters(len(serving.config.classes), config.adapter)
@@ -305,7 +353,7 @@ class OnlineLearner:
             parent = self.version
             if self.config.versions_dir is not None:
                 self.config.versions_dir.mkdir(parents=True, exist_ok=True)
-                tmp = self.config.versions_dir / "incoming.pt"
+                tmp = self.config.versions_dir / INCOMING
                 version = save_checkpoint(tmp, new, {"parent": parent, "online": metrics or {}})
                 path = self.config.versions_dir / f"{version}.pt"
                 tmp.replace(path)

@@ -35,7 +35,15 @@ import numpy as np
 import torch
 
 from models.checkpoint import checkpoint_bytes, load_checkpoint
-from models.finetune import LearnerConfig, OnlineLearner, Pacer, Sequence, UpdateReport, VersionInfo
+from models.finetune import (
+    LearnerConfig,
+    OnlineLearner,
+    Pacer,
+    Sequence,
+    UpdateReport,
+    VersionInfo,
+    starting_versions,
+)
 from models.personal import DeviceAdapters
 from models.rnn import HARNet
 
@@ -186,7 +194,8 @@ class LearnerProcess:
         self.adapters = (DeviceAdapters(len(serving.config.classes), config.adapter)
                          if config.adapt in ("device", "both") else None)
         self.version = config.serving_version
-        self.versions: list[VersionInfo] = [VersionInfo(self.version, time.time(), None)]
+        # the starting model saved, and the versions of the folder: the learner process finds the same
+        self.versions: list[VersionInfo] = starting_versions(serving, config)
         self.updates = self.skipped = 0
         self.rested = 0.0
         self._dropped = 0  # sequences the learner dropped (it fell behind)
