@@ -16,6 +16,11 @@ saves them with its checkpoint), promoted or rolled-back weights (as checkpoint 
 learner's counters. The learner side (``learner_loop``) keeps the newest ``queue_size`` sequences
 (dropping the oldest beyond) and learns them, resting after each to keep to ``cpu_share`` of a
 core (``Pacer``).
+
+The serving side never holds more than ``2 * queue_size`` sequences, however slow the learner (a
+SCHED_IDLE process on a saturated machine may get no CPU at all): at most ``queue_size`` sent and not
+yet taken by the learner (it reports how many it took with its counters), and at most ``queue_size``
+waiting to be sent, the oldest of which is dropped (and counted in ``dropped``) beyond.
 """
 
 from __future__ import annotations
@@ -96,8 +101,8 @@ def _tensors(entry: dict) -> dict:
     return {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in entry.items()}
 
 
-def _counters(learner: OnlineLearner, pacer: Pacer, dropped: int) -> dict:
-    return {"updates": learner.updates, "skipped": learner.skipped, "dropped": dropped,
+def _counters(learner: OnlineLearner, pacer: Pacer, dropped: int, taken: int) -> dict:
+    return {"updates": learner.updates, "skipped": learner.skipped, "dropped": dropped, "taken": taken,
             "rested": pacer.rested, "comparison": learner.comparison()}
 
 
@@ -109,12 +114,13 @@ def learner_loop(learner: OnlineLearner, inbox, outbox, alive: Callable[[], bool
     stop = threading.Event()
     pacer = Pacer(cfg.cpu_share, stop)
     waiting: deque = deque(maxlen=cfg.queue_size)  # the newest sequences; the oldest fall out
-    dropped = 0
+    dropped = taken = 0  # taken: sequences received (the serving side sends while few are in flight)
 
     def take(item) -> None:
-        nonlocal dropped
+        nonlocal dropped, taken
         kind = item[0]
         if kind == "sequence":
+            taken += 1
             dropped += len(waiting) == waiting.maxlen
             waiting.append(item[1])
         elif kind == "stop":
@@ -127,7 +133,7 @@ def learner_loop(learner: OnlineLearner, inbox, outbox, alive: Callable[[], bool
                     learner.promote(item[1])
             except ValueError as exc:
                 log.warning("learner: %s refused: %s", kind, exc)
-            outbox.put(("counters", _counters(learner, pacer, dropped)))
+            outbox.put(("counters", _counters(learner, pacer, dropped, taken)))
 
     while not stop.is_set():
         try:
@@ -150,8 +156,8 @@ def learner_loop(learner: OnlineLearner, inbox, outbox, alive: Callable[[], bool
             entry = learner.adapters.entry(seq.device)
             if entry is not None:
                 outbox.put(("adapter", seq.device, _numpy(entry)))
-        outbox.put(("counters", _counters(learner, pacer, dropped)))
-    outbox.put(("counters", _counters(learner, pacer, dropped)))
+        outbox.put(("counters", _counters(learner, pacer, dropped, taken)))
+    outbox.put(("counters", _counters(learner, pacer, dropped, taken)))
     outbox.put(("stopped",))
 
 
@@ -200,6 +206,9 @@ class LearnerProcess:
         self.rested = 0.0
         self._dropped = 0  # sequences the learner dropped (it fell behind)
         self._lost = 0  # sequences not sent: the learner process is gone
+        self._overflow = 0  # sequences not sent: the learner took none of the last queue_size sent
+        self._pending: deque = deque()  # sequences (as arrays) waiting to be sent, oldest first
+        self._sent = self._taken = 0  # sequences sent; taken by the learner, as last reported
         self._comparison = {"windows": 0, "serving_accuracy": None, "challenger_accuracy": None}
         self._context = multiprocessing.get_context("spawn")  # no fork of a process with threads
         self._inbox = self._context.Queue()
@@ -222,16 +231,30 @@ class LearnerProcess:
     @property
     def dropped(self) -> int:
         """Sequences never learnt: dropped by a learner that fell behind, or sent to none."""
-        return self._dropped + self._lost
+        return self._dropped + self._lost + self._overflow
 
     def submit(self, sequence: Sequence) -> None:
+        """Send ``sequence`` to the learner, never blocking: if it has not taken the last
+        ``queue_size`` sent, the sequence waits here, and beyond ``queue_size`` waiting the oldest
+        waiting is dropped (counted in ``dropped``)."""
         if not self.alive:
             if self._lost == 0 and self._process is not None:
                 log.error("the learner process has stopped (exit code %s): labels are no longer learnt",
                           self._process.exitcode)
-            self._lost += 1
+            self._lost += 1 + len(self._pending)
+            self._pending.clear()
             return
-        self._inbox.put(("sequence", _arrays(sequence)))
+        if len(self._pending) >= self.config.queue_size:
+            self._pending.popleft()
+            self._overflow += 1
+        self._pending.append(_arrays(sequence))
+        self._send()
+
+    def _send(self) -> None:
+        """Send waiting sequences, oldest first, while fewer than ``queue_size`` are in flight."""
+        while self._pending and self._sent - self._taken < self.config.queue_size:
+            self._inbox.put(("sequence", self._pending.popleft()))
+            self._sent += 1
 
     def rollback(self, version: str) -> None:
         """Serve (and keep training from) an earlier saved version; the new weights come through
@@ -260,6 +283,8 @@ class LearnerProcess:
                 break
             n += 1
             self._apply(message)
+        if self._pending and self.alive:
+            self._send()  # the learner may have taken some since
         return n
 
     def _apply(self, message: tuple) -> None:
@@ -274,6 +299,7 @@ class LearnerProcess:
         elif kind == "counters":
             c = message[1]
             self.updates, self.skipped, self._dropped = c["updates"], c["skipped"], c["dropped"]
+            self._taken = c["taken"]
             self.rested, self._comparison = c["rested"], c["comparison"]
         elif kind == "model":
             _, data, version, versions = message
@@ -289,6 +315,7 @@ class LearnerProcess:
         included, so that a checkpoint taken next has them)."""
         if self._process is None:
             return
+        self._pending.clear()  # not sent: like those the learner has not taken, dropped uncounted
         if self._process.is_alive():
             self._inbox.put(("stop",))
             deadline = time.monotonic() + timeout
