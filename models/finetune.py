@@ -67,7 +67,8 @@ class LearnerConfig:
     replay_per_update: int = 8  # older sequences mixed into every update
     promotion_windows: int = 24  # recent untrained windows the promotion compares on
     min_updates_between_promotions: int = 2
-    queue_size: int = 256  # sequences waiting for the learner; the oldest are dropped beyond
+    queue_size: int = 256  # sequences waiting for the learner, in its process and again in the serving one
+    # (models.learner_process); the oldest waiting are dropped beyond
     cpu_share: float = 0.2  # of one core, at most, over time: after learning for c CPU seconds the
     # learner rests c * (1 / cpu_share - 1) seconds (0 or less, or 1 or more: no limit); what it cannot take in time
     # waits in the queue, and the oldest is dropped beyond queue_size (counted in ``dropped``)
