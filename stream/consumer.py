@@ -1008,8 +1008,8 @@ class Consumer:
         if self.learner is None:
             return
         pending = self._pending_sequences.setdefault(w.device, [])
-        if pending and w.t_end - pending[-1].t_end > 1.5 * self.pipeline.config.window_seconds:
-            pending.clear()  # not consecutive: a sequence must not span a gap
+        if pending and not 0 < w.t_end - pending[-1].t_end <= 1.5 * self.pipeline.config.window_seconds:
+            pending.clear()  # not consecutive (a gap, or the device's clock went back): no sequence spans it
         pending.append(w)
         k = self.learner.config.k1
         if len(pending) < k:

@@ -77,6 +77,16 @@ class LabelBook:
         first, last = self.at(device, t_start), self.at(device, t_end)
         return first if first is not None and first == last else None
 
+    def drop_after(self, device: str, t: float) -> None:
+        """Forget the device's labels that start after ``t``: after its clock went back to ``t``, they
+        belong to the session before (they would name the new session's windows when its clock got there)."""
+        if device in self._open:
+            ts, names = self._open[device]
+            keep = bisect.bisect(ts, t)
+            del ts[keep:], names[keep:]
+        if device in self._spans:
+            self._spans[device] = [span for span in self._spans[device] if span[0] <= t]
+
     def forget(self, device: str) -> None:
         self._open.pop(device, None)
         self._spans.pop(device, None)
@@ -100,6 +110,7 @@ class WindowHistory:
         self.span = span  # seconds from a window's first sample to its last (``t_end``): (window - 1) / rate
         self.lateness = lateness
         self._windows: dict[str, deque[LabelledWindow]] = {}
+        self._ended: dict[str, list[LabelledWindow]] = {}  # windows of a session whose device clock then went back
         self.max_windows = max_windows
 
     def __contains__(self, device: str) -> bool:
@@ -110,12 +121,26 @@ class WindowHistory:
 
     def add(self, window: LabelledWindow) -> None:
         queue = self._windows.get(window.device)
-        if queue is not None:
-            queue.append(window)
+        if queue is None:
+            return
+        if queue and window.t_end < queue[-1].t_end:  # the device's clock went back: a new session
+            self._ended.setdefault(window.device, []).extend(queue)  # final now: resolved next
+            queue.clear()
+        queue.append(window)
 
     def resolve(self, labels: LabelBook) -> list[LabelledWindow]:
-        """Windows old enough that a late label would have arrived, with their labels, in order."""
+        """Windows old enough that a late label would have arrived, with their labels, in order. A
+        session whose device's clock went back has ended: its windows are all resolved at once, then
+        its labels after the new clock's first window are forgotten (``LabelBook.drop_after``)."""
         out = []
+        for device, ended in self._ended.items():
+            for w in ended:
+                w.label = labels.window_label(device, w.t_end - self.span, w.t_end)
+            out += ended
+            queue = self._windows.get(device)
+            if queue:
+                labels.drop_after(device, queue[0].t_end)
+        self._ended.clear()
         for device, queue in self._windows.items():
             if not queue:
                 continue
@@ -128,3 +153,4 @@ class WindowHistory:
 
     def forget(self, device: str) -> None:
         self._windows.pop(device, None)
+        self._ended.pop(device, None)

@@ -67,6 +67,30 @@ def test_a_window_that_starts_where_its_label_starts_is_labelled():
     assert [w.label for w in resolved] == ["rest", "rest", "squat", "squat"]  # the last two wait
 
 
+def test_a_device_whose_clock_goes_back_ends_its_session_and_its_later_labels():
+    book, history = LabelBook(), WindowHistory(span=1.96, lateness=4.0)
+    history.track("d")
+    state = (torch.zeros(2, 8),)
+
+    def window(t_end):
+        return LabelledWindow("d", t_end, np.zeros((4, 3), np.float32), state, "rest", 0.9)
+
+    book.add("d", "rest", 0.0)
+    book.add("d", "squat", 100.0)
+    for k in range(50, 56):  # the first session, up to 111.96 s
+        history.add(window(2.0 * k + 1.96))
+    assert [w.t_end for w in history.resolve(book)] == [101.96, 103.96, 105.96, 107.96]
+    book.add("d", "lunge", 0.0)  # the device restarts, its clock at 0 again, and a new label comes
+    resolved = []
+    for k in range(8):
+        history.add(window(2.0 * k + 1.96))
+        resolved += history.resolve(book)
+    # the first session's last two windows at once, on its own labels; the new one's on the new label
+    assert [(w.t_end, w.label) for w in resolved[:2]] == [(109.96, "squat"), (111.96, "squat")]
+    assert [w.label for w in resolved[2:]] == ["lunge"] * 6
+    assert book.at("d", 105.0) == "lunge"  # the first session's squat from 100 s is forgotten
+
+
 def toy_model(seed=0):
     torch.manual_seed(seed)
     return HARNet(ModelConfig(classes=("down", "up"), hidden=16, layers=1, window=10, hop=10, patch=5,
