@@ -343,6 +343,7 @@ class Consumer:
         self._swap_lock = threading.Lock()
         self._evicted: OrderedDict[str, tuple] = OrderedDict()  # device -> state, seq
         self._last_seen: dict[str, float] = {}
+        self._label_only: dict[str, float] = {}  # devices with labels and no samples yet -> last label's arrival
         self.store: EventStore | None = None
         self.shared: SharedDevices | None = None
         if config.state_store:
@@ -480,6 +481,11 @@ class Consumer:
             self.labels.forget(device)
             self._pending_sequences.pop(device, None)
             del self._last_seen[device]
+        for device in [d for d, seen in self._label_only.items() if seen < cutoff]:
+            if device not in self._last_seen:  # labels for a device that never sent samples since
+                self.history.forget(device)
+                self.labels.forget(device)
+            del self._label_only[device]
 
     # -- paho thread: never block, never raise ------------------------------------------------
     def _on_message(self, client, userdata, message) -> None:
@@ -790,6 +796,8 @@ class Consumer:
                 if self.store is not None:
                     self.store.label(device, label, start, end)
                 self.history.track(device)
+                if device not in self._last_seen:  # evicted with the idle ones unless samples come
+                    self._label_only[device] = arrival
         except Rejected as exc:
             if dup and exc.reason in ("repeated_seq", "backwards_seq"):
                 self.acks.counts["redelivered"] += 1  # taken before (its PUBACK lost to a reconnection)

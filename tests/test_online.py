@@ -91,6 +91,29 @@ def test_a_device_whose_clock_goes_back_ends_its_session_and_its_later_labels():
     assert book.at("d", 105.0) == "lunge"  # the first session's squat from 100 s is forgotten
 
 
+def test_labels_of_a_device_that_never_sends_samples_are_evicted_with_the_idle_devices(tiny_model):
+    import time
+
+    import orjson
+
+    from models.state import StatefulClassifier
+    from stream.consumer import Consumer, ConsumerConfig
+
+    consumer = Consumer(ConsumerConfig(broker="mqtt://127.0.0.1:1", learn=False, idle_timeout=300.0),
+                        StatefulClassifier(tiny_model, "tiny"))
+    now = time.monotonic()
+    label = orjson.dumps({"label": "squat", "t": 0.0})
+    consumer.handle("har/ghost/label", label, now - 400.0)  # labels only, longer ago than idle_timeout
+    consumer.handle("har/fresh/label", label, now - 10.0)
+    consumer.handle("har/worker/label", label, now - 400.0)  # labels, then samples lately
+    t = np.arange(25) / 25.0
+    imu = {"seq": 0, "t": t.tolist(), "acc": [[0.0, 0.0, 9.81]] * 25}
+    consumer.handle("har/worker/imu", orjson.dumps(imu), now - 10.0)
+    consumer._evict_idle()
+    assert "ghost" not in consumer.labels and "ghost" not in consumer.history
+    assert "fresh" in consumer.labels and "worker" in consumer.labels and "worker" in consumer.history
+
+
 def toy_model(seed=0):
     torch.manual_seed(seed)
     return HARNet(ModelConfig(classes=("down", "up"), hidden=16, layers=1, window=10, hop=10, patch=5,
