@@ -79,6 +79,7 @@ log = logging.getLogger(__name__)
 ACK_MODES = ("auto", "after-window", "on-receipt")
 CONFIRM_TIMEOUT = 5.0  # s: a QoS 0 prediction not sent by then was lost to a disconnection
 CLOCK_RESET = 30.0  # s: a batch this far behind a device's held ones is a new clock (as DeviceBuffer)
+LABELS_RELOADED = 64  # labels per device put back from the event store at start-up
 
 
 def consumer_topic(prefix: str, consumer_id: str, kind: str) -> str:
@@ -363,6 +364,7 @@ class Consumer:
                 log.info("%d predictions of the last life put into the event store from the journal",
                          len(self._journalled))
             self._journalled = []
+            self._reload_labels()
         self.learner: LearnerProcess | None = None  # the online learner, in a process of its own from run()
         if config.learn:
             lc = config.learner or LearnerConfig()
@@ -375,6 +377,21 @@ class Consumer:
                 self.pipeline.classifier.adapters = self.learner.adapters
                 if config.state_dir is not None:
                     self.learner.adapters.load(config.state_dir / ADAPTERS_FILE)
+
+    def _reload_labels(self) -> None:
+        """The last life's labels (``events.db``), each device's LABELS_RELOADED most recent: a label that
+        holds until the next goes on naming a returning device's windows after a restart. A device that
+        sends nothing within ``idle_timeout`` is forgotten again, as a device that got labels only."""
+        rows = self.store.query(
+            "SELECT device, label, start, end_ FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY device ORDER BY "
+            "id DESC) AS k FROM labels) WHERE k <= ? ORDER BY id", (LABELS_RELOADED,))
+        now = time.monotonic()
+        for device, label, start, end in rows:
+            self.labels.add(device, label, start, end)
+            self.history.track(device)
+            self._label_only[device] = now
+        if rows:
+            log.info("%d labels of %d devices put back from the event store", len(rows), len(self._label_only))
 
     # -- checkpoints ---------------------------------------------------------------------------
     def _restore(self, classifier: StatefulClassifier) -> None:
@@ -826,6 +843,7 @@ class Consumer:
         if (batch.seq == 0 and (self.sequence.last(device) or 0) > 0) or batch.t[-1] < mark - CLOCK_RESET:
             del self._resume[device]  # a restarted device, a new clock: nothing of it was published
             self._resume_prev.pop(device, None)
+            self.labels.drop_after(device, float(batch.t[0]))  # the reloaded ones of its session before
             return batch
         start = mark + 1.0 / self.pipeline.config.rate
         t, acc = batch.t, self._sample_values(batch).astype(np.float64)  # gyro too if the model reads it

@@ -485,3 +485,30 @@ def test_promote_and_rollback_commands_reach_the_learner_process_and_come_back(b
         runner.join(30)
         watch.disconnect()
     assert not consumer.learner.alive
+
+
+def test_a_restarted_consumer_takes_its_labels_back_from_the_event_store(tmp_path, tiny_model):
+    import orjson
+
+    from models.state import StatefulClassifier
+    from stream.consumer import Consumer, ConsumerConfig
+    from stream.store import EventStore
+
+    store = EventStore(tmp_path / "events.db")
+    store.label("d1", "squat", 10.0, None)
+    store.label("d1", "rest", 50.0, None)
+    store.label("d2", "walking", 0.0, 5.0)
+    store.close()
+    consumer = Consumer(ConsumerConfig(broker="mqtt://127.0.0.1:1", state_dir=tmp_path, learn=False),
+                        StatefulClassifier(tiny_model, "tiny"))
+    try:
+        assert [consumer.labels.at("d1", t) for t in (5.0, 20.0, 60.0)] == [None, "squat", "rest"]
+        assert consumer.labels.at("d2", 3.0) == "walking" and "d1" in consumer.history
+        # d1 comes back with its clock restarted (its last published window was at 100 s): the labels
+        # of its session before no longer name its windows
+        consumer._resume["d1"] = 100.0
+        t = np.arange(25) / 25.0
+        consumer.handle("har/d1/imu", orjson.dumps({"seq": 0, "t": t.tolist(), "acc": [[0, 0, 9.81]] * 25}), 0.0)
+        assert consumer.labels.at("d1", 60.0) is None
+    finally:
+        consumer.store.close()
