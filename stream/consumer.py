@@ -494,9 +494,10 @@ class Consumer:
             self.pipeline.evict(device)
             self.acks.drop_device(device)  # its partial window goes: nothing to wait for
             self.monitor.forget(device)
-            self.history.forget(device)
+            for w in self.history.flush(device, self.labels):  # its last windows are final now
+                self._collect(w)
+            self._submit(device, self._pending_sequences.pop(device, []))  # fewer than k1 windows
             self.labels.forget(device)
-            self._pending_sequences.pop(device, None)
             del self._last_seen[device]
         for device in [d for d, seen in self._label_only.items() if seen < cutoff]:
             if device not in self._last_seen:  # labels for a device that never sent samples since
@@ -1035,21 +1036,27 @@ class Consumer:
             return
         pending = self._pending_sequences.setdefault(w.device, [])
         if pending and not 0 < w.t_end - pending[-1].t_end <= 1.5 * self.pipeline.config.window_seconds:
-            pending.clear()  # not consecutive (a gap, or the device's clock went back): no sequence spans it
+            self._submit(w.device, pending)  # not consecutive (a gap, or the device's clock went back): no
+            pending.clear()  # sequence spans it; what came before goes as a shorter one
         pending.append(w)
-        k = self.learner.config.k1
-        if len(pending) < k:
+        if len(pending) < self.learner.config.k1:
+            return
+        self._submit(w.device, pending)
+        pending.clear()
+
+    def _submit(self, device: str, windows: list[LabelledWindow]) -> None:
+        """Consecutive resolved windows of a device to the learner, as one sequence, if any is labelled."""
+        if self.learner is None or not windows:
             return
         index = {c: i for i, c in enumerate(self.pipeline.classifier.classes)}
-        targets = torch.tensor([index.get(x.label, -1) if x.label else -1 for x in pending])
+        targets = torch.tensor([index.get(x.label, -1) if x.label else -1 for x in windows])
         if (targets >= 0).any():
             self.learner.submit(Sequence(
-                device=w.device,
-                windows=torch.from_numpy(np.stack([x.samples for x in pending])),
+                device=device,
+                windows=torch.from_numpy(np.stack([x.samples for x in windows])),
                 targets=targets,
-                state=pending[0].state,
+                state=windows[0].state,
             ))
-        pending.clear()
 
     def _on_promote(self, model, version: str) -> None:  # from LearnerProcess.poll
         with self._swap_lock:

@@ -151,6 +151,14 @@ class WindowHistory:
                 out.append(w)
         return out
 
+    def flush(self, device: str, labels: LabelBook) -> list[LabelledWindow]:
+        """All of a device's waiting windows, with their labels as they stand (the device has gone)."""
+        out = self._ended.pop(device, []) + list(self._windows.get(device, ()))
+        for w in out:
+            w.label = labels.window_label(device, w.t_end - self.span, w.t_end)
+        self._windows.pop(device, None)
+        return out
+
     def forget(self, device: str) -> None:
         self._windows.pop(device, None)
         self._ended.pop(device, None)

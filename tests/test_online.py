@@ -512,3 +512,33 @@ def test_a_restarted_consumer_takes_its_labels_back_from_the_event_store(tmp_pat
         assert consumer.labels.at("d1", 60.0) is None
     finally:
         consumer.store.close()
+
+
+def test_a_device_that_goes_idle_has_its_last_labelled_windows_learnt(tiny_model):
+    """The windows still waiting for late labels, and a last group shorter than k1, go to the learner
+    when the device is evicted, instead of being dropped."""
+    import time
+
+    import orjson
+
+    from models.state import StatefulClassifier
+    from stream.consumer import Consumer, ConsumerConfig
+
+    consumer = Consumer(ConsumerConfig(broker="mqtt://127.0.0.1:1", learn=True, label_lateness=4.0),
+                        StatefulClassifier(tiny_model, "tiny"))
+    submitted = []
+    consumer.learner.submit = submitted.append  # what the learner would get; no process needed
+    consumer._publish = lambda predictions: None  # no broker
+    consumer.handle("har/d/label", orjson.dumps({"label": "squat", "t": 0.0}), time.monotonic())
+    for k in range(20):  # 20 s in 1 s messages: 25 windows of 0.8 s
+        t = k + np.arange(25) / 25.0
+        acc = np.stack([np.sin(7 * t), np.cos(5 * t), 9.81 + np.sin(3 * t)], axis=1)
+        consumer.handle("har/d/imu", orjson.dumps({"seq": k, "t": t.tolist(), "acc": acc.tolist()}),
+                        time.monotonic())
+        consumer._classify()
+    before = sum(len(s.targets) for s in submitted)
+    assert before < 25  # the last 4 s wait for late labels
+    consumer._last_seen["d"] -= consumer.config.idle_timeout + 1
+    consumer._evict_idle()
+    assert sum(len(s.targets) for s in submitted) == 25
+    assert all((s.targets == 1).all() for s in submitted)  # squat, the tiny model's class 1
