@@ -415,8 +415,25 @@ class Consumer:
         if state is None:  # killed before its first checkpoint: the journal may still say what was acked
             state = {"devices": {}, "evicted": {}, "sequences": {}, "watermarks": {}, "journal": 0,
                      "saved_at": time.time()}
+        # each device's state as the model keeps it, (layers, hidden) per tensor: a checkpoint of another
+        # architecture (a new --model on the same --state-dir) cannot be carried over
+        shapes = [(t.shape[0], t.shape[2]) for t in classifier.model.initial_state(1)]
+
+        def fits(tensors) -> bool:
+            return [tuple(t.shape) for t in tensors] == shapes
+
+        for kind in ("devices", "evicted"):
+            unfit = [d for d, tensors in state[kind].items() if not fits(tensors)]
+            for device in unfit:
+                del state[kind][device]
+            if unfit:
+                log.warning("not restoring the state of %d %s from %s: it was kept for another model "
+                            "architecture (they start afresh)", len(unfit),
+                            "devices" if kind == "devices" else "evicted devices", directory)
+        now = time.monotonic()
         for device, tensors in state["devices"].items():
             classifier.bank.set(device, tuple(t.unsqueeze(1) for t in tensors))
+            self._last_seen[device] = now  # evicted as idle if it does not come back
         if classifier.orienter is not None:  # devices worn turned go on being served turned back
             try:
                 classifier.orienter.restore(state.get("orientation") or {})
@@ -490,7 +507,8 @@ class Consumer:
             elif device in bank:
                 self._evicted[device] = tuple(t[:, 0] for t in bank.get(device))
                 while len(self._evicted) > self.config.max_evicted:
-                    self._evicted.popitem(last=False)
+                    gone, _ = self._evicted.popitem(last=False)
+                    self._forget_device(gone)
             self.pipeline.evict(device)
             self.acks.drop_device(device)  # its partial window goes: nothing to wait for
             self.monitor.forget(device)
@@ -504,6 +522,15 @@ class Consumer:
                 self.history.forget(device)
                 self.labels.forget(device)
             del self._label_only[device]
+
+    def _forget_device(self, device: str) -> None:
+        """What is kept of a device whose state is kept no more (beyond max_evicted): it starts afresh if it
+        comes back. Its resume mark, anchor and last seq would otherwise stay in every checkpoint for good."""
+        self._watermarks.pop(device, None)
+        self._anchors.pop(device, None)
+        self._resume.pop(device, None)
+        self._resume_prev.pop(device, None)
+        self.sequence.forget(device)
 
     # -- paho thread: never block, never raise ------------------------------------------------
     def _on_message(self, client, userdata, message) -> None:

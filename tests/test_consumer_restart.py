@@ -107,3 +107,76 @@ def test_idle_devices_are_evicted_and_return_with_their_state(broker_url, tiny_m
         thread.join(20)
         pub.disconnect()
         pub.loop_stop()
+
+
+class _Published:
+    rc, mid = 0, 1
+
+    def is_published(self):
+        return True
+
+
+class _NoBroker:
+    """Takes what the consumer publishes (its predictions set the resume marks that checkpoints keep)."""
+
+    def publish(self, *args, **kwargs):
+        return _Published()
+
+    def is_connected(self):
+        return True
+
+
+def _life(tmp_path, model, **config):
+    consumer = Consumer(ConsumerConfig(broker="mqtt://127.0.0.1:1", state_dir=tmp_path, learn=False, **config),
+                        StatefulClassifier(model, "tiny"))
+    consumer._client = _NoBroker()
+    return consumer
+
+
+def _send(consumer, device, seq):
+    consumer.handle(f"har/{device}/imu", imu(seq, 100.0 + seq, n=25, rate=25.0), time.monotonic())
+    consumer._classify()
+
+
+def test_a_model_of_another_architecture_on_the_same_state_dir_starts_devices_afresh(tiny_model, tmp_path):
+    from models.rnn import HARNet, ModelConfig
+
+    first = _life(tmp_path, tiny_model)
+    for seq in range(3):
+        _send(first, "dev", seq)
+    assert "dev" in first.pipeline.classifier.bank
+    first.checkpoint(final=True)
+    first.store.close()
+    other = HARNet(ModelConfig(classes=("rest", "squat", "walking"), hidden=32, layers=1, window=20, hop=20,
+                               patch=5, rate=25.0))
+    second = _life(tmp_path, other)  # the old states do not fit: refused with a warning, not a crash
+    try:
+        assert "dev" not in second.pipeline.classifier.bank and "dev" not in second._evicted
+        for seq in range(3, 6):
+            _send(second, "dev", seq)
+        assert "dev" in second.pipeline.classifier.bank
+    finally:
+        second.store.close()
+
+
+def test_restored_devices_that_do_not_come_back_are_evicted_and_forgotten_beyond_max_evicted(tiny_model,
+                                                                                             tmp_path):
+    first = _life(tmp_path, tiny_model)
+    for device in ("a", "b", "c"):
+        for seq in range(3):
+            _send(first, device, seq)
+    first.checkpoint(final=True)
+    first.store.close()
+    second = _life(tmp_path, tiny_model, idle_timeout=0.0, max_evicted=1)
+    try:
+        assert len(second.pipeline.classifier.bank) == 3
+        time.sleep(0.01)
+        second._evict_idle()
+        assert len(second.pipeline.classifier.bank) == 0 and len(second._evicted) == 1
+        second.checkpoint(final=True)
+        state = load_state(tmp_path)
+        kept = set(state["evicted"])
+        assert state["devices"] == {} and len(kept) == 1
+        assert set(state["watermarks"]) == set(state["sequences"]) == kept  # the others are forgotten
+    finally:
+        second.store.close()
