@@ -19,7 +19,10 @@ interpolated at once: it is kept as it came until the batch that completes the p
 arrives, and then all of them are interpolated in one go. The windows, their values and the arrival
 they carry are those of interpolating every batch as it comes (the same piecewise-linear function,
 the same grid); a message costs a few scalar operations instead of a dozen small numpy calls.
-``settle()`` interpolates what is kept (for a snapshot of the buffer's state).
+``settle()`` interpolates what is kept (for a snapshot of the buffer's state). At most ``MAX_KEPT``
+samples are kept: past it they are interpolated at once, as the batch completing the window would
+have them (same windows), so a device whose timestamps crawl (a clock in the wrong unit, a stuck
+clock) and never reaches the window's end does not pile its messages up in memory.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ __all__ = ["DEFAULT_REORDER", "DeviceBuffer", "Window", "resample"]
 
 DEFAULT_REORDER = 0.2  # seconds; suggested for live phone streams (QoS 0, several connections)
 MAX_HELD = 10_000  # samples held at most, whatever the timestamps claim (bounds memory per device)
+MAX_KEPT = 10_000  # samples kept for one interpolation at most with reorder 0 (bounds memory per device)
 _NO_T = np.empty(0, dtype=np.float64)  # never written to: held arrays are only ever replaced
 _NO_ACC = np.empty((0, 3), dtype=np.float64)
 
@@ -109,7 +113,7 @@ class DeviceBuffer:
     # one per device: slots instead of an attribute dict (about 700 bytes less per device)
     __slots__ = ("device", "rate", "window", "max_gap", "reorder", "clock_reset", "late_samples", "duplicates",
                  "gaps", "clock_resets", "_last_t", "_last_acc", "_origin", "_k", "_pending", "_fill", "_held_t",
-                 "_held_acc", "_held_arrival", "_kept", "_kept_from")
+                 "_held_acc", "_held_arrival", "_kept", "_kept_n", "_kept_from")
 
     def __init__(self, device: str, rate: float, window: int, max_gap: float = 1.0, reorder: float = 0.0,
                  clock_reset: float = 30.0, channels: int = 3) -> None:
@@ -140,6 +144,7 @@ class DeviceBuffer:
         self._held_acc = _NO_ACC if channels == 3 else np.empty((0, channels))
         self._held_arrival = _NO_T
         self._kept: list[tuple[np.ndarray, np.ndarray, float]] = []  # batches not interpolated yet
+        self._kept_n = 0  # samples in them
         self._kept_from: float | None = None  # _last_t before the first kept batch
 
     @property
@@ -171,11 +176,13 @@ class DeviceBuffer:
                 if not self._kept:
                     self._kept_from = last_t
                 self._kept.append((t, acc, arrival))
+                self._kept_n += len(t)
                 self._last_t = t_last
-                if math.floor((t_last - self._origin) * self.rate + 1e-9) < self._k + self.window - self._fill - 1:
+                k_end = self._k + self.window - self._fill - 1  # the pending window's last grid point
+                if math.floor((t_last - self._origin) * self.rate + 1e-9) < k_end and self._kept_n <= MAX_KEPT:
                     return []
                 out: list[Window] = []
-                self._settle(out)
+                self._settle(out)  # the window is complete, or too much is kept: onto the grid
                 return out
         out = []
         if self._kept:
@@ -193,7 +200,7 @@ class DeviceBuffer:
         """Interpolate the kept batches, as one when their times increase strictly, else one by one as
         ``_push`` takes them (repeated times); windows carry the last batch's arrival, which is the
         one that completed them."""
-        kept, self._kept = self._kept, []
+        kept, self._kept, self._kept_n = self._kept, [], 0
         self._last_t = self._kept_from
         if len(kept) == 1:
             t, acc = kept[0][0], kept[0][1]
