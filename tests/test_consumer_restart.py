@@ -1,6 +1,7 @@
 """Restarts: device state and the fine-tuned model survive, QoS 1 messages kept by the broker arrive,
 events are stored in SQLite, idle devices are evicted and come back with their state."""
 
+import json
 import threading
 import time
 import uuid
@@ -119,7 +120,13 @@ class _Published:
 class _NoBroker:
     """Takes what the consumer publishes (its predictions set the resume marks that checkpoints keep)."""
 
-    def publish(self, *args, **kwargs):
+    def __init__(self):
+        self.windows = []  # (device, t_end) of every prediction
+
+    def publish(self, topic, payload=b"", *args, **kwargs):
+        if topic.endswith("/prediction"):
+            body = json.loads(payload)
+            self.windows.append((topic.split("/")[1], body["t"]))
         return _Published()
 
     def is_connected(self):
@@ -178,5 +185,35 @@ def test_restored_devices_that_do_not_come_back_are_evicted_and_forgotten_beyond
         kept = set(state["evicted"])
         assert state["devices"] == {} and len(kept) == 1
         assert set(state["watermarks"]) == set(state["sequences"]) == kept  # the others are forgotten
+    finally:
+        second.store.close()
+
+
+def test_a_phone_format_message_sent_again_after_a_restart_resumes_on_the_same_grid(tiny_model, tmp_path):
+    """What came through an adapter (here CSV, no seq) and is sent again after a restart is cut where
+    the last published window ended, as a native message is: no window is classified twice."""
+    import numpy as np
+
+    def csv(t0):
+        t = t0 + np.arange(21) / 25.0
+        return "\n".join(f"{x:.4f},0.1,0.2,9.8" for x in t).encode()
+
+    first = _life(tmp_path, tiny_model, adapters=("phone/+ = csv",))
+    messages = [csv(100.0 + 0.84 * k) for k in range(6)]
+    for body in messages:
+        first.handle("phone/dev", body, time.monotonic())
+        first._classify()
+    published = [t for _, t in first._client.windows]
+    first.checkpoint(final=True)
+    first.store.close()
+    second = _life(tmp_path, tiny_model, adapters=("phone/+ = csv",))
+    try:
+        for body in messages[-2:] + [csv(100.0 + 0.84 * k) for k in range(6, 9)]:  # the last two again
+            second.handle("phone/dev", body, time.monotonic())
+            second._classify()
+        again = [t for _, t in second._client.windows]
+        assert again and min(again) > max(published)  # nothing classified twice
+        step = 20 / 25.0  # the tiny model's window, s
+        assert all(abs((t - published[0]) / step - round((t - published[0]) / step)) < 1e-3 for t in again)
     finally:
         second.store.close()
