@@ -333,11 +333,16 @@ class Orienter:
             if not (np.isfinite(R).all() and np.allclose(R @ R.T, np.eye(3), atol=1e-4)
                     and np.linalg.det(R) > 0):
                 raise ValueError(f"not an orientation snapshot: the turn of {d} is not a rotation")
-        for device in decided:
-            self.decided.add(device)
+        for device in decided:  # settled: parked until it sends again, as an evicted one (MAX_PARKED)
+            self.decided.discard(device)
             self._pending.pop(device, None)
             self._due.pop(device, None)
-        self.turns.update(turns)
+            self.turns.pop(device, None)
+            self._parked[device] = turns.pop(device, None)
+            self._parked.move_to_end(device)
+        while len(self._parked) > self.MAX_PARKED:
+            self._parked.popitem(last=False)
+        self.turns.update(turns)  # the turn so far of devices not yet settled
 
     def evict(self, device: str) -> None:
         """Forget a device; a settled one's turn is kept (up to ``MAX_PARKED``) for when it returns."""

@@ -269,8 +269,12 @@ def test_a_restarted_consumer_keeps_serving_a_turned_device_turned_back(trained,
     assert device.device[0] in orienter.turns  # upside down, seen as such
     assert consumer.checkpoint(final=True)
     again = Consumer(config, StatefulClassifier(model, "o")).pipeline.classifier.orienter
+    assert again.snapshot()["decided"] == orienter.snapshot()["decided"]  # parked until it sends again
+    window = np.random.default_rng(0).normal(0, 1, (1, model.config.window, 6)).astype(np.float32)
+    out = again.apply([device.device[0]], window)  # its first window after the restart: turned back
+    R = orienter.turns[device.device[0]]
+    np.testing.assert_allclose(out[0, :, :3], window[0, :, :3] @ R.T, atol=1e-5)
     assert again.decided == orienter.decided
-    np.testing.assert_allclose(again.turns[device.device[0]], orienter.turns[device.device[0]])
 
 
 @pytest.mark.broker
@@ -423,6 +427,17 @@ def test_a_restart_keeps_a_turn_chosen_before_the_device_was_settled():
     for i in range(9, 23):  # it collects again and the last stage decides: margin 1 not met, back
         back.apply(["d"], w[i:i + 1])
     assert back.decided == {"d"} and "d" not in back.turns
+
+
+def test_settled_devices_come_back_from_a_restart_parked_within_max_parked(monkeypatch):
+    ref = _Scripted([3.5] + [0.0] * 4, TWO_STAGES)
+    monkeypatch.setattr(Orienter, "MAX_PARKED", 2)
+    back = Orienter(ref)
+    back.restore({"decided": ["a", "b", "c"], "turns": {"c": QUARTER_X.reshape(-1).tolist()}})
+    assert back.decided == set() and list(back._parked) == ["b", "c"]  # the oldest beyond the bound go
+    out = back.apply(["c"], _windows(1))  # a parked one that sends again is settled, and turned
+    assert back.decided == {"c"} and np.allclose(back.turns["c"], QUARTER_X)
+    np.testing.assert_allclose(out[0, :, :3], _windows(1)[0, :, :3] @ QUARTER_X.T, atol=1e-5)
 
 
 def test_a_budget_with_the_default_stages_loses_no_fit():
