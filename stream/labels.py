@@ -20,6 +20,7 @@ from stream.decode import Rejected, json_object
 __all__ = ["LabelBook", "LabelledWindow", "WindowHistory", "decode_label"]
 
 MAX_LABEL_BYTES = 4096
+EPS = 1e-6  # s: a window's first sample is t_end - span up to rounding (2.36 - 0.76 < 1.6 in floats)
 
 
 def decode_label(payload: bytes) -> tuple[str, float, float | None]:
@@ -135,7 +136,7 @@ class WindowHistory:
         out = []
         for device, ended in self._ended.items():
             for w in ended:
-                w.label = labels.window_label(device, w.t_end - self.span, w.t_end)
+                w.label = labels.window_label(device, w.t_end - self.span + EPS, w.t_end)
             out += ended
             queue = self._windows.get(device)
             if queue:
@@ -147,7 +148,7 @@ class WindowHistory:
             newest = queue[-1].t_end
             while queue and queue[0].t_end <= newest - self.lateness:
                 w = queue.popleft()
-                w.label = labels.window_label(device, w.t_end - self.span, w.t_end)
+                w.label = labels.window_label(device, w.t_end - self.span + EPS, w.t_end)
                 out.append(w)
         return out
 
@@ -155,7 +156,7 @@ class WindowHistory:
         """All of a device's waiting windows, with their labels as they stand (the device has gone)."""
         out = self._ended.pop(device, []) + list(self._windows.get(device, ()))
         for w in out:
-            w.label = labels.window_label(device, w.t_end - self.span, w.t_end)
+            w.label = labels.window_label(device, w.t_end - self.span + EPS, w.t_end)
         self._windows.pop(device, None)
         return out
 

@@ -542,3 +542,30 @@ def test_a_device_that_goes_idle_has_its_last_labelled_windows_learnt(tiny_model
     consumer._evict_idle()
     assert sum(len(s.targets) for s in submitted) == 25
     assert all((s.targets == 1).all() for s in submitted)  # squat, the tiny model's class 1
+
+
+def test_the_consumer_labels_a_window_that_starts_where_its_label_starts(tiny_model):
+    """Through the consumer: labels that change exactly on a window's first sample leave no window of
+    the stream unlabelled (tiny model: 0.8 s windows at 25 Hz, so windows start at 0, 0.8, 1.6, ...)."""
+    import time
+
+    import orjson
+
+    from models.state import StatefulClassifier
+    from stream.consumer import Consumer, ConsumerConfig
+
+    consumer = Consumer(ConsumerConfig(broker="mqtt://127.0.0.1:1", learn=True, label_lateness=4.0),
+                        StatefulClassifier(tiny_model, "tiny"))
+    submitted = []
+    consumer.learner.submit = submitted.append
+    consumer._publish = lambda predictions: None
+    for name, t in (("rest", 0.0), ("squat", 1.6), ("rest", 4.0)):  # each on a window's first sample
+        consumer.handle("har/d/label", orjson.dumps({"label": name, "t": t}), time.monotonic())
+    for k in range(12):
+        t = k + np.arange(25) / 25.0
+        acc = np.stack([np.sin(7 * t), np.cos(5 * t), 9.81 + np.sin(3 * t)], axis=1)
+        consumer.handle("har/d/imu", orjson.dumps({"seq": k, "t": t.tolist(), "acc": acc.tolist()}),
+                        time.monotonic())
+        consumer._classify()
+    targets = torch.cat([s.targets for s in submitted]).tolist()
+    assert len(targets) >= 8 and targets[:8] == [0, 0, 1, 1, 1, 0, 0, 0]  # rest, squat from 1.6, rest from 4
