@@ -149,6 +149,10 @@ class HARNet(nn.Module):
             state += (torch.zeros(1, batch, cfg.context * cfg.features),)
         return state
 
+    def state_shapes(self) -> list[tuple[int, int]]:
+        """One device's state as it is kept (checkpoints, the shared store): (layers or 1, width) per tensor."""
+        return [(t.shape[0], t.shape[2]) for t in self.initial_state(1)]
+
     def step_logits(self, x: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
         """Logits at every recurrent step: x (B, T, C) with T a multiple of ``patch`` → (B, T/patch, K);
         C is ``input_channels``."""

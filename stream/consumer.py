@@ -417,7 +417,7 @@ class Consumer:
                      "saved_at": time.time()}
         # each device's state as the model keeps it, (layers, hidden) per tensor: a checkpoint of another
         # architecture (a new --model on the same --state-dir) cannot be carried over
-        shapes = [(t.shape[0], t.shape[2]) for t in classifier.model.initial_state(1)]
+        shapes = classifier.model.state_shapes()
 
         def fits(tensors) -> bool:
             return [tuple(t.shape) for t in tensors] == shapes

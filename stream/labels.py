@@ -136,19 +136,19 @@ class WindowHistory:
         out = []
         for device, ended in self._ended.items():
             for w in ended:
-                w.label = labels.window_label(device, w.t_end - self.span + EPS, w.t_end)
+                w.label = self._label_of(w, labels)
             out += ended
             queue = self._windows.get(device)
             if queue:
                 labels.drop_after(device, queue[0].t_end)
         self._ended.clear()
-        for device, queue in self._windows.items():
+        for queue in self._windows.values():
             if not queue:
                 continue
             newest = queue[-1].t_end
             while queue and queue[0].t_end <= newest - self.lateness:
                 w = queue.popleft()
-                w.label = labels.window_label(device, w.t_end - self.span + EPS, w.t_end)
+                w.label = self._label_of(w, labels)
                 out.append(w)
         return out
 
@@ -156,9 +156,13 @@ class WindowHistory:
         """All of a device's waiting windows, with their labels as they stand (the device has gone)."""
         out = self._ended.pop(device, []) + list(self._windows.get(device, ()))
         for w in out:
-            w.label = labels.window_label(device, w.t_end - self.span + EPS, w.t_end)
+            w.label = self._label_of(w, labels)
         self._windows.pop(device, None)
         return out
+
+    def _label_of(self, w: LabelledWindow, labels: LabelBook) -> str | None:
+        """The label holding from the window's first sample to its last (None: unknown or changing)."""
+        return labels.window_label(w.device, w.t_end - self.span + EPS, w.t_end)
 
     def forget(self, device: str) -> None:
         self._windows.pop(device, None)

@@ -352,7 +352,7 @@ class SharedDevices:
         self._n_held = 0
         self._versions: dict[str, int] = {}  # store version of the state this replica holds
         self._applied: dict[str, list[_Held]] = {}  # devices touched since the last commit
-        self._shapes = [(t.shape[0], t.shape[2]) for t in pipeline.classifier.model.initial_state(1)]
+        self._shapes = pipeline.classifier.model.state_shapes()
 
     @property
     def held(self) -> int:
