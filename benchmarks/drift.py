@@ -165,6 +165,20 @@ some rows and deadlifts at a per-window false rate near 1% before any confirmati
 such misses of 120, and it serves only a model that reads the gyroscope (the simulator's `default.pt`
 reads the accelerometer alone, so the pipeline would have to keep the gyroscope for the monitor). Not
 built; a lead if real sensors show steadier axes than the simulator.
+How soon a behavioural drift can show at all (2026-12-06, later; `python benchmarks/drift_bound.py`, 40 s,
+tuning seeds 20000 and 30000, 30 devices per scenario each, the same devices as this script's; no model,
+no detector). The simulator starts a new person or fatigue at the end of the set or rest under way, and
+the new person begins with a rest. So, from the onset: no new person does any exercise window within 10 s
+(0 of 60; the first comes a median 34 s after the onset), and no check can see what the person does
+differently before that. Fatigue: 33 of 60 devices have an exercise window within 10 s, but only 11 of
+60 a set of a class done before the onset (19 of 60 within 300 s), the only reference of the same person
+a per-class check has. And that set moves only a little less: its first 3 windows' mean log
+`window_motion` lies a median 0.21 below the same class's sets before the onset (0.81×; quartiles −0.41
+and −0.09), where quiet devices' sets spread with a standard deviation of 0.14 (99% within −0.48 and
++0.45); 2 of those 19 fall outside that range. So within 10 s of the onset, the behavioural scenarios are
+out of reach of any detector for every new person and for most fatigued ones, whatever its thresholds;
+the goal can be met in the simulator only for the sensor scenarios, and there only where the onset falls
+in or just before a set (above).
 """
 
 
