@@ -224,8 +224,10 @@ class Orienter:
     fit runs, then more while time is left; devices whose stage is due wait, first come first served,
     keeping their current turn, and are fitted on every window they have by then. ``evaluate`` runs
     without a limit; the consumer with one, so that thousands of devices starting together do not stall
-    serving. ``changed`` lists the devices whose turn changed in the last ``apply`` (what was learnt of
-    their orientation before, e.g. by the drift detectors, no longer holds).
+    serving. ``changed`` lists the devices of the last ``apply`` whose turn changed since their previous
+    windows (what was learnt of their orientation before, e.g. by the drift detectors, no longer holds): a
+    device fitted in a call that held none of its windows (it waited for the budget) is listed in the
+    next call that holds one.
     """
 
     MAX_PARKED = 100_000  # settled devices kept after eviction (the consumer keeps as many states)
@@ -239,6 +241,7 @@ class Orienter:
         self.decided: set[str] = set()  # devices whose orientation is settled (turned or not)
         self.gains: dict[str, float] = {}  # device -> the last fit's gain
         self.changed: list[str] = []
+        self._unreported: set[str] = set()  # turn changed, not yet listed in ``changed`` (no window since)
         # device -> [(windows, 7) array of (g, a, e) per window, count, the fits' sums so far (Reference.fit)]
         self._pending: dict[str, list] = {}
         self._due: dict[str, None] = {}  # devices with a stage to fit, in order
@@ -272,6 +275,9 @@ class Orienter:
                         self._due[devices[i]] = None
         if self._due:
             self._fit_due()
+        if self._unreported:
+            self.changed = [d for d in devices if d in self._unreported]
+            self._unreported.difference_update(self.changed)
         turned = [(i, self.turns[d]) for i, d in enumerate(devices) if d in self.turns] if self.turns else []
         if not turned:
             return windows
@@ -311,7 +317,7 @@ class Orienter:
         else:
             moved = np.degrees(Rotation.from_matrix(before.T @ after).magnitude()) > self.CHANGE_DEG
         if moved:
-            self.changed.append(device)
+            self._unreported.add(device)
 
     def snapshot(self) -> dict:
         """What a restarted consumer needs: every settled device (evicted ones too) and the turn of each
@@ -354,6 +360,7 @@ class Orienter:
         for table in (self.turns, self.gains, self._pending, self._due):
             table.pop(device, None)
         self.decided.discard(device)
+        self._unreported.discard(device)
 
     def _unpark(self, device: str) -> None:
         R = self._parked.pop(device)

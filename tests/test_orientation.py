@@ -375,6 +375,24 @@ def test_a_budget_spreads_the_fits_over_calls_and_loses_none():
     assert unlimited.reference.fitted == [5] * 4 + [15] * 4
 
 
+def test_a_device_fitted_in_a_call_without_its_windows_is_reported_with_its_next_window():
+    """Under a budget a device's fit may run in a call that holds none of its windows: it is listed in
+    ``changed`` in the next call that holds one (the pipeline flags only the devices of the batch, and the
+    drift monitor must learn of the turn before it sees the turned windows)."""
+    orienter = Orienter(_Scripted([5.0, 5.0], TWO_STAGES), budget=0.0)
+    w = _windows(12)
+    for k in range(4):  # both devices reach 5 windows in one call: only "a" is fitted then
+        orienter.apply(["a", "b"], w[2 * k:2 * k + 2])
+    orienter.apply(["a", "b"], w[8:10])
+    assert orienter.changed == ["a"] and "b" not in orienter.turns
+    orienter.apply(["a"], w[10:11])  # "b" fitted here, without a window of its own
+    assert "b" in orienter.turns and orienter.changed == []
+    orienter.apply(["b"], w[11:12])
+    assert orienter.changed == ["b"]
+    orienter.apply(["b"], w[11:12])
+    assert orienter.changed == []
+
+
 def test_later_stages_fit_on_all_the_windows_and_may_change_the_turn():
     """The default stages: 5, 15, then 30 and 45 windows, each fit on every window so far (what the
     first 15 held may be one exercise only)."""
