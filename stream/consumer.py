@@ -80,6 +80,9 @@ ACK_MODES = ("auto", "after-window", "on-receipt")
 CONFIRM_TIMEOUT = 5.0  # s: a QoS 0 prediction not sent by then was lost to a disconnection
 CLOCK_RESET = 30.0  # s: a batch this far behind a device's held ones is a new clock (as DeviceBuffer)
 LABELS_RELOADED = 64  # labels per device put back from the event store at start-up
+# Label names outside the model's classes taken (each is a row and a column of the confusion matrices, which
+# never shrink, and costs the metrics message time in its square); more such names are refused, bad_label
+MAX_OTHER_LABELS = 32
 
 
 def consumer_topic(prefix: str, consumer_id: str, kind: str) -> str:
@@ -345,6 +348,7 @@ class Consumer:
         self._evicted: OrderedDict[str, tuple] = OrderedDict()  # device -> state, seq
         self._last_seen: dict[str, float] = {}
         self._label_only: dict[str, float] = {}  # devices with labels and no samples yet -> last label's arrival
+        self._other_labels: set[str] = set()  # label names taken that the model has no class for
         self.store: EventStore | None = None
         self.shared: SharedDevices | None = None
         if config.state_store:
@@ -387,11 +391,23 @@ class Consumer:
             "id DESC) AS k FROM labels) WHERE k <= ? ORDER BY id", (LABELS_RELOADED,))
         now = time.monotonic()
         for device, label, start, end in rows:
+            if not self._takes_label(label):
+                continue
             self.labels.add(device, label, start, end)
             self.history.track(device)
             self._label_only[device] = now
         if rows:
             log.info("%d labels of %d devices put back from the event store", len(rows), len(self._label_only))
+
+    def _takes_label(self, label: str) -> bool:
+        """Whether to take a label message's name: one of the model's classes, or one of the first
+        MAX_OTHER_LABELS other names (scored as the model's errors: it cannot name them)."""
+        if label in self._other_labels or label in self.pipeline.classifier.classes:
+            return True
+        if len(self._other_labels) >= MAX_OTHER_LABELS:
+            return False
+        self._other_labels.add(label)
+        return True
 
     # -- checkpoints ---------------------------------------------------------------------------
     def _restore(self, classifier: StatefulClassifier) -> None:
@@ -511,9 +527,9 @@ class Consumer:
                     self._forget_device(gone)
             self.pipeline.evict(device)
             self.acks.drop_device(device)  # its partial window goes: nothing to wait for
+            # its last windows are final now: scored, then learnt from
+            self._publish_drift(self._resolved(self.history.flush(device, self.labels)))
             self.monitor.forget(device)
-            for w in self.history.flush(device, self.labels):  # its last windows are final now
-                self._collect(w)
             self._submit(device, self._pending_sequences.pop(device, []))  # fewer than k1 windows
             self.labels.forget(device)
             del self._last_seen[device]
@@ -842,6 +858,9 @@ class Consumer:
                 self._take(batch, arrival, mid, qos)
             elif kind == "label":
                 label, start, end = decode_label(payload)
+                if not self._takes_label(label):
+                    raise Rejected("bad_label", f"{label[:24]!r}: more than {MAX_OTHER_LABELS} names outside "
+                                                f"the model's classes")
                 self.labels.add(device, label, start, end)
                 if self.store is not None:
                     self.store.label(device, label, start, end)
@@ -1036,7 +1055,6 @@ class Consumer:
 
     # -- online learning, drift, live metrics -------------------------------------------------
     def _after_predictions(self, predictions: list[Prediction]) -> None:
-        cfg = self.config
         events: list[DriftEvent] = []
         for p in predictions:  # magnitude and mean computed for the whole batch by the pipeline
             if p.reoriented:  # turned anew: not a drift of its own making (models.orientation)
@@ -1046,11 +1064,21 @@ class Consumer:
             if p.device in self.history:
                 self.history.add(LabelledWindow(p.device, p.t_end, p.window, p.state_before(), p.label,
                                                 p.confidence))
-        for w in self.history.resolve(self.labels):
+        events += self._resolved(self.history.resolve(self.labels))
+        self._publish_drift(events)
+
+    def _resolved(self, windows: list[LabelledWindow]) -> list[DriftEvent]:
+        """Windows whose label is settled: each labelled one scored (prequential), then all to the learner."""
+        events: list[DriftEvent] = []
+        for w in windows:
             if w.label is not None:
                 events += self.monitor.labelled(w.device, w.t_end, w.label, w.predicted,
                                                 w.samples.mean(axis=0), window_motion(w.samples))
             self._collect(w)
+        return events
+
+    def _publish_drift(self, events: list[DriftEvent]) -> None:
+        cfg = self.config
         for e in events:
             target = (consumer_topic(cfg.prefix, cfg.consumer_id, "drift") if e.device == "_all"
                       else f"{cfg.prefix}/{e.device}/drift")

@@ -22,7 +22,9 @@ where no labels come, the mean confidence of recent windows estimates accuracy.
 from __future__ import annotations
 
 import math
+import time
 from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -63,8 +65,8 @@ LABELLED_SPREADS = 3.0
 LABELLED_CONFIRM = 1
 LABELLED_SKIP = frozenset({REST})  # held any way at all between sets: never a reference
 # Devices sending labels, within one set: consecutive labelled windows of one class (SET_GAP device seconds
-# apart at most) are held one way, a few degrees apart, whether or not the class was seen before. From the
-# set's SET_MIN_WINDOWS-th window on, a window turned beyond max(SET_DEG, SET_SPREADS × the set's own mean
+# apart at most) are held one way, a few degrees apart, whether or not the class was seen before. Once the
+# set's first SET_MIN_WINDOWS windows have made its direction, a window turned beyond max(SET_DEG, SET_SPREADS × the set's own mean
 # deviation) from the set's mean direction, confirmed by SET_CONFIRM more, is drift: a sensor turned in the
 # middle of a set shows within seconds, where the per-class check above needs 5 windows of the class first.
 # Only a turned window that moves as much as the set's others (within SET_MOTION_RATIO of their geometric
@@ -97,6 +99,7 @@ STILL_SHARE = 0.25
 # fact about the model, not drift: it is not fed to the detector.
 KNOWN_MIN = 5
 KNOWN_ERROR = 0.34
+NEEDING_LABELS_LISTED = 20  # devices named in the metrics message as needing labels (the count is always given)
 
 
 def _unit(v: np.ndarray) -> tuple[float, float, float] | None:
@@ -168,7 +171,7 @@ class _Detectors:
     __slots__ = ("device", "rolling_size", "magnitude", "confidence", "orientation", "directions",
                  "orientation_pending", "error", "accuracy", "kappa", "rolling", "rolling_confidence", "drifts",
                  "needs_labels", "last_drift", "label_directions", "label_turned", "fired", "known",
-                 "oriented_at", "set", "run")
+                 "oriented_at", "set", "run", "last_t")
 
     def __init__(self, device: str, rolling: int) -> None:
         self.device = device
@@ -195,6 +198,7 @@ class _Detectors:
         self.oriented_at: float | None = None  # device time the device's windows were last turned anew
         self.set: _Set | None = None  # the labelled set under way
         self.run: _Set | None = None  # the run of steadily moving windows under way (no labels needed)
+        self.last_t: float | None = None  # device time of the last classified window (a clock reset shows)
 
     def scored(self) -> _Detectors:
         """The label-fed detectors and metrics, made on first use."""
@@ -209,9 +213,11 @@ class _Detectors:
 class Monitor:
     """Every device's detectors and metrics, plus the overall ones (device ``_all``)."""
 
-    def __init__(self, rolling: int = 50, labelled_recently: float = 60.0) -> None:
+    def __init__(self, rolling: int = 50, labelled_recently: float = 60.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.rolling = rolling
         self.labelled_recently = labelled_recently
+        self.clock = clock  # times the overall detectors' cooldown: their windows come in every device's time
         self._devices: dict[str, _Detectors] = {}
         self._all = _Detectors("_all", rolling * 10).scored()
         self.confusion = metrics.ConfusionMatrix()
@@ -243,6 +249,18 @@ class Monitor:
         self._devices.pop(device, None)
         self._last_label_t.pop(device, None)
 
+    def _clock_reset(self, device: str, dev: _Detectors) -> None:
+        """The device's clock went back (a restarted device: a new session). What is timed in its old
+        clock would hold for hours of the new one: when it last labelled, when each signal last fired,
+        when it was last turned anew, the set and run under way."""
+        self._last_label_t.pop(device, None)
+        dev.fired = None
+        dev.oriented_at = None
+        dev.set = None
+        dev.run = None
+        dev.orientation_pending = 0
+        dev.label_turned = 0
+
     def observe(self, device: str, t: float, magnitude: float, confidence: float,
                 mean_acc: np.ndarray | None = None, predicted: str | None = None,
                 motion: float | None = None) -> list[DriftEvent]:
@@ -252,8 +270,13 @@ class Monitor:
         with ``motion`` (``window_motion``) too, the check within runs of steadily moving windows.
         """
         out = []
-        has_labels = device in self._last_label_t and t - self._last_label_t[device] < self.labelled_recently
         dev = self._get(device)
+        if dev.last_t is not None and t < dev.last_t:
+            self._clock_reset(device, dev)  # windows come in time order: the device's clock went back
+        dev.last_t = t
+        has_labels = 0.0 <= t - self._last_label_t.get(device, -math.inf) < self.labelled_recently
+        if not (math.isfinite(magnitude) and math.isfinite(confidence)):
+            return out  # one NaN would poison the detectors' means for good (not seen; cheap insurance)
         direction = _unit(mean_acc) if mean_acc is not None and predicted is not None else None
         if direction is not None:
             usual, count = dev.directions.get(predicted, (direction, 0))
@@ -309,10 +332,13 @@ class Monitor:
         while the true class's direction is known from before the turn. ``motion`` (``window_motion``)
         tells a class held still, whose direction is not checked (STILL_MOTION); None: not known.
         """
-        self._last_label_t[device] = t
+        last_t = self._devices[device].last_t if device in self._devices else None
+        ended = last_t is not None and t > last_t  # after the device's clock went back: an ended session's
+        if not ended:
+            self._last_label_t[device] = max(t, self._last_label_t.get(device, -math.inf))
         out = []
         self.confusion.update(truth, predicted)
-        dev = self._get(device) if mean_acc is not None and truth not in LABELLED_SKIP else None
+        dev = self._get(device) if mean_acc is not None and truth not in LABELLED_SKIP and not ended else None
         if dev is not None and (dev.oriented_at is None or t >= dev.oriented_at):  # not from before a turn
             motion = STILL_MOTION if motion is None else float(motion)  # None: moving, as before
             turn = self._labelled_angle(dev, truth, mean_acc, motion)
@@ -440,12 +466,17 @@ class Monitor:
     def _emit(self, out: list[DriftEvent], det: _Detectors, device: str, detector: str, signal: str,
               t: float, value: float, has_labels: bool) -> None:
         """Report a detection, unless the same signal fired on the same device less than COOLDOWN
-        seconds (device time) ago: a condition that lasts is one drift, not one per set."""
+        seconds (device time; the overall detectors: the consumer's clock) ago: a condition that lasts is
+        one drift, not one per set."""
         if det.fired is None:
             det.fired = {}
+        if det is self._all:  # its windows come in every device's own clock
+            t_cool = self.clock()
+        else:
+            t_cool = t
         last = det.fired.get(signal)
-        det.fired[signal] = t
-        if last is not None and t - last < COOLDOWN:
+        det.fired[signal] = t_cool
+        if last is not None and 0.0 <= t_cool - last < COOLDOWN:
             self.event_counts[f"{detector}:{signal}:repeated"] += 1
             return
         out.append(self._event(det, device, detector, signal, t, value, has_labels))
@@ -478,11 +509,18 @@ class Monitor:
         """Overall metrics, the confusion matrix and per-class recall, for the metrics message."""
         out = self._summary(self._all)
         labels = sorted(self.confusion.classes)
-        matrix = [[int(self.confusion[t][p]) for p in labels] for t in labels]
+        cells = self.confusion.data  # read with get: indexing river's matrix stores every cell it reads
+        matrix = [[int(cells.get(t, {}).get(p, 0)) for p in labels] for t in labels]
         out["per_class_recall"] = {c: round(row[i] / sum(row), 4)
                                    for i, (c, row) in enumerate(zip(labels, matrix, strict=True)) if sum(row)}
         out["confusion"] = {"labels": labels, "matrix": matrix}
         out["drift_counts"] = dict(self.event_counts)
+        # a device's own drift without labels (an orientation turn is only ever a device's) asks for its
+        # labels until one of its windows is labelled; the overall flag alone missed those
+        needing = [d for d, det in self._devices.items() if det.needs_labels]
+        out["needs_labels"] = bool(out["needs_labels"] or needing)
+        out["devices_needing_labels"] = len(needing)
+        out["needing_labels"] = sorted(needing)[:NEEDING_LABELS_LISTED]
         return out
 
     def device_summary(self, device: str) -> dict | None:

@@ -200,3 +200,101 @@ def test_the_pipeline_gives_each_prediction_its_windows_motion(tiny_model):
     for p in predictions:
         assert np.isclose(p.motion, window_motion(p.window), atol=1e-3)
         assert (p.motion < 0.2) == (p.device == "still")
+
+
+# -- review findings: a clock that goes back, the overall cooldown, who needs labels, the summary --------
+def _labelled_then_confidence_falls(t_labels: float, t_after: float) -> list:
+    """A device labels 10 windows, then, labelling no more, its confidence collapses from its
+    100th window on; returns the device's confidence events."""
+    mon = Monitor()
+    t = t_labels
+    for _ in range(10):
+        mon.observe("d", t, 9.81, 0.95)
+        mon.labelled("d", t, "squat", "squat")
+        t += 2.0
+    events, t = [], t_after
+    for i in range(300):
+        events += mon.observe("d", t, 9.81, 0.95 if i < 100 else 0.3)
+        t += 2.0
+    return [e for e in events if e.signal == "confidence" and e.device == "d"]
+
+
+def test_a_device_whose_clock_went_back_is_not_taken_for_one_still_labelling():
+    """A phone's time since boot: after a restart its clock is hours behind the last label, which must not
+    make it a device "with recent labels" (whose confidence falls are not reported) for hours."""
+    same_clock = _labelled_then_confidence_falls(20000.0, 20140.0)
+    assert len(same_clock) == 1 and same_clock[0].needs_labels
+    restarted = _labelled_then_confidence_falls(20000.0, 100.0)
+    assert len(restarted) == 1 and restarted[0].needs_labels
+
+
+def test_the_cooldown_of_a_restarted_device_starts_afresh():
+    """A magnitude drift (a sensor sending g as m/s²) in the old session, then again after the clock went
+    back: the second is reported (a negative elapsed time is not "within the cooldown")."""
+    mon = Monitor()
+    fired = []
+    for t0 in (20000.0, 100.0):
+        for i in range(200):
+            fired += [e for e in mon.observe("d", t0 + 2.0 * i, 9.81 if i < 100 else 1.0, 0.9)
+                      if e.signal == "input_magnitude" and e.device == "d"]
+    assert len(fired) == 2 and fired[1].t < fired[0].t
+
+
+def test_labelled_windows_of_an_ended_session_do_not_mark_the_new_one_as_labelled():
+    """Labels come late: the old session's last labelled windows are resolved after the device's first
+    window in its new clock; they are scored, but the new session has no labels yet."""
+    mon = Monitor()
+    for i in range(10):
+        mon.observe("d", 20000.0 + 2 * i, 9.81, 0.95)
+    mon.observe("d", 100.0, 9.81, 0.95)  # restarted
+    mon.labelled("d", 20018.0, "squat", "squat")  # the old session's last window, resolved now
+    assert mon.device_summary("d")["labelled_windows"] == 1
+    events = []
+    for i in range(300):
+        events += mon.observe("d", 102.0 + 2 * i, 9.81, 0.95 if i < 100 else 0.3)
+    assert [e.needs_labels for e in events if e.signal == "confidence" and e.device == "d"] == [True]
+
+
+def test_the_overall_cooldown_runs_on_the_consumers_clock_not_a_devices():
+    """Device A counts from the epoch, B from boot: the overall detectors' alarm through A must not mute
+    the next one through B for 10 minutes of the consumer's time."""
+    now = [0.0]
+    mon = Monitor(clock=lambda: now[0])
+    overall = []
+    for device, t0 in (("a", 1.7e9), ("b", 500.0)):
+        for i in range(200):
+            overall += [e for e in mon.observe(device, t0 + 2.0 * i, 9.81 if i < 100 else 1.0, 0.9)
+                        if e.device == "_all" and e.signal == "input_magnitude"]
+            now[0] += 4.0  # the consumer's clock: 800 s from a's fall to b's
+    assert [e.t for e in overall] == [1.7e9 + 210.0, 710.0]  # each fall, 5 windows on
+
+
+def test_a_devices_own_drift_without_labels_asks_for_labels_until_it_labels():
+    mon = Monitor()
+    for i in range(200):
+        mon.observe("a", 2.0 * i, 9.81 if i < 100 else 1.0, 0.9)  # a's own magnitude drift, no labels
+        mon.observe("b", 2.0 * i, 9.81, 0.9)
+    mon._all.needs_labels = False  # the overall detector's flag alone: a's own drift must still show
+    summary = mon.summary()
+    assert summary["needs_labels"] and summary["needing_labels"] == ["a"] and summary["devices_needing_labels"] == 1
+    mon.labelled("b", 400.0, "squat", "squat")  # another device's label clears nothing of a's
+    assert mon.summary()["needing_labels"] == ["a"]
+    mon.labelled("a", 400.0, "squat", "squat")
+    assert not mon.summary()["needs_labels"] and mon.summary()["needing_labels"] == []
+
+
+def test_the_summary_reads_the_confusion_matrix_without_growing_it():
+    mon = Monitor()
+    for k in range(30):
+        mon.labelled(f"d{k}", 0.0, f"class{k}", "squat")
+    before = sum(len(row) for row in mon.confusion.data.values())
+    summary = mon.summary()
+    assert len(summary["confusion"]["labels"]) == 31
+    assert sum(len(row) for row in mon.confusion.data.values()) == before == 30
+
+
+def test_a_non_finite_confidence_is_not_fed_to_the_detectors():
+    mon = Monitor()
+    for i in range(50):
+        mon.observe("d", 2.0 * i, 9.81, float("nan") if i == 10 else 0.9)
+    assert np.isfinite(mon._all.confidence.estimation) and np.isfinite(mon._get("d").confidence.estimation)

@@ -108,8 +108,14 @@ def online_metrics(view: ConsumerView, now: float) -> None:
         cols[3].metric("Estimated accuracy", number(online.get("estimated_accuracy"), "{:.1%}"),
                        help="label-free estimate from the model's own confidence; needs no labels")
         if online.get("needs_labels"):
-            st.warning("Drift was detected where no labels arrive: label a few exercises on the **Label** "
-                       "page so that the consumer can tell whether its accuracy suffers.",
+            named = [str(d) for d in online.get("needing_labels") or []]
+            count = online.get("devices_needing_labels")
+            which = ""
+            if named:
+                which = " (" + ", ".join(f"`{d}`" for d in named)
+                which += f" and {count - len(named)} more)" if isinstance(count, int) and count > len(named) else ")"
+            st.warning(f"Drift was detected where no labels arrive{which}: label a few exercises on the "
+                       "**Label** page so that the consumer can tell whether its accuracy suffers.",
                        icon=":material/label:")
         chart = history_chart(view, now)
         if chart is not None:
