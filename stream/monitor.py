@@ -347,6 +347,7 @@ class Monitor:
                 dev.label_turned = dev.label_turned + 1 if angle > limit else 0
                 if dev.label_turned == LABELLED_CONFIRM + 1:
                     self._emit(out, dev, device, "labelled", "orientation", t, angle, True)
+                    dev.label_turned = 0  # confirmed: the next turn, of any class, is confirmed afresh
             angle = self._set_angle(dev, t, truth, mean_acc, motion)
             if angle is not None:
                 self._emit(out, dev, device, "set", "orientation", t, angle, True)

@@ -298,3 +298,28 @@ def test_a_non_finite_confidence_is_not_fed_to_the_detectors():
     for i in range(50):
         mon.observe("d", 2.0 * i, 9.81, float("nan") if i == 10 else 0.9)
     assert np.isfinite(mon._all.confidence.estimation) and np.isfinite(mon._get("d").confidence.estimation)
+
+
+def test_after_a_confirmed_turn_the_next_turn_is_confirmed_afresh():
+    """A turn of rows is reported; 15 minutes later, with no window of a known class in between, curls turn
+    too: reported as well (the count of turned windows was left at the first alarm's and the curls' turn
+    was swallowed, their direction forgotten unconfirmed)."""
+    rng = np.random.default_rng(3)
+    mon = Monitor()
+    row, curl = np.array([9.3, 1.5, 2.7]), np.array([1.0, 9.5, 2.0])
+    c, s = np.cos(np.radians(120)), np.sin(np.radians(120))
+    turn = np.array([[1, 0, 0], [0, c, -s], [0, s, c]])
+    events, t = [], 0.0
+    for k in range(40):
+        label, mean = ("row", row) if (k // 10) % 2 else ("curl", curl)
+        events += mon.labelled("d", t, label, label, mean + rng.normal(0, 0.3, 3))
+        t += 2.0
+    for _ in range(2):
+        events += mon.labelled("d", t, "row", "row", turn @ row + rng.normal(0, 0.3, 3))
+        t += 2.0
+    t += 900.0
+    for _ in range(2):
+        events += mon.labelled("d", t, "curl", "curl", np.array([9.5, 1.0, -2.0]) + rng.normal(0, 0.3, 3))
+        t += 2.0
+    fired = [e for e in events if e.detector == "labelled"]
+    assert [round(e.t) for e in fired] == [82, 986]
