@@ -368,13 +368,15 @@ def read_muvr(src: str | Path, progress: bool = False) -> Recording:
 
     ``src`` is the data set's folder or its ``labelled``. One device per file (set):
     ``muvr-<group>-<file stem>``, a UUID stem shortened to its first 8 digits so the id fits MQTT's
-    64 characters; one subject, ``muvr-1``.
+    64 characters; one subject, ``muvr-1``. Sets whose samples repeat another's are kept once if their
+    labels agree, else left out (both logged).
     """
     root = _root(src, "labelled")
     paths = sorted(root.glob("*/*.csv"))
     if not paths:
         raise DatasetError(f"{root}: no <group>/*.csv files: not the muvr data set (labelled/)")
     out = _Builder(with_gyro=False)
+    sets: dict[bytes, list[tuple[Path, str, np.ndarray, np.ndarray]]] = {}  # samples -> the sets holding them
     for path in _files(paths, progress, "muvr"):
         xyz: list[tuple[float, float, float]] = []
         labels: list[str] = []
@@ -395,7 +397,27 @@ def read_muvr(src: str | Path, progress: bool = False) -> Recording:
         stem = path.stem[:8] if _UUID.fullmatch(path.stem) else path.stem
         device = _device_name("muvr", path.parent.name, stem)
         acc = np.array(xyz) * -G  # Pebble reports gravity's direction, Android the specific force
-        out.add(device, "muvr-1", np.arange(len(xyz)) / _MUVR_RATE, acc, np.array(labels))
+        digest = hashlib.sha1(np.round(acc, 4).tobytes()).digest()
+        sets.setdefault(digest, []).append((path, device, acc, np.array(labels)))
+    # a set whose samples repeat another's is one set: kept once where their labels agree, and left out
+    # where they do not (18-09-15-triceps-biceps-lateral holds one set as a biceps curl and as a lateral
+    # raise: split by set, it was in one fold's test and the other's training)
+    repeated, contradicted = [], []
+    for copies in sets.values():
+        path, device, acc, labels = copies[0]
+        if len(copies) > 1:
+            if all(np.array_equal(labels, c[3]) for c in copies[1:]):
+                repeated += [f"{c[0].name} = {path.name}" for c in copies[1:]]
+            else:
+                contradicted.append(" and ".join(f"{c[0].parent.name}/{c[0].name} ({c[3][0]})" for c in copies))
+                continue
+        out.add(device, "muvr-1", np.arange(len(acc)) / _MUVR_RATE, acc, labels)
+    if repeated:
+        log.warning("muvr: skipped %d sets that repeat an earlier set's samples, e.g. %s", len(repeated),
+                    repeated[0])
+    if contradicted:
+        log.warning("muvr: left out %d sets whose samples repeat under another label: %s", len(contradicted),
+                    "; ".join(contradicted))
     return out.build("muvr", root)
 
 

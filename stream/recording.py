@@ -74,18 +74,30 @@ class Recording:
 
 
 def concat_recordings(recordings: list[Recording]) -> Recording:
-    """Rows of several recordings, one after the other (optional columns kept only if all have them)."""
+    """Rows of several recordings, one after the other (the gyroscope kept only if all have it). A device
+    id found in more than one of them is made distinct per file (``id#2``, ...: two files' clocks are not
+    one stream), its person staying the id (``subject``, always kept: a file without the column names each
+    device's person by its id, so that files with and without it keep their people apart)."""
     if len(recordings) == 1:
         return recordings[0]
     gyro = all(r.gyro is not None for r in recordings)
-    subject = all(r.subject is not None for r in recordings)
+    devices, seen = [], set()
+    for k, r in enumerate(recordings):
+        names = set(np.unique(r.device).tolist())
+        clash = names & seen
+        seen |= names
+        if clash:
+            renamed = np.array([f"{d}#{k + 1}" if d in clash else d for d in r.device.tolist()])
+            devices.append(renamed)
+        else:
+            devices.append(r.device)
     return Recording(
-        device=np.concatenate([r.device for r in recordings]),
+        device=np.concatenate(devices),
         t=np.concatenate([r.t for r in recordings]),
         acc=np.concatenate([r.acc for r in recordings]),
         label=np.concatenate([r.label for r in recordings]),
         gyro=np.concatenate([r.gyro for r in recordings]) if gyro else None,
-        subject=np.concatenate([r.subjects() for r in recordings]) if subject else None,
+        subject=np.concatenate([r.subjects() for r in recordings]),
     )
 
 
@@ -148,7 +160,7 @@ def read_recording(path: str | Path) -> Recording:
     if not numbers:
         raise RecordingError(f"{path}: no samples")
     data = np.asarray(numbers, dtype=np.float64)
-    return Recording(
+    rec = Recording(
         device=np.asarray(devices),
         t=data[:, 0],
         acc=data[:, 1:4].astype(np.float32),
@@ -156,6 +168,18 @@ def read_recording(path: str | Path) -> Recording:
         gyro=data[:, 4:7].astype(np.float32) if has_gyro else None,
         subject=np.asarray(subjects) if has_subject else None,
     )
+    return _grouped(rec)
+
+
+def _grouped(rec: Recording) -> Recording:
+    """Each device's rows together (devices in order of first appearance, rows in file order): a file may
+    interleave devices (as they arrived live); the rest of the code reads each device as one run."""
+    runs = sum(1 for _ in rec.segments())
+    if runs == len(set(rec.device.tolist())):
+        return rec
+    first = {d: i for i, d in reversed(list(enumerate(rec.device.tolist())))}
+    rank = np.array([first[d] for d in rec.device.tolist()])
+    return rec.take(np.argsort(rank, kind="stable"))
 
 
 def write_recording(path: str | Path, rec: Recording) -> None:

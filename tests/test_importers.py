@@ -224,6 +224,25 @@ def test_muvr(tmp_path):
     assert set(rec.subject) == {"muvr-1"}
 
 
+def test_muvr_sets_repeating_another_are_kept_once_or_left_out_when_labelled_apart(tmp_path):
+    """muvr holds one set twice, once as a biceps curl and once as a lateral raise: split by set, it was in
+    one fold's test and the other's training, under the other label. A repeat under the same label is one
+    set."""
+    src = write_muvr(tmp_path / "muvr")
+    tbl = src / "labelled" / "18-09-15-triceps-biceps-lateral"
+    def samples(label: str) -> str:
+        return "".join(f"0.{k},0.5,0.1,{label},,,\n" for k in range(6))
+
+    (tbl / "09d9df3c-0000-4000-8000-000000000000.csv").write_text(samples("biceps-curl"))
+    (tbl / "e5bb0aad-0000-4000-8000-000000000000.csv").write_text(samples("lateral-raise"))
+    arms = src / "labelled" / "arms"
+    (arms / "labelled_arms_jan-2_3.csv").write_text("0.0,0.0,-1.0,biceps-curl,,40.0,20\n" * 8)  # = _1
+    rec = load_dataset("muvr", src)
+    assert set(rec.device) == {"muvr-arms-labelled_arms_jan-2_1", "muvr-arms-labelled_arms_jan-2_2",
+                               "muvr-18-09-15-triceps-biceps-lateral-010f0d71"}
+    assert len(rec) == 17
+
+
 def test_muvr_errors(tmp_path):
     src = write_muvr(tmp_path / "muvr")
     bad = src / "labelled" / "arms" / "labelled_arms_jan-2_2.csv"
