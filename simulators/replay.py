@@ -12,7 +12,18 @@ from tqdm import tqdm
 from stream.mqtt import BrokerURL, connect
 from stream.recording import Recording
 
-__all__ = ["replay"]
+__all__ = ["replay", "label_spans"]
+
+SPAN_EPS = 1e-6  # s: a span's end beyond its last sample, far below any sample spacing
+
+
+def label_spans(t: np.ndarray, label: np.ndarray) -> list[tuple[int, int, str]]:
+    """(first row, last row, label) of each run of consecutive rows under one non-empty label."""
+    if len(label) == 0:
+        return []
+    change = np.flatnonzero(label[1:] != label[:-1]) + 1
+    bounds = np.concatenate([[0], change, [len(label)]])
+    return [(int(a), int(b) - 1, str(label[a])) for a, b in zip(bounds[:-1], bounds[1:], strict=True) if label[a]]
 
 
 def replay(rec: Recording, broker: BrokerURL, prefix: str = "har", speed: float = 1.0, labels: bool = False,
@@ -21,38 +32,41 @@ def replay(rec: Recording, broker: BrokerURL, prefix: str = "har", speed: float 
     """Publish every device of ``rec`` as native imu messages of ``interval`` seconds of samples.
 
     Devices play side by side, each from its own first timestamp; ``speed`` 0 publishes as fast as
-    possible. Labels go out as ``{"label", "t"}`` whenever a device's label changes.
+    possible. With ``labels``, each run of a device's rows under one non-empty label goes out once, before
+    its first sample, as the span ``{"label", "start", "end"}``: from the run's first sample to its last
+    (plus ``SPAN_EPS``, for the consumer's grid times rounded off it), so that the consumer's windows inside
+    the run get the label and a window reaching into the next run, or into an unlabelled stretch, gets none
+    (an open ``{"label", "t"}`` would hold over the unlabelled rows that follow).
     """
     stop = stop or threading.Event()
     client = connect(broker, "replay")
-    messages = []  # (offset from the device's start, device, seq, rows)
+    messages = []  # (offset from the device's start, device, seq, rows, label spans starting in them)
     for device, rows in rec.segments():
         t = rec.t[rows]
         edges = np.searchsorted(t, np.arange(t[0], t[-1] + interval, interval), side="left")
         edges = np.unique(np.append(edges, len(t)))
+        spans = label_spans(t, rec.label[rows]) if labels else []
+        starts = np.asarray([s[0] for s in spans], dtype=np.int64)
         for seq, (a, b) in enumerate(zip(edges[:-1], edges[1:], strict=True)):
             if b > a:
-                messages.append((float(t[b - 1] - t[0]), device, seq, rows.start + a, rows.start + b))
+                first, last = np.searchsorted(starts, [a, b], side="left")
+                here = [{"label": name, "start": float(np.round(t[i], 4)), "end": float(np.round(t[j], 4)) + SPAN_EPS}
+                        for i, j, name in spans[first:last]]
+                messages.append((float(t[b - 1] - t[0]), device, seq, rows.start + a, rows.start + b, here))
     messages.sort(key=lambda m: m[0])
-    last_label: dict[str, str] = {}
     start = time.monotonic()
     samples = 0
     info = None
     try:
-        for offset, device, seq, a, b in tqdm(messages, desc="replaying", unit="msg", disable=not progress):
+        for offset, device, seq, a, b, spans in tqdm(messages, desc="replaying", unit="msg", disable=not progress):
             if stop.is_set():
                 break
             if speed > 0:
                 delay = start + offset / speed - time.monotonic()
                 if delay > 0 and stop.wait(delay):
                     break
-            if labels:
-                seg = rec.label[a:b]
-                for i in [0, *(np.flatnonzero(seg[1:] != seg[:-1]) + 1).tolist()]:
-                    if seg[i] and last_label.get(device) != seg[i]:
-                        last_label[device] = str(seg[i])
-                        client.publish(f"{prefix}/{device}/label",
-                                       orjson.dumps({"label": str(seg[i]), "t": float(rec.t[a + i])}), qos=1)
+            for span in spans:  # before the run's first sample, so its windows are kept for it
+                client.publish(f"{prefix}/{device}/label", orjson.dumps(span), qos=1)
             body = {"seq": seq, "t": rec.t[a:b].round(4).tolist(), "acc": rec.acc[a:b].round(4).tolist()}
             if rec.gyro is not None:  # as the device sent it: a model that reads the gyroscope needs it
                 body["gyro"] = rec.gyro[a:b].round(5).tolist()

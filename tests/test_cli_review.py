@@ -1,0 +1,83 @@
+"""Defects found by a review of the command line, the simulators, recording files and the dashboard."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+
+import numpy as np
+import orjson
+import pytest
+
+from stream.mqtt import connect
+from stream.recording import Recording
+
+
+def _prefix() -> str:
+    return f"hartest{uuid.uuid4().hex[:8]}"
+
+
+def _collect(broker_url, topics: list[str]):
+    """A subscribed client and the (topic, payload) list it fills."""
+    got: list[tuple[str, bytes]] = []
+    lock = threading.Lock()
+
+    def on_message(client, userdata, msg):
+        with lock:
+            got.append((msg.topic, msg.payload))
+
+    watch = connect(broker_url, f"test-watch-{uuid.uuid4().hex[:6]}", on_message=on_message,
+                    subscriptions=[(t, 1) for t in topics])
+    return watch, got
+
+
+def _stop(client) -> None:
+    client.disconnect()
+    client.loop_stop()
+
+
+def _labelled_recording(rate: float = 50.0) -> Recording:
+    """One device, 16 s: squat 0-4 s, unlabelled 4-8 s, curl 8-12 s, squat again 12-16 s."""
+    t = np.round(np.arange(0, 16, 1 / rate), 4)
+    label = np.where(t < 4, "squat", np.where(t < 8, "", np.where(t < 12, "curl", "squat")))
+    rng = np.random.default_rng(0)
+    return Recording(device=np.full(len(t), "dev1"), t=t, acc=rng.normal(0, 1, (len(t), 3)).astype(np.float32),
+                     label=label)
+
+
+# -- 1. replay --labels publishes each labelled run as a span ------------------------------------------
+@pytest.mark.broker
+def test_replay_labels_are_spans_that_leave_unlabelled_stretches_unlabelled(broker_url):
+    from simulators.replay import replay
+    from stream.labels import EPS, LabelBook, decode_label
+    rec = _labelled_recording()
+    prefix = _prefix()
+    watch, got = _collect(broker_url, [f"{prefix}/+/label", f"{prefix}/+/imu"])
+    try:
+        sent = replay(rec, broker_url, prefix=prefix, speed=0, labels=True, qos=1)
+        deadline = time.monotonic() + 10
+        while sum(t.endswith("/imu") for t, _ in got) < sent["messages"] and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        _stop(watch)
+    labels = [orjson.loads(p) for t, p in got if t.endswith("/label")]
+    assert [(m["label"], m["start"]) for m in labels] == [("squat", 0.0), ("curl", 8.0), ("squat", 12.0)]
+    assert all("t" not in m and m["end"] > m["start"] for m in labels)
+    # each span's label is published before the imu message holding the run's first sample
+    order = [(t.rsplit("/", 1)[1], orjson.loads(p)) for t, p in got]
+    for m in labels:
+        i = next(k for k, (kind, b) in enumerate(order) if kind == "label" and b == m)
+        j = next(k for k, (kind, b) in enumerate(order) if kind == "imu" and b["t"][0] <= m["start"] <= b["t"][-1])
+        assert i < j
+    book = LabelBook()
+    for m in labels:
+        book.add("dev1", *decode_label(orjson.dumps(m)))
+    span = 49 / 25  # the default model's window: 50 samples at 25 Hz
+    window = lambda t_end: book.window_label("dev1", t_end - span + EPS, t_end)  # noqa: E731 (as WindowHistory)
+    assert window(1.96) == "squat"
+    assert window(3.98) == "squat"  # ends on the run's last sample: inside the run
+    assert window(4.02) is None  # reaches into the unlabelled stretch
+    assert book.at("dev1", 6.0) is None  # the unlabelled stretch is not the squat before it
+    assert window(7.96) is None and window(9.9) is None and window(9.96) == "curl"
+    assert window(11.98) == "curl" and window(12.04) is None and window(15.98) == "squat"
