@@ -19,7 +19,23 @@ import orjson
 from simulators.workout import DeviceStream
 from stream.mqtt import BrokerURL, connect
 
-__all__ = ["SimulatorConfig", "Simulator"]
+__all__ = ["SimulatorConfig", "Simulator", "MIN_INTERVAL", "check_interval", "check_speed"]
+
+MIN_INTERVAL = 0.01  # s: the shortest message interval of a simulator or a replay (100 messages/s per device)
+
+
+def check_interval(interval: float) -> float:
+    """``interval`` (seconds of samples per message) if at least ``MIN_INTERVAL`` and finite; else ValueError."""
+    if not (isinstance(interval, (int, float)) and MIN_INTERVAL <= interval < float("inf")):
+        raise ValueError(f"'interval' must be a number of seconds, at least {MIN_INTERVAL:g} (got {interval!r})")
+    return float(interval)
+
+
+def check_speed(speed: float) -> float:
+    """``speed`` if finite and not negative (0: as fast as possible); else ValueError."""
+    if not (isinstance(speed, (int, float)) and 0 <= speed < float("inf")):
+        raise ValueError(f"'speed' must be 0 (as fast as possible) or more (got {speed!r})")
+    return float(speed)
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +63,8 @@ class SimulatorConfig:
             raise ValueError("'devices' must be at least 1")
         if not 0.0 <= self.label_fraction <= 1.0:
             raise ValueError("'label_fraction' must be within [0, 1]")
+        check_interval(self.interval)
+        check_speed(self.speed)
 
 
 class Simulator:

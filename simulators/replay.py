@@ -9,6 +9,7 @@ import numpy as np
 import orjson
 from tqdm import tqdm
 
+from simulators.publisher import check_interval, check_speed
 from stream.mqtt import BrokerURL, connect
 from stream.recording import Recording
 
@@ -38,13 +39,14 @@ def replay(rec: Recording, broker: BrokerURL, prefix: str = "har", speed: float 
     the run get the label and a window reaching into the next run, or into an unlabelled stretch, gets none
     (an open ``{"label", "t"}`` would hold over the unlabelled rows that follow).
     """
+    interval, speed = check_interval(interval), check_speed(speed)
     stop = stop or threading.Event()
     client = connect(broker, "replay")
     messages = []  # (offset from the device's start, device, seq, rows, label spans starting in them)
     for device, rows in rec.segments():
         t = rec.t[rows]
-        edges = np.searchsorted(t, np.arange(t[0], t[-1] + interval, interval), side="left")
-        edges = np.unique(np.append(edges, len(t)))
+        slot = np.floor((t - t[0]) / interval)  # message k: t[0] + k interval <= t < t[0] + (k + 1) interval
+        edges = np.concatenate([[0], np.flatnonzero(slot[1:] != slot[:-1]) + 1, [len(t)]])
         spans = label_spans(t, rec.label[rows]) if labels else []
         starts = np.asarray([s[0] for s in spans], dtype=np.int64)
         for seq, (a, b) in enumerate(zip(edges[:-1], edges[1:], strict=True)):

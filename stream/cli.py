@@ -30,6 +30,25 @@ def _broker_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prefix", default="har", help="topic prefix (default: %(default)s)")
 
 
+def _interval(text: str) -> float:
+    """argparse type of --interval: seconds of samples per message, at least MIN_INTERVAL."""
+    from simulators.publisher import check_interval
+    try:
+        return check_interval(float(text))
+    except ValueError:
+        from simulators.publisher import MIN_INTERVAL
+        raise argparse.ArgumentTypeError(f"must be a number of seconds, at least {MIN_INTERVAL:g}: {text!r}") from None
+
+
+def _speed(text: str) -> float:
+    """argparse type of --speed: 0 (as fast as possible) or a positive factor of real time."""
+    from simulators.publisher import check_speed
+    try:
+        return check_speed(float(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be 0 (as fast as possible) or a positive number: {text!r}") from None
+
+
 def _model_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None, metavar="MODEL",
                    help="checkpoint file (default: the small model shipped with harstream)")
@@ -342,9 +361,10 @@ def build_parser() -> argparse.ArgumentParser:
     _broker_args(p)
     p.add_argument("--devices", type=int, default=5, help="number of devices (default: %(default)s)")
     p.add_argument("--rate", type=float, default=50.0, help="sample rate in Hz (default: %(default)s)")
-    p.add_argument("--interval", type=float, default=0.2, help="seconds of samples per message (default: %(default)s)")
+    p.add_argument("--interval", type=_interval, default=0.2,
+                   help="seconds of samples per message, at least 0.01 (default: %(default)s)")
     p.add_argument("--duration", type=float, default=None, help="seconds to run (default: until stopped)")
-    p.add_argument("--speed", type=float, default=1.0, help="1 real time, 10 ten times faster, 0 as fast as possible")
+    p.add_argument("--speed", type=_speed, default=1.0, help="1 real time, 10 ten times faster, 0 as fast as possible")
     p.add_argument("--seed", type=int, default=0, help="seed; device k uses seed + k (default: %(default)s)")
     p.add_argument("--placement", default="wrist", choices=("wrist", "upper_arm", "waist"))
     p.add_argument("--labels", type=float, default=0.0, metavar="FRACTION",
@@ -360,9 +380,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("replay", help="publish a recording file over MQTT")
     _broker_args(p)
     p.add_argument("file", help="recording file (CSV, see DESIGN.md)")
-    p.add_argument("--speed", type=float, default=1.0, help="1 real time, 10 ten times faster, 0 as fast as possible")
+    p.add_argument("--speed", type=_speed, default=1.0, help="1 real time, 10 ten times faster, 0 as fast as possible")
     p.add_argument("--labels", action="store_true", help="also publish the file's labels")
-    p.add_argument("--interval", type=float, default=0.2, help="seconds of samples per message (default: %(default)s)")
+    p.add_argument("--interval", type=_interval, default=0.2,
+                   help="seconds of samples per message, at least 0.01 (default: %(default)s)")
     p.add_argument("--qos", type=int, default=1, choices=(0, 1), help="QoS of the samples (default: %(default)s)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_replay)

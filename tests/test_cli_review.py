@@ -81,3 +81,37 @@ def test_replay_labels_are_spans_that_leave_unlabelled_stretches_unlabelled(brok
     assert book.at("dev1", 6.0) is None  # the unlabelled stretch is not the squat before it
     assert window(7.96) is None and window(9.9) is None and window(9.96) == "curl"
     assert window(11.98) == "curl" and window(12.04) is None and window(15.98) == "squat"
+
+
+# -- 2. --interval and --speed are validated -----------------------------------------------------------
+@pytest.mark.parametrize("command", ["simulate", "replay"])
+@pytest.mark.parametrize("option, value", [("--interval", "0"), ("--interval", "-1"), ("--interval", "1e-9"),
+                                           ("--interval", "nan"), ("--interval", "inf"), ("--speed", "-1"),
+                                           ("--speed", "nan")])
+def test_interval_and_speed_refused_on_the_command_line(command, option, value, capsys):
+    from stream.cli import build_parser
+    args = [command, "f.csv"] if command == "replay" else [command]
+    with pytest.raises(SystemExit) as exc:
+        build_parser().parse_args([*args, f"{option}={value}"])
+    assert exc.value.code == 2
+    assert option in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["simulate", "replay"])
+def test_speed_zero_and_small_intervals_accepted(command):
+    from stream.cli import build_parser
+    args = [command, "f.csv"] if command == "replay" else [command]
+    ns = build_parser().parse_args([*args, "--speed", "0", "--interval", "0.02"])
+    assert ns.speed == 0.0 and ns.interval == 0.02
+
+
+@pytest.mark.parametrize("interval, speed", [(0.0, 1.0), (-1.0, 1.0), (1e-9, 1.0), (0.2, -1.0)])
+def test_interval_and_speed_refused_by_simulator_and_replay(interval, speed):
+    from simulators.publisher import SimulatorConfig
+    from simulators.replay import replay
+    from stream.mqtt import BrokerURL
+    url = BrokerURL.parse("mqtt://127.0.0.1:9")  # never reached: refused before connecting
+    with pytest.raises(ValueError, match="interval|speed"):
+        SimulatorConfig(broker=url, interval=interval, speed=speed)
+    with pytest.raises(ValueError, match="interval|speed"):
+        replay(_labelled_recording(), url, interval=interval, speed=speed)
