@@ -137,7 +137,21 @@ def cmd_replay(args) -> int:
     return 0
 
 
+def _check_out(path: Path) -> None:
+    """Refuse, before any work, a checkpoint path that could not be written after it (ValueError, one line)."""
+    if path.is_dir():
+        raise ValueError(f"--out {path} is a directory; give the checkpoint file to write")
+    parent = path.parent
+    if not parent.is_dir():
+        raise ValueError(f"--out {path}: folder {parent} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(f"--out {path}: folder {parent} is not writable")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise ValueError(f"--out {path} exists and is not writable")
+
+
 def cmd_train(args) -> int:
+    _check_out(args.out)
     from models.checkpoint import save_checkpoint
     from models.rnn import ModelConfig
     from models.train import TrainConfig, train

@@ -115,3 +115,23 @@ def test_interval_and_speed_refused_by_simulator_and_replay(interval, speed):
         SimulatorConfig(broker=url, interval=interval, speed=speed)
     with pytest.raises(ValueError, match="interval|speed"):
         replay(_labelled_recording(), url, interval=interval, speed=speed)
+
+
+# -- 3. train checks --out before training -----------------------------------------------------------
+@pytest.mark.parametrize("where", ["directory", "no_parent"])
+def test_train_refuses_an_unwritable_out_before_training(where, tmp_path, monkeypatch, capsys):
+    import models.train
+    import simulators.training
+    from stream.cli import main
+
+    def must_not_run(*a, **k):
+        raise AssertionError("trained (or simulated) before checking --out")
+    monkeypatch.setattr(models.train, "train", must_not_run)
+    monkeypatch.setattr(simulators.training, "simulated_training_data", must_not_run)
+    out = tmp_path / "outdir" if where == "directory" else tmp_path / "missing" / "m.pt"
+    if where == "directory":
+        out.mkdir()
+    assert main(["train", "--simulated", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(out) in err
+    assert list(tmp_path.rglob("*.tmp")) == []
