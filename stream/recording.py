@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from stream.decode import valid_device
+
 __all__ = ["Recording", "RecordingError", "concat_recordings", "read_recording", "write_recording", "REQUIRED", "OPTIONAL"]
 
 REQUIRED = ("device", "t", "ax", "ay", "az", "label")
@@ -115,48 +117,71 @@ def read_recording(path: str | Path) -> Recording:
     """Read a recording file; a bad row raises ``RecordingError`` naming its line."""
     path = Path(path)
     try:
-        handle = path.open(newline="")
+        handle = path.open(newline="", encoding="utf-8-sig")  # a byte order mark is not part of the header
     except OSError as exc:
         raise RecordingError(f"{path}: cannot open: {exc.strerror}") from None
-    with handle:
-        reader = csv.reader(handle)
-        try:
-            header = next(reader)
-        except StopIteration:
-            raise RecordingError(f"{path}: empty file, expected a header {','.join(REQUIRED)}") from None
-        header = [h.strip() for h in header]
-        missing = [c for c in REQUIRED if c not in header]
-        if missing:
-            raise RecordingError(f"{path}:1: header lacks {', '.join(missing)} (has {', '.join(header)})")
-        col = {name: header.index(name) for name in header}
-        has_gyro = all(c in col for c in ("gx", "gy", "gz"))
-        has_subject = "subject" in col
-        width = len(header)
-        devices: list[str] = []
-        labels: list[str] = []
-        subjects: list[str] = []
-        numbers: list[tuple[float, ...]] = []
-        numeric = ["t", "ax", "ay", "az"] + (["gx", "gy", "gz"] if has_gyro else [])
-        idx = [col[c] for c in numeric]
-        last_t: dict[str, float] = {}
-        for row in reader:
-            where = f"{path}:{reader.line_num}"
-            if not row:
-                continue
-            if len(row) != width:
-                raise RecordingError(f"{where}: {len(row)} fields, header has {width}")
-            device = row[col["device"]]
-            if not device:
-                raise RecordingError(f"{where}: empty device")
-            values = tuple(_float(row[i], c, where) for i, c in zip(idx, numeric, strict=True))
-            if device in last_t and values[0] < last_t[device]:
-                raise RecordingError(f"{where}: time goes backwards for device {device!r}")
-            last_t[device] = values[0]
-            devices.append(device)
-            labels.append(row[col["label"]].strip())
-            if has_subject:
-                subjects.append(row[col["subject"]])
-            numbers.append(values)
+    try:
+        with handle:
+            rec = _read_rows(path, handle)
+    except UnicodeDecodeError as exc:
+        raise RecordingError(f"{path}:{_undecodable_line(path)}: not UTF-8 text ({exc.reason})") from None
+    return _grouped(rec)
+
+
+def _undecodable_line(path: Path) -> int:
+    """The first line of ``path`` that is not UTF-8 (the text reader decodes ahead, in blocks)."""
+    with path.open("rb") as handle:
+        for number, line in enumerate(handle, start=1):
+            try:
+                line.decode("utf-8-sig" if number == 1 else "utf-8")
+            except UnicodeDecodeError:
+                return number
+    return 1  # not reached: the text reader found an undecodable byte
+
+
+def _read_rows(path: Path, handle) -> Recording:
+    """The rows of an open recording file, in file order."""
+    reader = csv.reader(handle)
+    try:
+        header = next(reader)
+    except StopIteration:
+        raise RecordingError(f"{path}: empty file, expected a header {','.join(REQUIRED)}") from None
+    header = [h.strip() for h in header]
+    missing = [c for c in REQUIRED if c not in header]
+    if missing:
+        raise RecordingError(f"{path}:1: header lacks {', '.join(missing)} (has {', '.join(header)})")
+    col = {name: header.index(name) for name in header}
+    has_gyro = all(c in col for c in ("gx", "gy", "gz"))
+    has_subject = "subject" in col
+    width = len(header)
+    devices: list[str] = []
+    labels: list[str] = []
+    subjects: list[str] = []
+    numbers: list[tuple[float, ...]] = []
+    numeric = ["t", "ax", "ay", "az"] + (["gx", "gy", "gz"] if has_gyro else [])
+    idx = [col[c] for c in numeric]
+    last_t: dict[str, float] = {}
+    for row in reader:
+        where = f"{path}:{reader.line_num}"
+        if not row:
+            continue
+        if len(row) != width:
+            raise RecordingError(f"{where}: {len(row)} fields, header has {width}")
+        device = row[col["device"]]
+        if not device:
+            raise RecordingError(f"{where}: empty device")
+        if device not in last_t and not valid_device(device):
+            raise RecordingError(f"{where}: device id {device[:70]!r} is not valid (a letter or digit, then "
+                                 "letters, digits, '_', '.' or '-'; at most 64 characters)")
+        values = tuple(_float(row[i], c, where) for i, c in zip(idx, numeric, strict=True))
+        if device in last_t and values[0] < last_t[device]:
+            raise RecordingError(f"{where}: time goes backwards for device {device!r}")
+        last_t[device] = values[0]
+        devices.append(device)
+        labels.append(row[col["label"]].strip())
+        if has_subject:
+            subjects.append(row[col["subject"]])
+        numbers.append(values)
     if not numbers:
         raise RecordingError(f"{path}: no samples")
     data = np.asarray(numbers, dtype=np.float64)
@@ -168,7 +193,7 @@ def read_recording(path: str | Path) -> Recording:
         gyro=data[:, 4:7].astype(np.float32) if has_gyro else None,
         subject=np.asarray(subjects) if has_subject else None,
     )
-    return _grouped(rec)
+    return rec
 
 
 def _grouped(rec: Recording) -> Recording:

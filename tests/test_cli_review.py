@@ -135,3 +135,44 @@ def test_train_refuses_an_unwritable_out_before_training(where, tmp_path, monkey
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and str(out) in err
     assert list(tmp_path.rglob("*.tmp")) == []
+
+
+# -- 4. device ids in recording files are checked --------------------------------------------------------
+@pytest.mark.parametrize("device", ["a/b", "d,1", "_lead", "x" * 65, "dev 1", "+", "#"])
+def test_recording_refuses_device_ids_the_consumer_would_refuse(device, tmp_path):
+    import csv
+
+    from stream.recording import RecordingError, read_recording
+    path = tmp_path / "r.csv"
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerows([["device", "t", "ax", "ay", "az", "label"], ["ok1", 0, 0, 0, 9.8, "squat"],
+                     ["ok1", 0.04, 0, 0, 9.8, "squat"], [device, 0.0, 0, 0, 9.8, "squat"]])
+    with pytest.raises(RecordingError, match=rf"{path.name}:4: device id .* is not valid"):
+        read_recording(path)
+
+
+def test_recording_keeps_valid_device_ids(tmp_path):
+    from stream.recording import read_recording
+    path = tmp_path / "r.csv"
+    path.write_text("device,t,ax,ay,az,label\nA.b_c-9,0,0,0,9.8,squat\n" + f"{'x' * 64},0,0,0,9.8,\n")
+    assert read_recording(path).device.tolist() == ["A.b_c-9", "x" * 64]
+
+
+# -- 5. encodings: a byte order mark is read, bytes that are not UTF-8 name file and line -----------------
+def test_recording_with_a_byte_order_mark(tmp_path):
+    from stream.recording import read_recording
+    path = tmp_path / "bom.csv"
+    path.write_bytes(b"\xef\xbb\xbfdevice,t,ax,ay,az,label\nd1,0,0,0,9.8,squat\n")
+    assert read_recording(path).device.tolist() == ["d1"]
+
+
+@pytest.mark.parametrize("encoding, line", [("latin-1", 3000), ("utf-16", 1)])
+def test_recording_not_utf8_names_file_and_line(encoding, line, tmp_path):
+    from stream.recording import RecordingError, read_recording
+    rows = ["device,t,ax,ay,az,label"] + [f"d1,{i * 0.04:.2f},0,0,9.8,squat" for i in range(1, 2999)]
+    rows.append("d1,200,0,0,9.8,développé")  # line 3000: far beyond the text reader's first block
+    path = tmp_path / "enc.csv"
+    path.write_bytes(("\n".join(rows) + "\n").encode(encoding))
+    with pytest.raises(RecordingError, match=rf"enc\.csv:{line}: not UTF-8"):
+        read_recording(path)
