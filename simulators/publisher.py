@@ -21,6 +21,7 @@ from stream.mqtt import BrokerURL, connect
 
 __all__ = ["SimulatorConfig", "Simulator", "MIN_INTERVAL", "check_interval", "check_speed"]
 
+BLOCK = 10.0  # s: samples a simulated device generates at a time
 MIN_INTERVAL = 0.01  # s: the shortest message interval of a simulator or a replay (100 messages/s per device)
 
 
@@ -54,7 +55,7 @@ class SimulatorConfig:
     placement: str = "wrist"
     label_fraction: float = 0.0  # share of devices that publish their true labels
     scenario: str | None = None  # drift scenario name (see simulators.workout.SCENARIOS)
-    scenario_start: float = 60.0  # seconds after the start
+    scenario_start: float = 60.0  # seconds after each device's first published sample
     client_per_device: bool = False  # one MQTT client (and last will) per device
     record: str | None = None  # write everything published, with the whole truth, to this recording file
 
@@ -78,17 +79,24 @@ class Simulator:
         rng = np.random.default_rng(config.seed)
         labelled = rng.random(config.devices) < config.label_fraction
         t0 = time.time()
+        n = config.devices
+        # Devices generate samples in blocks; left aligned, all 2,000 would build their next block in the
+        # same tick (seconds of work at once). Device k skips a share k / n of its first block (``run``), so
+        # that block boundaries spread evenly over time: its first published sample is ``skip`` s into its
+        # stream, and its scenario takes effect ``scenario_start`` s after that sample, as on every device.
+        self._skip = [BLOCK * k / n if n > 1 else 0.0 for k in range(n)]
         self.devices = [
             DeviceStream(
-                f"{config.device_prefix}-{k:03d}" if config.devices <= 1000 else f"{config.device_prefix}-{k:05d}",
+                f"{config.device_prefix}-{k:03d}" if n <= 1000 else f"{config.device_prefix}-{k:05d}",
                 seed=config.seed + k,
                 rate=config.rate,
                 placement=config.placement,
                 scenario=config.scenario,
-                scenario_start=config.scenario_start,
+                scenario_start=config.scenario_start + self._skip[k],
                 t0=t0,
+                block=BLOCK,
             )
-            for k in range(config.devices)
+            for k in range(n)
         ]
         self._labelled = {d.device for d, flag in zip(self.devices, labelled, strict=True) if flag}
         self._seq = {d.device: 0 for d in self.devices}
@@ -123,11 +131,9 @@ class Simulator:
             clients[d.device].publish(self._topic(d.device, "status"), b"online", qos=1, retain=True)
         log.info("simulating %d devices at %.0f Hz on %s (%s)", cfg.devices, cfg.rate, cfg.broker,
                  "real time" if cfg.speed == 1 else f"speed {cfg.speed}" if cfg.speed else "as fast as possible")
-        # Devices generate samples in blocks; left aligned, all 2,000 would build their next block in the
-        # same tick (seconds of work at once). Skip a different share of the first block on each device
-        # so that block boundaries spread evenly over time; this also builds the first blocks up front.
-        for k, device in enumerate(self.devices):
-            device.read(device.block * k / n if n > 1 else 0.0)
+        # each device skips its share of the first block (see __init__); this also builds the first blocks
+        for skip, device in zip(self._skip, self.devices, strict=True):
+            device.read(skip)
         manual = [c for c in set(clients.values()) if c._thread is None]  # noqa: SLF001 (paho has no getter)
         start = time.monotonic()
         tick = 0

@@ -176,3 +176,35 @@ def test_recording_not_utf8_names_file_and_line(encoding, line, tmp_path):
     path.write_bytes(("\n".join(rows) + "\n").encode(encoding))
     with pytest.raises(RecordingError, match=rf"enc\.csv:{line}: not UTF-8"):
         read_recording(path)
+
+
+# -- 6. --scenario-start counts from each device's own first published sample ---------------------------
+@pytest.mark.broker
+def test_scenario_starts_scenario_start_after_each_devices_first_sample(broker_url, tmp_path):
+    from simulators.publisher import Simulator, SimulatorConfig
+    prefix = _prefix()
+    watch, got = _collect(broker_url, [f"{prefix}/+/imu"])
+    record = tmp_path / "truth.csv"
+    sim = Simulator(SimulatorConfig(broker=broker_url, devices=4, duration=5.0, speed=0, prefix=prefix,
+                                    scenario="units_g", scenario_start=2.0, record=str(record)))
+    try:
+        sim.run()
+        deadline = time.monotonic() + 10
+        while len(got) < sim.published_messages and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        _stop(watch)
+    assert len(got) == sim.published_messages == 4 * 25
+    onsets = orjson.loads((tmp_path / "truth.csv.scenario.json").read_bytes())["onset_device_time"]
+    messages: dict[str, list[dict]] = {}
+    for topic, payload in got:
+        messages.setdefault(topic.split("/")[1], []).append(orjson.loads(payload))
+    assert sorted(messages) == sorted(onsets)
+    for device, bodies in messages.items():
+        bodies.sort(key=lambda b: b["seq"])
+        first = bodies[0]["t"][0]
+        assert onsets[device] is not None and abs(onsets[device] - first - 2.0) < 0.05, (device, first)
+        # published in m/s2 until the message that reaches the onset, in g from it on
+        switch = next(i for i, b in enumerate(bodies) if b["unit"] == "g")
+        assert bodies[switch - 1]["t"][-1] < onsets[device] <= bodies[switch]["t"][-1] + 0.03  # 1/rate + jitter
+        assert all(b["unit"] == "g" for b in bodies[switch:])
