@@ -17,6 +17,7 @@ from stream.mqtt import BrokerURL, default_broker
 
 __all__ = [
     "REFRESH_SECONDS",
+    "SILENT_AFTER",
     "PALETTE",
     "ago",
     "class_colour",
@@ -85,8 +86,19 @@ def number(value: object, fmt: str = "{:,.1f}", unit: str = "") -> str:
     return fmt.format(value) + (f" {unit}" if unit else "")
 
 
-def status_text(status: str | None) -> str:
+SILENT_AFTER = 30.0  # s: a device "online" but not heard from for this long is shown as silent
+
+
+def status_text(status: str | None, last_seen: float | None = None, now: float | None = None,
+                silent_after: float | None = None) -> str:
+    """The retained status as shown. With ``silent_after`` (devices), an "online" of a device not heard from
+    for that long (or never: only the broker's retained copy) shows as silent: a simulator publishing all its
+    devices over one connection has one last will, not one per device, so a killed one leaves them "online"."""
     # plain glyphs, not emoji: they render in every font, also in headless browsers
+    if status == "online" and silent_after is not None:
+        now = time.time() if now is None else now
+        if last_seen is None or now - last_seen > silent_after:
+            return "◌ online, silent"
     return {"online": "● online", "offline": "○ offline"}.get(status or "", "? unknown")
 
 

@@ -386,7 +386,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scenario", default=None, help="drift scenario name (strap_rotated, other_wrist, fatigue, ...)")
     p.add_argument("--scenario-start", type=float, default=60.0,
                    help="seconds from each device's first sample until its scenario starts (default: %(default)s)")
-    p.add_argument("--client-per-device", action="store_true", help="one MQTT client and last will per device")
+    p.add_argument("--client-per-device", action="store_true",
+                   help="one MQTT client and last will per device (by default one client publishes every "
+                        "device: a killed simulator then leaves their retained status 'online')")
     p.add_argument("--record", default=None, metavar="FILE",
                    help="at the end, write everything published with the whole truth (labels; the scenario "
                         "and its onset per device in FILE.scenario.json) to a recording file")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+from pathlib import Path
 
 import numpy as np
 import orjson
@@ -12,6 +13,8 @@ import pytest
 
 from stream.mqtt import connect
 from stream.recording import Recording
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _prefix() -> str:
@@ -208,3 +211,44 @@ def test_scenario_starts_scenario_start_after_each_devices_first_sample(broker_u
         switch = next(i for i, b in enumerate(bodies) if b["unit"] == "g")
         assert bodies[switch - 1]["t"][-1] < onsets[device] <= bodies[switch]["t"][-1] + 0.03  # 1/rate + jitter
         assert all(b["unit"] == "g" for b in bodies[switch:])
+
+
+# -- 7. a retained "online" of a device not heard from shows as silent -----------------------------------
+def test_device_online_but_silent_is_shown_as_such():
+    from dashboard.common import SILENT_AFTER, status_text
+    now = 1000.0
+    assert status_text("online", now - 1.0, now, SILENT_AFTER) == "● online"
+    assert status_text("online", now - SILENT_AFTER - 1.0, now, SILENT_AFTER) == "◌ online, silent"
+    assert status_text("online", None, now, SILENT_AFTER) == "◌ online, silent"  # only the retained copy
+    assert status_text("offline", None, now, SILENT_AFTER) == "○ offline"
+    assert status_text("online") == "● online"  # consumers: their status has a will of its own
+
+
+@pytest.fixture
+def app_feed(broker_url, monkeypatch):
+    """The feed the dashboard's pages share, for a prefix of this test's own (as tests/test_dashboard.py)."""
+    monkeypatch.setenv("HARSTREAM_BROKER", f"mqtt://{broker_url.host}:{broker_url.port}")
+    monkeypatch.setenv("HARSTREAM_PREFIX", _prefix())
+    from dashboard.common import _shared_feed, get_feed
+    feed = get_feed()
+    deadline = time.monotonic() + 10
+    while not feed.connected and time.monotonic() < deadline:
+        time.sleep(0.05)
+    yield feed
+    _shared_feed.clear()
+
+
+@pytest.mark.broker
+def test_overview_counts_only_devices_heard_from_as_online(app_feed):
+    from streamlit.testing.v1 import AppTest
+    store, p = app_feed.store, app_feed.prefix
+    now = time.time()
+    store.handle(f"{p}/ghost-1/status", b"online", now=now - 120, retained=True)  # a killed simulator's
+    store.handle(f"{p}/live-1/status", b"online", now=now)
+    store.handle(f"{p}/live-1/imu", orjson.dumps({"seq": 0, "t": [1.0, 1.02], "acc": [[0, 0, 9.8]] * 2}), now=now)
+    at = AppTest.from_file(str(ROOT / "dashboard" / "pages" / "overview.py"), default_timeout=30)
+    at.run()
+    assert not at.exception
+    online = next(m for m in at.metric if m.label.startswith("Online"))
+    assert online.value == "1"
+    assert at.dataframe[0].value["status"].tolist() == ["◌ online, silent", "● online"]

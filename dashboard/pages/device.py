@@ -9,6 +9,7 @@ import streamlit as st
 
 from dashboard.common import (
     REFRESH_SECONDS,
+    SILENT_AFTER,
     ago,
     class_scale,
     feed_status,
@@ -124,7 +125,7 @@ def live(device: str) -> None:
     cols[0].metric("Exercise (predicted)", last.label if last else "—",
                    f"{last.confidence:.0%} confident" if last else None, delta_color="off", delta_arrow="off")
     cols[1].metric("True label", truth or "—", help="latest label received for this device, if any")
-    cols[2].metric("Status", status_text(view.status))
+    cols[2].metric("Status", status_text(view.status, view.last_seen, now, SILENT_AFTER))
     cols[3].metric("Last seen", ago(view.last_seen, now))
     cols[4].metric("Latency", number(last.latency_ms if last else None, "{:,.1f}", "ms"),
                    f"model {last.model}" if last and last.model else None, delta_color="off",

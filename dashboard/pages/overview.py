@@ -6,7 +6,15 @@ from urllib.parse import quote
 import pandas as pd
 import streamlit as st
 
-from dashboard.common import REFRESH_SECONDS, ago, feed_status, get_feed, number, status_text
+from dashboard.common import (
+    REFRESH_SECONDS,
+    SILENT_AFTER,
+    ago,
+    feed_status,
+    get_feed,
+    number,
+    status_text,
+)
 from dashboard.live import ConsumerView
 
 STALE_AFTER = 30.0  # s without a metrics message before a consumer's numbers are marked stale
@@ -100,11 +108,12 @@ def live() -> None:
                 "yet.", icon=":material/hourglass_empty:")
         return
     streaming = sum(r.last_seen is not None and now - r.last_seen < ACTIVE_WITHIN for r in rows)
-    online = sum(r.status == "online" for r in rows)
+    online = sum(r.status == "online" and r.last_seen is not None and now - r.last_seen <= SILENT_AFTER
+                 for r in rows)
     drifting = sum(r.drift_recent > 0 for r in rows)
     cols = st.columns(4)
     cols[0].metric("Devices", f"{len(rows):,}")
-    cols[1].metric("Online (retained status)", f"{online:,}")
+    cols[1].metric("Online (status, heard from)", f"{online:,}")
     cols[2].metric(f"Seen in the last {ACTIVE_WITHIN:.0f} s", f"{streaming:,}")
     cols[3].metric(f"With drift in the last {store.drift_recent_seconds / 60:.0f} min", f"{drifting:,}")
     needle = (st.session_state.get("device_filter") or "").strip().lower()
@@ -112,7 +121,7 @@ def live() -> None:
         rows = [r for r in rows if needle in r.device.lower()]
     frame = pd.DataFrame({
         "device": [f"device?device={quote(r.device)}" for r in rows],
-        "status": [status_text(r.status) for r in rows],
+        "status": [status_text(r.status, r.last_seen, now, SILENT_AFTER) for r in rows],
         "exercise": [r.label or "—" for r in rows],
         "confidence": [r.confidence for r in rows],
         "true label": [r.truth or "—" for r in rows],
