@@ -636,8 +636,10 @@ def load_history(store: LiveStore, db_path: str, per_device: int = 200, max_rows
 
     import orjson
 
+    from stream.store import read_only_uri  # the path quoted: '#', '?' or '%' in it are its own
+
     try:
-        db = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=5)
+        db = sqlite3.connect(read_only_uri(db_path), uri=True, timeout=5)
     except sqlite3.Error:
         return 0
     rows = 0

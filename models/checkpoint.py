@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import time
 from importlib import resources
 from pathlib import Path
@@ -40,8 +41,19 @@ def save_checkpoint(path: str | Path, model: HARNet, metadata: dict | None = Non
     data, version = checkpoint_bytes(model, metadata)
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())  # on disk before the rename: a power cut leaves the old file or the new
     tmp.replace(path)  # atomic: a reader never sees half a file
+    try:
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)  # the rename itself
+        finally:
+            os.close(fd)
+    except OSError:  # a file system that cannot sync a directory
+        pass
     return version
 
 

@@ -286,22 +286,53 @@ class DeviceAdapters:
                     self._serving.pop(device, None)
 
     def save(self, path) -> None:
-        """Write every adapter to ``path`` atomically (a plain tensor file, loadable without code)."""
+        """Write every adapter to ``path`` atomically (a plain tensor file, loadable without code): a
+        temporary file, synced, renamed over ``path``, then the directory synced."""
+        import io
+        import os
         from pathlib import Path
         path = Path(path)
         tmp = path.with_name(path.name + ".tmp")
-        torch.save({"format": "harstream.adapters", "classes": self.k, "adapters": self.state_dict()}, tmp)
+        buffer = io.BytesIO()
+        torch.save({"format": "harstream.adapters", "classes": self.k, "adapters": self.state_dict()}, buffer)
+        with open(tmp, "wb") as f:
+            f.write(buffer.getvalue())
+            f.flush()
+            os.fsync(f.fileno())
         tmp.replace(path)
+        try:
+            fd = os.open(path.parent, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError:  # a file system that cannot sync a directory
+            pass
 
     def load(self, path) -> int:
         """Read adapters saved by ``save``; returns how many (0 when the file is missing or another
-        model's)."""
+        model's). A file that cannot be read as adapters (empty, truncated, foreign) is warned about and
+        none are loaded: the devices learn theirs again."""
+        import logging
         from pathlib import Path
         path = Path(path)
         if not path.exists():
             return 0
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-        if blob.get("format") != "harstream.adapters" or blob.get("classes") != self.k:
+        try:
+            blob = torch.load(path, map_location="cpu", weights_only=True)
+            if not isinstance(blob, dict) or blob.get("format") != "harstream.adapters":
+                raise ValueError("not a harstream adapters file")
+            if blob.get("classes") != self.k:
+                return 0
+            adapters = blob["adapters"]
+            if not isinstance(adapters, dict) or not all(
+                    isinstance(e, dict) and "active" in e and all(isinstance(e.get(k), torch.Tensor) for k in "Mbc")
+                    and e["M"].shape == (3, 3) and e["b"].shape == (3,) and e["c"].dim() == 1
+                    for e in adapters.values()):
+                raise ValueError("malformed adapters")
+            self.load_state_dict(adapters)
+        except Exception as exc:  # EOFError, UnpicklingError, a zip error, fields missing or malformed
+            logging.getLogger(__name__).warning("not loading device adapters from %s (%s: %s): starting "
+                                                "without them", path, type(exc).__name__, exc)
             return 0
-        self.load_state_dict(blob["adapters"])
-        return len(blob["adapters"])
+        return len(adapters)

@@ -66,7 +66,16 @@ from stream.decode import (
 from stream.labels import LabelBook, LabelledWindow, WindowHistory, decode_label
 from stream.monitor import DriftEvent, Monitor, window_motion
 from stream.mqtt import PROTOCOLS, BrokerURL, batched_writes, connect, speaks_mqtt5
-from stream.persist import ADAPTERS_FILE, SERVING_MODEL, AckJournal, load_state, read_journal, save_state
+from stream.persist import (
+    ADAPTERS_FILE,
+    SERVING_MODEL,
+    AckJournal,
+    journal_generations,
+    load_state,
+    read_journal,
+    save_state,
+    write_atomic,
+)
 from stream.pipeline import Pipeline, Prediction
 from stream.shared_state import SharedDevices, open_store
 from stream.store import EventStore
@@ -94,6 +103,7 @@ def consumer_topic(prefix: str, consumer_id: str, kind: str) -> str:
 QUEUED_OVERHEAD = 1024
 HIGH_WATER = 0.75  # share of the queue bounds beyond which paho's thread stops reading (back-pressure)
 DRAIN_CHUNK = 256  # messages taken off the queue at once: their imu payloads are decoded together
+CHECKPOINT_RETRY = 5.0  # s before a checkpoint that had to wait (the event store behind) is tried again
 ORIENT_BUDGET = 0.01  # s of fitting how devices are worn per cycle (models.orientation.Orienter.budget)
 
 @dataclass
@@ -157,14 +167,15 @@ class ConsumerConfig:
             self.learn = False
         if not self.consumer_id:
             # a stable id where state is kept: the broker's persistent session follows the id
+            # (an empty or blank file, which a kill could leave before the id was written atomically, is none)
             id_file = self.state_dir / "consumer-id" if self.state_dir else None
             if id_file is not None and id_file.exists():
-                self.consumer_id = id_file.read_text().strip()
-            else:
+                self.consumer_id = id_file.read_text(errors="replace").strip()
+            if not self.consumer_id:
                 self.consumer_id = f"harstream-consumer-{uuid.uuid4().hex[:6]}"
                 if id_file is not None:
                     id_file.parent.mkdir(parents=True, exist_ok=True)
-                    id_file.write_text(self.consumer_id)
+                    write_atomic(id_file, self.consumer_id.encode())
 
 
 class _Stats:
@@ -425,11 +436,15 @@ class Consumer:
             return  # device state lives in the shared store
         try:
             state = load_state(directory)
-        except (ValueError, RuntimeError, OSError) as exc:
-            log.warning("not restoring device state from %s: %s", directory, exc)
-            return
-        if state is None:  # killed before its first checkpoint: the journal may still say what was acked
-            state = {"devices": {}, "evicted": {}, "sequences": {}, "watermarks": {}, "journal": 0,
+        except (ValueError, OSError) as exc:  # devices start afresh; the journals are read all the same
+            log.warning("not restoring device state: %s", exc)
+            state = None
+        # killed before its first checkpoint, or the checkpoint unreadable: every journal on disk may hold
+        # what was acknowledged and predictions the event store lacks (none is deleted unread)
+        generations = None
+        if state is None:
+            generations = journal_generations(directory) or [0]
+            state = {"devices": {}, "evicted": {}, "sequences": {}, "watermarks": {}, "journal": generations[-1],
                      "saved_at": time.time()}
         # each device's state as the model keeps it, (layers, hidden) per tensor: a checkpoint of another
         # architecture (a new --model on the same --state-dir) cannot be carried over
@@ -461,11 +476,14 @@ class Consumer:
         journalled = 0
         if state["journal"] is not None:
             self._journal_generation = state["journal"]
-            marks, seqs, more, self._journalled = read_journal(directory, state["journal"])
-            watermarks.update(marks)
-            sequences.update(seqs)
-            anchors.update(more)
-            journalled = len(marks)
+            self._journalled = []
+            for generation in generations or [state["journal"]]:  # oldest first: the newest line wins
+                marks, seqs, more, predictions = read_journal(directory, generation)
+                watermarks.update(marks)
+                sequences.update(seqs)
+                anchors.update(more)
+                self._journalled += predictions
+            journalled = len(watermarks) if generations else len(marks)
         self.sequence.restore(sequences)
         self._watermarks = watermarks
         self._resume = dict(watermarks)
@@ -503,13 +521,25 @@ class Consumer:
         if self.after_window:  # what the broker will send again must be accepted: up to the first one held
             sequences = {d: s for d, s in ((d, self.acks.safe_seq(d, s)) for d, s in sequences.items())
                          if s is not None}
-        if self.journal is not None and self.store is not None and not self.store.flush(10.0) and not final:
-            return False  # the journal is the only copy of predictions the store has not written yet
-        generation = self.journal.next_generation() if self.journal is not None else self._journal_generation
+        # the journal is the only copy of predictions the store has not written yet: it is rotated away
+        # only once the store has them (a store whose writes fail is not waited for: EventStore.failing)
+        stored = True
+        if self.journal is not None and self.store is not None:
+            stored = self.store.flush(10.0, until_failure=True)
+            if not stored and not final:
+                return False
+        if self.journal is None:
+            generation = self._journal_generation
+        elif stored:
+            generation = self.journal.next_generation()
+        else:  # the final one, the store behind: the next life puts the journal's predictions into it
+            generation = self.journal.generation
+            log.warning("the event store has not written %d events (%d write failures): the journal %s is kept "
+                        "for the next life", self.store.pending, self.store.errors, generation)
         save_state(directory, classifier.version, devices, sequences, dict(self._evicted),
                    watermarks=self._watermarks, journal=generation, anchors=self._anchors,
                    orientation=classifier.orienter.snapshot() if classifier.orienter is not None else None)
-        if self.journal is not None:
+        if self.journal is not None and generation != self.journal.generation:
             self.journal.rotate(generation)
         return True
 
@@ -630,8 +660,11 @@ class Consumer:
                     self._publish_metrics()
                     self._evict_idle()
                     next_metrics += cfg.metrics_interval
-                if time.monotonic() >= next_checkpoint and self.checkpoint():
-                    next_checkpoint = time.monotonic() + cfg.checkpoint_interval
+                if time.monotonic() >= next_checkpoint:
+                    # one that must wait is tried again a little later, not at every pass (each would wait)
+                    delay = cfg.checkpoint_interval if self.checkpoint() else min(cfg.checkpoint_interval,
+                                                                                  CHECKPOINT_RETRY)
+                    next_checkpoint = time.monotonic() + delay
         finally:
             if self.learner is not None:
                 self.learner.stop(timeout=5.0)  # what it learnt goes into the final checkpoint
@@ -1188,7 +1221,10 @@ class Consumer:
                      **{k: self.acks.counts[k] + self._paho_acks[k]
                         for k in ("after_window", "at_once", "redelivered", "dropped", "forced")}},
             "evicted": len(self._evicted),
-            "store": None if self.store is None else {"written": self.store.written, "dropped": self.store.dropped},
+            "store": None if self.store is None else {
+                "written": self.store.written, "dropped": self.store.dropped, "pending": self.store.pending,
+                "errors": self.store.errors,  # failed writes (each tried again); failing: the last one failed
+                "failing": self.store.failing},
             "model": self.pipeline.classifier.version,
             "shared": None if self.shared is None else {"group": self.config.shared_group or None,
                                                         **self.shared.summary()},

@@ -1,6 +1,6 @@
 """The consumer's own checkpoint: per-device recurrent state, sequence numbers and evicted devices.
 
-Written atomically (temporary file, then rename) every ``checkpoint_interval`` seconds and on
+Written atomically (temporary file, synced, then rename; then the directory synced) every ``checkpoint_interval`` seconds and on
 SIGTERM; read on start, so that after a restart (even ``kill -9``) each device resumes from the
 state it had at the last checkpoint. The fine-tuned serving model is saved beside it as a normal
 model checkpoint (``serving.pt``).
@@ -25,7 +25,8 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["AckJournal", "save_state", "load_state", "read_journal", "STATE_FILE", "SERVING_MODEL", "ADAPTERS_FILE"]
+__all__ = ["AckJournal", "save_state", "load_state", "read_journal", "journal_generations", "write_atomic",
+           "STATE_FILE", "SERVING_MODEL", "ADAPTERS_FILE"]
 
 STATE_FILE = "consumer-state.pt"
 SERVING_MODEL = "serving.pt"
@@ -59,28 +60,86 @@ def save_state(directory: Path, model_version: str, devices: dict[str, tuple[tor
     buffer = io.BytesIO()
     torch.save(blob, buffer)
     path = directory / STATE_FILE
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(buffer.getvalue())
-    tmp.replace(path)
+    write_atomic(path, buffer.getvalue())
     return path
 
 
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write ``path`` whole or not at all, even across a power cut: a temporary file, synced, renamed over
+    ``path``, then the directory synced (so the rename itself is on disk)."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    tmp.replace(path)
+    _sync_directory(path.parent)
+
+
+def _sync_directory(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # some file systems refuse to sync a directory: the rename is as durable as they make it
+        pass
+    finally:
+        os.close(fd)
+
+
 def load_state(directory: Path) -> dict | None:
-    """The saved state, or None when there is none; never executes code from the file."""
+    """The saved state, or None when there is none; never executes code from the file. A file that cannot
+    be read as one (empty, truncated, another format, fields missing or of the wrong type) is a
+    ``ValueError`` naming it."""
     path = directory / STATE_FILE
     if not path.exists():
         return None
-    blob = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # EOFError, UnpicklingError, a zip error (RuntimeError), refused globals
+        raise ValueError(f"{path}: unreadable consumer state ({type(exc).__name__}: {exc})") from None
     if (not isinstance(blob, dict) or blob.get("format") != FORMAT
             or blob.get("format_version") not in READABLE):
         raise ValueError(f"{path}: not a harstream consumer state of version {VERSION}")
-    blob["devices"] = {d: tuple(s) for d, s in blob["devices"].items()}
-    blob["evicted"] = {d: tuple(s) for d, s in blob["evicted"].items()}
-    blob.setdefault("watermarks", {})
-    blob.setdefault("journal", None)
-    blob.setdefault("orientation", {})
-    blob["anchors"] = {d: (a[0], list(a[1:])) for d, a in blob.get("anchors", {}).items()}
+    try:
+        blob["devices"] = _states(blob["devices"])
+        blob["evicted"] = _states(blob["evicted"])
+        blob["sequences"] = {_device(d): int(s) for d, s in _dict(blob["sequences"]).items()}
+        blob["watermarks"] = {_device(d): float(t) for d, t in _dict(blob.get("watermarks", {})).items()}
+        journal = blob.get("journal")
+        blob["journal"] = None if journal is None else int(journal)
+        blob["orientation"] = _dict(blob.get("orientation") or {})
+        blob["anchors"] = {_device(d): (float(a[0]), [float(x) for x in a[1:]])
+                           for d, a in _dict(blob.get("anchors", {})).items()}
+        blob["saved_at"] = float(blob["saved_at"])
+        blob["model_version"] = str(blob["model_version"])
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
+        raise ValueError(f"{path}: consumer state with a field missing or malformed "
+                         f"({type(exc).__name__}: {exc})") from None
     return blob
+
+
+def _dict(value) -> dict:
+    if not isinstance(value, dict):
+        raise TypeError(f"a dict expected, not {type(value).__name__}")
+    return value
+
+
+def _device(name) -> str:
+    if not isinstance(name, str):
+        raise TypeError(f"a device id expected, not {type(name).__name__}")
+    return name
+
+
+def _states(value) -> dict[str, tuple[torch.Tensor, ...]]:
+    states = {}
+    for d, s in _dict(value).items():
+        if not isinstance(s, (list, tuple)) or not all(isinstance(t, torch.Tensor) for t in s):
+            raise TypeError(f"device {d!r}: a list of tensors expected")
+        states[_device(d)] = tuple(s)
+    return states
 
 
 PREDICTION = "=P"  # a journal line's first field: no device id starts with "=" (stream.decode.DEVICE_ID)
@@ -94,6 +153,43 @@ def _open_append(path: Path) -> int:
     return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
 
 
+def journal_generations(directory: Path) -> list[int]:
+    """The generations of the journals in ``directory``, in increasing order."""
+    found = []
+    for path in directory.glob("acked-*.log"):
+        number = path.name[len("acked-"):-len(".log")]
+        if number.isdigit():
+            found.append(int(number))
+    return sorted(found)
+
+
+def _cut_partial_line(path: Path) -> int:
+    """Truncate ``path`` after its last newline: what a kill cut short in the middle of a line (a short
+    write) would otherwise take the next life's first line with it. Returns the bytes cut."""
+    if not path.exists():
+        return 0
+    with open(path, "rb+") as f:
+        size = pos = f.seek(0, os.SEEK_END)
+        keep = 0
+        while pos > 0:
+            step = min(65536, pos)
+            f.seek(pos - step)
+            newline = f.read(step).rfind(b"\n")
+            if newline >= 0:
+                keep = pos - step + newline + 1
+                break
+            pos -= step
+        if keep < size:
+            f.truncate(keep)
+        return size - keep
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
 class AckJournal:
     """Append-only lines since the last checkpoint, written *before* a cycle's predictions are published.
 
@@ -103,18 +199,28 @@ class AckJournal:
     again (it resumes after the marks) and puts their predictions into the event store (which ignores
     the ones it already has), while what was on its way over MQTT (QoS 0) may be lost with the socket.
 
-    Each ``write`` is one ``os.write`` on a file opened with ``O_APPEND``: nothing waits in a Python
-    buffer, so a ``kill -9`` loses none of it (it is in the kernel's page cache; a power cut is another
-    matter: no fsync, as for the checkpoint). ``rotate`` starts the file of the next checkpoint.
+    Each ``write`` is ``os.write`` on a file opened with ``O_APPEND`` (again for what a short write left):
+    nothing waits in a Python buffer, so a ``kill -9`` loses none of it (it is in the kernel's page cache;
+    a power cut is another matter: no fsync). A line a kill cut short is cut off when the next life opens
+    the file. ``rotate`` starts the file of the next checkpoint. Other generations found when it opens
+    (left by a kill during ``rotate``, or named by a checkpoint that could not be read) are not deleted
+    unread: their prediction lines are carried into this one first (the event store ignores those it has).
     """
 
     def __init__(self, directory: Path, generation: int = 0) -> None:
         self.directory = directory
         self.generation = generation
         directory.mkdir(parents=True, exist_ok=True)
-        self._fd = _open_append(_journal_path(directory, generation))
-        for old in directory.glob("acked-*.log"):  # earlier generations, left by a kill during rotate
-            if old.name != _journal_path(directory, generation).name:
+        path = _journal_path(directory, generation)
+        _cut_partial_line(path)
+        self._fd = _open_append(path)
+        for other in journal_generations(directory):
+            if other != generation:
+                old = _journal_path(directory, other)
+                carried = [line for line in old.read_bytes().split(b"\n")[:-1]
+                           if line.startswith(PREDICTION.encode() + b"\t")]
+                if carried:
+                    _write_all(self._fd, b"\n".join(carried) + b"\n")
                 old.unlink(missing_ok=True)
 
     def write(self, entries: list[tuple], predictions: list[tuple] = ()) -> None:
@@ -130,7 +236,7 @@ class AckJournal:
                 lines.append(f"{d}\t{t!r}\t{'' if s is None else s}{extra}\n")
             for d, t, label, confidence, model, latency in predictions:
                 lines.append(f"{PREDICTION}\t{d}\t{t!r}\t{label}\t{confidence!r}\t{model}\t{latency!r}\n")
-            os.write(self._fd, "".join(lines).encode())
+            _write_all(self._fd, "".join(lines).encode())
 
     def next_generation(self) -> int:
         return self.generation + 1

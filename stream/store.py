@@ -2,6 +2,9 @@
 
 The consumer writes through a bounded queue drained by one writer thread in batches, so the
 serving loop never waits for the disk; when the queue is full, events are dropped and counted.
+A batch that fails to be written (the database locked beyond the busy timeout, a full disk) is kept
+and tried again on a new connection, backing off up to ``RETRY_MAX`` seconds (counted: ``errors``;
+``failing`` while the last try failed): the writer never gives up while the store is open.
 Retention is bounded by age and by row count per table. The dashboard reads history from it.
 """
 
@@ -12,11 +15,13 @@ import queue
 import sqlite3
 import threading
 import time
+from contextlib import closing
 from pathlib import Path
+from urllib.parse import quote
 
 import orjson
 
-__all__ = ["EventStore"]
+__all__ = ["EventStore", "StoreError", "read_only_uri"]
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +54,22 @@ TABLES = {
 }
 
 
+BUSY_TIMEOUT = 2.0  # seconds a write waits for another connection's lock before it fails (and is tried again)
+RETRY_FIRST = 0.2  # seconds before a failed batch is tried again, doubling up to RETRY_MAX
+RETRY_MAX = 5.0
+WARN_EVERY = 60.0  # seconds between warnings while writes keep failing
+
+
+class StoreError(sqlite3.DatabaseError, ValueError):
+    """A file that cannot be opened as an event store (its message names it). A ``ValueError`` too, so
+    the command line reports it in one line, as it does other unreadable files."""
+
+
+def read_only_uri(path: str | Path) -> str:
+    """The SQLite URI opening ``path`` read-only: the path quoted, so '#', '?' and '%' in it stay its own."""
+    return f"file:{quote(str(Path(path).resolve()))}?mode=ro"
+
+
 class EventStore:
     """Append-only event tables with bounded retention."""
 
@@ -60,26 +81,38 @@ class EventStore:
         self.max_age_s = max_age_s
         self.dropped = 0
         self.written = 0
+        self.errors = 0  # failed attempts to write a batch (each is tried again) or to prune
+        self.failing = False  # the last attempt to write failed: the writer is backing off
         self._queue: queue.Queue[tuple[str, tuple]] = queue.Queue(queue_size)
-        self._stop = threading.Event()
-        with self._connect() as db:
-            db.executescript(SCHEMA)
-            # one row per window: a prediction put again from a killed life's journal
-            # is ignored; a store written before this index existed is deduplicated first
-            try:
-                db.execute(UNIQUE_WINDOW)
-            except sqlite3.IntegrityError:
-                db.execute("DELETE FROM predictions WHERE id NOT IN "
-                           "(SELECT MIN(id) FROM predictions GROUP BY device, t)")
-                db.execute(UNIQUE_WINDOW)
+        self._stop = threading.Event()  # write what is queued, then stop
+        self._abandon = threading.Event()  # stop now (close() timed out on a failing store)
+        try:
+            with closing(self._connect()) as db, db:
+                db.executescript(SCHEMA)
+                # one row per window: a prediction put again from a killed life's journal
+                # is ignored; a store written before this index existed is deduplicated first
+                try:
+                    db.execute(UNIQUE_WINDOW)
+                except sqlite3.IntegrityError:
+                    db.execute("DELETE FROM predictions WHERE id NOT IN "
+                               "(SELECT MIN(id) FROM predictions GROUP BY device, t)")
+                    db.execute(UNIQUE_WINDOW)
+        except sqlite3.DatabaseError as exc:  # not a database, a foreign schema, locked, unreadable
+            raise StoreError(f"{self.path}: cannot be used as the event store ({type(exc).__name__}: "
+                             f"{exc}); move it away to start a new one") from exc
         self._thread = threading.Thread(target=self._writer, name="event-store", daemon=True)
         self._thread.start()
 
     def _connect(self) -> sqlite3.Connection:
-        db = sqlite3.connect(self.path, timeout=10)
+        db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT)
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across crashes of the process
         return db
+
+    @property
+    def pending(self) -> int:
+        """Events queued and not yet written."""
+        return self._queue.unfinished_tasks
 
     # -- writers (any thread; never block) --------------------------------------------------------
     def _put(self, table: str, row: tuple) -> None:
@@ -103,36 +136,84 @@ class EventStore:
 
     # -- the writer thread --------------------------------------------------------------------
     def _writer(self) -> None:
-        db = self._connect()
+        """Drain the queue in batches until closed. A batch whose write fails is kept and tried again
+        (on a new connection, after a back-off): one error never ends the thread."""
+        db: sqlite3.Connection | None = None
+        batch: dict[str, list[tuple]] = {}
+        delay = RETRY_FIRST
         last_prune = time.monotonic()
-        try:
-            while not (self._stop.is_set() and self._queue.empty()):
-                batch: dict[str, list[tuple]] = {}
+        last_warning = -WARN_EVERY
+        while not self._abandon.is_set():
+            if not batch:
+                if self._stop.is_set() and self._queue.empty():
+                    break
+                batch = self._take()
+            if batch:
                 try:
-                    table, row = self._queue.get(timeout=0.2)
-                    batch.setdefault(table, []).append(row)
-                    while len(batch.get(table, ())) < 5000:
-                        table, row = self._queue.get_nowait()
-                        batch.setdefault(table, []).append(row)
-                except queue.Empty:
-                    pass
-                if batch:
-                    with db:
-                        for table, rows in batch.items():
-                            cols = TABLES[table]
-                            db.executemany(f"{INSERT.get(table, 'INSERT')} INTO {table} ({','.join(cols)}) VALUES "
-                                           f"({','.join('?' * len(cols))})", rows)
-                    n = sum(len(r) for r in batch.values())
-                    self.written += n
-                    for _ in range(n):
-                        self._queue.task_done()
-                if time.monotonic() - last_prune > 30:
+                    if db is None:
+                        db = self._connect()
+                    self._write(db, batch)
+                except sqlite3.Error as exc:  # locked beyond the busy timeout, disk full, I/O error
+                    self.errors += 1
+                    self.failing = True
+                    if time.monotonic() - last_warning >= WARN_EVERY:
+                        last_warning = time.monotonic()
+                        log.warning("event store %s: writing %d events failed (%s: %s); trying again, "
+                                    "%d failures so far", self.path, sum(map(len, batch.values())),
+                                    type(exc).__name__, exc, self.errors)
+                    db = _close_quietly(db)  # a new connection for the next try
+                    self._abandon.wait(delay)
+                    delay = min(2 * delay, RETRY_MAX)
+                    continue
+                except Exception:  # not the database's fault (a row it cannot take): not worth a retry
+                    log.exception("event store %s: %d events could not be written; dropped", self.path,
+                                  sum(map(len, batch.values())))
+                    self.dropped += self._done(batch)
+                    batch = {}
+                    continue
+                self.written += self._done(batch)
+                batch = {}
+                delay = RETRY_FIRST
+                if self.failing:
+                    self.failing = False
+                    log.info("event store %s: writing again (after %d failures)", self.path, self.errors)
+            if db is not None and time.monotonic() - last_prune > 30:
+                last_prune = time.monotonic()
+                try:
                     self.prune(db)
-                    last_prune = time.monotonic()
-        except Exception:
-            log.exception("event store writer failed; events are no longer stored")
-        finally:
-            db.close()
+                except sqlite3.Error as exc:
+                    self.errors += 1
+                    log.warning("event store %s: pruning failed (%s); trying again later", self.path, exc)
+                    db = _close_quietly(db)
+        _close_quietly(db)
+
+    def _take(self) -> dict[str, list[tuple]]:
+        """The next batch: what is queued (waiting up to 0.2 s for the first), up to 5000 rows of a table."""
+        batch: dict[str, list[tuple]] = {}
+        try:
+            table, row = self._queue.get(timeout=0.2)
+            batch.setdefault(table, []).append(row)
+            while len(batch.get(table, ())) < 5000:
+                table, row = self._queue.get_nowait()
+                batch.setdefault(table, []).append(row)
+        except queue.Empty:
+            pass
+        return batch
+
+    @staticmethod
+    def _write(db: sqlite3.Connection, batch: dict[str, list[tuple]]) -> None:
+        """One transaction: all of the batch or (on an error) none of it."""
+        with db:
+            for table, rows in batch.items():
+                cols = TABLES[table]
+                db.executemany(f"{INSERT.get(table, 'INSERT')} INTO {table} ({','.join(cols)}) VALUES "
+                               f"({','.join('?' * len(cols))})", rows)
+
+    def _done(self, batch: dict[str, list[tuple]]) -> int:
+        n = sum(len(r) for r in batch.values())
+        for _ in range(n):
+            self._queue.task_done()
+        return n
 
     def prune(self, db: sqlite3.Connection | None = None) -> None:
         """Drop rows older than max_age_s and beyond max_rows per table."""
@@ -149,21 +230,40 @@ class EventStore:
                 db.close()
 
     def close(self, timeout: float = 10.0) -> None:
-        """Write what is queued, then stop."""
+        """Write what is queued, then stop; a store still failing after ``timeout`` is given up (what is
+        left unwritten is logged; the consumer's journal keeps the predictions)."""
         self._stop.set()
         self._thread.join(timeout)
+        if self._thread.is_alive():
+            self._abandon.set()
+            log.warning("event store %s: closed with %d events not written (%d write failures)", self.path,
+                        self._queue.unfinished_tasks, self.errors)
+            self._thread.join(min(timeout, 2.0))
 
     # -- readers (the dashboard, tests) ----------------------------------------------------------
     def query(self, sql: str, params: tuple = ()) -> list[tuple]:
-        db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=10)
+        db = sqlite3.connect(read_only_uri(self.path), uri=True, timeout=10)
         try:
             return db.execute(sql, params).fetchall()
         finally:
             db.close()
 
-    def flush(self, timeout: float = 10.0) -> bool:
-        """Wait until everything queued so far is written; False on timeout."""
+    def flush(self, timeout: float = 10.0, until_failure: bool = False) -> bool:
+        """Wait until everything queued so far is written; False on timeout, and with ``until_failure``
+        as soon as a write fails (the writer then backs off: waiting on would only block the caller)."""
         deadline = time.monotonic() + timeout
-        while self._queue.unfinished_tasks and time.monotonic() < deadline:
+        while self._queue.unfinished_tasks and time.monotonic() < deadline and self._thread.is_alive():
+            if until_failure and self.failing:
+                break
             time.sleep(0.02)
         return not self._queue.unfinished_tasks
+
+
+def _close_quietly(db: sqlite3.Connection | None) -> None:
+    """Close ``db`` if open, whatever state a failed write left it in; returns None (no connection)."""
+    if db is not None:
+        try:
+            db.close()
+        except sqlite3.Error:
+            pass
+    return None
