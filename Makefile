@@ -6,9 +6,11 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-# torch first, as a CPU build: pip takes torch==2.13.0 from this machine's disk; elsewhere the
-# PyTorch CPU index serves it. A plain `torch` requirement would pull a multi-GB CUDA build.
-TORCH ?= torch==2.13.0
+# torch first, as a CPU build: pip takes torch==2.13.0+cpu from this machine's disk; elsewhere PyPI
+# has no "+cpu" build, so the PyTorch CPU index serves it. A plain `torch` (or torch==2.13.0) from PyPI
+# would pull the multi-GB CUDA build on Linux. macOS builds carry no "+cpu" and are CPU builds anyway.
+TORCH ?= torch==2.13.0+cpu
+TORCH_MACOS ?= torch==2.13.0
 TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 DEMO_ARGS ?=
 
@@ -16,7 +18,8 @@ DEMO_ARGS ?=
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q "$(TORCH)" || $(PY) -m pip install -q "$(TORCH)" --index-url $(TORCH_CPU_INDEX)
+	$(PY) -m pip install -q "$(TORCH)" || $(PY) -m pip install -q "$(TORCH)" --index-url $(TORCH_CPU_INDEX) \
+	  || { [ "$$(uname)" = Darwin ] && $(PY) -m pip install -q "$(TORCH_MACOS)"; }
 	$(PY) -m pip install -q -e ".[dev]"
 	touch $@
 
