@@ -7,15 +7,17 @@ process when nothing answers at the broker's address.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import signal
+import socket
 import subprocess
 import sys
 import time
 
 from stream.mqtt import BrokerURL, broker_answers
 
-__all__ = ["run_broker", "EmbeddedBroker"]
+__all__ = ["run_broker", "check_address", "EmbeddedBroker"]
 
 log = logging.getLogger(__name__)
 
@@ -29,16 +31,38 @@ def broker_config(host: str, port: int, allow_anonymous: bool = True) -> dict:
     }
 
 
+def check_address(host: str, port: int) -> None:
+    """Raise OSError (one line) when nothing can listen on ``host:port``, e.g. another broker holds it."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as asyncio's server does
+            probe.bind(address)
+    except OSError as exc:
+        reason = "address already in use" if exc.errno == errno.EADDRINUSE else (exc.strerror or str(exc))
+        raise OSError(f"cannot listen on mqtt://{host}:{port}: {reason}") from None
+
+
 def run_broker(host: str = "127.0.0.1", port: int = 1883) -> None:
-    """Run the embedded broker until SIGINT or SIGTERM."""
+    """Run the embedded broker until SIGINT or SIGTERM; OSError (one line) when it cannot listen."""
     from amqtt.broker import Broker
 
+    check_address(host, port)
     for noisy in ("amqtt", "transitions"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
     async def main() -> None:
         broker = Broker(broker_config(host, port))
-        await broker.start()
+        amqtt_log = logging.getLogger("amqtt.broker")
+        amqtt_log.setLevel(logging.CRITICAL)  # a failed start is reported once, below, not as 2 tracebacks
+        try:
+            await broker.start()
+        except Exception as exc:  # amqtt's BrokerError, e.g. the address taken since the check
+            cause = exc.__cause__ if isinstance(exc.__cause__, OSError) else None
+            reason = "address already in use" if cause and cause.errno == errno.EADDRINUSE else str(exc)
+            raise OSError(f"cannot listen on mqtt://{host}:{port}: {reason}") from None
+        finally:
+            amqtt_log.setLevel(logging.WARNING)
         log.info("embedded broker (amqtt) listening on mqtt://%s:%d", host, port)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

@@ -70,8 +70,9 @@ def _load_model(path: str | None):
 
 # -- commands ------------------------------------------------------------------------------------
 def cmd_broker(args) -> int:
-    from stream.broker import run_broker
+    from stream.broker import check_address, run_broker
     url = BrokerURL.parse(args.broker)
+    check_address(url.host, url.port)  # one line, exit status 2, when the address is taken
     print(f"embedded MQTT broker (amqtt) on mqtt://{url.host}:{url.port}; Ctrl-C stops it", flush=True)
     run_broker(url.host, url.port)
     return 0

@@ -252,3 +252,20 @@ def test_overview_counts_only_devices_heard_from_as_online(app_feed):
     online = next(m for m in at.metric if m.label.startswith("Online"))
     assert online.value == "1"
     assert at.dataframe[0].value["status"].tolist() == ["◌ online, silent", "● online"]
+
+
+# -- 9. `harstream broker` on an address in use: one line, not three tracebacks ----------------------------
+def test_broker_on_an_address_in_use_says_so_in_one_line():
+    import socket
+    import subprocess
+    import sys
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run([sys.executable, "-m", "stream.cli", "broker", "--broker", f"mqtt://127.0.0.1:{port}"],
+                              cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0
+    assert "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines() == [
+        f"harstream broker: error: cannot listen on mqtt://127.0.0.1:{port}: address already in use"]
