@@ -357,6 +357,8 @@ def _message_rates(metrics: list[dict], wall0: float, wall1: float) -> dict[str,
 def run_bench(broker: str, devices: int, duration: float, interval: float = 0.5, warmup: float = 8.0,
               model_path: str | None = None, learn: bool = False, labelled: int = 0,
               context_seconds: float = 10.0, quiet: bool = False) -> dict:
+    if devices < 1:
+        raise ValueError(f"'devices' must be at least 1 (got {devices})")
     load_before = os.getloadavg()
     url = BrokerURL.parse(broker)
     say = (lambda *a: None) if quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))

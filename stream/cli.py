@@ -49,6 +49,17 @@ def _speed(text: str) -> float:
         raise argparse.ArgumentTypeError(f"must be 0 (as fast as possible) or a positive number: {text!r}") from None
 
 
+def _at_least_one(text: str) -> int:
+    """argparse type of a count that must be 1 or more."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1: {text!r}")
+    return value
+
+
 def _model_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None, metavar="MODEL",
                    help="checkpoint file (default: the small model shipped with harstream)")
@@ -476,9 +487,11 @@ def build_parser() -> argparse.ArgumentParser:
                                    "the same run.")
     _broker_args(p)
     _model_arg(p)
-    p.add_argument("--devices", type=int, nargs="+", default=[1000], help="device counts to run (default: 1000)")
+    p.add_argument("--devices", type=_at_least_one, nargs="+", default=[1000],
+                   help="device counts to run, each at least 1 (default: 1000)")
     p.add_argument("--duration", type=float, default=30.0, help="measured seconds per run (default: %(default)s)")
-    p.add_argument("--interval", type=float, default=0.5, help="seconds of samples per message (default: %(default)s)")
+    p.add_argument("--interval", type=_interval, default=0.5,
+                   help="seconds of samples per message, at least 0.01 (default: %(default)s)")
     p.add_argument("--learn", action="store_true", help="online fine-tuning on (with --labelled devices)")
     p.add_argument("--labelled", type=float, default=0.0, help="share of devices publishing labels")
     p.add_argument("--json", action="store_true", help="print JSON")

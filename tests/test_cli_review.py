@@ -269,3 +269,15 @@ def test_broker_on_an_address_in_use_says_so_in_one_line():
     assert "Traceback" not in done.stderr
     assert done.stderr.strip().splitlines() == [
         f"harstream broker: error: cannot listen on mqtt://127.0.0.1:{port}: address already in use"]
+
+
+# -- 10. bench --devices must be at least 1 ------------------------------------------------------------------
+@pytest.mark.parametrize("devices", ["0", "-3"])
+def test_bench_refuses_no_devices(devices, capsys):
+    from stream.bench import run_bench
+    from stream.cli import build_parser
+    with pytest.raises(SystemExit) as exc:
+        build_parser().parse_args(["bench", "--devices", "100", devices])
+    assert exc.value.code == 2 and "--devices" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="devices"):  # before a broker or a consumer is started
+        run_bench("mqtt://127.0.0.1:9", int(devices), 1.0)
