@@ -353,6 +353,7 @@ class SharedDevices:
         self._versions: dict[str, int] = {}  # store version of the state this replica holds
         self._applied: dict[str, list[_Held]] = {}  # devices touched since the last commit
         self._shapes = pipeline.classifier.model.state_shapes()
+        self._warned_local = False
 
     @property
     def held(self) -> int:
@@ -476,7 +477,8 @@ class SharedDevices:
 
     # -- commit -----------------------------------------------------------------------------------
     def commit(self, predictions: list[Prediction]) -> list[Prediction]:
-        """Write back every touched device; returns the predictions of those written."""
+        """Write back every touched device; returns the predictions of those written, and those of
+        devices this cycle did not apply through the store (phone formats, taken directly)."""
         if not self._applied:
             return predictions
         applied, self._applied = self._applied, {}
@@ -514,7 +516,15 @@ class SharedDevices:
             self.forget(device)
             for m in applied[device]:
                 self.hold(m.batch, m.arrival)
-        return [p for p in predictions if p.device in done]
+        # devices not applied through the store this cycle (phone formats, taken by the consumer
+        # directly: no seq, their state stays on this replica) keep their predictions
+        local = {p.device for p in predictions if p.device not in applied}
+        if local and not self._warned_local:
+            self._warned_local = True
+            log.warning("device %s (a phone format: no seq) keeps its state on this replica, not in the shared "
+                        "store: with a round-robin shared subscription its messages would be split among the "
+                        "replicas; see DESIGN.md (Scale-out)", sorted(local)[0])
+        return [p for p in predictions if p.device not in applied or p.device in done]
 
     def summary(self) -> dict:
         return {"held": self._n_held, "devices": len(self._versions), **self.counts}
