@@ -987,6 +987,7 @@ class Consumer:
         classes = self.pipeline.classifier.classes
         version = self.pipeline.classifier.version
         now = time.monotonic()
+        received = time.time()  # the store's key with the window, in the journal line too: no row twice
         bodies = []
         for p in predictions:
             latency = (now - p.arrival) * 1000.0
@@ -1000,14 +1001,14 @@ class Consumer:
                 "model": version,
                 "latency_ms": round(latency, 2),
             })
-        due = self._release(predictions, bodies) if self.after_window else None
+        due = self._release(predictions, bodies, received) if self.after_window else None
         info = None
         with batched_writes(self._client):  # the network thread is woken once, when all are queued
             for p, body in zip(predictions, bodies, strict=True):
                 info = self._client.publish(f"{cfg.prefix}/{p.device}/prediction", orjson.dumps(body))
                 if self.store is not None:
                     self.store.prediction(p.device, p.t_end, p.label, body["confidence"], version,
-                                          body["latency_ms"])
+                                          body["latency_ms"], received)
                 self._watermarks[p.device] = p.t_end
         self.stats.windows += len(predictions)
         self.stats._interval_windows += len(predictions)
@@ -1020,7 +1021,7 @@ class Consumer:
             # the paho thread acknowledges them as soon as it has written the predictions (_on_publish)
             self._flush_acks()
 
-    def _release(self, predictions: list[Prediction], bodies: list[dict]) -> list:
+    def _release(self, predictions: list[Prediction], bodies: list[dict], received: float) -> list:
         """Release what the cycle's windows cover and journal it, with the predictions; return the
         acknowledgements due once the predictions have left. In that order, so that after a kill every
         acknowledged message is in a window the journal holds, and the journal knows at least what the
@@ -1041,7 +1042,7 @@ class Consumer:
             due, self.acks.deferred = self.acks.deferred, None
         if self.journal is not None:
             self.journal.write(entries, [(b["device"], b["t"], b["label"], b["confidence"], b["model"],
-                                          b["latency_ms"]) for b in bodies])
+                                          b["latency_ms"], received) for b in bodies])
         return due
 
     def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:  # paho thread

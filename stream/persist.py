@@ -194,7 +194,8 @@ class AckJournal:
     """Append-only lines since the last checkpoint, written *before* a cycle's predictions are published.
 
     Per device and cycle: ``device<TAB>end of its last classified window<TAB>seq[<TAB>last sample]``; per
-    window: ``=P<TAB>device<TAB>t<TAB>label<TAB>confidence<TAB>model<TAB>latency_ms``. So a ``kill -9``
+    window: ``=P<TAB>device<TAB>t<TAB>label<TAB>confidence<TAB>model<TAB>latency_ms[<TAB>received]``
+    (``received``: when the cycle ran, the event store's key with the window; older journals lack it). So a ``kill -9``
     at any point leaves every classified window in the journal: the next life classifies none of them
     again (it resumes after the marks) and puts their predictions into the event store (which ignores
     the ones it already has), while what was on its way over MQTT (QoS 0) may be lost with the socket.
@@ -226,7 +227,8 @@ class AckJournal:
     def write(self, entries: list[tuple], predictions: list[tuple] = ()) -> None:
         """Lines of (device, end of its last classified window, seq acknowledged up to once its predictions
         are out[, (t, values) of the last sample then acknowledged: acc, then gyro for a model that
-        reads it]) and of predictions (device, t, label, confidence, model, latency_ms), in one write."""
+        reads it]) and of predictions (device, t, label, confidence, model, latency_ms[, received]), in one
+        write."""
         if (entries or predictions) and self._fd is not None:
             lines = []
             for d, t, s, *rest in entries:
@@ -234,8 +236,9 @@ class AckJournal:
                 extra = ("" if anchor is None
                          else "\t" + "\t".join(repr(float(x)) for x in (anchor[0], *anchor[1])))
                 lines.append(f"{d}\t{t!r}\t{'' if s is None else s}{extra}\n")
-            for d, t, label, confidence, model, latency in predictions:
-                lines.append(f"{PREDICTION}\t{d}\t{t!r}\t{label}\t{confidence!r}\t{model}\t{latency!r}\n")
+            for d, t, label, confidence, model, latency, *received in predictions:
+                extra = "".join(f"\t{float(r)!r}" for r in received[:1])
+                lines.append(f"{PREDICTION}\t{d}\t{t!r}\t{label}\t{confidence!r}\t{model}\t{latency!r}{extra}\n")
             _write_all(self._fd, "".join(lines).encode())
 
     def next_generation(self) -> int:
@@ -258,7 +261,9 @@ class AckJournal:
 def read_journal(directory: Path, generation: int) -> tuple[dict[str, float], dict[str, int],
                                                              dict[str, tuple], list[tuple]]:
     """(watermarks, seqs, anchors, predictions) from ``generation``'s journal, the last line of each device
-    winning; an incomplete last line (a kill in the middle of a write) is ignored."""
+    winning; an incomplete last line (a kill in the middle of a write) is ignored. A prediction is
+    (device, t, label, confidence, model, latency_ms[, received]) as written (``EventStore.prediction``'s
+    arguments)."""
     path = _journal_path(directory, generation)
     watermarks: dict[str, float] = {}
     seqs: dict[str, int] = {}
@@ -269,10 +274,10 @@ def read_journal(directory: Path, generation: int) -> tuple[dict[str, float], di
     for line in path.read_bytes().decode(errors="replace").split("\n")[:-1]:
         parts = line.split("\t")
         if parts[0] == PREDICTION:
-            if len(parts) == 7:
+            if len(parts) in (7, 8):
                 try:
                     predictions.append((parts[1], float(parts[2]), parts[3], float(parts[4]), parts[5],
-                                        float(parts[6])))
+                                        *map(float, parts[6:])))
                 except ValueError:
                     pass
             continue

@@ -42,9 +42,16 @@ CREATE TABLE IF NOT EXISTS models (
     detail TEXT);
 """
 
-UNIQUE_WINDOW = "CREATE UNIQUE INDEX IF NOT EXISTS predictions_window ON predictions (device, t)"
-# INSERT OR IGNORE where a row has a natural key: the same window stored twice is one row
+# A prediction's key: its window (device, t) and when the cycle that published it ran (``received``, written
+# in the journal line too). The same prediction put again (from a killed life's journal) is one row; a
+# device whose clock restarted (a new session, a recording replayed) has rows of its own for the same t.
+WINDOW_KEY = ("device", "t", "received")
+UNIQUE_WINDOW = f"CREATE UNIQUE INDEX IF NOT EXISTS predictions_window ON predictions ({', '.join(WINDOW_KEY)})"
+# INSERT OR IGNORE where a row has a natural key: the same prediction stored twice is one row
 INSERT = {"predictions": "INSERT OR IGNORE"}
+# a prediction without its publication time (a journal line of an older harstream): stored only where no
+# row of its window exists, as the store did then
+WINDOW_ONLY = "predictions_window_only"
 
 TABLES = {
     "predictions": ("received", "device", "t", "label", "confidence", "model", "latency_ms"),
@@ -89,13 +96,14 @@ class EventStore:
         try:
             with closing(self._connect()) as db, db:
                 db.executescript(SCHEMA)
-                # one row per window: a prediction put again from a killed life's journal
-                # is ignored; a store written before this index existed is deduplicated first
-                try:
-                    db.execute(UNIQUE_WINDOW)
-                except sqlite3.IntegrityError:
-                    db.execute("DELETE FROM predictions WHERE id NOT IN "
-                               "(SELECT MIN(id) FROM predictions GROUP BY device, t)")
+                # one row per prediction (WINDOW_KEY); a store keyed by (device, t) alone is re-keyed, and
+                # one written before windows were unique is deduplicated first (by window, as then)
+                key = [row[2] for row in db.execute("PRAGMA index_info(predictions_window)")]
+                if key != list(WINDOW_KEY):
+                    if not key:
+                        db.execute("DELETE FROM predictions WHERE id NOT IN "
+                                   "(SELECT MIN(id) FROM predictions GROUP BY device, t)")
+                    db.execute("DROP INDEX IF EXISTS predictions_window")
                     db.execute(UNIQUE_WINDOW)
         except sqlite3.DatabaseError as exc:  # not a database, a foreign schema, locked, unreadable
             raise StoreError(f"{self.path}: cannot be used as the event store ({type(exc).__name__}: "
@@ -121,8 +129,14 @@ class EventStore:
         except queue.Full:
             self.dropped += 1
 
-    def prediction(self, device: str, t: float, label: str, confidence: float, model: str, latency_ms: float) -> None:
-        self._put("predictions", (time.time(), device, t, label, confidence, model, latency_ms))
+    def prediction(self, device: str, t: float, label: str, confidence: float, model: str, latency_ms: float,
+                   received: float | None = None) -> None:
+        """``received``: when the cycle that published it ran (the same time in its journal line), so that
+        the same prediction put twice is one row; None: one row per window (device, t) at most."""
+        if received is None:
+            self._put(WINDOW_ONLY, (time.time(), device, t, label, confidence, model, latency_ms))
+        else:
+            self._put("predictions", (received, device, t, label, confidence, model, latency_ms))
 
     def label(self, device: str, label: str, start: float, end: float | None) -> None:
         self._put("labels", (time.time(), device, label, start, end))
@@ -205,6 +219,12 @@ class EventStore:
         """One transaction: all of the batch or (on an error) none of it."""
         with db:
             for table, rows in batch.items():
+                if table == WINDOW_ONLY:
+                    cols = TABLES["predictions"]
+                    db.executemany(f"INSERT OR IGNORE INTO predictions ({','.join(cols)}) SELECT "
+                                   f"{','.join('?' * len(cols))} WHERE NOT EXISTS (SELECT 1 FROM predictions "
+                                   "WHERE device = ? AND t = ?)", [(*row, row[1], row[2]) for row in rows])
+                    continue
                 cols = TABLES[table]
                 db.executemany(f"{INSERT.get(table, 'INSERT')} INTO {table} ({','.join(cols)}) VALUES "
                                f"({','.join('?' * len(cols))})", rows)

@@ -356,3 +356,49 @@ def test_a_short_write_is_completed(tmp_path, monkeypatch):
     journal.close()
     assert read_journal(tmp_path, 0)[:2] == ({"devA": 10.0, "devB": 3.0}, {"devA": 4})
     assert len(read_journal(tmp_path, 0)[3]) == 1
+
+
+# -- 6. the store's key -----------------------------------------------------------------------------------
+def test_a_device_whose_clock_restarts_has_its_new_sessions_predictions_stored_each_once(tmp_path, tiny_model):
+    """The same recording twice (seq and clock start again): both sessions' windows are stored. A killed
+    life's journal put into the store again adds no row; a journal line of an older harstream (without
+    its publication time) is stored only where its window has no row."""
+    first = _life(tmp_path, tiny_model)
+    for _ in range(2):  # 40 s of one device, twice
+        for seq in range(40):
+            _send(first, "dev", seq)
+    assert first.store.flush(5)
+    windows = first.stats.windows
+    rows = first.store.query("SELECT t, COUNT(*) FROM predictions GROUP BY t")
+    assert sum(n for _, n in rows) == windows and {n for _, n in rows} == {2}
+    first.journal.close()  # killed: no checkpoint, the journal holds every prediction
+    first.store.close()
+    t_old, t_new = rows[0][0], 1000.0
+    with open(tmp_path / "acked-0.log", "a") as f:
+        for t in (t_old, t_new):
+            f.write(f"=P\tdev\t{t!r}\tsquat\t0.9\ttiny\t3.0\n")
+    second = _life(tmp_path, tiny_model)
+    try:
+        assert second.store.flush(5)
+        assert second.store.query("SELECT COUNT(*) FROM predictions") == [(windows + 1,)]
+        assert second.store.query("SELECT COUNT(*) FROM predictions WHERE t = ?", (t_new,)) == [(1,)]
+    finally:
+        second.journal.close()
+        second.store.close()
+
+
+def test_a_store_keyed_by_window_alone_is_rekeyed(tmp_path):
+    path = tmp_path / "events.db"
+    with sqlite3.connect(path) as db:  # as the store was created before
+        db.executescript("CREATE TABLE predictions (id INTEGER PRIMARY KEY, received REAL NOT NULL, device TEXT "
+                         "NOT NULL, t REAL NOT NULL, label TEXT NOT NULL, confidence REAL NOT NULL, model TEXT "
+                         "NOT NULL, latency_ms REAL); CREATE UNIQUE INDEX predictions_window ON predictions "
+                         "(device, t); INSERT INTO predictions VALUES (1, 5.0, 'd', 1.0, 'squat', 0.9, 'v', 1.0)")
+    db.close()
+    store = EventStore(path)
+    store.prediction("d", 1.0, "rest", 0.9, "v", 1.0, received=50.0)  # the same window, a new session
+    store.prediction("d", 1.0, "rest", 0.9, "v", 1.0, received=50.0)  # the same prediction again
+    store.prediction("d", 1.0, "walking", 0.9, "v", 1.0)  # without its time: the window has rows
+    assert store.flush(5)
+    assert store.query("SELECT received, label FROM predictions ORDER BY id") == [(5.0, "squat"), (50.0, "rest")]
+    store.close()
