@@ -13,7 +13,11 @@ device's next one:
   compare-and-set on that version (one Lua script per device, pipelined), so of two replicas that
   applied the same message only one commits. Predictions are published only after their device's
   commit, so a window is never published twice; a replica that dies between commit and publish
-  loses those windows, it never repeats them.
+  loses those windows, it never repeats them. A store that loses its last writes (Redis's
+  ``appendfsync everysec`` after a crash, a failover to a lagging replica) goes back to a lower
+  version: a replica whose own last commit is newer writes it back instead of taking the older state
+  (``_store_behind``); and, as a safety net, a replica never hands out a device's window at or
+  before the last one it handed out.
 
 A replica keeps what it last committed; when its next message for a device follows on from its own
 copy (the usual case when the broker dispatches by topic or client id hash, as EMQX can), it skips
@@ -66,6 +70,7 @@ _HEADER = struct.Struct(
     "qqqqB"  # late_samples, duplicates, gaps, clock_resets, recurrent tensors
 )
 _SHAPE = struct.Struct("<HH")
+_CLOCK_RESET = 30.0  # seconds: a device clock going back further is a new session (DeviceBuffer's default)
 
 
 class StoreError(Exception):
@@ -351,6 +356,10 @@ class SharedDevices:
         self._held: dict[str, list[_Held]] = {}
         self._n_held = 0
         self._versions: dict[str, int] = {}  # store version of the state this replica holds
+        # what this replica last committed per device: (version written, seq, record); kept through a
+        # failed commit, so that a store that lost writes (see _store_behind) gets it back
+        self._mine: dict[str, tuple[int, int | None, bytes]] = {}
+        self._published: dict[str, float] = {}  # t_end of the last prediction handed out, per device
         self._applied: dict[str, list[_Held]] = {}  # devices touched since the last commit
         self._shapes = pipeline.classifier.model.state_shapes()
         self._warned_local = False
@@ -375,6 +384,8 @@ class SharedDevices:
     def forget(self, device: str) -> None:
         """Drop this replica's copy of ``device`` (idle); the store keeps the device's state."""
         self._versions.pop(device, None)
+        self._mine.pop(device, None)
+        self._published.pop(device, None)
         self.sequence.forget(device)
 
     # -- apply ------------------------------------------------------------------------------------
@@ -397,7 +408,15 @@ class SharedDevices:
             self.counts["reads"] += len(stale)
             for device in stale:
                 version, blob = loaded[device]
-                if self._versions.get(device) != version:
+                if self._store_behind(device, version, blob):
+                    # the store lost writes (Redis's appendfsync everysec after a crash, a failover to
+                    # a lagging replica): this replica's last commit is newer; the store gets it back
+                    # (written against the stored version), rather than windows being classified again
+                    self.counts["store_behind"] += 1
+                    log.warning("%s: the shared store holds version %d, behind this replica's commit %d; "
+                                "writing this replica's copy back", device, version, self._mine[device][0])
+                    self._install(device, version, self._mine[device][2])
+                elif self._versions.get(device) != version:
                     self._install(device, version, blob)
         samples, rejected = 0, []
         last = self.sequence.snapshot()  # again: installs changed it
@@ -406,6 +425,22 @@ class SharedDevices:
             samples += n
             rejected += r
         return samples, rejected
+
+    def _store_behind(self, device: str, version: int, blob: bytes | None) -> bool:
+        """Whether the stored ``(version, blob)`` of ``device`` is older than what this replica last
+        committed of it: versions only grow, so a lower one than this replica wrote means writes were
+        lost; its ``seq`` behind this replica's tells it from a store that others have since moved on
+        from that older state."""
+        mine = self._mine.get(device)
+        if mine is None or version >= mine[0]:
+            return False
+        if blob is None:
+            return False
+        try:
+            record = decode_record(blob)
+        except ValueError:
+            return True  # unreadable: this replica's copy is better than starting afresh
+        return record.seq is None or (mine[1] is not None and record.seq < mine[1])
 
     def _install(self, device: str, version: int, blob: bytes | None) -> None:
         """Make the pipeline's state of ``device`` the stored one."""
@@ -508,12 +543,15 @@ class SharedDevices:
         self.counts["commits"] += len(done)
         for device in devices:
             if device in done:
-                self._versions[device] = updates[device][0] + 1
+                version = self._versions[device] = updates[device][0] + 1
+                self._mine[device] = (version, last.get(device), updates[device][1])
                 continue
             # another replica got there first (a duplicate delivery), or the store failed: this
-            # replica's copy is worthless; the messages go back to be checked against the store
+            # replica's copy is worthless; the messages go back to be checked against the store (which
+            # may also turn out to have lost this replica's last commit: apply writes that back)
             self.pipeline.evict(device)
-            self.forget(device)
+            self._versions.pop(device, None)
+            self.sequence.forget(device)
             for m in applied[device]:
                 self.hold(m.batch, m.arrival)
         # devices not applied through the store this cycle (phone formats, taken by the consumer
@@ -524,7 +562,20 @@ class SharedDevices:
             log.warning("device %s (a phone format: no seq) keeps its state on this replica, not in the shared "
                         "store: with a round-robin shared subscription its messages would be split among the "
                         "replicas; see DESIGN.md (Scale-out)", sorted(local)[0])
-        return [p for p in predictions if p.device not in applied or p.device in done]
+        out = []
+        for p in predictions:
+            if p.device not in applied:
+                out.append(p)
+            elif p.device in done:
+                # a safety net for exactly once: never a window at or before the last one handed out
+                # (within a device clock's session: a clock that restarted goes far back)
+                mark = self._published.get(p.device)
+                if mark is not None and mark - _CLOCK_RESET < p.t_end <= mark:
+                    self.counts["repeats_dropped"] += 1
+                    continue
+                self._published[p.device] = p.t_end
+                out.append(p)
+        return out
 
     def summary(self) -> dict:
         return {"held": self._n_held, "devices": len(self._versions), **self.counts}
