@@ -30,7 +30,8 @@ def label_spans(t: np.ndarray, label: np.ndarray) -> list[tuple[int, int, str]]:
 def replay(rec: Recording, broker: BrokerURL, prefix: str = "har", speed: float = 1.0, labels: bool = False,
            interval: float = 0.2, stop: threading.Event | None = None, progress: bool = False,
            qos: int = 0) -> dict:
-    """Publish every device of ``rec`` as native imu messages of ``interval`` seconds of samples.
+    """Publish every device of ``rec`` as native imu messages of ``interval`` seconds of samples; returns
+    the messages, samples and devices sent, the messages planned and whether it was stopped before the end.
 
     Devices play side by side, each from its own first timestamp; ``speed`` 0 publishes as fast as
     possible. With ``labels``, each run of a device's rows under one non-empty label goes out once, before
@@ -57,7 +58,8 @@ def replay(rec: Recording, broker: BrokerURL, prefix: str = "har", speed: float 
                 messages.append((float(t[b - 1] - t[0]), device, seq, rows.start + a, rows.start + b, here))
     messages.sort(key=lambda m: m[0])
     start = time.monotonic()
-    samples = 0
+    samples = sent = 0
+    devices: set[str] = set()
     info = None
     try:
         for offset, device, seq, a, b, spans in tqdm(messages, desc="replaying", unit="msg", disable=not progress):
@@ -76,9 +78,13 @@ def replay(rec: Recording, broker: BrokerURL, prefix: str = "har", speed: float 
             if speed <= 0 and seq % 200 == 0:
                 info.wait_for_publish(10)  # as fast as possible, but without unbounded client memory
             samples += b - a
+            sent += 1
+            devices.add(device)
     finally:
         if info is not None:
             info.wait_for_publish(10)  # flush what paho still holds before leaving
         client.disconnect()
         client.loop_stop()
-    return {"messages": len(messages), "samples": samples, "devices": len({m[1] for m in messages})}
+    # what was sent (a replay stopped early sends less than planned)
+    return {"messages": sent, "samples": samples, "devices": len(devices), "planned_messages": len(messages),
+            "stopped": sent < len(messages)}

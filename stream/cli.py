@@ -145,7 +145,8 @@ def cmd_replay(args) -> int:
     _on_signals(stop.set)
     sent = replay(rec, BrokerURL.parse(args.broker, args.ca_file), prefix=args.prefix, speed=args.speed,
                   labels=args.labels, interval=args.interval, stop=stop, progress=not args.quiet, qos=args.qos)
-    print(f"replayed {sent['samples']} samples of {sent['devices']} devices in {sent['messages']} messages")
+    print(f"replayed {sent['samples']} samples of {sent['devices']} devices in {sent['messages']} messages"
+          + (f" (stopped: {sent['planned_messages']} planned)" if sent["stopped"] else ""))
     return 0
 
 

@@ -281,3 +281,18 @@ def test_bench_refuses_no_devices(devices, capsys):
     assert exc.value.code == 2 and "--devices" in capsys.readouterr().err
     with pytest.raises(ValueError, match="devices"):  # before a broker or a consumer is started
         run_bench("mqtt://127.0.0.1:9", int(devices), 1.0)
+
+
+# -- 11. a replay stopped early reports what it sent, not what it planned ------------------------------------
+@pytest.mark.broker
+def test_replay_stopped_early_reports_what_was_sent(broker_url):
+    from simulators.replay import replay
+    rec = _labelled_recording()  # 16 s: 80 messages of 0.2 s
+    stop = threading.Event()
+    threading.Timer(0.5, stop.set).start()
+    sent = replay(rec, broker_url, prefix=_prefix(), speed=1.0, stop=stop)  # real time: stopped at ~0.5 s
+    assert sent["planned_messages"] == 80 and sent["stopped"]
+    assert 1 <= sent["messages"] <= 5 and sent["devices"] == 1
+    assert sent["samples"] == sum(min(50 * 0.2, 10) for _ in range(sent["messages"]))
+    done = replay(rec, broker_url, prefix=_prefix(), speed=0)
+    assert done["messages"] == done["planned_messages"] == 80 and not done["stopped"] and done["samples"] == len(rec)
