@@ -63,6 +63,7 @@ log = logging.getLogger(__name__)
 CONSUMER = "_consumer"  # <prefix>/_consumer/<id>/<kind>; cannot be a device id
 ALL_DEVICES = "(all devices)"  # the device named for a consumer's overall drift detectors
 MAX_NAME = 64  # longest label, detector, signal or model version kept
+KINDS = frozenset(("imu", "prediction", "label", "drift", "status", "metrics", "model", "training", "command"))
 
 
 class Malformed(Exception):
@@ -246,6 +247,98 @@ def _drift(body: dict, now: float) -> Drift:
                  received=now)
 
 
+# -- shapes of the consumer's messages: what the pages read, and of which type ---------------------------
+# A retained message of another shape (an older or foreign consumer) would break a page: a field of the
+# wrong type is dropped where the message is taken in (counted, ``<kind>/bad_field``), as if absent.
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and bool(np.isfinite(value))
+
+
+def _is_scalar(value: object) -> bool:
+    return value is None or isinstance(value, (str, bool)) or _is_number(value)
+
+
+def _is_counts(value: object) -> bool:
+    return isinstance(value, dict) and all(_is_number(v) for v in value.values())
+
+
+def _is_confusion(value: object) -> bool:
+    if not isinstance(value, dict):
+        return False
+    labels, matrix = value.get("labels"), value.get("matrix")
+    if labels is None and matrix is None:
+        return True
+    return (isinstance(labels, list) and all(isinstance(x, str) for x in labels) and isinstance(matrix, list)
+            and len(matrix) == len(labels)
+            and all(isinstance(row, list) and all(_is_number(c) for c in row) for row in matrix))
+
+
+def _is_created(value: object) -> bool:  # epoch seconds (shown as a date), or text shown as it is
+    return value is None or isinstance(value, str) or (_is_number(value) and 0 <= value < 4e9)
+
+
+_NUMBERS = dict.fromkeys
+_LEARNER = {**_NUMBERS(("updates", "adapter_updates", "dropped", "skipped", "windows", "serving_accuracy",
+                        "challenger_accuracy"), _is_number), "alive": lambda v: isinstance(v, bool)}
+_METRICS = {
+    **_NUMBERS(("t", "samples_per_s", "windows_per_s", "devices", "lost_samples", "messages", "windows",
+                "late_samples", "dropped", "queue"), _is_number),
+    "model": _is_scalar,
+    "latency_ms": _NUMBERS(("p50", "p95", "p99", "max"), _is_number),
+    "rejected": _is_counts,
+    "online": {**_NUMBERS(("accuracy", "rolling_accuracy", "kappa", "estimated_accuracy", "labelled_windows",
+                           "devices_needing_labels"), _is_number),
+               "needs_labels": _is_scalar,
+               "needing_labels": lambda v: isinstance(v, list) and all(_is_scalar(x) for x in v),
+               "per_class_recall": _is_counts, "confusion": _is_confusion},
+    "learner": _LEARNER,
+}
+_VERSION = {**_NUMBERS(("version", "parent", "path"), _is_scalar), "created": _is_created, "metrics": dict}
+_MODEL = {"serving": _is_scalar, "updates": _is_number, "skipped": _is_number,
+          "comparison": _LEARNER, "versions": [_VERSION]}
+
+
+def _shaped(value: object, shape, dropped: list[int]) -> object:
+    """``value`` with what does not fit ``shape`` taken out: a dict (known keys checked, others kept), a
+    one-item list (every item of that shape; others left out), a type, or a predicate. None fits any."""
+    if value is None:
+        return None
+    if isinstance(shape, dict):
+        if not isinstance(value, dict):
+            raise _Misfit
+        out = {}
+        for key, item in value.items():
+            if key not in shape:
+                out[key] = item
+                continue
+            try:
+                out[key] = _shaped(item, shape[key], dropped)
+            except _Misfit:
+                dropped[0] += 1
+        return out
+    if isinstance(shape, list):
+        if not isinstance(value, list):
+            raise _Misfit
+        out = []
+        for item in value:
+            try:
+                out.append(_shaped(item, shape[0], dropped))
+            except _Misfit:
+                dropped[0] += 1
+        return out
+    if isinstance(shape, type):
+        if not isinstance(value, shape):
+            raise _Misfit
+        return value
+    if not shape(value):
+        raise _Misfit
+    return value
+
+
+class _Misfit(Exception):
+    pass
+
+
 def _status(payload: bytes) -> str:
     status = payload.strip().decode("ascii", "replace").lower()
     if status not in ("online", "offline"):
@@ -340,7 +433,7 @@ class LiveStore:
         """
         now = time.time() if now is None else now
         parts = topic[len(self.prefix) + 1:].split("/") if topic.startswith(self.prefix + "/") else []
-        kind = parts[-1] if parts else "?"
+        kind = parts[-1] if parts and parts[-1] in KINDS else "other"  # counters keyed on a fixed set
         if not payload:
             return  # an empty message clears a retained one: nothing to show
         try:
@@ -354,10 +447,10 @@ class LiveStore:
             else:
                 raise Malformed("bad_topic")
         except Malformed as exc:
-            self._count(self._malformed, f"{kind[:16]}/{exc.reason}")
+            self._count(self._malformed, f"{kind}/{exc.reason}")
             log.debug("ignored %s: %s (payload %r)", topic[:80], exc.reason, payload[:60])
         except Exception:  # never let one message stop paho's loop
-            self._count(self._malformed, f"{kind[:16]}/error")
+            self._count(self._malformed, f"{kind}/error")
             log.warning("error handling %s (payload %r)", topic[:80], payload[:60], exc_info=True)
 
     def _count(self, counter: Counter, key: str) -> None:
@@ -498,6 +591,11 @@ class LiveStore:
             record = _object(payload)
             if kind == "model" and not isinstance(record.get("versions", []), list):
                 raise Malformed("bad_versions")
+            if kind != "command":
+                dropped = [0]
+                record = _shaped(record, _METRICS if kind == "metrics" else _MODEL, dropped)
+                if dropped[0]:
+                    self._count(self._malformed, f"{kind}/bad_field")
         elif kind == "drift":
             record = _drift(_object(payload), now)
         elif kind == "training":

@@ -121,8 +121,8 @@ def test_store_ignores_and_counts_malformed_payloads():
         ("har/dev-a/drift", b'{"detector": "adwin", "t": 1}'): "drift/bad_signal",
         ("har/dev-a/status", b"maybe"): "status/bad_status",
         ("har/bad id!/status", b"online"): "status/bad_device",
-        ("har/dev-a/whatever", b"{}"): "whatever/unknown_kind",
-        ("har/dev-a/imu/extra", b"{}"): "extra/bad_topic",
+        ("har/dev-a/whatever", b"{}"): "other/unknown_kind",  # kinds outside the contract: "other"
+        ("har/dev-a/imu/extra", b"{}"): "other/bad_topic",
         ("har/_consumer/c1/metrics", b"not json"): "metrics/bad_json",
         ("har/_consumer/c1/model", b'{"versions": 3}'): "model/bad_versions",
         ("har/_consumer/c1/training", b'{"loss": "high"}'): "training/bad_loss",
@@ -132,7 +132,7 @@ def test_store_ignores_and_counts_malformed_payloads():
     store.handle("other/dev-a/imu", imu(0, 0.0))
     counters = store.counters()
     expected = {}
-    for reason in [*bad.values(), "?/bad_topic"]:
+    for reason in [*bad.values(), "other/bad_topic"]:
         expected[reason] = expected.get(reason, 0) + 1
     assert counters["malformed"] == expected
     # nothing was kept from the bad ones but the device entries they could not create
@@ -428,3 +428,48 @@ def test_history_comes_from_the_consumers_event_store(tmp_path):
     assert len(view.predictions) == 5 and view.predictions[-1].label == "squat"
     assert store.counters()["received"] == {"prediction": 5, "label": 1, "drift": 1}
     assert load_history(LiveStore("har"), str(tmp_path / "missing.db")) == 0
+
+
+# -- consumer messages of an unexpected shape (found in review) --------------------------------------------
+ODD = {  # (kind, body): what a page read and crashed on
+    "metrics_latency_number": ("metrics", {"t": 1.0, "latency_ms": 12.5, "samples_per_s": 10}),
+    "model_metrics_list": ("model", {"serving": "v1", "versions": [{"version": "v1", "metrics": [0.9]}]}),
+    "online_recall_list": ("metrics", {"t": 1.0, "online": {"accuracy": 0.5, "per_class_recall": [0.5]}}),
+}
+
+
+def test_consumer_fields_of_an_unexpected_shape_are_dropped_and_counted():
+    store = LiveStore("har")
+    for kind, body in ODD.values():
+        store.handle(f"har/_consumer/c1/{kind}", orjson.dumps(body))
+    store.handle("har/_consumer/c1/metrics", orjson.dumps(
+        {"t": 2.0, "online": {"confusion": {"labels": ["a"], "matrix": [["x"]]}, "needing_labels": 3},
+         "rejected": {"bad_json": "many"}, "learner": {"dropped": "lots", "alive": False}, "extra": [1]}))
+    view, = store.consumers()
+    assert view.metrics == {"t": 2.0, "online": {}, "learner": {"alive": False}, "extra": [1]}  # unknown kept
+    assert [m for _, m in view.history][:2] == [{"t": 1.0, "samples_per_s": 10}, {"t": 1.0, "online": {"accuracy": 0.5}}]
+    assert view.model == {"serving": "v1", "versions": [{"version": "v1"}]}
+    assert store.counters()["malformed"] == {"metrics/bad_field": 3, "model/bad_field": 1}
+    store.handle("har/_consumer/c1/metrics", metrics())  # the consumer's own: kept whole
+    assert store.consumers()[0].metrics == orjson.loads(metrics())
+
+
+def test_malformed_counter_is_keyed_on_a_fixed_set_of_kinds():
+    store = LiveStore("har")
+    for k in range(2000):
+        store.handle(f"har/dev-a/kind{k}", b"{}")
+        store.handle(f"har/dev-a/x/kind{k}", b"{}")
+        store.handle(f"har/_consumer/c{k % 3}/kind{k}", b"{}")
+    assert store.counters()["malformed"] == {"other/unknown_kind": 4000, "other/bad_topic": 2000}
+
+
+@pytest.mark.broker
+@pytest.mark.parametrize("case, page", [("metrics_latency_number", "overview"), ("model_metrics_list", "model"),
+                                        ("online_recall_list", "drift")])
+def test_pages_survive_consumer_messages_of_an_unexpected_shape(case, page, app_feed):
+    from streamlit.testing.v1 import AppTest
+    kind, body = ODD[case]
+    app_feed.store.handle(f"{app_feed.prefix}/_consumer/c1/status", b"online")
+    app_feed.store.handle(f"{app_feed.prefix}/_consumer/c1/{kind}", orjson.dumps({**body, "t": time.time()}))
+    at = AppTest.from_file(str(Path(APP).parent / "pages" / f"{page}.py"), default_timeout=30).run()
+    assert not at.exception, [e.value for e in at.exception]
