@@ -226,6 +226,9 @@ def test_kill_9_loses_no_message_and_classifies_no_window_twice(broker_url, need
 
         assert wait(lambda: expected <= classified(), timeout=120), sorted(expected - classified())[:5]
         time.sleep(1.0)  # a window classified twice would come now, if at all
+        # the second life may have classified everything before it was killed: the last one must be up
+        # (its signal handlers set, as before it says online) before it is asked to stop
+        assert wait(lambda: watcher.status.count(b"online") >= len(procs), timeout=60)
         procs[-1].send_signal(signal.SIGTERM)
         assert procs[-1].wait(30) == 0
     finally:
