@@ -435,7 +435,7 @@ class SharedDevices:
         if mine is None or version >= mine[0]:
             return False
         if blob is None:
-            return False
+            return True  # no record (a store restarted empty): this replica's copy is the state
         try:
             record = decode_record(blob)
         except ValueError:

@@ -124,3 +124,35 @@ def test_a_window_at_or_before_the_last_one_published_is_never_handed_out(tiny_m
         cycle(a, published)
     assert max(Counter(round(p.t_end, 6) for p in published).values()) == 1
     assert a.counts["repeats_dropped"] >= 1
+
+
+def test_a_store_that_lost_every_record_gets_the_replicas_copy_back(tiny_model):
+    """Redis restarted empty while a replica holds its devices' current state: no reorder wait, no
+    LSTM state started afresh; the replica writes its copy (expected version 0)."""
+    import redis
+
+    store = _redis_store()
+    client = redis.Redis.from_url(store.url)
+    try:
+        a = replica(store, tiny_model, reorder_wait=5.0)
+        batches = stream_of("dev", 40, seed=3)
+        published: list = []
+        for b in batches[:20]:
+            a.hold(b, time.monotonic())
+            cycle(a, published)
+        client.delete(store.key("dev"))  # the store's data is gone
+        start = time.monotonic()
+        for b in batches[20:]:
+            a.hold(b, start)
+            for _ in range(2):
+                cycle(a, published, now=start)  # within reorder_wait: nothing may wait for it
+        assert a.held == 0 and a.sequence.lost_samples == 0
+        expected = _reference(tiny_model, batches)
+        assert sorted(round(p.t_end, 6) for p in published) == sorted(expected)
+        for p in published:  # the recurrent state went on
+            np.testing.assert_allclose(p.probs, expected[round(p.t_end, 6)], atol=1e-5)
+        assert decode_record(client.hget(store.key("dev"), "b")).seq == 39
+    finally:
+        client.delete(store.key("dev"))
+        client.close()
+        store.close()
