@@ -37,6 +37,18 @@ def _proc_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime
 
 
+def _tree_cpu_seconds(pid: int) -> tuple[float, float]:
+    """CPU seconds of a process and of its children (the consumer's learner process), each summed."""
+    children = 0.0
+    for task in Path(f"/proc/{pid}/task").glob("*/children"):
+        for child in task.read_text().split():
+            try:
+                children += _proc_cpu_seconds(int(child))
+            except (OSError, IndexError, ValueError):
+                pass  # exited meanwhile
+    return _proc_cpu_seconds(pid), children
+
+
 def _thread_cpu_seconds(pid: int) -> dict[int, float]:
     """CPU seconds of each thread of ``pid`` (the main thread's id is ``pid``)."""
     out = {}
@@ -101,7 +113,8 @@ def publish_main(argv: list[str]) -> int:
     start = time.monotonic()
     ticks = int(duration / interval)
     behind = 0.0
-    sent = 0
+    sent = samples = 0
+    progress = []  # (wall time, samples sent so far) after every tick: what was offered when
     last_label: dict[int, str] = {}
     # devices join over the first JOIN_SECONDS (inside the warm-up), as independent devices do: started
     # together, every device's window would end in the same tick (a 2 s window is 4 messages of 0.5 s),
@@ -131,11 +144,15 @@ def publish_main(argv: list[str]) -> int:
             body = orjson.dumps({"seq": tick, "t": t, "acc": acc}, option=orjson.OPT_SERIALIZE_NUMPY)
             client.publish(f"{prefix}/{device}/imu", body)
             sent += 1
+            samples += len(t)
+        progress.append((round(time.time(), 4), samples))
         if stop.is_set():
             break
+    # at once, before disconnecting: the bench's measured span ends with the last publish
+    print(json.dumps({"messages": sent, "samples": samples, "max_behind_s": round(behind, 3),
+                      "progress": progress}), flush=True)
     client.disconnect()
     client.loop_stop()
-    print(json.dumps({"messages": sent, "max_behind_s": round(behind, 3)}), flush=True)
     return 0
 
 
@@ -348,10 +365,23 @@ def _message_rates(metrics: list[dict], wall0: float, wall1: float) -> dict[str,
 
     def received(m: dict) -> int:
         return m["messages"] + m["dropped"] + m.get("queue", 0)
-    rates = {"received": (received(b) - received(a)) / dt, "handled": (b["messages"] - a["messages"]) / dt}
+    rates = {"received": (received(b) - received(a)) / dt, "handled": (b["messages"] - a["messages"]) / dt,
+             "span": (a["t"], b["t"])}
     if "samples" in a and "samples" in b:
         rates["samples"] = (b["samples"] - a["samples"]) / dt
     return rates
+
+
+def _sent_rate(progress: list, span: tuple[float, float] | None) -> float | None:
+    """Samples per second the publisher sent over ``span`` (wall times), from its (time, samples sent)
+    after every tick; None where it cannot tell."""
+    if span is None or len(progress) < 2:
+        return None
+    times, sent = np.asarray([p[0] for p in progress]), np.asarray([p[1] for p in progress], dtype=float)
+    a, b = span
+    if b <= a or a < times[0] or b > times[-1] + 1.0:
+        return None
+    return float((np.interp(b, times, sent) - np.interp(a, times, sent)) / (b - a))
 
 
 def run_bench(broker: str, devices: int, duration: float, interval: float = 0.5, warmup: float = 8.0,
@@ -394,17 +424,25 @@ def run_bench(broker: str, devices: int, duration: float, interval: float = 0.5,
         n0 = len(metrics)
         broker_pid = None if embedded else _broker_pid()
         broker0 = _proc_cpu_seconds(broker_pid) if broker_pid else 0.0
-        cpu0, t0, wall0 = _proc_cpu_seconds(consumer.pid), time.monotonic(), time.time()
+        (cpu0, learner0), t0, wall0 = _tree_cpu_seconds(consumer.pid), time.monotonic(), time.time()
         threads0 = _thread_cpu_seconds(consumer.pid)
         peak_rss = 0
-        while publisher.poll() is None:
+        report: list[bytes] = []  # the publisher's one line, printed as soon as it has published all
+        done = threading.Event()
+
+        def read_report() -> None:
+            report.append(publisher.stdout.readline())
+            done.set()
+        threading.Thread(target=read_report, daemon=True).start()
+        while not done.is_set() and publisher.poll() is None:
             peak_rss = max(peak_rss, _proc_rss_bytes(consumer.pid))
-            time.sleep(0.5)
-        cpu1, t1, wall1 = _proc_cpu_seconds(consumer.pid), time.monotonic(), time.time()
+            done.wait(0.5)
+        (cpu1, learner1), t1, wall1 = _tree_cpu_seconds(consumer.pid), time.monotonic(), time.time()
         broker1 = _proc_cpu_seconds(broker_pid) if broker_pid else 0.0
         threads1 = _thread_cpu_seconds(consumer.pid)
+        publisher.wait(30)
         time.sleep(2.5)  # let the last windows and metrics out
-        pub = json.loads(publisher.stdout.read() or b"{}")
+        pub = json.loads((report[0] if report else b"") or b"{}")
     finally:
         consumer.send_signal(signal.SIGTERM)
         try:
@@ -421,7 +459,8 @@ def run_bench(broker: str, devices: int, duration: float, interval: float = 0.5,
     p99 = [m["latency_ms"]["p99"] for m in window if m["latency_ms"]["p99"] is not None]
     mx = [m["latency_ms"]["max"] for m in window if m["latency_ms"]["max"] is not None]
     last = metrics[-1]
-    cpu_share = (cpu1 - cpu0) / max(t1 - t0, 1e-9)
+    # the consumer's process and its learner process (a child of its own with --learn)
+    cpu_share = (cpu1 - cpu0 + learner1 - learner0) / max(t1 - t0, 1e-9)
     # the service thread (decode, buffers, model, publishing) is the main thread; paho's network thread
     # (reading and parsing MQTT packets, handing them over) is the busiest of the others
     thread_cores = sorted(((threads1[k] - threads0.get(k, 0.0)) / max(t1 - t0, 1e-9), k) for k in threads1)
@@ -431,7 +470,10 @@ def run_bench(broker: str, devices: int, duration: float, interval: float = 0.5,
     # samples handled over the measured span (the metrics' intervals are irregular when the service
     # thread is busy: a median of per-interval rates weighs a short interval like a long one)
     sustained = rates.get("samples") or (float(np.median(samples)) if samples else 0.0)
-    offered = devices * 50.0
+    nominal = devices * 50.0
+    # what the publisher sent over the same span (its streams hold 49-50 samples/s per device; behind its
+    # schedule, less): real time is the consumer handling what it was offered
+    offered = _sent_rate(pub.get("progress") or [], rates.get("span")) or nominal
     from models.checkpoint import default_model_path, load_checkpoint
     model, _ = load_checkpoint(model_path or default_model_path())
     baseline = baseline_throughput(model, context_seconds)
@@ -440,7 +482,8 @@ def run_bench(broker: str, devices: int, duration: float, interval: float = 0.5,
         "devices": devices,
         "duration_s": duration,
         "broker": broker_name,
-        "offered_samples_per_s": offered,
+        "offered_samples_per_s": round(offered, 1),
+        "nominal_samples_per_s": nominal,
         "sustained_samples_per_s": round(sustained, 1),
         "real_time": bool(sustained >= 0.97 * offered and last["dropped"] == 0),
         "devices_in_real_time": int(min(devices, sustained / 50.0)),
@@ -453,6 +496,7 @@ def run_bench(broker: str, devices: int, duration: float, interval: float = 0.5,
         "lost_samples": last["lost_samples"],
         "rejected": last["rejected"],
         "consumer_cpu_cores": round(cpu_share, 3),
+        "learner_cpu_cores": round((learner1 - learner0) / max(t1 - t0, 1e-9), 3),
         "broker_cpu_cores": round((broker1 - broker0) / max(t1 - t0, 1e-9), 3) if broker_pid else None,
         "service_thread_cores": round(service_cores, 3),
         "network_thread_cores": round(max(other, default=0.0), 3),
@@ -467,7 +511,7 @@ def run_bench(broker: str, devices: int, duration: float, interval: float = 0.5,
         "samples_per_s_per_core": round(per_core, 1),
         "memory_bytes_per_device": int(max(0, peak_rss - rss_idle) / devices),
         "consumer_peak_rss_mb": round(peak_rss / 2**20, 1),
-        "publisher": pub,
+        "publisher": {k: v for k, v in pub.items() if k != "progress"},
         "learn": learn,
         "learner": last.get("learner"),  # the online learner's counters at the end (None without it)
         "interval_s": interval,

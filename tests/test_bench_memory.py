@@ -33,3 +33,31 @@ def test_sustained_rate_counts_samples_over_the_publishing_span():
     metrics.append({"t": t + 1.0, "samples": samples, "messages": messages, "dropped": 0, "queue": 0})  # idle tail
     rates = _message_rates(metrics, 100.0, t)
     assert rates["samples"] == 250_000 and rates["handled"] == 10_000 == rates["received"]
+
+
+def test_offered_is_what_the_publisher_sent_over_the_span_the_consumer_was_measured():
+    """Real time is the consumer handling what it was offered: the publisher's streams hold 49-50 samples/s
+    per device, and a publisher behind its schedule offers less; the nominal devices x 50 Hz called a
+    consumer that kept up 'NOT real time'."""
+    from stream.bench import _sent_rate
+
+    progress = [(1000.0 + 0.5 * k, 990 * k) for k in range(41)]  # 1980 samples/s sent
+    assert abs(_sent_rate(progress, (1004.0, 1016.0)) - 1980.0) < 1e-6
+    assert _sent_rate(progress, None) is None and _sent_rate(progress[:1], (1004.0, 1016.0)) is None
+    assert _sent_rate(progress, (990.0, 1016.0)) is None  # the span began before the publisher did
+
+
+def test_the_consumers_cpu_counts_its_learner_process():
+    """With --learn the consumer fine-tunes in a child process: its CPU is the consumer's too."""
+    import time
+
+    from stream.bench import _tree_cpu_seconds
+
+    parent = subprocess.Popen([sys.executable, "-c", "import subprocess, sys; subprocess.run([sys.executable, '-c', "
+                               "'import time\\nt = time.process_time()\\nwhile time.process_time() - t < 1.5: pass'])"])
+    try:
+        time.sleep(1.2)
+        own, children = _tree_cpu_seconds(parent.pid)
+        assert children > 0.3 and own < 0.5, (own, children)
+    finally:
+        parent.wait(30)
