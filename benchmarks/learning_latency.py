@@ -87,7 +87,7 @@ def main() -> int:
         f"{args.rounds} rounds, the configurations alternating within each round. Medians over the rounds "
         "(ratio to learning off):", "",
         "| consumer | " + " | ".join(label for _, label in FIGURES)
-        + " | consumer cores | learner: sequences learnt / dropped |",
+        + " | consumer cores (its learner process included) | learner: sequences learnt / dropped |",
         "|---|" + "---|" * (len(FIGURES) + 2),
     ]
     for name, rs in runs.items():
