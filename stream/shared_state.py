@@ -25,7 +25,8 @@ the read and only commits: one round trip per cycle instead of two. The version 
 copy that another replica has since overtaken.
 
 Records are a small binary format (``encode_record``), never pickles: reading the store never runs
-code from it.
+code from it. A record names the model version whose recurrent state it holds; a replica takes that
+state only from a version it has served itself (the one it started with, or one it was promoted from).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from models.checkpoint import _model_version
 from stream.buffers import DeviceBuffer
 from stream.decode import Rejected, SampleBatch, SequenceCheck
 from stream.pipeline import Pipeline, Prediction
@@ -62,7 +64,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2 adds the model version after the header; 1 (without it) is still read
 _HEADER = struct.Struct(
     "<BBq"  # format, has seq, seq
     "didddd3ddqiI"  # rate, window, max_gap, reorder, clock_reset, last_t (NaN: none), last_acc, origin, k,
@@ -70,6 +72,7 @@ _HEADER = struct.Struct(
     "qqqqB"  # late_samples, duplicates, gaps, clock_resets, recurrent tensors
 )
 _SHAPE = struct.Struct("<HH")
+_MODEL = struct.Struct("<B")  # length of the model version (utf-8) that follows
 _CLOCK_RESET = 30.0  # seconds: a device clock going back further is a new session (DeviceBuffer's default)
 
 
@@ -111,6 +114,7 @@ class DeviceRecord:
     seq: int | None  # last seq applied; None before the first message
     buffer: BufferState | None  # None before the first sample
     recurrent: tuple[np.ndarray, ...] = ()  # each (d0, d2) float32; () is the model's initial state
+    model: str = ""  # version of the model whose recurrent state it is; "" in a format 1 record
 
 
 # -- DeviceBuffer's state: DeviceBuffer keeps it in private fields and has no snapshot of its own,
@@ -151,7 +155,8 @@ def restore_buffer(device: str, state: BufferState, now: float) -> DeviceBuffer:
 
 
 def encode_record(record: DeviceRecord) -> bytes:
-    """A record as bytes: a fixed header, tensor shapes, the buffer's arrays, the recurrent tensors."""
+    """A record as bytes: a fixed header, the model version, tensor shapes, the buffer's arrays, the
+    recurrent tensors."""
     b = record.buffer
     if b is None:  # window 0 marks "no buffer"
         b = BufferState(rate=0.0, window=0, max_gap=0.0, reorder=0.0, clock_reset=0.0, last_t=None,
@@ -168,7 +173,8 @@ def encode_record(record: DeviceRecord) -> bytes:
               *(np.ascontiguousarray(a, dtype=np.float64) for a in (b.held_t, b.held_acc, b.held_age)),
               *tensors]
     shapes = b"".join(_SHAPE.pack(*t.shape) for t in tensors)
-    return b"".join([header, shapes, *(a.tobytes() for a in arrays)])
+    model = record.model.encode()[:255]
+    return b"".join([header, _MODEL.pack(len(model)), model, shapes, *(a.tobytes() for a in arrays)])
 
 
 def decode_record(blob: bytes) -> DeviceRecord:
@@ -184,9 +190,17 @@ def decode_record(blob: bytes) -> DeviceRecord:
     try:
         (version, has_seq, seq, rate, window, max_gap, reorder, clock_reset, last_t, ax, ay, az, origin, k,
          fill, held, late, duplicates, gaps, clock_resets, n_tensors) = _HEADER.unpack_from(blob)
-        if version != FORMAT_VERSION:
+        if version not in (1, FORMAT_VERSION):
             raise ValueError(f"record format {version}, expected {FORMAT_VERSION}")
         offset = _HEADER.size
+        model = ""
+        if version >= 2:
+            (n,) = _MODEL.unpack_from(blob, offset)
+            offset += _MODEL.size
+            if offset + n > len(blob):
+                raise ValueError("model version cut short")
+            model = blob[offset:offset + n].decode(errors="replace")
+            offset += n
         shapes = [_SHAPE.unpack_from(blob, offset + i * _SHAPE.size) for i in range(n_tensors)]
         offset += n_tensors * _SHAPE.size
         pending = take(np.float32, fill * 3, (fill, 3))
@@ -205,7 +219,7 @@ def decode_record(blob: bytes) -> DeviceRecord:
                              last_acc=np.array([ax, ay, az]), origin=origin, k=k, pending=pending,
                              held_t=held_t, held_acc=held_acc, held_age=held_age, late_samples=late,
                              duplicates=duplicates, gaps=gaps, clock_resets=clock_resets)
-    return DeviceRecord(seq=seq if has_seq else None, buffer=buffer, recurrent=tensors)
+    return DeviceRecord(seq=seq if has_seq else None, buffer=buffer, recurrent=tensors, model=model)
 
 
 # -- stores ----------------------------------------------------------------------------------------
@@ -363,6 +377,25 @@ class SharedDevices:
         self._applied: dict[str, list[_Held]] = {}  # devices touched since the last commit
         self._shapes = pipeline.classifier.model.state_shapes()
         self._warned_local = False
+        # model versions this replica has served (the one it started with and each it was promoted to):
+        # recurrent state they made goes on, as a single consumer keeps its devices' state across a
+        # promotion; state made by any other model starts afresh (_install)
+        self._served: set[str] = set()
+        self._hashed: tuple[object, str] | None = None  # (model, its weights' hash) for an unnamed model
+        self._foreign: set[str] = set()  # other models' versions warned about
+        self._serving()
+
+    def _serving(self) -> str:
+        """The serving model's version (a hash of its weights when the classifier has none), noted as
+        served: a promotion (the consumer's ``_apply_swap``) swaps the model under this replica."""
+        classifier = self.pipeline.classifier
+        version = classifier.version
+        if not version or version == "unknown":
+            if self._hashed is None or self._hashed[0] is not classifier.model:
+                self._hashed = (classifier.model, _model_version(classifier.model))
+            version = self._hashed[1]
+        self._served.add(version)
+        return version
 
     @property
     def held(self) -> int:
@@ -392,6 +425,7 @@ class SharedDevices:
     def apply(self, now: float | None = None) -> tuple[int, list[Rejected]]:
         """Apply every held message that is its device's next; returns (samples applied, rejections)."""
         now = time.monotonic() if now is None else now
+        self._serving()
         last = self.sequence.snapshot()
         stale = []
         for device, messages in self._held.items():
@@ -464,7 +498,16 @@ class SharedDevices:
                 log.warning("%s: shared buffer state for %g Hz x %d, the model has %g Hz x %d; starting "
                             "afresh", device, record.buffer.rate, record.buffer.window, cfg.rate, cfg.window)
         if record.recurrent:
-            if [t.shape for t in record.recurrent] == self._shapes:
+            if record.model and record.model not in self._served:
+                # made by weights this replica never served (a rolling upgrade, another --model): it
+                # means nothing to this model; the buffer and seq go on, the recurrent state restarts
+                self.counts["model_resets"] += 1
+                if record.model not in self._foreign and len(self._foreign) < 16:
+                    self._foreign.add(record.model)
+                    log.warning("%s: shared recurrent state made by model %s, this replica serves %s; it "
+                                "starts afresh (counted as model_resets)", device, record.model,
+                                self._serving())
+            elif [t.shape for t in record.recurrent] == self._shapes:
                 # the bank's tensors are inference tensors once it has grown inside a forward pass
                 with torch.inference_mode():
                     self.pipeline.classifier.bank.set(device, tuple(torch.from_numpy(t).unsqueeze(1)
@@ -526,10 +569,11 @@ class SharedDevices:
             rows = {d: tuple(t[:, i] for t in gathered) for i, d in enumerate(with_state)}
         last = self.sequence.snapshot()
         now = time.monotonic()
+        model = self._serving()
         updates = {}
         for device in devices:
             buffer = self.pipeline.buffers.get(device)
-            record = DeviceRecord(seq=last.get(device), recurrent=rows.get(device, ()),
+            record = DeviceRecord(seq=last.get(device), recurrent=rows.get(device, ()), model=model,
                                   buffer=None if buffer is None else buffer_state(buffer, now))
             updates[device] = (self._versions.get(device, 0), encode_record(record))
         try:

@@ -15,7 +15,9 @@ import orjson
 
 from models.state import StatefulClassifier
 from stream.consumer import Consumer, ConsumerConfig
-from stream.shared_state import MemoryStore, RedisStore, decode_record
+from stream.decode import SequenceCheck
+from stream.pipeline import Pipeline
+from stream.shared_state import MemoryStore, RedisStore, SharedDevices, decode_record
 from tests.test_scaleout import cycle, redis_or_skip, replica, stream_of
 
 
@@ -156,3 +158,54 @@ def test_a_store_that_lost_every_record_gets_the_replicas_copy_back(tiny_model):
         client.delete(store.key("dev"))
         client.close()
         store.close()
+
+
+def _other_model(seed: int):
+    import torch
+
+    from models.rnn import HARNet, ModelConfig
+    torch.manual_seed(seed)
+    return HARNet(ModelConfig(classes=("rest", "squat", "walking"), hidden=16, layers=2, window=20, hop=20,
+                              patch=5, rate=25.0)).eval()
+
+
+def test_the_record_names_its_model_and_older_records_still_read():
+    from stream.shared_state import _HEADER, DeviceRecord, encode_record
+
+    rng = np.random.default_rng(0)
+    record = DeviceRecord(seq=5, buffer=None, recurrent=(rng.normal(size=(2, 16)).astype(np.float32),),
+                          model="abc123")
+    assert decode_record(encode_record(record)).model == "abc123"
+    blob = encode_record(DeviceRecord(seq=5, buffer=None, recurrent=record.recurrent))
+    old = bytes([1]) + blob[1:_HEADER.size] + blob[_HEADER.size + 1:]  # format 1: no model version
+    back = decode_record(old)
+    assert back.seq == 5 and back.model == "" and np.array_equal(back.recurrent[0], record.recurrent[0])
+
+
+def test_recurrent_state_of_another_model_starts_afresh_but_a_promotion_keeps_it(tiny_model):
+    """A replica serving other weights (a rolling upgrade, another --model) takes the device's buffer
+    and seq, not a recurrent state that means nothing to its model; a replica promoted from the model
+    that made the state keeps it, as a single consumer keeps its devices' state across a promotion."""
+    store = MemoryStore()
+    batches = stream_of("dev", 12, seed=3)
+    a = SharedDevices(store, Pipeline(StatefulClassifier(tiny_model, "v1")), SequenceCheck(), 60.0)
+    published: list = []
+    for b in batches[:8]:
+        a.hold(b, time.monotonic())
+        cycle(a, published)
+    state_a = [t.clone() for t in a.pipeline.classifier.bank.get("dev")]
+
+    other = SharedDevices(store, Pipeline(StatefulClassifier(_other_model(1), "v9")), SequenceCheck(), 60.0)
+    other.hold(batches[8], time.monotonic())
+    other.apply()
+    assert other.counts["model_resets"] == 1
+    assert "dev" not in other.pipeline.classifier.bank  # the model's initial state
+    assert other.sequence.last("dev") == 8 and "dev" in other.pipeline.buffers
+
+    c = SharedDevices(store, Pipeline(StatefulClassifier(tiny_model, "v1")), SequenceCheck(), 60.0)
+    c.pipeline.classifier.set_model(_other_model(2), "v2")  # fine-tuned weights promoted (_apply_swap)
+    c.hold(batches[8], time.monotonic())
+    c.apply()
+    assert c.counts["model_resets"] == 0
+    for x, y in zip(c.pipeline.classifier.bank.get("dev"), state_a, strict=True):
+        np.testing.assert_array_equal(x.numpy(), y.numpy())
