@@ -374,6 +374,11 @@ class SharedDevices:
         # failed commit, so that a store that lost writes (see _store_behind) gets it back
         self._mine: dict[str, tuple[int, int | None, bytes]] = {}
         self._published: dict[str, float] = {}  # t_end of the last prediction handed out, per device
+        # samples and lost samples of each device applied since the last commit: they count only once
+        # the device's commit succeeds (a failed one applies the same messages again)
+        self._cycle_samples: Counter[str] = Counter()
+        self._cycle_lost: Counter[str] = Counter()
+        self._uncount = 0  # samples reported by apply whose commit then failed: taken off later reports
         self._applied: dict[str, list[_Held]] = {}  # devices touched since the last commit
         self._shapes = pipeline.classifier.model.state_shapes()
         self._warned_local = False
@@ -423,7 +428,10 @@ class SharedDevices:
 
     # -- apply ------------------------------------------------------------------------------------
     def apply(self, now: float | None = None) -> tuple[int, list[Rejected]]:
-        """Apply every held message that is its device's next; returns (samples applied, rejections)."""
+        """Apply every held message that is its device's next; returns (samples applied, rejections).
+
+        Samples applied again after a failed commit are not reported twice: what a failed commit had
+        reported is taken off the next reports."""
         now = time.monotonic() if now is None else now
         self._serving()
         last = self.sequence.snapshot()
@@ -458,7 +466,9 @@ class SharedDevices:
             n, r = self._apply_device(device, last.get(device), now)
             samples += n
             rejected += r
-        return samples, rejected
+        taken = min(self._uncount, samples)
+        self._uncount -= taken
+        return samples - taken, rejected
 
     def _store_behind(self, device: str, version: int, blob: bytes | None) -> bool:
         """Whether the stored ``(version, blob)`` of ``device`` is older than what this replica last
@@ -540,13 +550,15 @@ class SharedDevices:
                 keep += messages[i:]  # order: nothing after a gap goes before it
                 break
             try:
-                self.sequence.check(m.batch)
+                lost = self.sequence.check(m.batch)
             except Rejected as exc:
                 rejected.append(exc)
                 continue
             self.pipeline.add(m.batch, m.arrival)
             self._applied.setdefault(device, []).append(m)
             samples += len(m.batch)
+            self._cycle_samples[device] += len(m.batch)
+            self._cycle_lost[device] += lost
             last = seq
         self._n_held -= len(messages) - len(keep)
         if keep:
@@ -585,11 +597,16 @@ class SharedDevices:
         else:
             self.counts["conflicts"] += len(devices) - len(done)
         self.counts["commits"] += len(done)
+        cycle_samples, self._cycle_samples = self._cycle_samples, Counter()
+        cycle_lost, self._cycle_lost = self._cycle_lost, Counter()
         for device in devices:
             if device in done:
                 version = self._versions[device] = updates[device][0] + 1
                 self._mine[device] = (version, last.get(device), updates[device][1])
                 continue
+            # not counted: the messages are applied (and counted) again, or turn out to be repeats
+            self._uncount += cycle_samples[device]
+            self.sequence.lost_samples -= cycle_lost[device]
             # another replica got there first (a duplicate delivery), or the store failed: this
             # replica's copy is worthless; the messages go back to be checked against the store (which
             # may also turn out to have lost this replica's last commit: apply writes that back)

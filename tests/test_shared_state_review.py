@@ -17,7 +17,7 @@ from models.state import StatefulClassifier
 from stream.consumer import Consumer, ConsumerConfig
 from stream.decode import SequenceCheck
 from stream.pipeline import Pipeline
-from stream.shared_state import MemoryStore, RedisStore, SharedDevices, decode_record
+from stream.shared_state import MemoryStore, RedisStore, SharedDevices, StoreError, decode_record
 from tests.test_scaleout import cycle, redis_or_skip, replica, stream_of
 
 
@@ -209,3 +209,63 @@ def test_recurrent_state_of_another_model_starts_afresh_but_a_promotion_keeps_it
     assert c.counts["model_resets"] == 0
     for x, y in zip(c.pipeline.classifier.bank.get("dev"), state_a, strict=True):
         np.testing.assert_array_equal(x.numpy(), y.numpy())
+
+
+class _Flaky(MemoryStore):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fail = 0
+
+    def commit(self, updates):
+        if self.fail:
+            self.fail -= 1
+            raise StoreError("Redis commit failed: Timeout reading from socket")
+        return super().commit(updates)
+
+
+def test_a_failed_commit_counts_samples_and_lost_samples_once(tiny_model):
+    """The consumer adds apply()'s samples to its throughput; a failed commit applies the same messages
+    again, and the gap they reveal is counted again: both count only once the commit succeeds."""
+    store = _Flaky()
+    a = replica(store, tiny_model, reorder_wait=0.5)
+    batches = stream_of("dev", 10, seed=3)
+    total = 0
+    for b in batches[:4]:
+        a.hold(b, time.monotonic())
+        total += a.apply()[0]
+        a.commit(a.pipeline.classify_ready())
+    start = time.monotonic()
+    for b in batches[5:8]:  # seq 4 lost on the way
+        a.hold(b, start)
+    total += a.apply(start + 1)[0]  # the gap accepted: 10 samples lost, 30 applied
+    store.fail = 1
+    a.commit(a.pipeline.classify_ready())  # the write fails: the messages are held again
+    for _ in range(2):
+        total += a.apply(start + 1)[0]
+        a.commit(a.pipeline.classify_ready())
+    assert a.held == 0 and a.sequence.last("dev") == 7
+    assert total == 70
+    assert a.sequence.lost_samples == 10
+
+
+def test_the_replica_that_loses_a_duplicate_delivery_does_not_count_its_samples(tiny_model):
+    store = MemoryStore()
+    a, b = replica(store, tiny_model), replica(store, tiny_model)
+    batches = stream_of("dev", 10, seed=3)
+    totals = Counter()
+    for x in batches[:6]:  # both replicas get every message: a commits first, b's write is refused
+        for r in (a, b):
+            r.hold(x, time.monotonic())
+        totals["a"] += a.apply()[0]
+        totals["b"] += b.apply()[0]
+        a.commit(a.pipeline.classify_ready())
+        b.commit(b.pipeline.classify_ready())
+        for name, r in (("a", a), ("b", b)):
+            totals[name] += r.apply()[0]
+            r.commit(r.pipeline.classify_ready())
+    assert b.counts["conflicts"] > 0
+    for x in batches[6:]:  # then b alone: what it reported for the refused writes comes off
+        b.hold(x, time.monotonic())
+        totals["b"] += b.apply()[0]
+        b.commit(b.pipeline.classify_ready())
+    assert totals["a"] + totals["b"] == 100
