@@ -60,3 +60,23 @@ def test_summary_means_over_folds_then_seeds(seeds):
     table = seeds.markdown(summary, [0, 1, 2])
     assert "| A | 2 | 50.00 | 100.00 | 50.00 | 66.67 | 100.00 |" in table
     assert "3 models averaged" in table
+
+
+def test_an_import_made_by_other_code_is_made_again(tmp_path, monkeypatch):
+    """benchmarks/real_data.py reuses a data set's recording file only if this checkout's importer wrote
+    it: an import from before a fix (muvr's set under two labels) was reused silently."""
+    spec = importlib.util.spec_from_file_location("bench_real_data", SCRIPT.parent / "real_data.py")
+    real_data = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(real_data)
+    runs = []
+
+    def fake_import(cmd, **kwargs):
+        runs.append(cmd)
+        Path(cmd[-1]).write_text("device,t,ax,ay,az,label\n")
+    monkeypatch.setattr(real_data.subprocess, "run", fake_import)
+    stale = tmp_path / "muvr.csv"
+    stale.write_text("old import\n")
+    path = real_data.recording("muvr", tmp_path, tmp_path)
+    assert len(runs) == 1 and path.read_text().startswith("device,")
+    real_data.recording("muvr", tmp_path, tmp_path)  # made by this code: reused
+    assert len(runs) == 1
