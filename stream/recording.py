@@ -161,8 +161,12 @@ def _read_rows(path: Path, handle) -> Recording:
     numeric = ["t", "ax", "ay", "az"] + (["gx", "gy", "gz"] if has_gyro else [])
     idx = [col[c] for c in numeric]
     last_t: dict[str, float] = {}
+    line = reader.line_num
     for row in reader:
-        where = f"{path}:{reader.line_num}"
+        first, line = line + 1, reader.line_num
+        where = f"{path}:{line}"
+        if line != first:  # a quoted field ran over line ends: a quote left open swallows what follows
+            raise RecordingError(f"{path}:{first}: a field runs over {line - first + 1} lines (a quote left open?)")
         if not row:
             continue
         if len(row) != width:

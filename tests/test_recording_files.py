@@ -60,3 +60,17 @@ def test_files_with_and_without_a_subject_column_keep_their_people():
     without = _rec("p2", 100, "squat")
     both = concat_recordings([with_people, without])
     assert both.subjects().tolist() == ["p1"] * 200 + ["p2"] * 100
+
+
+def test_a_quote_left_open_names_its_line(tmp_path):
+    """A quote left open would swallow the rest of the file into one label; the file is refused at the
+    line where the quote opened."""
+    import pytest
+
+    from stream.recording import RecordingError
+
+    path = tmp_path / "quote.csv"
+    path.write_text("device,t,ax,ay,az,label\nd1,0,0,0,9.8,squat\nd1,0.04,0,0,9.8,\"squat\n"
+                    "d1,0.08,0,0,9.8,squat\nd1,0.12,0,0,9.8,squat\n")
+    with pytest.raises(RecordingError, match=r"quote\.csv:3: a field runs over 3 lines"):
+        read_recording(path)
