@@ -361,6 +361,7 @@ class Consumer:
         self._label_only: dict[str, float] = {}  # devices with labels and no samples yet -> last label's arrival
         self._other_labels: set[str] = set()  # label names taken that the model has no class for
         self.store: EventStore | None = None
+        self._dropped_mark = 0  # the store's ``dropped`` when the journal's generation began (checkpoint())
         self.shared: SharedDevices | None = None
         if config.state_store:
             store = open_store(config.state_store, f"harstream:{config.prefix}", config.state_ttl)
@@ -374,7 +375,8 @@ class Consumer:
             self._restore(classifier)
             self.store = EventStore(config.state_dir / "events.db")
             for row in self._journalled:  # what a killed life classified: the store ignores what it has
-                self.store.prediction(*row)
+                self.store.prediction(*row, block=True)  # more than its queue holds are waited for, not dropped
+            self._dropped_mark = self.store.dropped  # checkpoint(): the journal lacks nothing the store dropped
             if self._journalled:
                 log.info("%d predictions of the last life put into the event store from the journal",
                          len(self._journalled))
@@ -498,8 +500,10 @@ class Consumer:
                  time.time() - state["saved_at"], journalled)
 
     def checkpoint(self, final: bool = False) -> bool:
-        """Save per-device state (and the serving model if it changed) to the state directory; False
-        when it must wait: predictions whose windows it would record as published are not yet sent."""
+        """Save per-device state (and the serving model if it changed) to the state directory; False when
+        it is to be tried again soon: predictions whose windows it would record as published are not yet
+        sent (nothing saved), or the journal is kept because the event store lacks some of its predictions
+        (device state saved all the same)."""
         directory = self.config.state_dir
         if directory is None:
             return True
@@ -521,27 +525,52 @@ class Consumer:
         if self.after_window:  # what the broker will send again must be accepted: up to the first one held
             sequences = {d: s for d, s in ((d, self.acks.safe_seq(d, s)) for d, s in sequences.items())
                          if s is not None}
-        # the journal is the only copy of predictions the store has not written yet: it is rotated away
-        # only once the store has them (a store whose writes fail is not waited for: EventStore.failing)
-        stored = True
+        # the journal is the only copy of predictions the store has not written: it is rotated away only once
+        # the store has written what is queued (a failing store is not waited for: EventStore.failing) and has
+        # dropped nothing (its queue full) since this journal began. Otherwise the state names this journal
+        # still (device state is saved all the same), whose predictions go into the store again: here once the
+        # store writes again, or at the next start (a put that waits for room there, never a drop).
+        stored = rotate = True
+        dropped = 0
         if self.journal is not None and self.store is not None:
+            dropped = self.store.dropped
             stored = self.store.flush(10.0, until_failure=True)
-            if not stored and not final:
-                return False
+            rotate = stored and dropped == self._dropped_mark
         if self.journal is None:
             generation = self._journal_generation
-        elif stored:
+        elif rotate:
             generation = self.journal.next_generation()
-        else:  # the final one, the store behind: the next life puts the journal's predictions into it
+        else:
             generation = self.journal.generation
-            log.warning("the event store has not written %d events (%d write failures): the journal %s is kept "
-                        "for the next life", self.store.pending, self.store.errors, generation)
+            if final:
+                log.warning("the event store has not written %d events (%d dropped, %d write failures): the "
+                            "journal %s is kept for the next life", self.store.pending,
+                            self.store.dropped - self._dropped_mark, self.store.errors, generation)
         save_state(directory, classifier.version, devices, sequences, dict(self._evicted),
                    watermarks=self._watermarks, journal=generation, anchors=self._anchors,
                    orientation=classifier.orienter.snapshot() if classifier.orienter is not None else None)
-        if self.journal is not None and generation != self.journal.generation:
-            self.journal.rotate(generation)
+        if self.journal is None:
+            return True
+        if generation == self.journal.generation:  # kept
+            if stored and not final:  # the store writes again: what it dropped goes in now
+                self._put_journal_again()
+            return False
+        self.journal.rotate(generation)
+        self._dropped_mark = dropped
         return True
+
+    def _put_journal_again(self, timeout: float = 10.0) -> None:
+        """Put every prediction of the current journal into the event store again (it ignores those it has),
+        waiting for room in its queue up to ``timeout`` s: the store dropped some since the journal began.
+        Whatever is dropped from now on (this put's own, if it times out) keeps the journal once more."""
+        predictions = read_journal(self.config.state_dir, self.journal.generation)[3]
+        log.warning("the event store dropped %d events (its queue full) since the journal %d began: its %d "
+                    "predictions are put into the store again", self.store.dropped - self._dropped_mark,
+                    self.journal.generation, len(predictions))
+        self._dropped_mark = self.store.dropped
+        deadline = time.monotonic() + timeout
+        for row in predictions:
+            self.store.prediction(*row, block=True, timeout=max(0.0, deadline - time.monotonic()))
 
     def _evict_idle(self) -> None:
         """Devices silent for idle_timeout leave memory; their state is kept for when they return."""

@@ -122,21 +122,23 @@ class EventStore:
         """Events queued and not yet written."""
         return self._queue.unfinished_tasks
 
-    # -- writers (any thread; never block) --------------------------------------------------------
-    def _put(self, table: str, row: tuple) -> None:
+    # -- writers (any thread; never block unless asked to) ---------------------------------------------
+    def _put(self, table: str, row: tuple, block: bool = False, timeout: float | None = None) -> None:
         try:
-            self._queue.put_nowait((table, row))
+            self._queue.put((table, row), block, timeout)
         except queue.Full:
             self.dropped += 1
 
     def prediction(self, device: str, t: float, label: str, confidence: float, model: str, latency_ms: float,
-                   received: float | None = None) -> None:
+                   received: float | None = None, *, block: bool = False, timeout: float | None = None) -> None:
         """``received``: when the cycle that published it ran (the same time in its journal line), so that
-        the same prediction put twice is one row; None: one row per window (device, t) at most."""
+        the same prediction put twice is one row; None: one row per window (device, t) at most. ``block``:
+        wait for room in a full queue (up to ``timeout`` s, None: for good) rather than drop it at once
+        (predictions put again from a journal, which may be more than the queue holds)."""
         if received is None:
-            self._put(WINDOW_ONLY, (time.time(), device, t, label, confidence, model, latency_ms))
+            self._put(WINDOW_ONLY, (time.time(), device, t, label, confidence, model, latency_ms), block, timeout)
         else:
-            self._put("predictions", (received, device, t, label, confidence, model, latency_ms))
+            self._put("predictions", (received, device, t, label, confidence, model, latency_ms), block, timeout)
 
     def label(self, device: str, label: str, start: float, end: float | None) -> None:
         self._put("labels", (time.time(), device, label, start, end))

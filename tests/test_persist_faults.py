@@ -402,3 +402,72 @@ def test_a_store_keyed_by_window_alone_is_rekeyed(tmp_path):
     assert store.flush(5)
     assert store.query("SELECT received, label FROM predictions ORDER BY id") == [(5.0, "squat"), (50.0, "rest")]
     store.close()
+
+
+# -- 4. what the event store's full queue dropped ---------------------------------------------------------
+@pytest.fixture
+def small_store_queue(monkeypatch):
+    """The consumer's event store queues 4 events (100,000 in service): a failing store drops at once."""
+    import stream.consumer
+    monkeypatch.setattr(stream.consumer, "EventStore", lambda path: EventStore(path, queue_size=4))
+
+
+def _fail_and_drop(consumer, path: Path) -> _Locked:
+    """The store locked until released, and more windows than its queue holds: some are dropped."""
+    lock = _Locked(path)
+    for seq in range(3):
+        for device in ("a", "b", "c", "d"):
+            _send(consumer, device, seq)
+    assert wait(lambda: _failing(consumer.store), timeout=5)
+    assert consumer.store.dropped > 0 and consumer.stats.windows > consumer.store.pending
+    return lock
+
+
+def test_a_journal_is_not_rotated_away_while_the_store_lacks_what_its_full_queue_dropped(
+        tmp_path, tiny_model, fast_busy_timeout, small_store_queue):
+    consumer = _life(tmp_path, tiny_model)
+    lock = None
+    try:
+        lock = _fail_and_drop(consumer, tmp_path / "events.db")
+        generation = consumer.journal.generation
+        assert not consumer.checkpoint()  # the store failing: the journal is kept, device state saved
+        state = load_state(tmp_path)
+        assert state["journal"] == generation and state["sequences"] == consumer.sequence.snapshot()
+        lock.release()
+        assert wait(lambda: not consumer.store.pending and not consumer.store.failing, timeout=5)
+        assert _count(tmp_path / "events.db") < consumer.stats.windows  # the dropped ones
+        assert not consumer.checkpoint()  # writing again, but it dropped some: the journal's put in again
+        assert consumer.journal.generation == generation and load_state(tmp_path)["journal"] == generation
+        assert consumer.store.flush(5)
+        assert consumer.checkpoint()  # nothing dropped since: rotated
+        assert consumer.journal.generation == generation + 1
+        assert _count(tmp_path / "events.db") == consumer.stats.windows
+    finally:
+        if lock is not None:
+            lock.release()
+        consumer.journal.close()
+        consumer.store.close()
+
+
+def test_a_next_life_puts_a_journal_bigger_than_the_store_queue_into_it_without_dropping(
+        tmp_path, tiny_model, fast_busy_timeout, small_store_queue):
+    first = _life(tmp_path, tiny_model)
+    lock = None
+    try:
+        lock = _fail_and_drop(first, tmp_path / "events.db")
+        first.checkpoint()
+        windows = first.stats.windows
+        first.store._abandon.set()  # killed: no final checkpoint
+        first.journal.close()
+    finally:
+        if lock is not None:
+            lock.release()
+    second = _life(tmp_path, tiny_model)
+    try:
+        assert second.store.dropped == 0
+        assert second.store.flush(5)
+        assert second.checkpoint() and not (tmp_path / f"acked-{second.journal.generation - 1}.log").exists()
+        assert _count(tmp_path / "events.db") == windows
+    finally:
+        second.journal.close()
+        second.store.close()
