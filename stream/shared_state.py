@@ -15,8 +15,8 @@ device's next one:
   commit, so a window is never published twice; a replica that dies between commit and publish
   loses those windows, it never repeats them. A store that loses its last writes (Redis's
   ``appendfsync everysec`` after a crash, a failover to a lagging replica) goes back to a lower
-  version: a replica whose own last commit is newer writes it back instead of taking the older state
-  (``_store_behind``); and, as a safety net, a replica never hands out a device's window at or
+  version: a replica whose own last commit is newer, and whose held messages follow on from it, writes
+  it back instead of taking the older state (``_store_behind``); and, as a safety net, a replica never hands out a device's window at or
   before the last one it handed out.
 
 A replica keeps what it last committed; when its next message for a device follows on from its own
@@ -474,9 +474,14 @@ class SharedDevices:
         """Whether the stored ``(version, blob)`` of ``device`` is older than what this replica last
         committed of it: versions only grow, so a lower one than this replica wrote means writes were
         lost; its ``seq`` behind this replica's tells it from a store that others have since moved on
-        from that older state."""
+        from that older state. Only where the messages held for it follow on from this replica's copy
+        (the first one's ``seq`` its next): else another replica may have applied later ones since (a
+        handover), whose state was lost with the store, and this copy would publish their windows again."""
         mine = self._mine.get(device)
-        if mine is None or version >= mine[0]:
+        if mine is None or version >= mine[0] or mine[1] is None:
+            return False
+        held = self._held.get(device)
+        if not held or min(m.batch.seq for m in held) != mine[1] + 1:
             return False
         if blob is None:
             return True  # no record (a store restarted empty): this replica's copy is the state

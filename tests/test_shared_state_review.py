@@ -269,3 +269,55 @@ def test_the_replica_that_loses_a_duplicate_delivery_does_not_count_its_samples(
         totals["b"] += b.apply()[0]
         b.commit(b.pipeline.classify_ready())
     assert totals["a"] + totals["b"] == 100
+
+
+def test_a_store_restarted_empty_gets_no_stale_copy_back_after_a_handover(tiny_model):
+    """A replica's own last commit is not the device's latest where another replica took some of its
+    messages since (a rebalance, a reconnect): after the store restarted empty, writing that copy back
+    would publish the other replica's windows again. It starts the device afresh instead."""
+    store = MemoryStore()
+    a, b = replica(store, tiny_model, reorder_wait=5.0), replica(store, tiny_model, reorder_wait=5.0)
+    batches = stream_of("dev", 40, seed=3)
+    published: list = []
+    for batch in batches[:22]:
+        a.hold(batch, time.monotonic())
+        cycle(a, published)
+    for batch in batches[22:24]:  # handed over to b for two messages
+        b.hold(batch, time.monotonic())
+        cycle(b, published)
+    store._records.clear()  # the store restarted without its data
+    start = time.monotonic()
+    for batch in batches[24:]:
+        a.hold(batch, start)
+        cycle(a, published, now=start)
+    cycle(a, published, now=start + 10)  # past reorder_wait
+    assert a.held == 0
+    assert max(Counter(round(p.t_end, 6) for p in published).values()) == 1
+    assert a.counts["store_behind"] == 0
+
+
+def test_store_behind_is_counted_once_per_write_back(tiny_model):
+    """The store restarted empty and the replica's next message arrives before the one that follows on
+    from its copy: its copy is written back once that one is there (counted once), not at every cycle."""
+    store = MemoryStore()
+    a = replica(store, tiny_model, reorder_wait=5.0)
+    batches = stream_of("dev", 30, seed=3)
+    published: list = []
+    for batch in batches[:20]:
+        a.hold(batch, time.monotonic())
+        cycle(a, published)
+    store._records.clear()
+    start = time.monotonic()
+    a.hold(batches[21], start)  # seq 20 is still on its way
+    for _ in range(4):
+        cycle(a, published, now=start)
+    a.hold(batches[20], start)
+    for batch in batches[22:]:
+        a.hold(batch, start)
+        cycle(a, published, now=start)
+    assert a.held == 0 and a.sequence.lost_samples == 0
+    assert a.counts["store_behind"] == 1
+    expected = _reference(tiny_model, batches)
+    assert sorted(round(p.t_end, 6) for p in published) == sorted(expected)
+    for p in published:  # the recurrent state went on
+        np.testing.assert_allclose(p.probs, expected[round(p.t_end, 6)], atol=1e-5)
