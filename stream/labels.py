@@ -65,18 +65,32 @@ class LabelBook:
             if len(spans) > self.max_per_device:
                 del spans[0]
 
-    def at(self, device: str, t: float) -> str | None:
-        for start, end, label in reversed(self._spans.get(device, ())):
-            if start <= t <= end:
-                return label
+    def _span_at(self, device: str, t: float) -> int | None:
+        """Index of the latest span covering ``t`` (spans win over open labels), None if none does."""
+        spans = self._spans.get(device, ())
+        for i in range(len(spans) - 1, -1, -1):
+            if spans[i][0] <= t <= spans[i][1]:
+                return i
+        return None
+
+    def _open_at(self, device: str, t: float) -> str | None:
         ts, names = self._open.get(device, ((), ()))
         i = bisect.bisect(ts, t) - 1
         return names[i] if i >= 0 else None
 
+    def at(self, device: str, t: float) -> str | None:
+        i = self._span_at(device, t)
+        return self._spans[device][i][2] if i is not None else self._open_at(device, t)
+
     def window_label(self, device: str, t_start: float, t_end: float) -> str | None:
-        """The label of a whole window, or None where unknown or changing inside it."""
-        first, last = self.at(device, t_start), self.at(device, t_end)
-        return first if first is not None and first == last else None
+        """The label of a whole window, or None where unknown or changing inside it. Where spans cover both
+        ends, the same span must: two spans of one label with an unlabelled stretch between them (a
+        labelled replay's runs) do not label a window reaching across it."""
+        first, last = self._span_at(device, t_start), self._span_at(device, t_end)
+        if first is not None and last is not None:
+            return self._spans[device][first][2] if first == last else None
+        label = self.at(device, t_start)
+        return label if label is not None and label == self.at(device, t_end) else None
 
     def drop_after(self, device: str, t: float) -> None:
         """Forget the device's labels that start after ``t``: after its clock went back to ``t``, they

@@ -27,6 +27,18 @@ def test_labels_hold_until_the_next_and_spans_override():
     assert book.at("d", 35.0) == "burpee" and book.at("d", 41.0) == "rest"
 
 
+def test_a_window_across_the_gap_between_two_spans_of_one_label_is_not_labelled():
+    """A labelled replay sends each run as a span: squat 0-10, nothing 10-12, squat 12-20. A window from 9
+    to 13 holds 2 s of nothing; both its ends say squat, but not the same span's."""
+    book = LabelBook()
+    book.add("d", "squat", 0.0, 10.0)
+    book.add("d", "squat", 12.0, 20.0)
+    assert book.window_label("d", 9.0, 13.0) is None
+    assert book.window_label("d", 12.5, 14.5) == "squat" and book.window_label("d", 1.0, 3.0) == "squat"
+    book.add("d", "squat", 5.0)  # an open label of the same name beside a span: names still decide
+    assert book.window_label("d", 19.0, 21.0) == "squat"
+
+
 @pytest.mark.parametrize("payload, reason", [
     (b'{"label": "squat"}', "bad_time"),
     (b'{"label": 3, "t": 1}', "bad_label"),
