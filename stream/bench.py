@@ -384,6 +384,12 @@ def _sent_rate(progress: list, span: tuple[float, float] | None) -> float | None
     return float((np.interp(b, times, sent) - np.interp(a, times, sent)) / (b - a))
 
 
+def _real_time(sustained: float, offered: float, nominal: float, dropped: int) -> bool:
+    """The consumer handled what was sent, and what was sent kept up with the schedule: the streams hold
+    49-50 samples/s per device, and a publisher on the same cores falling behind lowers both."""
+    return bool(sustained >= 0.97 * offered and offered >= 0.95 * nominal and dropped == 0)
+
+
 def run_bench(broker: str, devices: int, duration: float, interval: float = 0.5, warmup: float = 8.0,
               model_path: str | None = None, learn: bool = False, labelled: int = 0,
               context_seconds: float = 10.0, quiet: bool = False) -> dict:
@@ -485,7 +491,7 @@ def run_bench(broker: str, devices: int, duration: float, interval: float = 0.5,
         "offered_samples_per_s": round(offered, 1),
         "nominal_samples_per_s": nominal,
         "sustained_samples_per_s": round(sustained, 1),
-        "real_time": bool(sustained >= 0.97 * offered and last["dropped"] == 0),
+        "real_time": _real_time(sustained, offered, nominal, last["dropped"]),
         "devices_in_real_time": int(min(devices, sustained / 50.0)),
         # per-second figures of the consumer's metrics: p50 the median second's, p99 the worst second's
         # (a single stall sets it), p99_median_second the median second's p99 (the steady state)

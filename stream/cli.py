@@ -111,7 +111,9 @@ def cmd_consume(args) -> int:
     consumer = Consumer(config, StatefulClassifier(model, info["version"]))
     _on_signals(consumer.stop)
     if args.duration:
-        threading.Timer(args.duration, consumer.stop).start()
+        timer = threading.Timer(args.duration, consumer.stop)
+        timer.daemon = True  # stopped sooner (SIGTERM), the process must not wait for it
+        timer.start()
     # What the process holds now (torch, numpy, river, the model: some 220,000 objects) lives as long as
     # the process: kept out of the cyclic collector's full passes, which stall the service thread. A
     # full pass took 105-130 ms at 3,000 devices, about every 10-15 s (the worst second's p99 latency).

@@ -61,3 +61,13 @@ def test_the_consumers_cpu_counts_its_learner_process():
         assert children > 0.3 and own < 0.5, (own, children)
     finally:
         parent.wait(30)
+
+
+def test_real_time_needs_the_publisher_to_have_kept_up_too():
+    """Offered is what the publisher sent: a publisher that fell to half its schedule (it shares the
+    cores) must not make a consumer that handled that half 'real time'."""
+    from stream.bench import _real_time
+
+    assert _real_time(1985.0, 1988.0, 2000.0, 0)
+    assert not _real_time(25_000.0, 25_000.0, 50_000.0, 0)
+    assert not _real_time(1800.0, 1988.0, 2000.0, 0) and not _real_time(1985.0, 1988.0, 2000.0, 3)

@@ -296,3 +296,29 @@ def test_replay_stopped_early_reports_what_was_sent(broker_url):
     assert sent["samples"] == sum(min(50 * 0.2, 10) for _ in range(sent["messages"]))
     done = replay(rec, broker_url, prefix=_prefix(), speed=0)
     assert done["messages"] == done["planned_messages"] == 80 and not done["stopped"] and done["samples"] == len(rec)
+
+
+def test_consume_with_a_duration_stops_at_once_on_sigterm(broker_url, tmp_path):
+    """``consume --duration`` armed a timer that kept the process alive until the duration was over,
+    however early it was asked to stop."""
+    import signal
+    import subprocess
+    import sys
+
+    prefix = f"rvterm{uuid.uuid4().hex[:6]}"
+    health = tmp_path / "health.json"
+    proc = subprocess.Popen([sys.executable, "-m", "stream.cli", "consume", "--broker", str(broker_url),
+                             "--prefix", prefix, "--no-learn", "--duration", "300",
+                             "--health-file", str(health)], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while not health.exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert health.exists(), "the consumer did not start"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
