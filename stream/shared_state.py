@@ -373,7 +373,8 @@ class SharedDevices:
         # what this replica last committed per device: (version written, seq, record); kept through a
         # failed commit, so that a store that lost writes (see _store_behind) gets it back
         self._mine: dict[str, tuple[int, int | None, bytes]] = {}
-        self._published: dict[str, float] = {}  # t_end of the last prediction handed out, per device
+        # per device: t_end of the last prediction handed out, and its buffer's clock_resets then
+        self._published: dict[str, tuple[float, int]] = {}
         # samples and lost samples of each device applied since the last commit: they count only once
         # the device's commit succeeds (a failed one applies the same messages again)
         self._cycle_samples: Counter[str] = Counter()
@@ -633,13 +634,17 @@ class SharedDevices:
             if p.device not in applied:
                 out.append(p)
             elif p.device in done:
-                # a safety net for exactly once: never a window at or before the last one handed out
-                # (within a device clock's session: a clock that restarted goes far back)
+                # a safety net for exactly once: never a window at or before the last one handed out,
+                # within a device clock's session: not once the device's buffer has counted a clock reset
+                # since (a clock gone back further than its clock_reset; the count travels in the record)
+                # nor more than _CLOCK_RESET before it
+                buffer = self.pipeline.buffers.get(p.device)
+                resets = buffer.clock_resets if buffer is not None else 0
                 mark = self._published.get(p.device)
-                if mark is not None and mark - _CLOCK_RESET < p.t_end <= mark:
+                if mark is not None and resets <= mark[1] and mark[0] - _CLOCK_RESET < p.t_end <= mark[0]:
                     self.counts["repeats_dropped"] += 1
                     continue
-                self._published[p.device] = p.t_end
+                self._published[p.device] = (p.t_end, resets)
                 out.append(p)
         return out
 

@@ -321,3 +321,26 @@ def test_store_behind_is_counted_once_per_write_back(tiny_model):
     assert sorted(round(p.t_end, 6) for p in published) == sorted(expected)
     for p in published:  # the recurrent state went on
         np.testing.assert_allclose(p.probs, expected[round(p.t_end, 6)], atol=1e-5)
+
+
+def test_a_device_clock_gone_back_just_beyond_its_clock_reset_has_its_new_session_published(tiny_model):
+    """A device clock going back slightly more than the buffer's clock_reset (30 s) starts a new session
+    (DeviceBuffer counts a clock reset): its windows are not repeats for the safety net."""
+    from stream.decode import SampleBatch
+
+    def batch(seq, t0):
+        t = t0 + np.arange(10) / 50
+        return SampleBatch("dev", t, np.stack([np.sin(3 * t), np.cos(2 * t), 9.81 + np.sin(5 * t)], 1)
+                           .astype(np.float32), seq=seq)
+
+    batches = [batch(k, 100.0 + 0.2 * k) for k in range(25)]  # 5 s of one session
+    back = batches[-1].t[-1] + 0.02 - 30.5  # the clock goes back 30.5 s; seq goes on
+    batches += [batch(25 + k, back + 0.2 * k) for k in range(60)]
+    a = replica(MemoryStore(), tiny_model)
+    published: list = []
+    for b in batches:
+        a.hold(b, time.monotonic())
+        cycle(a, published)
+    assert a.pipeline.buffers["dev"].clock_resets == 1
+    assert a.counts["repeats_dropped"] == 0
+    assert sorted(round(p.t_end, 6) for p in published) == sorted(_reference(tiny_model, batches))
