@@ -25,8 +25,10 @@ the read and only commits: one round trip per cycle instead of two. The version 
 copy that another replica has since overtaken.
 
 Records are a small binary format (``encode_record``), never pickles: reading the store never runs
-code from it. A record names the model version whose recurrent state it holds; a replica takes that
-state only from a version it has served itself (the one it started with, or one it was promoted from).
+code from it. Beside each record the store keeps the model version whose recurrent state it holds
+(a field of its own, written in the same compare-and-set, so that a replica of an older harstream,
+which reads the record alone, still reads it during a rolling upgrade); a replica takes that state only
+from a version it has served itself (the one it started with, or one it was promoted from).
 """
 
 from __future__ import annotations
@@ -64,7 +66,10 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 2  # 2 adds the model version after the header; 1 (without it) is still read
+# The record format written: 1, which every harstream reads. Format 2 (the model version after the header,
+# written by one release) is still read; the model version is now kept beside the record (StateStore).
+FORMAT_VERSION = 1
+READ_FORMATS = (1, 2)
 _HEADER = struct.Struct(
     "<BBq"  # format, has seq, seq
     "didddd3ddqiI"  # rate, window, max_gap, reorder, clock_reset, last_t (NaN: none), last_acc, origin, k,
@@ -114,7 +119,8 @@ class DeviceRecord:
     seq: int | None  # last seq applied; None before the first message
     buffer: BufferState | None  # None before the first sample
     recurrent: tuple[np.ndarray, ...] = ()  # each (d0, d2) float32; () is the model's initial state
-    model: str = ""  # version of the model whose recurrent state it is; "" in a format 1 record
+    model: str = ""  # version of the model whose recurrent state it is; "" unknown (a store's field of its
+    # own, or a format 2 record's: encode_record does not write it)
 
 
 # -- DeviceBuffer's state: DeviceBuffer keeps it in private fields and has no snapshot of its own,
@@ -154,16 +160,17 @@ def restore_buffer(device: str, state: BufferState, now: float) -> DeviceBuffer:
     return buffer
 
 
-def encode_record(record: DeviceRecord) -> bytes:
-    """A record as bytes: a fixed header, the model version, tensor shapes, the buffer's arrays, the
-    recurrent tensors."""
+def encode_record(record: DeviceRecord, fmt: int = FORMAT_VERSION) -> bytes:
+    """A record as bytes: a fixed header, tensor shapes, the buffer's arrays, the recurrent tensors (format
+    1, without the model version: the store keeps it beside the record). ``fmt`` 2 puts the model version
+    after the header, as one release wrote it (for tests of reading such records)."""
     b = record.buffer
     if b is None:  # window 0 marks "no buffer"
         b = BufferState(rate=0.0, window=0, max_gap=0.0, reorder=0.0, clock_reset=0.0, last_t=None,
                         last_acc=np.zeros(3), origin=0.0, k=0, pending=np.empty((0, 3)), held_t=np.empty(0),
                         held_acc=np.empty((0, 3)), held_age=np.empty(0))
     header = _HEADER.pack(
-        FORMAT_VERSION, record.seq is not None, record.seq if record.seq is not None else 0,
+        fmt, record.seq is not None, record.seq if record.seq is not None else 0,
         b.rate, b.window, b.max_gap, b.reorder, b.clock_reset, math.nan if b.last_t is None else b.last_t,
         *(float(v) for v in b.last_acc), b.origin, b.k, len(b.pending), len(b.held_t),
         b.late_samples, b.duplicates, b.gaps, b.clock_resets, len(record.recurrent),
@@ -173,8 +180,8 @@ def encode_record(record: DeviceRecord) -> bytes:
               *(np.ascontiguousarray(a, dtype=np.float64) for a in (b.held_t, b.held_acc, b.held_age)),
               *tensors]
     shapes = b"".join(_SHAPE.pack(*t.shape) for t in tensors)
-    model = record.model.encode()[:255]
-    return b"".join([header, _MODEL.pack(len(model)), model, shapes, *(a.tobytes() for a in arrays)])
+    model = b"" if fmt == 1 else _MODEL.pack(len(record.model.encode()[:255])) + record.model.encode()[:255]
+    return b"".join([header, model, shapes, *(a.tobytes() for a in arrays)])
 
 
 def decode_record(blob: bytes) -> DeviceRecord:
@@ -190,8 +197,8 @@ def decode_record(blob: bytes) -> DeviceRecord:
     try:
         (version, has_seq, seq, rate, window, max_gap, reorder, clock_reset, last_t, ax, ay, az, origin, k,
          fill, held, late, duplicates, gaps, clock_resets, n_tensors) = _HEADER.unpack_from(blob)
-        if version not in (1, FORMAT_VERSION):
-            raise ValueError(f"record format {version}, expected {FORMAT_VERSION}")
+        if version not in READ_FORMATS:
+            raise ValueError(f"record format {version}, expected one of {READ_FORMATS}")
         offset = _HEADER.size
         model = ""
         if version >= 2:
@@ -226,15 +233,22 @@ def decode_record(blob: bytes) -> DeviceRecord:
 class StateStore:
     """Versioned records by device: ``load`` reads, ``commit`` compare-and-sets.
 
-    A device never written has version 0 and no record. ``commit`` writes ``(expected, blob)`` only
-    where the stored version is still ``expected``, making it ``expected + 1``; it returns the
-    devices written.
+    A device never written has version 0 and no record. ``commit`` writes ``(expected, blob[, model])``
+    only where the stored version is still ``expected``, making it ``expected + 1``; it returns the
+    devices written. ``model`` (the version of the model whose recurrent state the record holds) is kept
+    beside the record, stamped with the version written: ``load_records`` gives it back only while the
+    record is that version ("" once a writer that does not give it, an older harstream, wrote since).
+    ``load`` reads the records alone, as older harstream replicas do.
     """
 
     def load(self, devices: list[str]) -> dict[str, tuple[int, bytes | None]]:
+        return {d: (v, b) for d, (v, b, _) in self.load_records(devices).items()}
+
+    def load_records(self, devices: list[str]) -> dict[str, tuple[int, bytes | None, str]]:
+        """(version, record, model) per device."""
         raise NotImplementedError
 
-    def commit(self, updates: dict[str, tuple[int, bytes]]) -> set[str]:
+    def commit(self, updates: dict[str, tuple]) -> set[str]:
         raise NotImplementedError
 
     def close(self) -> None:
@@ -246,35 +260,46 @@ class MemoryStore(StateStore):
 
     def __init__(self) -> None:
         self._records: dict[str, tuple[int, bytes]] = {}
+        self._models: dict[str, tuple[int, str]] = {}  # device -> (version written with it, model)
         self._lock = threading.Lock()
 
-    def load(self, devices: list[str]) -> dict[str, tuple[int, bytes | None]]:
+    def load_records(self, devices: list[str]) -> dict[str, tuple[int, bytes | None, str]]:
         with self._lock:
-            return {d: self._records.get(d, (0, None)) for d in devices}
+            out = {}
+            for d in devices:
+                version, blob = self._records.get(d, (0, None))
+                stamp, model = self._models.get(d, (-1, ""))
+                out[d] = (version, blob, model if stamp == version else "")
+            return out
 
-    def commit(self, updates: dict[str, tuple[int, bytes]]) -> set[str]:
+    def commit(self, updates: dict[str, tuple]) -> set[str]:
         done = set()
         with self._lock:
-            for device, (expected, blob) in updates.items():
+            for device, (expected, blob, *model) in updates.items():
                 if self._records.get(device, (0, None))[0] == expected:
                     self._records[device] = (expected + 1, blob)
+                    self._models[device] = (expected + 1, model[0] if model else "")
                     done.add(device)
         return done
 
 
 # One key per device, so that the script touches a single key: pipelined, it works unchanged on a
 # Redis Cluster (each key's script goes to the key's node).
+# Field 'm' is "<version>:<model>", the version it was written with: a replica of an older harstream
+# writes 'v' and 'b' only (its script), leaving an 'm' of another version, which then names no model.
 _COMMIT = """
 local current = redis.call('HGET', KEYS[1], 'v') or '0'
 if current ~= ARGV[1] then return 0 end
-redis.call('HSET', KEYS[1], 'v', tostring(tonumber(ARGV[1]) + 1), 'b', ARGV[2])
+local version = tostring(tonumber(ARGV[1]) + 1)
+redis.call('HSET', KEYS[1], 'v', version, 'b', ARGV[2], 'm', version .. ':' .. ARGV[4])
 if tonumber(ARGV[3]) > 0 then redis.call('PEXPIRE', KEYS[1], ARGV[3]) end
 return 1
 """
 
 
 class RedisStore(StateStore):
-    """Records in Redis hashes ``<namespace>:<device>`` with fields ``v`` (version) and ``b`` (record).
+    """Records in Redis hashes ``<namespace>:<device>`` with fields ``v`` (version), ``b`` (record) and
+    ``m`` (``<version>:<model version>``, see ``StateStore``).
 
     ``ttl`` seconds after its last write a device's record expires (0 keeps it forever).
     """
@@ -300,23 +325,29 @@ class RedisStore(StateStore):
         except self._errors as exc:
             raise StoreError(f"Redis at {self.url} does not answer: {exc}") from None
 
-    def load(self, devices: list[str]) -> dict[str, tuple[int, bytes | None]]:
+    def load_records(self, devices: list[str]) -> dict[str, tuple[int, bytes | None, str]]:
         pipe = self._client.pipeline(transaction=False)
         for device in devices:
-            pipe.hmget(self.key(device), "v", "b")
+            pipe.hmget(self.key(device), "v", "b", "m")
         try:
             rows = pipe.execute()
         except self._errors as exc:
             raise StoreError(f"Redis load failed: {exc}") from None
-        return {d: (int(v or 0), b) for d, (v, b) in zip(devices, rows, strict=True)}
+        out = {}
+        for d, (v, b, m) in zip(devices, rows, strict=True):
+            version = int(v or 0)
+            stamp, _, model = (m or b"").decode(errors="replace").partition(":")
+            out[d] = (version, b, model if stamp == str(version) else "")
+        return out
 
-    def commit(self, updates: dict[str, tuple[int, bytes]]) -> set[str]:
+    def commit(self, updates: dict[str, tuple]) -> set[str]:
         ttl_ms = int(self.ttl * 1000)
         pipe = self._client.pipeline(transaction=False)
         devices = list(updates)
         for device in devices:
-            expected, blob = updates[device]
-            self._commit(keys=[self.key(device)], args=[str(expected), blob, ttl_ms], client=pipe)
+            expected, blob, *model = updates[device]
+            self._commit(keys=[self.key(device)], args=[str(expected), blob, ttl_ms, model[0] if model else ""],
+                         client=pipe)
         try:
             results = pipe.execute()
         except self._errors as exc:
@@ -370,9 +401,9 @@ class SharedDevices:
         self._held: dict[str, list[_Held]] = {}
         self._n_held = 0
         self._versions: dict[str, int] = {}  # store version of the state this replica holds
-        # what this replica last committed per device: (version written, seq, record); kept through a
-        # failed commit, so that a store that lost writes (see _store_behind) gets it back
-        self._mine: dict[str, tuple[int, int | None, bytes]] = {}
+        # what this replica last committed per device: (version written, seq, record, model version); kept
+        # through a failed commit, so that a store that lost writes (see _store_behind) gets it back
+        self._mine: dict[str, tuple[int, int | None, bytes, str]] = {}
         # per device: t_end of the last prediction handed out, and its buffer's clock_resets then
         self._published: dict[str, tuple[float, int]] = {}
         # samples and lost samples of each device applied since the last commit: they count only once
@@ -443,14 +474,14 @@ class SharedDevices:
                 stale.append(device)
         if stale:
             try:
-                loaded = self.store.load(stale)
+                loaded = self.store.load_records(stale)
             except StoreError as exc:
                 self.counts["store_errors"] += 1
                 log.warning("%s; %d messages held", exc, self._n_held)
                 return 0, []
             self.counts["reads"] += len(stale)
             for device in stale:
-                version, blob = loaded[device]
+                version, blob, model = loaded[device]
                 if self._store_behind(device, version, blob):
                     # the store lost writes (Redis's appendfsync everysec after a crash, a failover to
                     # a lagging replica): this replica's last commit is newer; the store gets it back
@@ -458,9 +489,9 @@ class SharedDevices:
                     self.counts["store_behind"] += 1
                     log.warning("%s: the shared store holds version %d, behind this replica's commit %d; "
                                 "writing this replica's copy back", device, version, self._mine[device][0])
-                    self._install(device, version, self._mine[device][2])
+                    self._install(device, version, *self._mine[device][2:])
                 elif self._versions.get(device) != version:
-                    self._install(device, version, blob)
+                    self._install(device, version, blob, model)
         samples, rejected = 0, []
         last = self.sequence.snapshot()  # again: installs changed it
         for device in list(self._held):
@@ -492,8 +523,9 @@ class SharedDevices:
             return True  # unreadable: this replica's copy is better than starting afresh
         return record.seq is None or (mine[1] is not None and record.seq < mine[1])
 
-    def _install(self, device: str, version: int, blob: bytes | None) -> None:
-        """Make the pipeline's state of ``device`` the stored one."""
+    def _install(self, device: str, version: int, blob: bytes | None, model: str = "") -> None:
+        """Make the pipeline's state of ``device`` the stored one; ``model``: the version of the model
+        whose recurrent state it holds, "" unknown (then a format 2 record's own, if it has one)."""
         self.pipeline.evict(device)
         self.sequence.forget(device)
         self._versions[device] = version
@@ -513,15 +545,16 @@ class SharedDevices:
             else:
                 log.warning("%s: shared buffer state for %g Hz x %d, the model has %g Hz x %d; starting "
                             "afresh", device, record.buffer.rate, record.buffer.window, cfg.rate, cfg.window)
+        model = model or record.model
         if record.recurrent:
-            if record.model and record.model not in self._served:
+            if model and model not in self._served:
                 # made by weights this replica never served (a rolling upgrade, another --model): it
                 # means nothing to this model; the buffer and seq go on, the recurrent state restarts
                 self.counts["model_resets"] += 1
-                if record.model not in self._foreign and len(self._foreign) < 16:
-                    self._foreign.add(record.model)
+                if model not in self._foreign and len(self._foreign) < 16:
+                    self._foreign.add(model)
                     log.warning("%s: shared recurrent state made by model %s, this replica serves %s; it "
-                                "starts afresh (counted as model_resets)", device, record.model,
+                                "starts afresh (counted as model_resets)", device, model,
                                 self._serving())
             elif [t.shape for t in record.recurrent] == self._shapes:
                 # the bank's tensors are inference tensors once it has grown inside a forward pass
@@ -591,9 +624,9 @@ class SharedDevices:
         updates = {}
         for device in devices:
             buffer = self.pipeline.buffers.get(device)
-            record = DeviceRecord(seq=last.get(device), recurrent=rows.get(device, ()), model=model,
+            record = DeviceRecord(seq=last.get(device), recurrent=rows.get(device, ()),
                                   buffer=None if buffer is None else buffer_state(buffer, now))
-            updates[device] = (self._versions.get(device, 0), encode_record(record))
+            updates[device] = (self._versions.get(device, 0), encode_record(record), model)
         try:
             done = self.store.commit(updates)
         except StoreError as exc:
@@ -608,7 +641,7 @@ class SharedDevices:
         for device in devices:
             if device in done:
                 version = self._versions[device] = updates[device][0] + 1
-                self._mine[device] = (version, last.get(device), updates[device][1])
+                self._mine[device] = (version, last.get(device), *updates[device][1:])
                 continue
             # not counted: the messages are applied (and counted) again, or turn out to be repeats
             self._uncount += cycle_samples[device]

@@ -169,17 +169,51 @@ def _other_model(seed: int):
                               patch=5, rate=25.0)).eval()
 
 
-def test_the_record_names_its_model_and_older_records_still_read():
-    from stream.shared_state import _HEADER, DeviceRecord, encode_record
+def test_records_are_written_in_format_1_and_format_2_records_still_read():
+    """Records stay in format 1, which replicas of the previous release read (they refused format 2: during
+    a rolling upgrade every handover to one dropped the device's state); one release wrote format 2, with
+    the model version after the header: still read."""
+    from stream.shared_state import DeviceRecord, encode_record
 
     rng = np.random.default_rng(0)
     record = DeviceRecord(seq=5, buffer=None, recurrent=(rng.normal(size=(2, 16)).astype(np.float32),),
                           model="abc123")
-    assert decode_record(encode_record(record)).model == "abc123"
-    blob = encode_record(DeviceRecord(seq=5, buffer=None, recurrent=record.recurrent))
-    old = bytes([1]) + blob[1:_HEADER.size] + blob[_HEADER.size + 1:]  # format 1: no model version
-    back = decode_record(old)
+    blob = encode_record(record)
+    assert blob[0] == 1  # the format byte an older harstream checks
+    back = decode_record(blob)
     assert back.seq == 5 and back.model == "" and np.array_equal(back.recurrent[0], record.recurrent[0])
+    two = encode_record(record, fmt=2)
+    assert two[0] == 2 and decode_record(two).model == "abc123"
+    assert np.array_equal(decode_record(two).recurrent[0], record.recurrent[0])
+
+
+def test_the_model_version_is_kept_beside_the_record_and_names_no_model_once_an_older_replica_wrote(
+        tiny_model):
+    """In Redis the record ('b') is what an older harstream reads and writes (with 'v'); the model version
+    is a field of its own ('m'), stamped with the version it was written with: an older replica's write
+    (which leaves 'm' as it was) makes the record's model unknown, not the last one named."""
+    import redis
+
+    from stream.shared_state import _HEADER
+
+    store = _redis_store()
+    client = redis.Redis.from_url(store.url)
+    try:
+        a = SharedDevices(store, Pipeline(StatefulClassifier(tiny_model, "v1")), SequenceCheck(), 60.0)
+        published: list = []
+        for b in stream_of("dev", 4, seed=3):
+            a.hold(b, time.monotonic())
+            cycle(a, published)
+        version, blob = client.hmget(store.key("dev"), "v", "b")  # what an older replica reads
+        assert _HEADER.unpack_from(blob)[0] == 1 and decode_record(blob).seq == 3
+        assert store.load_records(["dev"])["dev"] == (4, blob, "v1")
+        assert store.load(["dev"]) == {"dev": (4, blob)}
+        client.hset(store.key("dev"), mapping={"v": 5, "b": blob})  # an older replica's commit
+        assert store.load_records(["dev"])["dev"] == (5, blob, "")
+    finally:
+        client.delete(store.key("dev"))
+        client.close()
+        store.close()
 
 
 def test_recurrent_state_of_another_model_starts_afresh_but_a_promotion_keeps_it(tiny_model):
