@@ -62,6 +62,7 @@ TABLES = {
 
 
 BUSY_TIMEOUT = 2.0  # seconds a write waits for another connection's lock before it fails (and is tried again)
+OPEN_BUSY_TIMEOUT = 30.0  # seconds opening the store (its schema, a one-time re-keying) waits for a lock
 RETRY_FIRST = 0.2  # seconds before a failed batch is tried again, doubling up to RETRY_MAX
 RETRY_MAX = 5.0
 WARN_EVERY = 60.0  # seconds between warnings while writes keep failing
@@ -94,7 +95,9 @@ class EventStore:
         self._stop = threading.Event()  # write what is queued, then stop
         self._abandon = threading.Event()  # stop now (close() timed out on a failing store)
         try:
-            with closing(self._connect()) as db, db:
+            # another connection may hold the write lock a while (a previous life still flushing, a backup,
+            # the sqlite3 shell): the re-keying of an older store waits for it rather than fail
+            with closing(self._connect(OPEN_BUSY_TIMEOUT)) as db, db:
                 db.executescript(SCHEMA)
                 # one row per prediction (WINDOW_KEY); a store keyed by (device, t) alone is re-keyed, and
                 # one written before windows were unique is deduplicated first (by window, as then)
@@ -105,14 +108,20 @@ class EventStore:
                                    "(SELECT MIN(id) FROM predictions GROUP BY device, t)")
                     db.execute("DROP INDEX IF EXISTS predictions_window")
                     db.execute(UNIQUE_WINDOW)
-        except sqlite3.DatabaseError as exc:  # not a database, a foreign schema, locked, unreadable
-            raise StoreError(f"{self.path}: cannot be used as the event store ({type(exc).__name__}: "
-                             f"{exc}); move it away to start a new one") from exc
+        except sqlite3.OperationalError as exc:
+            if getattr(exc, "sqlite_errorname", "").startswith(("SQLITE_BUSY", "SQLITE_LOCKED")) or \
+                    "locked" in str(exc):  # a healthy store another connection holds: not to be moved away
+                raise StoreError(f"{self.path}: the event store is locked by another connection beyond "
+                                 f"{OPEN_BUSY_TIMEOUT:g} s ({exc}); is another consumer using this state "
+                                 "directory? Try again once it is released") from exc
+            raise _unusable(self.path, exc) from exc
+        except sqlite3.DatabaseError as exc:  # not a database, a foreign schema, unreadable
+            raise _unusable(self.path, exc) from exc
         self._thread = threading.Thread(target=self._writer, name="event-store", daemon=True)
         self._thread.start()
 
-    def _connect(self) -> sqlite3.Connection:
-        db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT)
+    def _connect(self, timeout: float = BUSY_TIMEOUT) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, timeout=timeout)
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across crashes of the process
         return db
@@ -279,6 +288,11 @@ class EventStore:
                 break
             time.sleep(0.02)
         return not self._queue.unfinished_tasks
+
+
+def _unusable(path: Path, exc: sqlite3.DatabaseError) -> StoreError:
+    return StoreError(f"{path}: cannot be used as the event store ({type(exc).__name__}: {exc}); move it away "
+                      "to start a new one")
 
 
 def _close_quietly(db: sqlite3.Connection | None) -> None:

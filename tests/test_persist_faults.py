@@ -471,3 +471,53 @@ def test_a_next_life_puts_a_journal_bigger_than_the_store_queue_into_it_without_
     finally:
         second.journal.close()
         second.store.close()
+
+
+# -- 5. an event store locked by another connection at start-up ------------------------------------------
+def _old_keyed_store(path: Path) -> None:
+    """An events.db of the previous release: predictions keyed by (device, t), re-keyed when opened."""
+    EventStore(path).close()
+    with _connect(path) as db:
+        db.execute("DROP INDEX predictions_window")
+        db.execute("CREATE UNIQUE INDEX predictions_window ON predictions (device, t)")
+    db.close()
+
+
+def _locked_for(path: Path, seconds: float) -> threading.Thread:
+    lock = _connect(path, isolation_level=None, check_same_thread=False)
+    lock.execute("BEGIN IMMEDIATE")
+    lock.execute("INSERT INTO labels (received, device, label, start) VALUES (1, 'd', 'x', 0)")
+    thread = threading.Thread(target=lambda: (time.sleep(seconds), lock.execute("COMMIT"), lock.close()))
+    thread.start()
+    return thread
+
+
+def test_the_rekeying_of_an_older_store_waits_for_another_connections_write_lock(tmp_path, monkeypatch):
+    import stream.store
+    monkeypatch.setattr(stream.store, "BUSY_TIMEOUT", 0.2)  # the writer's: the opening waits longer
+    path = tmp_path / "events.db"
+    _old_keyed_store(path)
+    holder = _locked_for(path, 1.0)
+    try:
+        EventStore(path).close()
+    finally:
+        holder.join()
+    with _connect(path) as db:
+        assert [row[2] for row in db.execute("PRAGMA index_info(predictions_window)")] == ["device", "t", "received"]
+    db.close()
+
+
+def test_a_store_locked_beyond_the_opening_timeout_is_not_called_unusable(tmp_path, monkeypatch):
+    import stream.store
+    monkeypatch.setattr(stream.store, "BUSY_TIMEOUT", 0.2)
+    monkeypatch.setattr(stream.store, "OPEN_BUSY_TIMEOUT", 0.2, raising=False)
+    path = tmp_path / "events.db"
+    _old_keyed_store(path)
+    holder = _locked_for(path, 1.0)
+    try:
+        with pytest.raises(ValueError) as error:
+            EventStore(path)
+    finally:
+        holder.join()
+    assert "locked" in str(error.value) and "move it away" not in str(error.value)
+    EventStore(path).close()  # released: it opens
