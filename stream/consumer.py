@@ -104,6 +104,7 @@ QUEUED_OVERHEAD = 1024
 HIGH_WATER = 0.75  # share of the queue bounds beyond which paho's thread stops reading (back-pressure)
 DRAIN_CHUNK = 256  # messages taken off the queue at once: their imu payloads are decoded together
 CHECKPOINT_RETRY = 5.0  # s before a checkpoint that had to wait (the event store behind) is tried again
+JOURNAL_REPLAY_WAIT = 60.0  # s a start-up waits for a failing event store to take the last life's journal
 ORIENT_BUDGET = 0.01  # s of fitting how devices are worn per cycle (models.orientation.Orienter.budget)
 
 @dataclass
@@ -374,12 +375,21 @@ class Consumer:
         if config.state_dir is not None:
             self._restore(classifier)
             self.store = EventStore(config.state_dir / "events.db")
+            # checkpoint(): the journal is rotated only if the store dropped nothing since this mark
+            self._dropped_mark = self.store.dropped
+            deadline = time.monotonic() + JOURNAL_REPLAY_WAIT
             for row in self._journalled:  # what a killed life classified: the store ignores what it has
-                self.store.prediction(*row, block=True)  # more than its queue holds are waited for, not dropped
-            self._dropped_mark = self.store.dropped  # checkpoint(): the journal lacks nothing the store dropped
+                # more than its queue holds are waited for, not dropped; a store that cannot take them in
+                # JOURNAL_REPLAY_WAIT s drops the rest, and the journal, kept, puts them in again later
+                self.store.prediction(*row, block=True, timeout=max(0.0, deadline - time.monotonic()))
             if self._journalled:
                 log.info("%d predictions of the last life put into the event store from the journal",
                          len(self._journalled))
+            if self.store.dropped > self._dropped_mark:
+                log.warning("the event store took only %d of the journal's %d predictions within %.0f s; the "
+                            "journal is kept and they are put in again at a later checkpoint",
+                            len(self._journalled) - (self.store.dropped - self._dropped_mark),
+                            len(self._journalled), JOURNAL_REPLAY_WAIT)
             self._journalled = []
             self._reload_labels()
         self.learner: LearnerProcess | None = None  # the online learner, in a process of its own from run()

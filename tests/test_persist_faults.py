@@ -473,6 +473,32 @@ def test_a_next_life_puts_a_journal_bigger_than_the_store_queue_into_it_without_
         second.store.close()
 
 
+def test_a_start_up_does_not_wait_for_good_on_a_store_that_cannot_take_the_journal(
+        tmp_path, tiny_model, fast_busy_timeout, small_store_queue, monkeypatch):
+    """A journal bigger than the store's queue, the store still locked at start-up: the start-up waits
+    JOURNAL_REPLAY_WAIT, not for good; what the store could not take keeps the journal for later."""
+    import stream.consumer
+    monkeypatch.setattr(stream.consumer, "JOURNAL_REPLAY_WAIT", 1.0)
+    first = _life(tmp_path, tiny_model)
+    lock = _fail_and_drop(first, tmp_path / "events.db")
+    try:
+        first.checkpoint()
+        first.store._abandon.set()  # killed: no final checkpoint
+        first.journal.close()
+        started = time.monotonic()
+        second = _life(tmp_path, tiny_model)
+        assert time.monotonic() - started < 10
+        try:
+            assert second.store.dropped > 0
+            assert not second.checkpoint()  # the journal is kept: the store lacks what it dropped
+            assert sorted(p.name for p in tmp_path.glob("acked-*.log"))
+        finally:
+            second.journal.close()
+            second.store._abandon.set()
+    finally:
+        lock.release()
+
+
 # -- 5. an event store locked by another connection at start-up ------------------------------------------
 def _old_keyed_store(path: Path) -> None:
     """An events.db of the previous release: predictions keyed by (device, t), re-keyed when opened."""
