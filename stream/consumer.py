@@ -104,6 +104,7 @@ QUEUED_OVERHEAD = 1024
 HIGH_WATER = 0.75  # share of the queue bounds beyond which paho's thread stops reading (back-pressure)
 DRAIN_CHUNK = 256  # messages taken off the queue at once: their imu payloads are decoded together
 CHECKPOINT_RETRY = 5.0  # s before a checkpoint that had to wait (the event store behind) is tried again
+REPUT_BUDGET = 2.0  # s a checkpoint waits for room in the event store's queue to put a kept journal in again
 JOURNAL_REPLAY_WAIT = 60.0  # s a start-up waits for a failing event store to take the last life's journal
 ORIENT_BUDGET = 0.01  # s of fitting how devices are worn per cycle (models.orientation.Orienter.budget)
 
@@ -362,7 +363,8 @@ class Consumer:
         self._label_only: dict[str, float] = {}  # devices with labels and no samples yet -> last label's arrival
         self._other_labels: set[str] = set()  # label names taken that the model has no class for
         self.store: EventStore | None = None
-        self._dropped_mark = 0  # the store's ``dropped`` when the journal's generation began (checkpoint())
+        self._dropped_mark = 0  # the store's ``dropped_predictions`` when the journal's generation began
+        self._reput: int | None = None  # next row of the kept journal to put into the store again (checkpoint())
         self.shared: SharedDevices | None = None
         if config.state_store:
             store = open_store(config.state_store, f"harstream:{config.prefix}", config.state_ttl)
@@ -376,7 +378,7 @@ class Consumer:
             self._restore(classifier)
             self.store = EventStore(config.state_dir / "events.db")
             # checkpoint(): the journal is rotated only if the store dropped nothing since this mark
-            self._dropped_mark = self.store.dropped
+            self._dropped_mark = self.store.dropped_predictions
             deadline = time.monotonic() + JOURNAL_REPLAY_WAIT
             for row in self._journalled:  # what a killed life classified: the store ignores what it has
                 # more than its queue holds are waited for, not dropped; a store that cannot take them in
@@ -385,10 +387,10 @@ class Consumer:
             if self._journalled:
                 log.info("%d predictions of the last life put into the event store from the journal",
                          len(self._journalled))
-            if self.store.dropped > self._dropped_mark:
+            if self.store.dropped_predictions > self._dropped_mark:
                 log.warning("the event store took only %d of the journal's %d predictions within %.0f s; the "
                             "journal is kept and they are put in again at a later checkpoint",
-                            len(self._journalled) - (self.store.dropped - self._dropped_mark),
+                            len(self._journalled) - (self.store.dropped_predictions - self._dropped_mark),
                             len(self._journalled), JOURNAL_REPLAY_WAIT)
             self._journalled = []
             self._reload_labels()
@@ -537,15 +539,18 @@ class Consumer:
                          if s is not None}
         # the journal is the only copy of predictions the store has not written: it is rotated away only once
         # the store has written what is queued (a failing store is not waited for: EventStore.failing) and has
-        # dropped nothing (its queue full) since this journal began. Otherwise the state names this journal
-        # still (device state is saved all the same), whose predictions go into the store again: here once the
-        # store writes again, or at the next start (a put that waits for room there, never a drop).
+        # dropped no prediction (its queue full) since this journal began, or has had every prediction of the
+        # journal put in again since. Otherwise the state names this journal still (device state is saved all
+        # the same), whose predictions go into the store again: from here on once the store writes again, a
+        # slice per checkpoint (resumed where the last stopped), or at the next start.
         stored = rotate = True
         dropped = 0
         if self.journal is not None and self.store is not None:
-            dropped = self.store.dropped
+            dropped = self.store.dropped_predictions
             stored = self.store.flush(10.0, until_failure=True)
-            rotate = stored and dropped == self._dropped_mark
+            if dropped > self._dropped_mark:  # new drops: which are not known, so the whole journal again
+                self._reput, self._dropped_mark = 0, dropped
+            rotate = stored and self._reput is None
         if self.journal is None:
             generation = self._journal_generation
         elif rotate:
@@ -553,34 +558,39 @@ class Consumer:
         else:
             generation = self.journal.generation
             if final:
-                log.warning("the event store has not written %d events (%d dropped, %d write failures): the "
-                            "journal %s is kept for the next life", self.store.pending,
-                            self.store.dropped - self._dropped_mark, self.store.errors, generation)
+                log.warning("the event store has not written %d events (%d predictions dropped, %d write "
+                            "failures): the journal %s is kept for the next life", self.store.pending,
+                            self.store.dropped_predictions, self.store.errors, generation)
         save_state(directory, classifier.version, devices, sequences, dict(self._evicted),
                    watermarks=self._watermarks, journal=generation, anchors=self._anchors,
                    orientation=classifier.orienter.snapshot() if classifier.orienter is not None else None)
         if self.journal is None:
             return True
         if generation == self.journal.generation:  # kept
-            if stored and not final:  # the store writes again: what it dropped goes in now
+            if stored and not final and self._reput is not None:  # the store writes again
                 self._put_journal_again()
             return False
         self.journal.rotate(generation)
         self._dropped_mark = dropped
         return True
 
-    def _put_journal_again(self, timeout: float = 10.0) -> None:
-        """Put every prediction of the current journal into the event store again (it ignores those it has),
-        waiting for room in its queue up to ``timeout`` s: the store dropped some since the journal began.
-        Whatever is dropped from now on (this put's own, if it times out) keeps the journal once more."""
+    def _put_journal_again(self, budget: float = REPUT_BUDGET) -> None:
+        """Put the current journal's predictions into the event store again (it ignores those it has), from
+        row ``_reput`` on, for at most ``budget`` s of waiting for room in its queue (serving waits meanwhile):
+        the store dropped some since the journal began. Where the budget ends, the next checkpoint resumes;
+        once every row is in, the next checkpoint that finds them written rotates the journal."""
         predictions = read_journal(self.config.state_dir, self.journal.generation)[3]
-        log.warning("the event store dropped %d events (its queue full) since the journal %d began: its %d "
-                    "predictions are put into the store again", self.store.dropped - self._dropped_mark,
-                    self.journal.generation, len(predictions))
-        self._dropped_mark = self.store.dropped
-        deadline = time.monotonic() + timeout
-        for row in predictions:
-            self.store.prediction(*row, block=True, timeout=max(0.0, deadline - time.monotonic()))
+        start = self._reput or 0
+        if start == 0:
+            log.warning("the event store dropped predictions (its queue full) since the journal %d began: its "
+                        "%d predictions are put into the store again", self.journal.generation, len(predictions))
+        deadline = time.monotonic() + budget
+        for i in range(start, len(predictions)):
+            if not self.store.prediction(*predictions[i], block=True, count=False,
+                                         timeout=max(0.0, deadline - time.monotonic())):
+                self._reput = i  # the queue stayed full: from this row at the next checkpoint
+                return
+        self._reput = None
 
     def _evict_idle(self) -> None:
         """Devices silent for idle_timeout leave memory; their state is kept for when they return."""

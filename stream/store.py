@@ -88,6 +88,7 @@ class EventStore:
         self.max_rows = max_rows
         self.max_age_s = max_age_s
         self.dropped = 0
+        self.dropped_predictions = 0  # of ``dropped``: predictions (the journal holds them; see Consumer)
         self.written = 0
         self.errors = 0  # failed attempts to write a batch (each is tried again) or to prune
         self.failing = False  # the last attempt to write failed: the writer is backing off
@@ -132,22 +133,31 @@ class EventStore:
         return self._queue.unfinished_tasks
 
     # -- writers (any thread; never block unless asked to) ---------------------------------------------
-    def _put(self, table: str, row: tuple, block: bool = False, timeout: float | None = None) -> None:
+    def _put(self, table: str, row: tuple, block: bool = False, timeout: float | None = None,
+             count: bool = True) -> bool:
+        """Queue one row; False if the queue stayed full (then dropped, and counted unless not ``count``)."""
         try:
             self._queue.put((table, row), block, timeout)
+            return True
         except queue.Full:
-            self.dropped += 1
+            if count:
+                self.dropped += 1
+                self.dropped_predictions += table in ("predictions", WINDOW_ONLY)
+            return False
 
     def prediction(self, device: str, t: float, label: str, confidence: float, model: str, latency_ms: float,
-                   received: float | None = None, *, block: bool = False, timeout: float | None = None) -> None:
+                   received: float | None = None, *, block: bool = False, timeout: float | None = None,
+                   count: bool = True) -> bool:
         """``received``: when the cycle that published it ran (the same time in its journal line), so that
         the same prediction put twice is one row; None: one row per window (device, t) at most. ``block``:
         wait for room in a full queue (up to ``timeout`` s, None: for good) rather than drop it at once
-        (predictions put again from a journal, which may be more than the queue holds)."""
+        (predictions put again from a journal, which may be more than the queue holds). False if it was
+        not queued (counted as dropped unless not ``count``: a journal's put that will be tried again)."""
         if received is None:
-            self._put(WINDOW_ONLY, (time.time(), device, t, label, confidence, model, latency_ms), block, timeout)
-        else:
-            self._put("predictions", (received, device, t, label, confidence, model, latency_ms), block, timeout)
+            return self._put(WINDOW_ONLY, (time.time(), device, t, label, confidence, model, latency_ms), block,
+                             timeout, count)
+        return self._put("predictions", (received, device, t, label, confidence, model, latency_ms), block,
+                         timeout, count)
 
     def label(self, device: str, label: str, start: float, end: float | None) -> None:
         self._put("labels", (time.time(), device, label, start, end))

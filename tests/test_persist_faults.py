@@ -499,6 +499,48 @@ def test_a_start_up_does_not_wait_for_good_on_a_store_that_cannot_take_the_journ
         lock.release()
 
 
+def test_a_kept_journal_is_put_in_again_in_slices_that_resume_and_then_rotated(
+        tmp_path, tiny_model, fast_busy_timeout, small_store_queue, monkeypatch):
+    """After an outage the kept journal goes into the store again a slice per checkpoint, each slice
+    resuming where the last stopped, and is rotated once it is all in: putting it all again from its
+    first line at every checkpoint (serving waiting meanwhile) never ended for a journal bigger than what
+    one slice takes. Drops of labels or drift events do not make it start again."""
+    import stream.consumer
+    monkeypatch.setattr(stream.consumer, "REPUT_BUDGET", 0.0)  # a slice: what the queue takes at once
+    consumer = _life(tmp_path, tiny_model)
+    lock = _fail_and_drop(consumer, tmp_path / "events.db")
+    try:
+        assert not consumer.checkpoint()
+    finally:
+        lock.release()
+    windows, starts, rotated = consumer.stats.windows, [], False
+    real, taken = consumer.store.prediction, [0]
+
+    def three_per_slice(*row, **kwargs):  # the queue takes 3 of a re-put per checkpoint, as if full then
+        if kwargs.get("count") is False:
+            if taken[0] >= 3:
+                return False
+            taken[0] += 1
+        return real(*row, **kwargs)
+    consumer.store.prediction = three_per_slice
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:  # the writer backs off after its failure: checkpoints come meanwhile
+        taken[0] = 0
+        consumer.store.label("x", "squat", 0.0, None)  # labels dropped meanwhile do not restart the re-put
+        if consumer.checkpoint():
+            rotated = True
+            break
+        starts.append(consumer._reput)
+        time.sleep(0.05)
+    try:
+        assert rotated and _count(tmp_path / "events.db") == windows
+        resumed = sorted({s for s in starts if s})
+        assert resumed == list(range(3, windows, 3)), starts
+    finally:
+        consumer.journal.close()
+        consumer.store.close()
+
+
 # -- 5. an event store locked by another connection at start-up ------------------------------------------
 def _old_keyed_store(path: Path) -> None:
     """An events.db of the previous release: predictions keyed by (device, t), re-keyed when opened."""
