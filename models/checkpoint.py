@@ -17,7 +17,7 @@ import torch
 
 from models.rnn import HARNet, ModelConfig
 
-__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "checkpoint_bytes", "default_model_path",
+__all__ = ["CheckpointError", "save_checkpoint", "write_atomic", "load_checkpoint", "checkpoint_bytes", "default_model_path",
            "FORMAT", "VERSION"]
 
 FORMAT = "harstream.checkpoint"
@@ -37,24 +37,35 @@ def _model_version(model: HARNet) -> str:
 
 
 def save_checkpoint(path: str | Path, model: HARNet, metadata: dict | None = None) -> str:
-    """Write ``model`` to ``path``; returns its version (a hash of the weights)."""
+    """Write ``model`` to ``path`` (``write_atomic``); returns its version (a hash of the weights)."""
     data, version = checkpoint_bytes(model, metadata)
-    path = Path(path)
+    write_atomic(Path(path), data)
+    return version
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write ``path`` whole or not at all, even across a power cut: a temporary file, synced, renamed over
+    ``path``, then the directory synced (so the rename itself is on disk)."""
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as f:
         f.write(data)
         f.flush()
-        os.fsync(f.fileno())  # on disk before the rename: a power cut leaves the old file or the new
-    tmp.replace(path)  # atomic: a reader never sees half a file
+        os.fsync(f.fileno())
+    tmp.replace(path)
+    _sync_directory(path.parent)
+
+
+def _sync_directory(directory: Path) -> None:
     try:
-        fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)  # the rename itself
-        finally:
-            os.close(fd)
-    except OSError:  # a file system that cannot sync a directory
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # some file systems refuse to sync a directory: the rename is as durable as they make it
         pass
-    return version
+    finally:
+        os.close(fd)
 
 
 def checkpoint_bytes(model: HARNet, metadata: dict | None = None) -> tuple[bytes, str]:

@@ -286,28 +286,14 @@ class DeviceAdapters:
                     self._serving.pop(device, None)
 
     def save(self, path) -> None:
-        """Write every adapter to ``path`` atomically (a plain tensor file, loadable without code): a
-        temporary file, synced, renamed over ``path``, then the directory synced."""
+        """Write every adapter to ``path`` atomically (a plain tensor file, loadable without code)."""
         import io
-        import os
         from pathlib import Path
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
+
+        from models.checkpoint import write_atomic
         buffer = io.BytesIO()
         torch.save({"format": "harstream.adapters", "classes": self.k, "adapters": self.state_dict()}, buffer)
-        with open(tmp, "wb") as f:
-            f.write(buffer.getvalue())
-            f.flush()
-            os.fsync(f.fileno())
-        tmp.replace(path)
-        try:
-            fd = os.open(path.parent, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        except OSError:  # a file system that cannot sync a directory
-            pass
+        write_atomic(Path(path), buffer.getvalue())
 
     def load(self, path) -> int:
         """Read adapters saved by ``save``; returns how many (0 when the file is missing or another

@@ -25,6 +25,8 @@ from pathlib import Path
 
 import torch
 
+from models.checkpoint import write_atomic
+
 __all__ = ["AckJournal", "save_state", "load_state", "read_journal", "journal_generations", "write_atomic",
            "STATE_FILE", "SERVING_MODEL", "ADAPTERS_FILE"]
 
@@ -62,31 +64,6 @@ def save_state(directory: Path, model_version: str, devices: dict[str, tuple[tor
     path = directory / STATE_FILE
     write_atomic(path, buffer.getvalue())
     return path
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``path`` whole or not at all, even across a power cut: a temporary file, synced, renamed over
-    ``path``, then the directory synced (so the rename itself is on disk)."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
-    _sync_directory(path.parent)
-
-
-def _sync_directory(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # some file systems refuse to sync a directory: the rename is as durable as they make it
-        pass
-    finally:
-        os.close(fd)
 
 
 def load_state(directory: Path) -> dict | None:
