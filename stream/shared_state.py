@@ -66,10 +66,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-# The record format written: 1, which every harstream reads. Format 2 (the model version after the header,
-# written by one release) is still read; the model version is now kept beside the record (StateStore).
+# The record format: 1, which every harstream reads; the model version is kept beside the record (StateStore).
 FORMAT_VERSION = 1
-READ_FORMATS = (1, 2)
 _HEADER = struct.Struct(
     "<BBq"  # format, has seq, seq
     "didddd3ddqiI"  # rate, window, max_gap, reorder, clock_reset, last_t (NaN: none), last_acc, origin, k,
@@ -77,7 +75,6 @@ _HEADER = struct.Struct(
     "qqqqB"  # late_samples, duplicates, gaps, clock_resets, recurrent tensors
 )
 _SHAPE = struct.Struct("<HH")
-_MODEL = struct.Struct("<B")  # length of the model version (utf-8) that follows
 _CLOCK_RESET = 30.0  # seconds: a device clock going back further is a new session (DeviceBuffer's default)
 
 
@@ -119,8 +116,6 @@ class DeviceRecord:
     seq: int | None  # last seq applied; None before the first message
     buffer: BufferState | None  # None before the first sample
     recurrent: tuple[np.ndarray, ...] = ()  # each (d0, d2) float32; () is the model's initial state
-    model: str = ""  # version of the model whose recurrent state it is; "" unknown (a store's field of its
-    # own, or a format 2 record's: encode_record does not write it)
 
 
 # -- DeviceBuffer's state: DeviceBuffer keeps it in private fields and has no snapshot of its own,
@@ -160,17 +155,16 @@ def restore_buffer(device: str, state: BufferState, now: float) -> DeviceBuffer:
     return buffer
 
 
-def encode_record(record: DeviceRecord, fmt: int = FORMAT_VERSION) -> bytes:
-    """A record as bytes: a fixed header, tensor shapes, the buffer's arrays, the recurrent tensors (format
-    1, without the model version: the store keeps it beside the record). ``fmt`` 2 puts the model version
-    after the header, as one release wrote it (for tests of reading such records)."""
+def encode_record(record: DeviceRecord) -> bytes:
+    """A record as bytes: a fixed header, tensor shapes, the buffer's arrays, the recurrent tensors (without
+    the model version: the store keeps it beside the record)."""
     b = record.buffer
     if b is None:  # window 0 marks "no buffer"
         b = BufferState(rate=0.0, window=0, max_gap=0.0, reorder=0.0, clock_reset=0.0, last_t=None,
                         last_acc=np.zeros(3), origin=0.0, k=0, pending=np.empty((0, 3)), held_t=np.empty(0),
                         held_acc=np.empty((0, 3)), held_age=np.empty(0))
     header = _HEADER.pack(
-        fmt, record.seq is not None, record.seq if record.seq is not None else 0,
+        FORMAT_VERSION, record.seq is not None, record.seq if record.seq is not None else 0,
         b.rate, b.window, b.max_gap, b.reorder, b.clock_reset, math.nan if b.last_t is None else b.last_t,
         *(float(v) for v in b.last_acc), b.origin, b.k, len(b.pending), len(b.held_t),
         b.late_samples, b.duplicates, b.gaps, b.clock_resets, len(record.recurrent),
@@ -180,8 +174,7 @@ def encode_record(record: DeviceRecord, fmt: int = FORMAT_VERSION) -> bytes:
               *(np.ascontiguousarray(a, dtype=np.float64) for a in (b.held_t, b.held_acc, b.held_age)),
               *tensors]
     shapes = b"".join(_SHAPE.pack(*t.shape) for t in tensors)
-    model = b"" if fmt == 1 else _MODEL.pack(len(record.model.encode()[:255])) + record.model.encode()[:255]
-    return b"".join([header, model, shapes, *(a.tobytes() for a in arrays)])
+    return b"".join([header, shapes, *(a.tobytes() for a in arrays)])
 
 
 def decode_record(blob: bytes) -> DeviceRecord:
@@ -197,17 +190,9 @@ def decode_record(blob: bytes) -> DeviceRecord:
     try:
         (version, has_seq, seq, rate, window, max_gap, reorder, clock_reset, last_t, ax, ay, az, origin, k,
          fill, held, late, duplicates, gaps, clock_resets, n_tensors) = _HEADER.unpack_from(blob)
-        if version not in READ_FORMATS:
-            raise ValueError(f"record format {version}, expected one of {READ_FORMATS}")
+        if version != FORMAT_VERSION:
+            raise ValueError(f"record format {version}, expected {FORMAT_VERSION}")
         offset = _HEADER.size
-        model = ""
-        if version >= 2:
-            (n,) = _MODEL.unpack_from(blob, offset)
-            offset += _MODEL.size
-            if offset + n > len(blob):
-                raise ValueError("model version cut short")
-            model = blob[offset:offset + n].decode(errors="replace")
-            offset += n
         shapes = [_SHAPE.unpack_from(blob, offset + i * _SHAPE.size) for i in range(n_tensors)]
         offset += n_tensors * _SHAPE.size
         pending = take(np.float32, fill * 3, (fill, 3))
@@ -226,29 +211,25 @@ def decode_record(blob: bytes) -> DeviceRecord:
                              last_acc=np.array([ax, ay, az]), origin=origin, k=k, pending=pending,
                              held_t=held_t, held_acc=held_acc, held_age=held_age, late_samples=late,
                              duplicates=duplicates, gaps=gaps, clock_resets=clock_resets)
-    return DeviceRecord(seq=seq if has_seq else None, buffer=buffer, recurrent=tensors, model=model)
+    return DeviceRecord(seq=seq if has_seq else None, buffer=buffer, recurrent=tensors)
 
 
 # -- stores ----------------------------------------------------------------------------------------
 class StateStore:
-    """Versioned records by device: ``load`` reads, ``commit`` compare-and-sets.
+    """Versioned records by device: ``load_records`` reads, ``commit`` compare-and-sets.
 
-    A device never written has version 0 and no record. ``commit`` writes ``(expected, blob[, model])``
+    A device never written has version 0 and no record. ``commit`` writes ``(expected, blob, model)``
     only where the stored version is still ``expected``, making it ``expected + 1``; it returns the
     devices written. ``model`` (the version of the model whose recurrent state the record holds) is kept
     beside the record, stamped with the version written: ``load_records`` gives it back only while the
     record is that version ("" once a writer that does not give it, an older harstream, wrote since).
-    ``load`` reads the records alone, as older harstream replicas do.
     """
-
-    def load(self, devices: list[str]) -> dict[str, tuple[int, bytes | None]]:
-        return {d: (v, b) for d, (v, b, _) in self.load_records(devices).items()}
 
     def load_records(self, devices: list[str]) -> dict[str, tuple[int, bytes | None, str]]:
         """(version, record, model) per device."""
         raise NotImplementedError
 
-    def commit(self, updates: dict[str, tuple]) -> set[str]:
+    def commit(self, updates: dict[str, tuple[int, bytes, str]]) -> set[str]:
         raise NotImplementedError
 
     def close(self) -> None:
@@ -272,13 +253,13 @@ class MemoryStore(StateStore):
                 out[d] = (version, blob, model if stamp == version else "")
             return out
 
-    def commit(self, updates: dict[str, tuple]) -> set[str]:
+    def commit(self, updates: dict[str, tuple[int, bytes, str]]) -> set[str]:
         done = set()
         with self._lock:
-            for device, (expected, blob, *model) in updates.items():
+            for device, (expected, blob, model) in updates.items():
                 if self._records.get(device, (0, None))[0] == expected:
                     self._records[device] = (expected + 1, blob)
-                    self._models[device] = (expected + 1, model[0] if model else "")
+                    self._models[device] = (expected + 1, model)
                     done.add(device)
         return done
 
@@ -340,14 +321,13 @@ class RedisStore(StateStore):
             out[d] = (version, b, model if stamp == str(version) else "")
         return out
 
-    def commit(self, updates: dict[str, tuple]) -> set[str]:
+    def commit(self, updates: dict[str, tuple[int, bytes, str]]) -> set[str]:
         ttl_ms = int(self.ttl * 1000)
         pipe = self._client.pipeline(transaction=False)
         devices = list(updates)
         for device in devices:
-            expected, blob, *model = updates[device]
-            self._commit(keys=[self.key(device)], args=[str(expected), blob, ttl_ms, model[0] if model else ""],
-                         client=pipe)
+            expected, blob, model = updates[device]
+            self._commit(keys=[self.key(device)], args=[str(expected), blob, ttl_ms, model], client=pipe)
         try:
             results = pipe.execute()
         except self._errors as exc:
@@ -525,7 +505,7 @@ class SharedDevices:
 
     def _install(self, device: str, version: int, blob: bytes | None, model: str = "") -> None:
         """Make the pipeline's state of ``device`` the stored one; ``model``: the version of the model
-        whose recurrent state it holds, "" unknown (then a format 2 record's own, if it has one)."""
+        whose recurrent state it holds, "" unknown."""
         self.pipeline.evict(device)
         self.sequence.forget(device)
         self._versions[device] = version
@@ -545,7 +525,6 @@ class SharedDevices:
             else:
                 log.warning("%s: shared buffer state for %g Hz x %d, the model has %g Hz x %d; starting "
                             "afresh", device, record.buffer.rate, record.buffer.window, cfg.rate, cfg.window)
-        model = model or record.model
         if record.recurrent:
             if model and model not in self._served:
                 # made by weights this replica never served (a rolling upgrade, another --model): it
