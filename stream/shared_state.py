@@ -75,7 +75,6 @@ _HEADER = struct.Struct(
     "qqqqB"  # late_samples, duplicates, gaps, clock_resets, recurrent tensors
 )
 _SHAPE = struct.Struct("<HH")
-_CLOCK_RESET = 30.0  # seconds: a device clock going back further is a new session (DeviceBuffer's default)
 
 
 class StoreError(Exception):
@@ -649,11 +648,12 @@ class SharedDevices:
                 # a safety net for exactly once: never a window at or before the last one handed out,
                 # within a device clock's session: not once the device's buffer has counted a clock reset
                 # since (a clock gone back further than its clock_reset; the count travels in the record)
-                # nor more than _CLOCK_RESET before it
-                buffer = self.pipeline.buffers.get(p.device)
+                # nor more than that clock_reset before it
+                buffer = self.pipeline.buffers.get(p.device)  # there: applied this cycle (Pipeline.add)
                 resets = buffer.clock_resets if buffer is not None else 0
                 mark = self._published.get(p.device)
-                if mark is not None and resets <= mark[1] and mark[0] - _CLOCK_RESET < p.t_end <= mark[0]:
+                if (mark is not None and buffer is not None and resets <= mark[1]
+                        and mark[0] - buffer.clock_reset < p.t_end <= mark[0]):
                     self.counts["repeats_dropped"] += 1
                     continue
                 self._published[p.device] = (p.t_end, resets)
