@@ -71,6 +71,7 @@ from stream.persist import (
     SERVING_MODEL,
     AckJournal,
     journal_generations,
+    journal_predictions,
     load_state,
     read_journal,
     save_state,
@@ -364,7 +365,7 @@ class Consumer:
         self._other_labels: set[str] = set()  # label names taken that the model has no class for
         self.store: EventStore | None = None
         self._dropped_mark = 0  # the store's ``dropped_predictions`` when the journal's generation began
-        self._reput: int | None = None  # next row of the kept journal to put into the store again (checkpoint())
+        self._reput: int | None = None  # byte of the kept journal to put into the store again from (checkpoint())
         self.shared: SharedDevices | None = None
         if config.state_store:
             store = open_store(config.state_store, f"harstream:{config.prefix}", config.state_ttl)
@@ -576,20 +577,21 @@ class Consumer:
 
     def _put_journal_again(self, budget: float = REPUT_BUDGET) -> None:
         """Put the current journal's predictions into the event store again (it ignores those it has), from
-        row ``_reput`` on, for at most ``budget`` s of waiting for room in its queue (serving waits meanwhile):
-        the store dropped some since the journal began. Where the budget ends, the next checkpoint resumes;
-        once every row is in, the next checkpoint that finds them written rotates the journal."""
-        predictions = read_journal(self.config.state_dir, self.journal.generation)[3]
+        byte ``_reput`` on, for at most ``budget`` s of waiting for room in its queue (serving waits
+        meanwhile): the store dropped some since the journal began. Where the budget ends, the next
+        checkpoint resumes; once every line is in, the next checkpoint that finds them written rotates the
+        journal."""
         start = self._reput or 0
         if start == 0:
-            log.warning("the event store dropped predictions (its queue full) since the journal %d began: its "
-                        "%d predictions are put into the store again", self.journal.generation, len(predictions))
+            log.warning("the event store dropped predictions (its queue full) since the journal %d began: "
+                        "its predictions are put into the store again", self.journal.generation)
         deadline = time.monotonic() + budget
-        for i in range(start, len(predictions)):
-            if not self.store.prediction(*predictions[i], block=True, count=False,
+        for end, row in journal_predictions(self.config.state_dir, self.journal.generation, start):
+            if not self.store.prediction(*row, block=True, count=False,
                                          timeout=max(0.0, deadline - time.monotonic())):
-                self._reput = i  # the queue stayed full: from this row at the next checkpoint
+                self._reput = start  # the queue stayed full: from this line at the next checkpoint
                 return
+            start = end
         self._reput = None
 
     def _evict_idle(self) -> None:

@@ -21,13 +21,14 @@ from __future__ import annotations
 import io
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 
 from models.checkpoint import write_atomic
 
-__all__ = ["AckJournal", "save_state", "load_state", "read_journal", "journal_generations", "write_atomic",
+__all__ = ["AckJournal", "save_state", "load_state", "read_journal", "journal_predictions", "journal_generations", "write_atomic",
            "STATE_FILE", "SERVING_MODEL", "ADAPTERS_FILE"]
 
 STATE_FILE = "consumer-state.pt"
@@ -235,6 +236,34 @@ class AckJournal:
             self._fd = None
 
 
+def _prediction(parts: list[str]) -> tuple | None:
+    """A journal's prediction line, split at its tabs, as ``EventStore.prediction``'s arguments."""
+    if len(parts) not in (7, 8):
+        return None
+    try:
+        return (parts[1], float(parts[2]), parts[3], float(parts[4]), parts[5], *map(float, parts[6:]))
+    except ValueError:
+        return None
+
+
+def journal_predictions(directory: Path, generation: int, offset: int = 0) -> Iterator[tuple[int, tuple]]:
+    """The predictions of ``generation``'s journal from byte ``offset`` on (a line's start), each with the
+    offset of the line after it: a reader that stops can resume there without reading the rest again."""
+    path = _journal_path(directory, generation)
+    if not path.exists():
+        return
+    with open(path, "rb") as f:
+        f.seek(offset)
+        for raw in f:
+            if not raw.endswith(b"\n"):
+                return  # a line a kill cut short
+            offset += len(raw)
+            parts = raw[:-1].decode(errors="replace").split("\t")
+            row = _prediction(parts) if parts[0] == PREDICTION else None
+            if row is not None:
+                yield offset, row
+
+
 def read_journal(directory: Path, generation: int) -> tuple[dict[str, float], dict[str, int],
                                                              dict[str, tuple], list[tuple]]:
     """(watermarks, seqs, anchors, predictions) from ``generation``'s journal, the last line of each device
@@ -251,12 +280,9 @@ def read_journal(directory: Path, generation: int) -> tuple[dict[str, float], di
     for line in path.read_bytes().decode(errors="replace").split("\n")[:-1]:
         parts = line.split("\t")
         if parts[0] == PREDICTION:
-            if len(parts) in (7, 8):
-                try:
-                    predictions.append((parts[1], float(parts[2]), parts[3], float(parts[4]), parts[5],
-                                        *map(float, parts[6:])))
-                except ValueError:
-                    pass
+            row = _prediction(parts)
+            if row is not None:
+                predictions.append(row)
             continue
         if len(parts) not in (3, 7, 10):  # anchor: t and the accelerometer (and the gyroscope, if read)
             continue
