@@ -632,18 +632,14 @@ class SharedDevices:
             self.sequence.forget(device)
             for m in applied[device]:
                 self.hold(m.batch, m.arrival)
-        # devices not applied through the store this cycle (phone formats, taken by the consumer
-        # directly: no seq, their state stays on this replica) keep their predictions
-        local = {p.device for p in predictions if p.device not in applied}
-        if local and not self._warned_local:
-            self._warned_local = True
-            log.warning("device %s (a phone format: no seq) keeps its state on this replica, not in the shared "
-                        "store: with a round-robin shared subscription its messages would be split among the "
-                        "replicas; see DESIGN.md (Scale-out)", sorted(local)[0])
-        out = []
+        out, local = [], []
         for p in predictions:
             if p.device not in applied:
+                # not applied through the store this cycle (a phone format, taken by the consumer directly:
+                # no seq, its state stays on this replica): its predictions are kept
                 out.append(p)
+                if not self._warned_local:
+                    local.append(p.device)
             elif p.device in done:
                 # a safety net for exactly once: never a window at or before the last one handed out,
                 # within a device clock's session: not once the device's buffer has counted a clock reset
@@ -658,6 +654,11 @@ class SharedDevices:
                     continue
                 self._published[p.device] = (p.t_end, resets)
                 out.append(p)
+        if local:
+            self._warned_local = True
+            log.warning("device %s (a phone format: no seq) keeps its state on this replica, not in the shared "
+                        "store: with a round-robin shared subscription its messages would be split among the "
+                        "replicas; see DESIGN.md (Scale-out)", min(local))
         return out
 
     def summary(self) -> dict:
