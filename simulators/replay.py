@@ -18,7 +18,7 @@ __all__ = ["replay", "label_spans"]
 SPAN_EPS = 1e-6  # s: a span's end beyond its last sample, far below any sample spacing
 
 
-def label_spans(t: np.ndarray, label: np.ndarray) -> list[tuple[int, int, str]]:
+def label_spans(label: np.ndarray) -> list[tuple[int, int, str]]:
     """(first row, last row, label) of each run of consecutive rows under one non-empty label."""
     if len(label) == 0:
         return []
@@ -48,7 +48,7 @@ def replay(rec: Recording, broker: BrokerURL, prefix: str = "har", speed: float 
         t = rec.t[rows]
         slot = np.floor((t - t[0]) / interval)  # message k: t[0] + k interval <= t < t[0] + (k + 1) interval
         edges = np.concatenate([[0], np.flatnonzero(slot[1:] != slot[:-1]) + 1, [len(t)]])
-        spans = label_spans(t, rec.label[rows]) if labels else []
+        spans = label_spans(rec.label[rows]) if labels else []
         starts = np.asarray([s[0] for s in spans], dtype=np.int64)
         for seq, (a, b) in enumerate(zip(edges[:-1], edges[1:], strict=True)):
             if b > a:

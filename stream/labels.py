@@ -89,8 +89,10 @@ class LabelBook:
         first, last = self._span_at(device, t_start), self._span_at(device, t_end)
         if first is not None and last is not None:
             return self._spans[device][first][2] if first == last else None
-        label = self.at(device, t_start)
-        return label if label is not None and label == self.at(device, t_end) else None
+        spans = self._spans.get(device, ())
+        label = spans[first][2] if first is not None else self._open_at(device, t_start)
+        return label if label is not None and label == (spans[last][2] if last is not None
+                                                          else self._open_at(device, t_end)) else None
 
     def drop_after(self, device: str, t: float) -> None:
         """Forget the device's labels that start after ``t``: after its clock went back to ``t``, they

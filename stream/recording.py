@@ -203,12 +203,11 @@ def _read_rows(path: Path, handle) -> Recording:
 def _grouped(rec: Recording) -> Recording:
     """Each device's rows together (devices in order of first appearance, rows in file order): a file may
     interleave devices (as they arrived live); the rest of the code reads each device as one run."""
-    runs = sum(1 for _ in rec.segments())
-    if runs == len(set(rec.device.tolist())):
+    runs = 1 + int(np.count_nonzero(rec.device[1:] != rec.device[:-1])) if len(rec) else 0
+    _, first, inverse = np.unique(rec.device, return_index=True, return_inverse=True)
+    if runs == len(first):
         return rec
-    first = {d: i for i, d in reversed(list(enumerate(rec.device.tolist())))}
-    rank = np.array([first[d] for d in rec.device.tolist()])
-    return rec.take(np.argsort(rank, kind="stable"))
+    return rec.take(np.argsort(first[inverse], kind="stable"))  # rows ranked by their device's first row
 
 
 def write_recording(path: str | Path, rec: Recording) -> None:
