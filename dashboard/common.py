@@ -89,16 +89,20 @@ def number(value: object, fmt: str = "{:,.1f}", unit: str = "") -> str:
 SILENT_AFTER = 30.0  # s: a device "online" but not heard from for this long is shown as silent
 
 
+def heard_from(last_seen: float | None, now: float | None = None, within: float = SILENT_AFTER) -> bool:
+    """Whether a device was heard from in the last ``within`` seconds."""
+    now = time.time() if now is None else now
+    return last_seen is not None and now - last_seen <= within
+
+
 def status_text(status: str | None, last_seen: float | None = None, now: float | None = None,
                 silent_after: float | None = None) -> str:
     """The retained status as shown. With ``silent_after`` (devices), an "online" of a device not heard from
     for that long (or never: only the broker's retained copy) shows as silent: a simulator publishing all its
     devices over one connection has one last will, not one per device, so a killed one leaves them "online"."""
     # plain glyphs, not emoji: they render in every font, also in headless browsers
-    if status == "online" and silent_after is not None:
-        now = time.time() if now is None else now
-        if last_seen is None or now - last_seen > silent_after:
-            return "◌ online, silent"
+    if status == "online" and silent_after is not None and not heard_from(last_seen, now, silent_after):
+        return "◌ online, silent"
     return {"online": "● online", "offline": "○ offline"}.get(status or "", "? unknown")
 
 

@@ -12,6 +12,7 @@ from dashboard.common import (
     ago,
     feed_status,
     get_feed,
+    heard_from,
     number,
     status_text,
 )
@@ -108,8 +109,7 @@ def live() -> None:
                 "yet.", icon=":material/hourglass_empty:")
         return
     streaming = sum(r.last_seen is not None and now - r.last_seen < ACTIVE_WITHIN for r in rows)
-    online = sum(r.status == "online" and r.last_seen is not None and now - r.last_seen <= SILENT_AFTER
-                 for r in rows)
+    online = sum(r.status == "online" and heard_from(r.last_seen, now) for r in rows)
     drifting = sum(r.drift_recent > 0 for r in rows)
     cols = st.columns(4)
     cols[0].metric("Devices", f"{len(rows):,}")
