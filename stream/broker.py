@@ -39,8 +39,17 @@ def check_address(host: str, port: int) -> None:
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as asyncio's server does
             probe.bind(address)
     except OSError as exc:
-        reason = "address already in use" if exc.errno == errno.EADDRINUSE else (exc.strerror or str(exc))
-        raise OSError(f"cannot listen on mqtt://{host}:{port}: {reason}") from None
+        raise _cannot_listen(host, port, exc) from None
+
+
+def _cannot_listen(host: str, port: int, exc: Exception) -> OSError:
+    """One line for an address nothing can listen on (``exc``: the OSError, or what wraps it)."""
+    cause = exc if isinstance(exc, OSError) else exc.__cause__
+    if isinstance(cause, OSError):
+        reason = "address already in use" if cause.errno == errno.EADDRINUSE else (cause.strerror or str(cause))
+    else:
+        reason = str(exc)
+    return OSError(f"cannot listen on mqtt://{host}:{port}: {reason}")
 
 
 def run_broker(host: str = "127.0.0.1", port: int = 1883) -> None:
@@ -58,9 +67,7 @@ def run_broker(host: str = "127.0.0.1", port: int = 1883) -> None:
         try:
             await broker.start()
         except Exception as exc:  # amqtt's BrokerError, e.g. the address taken since the check
-            cause = exc.__cause__ if isinstance(exc.__cause__, OSError) else None
-            reason = "address already in use" if cause and cause.errno == errno.EADDRINUSE else str(exc)
-            raise OSError(f"cannot listen on mqtt://{host}:{port}: {reason}") from None
+            raise _cannot_listen(host, port, exc) from None
         finally:
             amqtt_log.setLevel(logging.WARNING)
         log.info("embedded broker (amqtt) listening on mqtt://%s:%d", host, port)
