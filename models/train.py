@@ -21,7 +21,7 @@ import copy
 import logging
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
@@ -75,8 +75,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if min(self.epochs, self.steps_per_epoch, self.batch, self.tbptt) < 1:
             raise ValueError("'epochs', 'steps_per_epoch', 'batch' and 'tbptt' must be at least 1")
-        if not (0 <= self.p_flip <= 1 and 0 <= self.p_any_orientation <= 1):
-            raise ValueError("'p_flip' and 'p_any_orientation' must be in [0, 1]")
+        if not (0 <= self.p_flip <= 1 and 0 <= self.p_any_orientation <= 1 and 0 <= self.p_mid_start <= 1):
+            raise ValueError("'p_flip', 'p_any_orientation' and 'p_mid_start' must be in [0, 1]")
         if not 0 <= self.val_fraction < 1:
             raise ValueError("'val_fraction' must be in [0, 1)")
 
@@ -392,6 +392,7 @@ def train(rec: Recording, model_config: ModelConfig | None = None, cfg: TrainCon
         "val_people": sorted({s.subject for s in val_streams}),
         "held_out": held_out,
         "tbptt": cfg.tbptt,
+        "train_config": asdict(cfg),  # every setting of the run, augmentation included
         **fit,
     }
     if cfg.refit and val_streams:

@@ -195,7 +195,8 @@ def cmd_train(args) -> int:
     mc = ModelConfig(classes=("_",), cell=args.cell, hidden=args.hidden, layers=args.layers, rate=args.rate,
                      window=args.window, hop=args.window, patch=args.patch, input_channels=6 if gyro else 3)
     tc = TrainConfig(epochs=args.epochs, tbptt=args.tbptt, seed=args.seed, max_minutes=args.max_minutes,
-                     p_any_orientation=args.any_orientation, orientation=not args.no_orientation)
+                     p_any_orientation=args.any_orientation, p_mid_start=args.mid_start,
+                     orientation=not args.no_orientation)
     model, report = train(rec, mc, tc, progress=not args.quiet)
     version = save_checkpoint(args.out, model, {"command": " ".join(["harstream", *sys.argv[1:]]),
                                                 "data": sources, "report": report})
@@ -451,6 +452,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train this fraction of the streams in a random orientation, for sensors that people "
                         "wear every which way (a phone in an armband or a pocket); costs accuracy where the "
                         "orientation tells exercises apart, e.g. a wristband (default: %(default)s)")
+    p.add_argument("--mid-start", type=float, default=0.0, metavar="FRACTION",
+                   help="start this fraction of the training streams at a random point, from a fresh state, as a "
+                        "device that connects in the middle of an exercise (default: %(default)s)")
     p.add_argument("--no-gyro", action="store_true",
                    help="read the accelerometer only, even where every --data file has gx, gy, gz (by default "
                         "the model then reads the gyroscope too, and serves only devices that send it; "
@@ -460,7 +464,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "reads the gyroscope keeps one, and serves a device worn upside down or turned on the "
                         "limb turned back, chosen from its first 10 to 90 s without labels (models/orientation.py)")
     p.add_argument("--sim-devices", type=int, default=40, help="simulated people (default: %(default)s)")
-    p.add_argument("--sim-minutes", type=float, default=10.0, help="minutes per simulated person (default: %(default)s)")
+    p.add_argument("--sim-minutes", type=float, default=10.0,
+                   help="minutes per simulated person (default: %(default)s)")
     p.add_argument("--sim-placement", default="wrist", choices=("wrist", "upper_arm", "waist", "mixed"),
                    help="where the simulated sensor sits; mixed spreads people over all three (default: %(default)s)")
     p.add_argument("--sim-exercises", default=None, metavar="A,B,...",

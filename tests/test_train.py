@@ -175,6 +175,29 @@ def test_early_stopping_stops(monkeypatch):
     assert report["epochs_run"] == 3 and report["best"]["epoch"] == 1
 
 
+def test_mid_start_begins_streams_at_random_windows_from_a_fresh_state():
+    """p_mid_start: that share of the streams start at a random point, with the state reset, as a device that
+    connects in the middle of a set; without it every stream starts at its first sample."""
+    n = 400
+    x = np.zeros((n, 3), dtype=np.float32)
+    x[:, 0] = np.arange(n)  # each sample says where in the stream it is
+    streams = [LabelledStream("a", "p", x, np.zeros(n, dtype=np.int64))]
+
+    def starts(p: float) -> list[int]:
+        sampler = StreamSampler(streams, 25, 2, 4, TrainConfig(augment=False, p_mid_start=p, seed=3))
+        found = []
+        for _ in range(60):
+            xs, _, reset = sampler.next()
+            found += [int(xs[r, 0, 0]) for r in np.flatnonzero(reset)]
+        return found
+
+    assert set(starts(0.0)) == {0}
+    late = starts(1.0)
+    assert len(late) > 20 and len(set(late)) > 5 and max(late) <= n - 25
+    with pytest.raises(ValueError, match="p_mid_start"):
+        TrainConfig(p_mid_start=1.5)
+
+
 def test_cli_train_bptt_segment_is_a_setting(tmp_path):
     """`harstream train --tbptt K`: K windows per optimiser step; the default is 8, and the checkpoint says
     which was used."""
@@ -187,6 +210,8 @@ def test_cli_train_bptt_segment_is_a_setting(tmp_path):
     assert main(["train", *small, "--out", str(tmp_path / "k2.pt"), "--tbptt", "2"]) == 0
     reports = [load_checkpoint(tmp_path / f)[1]["metadata"]["report"] for f in ("d.pt", "k2.pt")]
     assert [r["tbptt"] for r in reports] == [8, 2]
+    assert main(["train", *small, "--out", str(tmp_path / "m.pt"), "--mid-start", "0.5"]) == 0
+    assert load_checkpoint(tmp_path / "m.pt")[1]["metadata"]["report"]["train_config"]["p_mid_start"] == 0.5
 
 
 def test_stream_predictions_match_window_by_window():
