@@ -127,7 +127,8 @@ def main() -> int:
             (predictions if kind == "prediction" else drifts)[(which, device)].append(body)
 
     watcher = connect(url, "adapt-watch", on_message=on_message,
-                      subscriptions=[(f"{p}/+/{kind}", 1) for p in prefixes.values() for kind in ("prediction", "drift")]
+                      subscriptions=[(f"{p}/+/{kind}", 1) for p in prefixes.values()
+                                     for kind in ("prediction", "drift")]
                       + [(f"{p}/_consumer/+/status", 1) for p in prefixes.values()])
     consumers = []
     for which, prefix in prefixes.items():

@@ -102,10 +102,10 @@ Earlier notes said that a strap turned at rest leaves gravity where it was; in t
 Within-set check, postures held still, real recordings (2026-12-06, later). Chosen on seeds 20000 and
 30000 (30 devices per scenario, 40 quiet devices for 30 min each), then run once on this seed:
 - A set's own first windows are a reference (`detector` `set`): consecutive labelled windows of one
-  class, from the fourth on (the first three make its direction), turned beyond max(30°, 6 × the set's spread) twice in a row. Tuning seeds,
-  within 10 s: strap_rotated 17 → 18, other_wrist 16 → 20 of 60; false alarms unchanged (0.48 per
-  device-hour, all error). This seed: other_wrist 4 → 5 within 10 s (7/10 detected), strap_rotated 4,
-  false alarms 0.20 as before.
+  class, from the fourth on (the first three make its direction), turned beyond max(30°, 6 × the set's
+  spread) twice in a row. Tuning seeds, within 10 s: strap_rotated 17 → 18, other_wrist 16 → 20 of 60;
+  false alarms unchanged (0.48 per device-hour, all error). This seed: other_wrist 4 → 5 within 10 s
+  (7/10 detected), strap_rotated 4, false alarms 0.20 as before.
 - Real recordings (the new section above) showed the per-class check firing 4.3 times per device-hour on
   UCI HAPT (27 alarms: sitting and lying, 20–92° apart from one bout to the next, the phone fixed at the
   waist). A class or set of which more than a quarter of the windows move under 0.5 m/s²

@@ -129,7 +129,8 @@ def main() -> int:
               f"10 s: {(seen_class <= 10).sum()}/{n}, within {AFTER:.0f} s: {np.isfinite(seen_class).sum()}/{n}")
         if compared:
             c = np.asarray(compared)
-            print(f"  first set after the onset compared with the class's sets before the onset ({len(c)} devices): log "
+            print(f"  first set after the onset compared with the class's sets before the onset ({len(c)} devices): "
+                  "log "
                   f"motion differs by median {np.median(c):+.3f} (quartiles {np.percentile(c, 25):+.3f}, "
                   f"{np.percentile(c, 75):+.3f}); outside the quiet sets' 99%: {fatigue_beyond}")
     return 0

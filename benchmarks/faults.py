@@ -1614,7 +1614,8 @@ FINDINGS = """## What this shows
   they drop; a packet id already held is a copy the broker re-sent (not processed twice). A cycle is
   journalled, predictions included, before its predictions are published; its PUBACKs go out only once
   the predictions are written to the socket, and nothing is acknowledged after the final checkpoint on
-  SIGTERM. A restarted consumer puts the journalled predictions its event store lacks into it. Payloads over `MAX_PAYLOAD_BYTES` are
+  SIGTERM. A restarted consumer puts the journalled predictions its event store lacks into it. Payloads over
+  `MAX_PAYLOAD_BYTES` are
   refused in `on_message` before they are queued; the queue is bounded in bytes (32 MB, payloads
   plus 1 kB each) as well as messages. Metrics: `acks` (`mode`, `protocol`, `unacked`, `limit`, `after_window`,
   `at_once`, `redelivered`, `dropped`, `forced`), `queue_bytes`, `filled_samples`.

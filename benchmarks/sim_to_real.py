@@ -82,7 +82,8 @@ def write_markdown(results: list[dict], command: str, path: Path) -> None:
              "Models trained on simulated people only (the sensor placed as in the real data set, the shared "
              "exercises only), streamed through `evaluate` on every real person. No real data in training.", "",
              f"Reproduce: `{command}`", "",
-             "| data set | placement | exercises | mean accuracy over people | all windows: accuracy / macro F1 | windows |",
+             "| data set | placement | exercises | mean accuracy over people | all windows: accuracy / macro F1 "
+             "| windows |",
              "|---|---|---|---|---|---|"]
     for r in results:
         o = r["overall"]

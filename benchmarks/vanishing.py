@@ -114,7 +114,8 @@ def main() -> int:
              f"The class of the last of {args.windows} windows is set by the first window only; the same "
              "stateful HARNet, trained with BPTT through all windows, {0} steps of 64 sequences, Adam, "
              "clipping at 1.0.".format(args.steps), "",
-             "| cell | accuracy | gradient at the cue / at the scored window, at init | same, trained | clipped updates |",
+             "| cell | accuracy | gradient at the cue / at the scored window, at init | same, trained "
+             "| clipped updates |",
              "|---|---|---|---|---|"]
     for r in results:
         lines.append(f"| {r['cell']} | {r['accuracy']:.1%} | {r['grad_norm_by_window_at_init'][0]:.1e} | "

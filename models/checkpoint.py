@@ -17,8 +17,8 @@ import torch
 
 from models.rnn import HARNet, ModelConfig
 
-__all__ = ["CheckpointError", "save_checkpoint", "write_atomic", "load_checkpoint", "checkpoint_bytes", "default_model_path",
-           "FORMAT", "VERSION"]
+__all__ = ["CheckpointError", "save_checkpoint", "write_atomic", "load_checkpoint", "checkpoint_bytes",
+           "default_model_path", "FORMAT", "VERSION"]
 
 FORMAT = "harstream.checkpoint"
 VERSION = 1

@@ -119,7 +119,8 @@ class StatefulClassifier:
         return self.classify_with_state(devices, windows)[0]
 
     @torch.inference_mode()
-    def classify_with_state(self, devices: list[str], windows: np.ndarray) -> tuple[np.ndarray, tuple[torch.Tensor, ...]]:
+    def classify_with_state(self, devices: list[str], windows: np.ndarray
+                            ) -> tuple[np.ndarray, tuple[torch.Tensor, ...]]:
         """As ``classify``, also returning the state before the windows, each (layers, B, hidden)."""
         slots = self.bank.slots(devices)
         state = self.bank.gather(slots)

@@ -81,7 +81,8 @@ class DemoWatcher:
             "predictions": count,
             "matched_share": matched / judged if judged else None,
             "judged": judged,
-            "latency_ms": dict(zip(("p50", "p95", "p99"), np.percentile(lat, [50, 95, 99]).round(1).tolist(), strict=True))
+            "latency_ms": dict(zip(("p50", "p95", "p99"), np.percentile(lat, [50, 95, 99]).round(1).tolist(),
+                                   strict=True))
             if len(lat) else {},
         }
 

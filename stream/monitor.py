@@ -66,8 +66,9 @@ LABELLED_CONFIRM = 1
 LABELLED_SKIP = frozenset({REST})  # held any way at all between sets: never a reference
 # Devices sending labels, within one set: consecutive labelled windows of one class (SET_GAP device seconds
 # apart at most) are held one way, a few degrees apart, whether or not the class was seen before. Once the
-# set's first SET_MIN_WINDOWS windows have made its direction, a window turned beyond max(SET_DEG, SET_SPREADS × the set's own mean
-# deviation) from the set's mean direction, confirmed by SET_CONFIRM more, is drift: a sensor turned in the
+# set's first SET_MIN_WINDOWS windows have made its direction, a window turned beyond max(SET_DEG, SET_SPREADS ×
+# the set's own mean deviation) from the set's mean direction, confirmed by SET_CONFIRM more, is drift: a sensor
+# turned in the
 # middle of a set shows within seconds, where the per-class check above needs 5 windows of the class first.
 # Only a turned window that moves as much as the set's others (within SET_MOTION_RATIO of their geometric
 # mean ``window_motion``, which no turn of the sensor changes) counts: one that moves differently is the

@@ -90,7 +90,8 @@ class BufferedClient(mqtt.Client):
     (``_handle_on_message``); both below.
 
     Relies on paho's private ``_sock_recv``, ``_packet_read``, ``_loop_rc_handle``, ``_packet_queue``
-    and ``_handle_on_message`` and on the public ``loop_read``, ``loop_write`` and ``reconnect``: tested with paho-mqtt 2.2.0 (tests/test_mqtt_read.py);
+    and ``_handle_on_message`` and on the public ``loop_read``, ``loop_write`` and ``reconnect``: tested with
+    paho-mqtt 2.2.0 (tests/test_mqtt_read.py);
     pyproject pins ``>=2.0,<2.3``. ``connect()`` uses plain paho where those methods are absent, where
     paho reads ahead by itself (``_sock_recv_read_ahead``, on paho's development branch), or with
     ``HARSTREAM_MQTT_READ=plain``.

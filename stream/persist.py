@@ -1,7 +1,8 @@
 """The consumer's own checkpoint: per-device recurrent state, sequence numbers and evicted devices.
 
-Written atomically (temporary file, synced, then rename; then the directory synced) every ``checkpoint_interval`` seconds and on
-SIGTERM; read on start, so that after a restart (even ``kill -9``) each device resumes from the
+Written atomically (temporary file, synced, then rename; then the directory synced) every
+``checkpoint_interval`` seconds and on SIGTERM; read on start, so that after a restart (even ``kill -9``) each
+device resumes from the
 state it had at the last checkpoint. The fine-tuned serving model is saved beside it as a normal
 model checkpoint (``serving.pt``).
 
@@ -28,8 +29,8 @@ import torch
 
 from models.checkpoint import write_atomic
 
-__all__ = ["AckJournal", "save_state", "load_state", "read_journal", "journal_predictions", "journal_generations", "write_atomic",
-           "STATE_FILE", "SERVING_MODEL", "ADAPTERS_FILE"]
+__all__ = ["AckJournal", "save_state", "load_state", "read_journal", "journal_predictions", "journal_generations",
+           "write_atomic", "STATE_FILE", "SERVING_MODEL", "ADAPTERS_FILE"]
 
 STATE_FILE = "consumer-state.pt"
 SERVING_MODEL = "serving.pt"

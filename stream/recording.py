@@ -17,7 +17,8 @@ import numpy as np
 
 from stream.decode import valid_device
 
-__all__ = ["Recording", "RecordingError", "concat_recordings", "read_recording", "write_recording", "REQUIRED", "OPTIONAL"]
+__all__ = ["Recording", "RecordingError", "concat_recordings", "read_recording", "write_recording", "REQUIRED",
+           "OPTIONAL"]
 
 REQUIRED = ("device", "t", "ax", "ay", "az", "label")
 OPTIONAL = ("gx", "gy", "gz", "subject")

@@ -16,8 +16,8 @@ device's next one:
   loses those windows, it never repeats them. A store that loses its last writes (Redis's
   ``appendfsync everysec`` after a crash, a failover to a lagging replica) goes back to a lower
   version: a replica whose own last commit is newer, and whose held messages follow on from it, writes
-  it back instead of taking the older state (``_store_behind``); and, as a safety net, a replica never hands out a device's window at or
-  before the last one it handed out.
+  it back instead of taking the older state (``_store_behind``); and, as a safety net, a replica never hands
+  out a device's window at or before the last one it handed out.
 
 A replica keeps what it last committed; when its next message for a device follows on from its own
 copy (the usual case when the broker dispatches by topic or client id hash, as EMQX can), it skips

@@ -447,7 +447,8 @@ def test_consumer_fields_of_an_unexpected_shape_are_dropped_and_counted():
          "rejected": {"bad_json": "many"}, "learner": {"dropped": "lots", "alive": False}, "extra": [1]}))
     view, = store.consumers()
     assert view.metrics == {"t": 2.0, "online": {}, "learner": {"alive": False}, "extra": [1]}  # unknown kept
-    assert [m for _, m in view.history][:2] == [{"t": 1.0, "samples_per_s": 10}, {"t": 1.0, "online": {"accuracy": 0.5}}]
+    assert [m for _, m in view.history][:2] == [{"t": 1.0, "samples_per_s": 10},
+                                                {"t": 1.0, "online": {"accuracy": 0.5}}]
     assert view.model == {"serving": "v1", "versions": [{"version": "v1"}]}
     assert store.counters()["malformed"] == {"metrics/bad_field": 3, "model/bad_field": 1}
     store.handle("har/_consumer/c1/metrics", metrics())  # the consumer's own: kept whole
