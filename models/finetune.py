@@ -348,24 +348,29 @@ class OnlineLearner:
         self.promote(cmp)
 
     def promote(self, metrics: dict | None = None) -> str:
+        """Serve the challenger's weights as a new version (saved in ``versions_dir``). Weights that a kept
+        version already has (a challenger that learnt nothing since, or came back to it) are served under
+        that version: no second entry, and its file, whose parent it names, is left as it is."""
+        from models.checkpoint import _model_version
         new = copy.deepcopy(self.challenger).eval()
         path = None
         with self._lock:
             parent = self.version
-            if self.config.versions_dir is not None:
+            version = _model_version(new)
+            known = next((v for v in self.versions if v.version == version), None)
+            if known is None and self.config.versions_dir is not None:
                 self.config.versions_dir.mkdir(parents=True, exist_ok=True)
                 tmp = self.config.versions_dir / INCOMING
                 version = save_checkpoint(tmp, new, {"parent": parent, "online": metrics or {}})
                 path = self.config.versions_dir / f"{version}.pt"
                 tmp.replace(path)
-            else:
-                from models.checkpoint import _model_version
-                version = _model_version(new)
             self.version = version
             self.serving = new
             self._since_promotion = 0
             self._scores.clear()
-            self.versions.append(VersionInfo(version, time.time(), parent, metrics or {}, str(path) if path else None))
+            if known is None:
+                self.versions.append(VersionInfo(version, time.time(), parent, metrics or {},
+                                                 str(path) if path else None))
         log.info("promoted model %s (parent %s): %s", version, parent, metrics)
         self.on_promote(copy.deepcopy(new), version)
         return version

@@ -152,3 +152,20 @@ def test_a_restarted_consumer_lists_and_rolls_back_to_every_version_in_its_state
         again._command(orjson.dumps({"action": "rollback", "version": "tiny"}))  # not refused
     finally:
         again.store.close()
+
+
+def test_promoting_weights_a_kept_version_has_adds_no_second_entry(tmp_path):
+    """A forced promotion of a challenger that learnt nothing since (`harstream versions --promote` on a
+    consumer whose labels have not arrived) serves the same weights: same version, listed once, and its file
+    keeps naming its true parent (not itself)."""
+    from models.checkpoint import load_checkpoint
+    learner, made = first_life(tmp_path, toy_model())
+    files = {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir()}
+    again = learner.promote({"forced": True})
+    assert again == made[-1] and learner.version == made[-1]
+    assert [v.version for v in learner.versions] == made
+    assert {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir()} == files
+    assert load_checkpoint(tmp_path / f"{made[-1]}.pt")[1]["metadata"]["parent"] == made[-2]
+    learner.rollback(made[0])  # weights that came back to a kept version are served under it
+    nudge(learner, 0.1)
+    assert learner.promote({"forced": True}) == made[1] and [v.version for v in learner.versions] == made
