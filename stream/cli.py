@@ -152,6 +152,35 @@ def cmd_replay(args) -> int:
     return 0
 
 
+def cmd_versions(args: argparse.Namespace) -> int:
+    from stream.versions import choose_consumer, format_listing, list_consumers, send_command
+    url = BrokerURL.parse(args.broker, args.ca_file)
+    found = list_consumers(url, args.prefix)
+    if args.rollback is None and not args.promote:
+        if args.consumer is not None:
+            if args.consumer not in found:
+                raise ValueError(f"no consumer {args.consumer!r} on the broker (consumers seen: "
+                                 f"{', '.join(found) or 'none'})")
+            found = {args.consumer: found[args.consumer]}
+        print(json.dumps({k: c.to_dict() for k, c in found.items()}, indent=2) if args.json
+              else format_listing(found))
+        return 0
+    chosen = choose_consumer(found, args.consumer, args.rollback)
+    action = "rollback" if args.rollback is not None else "promote"
+    if action == "rollback" and chosen.serving == args.rollback:
+        print(f"consumer {chosen.consumer} already serves {args.rollback}")
+        return 0
+    print(f"asking consumer {chosen.consumer} (serving {chosen.serving}) to "
+          + (f"roll back to {args.rollback}" if action == "rollback" else "promote its challenger") + " ...",
+          flush=True)
+    after = send_command(url, args.prefix, chosen.consumer, action, args.rollback, timeout=args.timeout)
+    same = action == "promote" and after.serving == chosen.serving
+    print(json.dumps(after.to_dict(), indent=2) if args.json else
+          f"consumer {after.consumer} serves {after.serving}"
+          + (" (its challenger had learnt nothing new: the same weights)" if same else ""))
+    return 0
+
+
 def _check_out(path: Path) -> None:
     """Refuse, before any work, a checkpoint path that could not be written after it (ValueError, one line)."""
     if path.is_dir():
@@ -473,6 +502,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("versions", help="list the model versions each consumer keeps; roll back to one or promote",
+                       description="Lists, for every consumer on the broker, the model version it serves and every "
+                                   "version it keeps (their files are in its --state-dir, models/). --rollback "
+                                   "VERSION makes a consumer serve (and fine-tune from) that version again; "
+                                   "--promote makes it serve the challenger it is fine-tuning now, without waiting "
+                                   "for it to win on recent labels. Either waits until the consumer confirms.")
+    _broker_args(p)
+    p.add_argument("--consumer", default=None, metavar="ID",
+                   help="the consumer to list or command (needed for a command when several consumers learn)")
+    act = p.add_mutually_exclusive_group()
+    act.add_argument("--rollback", default=None, metavar="VERSION", help="serve this earlier version again")
+    act.add_argument("--promote", action="store_true", help="serve the challenger being fine-tuned now")
+    p.add_argument("--timeout", type=float, default=30.0,
+                   help="seconds to wait for the consumer to confirm a command (default: %(default)s)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_versions)
 
     p = sub.add_parser("evaluate", help="stream a recording file through the stateful classifier and score it",
                        description="Streams FILE through the same stateful pipeline as live data and reports "

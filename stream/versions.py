@@ -1,0 +1,225 @@
+"""``harstream versions``: the model versions each consumer keeps, and a rollback or a promotion.
+
+A consumer publishes, retained, what it serves and every version it has kept on
+``<prefix>/_consumer/<id>/model`` and whether it is up on ``<prefix>/_consumer/<id>/status``; it takes
+``{"action": "rollback", "version": v}`` and ``{"action": "promote"}`` on ``<prefix>/_consumer/<id>/command``
+(stream.consumer). This module reads the first two and sends the third, then waits until the consumer says,
+in a new model message, that it serves what was asked: a command is done when the consumer confirms it, not
+when the broker has it. The dashboard's Model page sends the same commands.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+
+import orjson
+from paho.mqtt.client import topic_matches_sub
+
+from stream.mqtt import BrokerURL, connect
+
+__all__ = ["ConsumerModels", "list_consumers", "choose_consumer", "send_command", "format_listing"]
+
+CONSUMERS = "_consumer"
+
+
+@dataclass
+class ConsumerModels:
+    """What one consumer says of its models (its retained model and status messages)."""
+
+    consumer: str
+    status: str | None = None  # "online", "offline" (its last will), or None when never said
+    serving: str | None = None
+    versions: list[dict] = field(default_factory=list)  # oldest first, as the consumer lists them
+    updates: int = 0
+    skipped: int = 0
+
+    @property
+    def learns(self) -> bool:
+        """A consumer run with --no-learn keeps no versions and takes no commands."""
+        return bool(self.versions)
+
+    def to_dict(self) -> dict:
+        return {"consumer": self.consumer, "status": self.status, "serving": self.serving,
+                "versions": self.versions, "updates": self.updates, "skipped": self.skipped}
+
+
+class _Watch:
+    """A subscriber to consumers' model and status topics; ``wait`` until a condition holds."""
+
+    def __init__(self, url: BrokerURL, prefix: str, consumer: str = "+") -> None:
+        self.prefix = prefix
+        self.found: dict[str, ConsumerModels] = {}
+        self.live_models: list[tuple[str, dict]] = []  # model messages sent while we listened (not retained)
+        self.last = self.started = time.monotonic()
+        self._changed = threading.Condition()
+        self.topics = [(f"{prefix}/{CONSUMERS}/{consumer}/{kind}", 1) for kind in ("model", "status")]
+        self.client = connect(url, "harstream-versions", subscriptions=self.topics, on_message=self._on_message)
+
+    def _on_message(self, client, userdata, msg) -> None:
+        # only what we subscribed to: amqtt (0.11) sends a connecting client the retained messages matching
+        # any subscription in the broker, other clients' included
+        if not any(topic_matches_sub(sub, msg.topic) for sub, _ in self.topics):
+            return
+        consumer, kind = msg.topic.split("/")[-2:]
+        with self._changed:
+            entry = self.found.setdefault(consumer, ConsumerModels(consumer))
+            if kind == "status":
+                entry.status = msg.payload.decode("utf-8", "replace")[:40] or None
+            elif kind == "model":
+                try:
+                    body = orjson.loads(msg.payload)
+                except orjson.JSONDecodeError:
+                    return  # not a consumer's message: nothing to list
+                if not isinstance(body, dict):
+                    return
+                entry.serving = body.get("serving")
+                entry.versions = [v for v in body.get("versions") or [] if isinstance(v, dict)]
+                entry.updates = int(body.get("updates") or 0)
+                entry.skipped = int(body.get("skipped") or 0)
+                if not msg.retain:
+                    self.live_models.append((consumer, body))
+            self.last = time.monotonic()
+            self._changed.notify_all()
+
+    def settle(self, quiet: float, timeout: float) -> None:
+        """Wait for the retained messages: until ``quiet`` seconds pass with none, at most ``timeout``."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while True:
+                now = time.monotonic()
+                quiet_until = max(self.last, self.started) + quiet
+                if now >= min(deadline, quiet_until):
+                    return
+                self._changed.wait(min(deadline, quiet_until) - now)
+
+    def wait(self, condition, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while not condition():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._changed.wait(left)
+            return True
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    def __enter__(self) -> _Watch:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def list_consumers(url: BrokerURL, prefix: str = "har", quiet: float = 0.5, timeout: float = 5.0
+                   ) -> dict[str, ConsumerModels]:
+    """Every consumer that has said something on the broker (its retained messages), by id."""
+    with _Watch(url, prefix) as watch:
+        watch.settle(quiet, timeout)
+        with watch._changed:
+            return {k: watch.found[k] for k in sorted(watch.found)}
+
+
+def choose_consumer(found: dict[str, ConsumerModels], consumer: str | None, version: str | None = None
+                    ) -> ConsumerModels:
+    """The consumer a command goes to: ``consumer`` if given, else the only online one that learns (and, for a
+    rollback, keeps ``version``). ValueError, naming what there is, where that is not one consumer."""
+    if consumer is not None:
+        if consumer not in found:
+            known = ", ".join(found) or "none"
+            raise ValueError(f"no consumer {consumer!r} on the broker (consumers seen: {known})")
+        chosen = found[consumer]
+    else:
+        online = [c for c in found.values() if c.status == "online" and c.learns]
+        keeping = [c for c in online if any(v.get("version") == version for v in c.versions)]
+        if version is not None and keeping:
+            online = keeping  # else the one consumer, if one, says below which versions it keeps
+        if not online:
+            raise ValueError(f"no online consumer that learns (consumers seen: {', '.join(found) or 'none'}; "
+                             "a consumer run with --no-learn keeps no versions)")
+        if len(online) > 1:
+            raise ValueError(f"several consumers could take it ({', '.join(c.consumer for c in online)}): "
+                             "give --consumer ID")
+        chosen = online[0]
+    if chosen.status != "online":
+        raise ValueError(f"consumer {chosen.consumer!r} is {chosen.status or 'not known to be online'}")
+    if not chosen.learns:
+        raise ValueError(f"consumer {chosen.consumer!r} keeps no versions (run with --no-learn?): "
+                         f"it serves {chosen.serving!r} only")
+    if version is not None:
+        info = next((v for v in chosen.versions if v.get("version") == version), None)
+        if info is None:
+            raise ValueError(f"consumer {chosen.consumer!r} keeps no version {version!r}; it keeps: "
+                             + ", ".join(str(v.get("version")) for v in chosen.versions))
+        if not info.get("path"):
+            raise ValueError(f"version {version!r} was not saved to a file; it cannot be restored")
+    return chosen
+
+
+def send_command(url: BrokerURL, prefix: str, consumer: str, action: str, version: str | None = None,
+                 timeout: float = 30.0) -> ConsumerModels:
+    """Send ``rollback`` (to ``version``) or ``promote`` to ``consumer`` and wait until a new model message
+    from it says it serves the version asked (rollback), or any new model message (promote: a challenger
+    that has learnt nothing yet has the serving weights, and the version stays). Returns what it then says;
+    TimeoutError when it does not within ``timeout`` seconds."""
+    if action not in ("rollback", "promote"):
+        raise ValueError(f"Invalid action {action!r}. Valid values are: promote, rollback")
+    if action == "rollback" and not version:
+        raise ValueError("a rollback needs the version to return to")
+    if not consumer or any(c in consumer for c in "/+#"):
+        raise ValueError(f"Invalid consumer id {consumer!r}")
+    with _Watch(url, prefix, consumer) as watch:
+        watch.settle(0.3, 5.0)
+        body = {"action": action, **({"version": version} if action == "rollback" else {})}
+        with watch._changed:
+            seen = len(watch.live_models)  # only what the consumer says after the command answers it
+        info = watch.client.publish(f"{prefix}/{CONSUMERS}/{consumer}/command", orjson.dumps(body), qos=1)
+        info.wait_for_publish(10.0)
+        if not info.is_published():
+            raise ConnectionError("the broker did not acknowledge the command within 10 s")
+
+        def done() -> bool:
+            return any(c == consumer and (action == "promote" or body.get("serving") == version)
+                       for c, body in watch.live_models[seen:])
+
+        if not watch.wait(done, timeout):
+            raise TimeoutError(f"consumer {consumer!r} did not confirm the {action} within {timeout:g} s "
+                               "(see its log: a refused command is logged and counted as bad_command)")
+        return watch.found[consumer]
+
+
+def _when(t) -> str:
+    try:
+        return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(t)))
+    except (TypeError, ValueError, OverflowError, OSError):
+        return "?"
+
+
+def _metrics(metrics) -> str:
+    """A version's promotion metrics, short: numbers to 4 digits, at most 6 of them."""
+    if not isinstance(metrics, dict):
+        return ""
+    shown = [f"{key}={value:.4g}" if isinstance(value, float) else f"{key}={value}"
+             for key, value in metrics.items() if isinstance(value, (bool, int, float, str))]
+    return " ".join(shown[:6])
+
+
+def format_listing(found: dict[str, ConsumerModels]) -> str:
+    """A table per consumer, the version it serves marked with ``*``."""
+    if not found:
+        return "no consumer has said anything on this broker and prefix (is `harstream consume` running?)"
+    lines = []
+    for c in found.values():
+        lines.append(f"consumer {c.consumer} ({c.status or 'status unknown'}): serving {c.serving}; "
+                     f"{len(c.versions)} versions kept, {c.updates} updates, {c.skipped} skipped")
+        if not c.learns:
+            lines.append("  keeps no versions (run with --no-learn): nothing to roll back to")
+        for v in c.versions:
+            mark = "*" if v.get("version") == c.serving else " "
+            lines.append(f"  {mark} {v.get('version')!s:<28} {_when(v.get('created'))}  "
+                         f"from {v.get('parent') or '-'}  {_metrics(v.get('metrics'))}".rstrip())
+    return "\n".join(lines)
