@@ -195,3 +195,33 @@ def test_a_sensor_turned_mid_set_is_published_as_drift(broker_url, tiny_model):
         assert 100.0 + 5 * 0.8 <= event["t"] <= 100.0 + 7 * 0.8
         counts = consumer.monitor.event_counts
         assert {"run:orientation", "set:orientation:repeated"} <= set(counts), counts
+
+
+def test_retained_messages_of_other_clients_subscriptions_are_not_counted(embedded_broker, tiny_model):
+    """amqtt (the demo's broker) sends a connecting client the retained messages matching any subscription
+    in the broker, a dashboard's included: the consumer takes them for nothing, and counts no bad topic."""
+    prefix = f"hf{uuid.uuid4().hex[:6]}"
+    pub = connect(embedded_broker, "foreign-pub")
+    pub.publish(f"{prefix}/_consumer/other/metrics", b'{"x": 1}', qos=1, retain=True).wait_for_publish(5)
+    pub.publish(f"{prefix}/dev1/status", b"online", qos=1, retain=True).wait_for_publish(5)
+    got = []
+    dash = connect(embedded_broker, "foreign-dash", on_message=lambda c, u, m: got.append(m.topic),
+                   subscriptions=[(f"{prefix}/_consumer/+/metrics", 1), (f"{prefix}/+/status", 1)])
+    time.sleep(0.5)
+    consumer = Consumer(ConsumerConfig(broker=embedded_broker, prefix=prefix, learn=False, metrics_interval=0.5),
+                        StatefulClassifier(tiny_model, "tiny"))
+    runner = threading.Thread(target=consumer.run)
+    runner.start()
+    try:
+        deadline = time.monotonic() + 10
+        while consumer._client is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(2)  # what the broker sends on connection has come by now
+        assert f"{prefix}/_consumer/other/metrics" in got  # the dashboard's subscription holds it
+        assert not consumer.stats.rejected
+    finally:
+        consumer.stop()
+        runner.join(15)
+        for c in (pub, dash):
+            c.disconnect()
+            c.loop_stop()
