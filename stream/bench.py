@@ -450,6 +450,7 @@ def run_bench(broker: str, devices: int, duration: float, interval: float = 0.5,
         time.sleep(2.5)  # let the last windows and metrics out
         pub = json.loads((report[0] if report else b"") or b"{}")
     finally:
+        running = len(metrics)  # the metrics it published while running (its last, on SIGTERM, follows)
         consumer.send_signal(signal.SIGTERM)
         try:
             consumer.wait(20)
@@ -464,7 +465,7 @@ def run_bench(broker: str, devices: int, duration: float, interval: float = 0.5,
     p50 = [m["latency_ms"]["p50"] for m in window if m["latency_ms"]["p50"] is not None]
     p99 = [m["latency_ms"]["p99"] for m in window if m["latency_ms"]["p99"] is not None]
     mx = [m["latency_ms"]["max"] for m in window if m["latency_ms"]["max"] is not None]
-    last = metrics[-1]
+    last = metrics[max(running, 1) - 1]  # not the one published on SIGTERM: its learner has stopped by then
     # the consumer's process and its learner process (a child of its own with --learn)
     cpu_share = (cpu1 - cpu0 + learner1 - learner0) / max(t1 - t0, 1e-9)
     # the service thread (decode, buffers, model, publishing) is the main thread; paho's network thread

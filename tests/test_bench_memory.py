@@ -71,3 +71,12 @@ def test_real_time_needs_the_publisher_to_have_kept_up_too():
     assert _real_time(1985.0, 1988.0, 2000.0, 0)
     assert not _real_time(25_000.0, 25_000.0, 50_000.0, 0)
     assert not _real_time(1800.0, 1988.0, 2000.0, 0) and not _real_time(1985.0, 1988.0, 2000.0, 3)
+
+
+def test_the_learner_block_is_the_running_consumers_not_the_stopped_ones(broker_url):
+    """The report's learner counters come from the consumer's metrics while it ran: the ones it publishes on
+    SIGTERM, once its learner process has stopped, said ``alive: False`` after every healthy run."""
+    from stream.bench import run_bench
+
+    result = run_bench(str(broker_url), devices=4, duration=3.0, warmup=3.0, learn=True, labelled=0.5, quiet=True)
+    assert result["learner"] is not None and result["learner"]["alive"] is True, result["learner"]
