@@ -58,7 +58,7 @@ class _Watch:
         self.client = connect(url, "harstream-versions", subscriptions=self.topics, on_message=self._on_message)
 
     def _on_message(self, client, userdata, msg) -> None:
-        # only what we subscribed to: amqtt (0.11) sends a connecting client the retained messages matching
+        # only what we subscribed to: amqtt (0.12) sends a connecting client the retained messages matching
         # any subscription in the broker, other clients' included
         if not any(topic_matches_sub(sub, msg.topic) for sub, _ in self.topics):
             return
