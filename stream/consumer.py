@@ -938,13 +938,14 @@ class Consumer:
                     self.shared.hold(batch, arrival)
                     return
                 if device in self._resume:
-                    skipped, batch = batch, self._skip_published(batch)
+                    skipped, batch = batch, self._skip_published(batch, dup)
                     if batch is None:  # sent again, but classified before the restart
                         self.acks.counts["redelivered"] += 1
-                        try:
-                            self.sequence.check(skipped)  # its seq is no gap
-                        except Rejected:
-                            pass  # acknowledged before the kill, though the PUBACK did not leave
+                        if skipped.seq != 0 or not self.sequence.last(device):  # a copy of seq 0: no new session
+                            try:
+                                self.sequence.check(skipped)  # its seq is no gap
+                            except Rejected:
+                                pass  # acknowledged before the kill, though the PUBACK did not leave
                         return
                 if self.sequence.check(batch) < 0 and self._too_late(batch):
                     return  # a late message filling a gap, but its samples' place on the grid is gone
@@ -975,17 +976,25 @@ class Consumer:
     def _command_topic(self) -> str:
         return consumer_topic(self.config.prefix, self.config.consumer_id, "command")
 
-    def _skip_published(self, batch):
+    def _skip_published(self, batch, dup: bool = False):
         """The first messages of a device after a restart, without what published windows hold.
 
         The windows go on on the same grid: the next grid sample after the last published window's
         end ``mark`` is interpolated from the samples around it, as the previous life would have, and
         becomes the first sample of the new grid. Returns None for a message that lies wholly before
         it (sent again, but classified before the restart); its last sample is kept to interpolate.
+        ``seq`` 0 after a higher one, or samples more than CLOCK_RESET behind the mark, are a restarted
+        device (nothing of it published), except in a copy the broker sends again (``dup``: the last life
+        took it, and its PUBACK did not leave) of a message taken before: a ``seq`` the sequence check
+        refuses, or the session's ``seq`` 0 reaching to within CLOCK_RESET of the mark (a session's first
+        window whose acknowledgements a kill cut off); taken for a restart, its windows were classified again.
         """
         device = batch.device
         mark = self._resume[device]
-        if (batch.seq == 0 and (self.sequence.last(device) or 0) > 0) or batch.t[-1] < mark - CLOCK_RESET:
+        last = self.sequence.last(device)
+        copy = dup and batch.seq is not None and last is not None and (
+            0 < batch.seq <= last or (batch.seq == 0 and batch.t[0] <= mark and batch.t[-1] >= mark - CLOCK_RESET))
+        if not copy and ((batch.seq == 0 and (last or 0) > 0) or batch.t[-1] < mark - CLOCK_RESET):
             del self._resume[device]  # a restarted device, a new clock: nothing of it was published
             self._resume_prev.pop(device, None)
             self.labels.drop_after(device, float(batch.t[0]))  # the reloaded ones of its session before

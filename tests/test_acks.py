@@ -130,6 +130,44 @@ def test_a_restarted_consumer_stores_what_the_killed_one_journalled(tmp_path, ti
     assert rows.fetchall() == [("d1", 1.0, "squat"), ("d1", 2.0, "rest")]
 
 
+@pytest.mark.parametrize("first_seq, messages", [(0, 5), (1, 41)])
+def test_copies_the_broker_sends_again_after_a_kill_are_no_new_session(tmp_path, tiny_model, first_seq, messages):
+    """Killed after publishing windows and before their PUBACKs left: the broker sends the copies again
+    (DUP). A copy of the session's seq 0, or a copy more than 30 s behind the last published window, was
+    taken for a restarted device: the windows were classified again (all of them from seq 0; one off the
+    grid, overlapping, from a copy 30 s behind). The next life skips them and goes on on the same grid."""
+    from tests.test_persist_faults import _life
+
+    def message(seq):  # 1 s of 25 Hz per message: windows of 0.8 s end inside messages
+        return imu(seq, 100.0 + seq, n=25, rate=25.0)
+
+    first = _life(tmp_path, tiny_model)
+    first.acks.client = first._client
+    for seq in range(first_seq, first_seq + messages):
+        first.handle("har/dev/imu", message(seq), time.monotonic(), 1000 + seq, 1)
+        first._classify()
+    published = [t for _, t in first._client.windows]
+    assert len(published) >= 4 and len(first.acks) > 0  # a partial window held
+    first.store._abandon.set()  # killed: no checkpoint, the journal is all the next life has
+    first.journal.close()
+    second = _life(tmp_path, tiny_model)
+    second.acks.client = second._client
+    try:
+        for seq in range(first_seq, first_seq + messages + 3):  # the copies again, then new messages
+            copy = seq < first_seq + messages
+            second.handle("har/dev/imu", message(seq), time.monotonic(), 1000 + seq, 1, copy)
+            second._classify()
+        again = [t for _, t in second._client.windows]
+        assert again and min(again) > max(published)  # no window classified twice
+        step = tiny_model.config.window / tiny_model.config.rate
+        assert all(abs((t - published[0]) / step - round((t - published[0]) / step)) < 1e-3 for t in again), again
+        assert second.stats.rejected == {} and second.sequence.lost_samples == 0
+        assert second.acks.counts["redelivered"] == messages - 1  # the last one reaches past the mark
+    finally:
+        second.journal.close()
+        second.store.close()
+
+
 # -- through the broker ------------------------------------------------------------------------------
 class Watcher:
     """Every prediction and metrics message of one prefix."""
