@@ -624,7 +624,10 @@ class Consumer:
 
     def _forget_device(self, device: str) -> None:
         """What is kept of a device whose state is kept no more (beyond max_evicted): it starts afresh if it
-        comes back. Its resume mark, anchor and last seq would otherwise stay in every checkpoint for good."""
+        comes back. Its resume mark, anchor and last seq would otherwise stay in every checkpoint for good (the
+        journal says so too: a kept journal's lines would bring them back to the next life)."""
+        if self.journal is not None:
+            self.journal.forget(device)
         self._watermarks.pop(device, None)
         self._anchors.pop(device, None)
         self._resume.pop(device, None)

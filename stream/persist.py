@@ -122,6 +122,7 @@ def _states(value) -> dict[str, tuple[torch.Tensor, ...]]:
 
 
 PREDICTION = "=P"  # a journal line's first field: no device id starts with "=" (stream.decode.DEVICE_ID)
+FORGET = "=F"  # a journal line: the device is forgotten (beyond max_evicted); the lines before it no longer count
 
 
 def _journal_path(directory: Path, generation: int) -> Path:
@@ -174,7 +175,10 @@ class AckJournal:
 
     Per device and cycle: ``device<TAB>end of its last classified window<TAB>seq[<TAB>last sample]``; per
     window: ``=P<TAB>device<TAB>t<TAB>label<TAB>confidence<TAB>model<TAB>latency_ms[<TAB>received]``
-    (``received``: when the cycle ran, the event store's key with the window; older journals lack it). So a ``kill -9``
+    (``received``: when the cycle ran, the event store's key with the window; older journals lack it); per device
+    forgotten (its state kept no more, beyond ``max_evicted``): ``=F<TAB>device``, so that the next life takes no mark,
+    ``seq`` or last sample of it from the lines before (it comes back afresh, and is not kept for good again; older
+    harstream skips the line). So a ``kill -9``
     at any point leaves every classified window in the journal: the next life classifies none of them
     again (it resumes after the marks) and puts their predictions into the event store (which ignores
     the ones it already has), while what was on its way over MQTT (QoS 0) may be lost with the socket.
@@ -219,6 +223,11 @@ class AckJournal:
                 extra = "".join(f"\t{float(r)!r}" for r in received[:1])
                 lines.append(f"{PREDICTION}\t{d}\t{t!r}\t{label}\t{confidence!r}\t{model}\t{latency!r}{extra}\n")
             _write_all(self._fd, "".join(lines).encode())
+
+    def forget(self, device: str) -> None:
+        """A line saying ``device`` is forgotten: what the lines before say of it no longer counts."""
+        if self._fd is not None:
+            _write_all(self._fd, f"{FORGET}\t{device}\n".encode())
 
     def next_generation(self) -> int:
         return self.generation + 1
@@ -268,7 +277,8 @@ def journal_predictions(directory: Path, generation: int, offset: int = 0) -> It
 def read_journal(directory: Path, generation: int) -> tuple[dict[str, float], dict[str, int],
                                                              dict[str, tuple], list[tuple]]:
     """(watermarks, seqs, anchors, predictions) from ``generation``'s journal, the last line of each device
-    winning; an incomplete last line (a kill in the middle of a write) is ignored. A prediction is
+    winning, a device forgotten since its last line having none; an incomplete last line (a kill in the middle of
+    a write) is ignored. A prediction is
     (device, t, label, confidence, model, latency_ms[, received]) as written (``EventStore.prediction``'s
     arguments)."""
     path = _journal_path(directory, generation)
@@ -284,6 +294,10 @@ def read_journal(directory: Path, generation: int) -> tuple[dict[str, float], di
             row = _prediction(parts)
             if row is not None:
                 predictions.append(row)
+            continue
+        if parts[0] == FORGET and len(parts) == 2:
+            for marks in (watermarks, seqs, anchors):
+                marks.pop(parts[1], None)
             continue
         if len(parts) not in (3, 7, 10):  # anchor: t and the accelerometer (and the gyroscope, if read)
             continue

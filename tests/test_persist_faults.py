@@ -541,6 +541,38 @@ def test_a_kept_journal_is_put_in_again_in_slices_that_resume_and_then_rotated(
         consumer.store.close()
 
 
+def test_a_kept_journal_brings_no_device_forgotten_beyond_max_evicted_back(
+        tmp_path, tiny_model, fast_busy_timeout, small_store_queue):
+    """The store failing keeps the journal; devices classified in it are then evicted and forgotten (beyond
+    max_evicted). The next life took their marks and seqs back from the journal's lines, and, the devices being
+    neither served nor evicted, kept them in every checkpoint for good. One that came back since keeps its mark."""
+    first = _life(tmp_path, tiny_model, idle_timeout=0.0, max_evicted=0)
+    lock = _fail_and_drop(first, tmp_path / "events.db")  # devices a, b, c, d, 3 messages each
+    try:
+        assert not first.checkpoint()  # the journal is kept
+        time.sleep(0.01)
+        first._evict_idle()  # idle: evicted, and forgotten (max_evicted 0)
+        assert not first._watermarks and not first.sequence.snapshot()
+        _send(first, "a", 3)  # a comes back
+        assert not first.checkpoint()
+        assert set(load_state(tmp_path)["watermarks"]) == {"a"}
+    finally:
+        first.store._abandon.set()  # killed
+        first.journal.close()
+        lock.release()
+    second = _life(tmp_path, tiny_model)
+    try:
+        assert set(second._resume) == set(second.sequence.snapshot()) == {"a"}
+        assert set(second._anchors) <= {"a"}
+        assert second.store.flush(5)
+        assert second.checkpoint()  # rotated: the next checkpoint holds what this life knows
+        state = load_state(tmp_path)
+        assert set(state["watermarks"]) == set(state["sequences"]) == {"a"}
+    finally:
+        second.journal.close()
+        second.store.close()
+
+
 # -- 5. an event store locked by another connection at start-up ------------------------------------------
 def _old_keyed_store(path: Path) -> None:
     """An events.db of the previous release: predictions keyed by (device, t), re-keyed when opened."""
