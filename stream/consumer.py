@@ -989,14 +989,20 @@ class Consumer:
         ``seq`` 0 after a higher one, or samples more than CLOCK_RESET behind the mark, are a restarted
         device (nothing of it published), except in a copy the broker sends again (``dup``: the last life
         took it, and its PUBACK did not leave) of a message taken before: a ``seq`` the sequence check
-        refuses, or the session's ``seq`` 0 reaching to within CLOCK_RESET of the mark (a session's first
-        window whose acknowledgements a kill cut off); taken for a restart, its windows were classified again.
+        refuses, or the session's ``seq`` 0 reaching to within CLOCK_RESET of the mark and starting on the
+        mark's grid (a session's first window whose acknowledgements a kill cut off); taken for a restart, its
+        windows were classified again. A device restarted on a new clock within CLOCK_RESET of the mark whose
+        ``seq`` 0 comes as a copy is told apart only by that grid: a clock that starts on it (whole seconds
+        apart, or a recording replayed again) is taken for a copy, and its windows up to the mark are lost.
         """
         device = batch.device
         mark = self._resume[device]
         last = self.sequence.last(device)
+        steps = (mark - float(batch.t[0])) * self.pipeline.config.rate  # a copy of the session's seq 0 starts
+        on_grid = abs(steps - round(steps)) < 1e-3  # the grid the mark lies on; a new clock, almost never
         copy = dup and batch.seq is not None and last is not None and (
-            0 < batch.seq <= last or (batch.seq == 0 and batch.t[0] <= mark and batch.t[-1] >= mark - CLOCK_RESET))
+            0 < batch.seq <= last
+            or (batch.seq == 0 and on_grid and batch.t[0] <= mark and batch.t[-1] >= mark - CLOCK_RESET))
         if not copy and ((batch.seq == 0 and (last or 0) > 0) or batch.t[-1] < mark - CLOCK_RESET):
             del self._resume[device]  # a restarted device, a new clock: nothing of it was published
             self._resume_prev.pop(device, None)

@@ -168,6 +168,37 @@ def test_copies_the_broker_sends_again_after_a_kill_are_no_new_session(tmp_path,
         second.store.close()
 
 
+@pytest.mark.parametrize("restart_at", [110.013, 95.537])
+def test_a_device_restarted_on_a_new_clock_near_the_mark_loses_no_window(tmp_path, tiny_model, restart_at):
+    """A device that restarts (seq 0, its clock back to within 30 s of the last published window) as the
+    consumer is killed: its first message was taken, not classified, and comes again as a copy (DUP). It is
+    no copy of the old session's seq 0 (its samples are off the old grid), so every window of the new session
+    is published."""
+    from tests.test_persist_faults import _life
+
+    first = _life(tmp_path, tiny_model)
+    first.acks.client = first._client
+    for seq in range(20):  # the old session: 20 s
+        first.handle("har/dev/imu", imu(seq, 100.0 + seq, n=25, rate=25.0), time.monotonic(), 1000 + seq, 1)
+        first._classify()
+    first.handle("har/dev/imu", imu(0, restart_at, n=25, rate=25.0), time.monotonic(), 2000, 1)  # the new one
+    first.store._abandon.set()  # killed before a cycle ran
+    first.journal.close()
+    second = _life(tmp_path, tiny_model)
+    second.acks.client = second._client
+    try:
+        for seq in range(30):
+            second.handle("har/dev/imu", imu(seq, restart_at + seq, n=25, rate=25.0), time.monotonic(), 3000 + seq,
+                          1, seq == 0)
+            second._classify()
+        again = sorted(t for _, t in second._client.windows)
+        assert len(again) == 30 * 25 // 20 and again[0] < restart_at + 1, again[:3]
+        assert second.stats.rejected == {} and second.acks.counts["redelivered"] == 0
+    finally:
+        second.journal.close()
+        second.store.close()
+
+
 # -- through the broker ------------------------------------------------------------------------------
 class Watcher:
     """Every prediction and metrics message of one prefix."""
