@@ -15,8 +15,10 @@ device's next one:
   commit, so a window is never published twice; a replica that dies between commit and publish
   loses those windows, it never repeats them. A store that loses its last writes (Redis's
   ``appendfsync everysec`` after a crash, a failover to a lagging replica) goes back to a lower
-  version: a replica whose own last commit is newer, and whose held messages follow on from it, writes
-  it back instead of taking the older state (``_store_behind``); and, as a safety net, a replica never hands
+  version: a replica whose own last commit is newer offers it in the store (``StateStore.offer``, beside
+  the record), and the replica whose held messages follow on from a copy, its own or one offered, goes on
+  from that copy instead of the older state (``_store_behind``; under round-robin dispatch the one that
+  committed last is seldom the one holding the next message); and, as a safety net, a replica never hands
   out a device's window at or before the last one it handed out.
 
 A replica keeps what it last committed; when its next message for a device follows on from its own
@@ -213,7 +215,21 @@ def decode_record(blob: bytes) -> DeviceRecord:
     return DeviceRecord(seq=seq if has_seq else None, buffer=buffer, recurrent=tensors)
 
 
+def _seq_of(blob: bytes | None) -> int | None:
+    """The ``seq`` of an encoded record, read from its header alone (-1: unreadable)."""
+    if blob is None:
+        return None
+    try:
+        _, has_seq, seq = _HEADER.unpack_from(blob)[:3]
+    except struct.error:
+        return -1
+    return seq if has_seq else None
+
+
 # -- stores ----------------------------------------------------------------------------------------
+Offer = tuple[int, bytes, str]  # a copy on offer (StateStore.offer): (seq, record, model)
+
+
 class StateStore:
     """Versioned records by device: ``load_records`` reads, ``commit`` compare-and-sets.
 
@@ -222,13 +238,20 @@ class StateStore:
     devices written. ``model`` (the version of the model whose recurrent state the record holds) is kept
     beside the record, stamped with the version written: ``load_records`` gives it back only while the
     record is that version ("" once a writer that does not give it, an older harstream, wrote since).
+    A commit drops the copy on offer (``offer``).
     """
 
-    def load_records(self, devices: list[str]) -> dict[str, tuple[int, bytes | None, str]]:
-        """(version, record, model) per device."""
+    def load_records(self, devices: list[str]) -> dict[str, tuple[int, bytes | None, str, Offer | None]]:
+        """(version, record, model, the copy on offer) per device."""
         raise NotImplementedError
 
     def commit(self, updates: dict[str, tuple[int, bytes, str]]) -> set[str]:
+        raise NotImplementedError
+
+    def offer(self, offers: dict[str, tuple[int, int, bytes, str]]) -> None:
+        """Offer a replica's copy ``(expected, seq, blob, model)`` of each device whose store lost writes, beside
+        the record (which stays as it is): ``load_records`` gives it, as ``(seq, blob, model)``, while the
+        stored version is ``expected``; kept unless a copy of a ``seq`` as high is on offer at that version."""
         raise NotImplementedError
 
     def close(self) -> None:
@@ -241,15 +264,18 @@ class MemoryStore(StateStore):
     def __init__(self) -> None:
         self._records: dict[str, tuple[int, bytes]] = {}
         self._models: dict[str, tuple[int, str]] = {}  # device -> (version written with it, model)
+        self._offers: dict[str, tuple[int, int, bytes, str]] = {}  # device -> (version offered at, seq, blob, model)
         self._lock = threading.Lock()
 
-    def load_records(self, devices: list[str]) -> dict[str, tuple[int, bytes | None, str]]:
+    def load_records(self, devices: list[str]) -> dict[str, tuple[int, bytes | None, str, Offer | None]]:
         with self._lock:
             out = {}
             for d in devices:
                 version, blob = self._records.get(d, (0, None))
                 stamp, model = self._models.get(d, (-1, ""))
-                out[d] = (version, blob, model if stamp == version else "")
+                offered = self._offers.get(d)
+                out[d] = (version, blob, model if stamp == version else "",
+                          offered[1:] if offered is not None and offered[0] == version else None)
             return out
 
     def commit(self, updates: dict[str, tuple[int, bytes, str]]) -> set[str]:
@@ -259,8 +285,17 @@ class MemoryStore(StateStore):
                 if self._records.get(device, (0, None))[0] == expected:
                     self._records[device] = (expected + 1, blob)
                     self._models[device] = (expected + 1, model)
+                    self._offers.pop(device, None)
                     done.add(device)
         return done
+
+    def offer(self, offers: dict[str, tuple[int, int, bytes, str]]) -> None:
+        with self._lock:
+            for device, (expected, seq, blob, model) in offers.items():
+                offered = self._offers.get(device)
+                if self._records.get(device, (0, None))[0] == expected and (
+                        offered is None or offered[0] != expected or offered[1] < seq):
+                    self._offers[device] = (expected, seq, blob, model)
 
 
 # One key per device, so that the script touches a single key: pipelined, it works unchanged on a
@@ -272,14 +307,28 @@ local current = redis.call('HGET', KEYS[1], 'v') or '0'
 if current ~= ARGV[1] then return 0 end
 local version = tostring(tonumber(ARGV[1]) + 1)
 redis.call('HSET', KEYS[1], 'v', version, 'b', ARGV[2], 'm', version .. ':' .. ARGV[4])
+redis.call('HDEL', KEYS[1], 'o', 'om')
 if tonumber(ARGV[3]) > 0 then redis.call('PEXPIRE', KEYS[1], ARGV[3]) end
+return 1
+"""
+# A copy on offer (StateStore.offer): field 'o' the record, 'om' "<version offered at>:<seq>:<model>".
+_OFFER = """
+local current = redis.call('HGET', KEYS[1], 'v') or '0'
+if current ~= ARGV[1] then return 0 end
+local offered = redis.call('HGET', KEYS[1], 'om')
+if offered then
+  local stamp, seq = string.match(offered, '^(%d+):(%d+):')
+  if stamp == current and tonumber(seq) >= tonumber(ARGV[2]) then return 0 end
+end
+redis.call('HSET', KEYS[1], 'o', ARGV[3], 'om', current .. ':' .. ARGV[2] .. ':' .. ARGV[4])
+if tonumber(ARGV[5]) > 0 then redis.call('PEXPIRE', KEYS[1], ARGV[5]) end
 return 1
 """
 
 
 class RedisStore(StateStore):
     """Records in Redis hashes ``<namespace>:<device>`` with fields ``v`` (version), ``b`` (record) and
-    ``m`` (``<version>:<model version>``, see ``StateStore``).
+    ``m`` (``<version>:<model version>``, see ``StateStore``); a copy on offer in ``o`` and ``om``.
 
     ``ttl`` seconds after its last write a device's record expires (0 keeps it forever).
     """
@@ -295,6 +344,7 @@ class RedisStore(StateStore):
         self._errors = (redis.RedisError, OSError)
         self._client = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
         self._commit = self._client.register_script(_COMMIT)
+        self._offer = self._client.register_script(_OFFER)
 
     def key(self, device: str) -> str:
         return f"{self.namespace}:{device}"
@@ -305,19 +355,22 @@ class RedisStore(StateStore):
         except self._errors as exc:
             raise StoreError(f"Redis at {self.url} does not answer: {exc}") from None
 
-    def load_records(self, devices: list[str]) -> dict[str, tuple[int, bytes | None, str]]:
+    def load_records(self, devices: list[str]) -> dict[str, tuple[int, bytes | None, str, Offer | None]]:
         pipe = self._client.pipeline(transaction=False)
         for device in devices:
-            pipe.hmget(self.key(device), "v", "b", "m")
+            pipe.hmget(self.key(device), "v", "b", "m", "o", "om")
         try:
             rows = pipe.execute()
         except self._errors as exc:
             raise StoreError(f"Redis load failed: {exc}") from None
         out = {}
-        for d, (v, b, m) in zip(devices, rows, strict=True):
+        for d, (v, b, m, o, om) in zip(devices, rows, strict=True):
             version = int(v or 0)
             stamp, _, model = (m or b"").decode(errors="replace").partition(":")
-            out[d] = (version, b, model if stamp == str(version) else "")
+            stamp_o, _, rest = (om or b"").decode(errors="replace").partition(":")
+            seq, _, model_o = rest.partition(":")
+            offered = (int(seq), o, model_o) if o is not None and stamp_o == str(version) and seq.isdigit() else None
+            out[d] = (version, b, model if stamp == str(version) else "", offered)
         return out
 
     def commit(self, updates: dict[str, tuple[int, bytes, str]]) -> set[str]:
@@ -334,6 +387,16 @@ class RedisStore(StateStore):
             # version check makes a retry of an applied message a repeat, not a second window
             raise StoreError(f"Redis commit failed: {exc}") from None
         return {d for d, ok in zip(devices, results, strict=True) if ok == 1}
+
+    def offer(self, offers: dict[str, tuple[int, int, bytes, str]]) -> None:
+        pipe = self._client.pipeline(transaction=False)
+        for device, (expected, seq, blob, model) in offers.items():
+            self._offer(keys=[self.key(device)], args=[str(expected), seq, blob, model, int(self.ttl * 1000)],
+                        client=pipe)
+        try:
+            pipe.execute()
+        except self._errors as exc:
+            raise StoreError(f"Redis offer failed: {exc}") from None
 
     def close(self) -> None:
         self._client.close()
@@ -446,11 +509,12 @@ class SharedDevices:
         now = time.monotonic() if now is None else now
         self._serving()
         last = self.sequence.snapshot()
-        stale = []
+        first = {}  # the first held seq of each device whose copy here may be stale
         for device, messages in self._held.items():
-            first = min(m.batch.seq for m in messages)
-            if device not in self._versions or first != last.get(device, -2) + 1:
-                stale.append(device)
+            seq = min(m.batch.seq for m in messages)
+            if device not in self._versions or seq != last.get(device, -2) + 1:
+                first[device] = seq
+        stale = list(first)
         if stale:
             try:
                 loaded = self.store.load_records(stale)
@@ -459,18 +523,36 @@ class SharedDevices:
                 log.warning("%s; %d messages held", exc, self._n_held)
                 return 0, []
             self.counts["reads"] += len(stale)
+            offer = {}
             for device in stale:
-                version, blob, model = loaded[device]
-                if self._store_behind(device, version, blob):
+                version, blob, model, offered = loaded[device]
+                mine = self._mine[device][1:] if self._store_behind(device, version, blob) else None  # an Offer
+                follows = [c for c in (mine, offered) if c is not None and c[0] + 1 == first[device]]
+                if follows:
                     # the store lost writes (Redis's appendfsync everysec after a crash, a failover to
-                    # a lagging replica): this replica's last commit is newer; the store gets it back
-                    # (written against the stored version), rather than windows being classified again
+                    # a lagging replica, a restart without its data): this replica's last commit, or the
+                    # one another replica offered, is newer, and the held messages follow on from it: it
+                    # goes back (written against the stored version), rather than windows being classified
+                    # again or the device starting afresh
                     self.counts["store_behind"] += 1
-                    log.warning("%s: the shared store holds version %d, behind this replica's commit %d; "
-                                "writing this replica's copy back", device, version, self._mine[device][0])
-                    self._install(device, version, *self._mine[device][2:])
-                elif self._versions.get(device) != version:
+                    log.warning("%s: the shared store holds version %d, behind the last commit (seq %d); going "
+                                "on from %s copy", device, version, follows[0][0],
+                                "this replica's" if follows[0] is mine else "another replica's")
+                    self._install(device, version, *follows[0][1:])
+                    continue
+                if mine is not None and (offered is None or offered[0] < mine[0]):
+                    # for the replica that holds the message following on from it (round-robin dispatch)
+                    offer[device] = (version, *mine)
+                # a store that lost writes numbers its versions again: the same version with another seq is
+                # another state than this replica's
+                if self._versions.get(device) != version or _seq_of(blob) != last.get(device):
                     self._install(device, version, blob, model)
+            if offer:
+                try:
+                    self.store.offer(offer)
+                except StoreError as exc:
+                    self.counts["store_errors"] += 1
+                    log.warning("%s", exc)
         samples, rejected = 0, []
         last = self.sequence.snapshot()  # again: installs changed it
         for device in list(self._held):
@@ -485,14 +567,12 @@ class SharedDevices:
         """Whether the stored ``(version, blob)`` of ``device`` is older than what this replica last
         committed of it: versions only grow, so a lower one than this replica wrote means writes were
         lost; its ``seq`` behind this replica's tells it from a store that others have since moved on
-        from that older state. Only where the messages held for it follow on from this replica's copy
-        (the first one's ``seq`` its next): else another replica may have applied later ones since (a
-        handover), whose state was lost with the store, and this copy would publish their windows again."""
+        from that older state. A copy newer than the store's goes on only where the messages held for it
+        follow on from it (the first one's ``seq`` its next; ``apply``): else another replica may have
+        applied later ones since (a handover), whose state was lost with the store, and this copy would
+        publish their windows again."""
         mine = self._mine.get(device)
         if mine is None or version >= mine[0] or mine[1] is None:
-            return False
-        held = self._held.get(device)
-        if not held or min(m.batch.seq for m in held) != mine[1] + 1:
             return False
         if blob is None:
             return True  # no record (a store restarted empty): this replica's copy is the state

@@ -201,9 +201,9 @@ def test_the_model_version_is_kept_beside_the_record_and_names_no_model_once_an_
             cycle(a, published)
         version, blob = client.hmget(store.key("dev"), "v", "b")  # what an older replica reads
         assert _HEADER.unpack_from(blob)[0] == 1 and decode_record(blob).seq == 3
-        assert store.load_records(["dev"])["dev"] == (4, blob, "v1")
+        assert store.load_records(["dev"])["dev"] == (4, blob, "v1", None)
         client.hset(store.key("dev"), mapping={"v": 5, "b": blob})  # an older replica's commit
-        assert store.load_records(["dev"])["dev"] == (5, blob, "")
+        assert store.load_records(["dev"])["dev"] == (5, blob, "", None)
     finally:
         client.delete(store.key("dev"))
         client.close()
