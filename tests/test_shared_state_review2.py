@@ -18,6 +18,17 @@ from tests.test_scaleout import cycle, redis_or_skip, replica, stream_of
 from tests.test_shared_state_review import _reference
 
 
+def _as_one_replica(published, model, batches) -> None:
+    """Every window published once, each as one replica that never lost its state would have: the
+    recurrent state went on."""
+    counts = Counter(round(p.t_end, 6) for p in published)
+    assert max(counts.values()) == 1
+    expected = _reference(model, batches)
+    assert sorted(counts) == sorted(expected)
+    for p in published:
+        np.testing.assert_allclose(p.probs, expected[round(p.t_end, 6)], atol=1e-5)
+
+
 @pytest.mark.parametrize("loss", ["empty", "behind"])
 def test_round_robin_replicas_hand_the_newest_copy_on_after_redis_lost_writes(tiny_model, loss):
     """Two replicas take a device's messages in turn. Redis restarts empty, or comes back four commits
@@ -56,14 +67,9 @@ def test_round_robin_replicas_hand_the_newest_copy_on_after_redis_lost_writes(ti
         for r in replicas:
             cycle(r, published, now=start + 10)  # past it: nothing left to wait for
         assert sum(r.held for r in replicas) == 0
-        counts = Counter(round(p.t_end, 6) for p in published)
-        assert max(counts.values()) == 1
         assert sum(r.sequence.lost_samples for r in replicas) == 0
         assert sum(r.counts["store_behind"] for r in replicas) == 1
-        expected = _reference(tiny_model, batches)
-        assert sorted(counts) == sorted(expected)
-        for p in published:  # the recurrent state went on
-            np.testing.assert_allclose(p.probs, expected[round(p.t_end, 6)], atol=1e-5)
+        _as_one_replica(published, tiny_model, batches)
         assert decode_record(client.hget(key, "b")).seq == 39
     finally:
         client.delete(key)
@@ -110,12 +116,7 @@ def test_a_version_numbered_again_after_lost_writes_is_not_taken_for_the_replica
             deliver(b, k, now=start)
         cycle(b, published, now=start + 10)  # past reorder_wait: nothing left to wait for
         assert b.held == 0 and a.sequence.lost_samples + b.sequence.lost_samples == 0
-        counts = Counter(round(p.t_end, 6) for p in published)
-        assert max(counts.values()) == 1
-        expected = _reference(tiny_model, batches)
-        assert sorted(counts) == sorted(expected)
-        for p in published:
-            np.testing.assert_allclose(p.probs, expected[round(p.t_end, 6)], atol=1e-5)
+        _as_one_replica(published, tiny_model, batches)
         assert decode_record(client.hget(key, "b")).seq == 23
     finally:
         client.delete(key)
