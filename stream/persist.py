@@ -1,10 +1,9 @@
 """The consumer's own checkpoint: per-device recurrent state, sequence numbers and evicted devices.
 
 Written atomically (temporary file, synced, then rename; then the directory synced) every
-``checkpoint_interval`` seconds and on SIGTERM; read on start, so that after a restart (even ``kill -9``) each
-device resumes from the
-state it had at the last checkpoint. The fine-tuned serving model is saved beside it as a normal
-model checkpoint (``serving.pt``).
+``checkpoint_interval`` seconds and on SIGTERM; read on start, so that after a restart (even ``kill -9``)
+each device resumes from the state it had at the last checkpoint. The fine-tuned serving model is saved
+beside it as a normal model checkpoint (``serving.pt``).
 
 Sample buffers are not saved. A consumer that acknowledges QoS 1 messages only once their samples
 are in published windows (``--ack after-window``) needs no buffers: the broker sends the
