@@ -45,6 +45,11 @@ class ConsumerModels:
                 "versions": self.versions, "updates": self.updates, "skipped": self.skipped}
 
 
+def _count(value) -> int:
+    """A count from a message that may not be a consumer's (paho's thread must not raise on it)."""
+    return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0
+
+
 class _Watch:
     """A subscriber to consumers' model and status topics; ``wait`` until a condition holds."""
 
@@ -76,8 +81,7 @@ class _Watch:
                     return
                 entry.serving = body.get("serving")
                 entry.versions = [v for v in body.get("versions") or [] if isinstance(v, dict)]
-                entry.updates = int(body.get("updates") or 0)
-                entry.skipped = int(body.get("skipped") or 0)
+                entry.updates, entry.skipped = (_count(body.get(k)) for k in ("updates", "skipped"))
                 if not msg.retain:
                     self.live_models.append((consumer, body))
             self.last = time.monotonic()

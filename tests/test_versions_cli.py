@@ -106,3 +106,24 @@ def test_send_command_refuses_a_consumer_id_that_is_a_pattern(broker_url, consum
     from stream.versions import send_command
     with pytest.raises(ValueError, match="consumer id"):
         send_command(broker_url, "har", consumer, "promote")
+
+
+def test_a_foreign_model_message_is_listed_as_far_as_it_goes(broker_url):
+    """A retained message on a consumer's model topic that no consumer wrote (a wrong payload, odd types) is
+    listed as far as it can be, without breaking the listing."""
+    from stream.mqtt import connect
+    prefix = f"vt{uuid.uuid4().hex[:8]}"
+    pub = connect(broker_url, "vt-foreign")
+    try:
+        for consumer, payload in (("odd", b'{"serving": "v1", "updates": "many", "versions": [1, {"version": "v1"}]}'),
+                                  ("text", b"not json")):
+            pub.publish(f"{prefix}/_consumer/{consumer}/model", payload, qos=1, retain=True).wait_for_publish(5)
+        found = list_consumers(broker_url, prefix)
+        assert found["odd"].serving == "v1" and found["odd"].updates == 0
+        assert [v["version"] for v in found["odd"].versions] == ["v1"]
+        assert found["text"].serving is None
+    finally:
+        for consumer in ("odd", "text"):
+            pub.publish(f"{prefix}/_consumer/{consumer}/model", b"", qos=1, retain=True).wait_for_publish(5)
+        pub.disconnect()
+        pub.loop_stop()
