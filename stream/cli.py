@@ -153,15 +153,12 @@ def cmd_replay(args) -> int:
 
 
 def cmd_versions(args: argparse.Namespace) -> int:
-    from stream.versions import choose_consumer, format_listing, list_consumers, send_command
+    from stream.versions import choose_consumer, format_listing, list_consumers, named, send_command
     url = BrokerURL.parse(args.broker, args.ca_file)
     found = list_consumers(url, args.prefix)
     if args.rollback is None and not args.promote:
         if args.consumer is not None:
-            if args.consumer not in found:
-                raise ValueError(f"no consumer {args.consumer!r} on the broker (consumers seen: "
-                                 f"{', '.join(found) or 'none'})")
-            found = {args.consumer: found[args.consumer]}
+            found = {args.consumer: named(found, args.consumer)}
         print(json.dumps({k: c.to_dict() for k, c in found.items()}, indent=2) if args.json
               else format_listing(found))
         return 0

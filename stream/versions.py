@@ -19,7 +19,7 @@ from paho.mqtt.client import topic_matches_sub
 
 from stream.mqtt import BrokerURL, connect
 
-__all__ = ["ConsumerModels", "list_consumers", "choose_consumer", "send_command", "format_listing"]
+__all__ = ["ConsumerModels", "list_consumers", "named", "choose_consumer", "send_command", "format_listing"]
 
 CONSUMERS = "_consumer"
 
@@ -128,15 +128,19 @@ def list_consumers(url: BrokerURL, prefix: str = "har", quiet: float = 0.5, time
             return {k: watch.found[k] for k in sorted(watch.found)}
 
 
+def named(found: dict[str, ConsumerModels], consumer: str) -> ConsumerModels:
+    """``found[consumer]``; ValueError naming the consumers seen where it is not there."""
+    if consumer not in found:
+        raise ValueError(f"no consumer {consumer!r} on the broker (consumers seen: {', '.join(found) or 'none'})")
+    return found[consumer]
+
+
 def choose_consumer(found: dict[str, ConsumerModels], consumer: str | None, version: str | None = None
                     ) -> ConsumerModels:
     """The consumer a command goes to: ``consumer`` if given, else the only online one that learns (and, for a
     rollback, keeps ``version``). ValueError, naming what there is, where that is not one consumer."""
     if consumer is not None:
-        if consumer not in found:
-            known = ", ".join(found) or "none"
-            raise ValueError(f"no consumer {consumer!r} on the broker (consumers seen: {known})")
-        chosen = found[consumer]
+        chosen = named(found, consumer)
     else:
         online = [c for c in found.values() if c.status == "online" and c.learns]
         keeping = [c for c in online if any(v.get("version") == version for v in c.versions)]
