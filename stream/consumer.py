@@ -48,7 +48,6 @@ from pathlib import Path
 import numpy as np
 import orjson
 import torch
-from paho.mqtt.client import topic_matches_sub
 
 from models.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from models.finetune import LearnerConfig, Sequence
@@ -333,7 +332,6 @@ class Consumer:
         self._oversize = 0  # payloads refused in paho's thread, counted as rejected "oversize"
         self._paho_acks: Counter[str] = Counter()  # acknowledgements sent from paho's thread
         self._last_arrival = time.monotonic()
-        self._filters: list[str] = []  # set by _connect
         self._connected_at = time.monotonic()
         self._late_fills = 0  # samples of gap-filling messages that came after the buffer moved on
         self.acks = _Acks(config.max_unacked)
@@ -638,11 +636,6 @@ class Consumer:
     def _on_message(self, client, userdata, message) -> None:
         now = time.monotonic()
         self._last_arrival = now
-        if message.retain and self._filters and not any(topic_matches_sub(f, message.topic) for f in self._filters):
-            # amqtt (the embedded broker, 0.12) sends a connecting client the retained messages that match any
-            # subscription in the broker, other clients' too (a dashboard's): not input, not counted
-            self._ack_in_paho(client, message, "at_once")
-            return
         payload = message.payload
         size = len(payload) + QUEUED_OVERHEAD
         if len(payload) > self.config.max_payload:  # refused before it takes memory (decode would refuse it too)
@@ -761,8 +754,6 @@ class Consumer:
             clean_session=not cfg.persistent,
             read_paused=self._queue_high,
         )
-        # the topic filters, without $share/<group>/: what a retained message must match to be ours
-        self._filters = [t.split("/", 2)[2] if t.startswith("$share/") else t for t, _ in kwargs["subscriptions"]]
         if want and cfg.mqtt_protocol in ("5", "auto"):
             if cfg.mqtt_protocol == "5" or speaks_mqtt5(cfg.broker):
                 self.after_window = True  # before the first message can arrive

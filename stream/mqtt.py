@@ -487,7 +487,7 @@ def connect(
     client.on_connect = on_connect
     client.on_disconnect = on_disconnect
     if on_message is not None:
-        client.on_message = on_message
+        client.on_message = _subscribed_only(on_message, subscriptions or [], manual_ack)
     try:
         if v5:
             props = Properties(PacketTypes.CONNECT)
@@ -512,6 +512,23 @@ def connect(
                 raise NoMQTT5(failure[0])
             raise ConnectionError(f"MQTT broker at {url} refused the connection: {failure[0]}")
     return client
+
+
+def _subscribed_only(on_message, subscriptions: list[tuple[str, int]], manual_ack: bool):
+    """``on_message`` for the messages of our own subscriptions only: amqtt (0.12, the embedded broker) sends
+    a connecting client the retained messages matching any subscription in the broker, other clients'
+    included. Such a message is dropped (acknowledged first under ``manual_ack``, or the broker holds it)."""
+    # the topic filters, without $share/<group>/ (a retained message is never sent through a shared one)
+    filters = [t.split("/", 2)[2] if t.startswith("$share/") else t for t, _ in subscriptions]
+
+    def handler(client, userdata, message) -> None:
+        if message.retain and not any(mqtt.topic_matches_sub(f, message.topic) for f in filters):
+            if manual_ack and message.qos:
+                client.ack(message.mid, message.qos)
+            return
+        on_message(client, userdata, message)
+
+    return handler
 
 
 class NoMQTT5(ConnectionError):

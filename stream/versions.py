@@ -15,7 +15,6 @@ import time
 from dataclasses import dataclass, field
 
 import orjson
-from paho.mqtt.client import topic_matches_sub
 
 from stream.mqtt import BrokerURL, connect
 
@@ -63,10 +62,6 @@ class _Watch:
         self.client = connect(url, "harstream-versions", subscriptions=self.topics, on_message=self._on_message)
 
     def _on_message(self, client, userdata, msg) -> None:
-        # only what we subscribed to: amqtt (0.12) sends a connecting client the retained messages matching
-        # any subscription in the broker, other clients' included
-        if not any(topic_matches_sub(sub, msg.topic) for sub, _ in self.topics):
-            return
         consumer, kind = msg.topic.split("/")[-2:]
         with self._changed:
             entry = self.found.setdefault(consumer, ConsumerModels(consumer))

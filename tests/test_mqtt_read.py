@@ -408,3 +408,30 @@ def test_a_paused_reader_leaves_the_backlog_at_the_broker_and_goes_on_writing(br
         for c in (pub, sub, watch):
             c.disconnect()
             c.loop_stop()
+
+
+@pytest.mark.parametrize("manual_ack", [False, True])
+def test_connect_passes_on_only_retained_messages_of_its_own_subscriptions(embedded_broker, manual_ack):
+    """amqtt (the embedded broker) sends a connecting client the retained messages that match any
+    subscription in the broker, other clients' too: ``connect``'s ``on_message`` never sees them."""
+    prefix = f"ro{os.getpid()}{int(manual_ack)}"
+    pub = connect(embedded_broker, "retained-pub")
+    other = connect(embedded_broker, "retained-other", subscriptions=[(f"{prefix}/theirs/#", 1)],
+                    on_message=lambda c, u, m: None)
+    got: queue.Queue = queue.Queue()
+    client = None
+    try:
+        for topic in (f"{prefix}/theirs/a", f"{prefix}/mine/a"):
+            pub.publish(topic, b"x", qos=1, retain=True).wait_for_publish(5)
+        client = connect(embedded_broker, "retained-mine", subscriptions=[(f"{prefix}/mine/+", 1)],
+                         on_message=lambda c, u, m: got.put((m.topic, m.retain)), manual_ack=manual_ack)
+        assert got.get(timeout=5) == (f"{prefix}/mine/a", True)
+        pub.publish(f"{prefix}/mine/b", b"y", qos=1).wait_for_publish(5)
+        assert got.get(timeout=5) == (f"{prefix}/mine/b", False)
+        time.sleep(0.3)
+        assert got.empty()  # the other client's retained message never came through
+    finally:
+        for c in (pub, other, client):
+            if c is not None:
+                c.disconnect()
+                c.loop_stop()
