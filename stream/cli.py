@@ -301,6 +301,15 @@ def cmd_demo(args) -> int:
     return run_demo(args)
 
 
+def _version() -> str:
+    """The installed package's version."""
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return version("harstream")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "(not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="harstream",
@@ -309,6 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("demo", help="the main job: broker (embedded unless one answers), simulator, consumer",
@@ -478,7 +488,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train this fraction of the streams in a random orientation, for sensors that people "
                         "wear every which way (a phone in an armband or a pocket); costs accuracy where the "
                         "orientation tells exercises apart, e.g. a wristband (default: %(default)s)")
-    p.add_argument("--mid-start", type=float, default=0.0, metavar="FRACTION",
+    p.add_argument("--mid-start", type=float, default=0.25, metavar="FRACTION",
                    help="start this fraction of the training streams at a random point, from a fresh state, as a "
                         "device that connects in the middle of an exercise (default: %(default)s)")
     p.add_argument("--no-gyro", action="store_true",
