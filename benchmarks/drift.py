@@ -165,6 +165,7 @@ some rows and deadlifts at a per-window false rate near 1% before any confirmati
 such misses of 120, and it serves only a model that reads the gyroscope (the simulator's `default.pt`
 reads the accelerometer alone, so the pipeline would have to keep the gyroscope for the monitor). Not
 built; a lead if real sensors show steadier axes than the simulator.
+
 How soon a behavioural drift can show at all (2026-12-06, later; `python benchmarks/drift_bound.py`, 40 s,
 tuning seeds 20000 and 30000, 30 devices per scenario each, the same devices as this script's; no model,
 no detector). The simulator starts a new person or fatigue at the end of the set or rest under way, and
@@ -453,7 +454,7 @@ def main() -> int:
                      f"{' and '.join(map(str, TUNED_ON))} (other simulated people): this is a held-out figure."),
                   ""]
     if args.seed == 7000:
-        lines += [HISTORY]
+        lines += [HISTORY.rstrip("\n")]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps({"command": command, "seed": args.seed,
                                                          "held_out": args.seed not in TUNED_ON,
