@@ -517,7 +517,10 @@ def connect(
 def _subscribed_only(on_message, subscriptions: list[tuple[str, int]], manual_ack: bool):
     """``on_message`` for the messages of our own subscriptions only: amqtt (0.12, the embedded broker) sends
     a connecting client the retained messages matching any subscription in the broker, other clients'
-    included. Such a message is dropped (acknowledged first under ``manual_ack``, or the broker holds it)."""
+    included. Such a message is dropped (acknowledged first under ``manual_ack``, or the broker holds it).
+    Without ``subscriptions`` (a caller that subscribes by itself) every message is passed on."""
+    if not subscriptions:
+        return on_message
     # the topic filters, without $share/<group>/ (a retained message is never sent through a shared one)
     filters = [t.split("/", 2)[2] if t.startswith("$share/") else t for t, _ in subscriptions]
 
