@@ -1,0 +1,33 @@
+"""A review of the recording file and the importers: malformed input refused with its line, nothing lost
+silently, and a file that ``write_recording`` writes is one that ``read_recording`` reads."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from stream.recording import Recording, RecordingError, read_recording
+
+HEADER = "device,t,ax,ay,az,label"
+
+
+def _read(tmp_path, text: str, name: str = "rec.csv"):
+    path = tmp_path / name
+    path.write_text(text)
+    return read_recording(path)
+
+
+def _rec(n: int = 3, device="d1", labels=None) -> Recording:
+    return Recording(device=np.full(n, device), t=np.arange(n) / 25.0,
+                     acc=np.tile(np.float32([0.1, -0.2, 9.81]), (n, 1)),
+                     label=np.array(labels if labels is not None else ["squat"] * n))
+
+
+# -------------------------------------------------------------------------------------------------
+# read_recording: headers
+
+
+def test_a_header_naming_a_column_twice_is_refused(tmp_path):
+    """``label`` twice: the reader took the first and dropped the second's values without a word."""
+    with pytest.raises(RecordingError, match=r"rec\.csv:1: .*'label' more than once"):
+        _read(tmp_path, "device,t,ax,ay,az,label,label\nd1,0,0,0,9.8,,squat\n")
