@@ -156,6 +156,10 @@ def _read_rows(path: Path, handle) -> Recording:
         raise RecordingError(f"{path}:1: header names {', '.join(map(repr, repeated))} more than once")
     col = {name: header.index(name) for name in header}
     has_gyro = all(c in col for c in ("gx", "gy", "gz"))
+    if not has_gyro and any(c in col for c in ("gx", "gy", "gz")):  # read without it, the gyroscope would be lost
+        lacks = [c for c in ("gx", "gy", "gz") if c not in col]
+        raise RecordingError(f"{path}:1: header has part of the gyroscope, lacks {', '.join(lacks)} "
+                             "(gx,gy,gz: all three or none)")
     has_subject = "subject" in col
     width = len(header)
     devices: list[str] = []

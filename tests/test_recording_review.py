@@ -31,3 +31,13 @@ def test_a_header_naming_a_column_twice_is_refused(tmp_path):
     """``label`` twice: the reader took the first and dropped the second's values without a word."""
     with pytest.raises(RecordingError, match=r"rec\.csv:1: .*'label' more than once"):
         _read(tmp_path, "device,t,ax,ay,az,label,label\nd1,0,0,0,9.8,,squat\n")
+
+
+def test_a_header_with_part_of_the_gyroscope_is_refused(tmp_path):
+    """``gx,gy`` without ``gz``: the gyroscope was dropped silently (read as a file without one)."""
+    with pytest.raises(RecordingError, match=r"rec\.csv:1: .*gz"):
+        _read(tmp_path, f"{HEADER},gx,gy\nd1,0,0,0,9.8,squat,0.1,0.2\n")
+
+
+# -------------------------------------------------------------------------------------------------
+# read_recording: values
