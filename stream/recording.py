@@ -22,6 +22,7 @@ __all__ = ["Recording", "RecordingError", "concat_recordings", "read_recording",
 
 REQUIRED = ("device", "t", "ax", "ay", "az", "label")
 OPTIONAL = ("gx", "gy", "gz", "subject")
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 class RecordingError(ValueError):
@@ -111,6 +112,8 @@ def _float(value: str, column: str, where: str) -> float:
         raise RecordingError(f"{where}: column {column!r} is not a number: {value[:40]!r}") from None
     if not math.isfinite(x):
         raise RecordingError(f"{where}: column {column!r} is not finite: {value!r}")
+    if abs(x) > _FLOAT32_MAX and column != "t":  # kept as float32: it would read as inf
+        raise RecordingError(f"{where}: column {column!r} is beyond float32's range: {value[:40]!r}")
     return x
 
 

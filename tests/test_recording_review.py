@@ -41,3 +41,16 @@ def test_a_header_with_part_of_the_gyroscope_is_refused(tmp_path):
 
 # -------------------------------------------------------------------------------------------------
 # read_recording: values
+
+
+@pytest.mark.parametrize("column, value", [("ax", "1e39"), ("az", "-1e300"), ("gy", "4e38")])
+def test_a_value_beyond_float32_is_refused_with_its_line(tmp_path, column, value):
+    """Finite as a float64, infinite once stored as float32: the reader let ``inf`` through."""
+    names = [*HEADER.split(","), "gx", "gy", "gz"]
+    values = {"device": "d1", "t": "0.04", "ax": "0", "ay": "0", "az": "9.8", "label": "squat",
+              "gx": "0", "gy": "0", "gz": "0"}
+    good = ",".join(values[c] for c in names)
+    values[column] = value
+    bad = ",".join(values[c] for c in names)
+    with pytest.raises(RecordingError, match=rf"rec\.csv:3: column '{column}' .*float32"):
+        _read(tmp_path, ",".join(names) + f"\n{good.replace('0.04', '0')}\n{bad}\n")
