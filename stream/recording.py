@@ -143,9 +143,29 @@ def _undecodable_line(path: Path) -> int:
     return 1  # not reached: the text reader found an undecodable byte
 
 
+class _lines:
+    """A csv reader whose own errors (a field over the csv module's size limit) name the file and line."""
+
+    def __init__(self, path: Path, reader) -> None:
+        self.path, self.reader = path, reader
+
+    @property
+    def line_num(self) -> int:
+        return self.reader.line_num
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> list[str]:
+        try:
+            return next(self.reader)
+        except csv.Error as exc:
+            raise RecordingError(f"{self.path}:{self.reader.line_num}: {exc}") from None
+
+
 def _read_rows(path: Path, handle) -> Recording:
     """The rows of an open recording file, in file order."""
-    reader = csv.reader(handle)
+    reader = _lines(path, csv.reader(handle))
     try:
         header = next(reader)
     except StopIteration:

@@ -54,3 +54,13 @@ def test_a_value_beyond_float32_is_refused_with_its_line(tmp_path, column, value
     bad = ",".join(values[c] for c in names)
     with pytest.raises(RecordingError, match=rf"rec\.csv:3: column '{column}' .*float32"):
         _read(tmp_path, ",".join(names) + f"\n{good.replace('0.04', '0')}\n{bad}\n")
+
+
+def test_a_field_too_large_for_the_csv_reader_names_its_line(tmp_path):
+    """A field over the csv module's limit (131072 characters) raised a bare ``_csv.Error``."""
+    with pytest.raises(RecordingError, match=r"rec\.csv:3: "):
+        _read(tmp_path, f"{HEADER}\nd1,0,0,0,9.8,squat\nd1,0.04,0,0,9.8,{'x' * 200_000}\n")
+
+
+# -------------------------------------------------------------------------------------------------
+# write_recording: what it writes, read_recording reads
