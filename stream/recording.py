@@ -241,8 +241,22 @@ def _grouped(rec: Recording) -> Recording:
     return rec.take(np.argsort(first[inverse], kind="stable"))  # rows ranked by their device's first row
 
 
+def _check_writable(path: str | Path, rec: Recording) -> None:
+    """Refuse text fields that would make a file ``read_recording`` refuses."""
+    for name, values in (("label", rec.label), ("subject", rec.subject)):
+        if values is None:
+            continue
+        for i, value in enumerate(values.tolist()):
+            if "\n" in value or "\r" in value:
+                raise RecordingError(f"{path}: row {i + 1}: {name} {value[:40]!r} holds a line end (a field over "
+                                     "several lines is refused when read)")
+
+
 def write_recording(path: str | Path, rec: Recording) -> None:
-    """Write ``rec`` as a recording file (``gx,gy,gz`` and ``subject`` when present)."""
+    """Write ``rec`` as a recording file (``gx,gy,gz`` and ``subject`` when present); a row that
+    ``read_recording`` would refuse raises ``RecordingError`` (naming it, 1 = the first) before the file is
+    written."""
+    _check_writable(path, rec)
     header = list(REQUIRED)
     if rec.gyro is not None:
         header += ["gx", "gy", "gz"]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from stream.recording import Recording, RecordingError, read_recording
+from stream.recording import Recording, RecordingError, read_recording, write_recording
 
 HEADER = "device,t,ax,ay,az,label"
 
@@ -64,3 +64,21 @@ def test_a_field_too_large_for_the_csv_reader_names_its_line(tmp_path):
 
 # -------------------------------------------------------------------------------------------------
 # write_recording: what it writes, read_recording reads
+
+
+def test_a_label_with_a_line_end_is_refused_when_written(tmp_path):
+    """The writer quoted it over two lines, a file the reader refuses: refused when written instead."""
+    path = tmp_path / "out.csv"
+    with pytest.raises(RecordingError, match=r"row 2: label .*line end"):
+        write_recording(path, _rec(labels=["squat", "squat\nrest", "rest"]))
+
+
+def test_labels_with_commas_and_quotes_round_trip(tmp_path):
+    path = tmp_path / "out.csv"
+    rec = _rec(labels=['a,b', 'say "hi"', ''])
+    write_recording(path, rec)
+    assert read_recording(path).label.tolist() == rec.label.tolist()
+
+
+# -------------------------------------------------------------------------------------------------
+# importers
