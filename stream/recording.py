@@ -243,6 +243,11 @@ def _grouped(rec: Recording) -> Recording:
 
 def _check_writable(path: str | Path, rec: Recording) -> None:
     """Refuse text fields that would make a file ``read_recording`` refuses."""
+    for device in np.unique(rec.device).tolist():
+        if not valid_device(device):  # concat_recordings' "id#2", say
+            i = int(np.flatnonzero(rec.device == device)[0])
+            raise RecordingError(f"{path}: row {i + 1}: device id {device[:70]!r} is not valid (a letter or digit, "
+                                 "then letters, digits, '_', '.' or '-'; at most 64 characters)")
     for name, values in (("label", rec.label), ("subject", rec.subject)):
         if values is None:
             continue

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from stream.recording import Recording, RecordingError, read_recording, write_recording
+from stream.recording import Recording, RecordingError, concat_recordings, read_recording, write_recording
 
 HEADER = "device,t,ax,ay,az,label"
 
@@ -71,6 +71,13 @@ def test_a_label_with_a_line_end_is_refused_when_written(tmp_path):
     path = tmp_path / "out.csv"
     with pytest.raises(RecordingError, match=r"row 2: label .*line end"):
         write_recording(path, _rec(labels=["squat", "squat\nrest", "rest"]))
+
+
+def test_an_invalid_device_id_is_refused_when_written(tmp_path):
+    """``concat_recordings`` names a repeated device ``d1#2``, which the reader refuses: the writer wrote it."""
+    both = concat_recordings([_rec(), _rec()])
+    with pytest.raises(RecordingError, match=r"row 4: device id 'd1#2' is not valid"):
+        write_recording(tmp_path / "out.csv", both)
 
 
 def test_labels_with_commas_and_quotes_round_trip(tmp_path):
