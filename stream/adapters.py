@@ -16,9 +16,11 @@ Formats:
   app's "Standardise Units & Frames" off (its default), acceleration and gravity have the opposite
   sign and the uncalibrated accelerometer is in g. Use ``sensor_logger`` for Android phones and
   iPhones with "Standardise Units & Frames" on, ``sensor_logger_ios`` for iPhones with it off (sign
-  flipped). Whatever the name, a message whose uncalibrated accelerometer reads about 1 (g, not
-  m/s²; median magnitude below 3) and that has no ``totalacceleration`` (Android only) can only
-  come from an iPhone with the setting off, so it is read as one.
+  flipped). Whatever the name, a message whose uncalibrated accelerometer is in g can only come from
+  an iPhone with the setting off, so it is read as one (and a message with ``totalacceleration``,
+  Android only, never is): g when its median magnitude is under a third of ``accelerometer`` +
+  ``gravity``'s (m/s² everywhere) in the same message, or, without them, under 3 (about 1 g at rest;
+  a phone in free fall reads near 0 in either unit, so that guess can fail mid-jump).
 - ``android``: Android sensor-event JSON as sent by SensorSpot and similar apps, ``{type:
   "android.sensor.accelerometer", timestamp: ns since boot, values: [x, y, z]}``, one event per
   message (or a list of events). Without ``type`` (SensorSpot's "dedicated topics"), the topic's last
@@ -164,7 +166,9 @@ class SensorLoggerAdapter(Adapter):
                                          "accelerometeruncalibrated", "gyroscope")
     MAX_ENTRIES = 8 * MAX_SAMPLES  # all sensors of one message together
     GRAVITY_SLACK = 0.1  # seconds: user acceleration this far outside the gravity samples is dropped
-    G_MEDIAN = 3.0  # m/s²: a raw accelerometer whose median magnitude is below this is in g
+    G_MEDIAN = 3.0  # m/s²: alone, a raw accelerometer whose median magnitude is below this is in g
+    G_RATIO = 3.0  # beside accelerometer + gravity (m/s²): a raw one whose median magnitude is this much smaller
+    # is in g (g units make it 9.8 times smaller)
 
     def __init__(self, frame: str = "android", max_bytes: int = MAX_PAYLOAD_BYTES) -> None:
         super().__init__(max_bytes)
@@ -192,20 +196,24 @@ class SensorLoggerAdapter(Adapter):
     def _specific_force(self, device: str, series: dict[str, tuple[np.ndarray, np.ndarray]]) -> SampleBatch:
         raw = series.get(self.RAW)
         # g units only come from an iPhone not standardised; totalacceleration only from Android
-        raw_in_g = (raw is not None and self.TOTAL not in series
-                    and float(np.median(np.linalg.norm(raw[1], axis=1))) < self.G_MEDIAN)
-        ios = self.frame == "ios" or raw_in_g
+        raw_norm = None if raw is None else float(np.median(np.linalg.norm(raw[1], axis=1)))
+        raw_in_g = False
         if self.TOTAL in series:
             t, acc = series[self.TOTAL]
         elif self.LINEAR in series and self.GRAVITY in series:
             t, acc = self._with_gravity(series[self.LINEAR], series[self.GRAVITY])
+            # the same specific force, in m/s² on every platform and setting: the raw sensor's scale
+            # against it (a phone in free fall reads near 0 in either unit, so its own size says nothing)
+            raw_in_g = raw_norm is not None and raw_norm * self.G_RATIO < float(
+                np.median(np.linalg.norm(acc, axis=1)))
         elif raw is not None:
+            raw_in_g = raw_norm < self.G_MEDIAN
             t, acc = raw[0], raw[1] * (G if raw_in_g else 1.0)
         else:
             found = ", ".join(sorted(series)) or "no acceleration"
             raise Rejected("ignored_type", f"need totalacceleration, accelerometer + gravity or "
                                            f"accelerometeruncalibrated; found {found}")
-        if ios:
+        if self.frame == "ios" or raw_in_g:
             acc = -acc
         gyro = None
         if self.GYRO in series and len(series[self.GYRO][0]) >= 2:
