@@ -241,6 +241,10 @@ def read_uci_hapt(src: str | Path, progress: bool = False) -> Recording:
     labels_path = root / "labels.txt"
     if not labels_path.is_file():
         raise DatasetError(f"{labels_path}: missing (uci-hapt's labelled segments)")
+    for gyro_path in sorted(root.glob("gyro_exp*_user*.txt")):  # an experiment whose acc file is missing
+        acc_path = gyro_path.with_name(gyro_path.name.replace("gyro_", "acc_", 1))
+        if _UCI_FILE.fullmatch(acc_path.name) and not acc_path.is_file():
+            raise DatasetError(f"{acc_path}: missing (pairs with {gyro_path.name})")
     segments = _uci_labels(labels_path)
     out = _Builder(with_gyro=True)
     for acc_path in _files(accs, progress, "uci-hapt"):

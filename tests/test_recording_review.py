@@ -6,7 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from models.importers import DatasetError, load_dataset
 from stream.recording import Recording, RecordingError, concat_recordings, read_recording, write_recording
+from tests.test_importers import write_uci
 
 HEADER = "device,t,ax,ay,az,label"
 
@@ -89,3 +91,12 @@ def test_labels_with_commas_and_quotes_round_trip(tmp_path):
 
 # -------------------------------------------------------------------------------------------------
 # importers
+
+
+def test_uci_hapt_gyro_file_without_its_acc_file_is_refused(tmp_path):
+    """An experiment whose accelerometer file is missing was left out without a word (the reverse case,
+    a gyroscope file missing, is refused)."""
+    src = write_uci(tmp_path / "uci")
+    (src / "RawData" / "acc_exp02_user01.txt").unlink()
+    with pytest.raises(DatasetError, match=r"acc_exp02_user01\.txt: missing"):
+        load_dataset("uci-hapt", src)
