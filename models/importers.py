@@ -20,7 +20,8 @@ What each source records, and what the readers do about it (checked on the data,
     MetaMotion wristband (Bosch BMI160). Bosch's data sheets: +1 g on the axis pointing up, as
     Android; on the wrist y runs along the forearm: +1 g with the hands up (bench, overhead press),
     -1 g with the arms hanging (deadlift, row). Acc × 9.80665; gyro (25 Hz, deg/s) is interpolated
-    onto the accelerometer's epoch times (12.5 Hz) and converted to rad/s. The published folder
+    onto the accelerometer's epoch times (12.5 Hz) and converted to rad/s (a gyroscope file that starts
+    or ends more than 0.5 s away from its accelerometer's is refused: cut short). The published folder
     repeats recordings under other names (every ``E-`` set is a copy of an ``A-`` or ``D-`` set, and
     ``..._1.4.41.csv`` files repeat ``..._1.4.4.csv`` ones shifted by a day); sets whose samples equal
     an earlier set's are skipped, so a split by person stays clean.
@@ -284,6 +285,11 @@ _BARBELL_EXERCISES = {
 }
 
 
+# how far the gyroscope may start after, or end before, the accelerometer of its set (the published sets:
+# up to 33 ms and 117 ms): beyond it, a file cut short
+_BARBELL_GYRO_REACH_MS = 500.0
+
+
 def _barbell_csv(path: Path, unit: str) -> tuple[np.ndarray, np.ndarray]:
     """A MetaMotion CSV → (epoch ms (n,), xyz (n, 3)) in the file's unit, which must be ``unit``."""
     with _open(path) as handle:
@@ -348,6 +354,11 @@ def read_barbell(src: str | Path, progress: bool = False) -> Recording:
             log.warning("barbell: skipping %s: its Gyroscope file is missing", pair["Accelerometer"].name)
             continue
         gyro_epoch, gyro_deg = _barbell_csv(pair["Gyroscope"], "deg/s")
+        late, short = gyro_epoch[0] - epoch[0], epoch[-1] - gyro_epoch[-1]
+        if max(late, short) > _BARBELL_GYRO_REACH_MS:  # interpolated, its end value would stand for the rest
+            raise DatasetError(f"{pair['Gyroscope']}: {'starts' if late > short else 'ends'} "
+                               f"{max(late, short) / 1000:.2f} s {'after' if late > short else 'before'} "
+                               f"{pair['Accelerometer'].name} (cut short?)")
         gyro = np.stack([np.interp(epoch, gyro_epoch, gyro_deg[:, i]) for i in range(3)], axis=1)
         label = np.full(len(epoch), _BARBELL_EXERCISES.get(exercise.lower(), _snake(exercise)))
         parts = [person.upper(), exercise.lower(), *([detail] if detail else []), stamp]

@@ -3,12 +3,14 @@ silently, and a file that ``write_recording`` writes is one that ``read_recordin
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pytest
 
 from models.importers import DatasetError, load_dataset
 from stream.recording import Recording, RecordingError, concat_recordings, read_recording, write_recording
-from tests.test_importers import write_uci
+from tests.test_importers import barbell_name, write_barbell_set, write_uci
 
 HEADER = "device,t,ax,ay,az,label"
 
@@ -100,3 +102,28 @@ def test_uci_hapt_gyro_file_without_its_acc_file_is_refused(tmp_path):
     (src / "RawData" / "acc_exp02_user01.txt").unlink()
     with pytest.raises(DatasetError, match=r"acc_exp02_user01\.txt: missing"):
         load_dataset("uci-hapt", src)
+
+
+def test_barbell_gyroscope_file_cut_short_is_refused(tmp_path):
+    """A gyroscope file cut short: ``np.interp`` held its last value over the rest of the set."""
+    raw = tmp_path / "barbell" / "raw"
+    raw.mkdir(parents=True)
+    write_barbell_set(raw, "A-bench-heavy", "2019-01-14T14.22.49.165", 1547472169165, (0.0, 0.0, 1.0), n=40)
+    gyro = raw / barbell_name("A-bench-heavy", "2019-01-14T14.22.49.165", "Gyroscope")
+    lines = gyro.read_text().splitlines()
+    gyro.write_text("\n".join(lines[:30]) + "\n")  # 1.1 s of a 3.2 s set
+    with pytest.raises(DatasetError, match=r"Gyroscope.*\.csv: .*ends"):
+        load_dataset("barbell", tmp_path / "barbell")
+
+
+def test_barbell_gyroscope_ending_a_sample_early_still_imports(tmp_path, caplog):
+    """The published sets' gyroscope ends up to 117 ms before the accelerometer: still imported."""
+    raw = tmp_path / "barbell" / "raw"
+    raw.mkdir(parents=True)
+    write_barbell_set(raw, "A-bench-heavy", "2019-01-14T14.22.49.165", 1547472169165, (0.0, 0.0, 1.0), n=40)
+    gyro = raw / barbell_name("A-bench-heavy", "2019-01-14T14.22.49.165", "Gyroscope")
+    lines = gyro.read_text().splitlines()
+    gyro.write_text("\n".join(lines[:-6]) + "\n")  # ends 160 ms before the accelerometer
+    with caplog.at_level(logging.WARNING):
+        rec = load_dataset("barbell", tmp_path / "barbell")
+    assert len(rec) == 40
