@@ -35,7 +35,8 @@ What each source records, and what the readers do about it (checked on the data,
 ``exermote``
     iPhone (CoreMotion) on the right upper arm: gravity + user acceleration, in g, with CoreMotion's
     sign (screen up reads z = -1 g): acc × -9.80665. ``rotationRate`` (rad/s) is right-handed on the
-    same axes as Android's gyroscope and is kept. Rows whose phone columns are empty are skipped.
+    same axes as Android's gyroscope and is kept. Rows whose phone columns are all empty are skipped (a
+    row with some of them empty is refused).
 """
 
 from __future__ import annotations
@@ -488,8 +489,11 @@ def read_exermote(src: str | Path, progress: bool = False) -> Recording:
                 where = f"{path}:{reader.line_num}"
                 if len(row) != len(header):
                     raise DatasetError(f"{where}: {len(row)} fields, header has {len(header)}")
-                if any(not row[i].strip() for i in cols):
+                empty = [header[i] for i in cols if not row[i].strip()]
+                if len(empty) == len(cols):
                     continue  # no phone sample in this row (the nearables' columns were saved alone)
+                if empty:
+                    raise DatasetError(f"{where}: part of the phone's sample is empty: {', '.join(empty[:3])}")
                 stamp = _exermote_time(row[i_time], where)
                 start = start or stamp
                 t = (stamp - start).total_seconds()

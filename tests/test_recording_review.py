@@ -10,7 +10,7 @@ import pytest
 
 from models.importers import DatasetError, load_dataset
 from stream.recording import Recording, RecordingError, concat_recordings, read_recording, write_recording
-from tests.test_importers import barbell_name, write_barbell_set, write_uci
+from tests.test_importers import EXERMOTE_HEADER, barbell_name, exermote_row, write_barbell_set, write_uci
 
 HEADER = "device,t,ax,ay,az,label"
 
@@ -127,3 +127,17 @@ def test_barbell_gyroscope_ending_a_sample_early_still_imports(tmp_path, caplog)
     with caplog.at_level(logging.WARNING):
         rec = load_dataset("barbell", tmp_path / "barbell")
     assert len(rec) == 40
+
+
+def test_exermote_row_with_part_of_the_phone_sample_is_refused(tmp_path):
+    """A row with some of the phone's nine columns empty was skipped as if it had no phone sample."""
+    raw = tmp_path / "exermote" / "RawData"
+    raw.mkdir(parents=True)
+    rows = [exermote_row(100 * i, "Squat") for i in range(4)]
+    fields = rows[2].split(",")
+    fields[EXERMOTE_HEADER.index("Device: zAcceleration")] = ""
+    rows[2] = ",".join(fields)
+    path = raw / "2017-03-30 18-50-49 Individual 3.csv"
+    path.write_text(",".join(EXERMOTE_HEADER) + "\n" + "\n".join(rows) + "\n")
+    with pytest.raises(DatasetError, match=r"Individual 3\.csv:4: .*zAcceleration"):
+        load_dataset("exermote", tmp_path / "exermote")
