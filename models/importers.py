@@ -119,6 +119,26 @@ def _open(path: Path):
         raise DatasetError(f"{path}: cannot open: {exc.strerror}") from None
 
 
+class _CsvReader:
+    """``csv.reader`` whose own errors (a field over the csv module's size limit) name the file and line."""
+
+    def __init__(self, path: Path, handle) -> None:
+        self.path, self.reader = path, csv.reader(handle)
+
+    @property
+    def line_num(self) -> int:
+        return self.reader.line_num
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> list[str]:
+        try:
+            return next(self.reader)
+        except csv.Error as exc:
+            raise DatasetError(f"{self.path}:{self.reader.line_num}: {exc}") from None
+
+
 def _read_text(path: Path) -> str:
     try:
         return path.read_text(encoding="utf-8", errors="replace")
@@ -294,7 +314,7 @@ _BARBELL_GYRO_REACH_MS = 500.0
 def _barbell_csv(path: Path, unit: str) -> tuple[np.ndarray, np.ndarray]:
     """A MetaMotion CSV → (epoch ms (n,), xyz (n, 3)) in the file's unit, which must be ``unit``."""
     with _open(path) as handle:
-        reader = csv.reader(handle)
+        reader = _CsvReader(path, handle)
         header = [h.strip() for h in next(reader, [])]
         expected = ["epoch (ms)", f"x-axis ({unit})", f"y-axis ({unit})", f"z-axis ({unit})"]
         if len(header) != 6 or [header[0], *header[3:]] != expected:
@@ -397,7 +417,7 @@ def read_muvr(src: str | Path, progress: bool = False) -> Recording:
         xyz: list[tuple[float, float, float]] = []
         labels: list[str] = []
         with _open(path) as handle:
-            reader = csv.reader(handle)
+            reader = _CsvReader(path, handle)
             for row in reader:
                 if not row:
                     continue
@@ -469,7 +489,7 @@ def read_exermote(src: str | Path, progress: bool = False) -> Recording:
     out = _Builder(with_gyro=True)
     for path in _files(paths, progress, "exermote"):
         with _open(path) as handle:
-            reader = csv.reader(handle)
+            reader = _CsvReader(path, handle)
             header = [h.strip() for h in next(reader, [])]
             needed = [*_EXERMOTE_COLUMNS, "exerciseType", "timeStampSaved", "individual"]
             missing = [c for c in needed if c not in header]

@@ -141,3 +141,17 @@ def test_exermote_row_with_part_of_the_phone_sample_is_refused(tmp_path):
     path.write_text(",".join(EXERMOTE_HEADER) + "\n" + "\n".join(rows) + "\n")
     with pytest.raises(DatasetError, match=r"Individual 3\.csv:4: .*zAcceleration"):
         load_dataset("exermote", tmp_path / "exermote")
+
+
+@pytest.mark.parametrize("dataset", ["barbell", "muvr", "exermote"])
+def test_a_source_field_too_large_for_the_csv_reader_names_its_line(tmp_path, dataset):
+    """A field over the csv module's limit in a source file raised a bare ``_csv.Error``."""
+    from tests.test_importers import write_barbell, write_exermote, write_muvr
+
+    write = {"barbell": write_barbell, "muvr": write_muvr, "exermote": write_exermote}[dataset]
+    src = write(tmp_path / dataset)
+    path = sorted(p for p in src.rglob("*.csv") if "Gyroscope" not in p.name)[0]
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join([*lines, "x" * 200_000]) + "\n")
+    with pytest.raises(DatasetError, match=rf"{path.name}:{len(lines) + 1}: field larger"):
+        load_dataset(dataset, src)
