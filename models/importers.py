@@ -120,10 +120,12 @@ def _open(path: Path):
 
 
 class _CsvReader:
-    """``csv.reader`` whose own errors (a field over the csv module's size limit) name the file and line."""
+    """``csv.reader`` whose own errors (a field over the csv module's size limit) name the file and line, and
+    that refuses a row over several lines (a quote left open swallows the lines after it) at its first."""
 
     def __init__(self, path: Path, handle) -> None:
         self.path, self.reader = path, csv.reader(handle)
+        self._line = 0
 
     @property
     def line_num(self) -> int:
@@ -133,10 +135,16 @@ class _CsvReader:
         return self
 
     def __next__(self) -> list[str]:
+        first = self._line + 1
         try:
-            return next(self.reader)
+            row = next(self.reader)
         except csv.Error as exc:
-            raise DatasetError(f"{self.path}:{self.reader.line_num}: {exc}") from None
+            raise DatasetError(f"{self.path}:{first}: {exc}") from None
+        self._line = self.reader.line_num
+        if self._line != first:
+            raise DatasetError(f"{self.path}:{first}: a field runs over {self._line - first + 1} lines "
+                               "(a quote left open?)")
+        return row
 
 
 def _read_text(path: Path) -> str:

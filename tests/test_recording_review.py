@@ -155,3 +155,16 @@ def test_a_source_field_too_large_for_the_csv_reader_names_its_line(tmp_path, da
     path.write_text("\n".join([*lines, "x" * 200_000]) + "\n")
     with pytest.raises(DatasetError, match=rf"{path.name}:{len(lines) + 1}: field larger"):
         load_dataset(dataset, src)
+
+
+def test_a_quote_left_open_in_a_source_file_names_its_line(tmp_path):
+    """An open quote swallowed the next lines into one row; the error named the line where the row ended."""
+    from tests.test_importers import write_muvr
+
+    src = write_muvr(tmp_path / "muvr")
+    path = sorted(src.rglob("*.csv"))[0]
+    lines = path.read_text().splitlines()
+    lines[1] = lines[1].replace(",", ',"', 1)
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(DatasetError, match=rf"{path.name}:2: a field runs over"):
+        load_dataset("muvr", src)
