@@ -239,9 +239,9 @@ _UCI_ACTIVITIES = {
 _UCI_FILE = re.compile(r"acc_exp(\d+)_user(\d+)\.txt")
 
 
-def _uci_labels(path: Path) -> dict[int, list[tuple[int, int, str]]]:
-    """labels.txt → experiment → [(first row, end row exclusive, label)]."""
-    segments: dict[int, list[tuple[int, int, str]]] = {}
+def _uci_labels(path: Path) -> dict[int, list[tuple[int, int, str, int, int]]]:
+    """labels.txt → experiment → [(first row, end row exclusive, label, user, line)]."""
+    segments: dict[int, list[tuple[int, int, str, int, int]]] = {}
     for number, line in enumerate(_read_text(path).splitlines(), start=1):
         fields = line.split()
         if not fields:
@@ -249,12 +249,16 @@ def _uci_labels(path: Path) -> dict[int, list[tuple[int, int, str]]]:
         where = f"{path}:{number}"
         if len(fields) != 5 or not all(f.isdigit() for f in fields):
             raise DatasetError(f"{where}: expected 'experiment user activity start end' (5 integers)")
-        exp, _, activity, start, end = (int(f) for f in fields)
+        exp, user, activity, start, end = (int(f) for f in fields)
         if activity not in _UCI_ACTIVITIES:
             raise DatasetError(f"{where}: unknown activity id {activity} (expected 1-12)")
         if not 1 <= start <= end:
             raise DatasetError(f"{where}: bad segment {start}..{end} (1-based, inclusive)")
-        segments.setdefault(exp, []).append((start - 1, end, _UCI_ACTIVITIES[activity]))
+        for first, last, _, _, other in segments.get(exp, []):
+            if start - 1 < last and first < end:  # the later segment would relabel the earlier one's samples
+                raise DatasetError(f"{where}: segment {start}..{end} of experiment {exp} overlaps line {other}'s "
+                                   f"({first + 1}..{last})")
+        segments.setdefault(exp, []).append((start - 1, end, _UCI_ACTIVITIES[activity], user, number))
     return segments
 
 
@@ -288,7 +292,7 @@ def read_uci_hapt(src: str | Path, progress: bool = False) -> Recording:
             raise DatasetError(f"{gyro_path}: {len(gyro)} samples, {acc_path.name} has {len(acc)}")
         n = len(acc)
         label = np.full(n, "", dtype="<U20")
-        for first, end, name in segments.get(int(exp), []):
+        for first, end, name, _, _ in segments.get(int(exp), []):
             if end > n:
                 raise DatasetError(f"{labels_path}: segment {first + 1}..{end} of experiment {int(exp)} "
                                    f"runs past the end of {acc_path.name} ({n} samples)")

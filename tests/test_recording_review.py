@@ -168,3 +168,11 @@ def test_a_quote_left_open_in_a_source_file_names_its_line(tmp_path):
     path.write_text("\n".join(lines) + "\n")
     with pytest.raises(DatasetError, match=rf"{path.name}:2: a field runs over"):
         load_dataset("muvr", src)
+
+
+def test_uci_hapt_overlapping_label_segments_are_refused(tmp_path):
+    """Two segments of labels.txt over the same samples: the later one won without a word."""
+    src = write_uci(tmp_path / "uci")
+    (src / "RawData" / "labels.txt").write_text("1 1 5 2 5\n1 1 4 4 6\n")
+    with pytest.raises(DatasetError, match=r"labels\.txt:2: .*overlaps"):
+        load_dataset("uci-hapt", src)
