@@ -292,7 +292,10 @@ def read_uci_hapt(src: str | Path, progress: bool = False) -> Recording:
             raise DatasetError(f"{gyro_path}: {len(gyro)} samples, {acc_path.name} has {len(acc)}")
         n = len(acc)
         label = np.full(n, "", dtype="<U20")
-        for first, end, name, _, _ in segments.get(int(exp), []):
+        for first, end, name, who, number in segments.get(int(exp), []):
+            if who != int(user):  # labels of another recording
+                raise DatasetError(f"{labels_path}:{number}: experiment {int(exp)} of user {who}, but its files "
+                                   f"are {acc_path.name}")
             if end > n:
                 raise DatasetError(f"{labels_path}: segment {first + 1}..{end} of experiment {int(exp)} "
                                    f"runs past the end of {acc_path.name} ({n} samples)")

@@ -176,3 +176,11 @@ def test_uci_hapt_overlapping_label_segments_are_refused(tmp_path):
     (src / "RawData" / "labels.txt").write_text("1 1 5 2 5\n1 1 4 4 6\n")
     with pytest.raises(DatasetError, match=r"labels\.txt:2: .*overlaps"):
         load_dataset("uci-hapt", src)
+
+
+def test_uci_hapt_labels_of_another_user_are_refused(tmp_path):
+    """labels.txt gives experiment 1 to user 2, its files to user 1: the labels were applied regardless."""
+    src = write_uci(tmp_path / "uci")
+    (src / "RawData" / "labels.txt").write_text("1 1 5 2 5\n1 2 7 6 7\n")
+    with pytest.raises(DatasetError, match=r"labels\.txt:2: .*user 2.*user01"):
+        load_dataset("uci-hapt", src)
