@@ -24,8 +24,10 @@ Formats:
 - ``android``: Android sensor-event JSON as sent by SensorSpot and similar apps, ``{type:
   "android.sensor.accelerometer", timestamp: ns since boot, values: [x, y, z]}``, one event per
   message (or a list of events). Without ``type`` (SensorSpot's "dedicated topics"), the topic's last
-  level names the sensor. Other sensor types are rejected as ``ignored_type``: counted, so a phone
-  that sends only gyroscope or linear acceleration shows up in the consumer's metrics.
+  level names the sensor. ``android.sensor.accelerometer_uncalibrated`` is read too (its first 3
+  values), except in a message that also holds calibrated accelerometer events: only those are read.
+  Other sensor types are rejected as ``ignored_type``: counted, so a phone that sends only gyroscope
+  or linear acceleration shows up in the consumer's metrics.
 - ``csv``: text lines ``t,ax,ay,az[,gx,gy,gz]`` (seconds, m/s², rad/s); blank lines, ``#`` comments
   and a header line (``t,...`` or ``time,...``) are skipped.
 """
@@ -271,7 +273,7 @@ class AndroidAdapter(Adapter):
         if not events:
             raise Rejected("empty")
         implied = "android.sensor." + topic.rsplit("/", 1)[-1]  # SensorSpot's dedicated topics
-        times, xyz = [], []
+        found: dict[str, tuple[list[float], list[list[float]]]] = {}  # sensor type -> (times, xyz)
         for event in events:
             if not isinstance(event, dict):
                 raise Rejected("not_object", f"event {type(event).__name__}")
@@ -283,11 +285,15 @@ class AndroidAdapter(Adapter):
                 raise Rejected("bad_time", f"timestamp {stamp!r}"[:60])
             if not isinstance(values, list) or len(values) < 3 or not all(_is_number(v) for v in values[:3]):
                 raise Rejected("bad_shape", "values must be a list of at least 3 numbers")
+            times, xyz = found.setdefault(kind, ([], []))
             times.append(float(stamp) * 1e-9)
             xyz.append([float(v) for v in values[:3]])  # uncalibrated: 3 more values are the bias
-        if not times:
+        if not found:
             kinds = {str(e.get("type", implied))[:40] for e in events}  # any JSON value, hashable or not
             raise Rejected("ignored_type", f"{sorted(map(str, kinds))}"[:80])
+        # both accelerometers in one message: the calibrated one alone (the other, bias not removed,
+        # interleaved with it, would zigzag between the two)
+        times, xyz = found.get(self.ACCELEROMETERS[0]) or found[self.ACCELEROMETERS[1]]
         t, acc = _ordered(np.asarray(times), np.asarray(xyz, dtype=np.float64))
         return [_checked(device, t, acc)]
 

@@ -36,3 +36,19 @@ def test_a_standardised_iphone_in_the_air_is_not_taken_for_an_unstandardised_one
 def test_an_unstandardised_iphone_in_the_air_is_still_recognised():
     (b,) = SensorLoggerAdapter().decode(jump(ios_unstandardised=True), "p")
     np.testing.assert_allclose(b.acc[-1], [0.0, 0.0, 30.0], atol=1e-4)
+
+
+def test_android_events_of_both_accelerometers_in_one_message_are_not_interleaved():
+    # an app that sends both sensors' events together: the uncalibrated one's readings (bias not
+    # removed) were merged sample by sample with the calibrated one's, a zigzag the phone never felt
+    from stream.adapters import AndroidAdapter
+
+    events = []
+    for k in range(4):
+        stamp = 1_000_000_000 + k * 20_000_000
+        events.append({"type": "android.sensor.accelerometer", "timestamp": stamp, "values": [0, 0, 9.8]})
+        events.append({"type": "android.sensor.accelerometer_uncalibrated", "timestamp": stamp + 1000,
+                       "values": [0.5, 0, 10.3, 0.5, 0, 0.5]})
+    (b,) = AndroidAdapter().decode(orjson.dumps(events), "p")
+    np.testing.assert_allclose(b.t, [1.0, 1.02, 1.04, 1.06])
+    np.testing.assert_allclose(b.acc, [[0, 0, 9.8]] * 4, rtol=1e-6)
