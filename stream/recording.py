@@ -242,12 +242,12 @@ def _grouped(rec: Recording) -> Recording:
 
 
 def _check_writable(path: str | Path, rec: Recording) -> None:
-    """Refuse text fields that would make a file ``read_recording`` refuses."""
-    for device in np.unique(rec.device).tolist():
-        if not valid_device(device):  # concat_recordings' "id#2", say
-            i = int(np.flatnonzero(rec.device == device)[0])
-            raise RecordingError(f"{path}: row {i + 1}: device id {device[:70]!r} is not valid (a letter or digit, "
-                                 "then letters, digits, '_', '.' or '-'; at most 64 characters)")
+    """Refuse rows that would make a file ``read_recording`` refuses."""
+    for names, values in ((("t",), rec.t.reshape(-1, 1)), (("ax", "ay", "az"), rec.acc),
+                          (("gx", "gy", "gz"), rec.gyro)):
+        if values is not None and not np.isfinite(values).all():
+            i, j = np.argwhere(~np.isfinite(values))[0]
+            raise RecordingError(f"{path}: row {i + 1}: column {names[j]!r} is not finite: {values[i, j]}")
     for name, values in (("label", rec.label), ("subject", rec.subject)):
         if values is None:
             continue

@@ -184,3 +184,11 @@ def test_uci_hapt_labels_of_another_user_are_refused(tmp_path):
     (src / "RawData" / "labels.txt").write_text("1 1 5 2 5\n1 2 7 6 7\n")
     with pytest.raises(DatasetError, match=r"labels\.txt:2: .*user 2.*user01"):
         load_dataset("uci-hapt", src)
+
+
+def test_a_value_that_is_not_finite_is_refused_when_written(tmp_path):
+    """The writer wrote ``nan``, a file the reader refuses."""
+    rec = _rec()
+    rec.acc[1, 2] = np.nan
+    with pytest.raises(RecordingError, match=r"row 2: .*az.* not finite"):
+        write_recording(tmp_path / "out.csv", rec)
