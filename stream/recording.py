@@ -248,6 +248,16 @@ def _check_writable(path: str | Path, rec: Recording) -> None:
         if values is not None and not np.isfinite(values).all():
             i, j = np.argwhere(~np.isfinite(values))[0]
             raise RecordingError(f"{path}: row {i + 1}: column {names[j]!r} is not finite: {values[i, j]}")
+    order = np.argsort(rec.device, kind="stable")  # each device's rows, in file order
+    back = np.flatnonzero((rec.device[order][1:] == rec.device[order][:-1]) & (np.diff(rec.t[order]) < 0))
+    if back.size:
+        i = int(order[back + 1].min())
+        raise RecordingError(f"{path}: row {i + 1}: time goes backwards for device {str(rec.device[i])!r}")
+    for device in np.unique(rec.device).tolist():
+        if not valid_device(device):  # concat_recordings' "id#2", say
+            i = int(np.flatnonzero(rec.device == device)[0])
+            raise RecordingError(f"{path}: row {i + 1}: device id {device[:70]!r} is not valid (a letter or digit, "
+                                 "then letters, digits, '_', '.' or '-'; at most 64 characters)")
     for name, values in (("label", rec.label), ("subject", rec.subject)):
         if values is None:
             continue

@@ -192,3 +192,11 @@ def test_a_value_that_is_not_finite_is_refused_when_written(tmp_path):
     rec.acc[1, 2] = np.nan
     with pytest.raises(RecordingError, match=r"row 2: .*az.* not finite"):
         write_recording(tmp_path / "out.csv", rec)
+
+
+def test_time_going_backwards_is_refused_when_written(tmp_path):
+    """The writer wrote a device's samples out of time order, a file the reader refuses."""
+    rec = concat_recordings([_rec(device="a"), _rec(device="b")])
+    rec.t[4] = -1.0  # b's second sample before its first
+    with pytest.raises(RecordingError, match=r"row 5: time goes backwards for device 'b'"):
+        write_recording(tmp_path / "out.csv", rec)
