@@ -187,6 +187,12 @@ def _read_columns(path: Path, ncols: int) -> np.ndarray:
                 raise DatasetError(f"{where}: {len(fields)} fields, expected {ncols}")
             for i, field in enumerate(fields):
                 _number(field, where, f"column {i + 1}")
+            try:  # numpy's parser, stricter than float(): "1_0" is a number to the one, not the other
+                parsed = np.fromstring(line, dtype=np.float64, sep=" ").size
+            except ValueError:
+                parsed = -1
+            if parsed != ncols:
+                raise DatasetError(f"{where}: not {ncols} plain numbers: {line.strip()[:60]!r}")
         raise DatasetError(f"{path}: cannot parse as {ncols} numbers a line")
     if not lines:
         raise DatasetError(f"{path}: no samples")

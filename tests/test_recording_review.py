@@ -200,3 +200,12 @@ def test_time_going_backwards_is_refused_when_written(tmp_path):
     rec.t[4] = -1.0  # b's second sample before its first
     with pytest.raises(RecordingError, match=r"row 5: time goes backwards for device 'b'"):
         write_recording(tmp_path / "out.csv", rec)
+
+
+def test_uci_hapt_number_python_reads_but_numpy_does_not_names_its_line(tmp_path):
+    """``1_0`` (Python's float reads it, numpy's parser does not): the error named no line."""
+    src = write_uci(tmp_path / "uci")
+    path = src / "RawData" / "acc_exp01_user01.txt"
+    path.write_text("1.0 0.0 0.0\n" * 3 + "1_0 0.0 0.0\n" + "1.0 0.0 0.0\n" * 6)
+    with pytest.raises(DatasetError, match=r"acc_exp01_user01\.txt:4: "):
+        load_dataset("uci-hapt", src)
