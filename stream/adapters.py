@@ -25,7 +25,8 @@ Formats:
   "android.sensor.accelerometer", timestamp: ns since boot, values: [x, y, z]}``, one event per
   message (or a list of events). Without ``type`` (SensorSpot's "dedicated topics"), the topic's last
   level names the sensor. ``android.sensor.accelerometer_uncalibrated`` is read too (its first 3
-  values), except in a message that also holds calibrated accelerometer events: only those are read.
+  values, minus the estimated bias in values 4 to 6 where the event has them, as Android defines it),
+  except in a message that also holds calibrated accelerometer events: only those are read.
   Other sensor types are rejected as ``ignored_type``: counted, so a phone that sends only gyroscope
   or linear acceleration shows up in the consumer's metrics.
 - ``csv``: text lines ``t,ax,ay,az[,gx,gy,gz]`` (seconds, m/s², rad/s); blank lines, ``#`` comments
@@ -287,7 +288,9 @@ class AndroidAdapter(Adapter):
                 raise Rejected("bad_shape", "values must be a list of at least 3 numbers")
             times, xyz = found.setdefault(kind, ([], []))
             times.append(float(stamp) * 1e-9)
-            xyz.append([float(v) for v in values[:3]])  # uncalibrated: 3 more values are the bias
+            xyz.append([float(v) for v in values[:3]])
+            if kind == self.ACCELEROMETERS[1] and len(values) >= 6 and all(_is_number(v) for v in values[3:6]):
+                xyz[-1] = [a - float(b) for a, b in zip(xyz[-1], values[3:6], strict=True)]  # minus the estimated bias
         if not found:
             kinds = {str(e.get("type", implied))[:40] for e in events}  # any JSON value, hashable or not
             raise Rejected("ignored_type", f"{sorted(map(str, kinds))}"[:80])

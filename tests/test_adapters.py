@@ -257,9 +257,12 @@ def test_android_dedicated_topic_and_uncalibrated():
     assert b.device == "pixel" and b.t.tolist() == [2.0]
     assert reason(lambda: router.decode("android/pixel/gyroscope", event)) == "ignored_type"
     raw = (b'{"type": "android.sensor.accelerometer_uncalibrated", "timestamp": 1, '
-           b'"values": [0, 0, 9.8, 0.1, 0, 0]}')
+           b'"values": [0.1, 0, 9.9, 0.1, 0, 0.1]}')
     (b,) = AndroidAdapter().decode(raw, "pixel")
-    np.testing.assert_allclose(b.acc, [[0, 0, 9.8]], rtol=1e-6)
+    np.testing.assert_allclose(b.acc, [[0, 0, 9.8]], atol=1e-6)  # x_uncalib - x_bias, as Android defines it
+    without_bias = raw.replace(b", 0.1, 0, 0.1]", b"]")  # only the 3 values: read as they are
+    (b,) = AndroidAdapter().decode(without_bias, "pixel")
+    np.testing.assert_allclose(b.acc, [[0.1, 0, 9.9]], atol=1e-6)
 
 
 @pytest.mark.parametrize("body, expected", [
