@@ -62,8 +62,11 @@ class Recording:
             yield str(self.device[a]), slice(int(a), int(b))
 
     def subjects(self) -> np.ndarray:
-        """The person of every row: ``subject`` where given, else the device."""
-        return self.subject if self.subject is not None else self.device
+        """The person of every row: ``subject`` where given, else the device (an empty cell too: devices
+        without one are not one person ``""``)."""
+        if self.subject is None:
+            return self.device
+        return np.where(self.subject == "", self.device, self.subject)
 
     def take(self, mask: np.ndarray) -> Recording:
         """The rows where ``mask`` is true (or the given indices)."""

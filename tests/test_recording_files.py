@@ -62,6 +62,15 @@ def test_files_with_and_without_a_subject_column_keep_their_people():
     assert both.subjects().tolist() == ["p1"] * 200 + ["p2"] * 100
 
 
+def test_empty_subject_cells_name_each_device_its_own_person(tmp_path):
+    """A subject column with some cells empty: those devices are each their own person, not one person ""
+    (which would put them all on one side of the person-held-out validation split)."""
+    path = tmp_path / "r.csv"
+    path.write_text("device,t,ax,ay,az,label,subject\n"
+                    "a,0,0,0,9.8,squat,p1\nb,0,0,0,9.8,squat,\nc,0,0,0,9.8,squat,\n")
+    assert read_recording(path).subjects().tolist() == ["p1", "b", "c"]
+
+
 def test_a_quote_left_open_names_its_line(tmp_path):
     """A quote left open would swallow the rest of the file into one label; the file is refused at the
     line where the quote opened."""
