@@ -8,6 +8,7 @@ unknown. Importers write it; ``train``, ``evaluate`` and ``replay`` read it.
 from __future__ import annotations
 
 import csv
+import logging
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -16,6 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from stream.decode import valid_device
+
+log = logging.getLogger(__name__)
 
 __all__ = ["Recording", "RecordingError", "concat_recordings", "read_recording", "write_recording", "REQUIRED",
            "OPTIONAL"]
@@ -187,6 +190,11 @@ def _read_rows(path: Path, handle) -> Recording:
         raise RecordingError(f"{path}:1: header has part of the gyroscope, lacks {', '.join(lacks)} "
                              "(gx,gy,gz: all three or none)")
     has_subject = "subject" in col
+    unused = [h for h in header if h and h not in REQUIRED + OPTIONAL]
+    if unused:  # allowed (a file of other tools), but a misspelt 'subject' would lose the people silently
+        log.warning("%s: column%s %s not read (a recording file has %s, and optionally %s)", path,
+                    "s" if len(unused) > 1 else "", ", ".join(map(repr, unused)), ",".join(REQUIRED),
+                    ",".join(OPTIONAL))
     width = len(header)
     devices: list[str] = []
     labels: list[str] = []

@@ -71,6 +71,22 @@ def test_empty_subject_cells_name_each_device_its_own_person(tmp_path):
     assert read_recording(path).subjects().tolist() == ["p1", "b", "c"]
 
 
+def test_columns_not_read_are_named_in_a_warning(tmp_path, caplog):
+    """Other columns are allowed, but a misspelt one (``subjct``) would lose the people silently: a warning
+    names every column that is not read."""
+    path = tmp_path / "r.csv"
+    path.write_text("device,t,ax,ay,az,label,subjct,note\na,0,0,0,9.8,squat,p1,x\n")
+    with caplog.at_level("WARNING", logger="stream.recording"):
+        rec = read_recording(path)
+    assert rec.subjects().tolist() == ["a"]
+    assert "'subjct', 'note' not read" in caplog.text
+    caplog.clear()
+    path.write_text("device,t,ax,ay,az,label,subject\na,0,0,0,9.8,squat,p1\n")
+    with caplog.at_level("WARNING", logger="stream.recording"):
+        read_recording(path)
+    assert "not read" not in caplog.text
+
+
 def test_a_quote_left_open_names_its_line(tmp_path):
     """A quote left open would swallow the rest of the file into one label; the file is refused at the
     line where the quote opened."""
