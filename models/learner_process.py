@@ -197,6 +197,7 @@ class LearnerProcess:
         self.on_promote = on_promote or (lambda model, version: None)
         self.on_update = on_update or (lambda report: None)
         self._model = checkpoint_bytes(serving)[0]
+        self._architecture = serving.config.to_dict()  # a rollback must keep it: serving swaps weights only
         self.adapters = (DeviceAdapters(len(serving.config.classes), config.adapter)
                          if config.adapt in ("device", "both") else None)
         self.version = config.serving_version
@@ -264,6 +265,17 @@ class LearnerProcess:
             raise ValueError(f"unknown model version {version!r}")
         if info.path is None:
             raise ValueError(f"version {version!r} was not saved to a file; it cannot be restored")
+        # the versions folder lists every checkpoint in it, a model of other classes or shape too (one a
+        # consumer started with another --model left there): serving cannot swap to it (the consumer's
+        # set_model refuses, in its serving loop) and the learner's adapters do not fit it
+        try:
+            blob = torch.load(info.path, map_location="cpu", weights_only=True, mmap=True)
+            config = blob.get("config") if isinstance(blob, dict) else None
+        except Exception as exc:  # gone, truncated, not a torch file
+            raise ValueError(f"version {version!r} cannot be read: {exc}") from None
+        if config != self._architecture:
+            raise ValueError(f"version {version!r} is a model of another architecture (classes "
+                             f"{(config or {}).get('classes')}); it cannot replace the serving model")
         self._inbox.put(("rollback", version))
 
     def promote(self, metrics: dict | None = None) -> None:
