@@ -278,12 +278,17 @@ class DeviceAdapters:
                 adapter.b.copy_(s["b"])
                 adapter.c.copy_(s["c"])
             adapter.active = bool(s["active"])
+            self._adapters.pop(device, None)  # most recently updated last, as the learner orders them
             self._adapters[device] = adapter
             with self._lock:
                 if adapter.active:
                     self._serving[device] = (s["M"].clone(), s["b"].clone(), s["c"].clone())
                 else:
                     self._serving.pop(device, None)
+            # the learner keeps max_devices and drops the least recently updated beyond: the serving
+            # process's copy (updated in the same order) and adapters read from a file drop the same
+            while len(self._adapters) > self.config.max_devices:
+                self.forget(next(iter(self._adapters)))
 
     def save(self, path) -> None:
         """Write every adapter to ``path`` atomically (a plain tensor file, loadable without code)."""

@@ -1,13 +1,17 @@
 """Reviewer's findings on the learner process, per-device adapters, and how the consumer talks to them."""
 
+import queue
+import threading
+import time
 
 import numpy as np
 import pytest
 import torch
 
 from models.checkpoint import save_checkpoint
-from models.finetune import LearnerConfig, Sequence
-from models.learner_process import LearnerProcess
+from models.finetune import LearnerConfig, OnlineLearner, Sequence
+from models.learner_process import LearnerProcess, _arrays, learner_loop
+from models.personal import AdapterConfig, DeviceAdapters
 from models.rnn import HARNet, ModelConfig
 
 
@@ -41,3 +45,38 @@ def test_a_rollback_to_a_version_of_another_architecture_is_refused(tmp_path, ot
     with pytest.raises(ValueError, match="another architecture"):
         learner.rollback(foreign)
     learner.rollback("start")  # the starting model (saved in the folder) is still a rollback target
+
+
+def test_the_serving_copy_of_the_adapters_and_a_restart_keep_to_max_devices():
+    """The learner drops the least recently updated adapter beyond ``max_devices``; the serving process's
+    copy (and the adapters file it saves, loaded again at a restart) kept every device ever adapted, and
+    went on serving the adapters the learner had dropped."""
+    model = _model()
+    cfg = LearnerConfig(adapter=AdapterConfig(max_devices=3), cpu_share=1.0, below_serving=False)
+    serving_side = LearnerProcess(model, cfg)  # not started: its copy is fed what a learner reports
+    learner = OnlineLearner(model, cfg)
+    inbox, outbox = queue.Queue(), queue.Queue()
+    thread = threading.Thread(target=learner_loop, args=(learner, inbox, outbox), daemon=True)
+    thread.start()
+    rng = np.random.default_rng(0)
+    for i in range(10):
+        inbox.put(("sequence", _arrays(_sequence(f"dev{i}", rng))))
+        deadline = time.monotonic() + 30
+        while learner.adapters.updates <= i and time.monotonic() < deadline:
+            time.sleep(0.01)
+    inbox.put(("stop",))
+    thread.join(30)
+    while True:
+        try:
+            serving_side._apply(outbox.get_nowait())
+        except queue.Empty:
+            break
+    kept = list(learner.adapters.state_dict())
+    assert kept == ["dev7", "dev8", "dev9"]
+    assert list(serving_side.adapters.state_dict()) == kept
+    assert set(serving_side.adapters.devices()) <= set(kept)
+
+    restarted = DeviceAdapters(2, AdapterConfig(max_devices=3))
+    restarted.load_state_dict({f"old{i}": {"M": torch.eye(3), "b": torch.zeros(3), "c": torch.zeros(2),
+                                           "active": True} for i in range(5)})
+    assert list(restarted.state_dict()) == ["old2", "old3", "old4"] and len(restarted) == 3
