@@ -198,7 +198,7 @@ class LearnerProcess:
         self.on_update = on_update or (lambda report: None)
         self._model = checkpoint_bytes(serving)[0]
         self._architecture = serving.config.to_dict()  # a rollback must keep it: serving swaps weights only
-        self.adapters = (DeviceAdapters(len(serving.config.classes), config.adapter)
+        self.adapters = (DeviceAdapters(len(serving.config.classes), config.adapter, names=serving.config.classes)
                          if config.adapt in ("device", "both") else None)
         self.version = config.serving_version
         # the starting model saved, and the versions of the folder: the learner process finds the same

@@ -108,9 +108,14 @@ class DeviceAdapters:
     """Per-device adapters: ``apply`` on the serving path, ``learn`` in the learner (in the consumer, a
     process of its own: the serving process keeps a copy, ``load_state_dict`` after each update)."""
 
-    def __init__(self, classes: int, config: AdapterConfig | None = None) -> None:
+    def __init__(self, classes: int, config: AdapterConfig | None = None, names: tuple[str, ...] | None = None) -> None:
         self.config = config or AdapterConfig()
         self.k = classes
+        # the model's class names, when known: saved with the adapters, and a file of other names is not
+        # loaded (a model of as many classes but others: its class biases would name the wrong ones)
+        self.names = None if names is None else tuple(names)
+        if self.names is not None and len(self.names) != classes:
+            raise ValueError(f"{len(self.names)} class names for {classes} classes")
         self._adapters: dict[str, _Adapter] = {}
         # what serving reads: device -> (M (3, 3), b (3), c (K)); entries are replaced, never mutated
         self._serving: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
@@ -297,7 +302,10 @@ class DeviceAdapters:
 
         from models.checkpoint import write_atomic
         buffer = io.BytesIO()
-        torch.save({"format": "harstream.adapters", "classes": self.k, "adapters": self.state_dict()}, buffer)
+        blob = {"format": "harstream.adapters", "classes": self.k, "adapters": self.state_dict()}
+        if self.names is not None:
+            blob["names"] = list(self.names)
+        torch.save(blob, buffer)
         write_atomic(Path(path), buffer.getvalue())
 
     def load(self, path) -> int:
@@ -314,6 +322,12 @@ class DeviceAdapters:
             if not isinstance(blob, dict) or blob.get("format") != "harstream.adapters":
                 raise ValueError("not a harstream adapters file")
             if blob.get("classes") != self.k:
+                return 0
+            names = blob.get("names")  # absent in files of older harstream: the count is all they say
+            if names is not None and self.names is not None and tuple(names) != self.names:
+                logging.getLogger(__name__).warning(
+                    "not loading device adapters from %s: they are of a model of classes %s, this one's are %s",
+                    path, names, list(self.names))
                 return 0
             adapters = blob["adapters"]
             if not isinstance(adapters, dict) or not all(

@@ -80,3 +80,17 @@ def test_the_serving_copy_of_the_adapters_and_a_restart_keep_to_max_devices():
     restarted.load_state_dict({f"old{i}": {"M": torch.eye(3), "b": torch.zeros(3), "c": torch.zeros(2),
                                            "active": True} for i in range(5)})
     assert list(restarted.state_dict()) == ["old2", "old3", "old4"] and len(restarted) == 3
+
+
+def test_an_adapters_file_of_a_model_of_other_classes_is_not_loaded(tmp_path):
+    """adapters.pt said only how many classes its model had: a consumer restarted on a model of as many
+    classes, but others, took them (and their class biases) as its own."""
+    old = LearnerProcess(_model(classes=("down", "up")), LearnerConfig())
+    old.adapters.load_state_dict({"phone": {"M": 2 * torch.eye(3), "b": torch.zeros(3),
+                                            "c": torch.tensor([1.0, 0.0]), "active": True}})
+    old.adapters.save(tmp_path / "adapters.pt")
+    other = LearnerProcess(_model(classes=("sit", "walk")), LearnerConfig())
+    assert other.adapters.load(tmp_path / "adapters.pt") == 0
+    assert len(other.adapters) == 0 and other.adapters.state_dict() == {}
+    same = LearnerProcess(_model(classes=("down", "up")), LearnerConfig())
+    assert same.adapters.load(tmp_path / "adapters.pt") == 1 and same.adapters.devices() == ["phone"]
