@@ -267,8 +267,10 @@ class DeviceAdapters:
 
     @staticmethod
     def _entry(a: _Adapter) -> dict:
+        # scores: the comparison that decides ``active``, kept so that a restored adapter goes on being
+        # judged on the device's recent windows (without them one sequence, too few, withdrew it)
         return {"M": a.M.detach().clone(), "b": a.b.detach().clone(), "c": a.c.detach().clone(),
-                "active": a.active}
+                "active": a.active, "scores": torch.tensor(list(a.scores), dtype=torch.int8).reshape(-1, 2)}
 
     def load_state_dict(self, state: dict) -> None:
         """Set these devices' adapters (as ``state_dict`` gives them); each is served as its ``active``
@@ -283,6 +285,9 @@ class DeviceAdapters:
                 adapter.b.copy_(s["b"])
                 adapter.c.copy_(s["c"])
             adapter.active = bool(s["active"])
+            scores = s.get("scores")  # absent in files of older harstream
+            if scores is not None:
+                adapter.scores.extend((int(p != 0), int(a != 0)) for p, a in torch.as_tensor(scores).reshape(-1, 2))
             self._adapters.pop(device, None)  # most recently updated last, as the learner orders them
             self._adapters[device] = adapter
             with self._lock:
@@ -333,6 +338,8 @@ class DeviceAdapters:
             if not isinstance(adapters, dict) or not all(
                     isinstance(e, dict) and "active" in e and all(isinstance(e.get(k), torch.Tensor) for k in "Mbc")
                     and e["M"].shape == (3, 3) and e["b"].shape == (3,) and e["c"].dim() == 1
+                    and (e.get("scores") is None or isinstance(e["scores"], torch.Tensor) and e["scores"].dim() == 2
+                         and e["scores"].shape[1] == 2)
                     for e in adapters.values()):
                 raise ValueError("malformed adapters")
             self.load_state_dict(adapters)

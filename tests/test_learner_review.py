@@ -94,3 +94,29 @@ def test_an_adapters_file_of_a_model_of_other_classes_is_not_loaded(tmp_path):
     assert len(other.adapters) == 0 and other.adapters.state_dict() == {}
     same = LearnerProcess(_model(classes=("down", "up")), LearnerConfig())
     assert same.adapters.load(tmp_path / "adapters.pt") == 1 and same.adapters.devices() == ["phone"]
+
+
+def test_a_restored_adapter_keeps_the_comparison_that_serves_it(tmp_path):
+    """Saved and restored (a restart; also how the learner process gets the adapters), an adapter lost
+    the scores that decide whether it is served: the device's first labelled sequence after the restart,
+    too few windows to judge on, withdrew an adapter that got all of them right and the plain network none."""
+    from models.checkpoint import default_model_path, load_checkpoint
+    from tests.test_personal import TURN, windows_of
+    torch.manual_seed(0)
+    model, _ = load_checkpoint(default_model_path())
+    classes = list(model.config.classes)
+    xs, ys = windows_of(seed=11, seconds=120.0, classes=classes, turn=TURN)
+    state = tuple(s[:, 0] for s in model.initial_state(1))
+    live = DeviceAdapters(len(classes), names=classes)
+    last = (len(xs) - 4) // 4 * 4
+    for i in range(0, last, 4):
+        live.learn(model, "d", xs[i:i + 4], ys[i:i + 4], state)
+    assert live.devices() == ["d"]
+    live.save(tmp_path / "adapters.pt")
+    restored = DeviceAdapters(len(classes), names=classes)
+    assert restored.load(tmp_path / "adapters.pt") == 1 and restored.devices() == ["d"]
+    kept = live.learn(model, "d", xs[last:last + 4], ys[last:last + 4], state)
+    again = restored.learn(model, "d", xs[last:last + 4], ys[last:last + 4], state)
+    assert kept["active"] and again["active"] == kept["active"], (kept, again)
+    assert restored.devices() == ["d"]
+    assert again["plain_accuracy"] == kept["plain_accuracy"]
