@@ -180,8 +180,8 @@ def _read_rows(path: Path, handle) -> Recording:
     missing = [c for c in REQUIRED if c not in header]
     if missing:
         raise RecordingError(f"{path}:1: header lacks {', '.join(missing)} (has {', '.join(header)})")
-    repeated = sorted({c for c in header if c and header.count(c) > 1})
-    if repeated:  # which of the two would hold the values?
+    repeated = sorted({c for c in header if c in REQUIRED + OPTIONAL and header.count(c) > 1})
+    if repeated:  # which of the two would hold the values? (columns not read may repeat)
         raise RecordingError(f"{path}:1: header names {', '.join(map(repr, repeated))} more than once")
     col = {name: header.index(name) for name in header}
     has_gyro = all(c in col for c in ("gx", "gy", "gz"))
