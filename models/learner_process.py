@@ -133,6 +133,8 @@ def learner_loop(learner: OnlineLearner, inbox, outbox, alive: Callable[[], bool
                     learner.promote(item[1])
             except ValueError as exc:
                 log.warning("learner: %s refused: %s", kind, exc)
+            except Exception:  # the version not written (disk full, folder gone): learning goes on
+                log.exception("learner: %s failed", kind)
             outbox.put(("counters", _counters(learner, pacer, dropped, taken)))
 
     while not stop.is_set():

@@ -120,3 +120,26 @@ def test_a_restored_adapter_keeps_the_comparison_that_serves_it(tmp_path):
     assert kept["active"] and again["active"] == kept["active"], (kept, again)
     assert restored.devices() == ["d"]
     assert again["plain_accuracy"] == kept["plain_accuracy"]
+
+
+def test_a_promotion_that_cannot_be_saved_does_not_end_the_learner(tmp_path):
+    """A promote command whose version could not be written (a full disk, the versions folder gone)
+    raised out of the learner loop: the learner process ended and labels were no longer learnt."""
+    import shutil
+    learner = OnlineLearner(_model(), LearnerConfig(versions_dir=tmp_path / "models", serving_version="start",
+                                                    cpu_share=1.0))
+    shutil.rmtree(tmp_path / "models")
+    (tmp_path / "models").write_text("not a folder")
+    inbox, outbox = queue.Queue(), queue.Queue()
+    thread = threading.Thread(target=learner_loop, args=(learner, inbox, outbox), daemon=True)
+    thread.start()
+    inbox.put(("promote", {"forced": True}))
+    inbox.put(("sequence", _arrays(_sequence("d", np.random.default_rng(0)))))
+    deadline = time.monotonic() + 30
+    while learner.adapters.updates < 1 and thread.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert thread.is_alive(), "the learner loop ended on a failed promotion"
+    assert learner.adapters.updates == 1 and learner.version == "start"
+    inbox.put(("stop",))
+    thread.join(30)
+    assert not thread.is_alive()
