@@ -111,6 +111,12 @@ def concat_recordings(recordings: list[Recording]) -> Recording:
     )
 
 
+def _float32_inf(x: float) -> bool:
+    """Whether ``x`` (beyond float32's largest finite value) rounds to infinity as float32."""
+    with np.errstate(over="ignore"):
+        return bool(np.isinf(np.float32(x)))
+
+
 def _float(value: str, column: str, where: str) -> float:
     try:
         x = float(value)
@@ -118,7 +124,7 @@ def _float(value: str, column: str, where: str) -> float:
         raise RecordingError(f"{where}: column {column!r} is not a number: {value[:40]!r}") from None
     if not math.isfinite(x):
         raise RecordingError(f"{where}: column {column!r} is not finite: {value!r}")
-    if abs(x) > _FLOAT32_MAX and column != "t":  # kept as float32: it would read as inf
+    if abs(x) > _FLOAT32_MAX and column != "t" and _float32_inf(x):  # kept as float32: it would read as inf
         raise RecordingError(f"{where}: column {column!r} is beyond float32's range: {value[:40]!r}")
     return x
 

@@ -209,3 +209,10 @@ def test_uci_hapt_number_python_reads_but_numpy_does_not_names_its_line(tmp_path
     path.write_text("1.0 0.0 0.0\n" * 3 + "1_0 0.0 0.0\n" + "1.0 0.0 0.0\n" * 6)
     with pytest.raises(DatasetError, match=r"acc_exp01_user01\.txt:4: "):
         load_dataset("uci-hapt", src)
+
+
+def test_float32s_largest_value_as_numpy_prints_it_is_read(tmp_path):
+    """``3.4028235e38`` (float32's largest, as numpy prints it) is a little beyond float32's max as a float64
+    but rounds to it, finite: read, not refused as beyond float32's range."""
+    rec = _read(tmp_path, HEADER + "\nd1,0,3.4028235e38,0,9.8,squat\n")
+    assert np.isfinite(rec.acc).all() and rec.acc[0, 0] == np.finfo(np.float32).max
