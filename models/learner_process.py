@@ -216,6 +216,12 @@ class LearnerProcess:
         self._context = multiprocessing.get_context("spawn")  # no fork of a process with threads
         self._inbox = self._context.Queue()
         self._outbox = self._context.Queue()
+        # what the learner reports, moved off its pipe by a thread of ours: a message bigger than the pipe
+        # (a promoted model's bytes) is written a part at a time, and read on the serving thread it held
+        # serving up for as long as the learner (below serving in priority) got no CPU to write the rest
+        self._received: queue.SimpleQueue = queue.SimpleQueue()
+        self._reader: threading.Thread | None = None
+        self._reading = threading.Event()  # cleared: the reader ends once the pipe has nothing more
         self._process = None
         self._stopped = False
 
@@ -225,7 +231,26 @@ class LearnerProcess:
             target=_child, args=(self._model, self.config, adapters, self._inbox, self._outbox, os.getpid()),
             name="harstream-learner", daemon=True)
         self._process.start()
+        self._reading.set()
+        self._reader = threading.Thread(target=self._read, name="harstream-learner-reader", daemon=True)
+        self._reader.start()
         return self
+
+    def _read(self) -> None:
+        """The reader thread: the learner's messages from its pipe to ``_received``, until it has stopped
+        (or, told to end, until the pipe has nothing more)."""
+        while True:
+            try:
+                message = self._outbox.get(timeout=0.2)
+            except queue.Empty:
+                if not self._reading.is_set():
+                    return
+                continue
+            except (EOFError, OSError, ValueError):  # the queue closed
+                return
+            self._received.put(message)
+            if message[0] == "stopped":
+                return
 
     @property
     def alive(self) -> bool:
@@ -292,7 +317,7 @@ class LearnerProcess:
         n = 0
         while n < limit:
             try:
-                message = self._outbox.get_nowait()
+                message = self._received.get_nowait()
             except queue.Empty:
                 break
             n += 1
@@ -342,6 +367,9 @@ class LearnerProcess:
             log.warning("the learner process did not stop within %.0f s; terminating it", timeout)
             self._process.terminate()
             self._process.join(5)
+        self._reading.clear()  # what is still in the pipe is read, then the reader ends
+        if self._reader is not None:
+            self._reader.join(2)  # a message the terminated learner left half written is never finished
         self.poll()
         self._inbox.cancel_join_thread()  # sequences not taken are dropped, not waited for
         self._process = None

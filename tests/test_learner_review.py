@@ -143,3 +143,43 @@ def test_a_promotion_that_cannot_be_saved_does_not_end_the_learner(tmp_path):
     inbox.put(("stop",))
     thread.join(30)
     assert not thread.is_alive()
+
+
+def test_polling_never_waits_for_a_learner_that_gets_no_cpu():
+    """A promoted model comes back as checkpoint bytes (280 kB for the default model), more than a pipe
+    holds: the learner writes it a part at a time. ``poll`` read it on the serving thread, so a learner
+    starved mid-message (SCHED_IDLE on a busy machine; here SIGSTOP) stalled serving until it ran again."""
+    import os
+    import signal
+
+    from models.checkpoint import default_model_path, load_checkpoint
+    model, _ = load_checkpoint(default_model_path())
+    promoted = []
+    learner = LearnerProcess(model, LearnerConfig(adapt="shared", below_serving=False),
+                             on_promote=lambda m, v: promoted.append(v)).start()
+    stopped = False
+    try:
+        learner.promote({"forced": True})
+        deadline = time.monotonic() + 60
+        while not learner._outbox._reader.poll(0.05) and time.monotonic() < deadline:
+            pass
+        time.sleep(1.0)  # the learner has written what the pipe holds and waits for it to be read
+        os.kill(learner._process.pid, signal.SIGSTOP)
+        stopped = True
+        done = threading.Event()
+        poller = threading.Thread(target=lambda: (learner.poll(), done.set()), daemon=True)
+        started = time.monotonic()
+        poller.start()
+        assert done.wait(3.0), "poll waited for a learner that gets no CPU"
+        assert time.monotonic() - started < 3.0
+        os.kill(learner._process.pid, signal.SIGCONT)
+        stopped = False
+        deadline = time.monotonic() + 60
+        while not promoted and time.monotonic() < deadline:
+            learner.poll()
+            time.sleep(0.02)
+        assert len(promoted) == 1  # and it comes through once the learner runs again
+    finally:
+        if stopped:
+            os.kill(learner._process.pid, signal.SIGCONT)
+        learner.stop(timeout=10)
