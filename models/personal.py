@@ -279,6 +279,8 @@ class DeviceAdapters:
         for device, s in state.items():
             if s["c"].shape[0] != self.k:
                 continue  # another model's classes
+            if not all(bool(torch.isfinite(s[k]).all()) for k in "Mbc"):
+                continue  # a map of NaN would serve the device NaN (the learner never makes one)
             adapter = _Adapter(self.k, self.config)
             with torch.no_grad():
                 adapter.M.copy_(s["M"])
@@ -292,7 +294,9 @@ class DeviceAdapters:
             self._adapters[device] = adapter
             with self._lock:
                 if adapter.active:
-                    self._serving[device] = (s["M"].clone(), s["b"].clone(), s["c"].clone())
+                    # the adapter's own float32 copies: a file's float64 stopped the batched pass of every device
+                    self._serving[device] = (adapter.M.detach().clone(), adapter.b.detach().clone(),
+                                             adapter.c.detach().clone())
                 else:
                     self._serving.pop(device, None)
             # the learner keeps max_devices and drops the least recently updated beyond: the serving

@@ -183,3 +183,20 @@ def test_polling_never_waits_for_a_learner_that_gets_no_cpu():
         if stopped:
             os.kill(learner._process.pid, signal.SIGCONT)
         learner.stop(timeout=10)
+
+
+def test_an_adapters_file_of_double_or_non_finite_numbers_never_breaks_serving(tmp_path):
+    """An adapters file (read with weights_only) whose tensors were float64 was loaded and served as is:
+    the batched pass raised for every device in the batch; one of NaN served its device NaN."""
+    def entry(dtype=torch.float32, fill=None):
+        M = torch.eye(3, dtype=dtype) if fill is None else torch.full((3, 3), fill)
+        return {"M": M, "b": torch.zeros(3, dtype=dtype), "c": torch.zeros(2, dtype=dtype), "active": True}
+    torch.save({"format": "harstream.adapters", "classes": 2,
+                "adapters": {"double": entry(torch.float64), "nan": entry(fill=float("nan"))}}, tmp_path / "a.pt")
+    adapters = DeviceAdapters(2)
+    adapters.load(tmp_path / "a.pt")
+    assert adapters.devices() == ["double"]
+    x = torch.randn(3, 10, 3)
+    out, _ = adapters.apply(["double", "nan", "plain"], x)
+    assert out.dtype == torch.float32 and torch.isfinite(out).all()
+    torch.testing.assert_close(out, x)
