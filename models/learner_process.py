@@ -284,9 +284,15 @@ class LearnerProcess:
             self._inbox.put(("sequence", self._pending.popleft()))
             self._sent += 1
 
+    def _check_running(self) -> None:
+        """A command to a learner process that has ended would be accepted and never carried out."""
+        if self._process is not None and not self._process.is_alive():
+            raise ValueError(f"the learner process has stopped (exit code {self._process.exitcode})")
+
     def rollback(self, version: str) -> None:
         """Serve (and keep training from) an earlier saved version; the new weights come through
         ``poll`` (``on_promote``)."""
+        self._check_running()
         info = next((v for v in self.versions if v.version == version), None)
         if info is None:
             raise ValueError(f"unknown model version {version!r}")
@@ -306,6 +312,7 @@ class LearnerProcess:
         self._inbox.put(("rollback", version))
 
     def promote(self, metrics: dict | None = None) -> None:
+        self._check_running()
         self._inbox.put(("promote", metrics or {}))
 
     def comparison(self) -> dict:

@@ -200,3 +200,21 @@ def test_an_adapters_file_of_double_or_non_finite_numbers_never_breaks_serving(t
     out, _ = adapters.apply(["double", "nan", "plain"], x)
     assert out.dtype == torch.float32 and torch.isfinite(out).all()
     torch.testing.assert_close(out, x)
+
+
+def test_a_command_to_a_learner_process_that_has_ended_is_refused(tmp_path):
+    """With the learner process gone (killed, or ended by a bug), a promote or rollback command was
+    accepted (the consumer answered nothing) and never carried out."""
+    import os
+    import signal
+    learner = LearnerProcess(_model(), LearnerConfig(versions_dir=tmp_path / "models", serving_version="start",
+                                                     below_serving=False)).start()
+    try:
+        os.kill(learner._process.pid, signal.SIGKILL)
+        learner._process.join(30)
+        with pytest.raises(ValueError, match="learner process has stopped"):
+            learner.promote({"forced": True})
+        with pytest.raises(ValueError, match="learner process has stopped"):
+            learner.rollback("start")
+    finally:
+        learner.stop(timeout=5)
