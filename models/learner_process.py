@@ -246,8 +246,13 @@ class LearnerProcess:
                 if not self._reading.is_set():
                     return
                 continue
-            except (EOFError, OSError, ValueError):  # the queue closed
+            except (EOFError, OSError):  # the pipe closed
                 return
+            except Exception:  # a message that cannot be unpickled: read whole first, the next ones are intact
+                if getattr(self._outbox, "_closed", False):  # ValueError: the queue closed
+                    return
+                log.exception("a message from the learner process could not be read; skipped")
+                continue
             self._received.put(message)
             if message[0] == "stopped":
                 return
