@@ -50,7 +50,7 @@ from models.finetune import (
     starting_versions,
 )
 from models.personal import DeviceAdapters
-from models.rnn import HARNet
+from models.rnn import HARNet, ModelConfig
 
 __all__ = ["LearnerProcess", "learner_loop"]
 
@@ -311,6 +311,10 @@ class LearnerProcess:
             config = blob.get("config") if isinstance(blob, dict) else None
         except Exception as exc:  # gone, truncated, not a torch file
             raise ValueError(f"version {version!r} cannot be read: {exc}") from None
+        try:  # as load_checkpoint reads it: a field added to ModelConfig since takes its default
+            config = ModelConfig(**config).to_dict()
+        except (TypeError, ValueError):  # not a config (None, a field unknown or malformed)
+            pass
         if config != self._architecture:
             raise ValueError(f"version {version!r} is a model of another architecture (classes "
                              f"{(config or {}).get('classes')}); it cannot replace the serving model")

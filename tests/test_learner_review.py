@@ -218,3 +218,16 @@ def test_a_command_to_a_learner_process_that_has_ended_is_refused(tmp_path):
             learner.rollback("start")
     finally:
         learner.stop(timeout=5)
+
+
+def test_a_rollback_to_a_version_saved_before_a_config_field_existed_is_accepted(tmp_path):
+    """A version file written before a ModelConfig field was added (it lacks the field, which has a default)
+    is the same architecture as load_checkpoint reads it: the rollback is not refused."""
+    versions = tmp_path / "models"
+    version = _save_version(versions, _model())
+    path = versions / f"{version}.pt"
+    blob = torch.load(path, map_location="cpu", weights_only=True)
+    del blob["config"]["conv_layers"]  # as if saved before the field existed
+    torch.save(blob, path)
+    learner = LearnerProcess(_model(), LearnerConfig(versions_dir=versions, serving_version="start"))
+    learner.rollback(version)  # no ValueError
