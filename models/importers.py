@@ -41,7 +41,6 @@ What each source records, and what the readers do about it (checked on the data,
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import logging
 import math
@@ -55,7 +54,7 @@ import numpy as np
 from tqdm import tqdm
 
 from models.labels import REST
-from stream.recording import Recording, write_recording
+from stream.recording import CsvRows, Recording, write_recording
 
 __all__ = [
     "DATASETS",
@@ -117,34 +116,6 @@ def _open(path: Path):
         return path.open(newline="", encoding="utf-8", errors="replace")
     except OSError as exc:
         raise DatasetError(f"{path}: cannot open: {exc.strerror}") from None
-
-
-class _CsvReader:
-    """``csv.reader`` whose own errors (a field over the csv module's size limit) name the file and line, and
-    that refuses a row over several lines (a quote left open swallows the lines after it) at its first."""
-
-    def __init__(self, path: Path, handle) -> None:
-        self.path, self.reader = path, csv.reader(handle)
-        self._line = 0
-
-    @property
-    def line_num(self) -> int:
-        return self.reader.line_num
-
-    def __iter__(self):
-        return self
-
-    def __next__(self) -> list[str]:
-        first = self._line + 1
-        try:
-            row = next(self.reader)
-        except csv.Error as exc:
-            raise DatasetError(f"{self.path}:{first}: {exc}") from None
-        self._line = self.reader.line_num
-        if self._line != first:
-            raise DatasetError(f"{self.path}:{first}: a field runs over {self._line - first + 1} lines "
-                               "(a quote left open?)")
-        return row
 
 
 def _read_text(path: Path) -> str:
@@ -335,7 +306,7 @@ _BARBELL_GYRO_REACH_MS = 500.0
 def _barbell_csv(path: Path, unit: str) -> tuple[np.ndarray, np.ndarray]:
     """A MetaMotion CSV → (epoch ms (n,), xyz (n, 3)) in the file's unit, which must be ``unit``."""
     with _open(path) as handle:
-        reader = _CsvReader(path, handle)
+        reader = CsvRows(path, handle, DatasetError)
         header = [h.strip() for h in next(reader, [])]
         expected = ["epoch (ms)", f"x-axis ({unit})", f"y-axis ({unit})", f"z-axis ({unit})"]
         if len(header) != 6 or [header[0], *header[3:]] != expected:
@@ -438,7 +409,7 @@ def read_muvr(src: str | Path, progress: bool = False) -> Recording:
         xyz: list[tuple[float, float, float]] = []
         labels: list[str] = []
         with _open(path) as handle:
-            reader = _CsvReader(path, handle)
+            reader = CsvRows(path, handle, DatasetError)
             for row in reader:
                 if not row:
                     continue
@@ -510,7 +481,7 @@ def read_exermote(src: str | Path, progress: bool = False) -> Recording:
     out = _Builder(with_gyro=True)
     for path in _files(paths, progress, "exermote"):
         with _open(path) as handle:
-            reader = _CsvReader(path, handle)
+            reader = CsvRows(path, handle, DatasetError)
             header = [h.strip() for h in next(reader, [])]
             needed = [*_EXERMOTE_COLUMNS, "exerciseType", "timeStampSaved", "individual"]
             missing = [c for c in needed if c not in header]

@@ -20,8 +20,8 @@ from stream.decode import valid_device
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Recording", "RecordingError", "concat_recordings", "read_recording", "write_recording", "REQUIRED",
-           "OPTIONAL"]
+__all__ = ["CsvRows", "Recording", "RecordingError", "concat_recordings", "read_recording", "write_recording",
+           "REQUIRED", "OPTIONAL"]
 
 REQUIRED = ("device", "t", "ax", "ay", "az", "label")
 OPTIONAL = ("gx", "gy", "gz", "subject")
@@ -155,11 +155,13 @@ def _undecodable_line(path: Path) -> int:
     return 1  # not reached: the text reader found an undecodable byte
 
 
-class _lines:
-    """A csv reader whose own errors (a field over the csv module's size limit) name the file and line."""
+class CsvRows:
+    """``csv.reader`` over an open file whose own errors (a field over the csv module's size limit) raise
+    ``error`` naming the file and line, and that refuses a row over several lines (a quote left open
+    swallows the lines after it) at its first line. Recording files and the importers' sources read this way."""
 
-    def __init__(self, path: Path, reader) -> None:
-        self.path, self.reader = path, reader
+    def __init__(self, path: Path, handle, error: type[ValueError] = RecordingError) -> None:
+        self.path, self.reader, self.error = path, csv.reader(handle), error
 
     @property
     def line_num(self) -> int:
@@ -169,15 +171,20 @@ class _lines:
         return self
 
     def __next__(self) -> list[str]:
+        first = self.reader.line_num + 1
         try:
-            return next(self.reader)
+            row = next(self.reader)
         except csv.Error as exc:
-            raise RecordingError(f"{self.path}:{self.reader.line_num}: {exc}") from None
+            raise self.error(f"{self.path}:{first}: {exc}") from None
+        if self.reader.line_num != first:
+            raise self.error(f"{self.path}:{first}: a field runs over {self.reader.line_num - first + 1} lines "
+                             "(a quote left open?)")
+        return row
 
 
 def _read_rows(path: Path, handle) -> Recording:
     """The rows of an open recording file, in file order."""
-    reader = _lines(path, csv.reader(handle))
+    reader = CsvRows(path, handle)
     try:
         header = next(reader)
     except StopIteration:
@@ -209,12 +216,8 @@ def _read_rows(path: Path, handle) -> Recording:
     numeric = ["t", "ax", "ay", "az"] + (["gx", "gy", "gz"] if has_gyro else [])
     idx = [col[c] for c in numeric]
     last_t: dict[str, float] = {}
-    line = reader.line_num
     for row in reader:
-        first, line = line + 1, reader.line_num
-        where = f"{path}:{line}"
-        if line != first:  # a quoted field ran over line ends: a quote left open swallows what follows
-            raise RecordingError(f"{path}:{first}: a field runs over {line - first + 1} lines (a quote left open?)")
+        where = f"{path}:{reader.line_num}"
         if not row:
             continue
         if len(row) != width:
