@@ -291,7 +291,8 @@ class DeviceAdapters:
             adapter.active = bool(s["active"])
             scores = s.get("scores")  # absent in files of older harstream
             if scores is not None:
-                adapter.scores.extend((int(p != 0), int(a != 0)) for p, a in torch.as_tensor(scores).reshape(-1, 2))
+                pairs = torch.as_tensor(scores).reshape(-1, 2).tolist()  # plain ints: no tensor per element
+                adapter.scores.extend((int(p != 0), int(a != 0)) for p, a in pairs)
             self._adapters.pop(device, None)  # most recently updated last, as the learner orders them
             self._adapters[device] = adapter
             with self._lock:
