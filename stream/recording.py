@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import logging
 import math
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,9 @@ __all__ = ["CsvRows", "Recording", "RecordingError", "concat_recordings", "read_
 REQUIRED = ("device", "t", "ax", "ay", "az", "label")
 OPTIONAL = ("gx", "gy", "gz", "subject")
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
+# a decimal number as C and numpy write them (spaces around allowed): Python's float() also reads "1_0" (as 10),
+# digits of other scripts ("١") and "nan"/"inf", which no tool writes into such a file by intent
+_NUMBER = re.compile(r"\s*[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?\s*", re.ASCII)
 
 
 class RecordingError(ValueError):
@@ -118,12 +122,17 @@ def _float32_inf(x: float) -> bool:
 
 
 def _float(value: str, column: str, where: str) -> float:
-    try:
-        x = float(value)
-    except ValueError:
-        raise RecordingError(f"{where}: column {column!r} is not a number: {value[:40]!r}") from None
-    if not math.isfinite(x):
-        raise RecordingError(f"{where}: column {column!r} is not finite: {value!r}")
+    if not _NUMBER.fullmatch(value):
+        try:
+            x = float(value)
+        except ValueError:
+            x = 0.0
+        if not math.isfinite(x):
+            raise RecordingError(f"{where}: column {column!r} is not finite: {value[:40]!r}")
+        raise RecordingError(f"{where}: column {column!r} is not a number: {value[:40]!r}")
+    x = float(value)
+    if not math.isfinite(x):  # 1e999
+        raise RecordingError(f"{where}: column {column!r} is not finite: {value[:40]!r}")
     if abs(x) > _FLOAT32_MAX and column != "t" and _float32_inf(x):  # kept as float32: it would read as inf
         raise RecordingError(f"{where}: column {column!r} is beyond float32's range: {value[:40]!r}")
     return x
@@ -269,7 +278,9 @@ def _check_writable(path: str | Path, rec: Recording) -> None:
             i, j = np.argwhere(~np.isfinite(values))[0]
             raise RecordingError(f"{path}: row {i + 1}: column {names[j]!r} is not finite: {values[i, j]}")
     order = np.argsort(rec.device, kind="stable")  # each device's rows, in file order
-    back = np.flatnonzero((rec.device[order][1:] == rec.device[order][:-1]) & (np.diff(rec.t[order]) < 0))
+    written = np.array([float(f"{x:.4f}") for x in rec.t.tolist()])  # as the file will hold them: a step back
+    # of a few microseconds (a sensor clock's jitter) is written as no step at all, which the reader takes
+    back = np.flatnonzero((rec.device[order][1:] == rec.device[order][:-1]) & (np.diff(written[order]) < 0))
     if back.size:
         i = int(order[back + 1].min())
         raise RecordingError(f"{path}: row {i + 1}: time goes backwards for device {str(rec.device[i])!r}")

@@ -216,3 +216,33 @@ def test_float32s_largest_value_as_numpy_prints_it_is_read(tmp_path):
     but rounds to it, finite: read, not refused as beyond float32's range."""
     rec = _read(tmp_path, HEADER + "\nd1,0,3.4028235e38,0,9.8,squat\n")
     assert np.isfinite(rec.acc).all() and rec.acc[0, 0] == np.finfo(np.float32).max
+
+
+@pytest.mark.parametrize("value", ["1_0", "\u0661", "\uff11.5", "0x10", "1.0.0", ""])
+def test_a_number_only_python_reads_is_refused_with_its_line(tmp_path, value):
+    """Python's float() reads "1_0" as 10 and digits of other scripts as numbers: the file was read with values
+    nobody wrote."""
+    with pytest.raises(RecordingError, match=r"rec\.csv:3: column 'ax' is not a number"):
+        _read(tmp_path, HEADER + f"\nd1,0,1,0,9.8,squat\nd1,0.04,{value},0,9.8,squat\n")
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-Infinity", "1e999"])
+def test_a_value_that_is_not_finite_is_refused_with_its_line(tmp_path, value):
+    with pytest.raises(RecordingError, match=r"rec\.csv:2: column 'ay' is not finite"):
+        _read(tmp_path, HEADER + f"\nd1,0,1,{value},9.8,squat\n")
+
+
+@pytest.mark.parametrize("value", ["1", "-1.", ".5", "+2.5e-3", " 9.81 ", "1E+2"])
+def test_plain_decimal_numbers_are_read(tmp_path, value):
+    rec = _read(tmp_path, HEADER + f"\nd1,0,{value},0,9.8,squat\n")
+    assert rec.acc[0, 0] == np.float32(float(value))
+
+
+def test_a_step_back_smaller_than_the_written_precision_is_written(tmp_path):
+    """A clock's jitter of a few microseconds back is written as two equal times, which the reader takes; the
+    writer refused the file although what it would write is valid."""
+    rec = _rec(3)
+    rec.t[2] = rec.t[1] - 2e-6
+    write_recording(tmp_path / "out.csv", rec)
+    back = read_recording(tmp_path / "out.csv")
+    assert back.t[2] == back.t[1] == pytest.approx(0.04)
