@@ -468,7 +468,10 @@ class DeviceStream:
         while blocks:
             k, t, acc, gyro, codes = blocks[0]
             a = self._pos
-            if len(k) and k[-1] < k_end:  # all that is left of this block
+            if not len(k):  # every sample of the block lost (a loss burst, a one-sample block dropped)
+                blocks.popleft()
+                continue
+            if k[-1] < k_end:  # all that is left of this block
                 pieces.append((t[a:], acc[a:], gyro[a:], codes[a:]))
                 blocks.popleft()
                 self._pos = 0
