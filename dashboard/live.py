@@ -419,6 +419,7 @@ class LiveStore:
         self._devices: OrderedDict[str, _DeviceState] = OrderedDict()  # least recently heard from first
         self._evicted = 0
         self._consumers: dict[str, _ConsumerState] = {}
+        self._history_drift: deque[Drift] = deque(maxlen=self.max_drift)  # overall detectors, of no known consumer
         self._classes: dict[tuple[str, ...], tuple[str, ...]] = {}  # interned class lists
         self._received: Counter[str] = Counter()
         self._malformed: Counter[str] = Counter()
@@ -452,6 +453,18 @@ class LiveStore:
         except Exception:  # never let one message stop paho's loop
             self._count(self._malformed, f"{kind}/error")
             log.warning("error handling %s (payload %r)", topic[:80], payload[:60], exc_info=True)
+
+    def handle_history_drift(self, payload: bytes, now: float) -> None:
+        """A detection of a consumer's overall detectors (device ``_all``) from its event store: kept beside
+        the consumers' own (shown as ALL_DEVICES) without making up a consumer to hold it."""
+        try:
+            record = _drift(_object(payload), now)
+        except Malformed as exc:
+            self._count(self._malformed, f"drift/{exc.reason}")
+            return
+        with self._lock:
+            self._received["drift"] += 1
+            self._history_drift.append(record)
 
     def _count(self, counter: Counter, key: str) -> None:
         with self._lock:
@@ -701,6 +714,7 @@ class LiveStore:
         with self._lock:
             events = [(device, d) for device, s in self._devices.items() for d in s.drift]
             events += [(ALL_DEVICES, d) for s in self._consumers.values() for d in s.drift]
+            events += [(ALL_DEVICES, d) for d in self._history_drift]
         events.sort(key=lambda e: e[1].received)
         return events
 
@@ -765,8 +779,10 @@ def load_history(store: LiveStore, db_path: str, per_device: int = 200, max_rows
                 else:
                     body = {"detector": row[2], "signal": row[3], "t": row[4], "value": row[5],
                             "needs_labels": bool(row[6])}
-                topic = f"{p}/_consumer/history/drift" if device == "_all" else f"{p}/{device}/{kind}"
-                store.handle(topic, orjson.dumps(body), now=received)
+                if device == "_all":  # the overall detectors: not a device, and no consumer to make up
+                    store.handle_history_drift(orjson.dumps(body), now=received)
+                else:
+                    store.handle(f"{p}/{device}/{kind}", orjson.dumps(body), now=received)
                 rows += 1
     except sqlite3.Error as exc:  # no such table yet, a locked or foreign file: live data only
         log.warning("not loading history from %s: %s", db_path, exc)

@@ -1,0 +1,27 @@
+"""Review of the dashboard: defects found and fixed, each with the test that showed it."""
+
+from __future__ import annotations
+
+from dashboard.live import ALL_DEVICES, LiveStore, load_history
+
+
+def test_history_of_the_overall_detectors_makes_no_phantom_consumer(tmp_path):
+    # the consumer's overall drift detections (device "_all" in its event store) were loaded as messages of a
+    # consumer named "history": it was listed beside the real ones, never offline, so the overview no longer
+    # warned that no consumer is online and the Model page offered "history" first
+    from stream.store import EventStore
+
+    events = EventStore(tmp_path / "events.db")
+    events.drift({"device": "_all", "detector": "FHDDM", "signal": "error", "t": 50.0, "value": 0.4,
+                  "needs_labels": False})
+    events.drift({"device": "dev-1", "detector": "ADWIN", "signal": "confidence", "t": 51.0, "value": 0.3,
+                  "needs_labels": True})
+    assert events.flush()
+    events.close()
+    store = LiveStore("har")
+    store.handle("har/_consumer/harstream-consumer-abc/status", b"offline", retained=True)
+    assert load_history(store, str(tmp_path / "events.db")) == 2
+    assert [v.consumer for v in store.consumers()] == ["harstream-consumer-abc"]
+    assert store.counters()["consumers"] == 1
+    drift = store.drift()
+    assert [(device, d.detector) for device, d in drift] == [(ALL_DEVICES, "FHDDM"), ("dev-1", "ADWIN")]
