@@ -701,12 +701,19 @@ class LiveStore:
             return s.last_t + max(0.0, now - s.last_t_received)
 
     def classes(self, device: str | None = None) -> tuple[str, ...]:
-        """Class names from the latest prediction (of ``device``, or of any device); () when none."""
+        """Class names from the latest prediction (of ``device``, else of any device); () when none.
+
+        A prediction from the event store's history names its top class only (``load_history``): it says
+        nothing of the model's classes."""
         with self._lock:
-            states = [self._devices[device]] if device in self._devices else list(self._devices.values())
-            latest = max((s.predictions[-1] for s in states if s.predictions), key=lambda p: p.received,
-                         default=None)
-        return latest.classes if latest else ()
+            own = self._devices.get(device)
+            for states in ([own] if own is not None else [], self._devices.values()):
+                latest = max((s.predictions[-1] for s in states
+                              if s.predictions and len(s.predictions[-1].classes) > 1),
+                             key=lambda p: p.received, default=None)
+                if latest is not None:
+                    return latest.classes
+        return ()
 
     def drift(self) -> list[tuple[str, Drift]]:
         """Every detection kept, oldest first by arrival: (device, detection), and (ALL_DEVICES, detection)
