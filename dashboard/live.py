@@ -517,13 +517,17 @@ class LiveStore:
                 return
             if kind == "imu":
                 if state.last_t is not None and record[0][-1] < state.last_t - self.trace_seconds:
-                    # the device clock went back (a restart, a replay from its start): begin anew
-                    state.trace.clear()
-                    state.trace_samples = 0
-                    state.last_t = None
+                    self._new_clock(state)  # the device clock went back (a restart, a replay from its start)
                 self._append_trace(state, *record)
                 state.saw(float(record[0][-1]), now)
             elif kind == "prediction":
+                if state.predictions and record.t < state.predictions[-1].t - self.trace_seconds:
+                    # the consumer's windows go back only when the device's clock restarted: the last
+                    # session's predictions are on another clock, and so is the device clock where no
+                    # samples of the device reach the dashboard (a phone served through an adapter)
+                    state.predictions.clear()
+                    if state.last_t is not None and record.t < state.last_t - self.trace_seconds:
+                        self._new_clock(state)
                 # one point per window: a consumer journals a cycle before publishing it, so it never
                 # classifies a window twice, but a replica without a state directory (no journal) or
                 # a replayed store can repeat one
@@ -541,6 +545,13 @@ class LiveStore:
                 state.status = record
                 if not retained:
                     state.last_seen = now
+
+    @staticmethod
+    def _new_clock(state: _DeviceState) -> None:
+        """The device clock went back: what was kept on the old one (its samples, its time) begins anew."""
+        state.trace.clear()
+        state.trace_samples = 0
+        state.last_t = None
 
     def _append_trace(self, state: _DeviceState, t: np.ndarray, acc: np.ndarray) -> None:
         if len(t) > self.max_trace_samples:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import orjson
 
 from dashboard.live import ALL_DEVICES, LiveStore, load_history
@@ -53,3 +54,43 @@ def test_the_label_page_offers_the_models_classes_for_a_device_known_from_histor
                                                        "probs": probs, "model": "v1"}))
     assert store.classes("dev-1") == ("rest", "squat", "walking")
     assert store.classes("dev-2") == ("rest", "squat", "walking")
+
+
+def _prediction(t: float, label: str = "squat") -> bytes:
+    probs = {"rest": 0.1, "squat": 0.1, "walking": 0.1, label: 0.8}
+    return orjson.dumps({"device": "phone-1", "t": t, "label": label, "confidence": 0.8, "probs": probs,
+                         "model": "v1", "latency_ms": 3.0})
+
+
+def test_a_device_whose_clock_restarts_is_followed_on_its_new_clock():
+    # a phone served through an adapter (its samples never reach <prefix>/+/imu) is known to the dashboard
+    # only by its predictions. After its clock restarted (an Android phone's clock counts from boot), the
+    # device clock stayed on the old session's (a prediction older than the latest moved it no more): labels
+    # pressed on the Label page went out stamped an hour ahead of the device, on no window it would ever
+    # send, and the Device page drew the new predictions an hour before "now" beside the old session's
+    store = LiveStore("har")
+    for k in range(30):  # an hour into the phone's session
+        store.handle("har/phone-1/prediction", _prediction(3600.0 + 2 * k), now=1000.0 + 2 * k)
+    assert abs(store.device_now("phone-1", now=1060.0) - 3660.0) < 1e-6
+    for k in range(3):  # rebooted: its clock starts again near 0
+        store.handle("har/phone-1/prediction", _prediction(2.0 + 2 * k, "walking"), now=1100.0 + 2 * k)
+    assert abs(store.device_now("phone-1", now=1105.0) - 7.0) < 1e-6
+    view = store.device("phone-1")
+    assert view.device_time == 6.0
+    assert [p.t for p in view.predictions] == [2.0, 4.0, 6.0]  # the old session's are on another clock
+
+
+def test_a_recording_replayed_again_shows_its_new_run_only():
+    # a replayed recording starts its clock again: the trace began anew, but the first run's predictions
+    # stayed, drawn beside the new run's on the same device-time axis (both runs' windows at the same times)
+    store = LiveStore("har")
+    for run in range(2):
+        for k in range(20):  # 40 s, a window every 2 s
+            base = 1000.0 + 100 * run
+            t = 0.02 * (k * 100 + np.arange(1, 101))
+            store.handle("har/rec-1/imu", orjson.dumps({"seq": k, "t": t.round(3).tolist(),
+                                                        "acc": np.zeros((100, 3)).tolist()}), now=base + 2 * k)
+            store.handle("har/rec-1/prediction", _prediction(float(t[-1])), now=base + 2 * k + 0.1)
+    view = store.device("rec-1")
+    assert [p.received for p in view.predictions][-3:] == [1134.1, 1136.1, 1138.1]
+    assert [p.t for p in view.predictions] == [2.0 * (k + 1) for k in range(20)]
