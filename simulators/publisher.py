@@ -144,7 +144,7 @@ class Simulator:
                 if cfg.duration is not None and sim_time >= cfg.duration:
                     break
                 for client in manual:
-                    client.loop(timeout=0)  # acknowledgements, keep-alive, leftover writes
+                    self._drive(client)
                 for i, device in enumerate(self.devices):
                     if cfg.speed > 0:
                         # spread devices over the interval instead of bursting all at once
@@ -162,8 +162,11 @@ class Simulator:
             for d in self.devices:
                 info = clients[d.device].publish(self._topic(d.device, "status"), b"offline", qos=1, retain=True)
             for client in manual:
-                client.loop_start()  # let paho's thread flush what it still holds
-            info.wait_for_publish(10)
+                client.loop_start()  # let paho's thread flush what it still holds (if not already running)
+            try:
+                info.wait_for_publish(10)
+            except (RuntimeError, ValueError) as exc:  # not connected (the broker down): no status to flush
+                log.warning("could not publish the devices' offline status: %s", exc)
             for client in set(clients.values()):
                 client.disconnect()
                 client.loop_stop()
@@ -174,6 +177,19 @@ class Simulator:
                      "ended more than one interval late, largest lag %.3f s", self.published_messages,
                      self.published_samples, elapsed, self.published_samples / max(elapsed, 1e-9),
                      self.late_ticks, tick, self.max_lag)
+
+    @staticmethod
+    def _drive(client) -> None:
+        """One turn of the network loop of a client driven from the publishing thread. paho reconnects a
+        lost connection only in its own thread: while the connection is lost that thread runs (with
+        paho's back-off), and once connected again the publishing thread takes the client back."""
+        if client._thread is not None:  # noqa: SLF001 (paho has no getter)
+            if client.is_connected():
+                client.loop_stop()
+            return
+        client.loop(timeout=0)  # acknowledgements, keep-alive, leftover writes
+        if not client.is_connected():
+            client.loop_start()
 
     def _write_record(self) -> None:
         """The whole truth of what was published: samples in m/s², labels, and the drift scenario."""
