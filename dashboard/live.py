@@ -147,12 +147,17 @@ class DeviceView:
     device_time: float | None  # latest sample or prediction time, device clock
 
     def truth_at(self, t: float) -> str | None:
-        """The true label at device time ``t``, from the labels received (None when unknown)."""
-        best = None
-        for lab in self.labels:
-            if lab.start <= t and (lab.end is None or t <= lab.end):
-                if best is None or lab.start >= best.start:
-                    best = lab
+        """The true label at device time ``t``, from the labels received (None when unknown), as the consumer
+        reads them (stream.labels.LabelBook): the latest span received that covers ``t`` wins over the label
+        that holds then (the one that began last)."""
+        span = held = None
+        for lab in self.labels:  # in order of arrival
+            if lab.end is not None:
+                if lab.start <= t <= lab.end:
+                    span = lab
+            elif lab.start <= t and (held is None or lab.start >= held.start):
+                held = lab
+        best = span or held
         return best.label if best else None
 
 

@@ -94,3 +94,20 @@ def test_a_recording_replayed_again_shows_its_new_run_only():
     view = store.device("rec-1")
     assert [p.received for p in view.predictions][-3:] == [1134.1, 1136.1, 1138.1]
     assert [p.t for p in view.predictions] == [2.0 * (k + 1) for k in range(20)]
+
+
+def test_a_span_label_wins_over_a_label_that_holds_as_the_consumer_reads_them():
+    # DESIGN.md, "Labels": {"label", "start", "end"} covers a span and wins over {"label", "t"} (the consumer's
+    # LabelBook); the Device page took whichever began last, so an operator's press during a labelled replay's
+    # span showed the press as the true label (and its match column scored against it)
+    store = LiveStore("har")
+    store.handle("har/dev-1/label", orjson.dumps({"label": "squat", "start": 0.0, "end": 100.0}), now=1.0)
+    store.handle("har/dev-1/label", orjson.dumps({"label": "rest", "t": 50.0}), now=2.0)
+    store.handle("har/dev-1/label", orjson.dumps({"label": "walking", "start": 20.0, "end": 30.0}), now=3.0)
+    store.handle("har/dev-1/label", orjson.dumps({"label": "push_up", "start": 10.0, "end": 80.0}), now=4.0)
+    view = store.device("dev-1")
+    assert view.truth_at(60.0) == "push_up"  # the latest span received that covers it
+    assert view.truth_at(25.0) == "push_up"
+    assert view.truth_at(90.0) == "squat"
+    assert view.truth_at(120.0) == "rest"  # no span covers it: the label that holds
+    assert view.truth_at(-1.0) is None
