@@ -602,12 +602,13 @@ class LiveStore:
 
     @staticmethod
     def _parse_label(body: dict, now: float) -> Label:
+        # as the consumer takes them (stream.labels.decode_label): "t", or "start" before "end"
         label = _name(body.get("label"), "bad_label")
-        if "t" in body:
+        if body.get("t") is not None:
             return Label(_number(body["t"], "bad_t"), None, label, now)
         start = _number(body.get("start"), "bad_t")
-        end = _number(body.get("end"), "bad_t", optional=True)
-        if end is not None and end < start:
+        end = _number(body.get("end"), "bad_t")
+        if not end > start:
             raise Malformed("bad_t")
         return Label(start, end, label, now)
 

@@ -111,3 +111,14 @@ def test_a_span_label_wins_over_a_label_that_holds_as_the_consumer_reads_them():
     assert view.truth_at(90.0) == "squat"
     assert view.truth_at(120.0) == "rest"  # no span covers it: the label that holds
     assert view.truth_at(-1.0) is None
+
+
+def test_a_label_the_consumer_refuses_is_not_shown_as_a_true_label():
+    # stream.labels.decode_label: a label needs "t", or "start" < "end"; the dashboard took {"label", "start"}
+    # as a label that holds, and a span of no length, both refused by the consumer (bad_time)
+    store = LiveStore("har")
+    store.handle("har/dev-1/label", orjson.dumps({"label": "squat", "start": 5.0}))
+    store.handle("har/dev-1/label", orjson.dumps({"label": "squat", "start": 5.0, "end": 5.0}))
+    store.handle("har/dev-1/label", orjson.dumps({"label": "rest", "t": None, "start": 1.0, "end": 9.0}))
+    assert [(lab.label, lab.start, lab.end) for lab in store.device("dev-1").labels] == [("rest", 1.0, 9.0)]
+    assert store.counters()["malformed"] == {"label/bad_t": 2}
