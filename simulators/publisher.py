@@ -111,24 +111,29 @@ class Simulator:
 
     def _clients(self) -> dict[str, object]:
         cfg = self.config
+        # a device's retained status is "online" again on every (re)connection: a broker restarted without
+        # persistence has forgotten it, and a connection lost otherwise has left its will's "offline" there
         if not cfg.client_per_device:
-            client = connect(cfg.broker, "simulator")
+            client = connect(cfg.broker, "simulator", on_connected=lambda c: self._online(c, self.devices))
             # drive the network loop from the publishing thread: paho then writes each message at once
             # instead of waking its own thread through a socket pair (a third of the CPU at 2,000 devices)
             client.loop_stop()
             return {d.device: client for d in self.devices}
         return {
             d.device: connect(cfg.broker, "sim", client_id=d.device,
-                              will=(self._topic(d.device, "status"), b"offline"))
+                              will=(self._topic(d.device, "status"), b"offline"),
+                              on_connected=lambda c, d=d: self._online(c, [d]))
             for d in self.devices
         }
+
+    def _online(self, client, devices: list[DeviceStream]) -> None:
+        for d in devices:
+            client.publish(self._topic(d.device, "status"), b"online", qos=1, retain=True)
 
     def run(self) -> None:
         cfg = self.config
         clients = self._clients()
-        n = len(self.devices)
-        for d in self.devices:
-            clients[d.device].publish(self._topic(d.device, "status"), b"online", qos=1, retain=True)
+        n = len(self.devices)  # (each device's "online" went out as its client connected)
         log.info("simulating %d devices at %.0f Hz on %s (%s)", cfg.devices, cfg.rate, cfg.broker,
                  "real time" if cfg.speed == 1 else f"speed {cfg.speed}" if cfg.speed else "as fast as possible")
         # each device skips its share of the first block (see __init__); this also builds the first blocks

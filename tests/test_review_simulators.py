@@ -131,3 +131,44 @@ def test_simulator_stopped_while_its_broker_is_down_stops_cleanly_and_writes_its
         thread.join(20)
         assert not thread.is_alive() and not errors, errors
         assert (tmp_path / "truth.csv").exists()
+
+
+# -- 3. a device's retained status was not put back to "online" when its connection came back ----------------
+
+@pytest.mark.parametrize("client_per_device", [False, True])
+def test_devices_are_online_again_after_their_connection_comes_back(tmp_path, client_per_device):
+    # a broker restarted without persistence forgets the retained "online"; with a connection per device a
+    # connection lost otherwise leaves the will's "offline" there: either way the device streams again
+    from simulators.publisher import Simulator, SimulatorConfig
+    from stream.mqtt import connect
+    with _restartable_mosquitto(tmp_path) as (url, stop, start):
+        sim = Simulator(SimulatorConfig(broker=url, devices=2, speed=1.0, prefix="rs",
+                                        client_per_device=client_per_device))
+        thread, errors = _run_in_thread(sim)
+        time.sleep(1.0)
+        stop()
+        time.sleep(0.5)
+        start()
+        status: dict[str, bytes] = {}
+        imu: set[str] = set()
+
+        def on_message(client, userdata, msg) -> None:
+            device, kind = msg.topic.split("/")[1:]
+            if kind == "status":
+                status[device] = msg.payload
+            else:
+                imu.add(device)
+
+        watch = connect(url, "test-watch", on_message=on_message,
+                        subscriptions=[("rs/+/imu", 0), ("rs/+/status", 1)])
+        deadline = time.monotonic() + 15
+        while (len(imu) < 2 or len(status) < 2) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(0.3)
+        watch.disconnect()
+        watch.loop_stop()
+        sim.stop()
+        thread.join(20)
+        assert not errors, errors
+        assert imu == {"sim-000", "sim-001"}
+        assert status == {"sim-000": b"online", "sim-001": b"online"}
