@@ -878,7 +878,13 @@ class LiveFeed:
         if not self.connected:
             raise ConnectionError(self.error or f"not connected to {self.broker}")
         info = self._client.publish(topic, orjson.dumps(body), qos=1)
-        info.wait_for_publish(timeout)
+        try:
+            info.wait_for_publish(timeout)
+        except ValueError as exc:  # paho's queue full: not queued
+            raise ConnectionError(f"not sent to the broker at {self.broker} ({exc})") from None
+        except RuntimeError as exc:  # the connection went between the check above and the publish
+            raise ConnectionError(f"not sent to the broker at {self.broker} ({exc}); it may go out once "
+                                  "reconnected") from None
         if not info.is_published():
             raise ConnectionError(f"the broker at {self.broker} did not acknowledge within {timeout:.0f} s")
 

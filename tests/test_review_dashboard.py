@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import orjson
+import pytest
 
 from dashboard.live import ALL_DEVICES, LiveStore, load_history
 
@@ -122,3 +123,29 @@ def test_a_label_the_consumer_refuses_is_not_shown_as_a_true_label():
     store.handle("har/dev-1/label", orjson.dumps({"label": "rest", "t": None, "start": 1.0, "end": 9.0}))
     assert [(lab.label, lab.start, lab.end) for lab in store.device("dev-1").labels] == [("rest", 1.0, 9.0)]
     assert store.counters()["malformed"] == {"label/bad_t": 2}
+
+
+def test_a_connection_lost_while_sending_is_reported_not_raised():
+    # paho closes the socket before it marks the client disconnected: a label or command published in between
+    # is not queued (MQTT_ERR_NO_CONN) and wait_for_publish raises RuntimeError, which the Label and Model
+    # pages do not catch (they catch ConnectionError and ValueError): the user got a traceback
+    import paho.mqtt.client as mqtt
+
+    from dashboard.live import LiveFeed
+    from stream.mqtt import BrokerURL
+
+    class Dropped:
+        def is_connected(self):
+            return True
+
+        def publish(self, topic, payload, qos=0):
+            info = mqtt.MQTTMessageInfo(1)
+            info.rc = mqtt.MQTT_ERR_NO_CONN
+            return info
+
+    feed = LiveFeed(BrokerURL.parse("mqtt://127.0.0.1:1883"), "har")
+    feed._client = Dropped()
+    with pytest.raises(ConnectionError, match="127.0.0.1:1883"):
+        feed.publish_label("dev-1", "squat", t=5.0)
+    with pytest.raises(ConnectionError, match="127.0.0.1:1883"):
+        feed.send_command("c1", "promote")
