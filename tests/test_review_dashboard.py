@@ -55,6 +55,8 @@ def test_the_label_page_offers_the_models_classes_for_a_device_known_from_histor
                                                        "probs": probs, "model": "v1"}))
     assert store.classes("dev-1") == ("rest", "squat", "walking")
     assert store.classes("dev-2") == ("rest", "squat", "walking")
+    store.handle("har/dev-3/status", b"online")  # known, not classified yet: the model's classes too
+    assert store.classes("dev-3") == ("rest", "squat", "walking")
 
 
 def _prediction(t: float, label: str = "squat") -> bytes:
