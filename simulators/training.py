@@ -16,6 +16,8 @@ def simulated_training_data(n_devices: int, duration: float, seed: int = 0,
                             placements: Sequence[str] = ("wrist",), exercises: Sequence[str] | None = None,
                             rate: float = 50.0) -> Recording:
     """``n_devices`` simulated people split over ``placements``; device and subject ids name the placement."""
+    if n_devices < 1:
+        raise ValueError(f"'n_devices' must be at least 1 (got {n_devices})")
     parts = []
     for i, placement in enumerate(placements):
         n = n_devices // len(placements) + (i < n_devices % len(placements))

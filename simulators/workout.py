@@ -510,6 +510,8 @@ def simulate_recording(n_devices: int, duration: float, seed: int = 0, rate: flo
     >>> sorted(set(rec.device.tolist())), rec.acc.dtype.name, rec.gyro.shape[1]
     (['sim-000', 'sim-001'], 'float32', 3)
     """
+    if n_devices < 1:
+        raise ValueError(f"'n_devices' must be at least 1 (got {n_devices})")
     parts = []
     for i in range(n_devices):
         name = f"sim-{i:03d}"

@@ -172,3 +172,16 @@ def test_devices_are_online_again_after_their_connection_comes_back(tmp_path, cl
         assert not errors, errors
         assert imu == {"sim-000", "sim-001"}
         assert status == {"sim-000": b"online", "sim-001": b"online"}
+
+
+# -- 4. no simulated people: an error that named numpy's concatenation or tuple unpacking ----------------------
+
+@pytest.mark.parametrize("n", [0, -2])
+def test_simulating_no_people_is_refused_naming_the_count(n):
+    from simulators.training import simulated_training_data
+    from simulators.workout import simulate_recording
+    with pytest.raises(ValueError, match="'n_devices' must be at least 1"):
+        simulate_recording(n, 5.0)
+    for placements in (("wrist",), ("wrist", "upper_arm", "waist")):
+        with pytest.raises(ValueError, match="'n_devices' must be at least 1"):
+            simulated_training_data(n, 5.0, placements=placements)
