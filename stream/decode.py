@@ -41,6 +41,9 @@ UNITS = {"m/s2": 1.0, "g": G}
 # largest value (3.4e38), so a batch within it is cast to float32 without overflow.
 MAX_ACC = 1.0e4  # m/s²
 MAX_GYRO = 1.0e3  # rad/s
+# seq is a signed 64-bit integer wherever it is kept (the shared state's record); JSON parses integers up to
+# 2**64 - 1, and a seq beyond could not be written there (struct.error out of the consumer's cycle)
+MAX_SEQ = 2**63 - 1
 _INF, _NEG_INF = float("inf"), float("-inf")
 
 REASONS = (
@@ -49,7 +52,7 @@ REASONS = (
     "not_object",  # JSON, but not an object
     "bad_topic",  # topic not <prefix>/<device>/<kind>
     "bad_device",  # device id does not match DEVICE_ID
-    "bad_seq",  # seq missing or not an integer
+    "bad_seq",  # seq missing, not an integer, or beyond a signed 64-bit one
     "repeated_seq",  # seq equal to the last one seen
     "backwards_seq",  # seq lower than the last one seen
     "bad_shape",  # acc/gyro not a list of [x, y, z], or t of the wrong length
@@ -152,7 +155,7 @@ def decode_imu_many(items: list[tuple[bytes, str]],
         try:
             msg = json_object(payload, max_bytes)
             seq, acc, t = msg.get("seq"), msg.get("acc"), msg.get("t")
-            usual = type(seq) is int and type(acc) is list and type(t) is list
+            usual = type(seq) is int and seq <= MAX_SEQ and type(acc) is list and type(t) is list
             if (usual and 0 < len(acc) == len(t) <= MAX_SAMPLES and msg.get("gyro") is None
                     and msg.get("unit", "m/s2") == "m/s2"):
                 try:
@@ -203,7 +206,7 @@ def _passing(accs: list[np.ndarray], times: list[np.ndarray], sizes: list[int]) 
 def _imu(msg: dict, device: str) -> SampleBatch:
     """The checks and conversions of ``decode_imu`` on a parsed JSON object."""
     seq = msg.get("seq")
-    if type(seq) is not int:  # bool is not a seq
+    if type(seq) is not int or seq > MAX_SEQ:  # bool is not a seq; below -2**63 JSON gives a float
         raise Rejected("bad_seq", repr(seq)[:40])
     if "acc" not in msg:
         raise Rejected("bad_shape", "no acc")
