@@ -77,6 +77,8 @@ class TrainConfig:
             raise ValueError("'epochs', 'steps_per_epoch', 'batch' and 'tbptt' must be at least 1")
         if not (0 <= self.p_flip <= 1 and 0 <= self.p_any_orientation <= 1 and 0 <= self.p_mid_start <= 1):
             raise ValueError("'p_flip', 'p_any_orientation' and 'p_mid_start' must be in [0, 1]")
+        if not 0 <= self.max_rotation_deg <= 180:
+            raise ValueError("'max_rotation_deg' must be in [0, 180]")
         if not 0 <= self.val_fraction < 1:
             raise ValueError("'val_fraction' must be in [0, 1)")
 

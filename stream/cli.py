@@ -222,7 +222,7 @@ def cmd_train(args) -> int:
                      window=args.window, hop=args.window, patch=args.patch, input_channels=6 if gyro else 3)
     tc = TrainConfig(epochs=args.epochs, tbptt=args.tbptt, seed=args.seed, max_minutes=args.max_minutes,
                      p_any_orientation=args.any_orientation, p_mid_start=args.mid_start,
-                     orientation=not args.no_orientation)
+                     max_rotation_deg=args.max_rotation, orientation=not args.no_orientation)
     model, report = train(rec, mc, tc, progress=not args.quiet)
     version = save_checkpoint(args.out, model, {"command": " ".join(["harstream", *sys.argv[1:]]),
                                                 "data": sources, "report": report})
@@ -488,6 +488,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train this fraction of the streams in a random orientation, for sensors that people "
                         "wear every which way (a phone in an armband or a pocket); costs accuracy where the "
                         "orientation tells exercises apart, e.g. a wristband (default: %(default)s)")
+    p.add_argument("--max-rotation", type=float, default=30.0, metavar="DEG",
+                   help="augmentation: turn each training stream about a random axis by up to this many degrees, "
+                        "for straps and placements that differ between people (default: %(default)s)")
     p.add_argument("--mid-start", type=float, default=0.25, metavar="FRACTION",
                    help="start this fraction of the training streams at a random point, from a fresh state, as a "
                         "device that connects in the middle of an exercise (default: %(default)s)")

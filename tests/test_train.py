@@ -212,6 +212,11 @@ def test_cli_train_bptt_segment_is_a_setting(tmp_path):
     assert [r["tbptt"] for r in reports] == [8, 2]
     assert main(["train", *small, "--out", str(tmp_path / "m.pt"), "--mid-start", "0.5"]) == 0
     assert load_checkpoint(tmp_path / "m.pt")[1]["metadata"]["report"]["train_config"]["p_mid_start"] == 0.5
+    assert main(["train", *small, "--out", str(tmp_path / "r.pt"), "--max-rotation", "10"]) == 0
+    assert load_checkpoint(tmp_path / "r.pt")[1]["metadata"]["report"]["train_config"]["max_rotation_deg"] == 10
+    assert load_checkpoint(tmp_path / "d.pt")[1]["metadata"]["report"]["train_config"]["max_rotation_deg"] == 30
+    with pytest.raises(ValueError, match="max_rotation_deg"):
+        TrainConfig(max_rotation_deg=-1)
 
 
 def test_stream_predictions_match_window_by_window():
