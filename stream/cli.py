@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import signal
 import sys
@@ -57,6 +58,28 @@ def _at_least_one(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1: {text!r}")
+    return value
+
+
+def _positive(text: str) -> float:
+    """argparse type of a finite number above 0 (a rate, a duration)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number above 0: {text!r}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    """argparse type of a finite number of seconds, 0 or more."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number of seconds, 0 or more: {text!r}")
     return value
 
 
@@ -328,7 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
     _broker_args(p)
     _model_arg(p)
     p.add_argument("--devices", type=int, default=5, help="simulated devices (default: %(default)s)")
-    p.add_argument("--duration", type=float, default=None, help="seconds to run (default: until Ctrl-C)")
+    p.add_argument("--duration", type=_positive, default=None, help="seconds to run (default: until Ctrl-C)")
     p.add_argument("--no-dashboard", action="store_true", help="headless: do not start the dashboard")
     p.add_argument("--seed", type=int, default=0, help="simulator seed (default: %(default)s)")
     p.add_argument("--state-dir", default=None,
@@ -359,7 +382,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics-interval", type=float, default=5.0, help="seconds between metrics (default: %(default)s)")
     p.add_argument("--max-wait", type=float, default=0.02,
                    help="seconds a ready window may wait to share a batch (default: %(default)s)")
-    p.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    p.add_argument("--duration", type=_positive, default=None, help="stop after this many seconds")
     p.add_argument("--torch-threads", type=int, default=1, help="torch intra-op threads (default: %(default)s)")
     p.add_argument("--adapter", action="append", metavar="'PATTERN = NAME[@DEVICE]'",
                    help="also read a phone format on topics matching PATTERN; NAME is sensor_logger, "
@@ -425,18 +448,18 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Publishes N simulated people doing workouts (sets of exercises with rests) "
                                    "on <prefix>/<device>/imu at 50 Hz in real time.")
     _broker_args(p)
-    p.add_argument("--devices", type=int, default=5, help="number of devices (default: %(default)s)")
-    p.add_argument("--rate", type=float, default=50.0, help="sample rate in Hz (default: %(default)s)")
+    p.add_argument("--devices", type=_at_least_one, default=5, help="number of devices (default: %(default)s)")
+    p.add_argument("--rate", type=_positive, default=50.0, help="sample rate in Hz (default: %(default)s)")
     p.add_argument("--interval", type=_interval, default=0.2,
                    help="seconds of samples per message, at least 0.01 (default: %(default)s)")
-    p.add_argument("--duration", type=float, default=None, help="seconds to run (default: until stopped)")
+    p.add_argument("--duration", type=_positive, default=None, help="seconds to run (default: until stopped)")
     p.add_argument("--speed", type=_speed, default=1.0, help="1 real time, 10 ten times faster, 0 as fast as possible")
     p.add_argument("--seed", type=int, default=0, help="seed; device k uses seed + k (default: %(default)s)")
     p.add_argument("--placement", default="wrist", choices=("wrist", "upper_arm", "waist"))
     p.add_argument("--labels", type=float, default=0.0, metavar="FRACTION",
                    help="share of devices that publish their true labels, 0..1 (default: %(default)s)")
     p.add_argument("--scenario", default=None, help="drift scenario name (strap_rotated, other_wrist, fatigue, ...)")
-    p.add_argument("--scenario-start", type=float, default=60.0,
+    p.add_argument("--scenario-start", type=_seconds, default=60.0,
                    help="seconds from each device's first sample until its scenario starts (default: %(default)s)")
     p.add_argument("--client-per-device", action="store_true",
                    help="one MQTT client and last will per device (by default one client publishes every "
@@ -502,7 +525,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep no sample of how the training data's sensors were worn; by default a model that "
                         "reads the gyroscope keeps one, and serves a device worn upside down or turned on the "
                         "limb turned back, chosen from its first 10 to 90 s without labels (models/orientation.py)")
-    p.add_argument("--sim-devices", type=int, default=40, help="simulated people (default: %(default)s)")
+    p.add_argument("--sim-devices", type=_at_least_one, default=40, help="simulated people (default: %(default)s)")
     p.add_argument("--sim-minutes", type=float, default=10.0,
                    help="minutes per simulated person (default: %(default)s)")
     p.add_argument("--sim-placement", default="wrist", choices=("wrist", "upper_arm", "waist", "mixed"),
@@ -553,7 +576,7 @@ def build_parser() -> argparse.ArgumentParser:
     _model_arg(p)
     p.add_argument("--devices", type=_at_least_one, nargs="+", default=[1000],
                    help="device counts to run, each at least 1 (default: 1000)")
-    p.add_argument("--duration", type=float, default=30.0, help="measured seconds per run (default: %(default)s)")
+    p.add_argument("--duration", type=_positive, default=30.0, help="measured seconds per run (default: %(default)s)")
     p.add_argument("--interval", type=_interval, default=0.5,
                    help="seconds of samples per message, at least 0.01 (default: %(default)s)")
     p.add_argument("--learn", action="store_true", help="online fine-tuning on (with --labelled devices)")

@@ -332,3 +332,22 @@ def test_version_prints_the_installed_package_version(capsys):
         main(["--version"])
     assert exit_.value.code == 0
     assert capsys.readouterr().out.strip() == f"harstream {version('harstream')}"
+
+
+@pytest.mark.parametrize("args, option", [
+    (["simulate", "--rate", "inf"], "--rate"),  # an OverflowError's traceback
+    (["simulate", "--rate", "0"], "--rate"),
+    (["simulate", "--devices", "0"], "--devices"),
+    (["simulate", "--scenario-start", "nan"], "--scenario-start"),  # numpy's "cannot convert float NaN"
+    (["simulate", "--duration", "-5"], "--duration"),
+    (["train", "--simulated", "--out", "m.pt", "--sim-devices", "0"], "--sim-devices"),  # named n_devices
+    (["demo", "--duration", "nan"], "--duration"),
+    (["consume", "--duration", "0"], "--duration"),
+    (["bench", "--duration", "-1"], "--duration"),
+])
+def test_counts_rates_and_durations_out_of_range_are_refused_naming_the_option(args, option, capsys):
+    from stream.cli import build_parser
+    with pytest.raises(SystemExit) as exc:
+        build_parser().parse_args(args)
+    assert exc.value.code == 2
+    assert f"argument {option}:" in capsys.readouterr().err
