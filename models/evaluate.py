@@ -80,6 +80,8 @@ def drift_alarms(rec: Recording, predictions: list[Prediction], rate: float, win
     for mode in ("with_labels", "without_labels"):
         monitor, alarms = Monitor(), {}
         for p, label in zip(predictions, truth, strict=True):
+            if p.reoriented:  # turned anew by the orienter: not a drift (as the consumer tells its monitor)
+                monitor.reoriented(p.device, p.t_end)
             events = monitor.observe(p.device, p.t_end, p.magnitude, p.confidence, p.mean_acc, p.label,
                                      p.motion)
             if label and mode == "with_labels":
