@@ -107,7 +107,9 @@ def load_checkpoint(path: str | Path | bytes) -> tuple[HARNet, dict]:
             f"version {VERSION}; retrain with `harstream train` or use a matching harstream release"
         )
     try:
-        config = ModelConfig(**blob["config"])
+        # a field added to ModelConfig since takes its default, except ``front``: files from before it
+        # existed are all of the linear front end (the default is now conv)
+        config = ModelConfig(**{"front": "linear", **blob["config"]})
         model = HARNet(config)
         model.load_state_dict(blob["state_dict"])
         if blob.get("orientation") is not None:

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import numpy as np
+import torch
 from scipy.spatial.transform import Rotation
 
+from models.checkpoint import load_checkpoint, save_checkpoint
 from models.evaluate import drift_alarms
+from models.rnn import HARNet, ModelConfig
 from stream.pipeline import Prediction
 from stream.recording import Recording
 
@@ -31,4 +34,23 @@ def test_evaluates_drift_report_is_not_raised_by_the_orienters_own_turn():
     report = drift_alarms(rec, predictions, rate, window)
     for mode in ("with_labels", "without_labels"):
         assert not [k for k in report[mode]["by_detector"] if k.endswith(":orientation")], report
+
+
+def test_a_checkpoint_saved_before_the_conv_front_end_existed_still_loads(tmp_path):
+    """Checkpoints written before ``ModelConfig.front`` existed (3f4e6c6; the interim shipped model of
+    f241672 is one) have no ``front`` key and are all of the linear front end; the field's default is now
+    ``conv``, and filling it in made such a file load as another network (missing conv weights)."""
+    torch.manual_seed(0)
+    old = HARNet(ModelConfig(classes=("a", "b"), hidden=8, layers=1, window=20, hop=20, patch=5,
+                             front="linear")).eval()
+    path = tmp_path / "old.pt"
+    save_checkpoint(path, old)
+    blob = torch.load(path, weights_only=True)
+    for key in ("front", "conv_channels", "conv_kernel", "conv_layers"):  # as such a file has it
+        del blob["config"][key]
+    torch.save(blob, path)
+    model, _ = load_checkpoint(path)
+    assert model.config.front == "linear"
+    x = torch.randn(2, 20, 3) * 3
+    torch.testing.assert_close(model(x)[0], old(x)[0])
 
