@@ -275,13 +275,18 @@ class SequenceCheck:
     """Per-device ``seq`` bookkeeping: refuses repeats and regressions, counts gaps as lost samples.
 
     ``seq`` counts messages; a gap of k messages is counted as k times the size of the batch that
-    reveals it (the best estimate of what the missing messages held). With ``fill_gaps``, a ``seq``
+    reveals it (the best estimate of what the missing messages held), up to ``MAX_GAP`` messages: a
+    larger jump is a device numbering anew, as ``seq`` 0 after a higher one. With ``fill_gaps``, a ``seq``
     below the last one that is one of a counted gap's messages arriving late (a publisher that
     reconnected and re-sent its backlog after newer messages, say) is accepted and taken off
     ``lost_samples``; each device remembers its ``MAX_GAPS`` most recent gaps.
     """
 
     MAX_GAPS = 64  # gaps remembered per device (as ranges of seq, so a huge gap costs no more)
+    # a gap of more messages than this is a device that numbers anew (as seq 0 after a higher one), not
+    # loss: 5.5 h of messages at 50 a second. Counted as loss, one message jumping to 2**62 made
+    # lost_samples too large for the metrics' JSON (orjson stops at 64 bits), which ended the consumer
+    MAX_GAP = 1_000_000
 
     def __init__(self, fill_gaps: bool = True) -> None:
         self._last: dict[str, int] = {}
@@ -296,7 +301,7 @@ class SequenceCheck:
         last = self._last.get(batch.device)
         seq = batch.seq
         lost = 0
-        if last is not None and seq is not None and not (seq == 0 and last > 0):
+        if last is not None and seq is not None and not (seq == 0 and last > 0) and seq - last - 1 <= self.MAX_GAP:
             # seq 0 after a higher one is a device that restarted: a new session, not a regression
             if seq == last:
                 raise Rejected("repeated_seq", f"{batch.device} seq {seq}")
@@ -313,7 +318,7 @@ class SequenceCheck:
                 gaps.append([last + 1, seq - 1, len(batch)])
                 if len(gaps) > self.MAX_GAPS:
                     del gaps[0]
-        elif seq is not None and last is not None:  # a restarted device: earlier gaps are history
+        elif seq is not None and last is not None:  # a restarted or renumbered device: earlier gaps are history
             self._gaps.pop(batch.device, None)
         if seq is not None:
             self._last[batch.device] = seq

@@ -89,3 +89,23 @@ def test_a_seq_0_whose_clock_goes_on_is_no_clock_reset(tiny_model):
     buffer = c.pipeline.buffers["dev1"]
     assert buffer.clock_resets == 0 and buffer.gaps == 0 and buffer.late_samples == 0
     assert sum(t.endswith("/prediction") for t in c._client.topics) == 12  # 10 s at 25 Hz, 20-sample windows
+
+
+def test_a_huge_seq_jump_is_a_new_numbering_not_loss_and_metrics_still_publish(tiny_model):
+    """seq 0 then 2**63 - 1 counted (2**63 - 2) x 50 samples lost, beyond the 64 bits orjson writes: the
+    consumer's metrics raised TypeError, out of its run loop. A jump beyond MAX_GAP messages is a device
+    numbering anew, as seq 0 after a higher one is, so no loss is counted; a real gap still is."""
+    from stream.decode import SequenceCheck
+    c = Consumer(ConsumerConfig(broker="mqtt://127.0.0.1:1", prefix="rv", learn=False),
+                 StatefulClassifier(tiny_model, "tiny"))
+    c._client = _Capture()
+    for k, seq in enumerate((0, 2**63 - 3, 2**63 - 1)):
+        c.handle_many([("rv/dev1/imu", _imu(seq, 100.0 + k), time.monotonic())])
+    c._classify()
+    c._publish_metrics()
+    assert c.sequence.lost_samples == 1 * 50  # the last message's gap of one, after the renumbering
+    check = SequenceCheck()
+    samples = decode_imu(_imu(0, 0.0), "d")
+    assert check.check(samples) == 0
+    big = decode_imu(_imu(SequenceCheck.MAX_GAP + 1, 1.0), "d")
+    assert check.check(big) == SequenceCheck.MAX_GAP * 50  # at the bound: still loss
