@@ -6,23 +6,29 @@ the live consumer; devices are interleaved chunk by chunk, as they would arrive 
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 from tqdm import tqdm
 
 from models.metrics import scores
 from models.rnn import HARNet
 from models.state import StatefulClassifier
-from stream.decode import SampleBatch
+from stream.decode import Rejected, SampleBatch, check_range
 from stream.pipeline import Pipeline, Prediction
 from stream.recording import Recording
 
 __all__ = ["drift_alarms", "evaluate", "stream_recording", "window_truth"]
 
+log = logging.getLogger(__name__)
+
 
 def stream_recording(model: HARNet, rec: Recording, version: str = "unknown", chunk_seconds: float = 1.0,
                      progress: bool = False) -> list[Prediction]:
     """Every window's prediction, feeding the devices chunk by chunk through one Pipeline (with the
-    gyroscope where the model reads it: a recording without one is then an error)."""
+    gyroscope where the model reads it: a recording without one is then an error). A chunk holding a
+    sample no body-worn sensor reads is left out (logged), as the consumer rejects such a batch
+    (``out_of_range``): fed to the network it would leave the device's state NaN for good."""
     gyro = model.config.input_channels == 6
     if gyro and rec.gyro is None:
         raise ValueError("the model reads the gyroscope, but the recording has no gx, gy, gz columns "
@@ -43,8 +49,14 @@ def stream_recording(model: HARNet, rec: Recording, version: str = "unknown", ch
             a, b = start + prev[device], start + ends[r]
             prev[device] = ends[r]
             if b > a:
-                pipeline.add(SampleBatch(device, rec.t[a:b], rec.acc[a:b], rec.gyro[a:b] if gyro else None),
-                             arrival=0.0)
+                batch = SampleBatch(device, rec.t[a:b], rec.acc[a:b], rec.gyro[a:b] if gyro else None)
+                try:
+                    check_range(batch.acc, batch.gyro)
+                except Rejected as exc:
+                    log.warning("device %s, t %.3f to %.3f s: left out, as the consumer rejects it (%s)",
+                                device, rec.t[a], rec.t[b - 1], exc)
+                    continue
+                pipeline.add(batch, arrival=0.0)
         if pipeline.pending:
             out.extend(pipeline.classify_ready())
     return out

@@ -7,7 +7,7 @@ import torch
 from scipy.spatial.transform import Rotation
 
 from models.checkpoint import load_checkpoint, save_checkpoint
-from models.evaluate import drift_alarms
+from models.evaluate import drift_alarms, evaluate, stream_recording
 from models.rnn import HARNet, ModelConfig
 from stream.pipeline import Prediction
 from stream.recording import Recording
@@ -54,3 +54,26 @@ def test_a_checkpoint_saved_before_the_conv_front_end_existed_still_loads(tmp_pa
     x = torch.randn(2, 20, 3) * 3
     torch.testing.assert_close(model(x)[0], old(x)[0])
 
+
+def test_evaluate_drops_samples_no_sensor_reads_as_the_consumer_does_instead_of_going_nan(caplog):
+    """A recording file may hold a value no body-worn sensor reads (1e30 m/s²: the reader refuses only
+    float32's overflow). The consumer rejects such a batch (``out_of_range``, DESIGN.md) because it would
+    leave the device's state NaN for good; ``evaluate`` fed it to the network, every later window of the
+    device came out NaN, and argmax of NaN named class 0: scored, silently, as a prediction."""
+    torch.manual_seed(0)
+    model = HARNet(ModelConfig(classes=("a", "b"), hidden=8, layers=1, window=25, hop=25, patch=5)).eval()
+    n = 25 * 20
+    t = np.arange(n) / 25.0
+    acc = (np.random.default_rng(0).normal(size=(n, 3)) * 3 + [0, 0, 9.81]).astype(np.float32)
+    clean = Recording(device=np.full(n, "d"), t=t, acc=acc.copy(), label=np.full(n, "a"))
+    acc[100, 0] = 1e30
+    rec = Recording(device=np.full(n, "d"), t=t, acc=acc, label=np.full(n, "a"))
+    predictions = stream_recording(model, rec)
+    assert len(predictions) >= 15
+    assert all(np.isfinite(p.probs).all() for p in predictions)
+    assert "out_of_range" in caplog.text
+    # the windows before the dropped second are as without it
+    expected = stream_recording(model, clean)
+    np.testing.assert_allclose(predictions[0].probs, expected[0].probs, atol=1e-6)
+    report = evaluate(model, rec)
+    assert report["windows"] == len(predictions)
