@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import numpy as np
 
 from stream.buffers import resample
+from stream.decode import MAX_ACC, MAX_GYRO
 from stream.recording import Recording
 
 __all__ = ["LabelledStream", "labelled_streams", "window_labels", "IGNORE"]
 
 IGNORE = -1  # class index of samples with no usable label
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -31,12 +35,24 @@ def labelled_streams(rec: Recording, classes: list[str], rate: float, max_gap: f
     if gyro and rec.gyro is None:
         raise ValueError("the recording has no gyroscope (gx, gy, gz columns) for a model that reads it")
     values = np.concatenate([rec.acc, rec.gyro], axis=1) if gyro else rec.acc
+    # a sample no body-worn sensor reads is left out, as the consumer rejects it (out_of_range): kept, it
+    # would make the input normalisation inf and NaN (the gap it leaves is resampled as any other)
+    keep = np.abs(rec.acc).max(axis=1, initial=0.0) <= MAX_ACC
+    if gyro:
+        keep &= np.abs(rec.gyro).max(axis=1, initial=0.0) <= MAX_GYRO
+    if not keep.all():
+        limits = f"|acc| > {MAX_ACC:g} m/s²" + (f" or |gyro| > {MAX_GYRO:g} rad/s" if gyro else "")
+        log.warning("%d samples beyond what a body-worn sensor reads (%s) left out, as the consumer rejects "
+                    "them (out_of_range)", int((~keep).sum()), limits)
     index = {c: i for i, c in enumerate(classes)}
     subjects = rec.subjects()
     out = []
     for device, rows in rec.segments():
-        t, acc, labels = rec.t[rows], values[rows], rec.label[rows]
         subject = str(subjects[rows.start])
+        ok = keep[rows]
+        if not ok.any():
+            continue
+        t, acc, labels = rec.t[rows][ok], values[rows][ok], rec.label[rows][ok]
         codes = np.array([index.get(str(lab), IGNORE) for lab in labels], dtype=np.int64)
         for grid, x in resample(t, acc.astype(np.float64), rate, max_gap):
             if len(grid) < min_samples:

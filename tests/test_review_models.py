@@ -77,3 +77,28 @@ def test_evaluate_drops_samples_no_sensor_reads_as_the_consumer_does_instead_of_
     np.testing.assert_allclose(predictions[0].probs, expected[0].probs, atol=1e-6)
     report = evaluate(model, rec)
     assert report["windows"] == len(predictions)
+
+
+def test_training_streams_leave_out_samples_no_sensor_reads_instead_of_making_the_normalisation_nan(caplog):
+    """One sample of 1e30 m/s² in a training file (the reader refuses only float32's overflow) went into
+    the training streams as it was: the input normalisation fitted on them (``HARNet.feature_stats``) came
+    out inf and NaN, every training step was skipped as non-finite and the model saved served NaN. The
+    consumer rejects such samples (``out_of_range``); the training streams leave them out (the gap they
+    leave is interpolated as any short gap)."""
+    from models.data import labelled_streams
+
+    n = 25 * 20
+    t = np.arange(n) / 25.0
+    acc = (np.random.default_rng(0).normal(size=(n, 3)) * 3 + [0, 0, 9.81]).astype(np.float32)
+    acc[100, 0] = 1e30
+    gyro = np.zeros((n, 3), np.float32)
+    gyro[300, 2] = 5e3
+    rec = Recording(device=np.full(n, "d"), t=t, acc=acc, label=np.full(n, "a"), gyro=gyro)
+    for with_gyro in (False, True):
+        streams = labelled_streams(rec, ["a"], 25.0, gyro=with_gyro)
+        assert sum(len(s.x) for s in streams) == n  # one run: the gaps are short
+        x = np.concatenate([s.x for s in streams])
+        assert np.abs(x[:, :3]).max() < 100 and np.abs(x[:, 3:]).max(initial=0) < 100
+        mean, std = HARNet.feature_stats(torch.from_numpy(x))
+        assert torch.isfinite(mean).all() and torch.isfinite(std).all()
+    assert "out_of_range" in caplog.text
