@@ -92,6 +92,13 @@ def _sequence(item: tuple) -> Sequence:
                     tuple(torch.from_numpy(s) for s in state))
 
 
+def _turned(item: tuple, Q: np.ndarray) -> tuple:
+    """A sequence (as arrays) with both sensors of its windows turned by Q (``DeviceAdapters.turn``)."""
+    device, windows, targets, state = item
+    Qt = Q.T.astype(windows.dtype)
+    return device, np.concatenate([windows[..., :3] @ Qt, windows[..., 3:] @ Qt], axis=-1), targets, state
+
+
 def _numpy(entry: dict) -> dict:
     """An adapter's state_dict entry with numpy arrays for tensors, and back (``_tensors``)."""
     return {k: v.numpy() if torch.is_tensor(v) else v for k, v in entry.items()}
@@ -125,6 +132,14 @@ def learner_loop(learner: OnlineLearner, inbox, outbox, alive: Callable[[], bool
             waiting.append(item[1])
         elif kind == "stop":
             stop.set()
+        elif kind == "turn":  # the device's windows come turned anew: those waiting and its adapter follow
+            _, device, Q = item
+            for i, seq in enumerate(waiting):
+                if seq[0] == device:
+                    waiting[i] = _turned(seq, Q)
+            if learner.adapters is not None:
+                learner.adapters.turn(device, Q)
+            outbox.put(("turned", device))
         elif kind in ("rollback", "promote"):
             try:
                 if kind == "rollback":
@@ -224,6 +239,9 @@ class LearnerProcess:
         self._reading = threading.Event()  # cleared: the reader ends once the pipe has nothing more
         self._process = None
         self._stopped = False
+        # device -> turns sent to the learner and not yet confirmed ("turned"): an adapter it reports before
+        # confirming is of the windows as they came before, and is turned here as the serving copy was
+        self._turning: dict[str, list[np.ndarray]] = {}
 
     def start(self) -> LearnerProcess:
         adapters = {d: _numpy(e) for d, e in (self.adapters.state_dict().items() if self.adapters else ())}
@@ -289,6 +307,17 @@ class LearnerProcess:
             self._inbox.put(("sequence", self._pending.popleft()))
             self._sent += 1
 
+    def turn(self, device: str, Q) -> None:
+        """The device's windows come turned by ``Q`` (3, 3) more from now on (``Orienter.on_turn``): its
+        adapter here and in the learner, and its sequences waiting for the learner, are turned with them."""
+        Q = np.asarray(Q, dtype=np.float32)
+        if self.adapters is not None:
+            self.adapters.turn(device, Q)
+        self._pending = deque(_turned(item, Q) if item[0] == device else item for item in self._pending)
+        if self.alive:
+            self._inbox.put(("turn", device, Q))
+            self._turning.setdefault(device, []).append(Q)
+
     def _check_running(self) -> None:
         """A command to a learner process that has ended would be accepted and never carried out."""
         if self._process is not None and not self._process.is_alive():
@@ -351,6 +380,14 @@ class LearnerProcess:
             if self.adapters is not None:
                 self.adapters.load_state_dict({device: _tensors(entry)})
                 self.adapters.updates += 1
+                for Q in self._turning.get(device, ()):  # learnt before the learner turned it
+                    self.adapters.turn(device, Q)
+        elif kind == "turned":
+            turns = self._turning.get(message[1])
+            if turns:
+                turns.pop(0)
+                if not turns:
+                    del self._turning[message[1]]
         elif kind == "counters":
             c = message[1]
             self.updates, self.skipped, self._dropped = c["updates"], c["skipped"], c["dropped"]

@@ -247,6 +247,10 @@ class Orienter:
         self._due: dict[str, None] = {}  # devices with a stage to fit, in order
         self._parked: OrderedDict[str, np.ndarray | None] = OrderedDict()  # evicted settled devices
         self._stage_counts = {n for n, _ in self.config.stages}
+        # on_turn(device, Q): the device's windows are turned by Q (3, 3) more from its next window on (every
+        # change of its turn, however small; also an unsettled device's turn dropped on eviction): what was
+        # fitted to its windows as they came before (its device adapter, models.personal) is re-expressed
+        self.on_turn = None
 
     def apply(self, devices: list[str], windows: np.ndarray) -> np.ndarray:
         """Windows (B, T, 6) of distinct devices, as the model must see them: turned where a turn was
@@ -312,6 +316,9 @@ class Orienter:
             del self._pending[device]
             self.decided.add(device)
         after = self.turns.get(device)
+        if after is not before and self.on_turn is not None:
+            eye = np.eye(3)
+            self.on_turn(device, (eye if after is None else after) @ (eye if before is None else before).T)
         if before is None or after is None:
             moved = before is not after
         else:
@@ -357,6 +364,8 @@ class Orienter:
             self._parked.move_to_end(device)
             while len(self._parked) > self.MAX_PARKED:
                 self._parked.popitem(last=False)
+        elif device in self.turns and self.on_turn is not None:  # it comes back unturned, collecting again
+            self.on_turn(device, self.turns[device].T)
         for table in (self.turns, self.gains, self._pending, self._due):
             table.pop(device, None)
         self.decided.discard(device)

@@ -158,6 +158,26 @@ class DeviceAdapters:
         entry = self._serving.get(device)
         return windows if entry is None else affine(windows, entry[0], entry[1])
 
+    def turn(self, device: str, Q) -> None:
+        """The device's windows come turned by ``Q`` (3, 3) more from now on (the orientation step chose a
+        new turn: ``models.orientation.Orienter.on_turn``): its adapter is re-expressed for them (M becomes
+        M Q^T, both sensors) and so are the windows it keeps to learn from, so that the network sees what
+        it saw and the comparison that decides whether it is served still holds. An adapter fitted to the
+        old turn and applied on top of the new one served the device turned twice."""
+        adapter = self._adapters.get(device)
+        if adapter is None:
+            return
+        Q = torch.as_tensor(Q, dtype=torch.float32)
+        zero = torch.zeros(3)
+        with torch.no_grad():
+            adapter.M.copy_(adapter.M @ Q.T)
+        adapter._optimiser = None  # its moments belonged to the map in the old coordinates
+        adapter.memory = deque(((affine(w, Q, zero), y, s) for w, y, s in adapter.memory), maxlen=adapter.memory.maxlen)
+        with self._lock:
+            if device in self._serving:
+                self._serving[device] = (adapter.M.detach().clone(), adapter.b.detach().clone(),
+                                         adapter.c.detach().clone())
+
     def forget(self, device: str) -> None:
         with self._lock:
             self._adapters.pop(device, None)

@@ -407,6 +407,8 @@ class Consumer:
                 self.pipeline.classifier.adapters = self.learner.adapters
                 if config.state_dir is not None:
                     self.learner.adapters.load(config.state_dir / ADAPTERS_FILE)
+                if self.pipeline.classifier.orienter is not None:  # adapters follow a device turned anew
+                    self.pipeline.classifier.orienter.on_turn = self._on_turn
 
     def _reload_labels(self) -> None:
         """The last life's labels (``events.db``), each device's LABELS_RELOADED most recent: a label that
@@ -1220,6 +1222,17 @@ class Consumer:
                 targets=targets,
                 state=windows[0].state,
             ))
+
+    def _on_turn(self, device: str, Q: np.ndarray) -> None:  # from Orienter.apply, before the window is served
+        """The orientation step turns ``device``'s windows by Q more from now on: its adapter (applied after
+        the turn) is re-expressed for them, and so are its windows still waiting for labels or for a full
+        sequence (the learner must get them as the adapter now sees them)."""
+        self.learner.turn(device, Q)
+        Qt = Q.T.astype(np.float32)
+        waiting = [*self.history._windows.get(device, ()), *self.history._ended.get(device, ()),
+                   *self._pending_sequences.get(device, ())]
+        for w in waiting:
+            w.samples = np.concatenate([w.samples[:, :3] @ Qt, w.samples[:, 3:] @ Qt], axis=1)
 
     def _on_promote(self, model, version: str) -> None:  # from LearnerProcess.poll
         with self._swap_lock:
