@@ -157,21 +157,11 @@ class DeviceBuffer:
         """Samples held back, waiting for the reorder bound."""
         return len(self._held_t)
 
-    def push(self, t: np.ndarray, acc: np.ndarray, arrival: float, restart: bool = False) -> list[Window]:
-        """Add samples (any order, acc in m/s²); returns the windows they complete.
-
-        ``restart``: the device says it restarted (``seq`` 0 after a higher one: a new session). If these
-        samples do not all follow the newest one, its clock restarted too, however little it went back:
-        a new grid begins at them, as on a clock reset, instead of dropping them as late until the clock
-        passes the old session's newest sample (a recording of 20 s replayed again lost all of it).
-        """
+    def push(self, t: np.ndarray, acc: np.ndarray, arrival: float) -> list[Window]:
+        """Add samples (any order, acc in m/s²); returns the windows they complete."""
         t = np.asarray(t, dtype=np.float64)
         if len(t) == 0:
             return []
-        if restart:
-            newest = self._newest()  # with kept batches, _last_t is their newest
-            if newest is not None and float(t.min()) <= newest:
-                return self._reset_clock() + self._push(t, np.asarray(acc, dtype=np.float64), arrival)
         last_t = self._last_t
         if self.reorder == 0 and last_t is not None:
             t_last = float(t[-1]) if len(t) == 1 else float(t.max())  # the newest, in any order
@@ -230,7 +220,9 @@ class DeviceBuffer:
         out: list[Window] = []
         newest = self._newest()
         if newest is not None and t[-1] < newest - self.clock_reset and t.max() < newest - self.clock_reset:
-            out += self._reset_clock()
+            out += self.flush()
+            self._last_t = None  # the next commit starts a new grid at its first sample
+            self.clock_resets += 1
         if self._last_t is not None:
             keep = t > self._last_t
             if not keep.all():
@@ -249,14 +241,6 @@ class DeviceBuffer:
         if len(self._held_t) > MAX_HELD:
             cut = max(cut, self._held_t[-MAX_HELD - 1])
         out += self._commit_until(cut)
-        return out
-
-    def _reset_clock(self) -> list[Window]:
-        """The device's clock restarted: commit what is held (the windows it completes), and start a new
-        grid at the next sample committed."""
-        out = self.flush()
-        self._last_t = None  # the next commit starts a new grid at its first sample
-        self.clock_resets += 1
         return out
 
     def release(self, now: float) -> list[Window]:

@@ -89,8 +89,7 @@ class Pipeline:
                                   channels=cfg.input_channels)
             self.buffers[batch.device] = buffer
         values = batch.acc if cfg.input_channels == 3 else np.concatenate([batch.acc, batch.gyro], axis=1)
-        # seq 0 reaches here after a higher one only (the sequence check refuses a repeat): a new session
-        windows = buffer.push(batch.t, values, arrival, restart=batch.seq == 0)
+        windows = buffer.push(batch.t, values, arrival)
         self._ready.extend(windows)
         return len(windows)
 
