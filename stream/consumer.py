@@ -1229,9 +1229,7 @@ class Consumer:
         sequence (the learner must get them as the adapter now sees them)."""
         self.learner.turn(device, Q)
         Qt = Q.T.astype(np.float32)
-        waiting = [*self.history._windows.get(device, ()), *self.history._ended.get(device, ()),
-                   *self._pending_sequences.get(device, ())]
-        for w in waiting:
+        for w in [*self.history.waiting(device), *self._pending_sequences.get(device, ())]:
             w.samples = np.concatenate([w.samples[:, :3] @ Qt, w.samples[:, 3:] @ Qt], axis=1)
 
     def _on_promote(self, model, version: str) -> None:  # from LearnerProcess.poll

@@ -168,6 +168,10 @@ class WindowHistory:
                 out.append(w)
         return out
 
+    def waiting(self, device: str) -> list[LabelledWindow]:
+        """The device's windows still waiting for their labels (an ended session's too), oldest first."""
+        return self._ended.get(device, []) + list(self._windows.get(device, ()))
+
     def flush(self, device: str, labels: LabelBook) -> list[LabelledWindow]:
         """All of a device's waiting windows, with their labels as they stand (the device has gone)."""
         out = self._ended.pop(device, []) + list(self._windows.get(device, ()))
