@@ -248,8 +248,9 @@ class Orienter:
         self._parked: OrderedDict[str, np.ndarray | None] = OrderedDict()  # evicted settled devices
         self._stage_counts = {n for n, _ in self.config.stages}
         # on_turn(device, Q): the device's windows are turned by Q (3, 3) more from its next window on (every
-        # change of its turn, however small; also an unsettled device's turn dropped on eviction): what was
-        # fitted to its windows as they came before (its device adapter, models.personal) is re-expressed
+        # change of its turn, however small; also an unsettled device's turn dropped on eviction, and a settled
+        # one's dropped from the evicted ones kept, beyond MAX_PARKED): what was fitted to its windows as they
+        # came before (its device adapter, models.personal) is re-expressed
         self.on_turn = None
 
     def apply(self, devices: list[str], windows: np.ndarray) -> np.ndarray:
@@ -351,25 +352,29 @@ class Orienter:
             self._pending.pop(device, None)
             self._due.pop(device, None)
             self.turns.pop(device, None)
-            self._parked[device] = turns.pop(device, None)
-            self._parked.move_to_end(device)
-        while len(self._parked) > self.MAX_PARKED:
-            self._parked.popitem(last=False)
+            self._park(device, turns.pop(device, None))
         self.turns.update(turns)  # the turn so far of devices not yet settled
 
     def evict(self, device: str) -> None:
         """Forget a device; a settled one's turn is kept (up to ``MAX_PARKED``) for when it returns."""
         if device in self.decided:
-            self._parked[device] = self.turns.get(device)
-            self._parked.move_to_end(device)
-            while len(self._parked) > self.MAX_PARKED:
-                self._parked.popitem(last=False)
+            self._park(device, self.turns.get(device))
         elif device in self.turns and self.on_turn is not None:  # it comes back unturned, collecting again
             self.on_turn(device, self.turns[device].T)
         for table in (self.turns, self.gains, self._pending, self._due):
             table.pop(device, None)
         self.decided.discard(device)
         self._unreported.discard(device)
+
+    def _park(self, device: str, R: np.ndarray | None) -> None:
+        """Keep a settled device's turn (None: unturned) for when it sends again, up to MAX_PARKED devices:
+        beyond, the least recently parked is dropped and comes back as a new device, unturned (on_turn)."""
+        self._parked[device] = R
+        self._parked.move_to_end(device)
+        while len(self._parked) > self.MAX_PARKED:
+            gone, turn = self._parked.popitem(last=False)
+            if turn is not None and self.on_turn is not None:
+                self.on_turn(gone, turn.T)
 
     def _unpark(self, device: str) -> None:
         R = self._parked.pop(device)

@@ -1,0 +1,79 @@
+"""A second look at 934f2db: device adapters and the windows kept to learn from follow a device the
+orientation step turns anew (``Orienter.on_turn``), in every path a turn can take."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import orjson
+import torch
+
+from models.finetune import LearnerConfig
+from models.orientation import Orienter
+from models.personal import DeviceAdapters
+from models.rnn import HARNet, ModelConfig
+from models.state import StatefulClassifier
+from stream.consumer import ADAPTERS_FILE, Consumer, ConsumerConfig
+from tests.test_consumer_restart import _NoBroker
+from tests.test_orientation import TWO_STAGES, _Scripted, _windows
+
+UPSIDE_DOWN = np.diag([1.0, -1.0, -1.0])
+CLASSES = ("a", "b")
+
+
+def _model(gains) -> HARNet:
+    """An untrained 6-channel model whose orientation step turns a device upside down at stages that
+    gain ``gains`` (TWO_STAGES: after 5 and 15 windows of 25 samples at 25 Hz)."""
+    torch.manual_seed(0)
+    model = HARNet(ModelConfig(classes=CLASSES, input_channels=6, hidden=8, layers=1, window=25, hop=25, patch=5,
+                               rate=25.0))
+    model.orientation = _Scripted(gains, TWO_STAGES)
+    return model
+
+
+def _consumer(model, state_dir=None) -> Consumer:
+    consumer = Consumer(ConsumerConfig(broker="mqtt://127.0.0.1:1", learn=True, state_dir=state_dir,
+                                       learner=LearnerConfig(adapt="device")), StatefulClassifier(model, "v"))
+    consumer._client = _NoBroker()
+    return consumer
+
+
+def _send(consumer, device: str, seq: int, rng) -> np.ndarray:
+    """One message of a window's worth of samples (1 s); the raw samples (25, 6)."""
+    t = seq + np.arange(25) / 25.0
+    acc = rng.normal(0, 1, (25, 3))
+    acc[:, 2] += 9.81
+    gyro = rng.normal(0, 1, (25, 3))
+    consumer.handle(f"har/{device}/imu", orjson.dumps(
+        {"seq": seq, "t": t.tolist(), "acc": acc.tolist(), "gyro": gyro.tolist()}), time.monotonic())
+    return np.concatenate([acc, gyro], axis=1)
+
+
+def _adapter_file(path, M: torch.Tensor) -> None:
+    adapters = DeviceAdapters(len(CLASSES), names=CLASSES)
+    adapters.load_state_dict({"d": {"M": M, "b": torch.tensor([0.3, -0.1, 0.2]), "c": torch.zeros(2),
+                                    "active": True}})
+    adapters.save(path / ADAPTERS_FILE)
+
+
+def test_a_turned_device_dropped_from_the_parked_ones_is_reported_turned_back():
+    """A settled device's turn is kept after eviction up to MAX_PARKED devices; beyond, the oldest is
+    dropped and comes back as a new device, unturned: what follows its turn (its adapter) must be told."""
+    seen = []
+    orienter = Orienter(_Scripted([3.5, 3.5, 3.5, 3.5], TWO_STAGES))
+    orienter.MAX_PARKED = 1
+    w = _windows(15)
+    for device in ("x", "y"):
+        for i in range(15):
+            orienter.apply([device], w[i:i + 1])
+    assert orienter.decided == {"x", "y"} and set(orienter.turns) == {"x", "y"}
+    R = orienter.turns["x"]
+    orienter.on_turn = lambda device, Q: seen.append((device, Q))
+    orienter.evict("x")
+    assert seen == []  # parked: it comes back turned as it was
+    orienter.evict("y")  # x is dropped from the parked ones
+    assert [d for d, _ in seen] == ["x"]
+    np.testing.assert_allclose(seen[0][1], R.T, atol=1e-9)
+    out = orienter.apply(["x"], w[:1])  # back as a new device: unturned
+    np.testing.assert_array_equal(out, w[:1])
