@@ -125,6 +125,7 @@ class DeviceAdapters:
         self.updates = 0
         self.skipped = 0
         self.jumps = 0  # times a device's adapter jumped to another axis-aligned turn
+        self.turned = 0  # times a device's adapter was re-expressed for its device turned anew (``turn``)
 
     def __len__(self) -> int:
         return len(self._serving)
@@ -172,6 +173,7 @@ class DeviceAdapters:
         with torch.no_grad():
             adapter.M.copy_(adapter.M @ Q.T)
         adapter._optimiser = None  # its moments belonged to the map in the old coordinates
+        self.turned += 1
         adapter.memory = deque(((affine(w, Q, zero), y, s) for w, y, s in adapter.memory), maxlen=adapter.memory.maxlen)
         with self._lock:
             if device in self._serving:

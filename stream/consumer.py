@@ -530,8 +530,9 @@ class Consumer:
         if getattr(self, "_saved_version", None) != classifier.version:
             save_checkpoint(serving, classifier.model, {"online": True})
             self._saved_version = classifier.version
-        if self.learner is not None and self.learner.adapters is not None and self.learner.adapters.updates:
-            self.learner.adapters.save(directory / ADAPTERS_FILE)
+        adapters = self.learner.adapters if self.learner is not None else None
+        if adapters is not None and (adapters.updates or adapters.turned):  # changed in this life
+            adapters.save(directory / ADAPTERS_FILE)
         if self.shared is not None:
             return True  # device state lives in the shared store, written every cycle
         bank = classifier.bank

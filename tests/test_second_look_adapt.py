@@ -77,3 +77,30 @@ def test_a_turned_device_dropped_from_the_parked_ones_is_reported_turned_back():
     np.testing.assert_allclose(seen[0][1], R.T, atol=1e-9)
     out = orienter.apply(["x"], w[:1])  # back as a new device: unturned
     np.testing.assert_array_equal(out, w[:1])
+
+
+def test_an_adapter_turned_with_its_device_after_a_restart_is_saved(tmp_path):
+    """A restarted consumer loads a device's adapter; the device, not yet settled, is turned anew and its
+    adapter with it, and no label arrives (no adapter update in this life). The checkpoint must keep the
+    turned adapter beside the orienter's turn: adapters.pt was not written without an update, so the next
+    life served the device through an adapter of its old turn on top of the new one (turned twice)."""
+    M = torch.tensor([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]]) * 1.1
+    _adapter_file(tmp_path, M)
+    second = _consumer(_model([3.5]), tmp_path)
+    torch.testing.assert_close(second.learner.adapters.entry("d")["M"], M)
+    rng = np.random.default_rng(1)
+    for seq in range(5):
+        _send(second, "d", seq, rng)
+        second._classify()
+    assert second.learner.adapters.updates == 0
+    np.testing.assert_allclose(second.pipeline.classifier.orienter.turns["d"], UPSIDE_DOWN)
+    turned = second.learner.adapters.entry("d")["M"]
+    torch.testing.assert_close(turned, M @ torch.from_numpy(UPSIDE_DOWN).float().T)
+    second.checkpoint(final=True)
+    second.store.close()
+    third = _consumer(_model([]), tmp_path)
+    try:
+        np.testing.assert_allclose(third.pipeline.classifier.orienter.turns["d"], UPSIDE_DOWN)  # unsettled
+        torch.testing.assert_close(third.learner.adapters.entry("d")["M"], turned)
+    finally:
+        third.store.close()
