@@ -252,11 +252,13 @@ class Orienter:
         # one's dropped from the evicted ones kept, beyond MAX_PARKED): what was fitted to its windows as they
         # came before (its device adapter, models.personal) is re-expressed
         self.on_turn = None
+        self.calls = 0  # calls of ``apply``: a caller with several rounds in one pass tells which an on_turn came in
 
     def apply(self, devices: list[str], windows: np.ndarray) -> np.ndarray:
         """Windows (B, T, 6) of distinct devices, as the model must see them: turned where a turn was
         chosen (a copy then; else ``windows`` itself)."""
         self.changed = []
+        self.calls += 1
         last = self.config.windows
         new = []
         for i, device in enumerate(devices):

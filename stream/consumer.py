@@ -95,6 +95,11 @@ LABELS_RELOADED = 64  # labels per device put back from the event store at start
 MAX_OTHER_LABELS = 32
 
 
+def _turned(window: np.ndarray, Qt: np.ndarray) -> np.ndarray:
+    """A window (T, 6) with both sensors turned by Q (``Qt`` = Q^T), as the orientation step turns them."""
+    return np.concatenate([window[:, :3] @ Qt, window[:, 3:] @ Qt], axis=1)
+
+
 def consumer_topic(prefix: str, consumer_id: str, kind: str) -> str:
     return f"{prefix}/_consumer/{consumer_id}/{kind}"
 
@@ -357,6 +362,8 @@ class Consumer:
         self.history = WindowHistory((model_config.window - 1) / model_config.rate, config.label_lateness)
         self.monitor = Monitor()
         self._pending_sequences: dict[str, list[LabelledWindow]] = {}
+        self._pass_start: int | None = None  # Orienter.calls before the pass classifying now (_on_turn)
+        self._turned_in_pass: list[tuple[str, np.ndarray, int]] = []  # (device, Q^T, rounds before the turn)
         self._swap: tuple | None = None  # (model, version) handed over by the learner
         self._swap_lock = threading.Lock()
         self._evicted: OrderedDict[str, tuple] = OrderedDict()  # device -> state, seq
@@ -822,13 +829,28 @@ class Consumer:
             for exc in rejected:
                 self.stats.rejected[exc.reason] += 1
         if shared is not None and shared.touched:
-            predictions = shared.commit(self.pipeline.classify_ready())
+            predictions = shared.commit(self._classify_ready())
         elif self.pipeline.pending:
-            predictions = self.pipeline.classify_ready()
+            predictions = self._classify_ready()
         else:
             return
         self._publish(predictions)
         self._after_predictions(predictions)
+
+    def _classify_ready(self) -> list[Prediction]:
+        """``Pipeline.classify_ready``; windows served before their device was turned anew in a later round
+        of the same pass are turned with it (``_on_turn``)."""
+        orienter = self.pipeline.classifier.orienter
+        self._pass_start = orienter.calls if orienter is not None else None
+        try:
+            predictions = self.pipeline.classify_ready()
+        finally:
+            self._pass_start = None
+        for device, Qt, rounds in self._turned_in_pass:  # a device's k-th prediction is of round k
+            for p in [p for p in predictions if p.device == device][:rounds]:
+                p.window = _turned(p.window, Qt)
+        self._turned_in_pass = []
+        return predictions
 
     def _drain(self, timeout: float) -> None:
         """Take messages until the queue is empty and a window has waited ``max_wait``."""
@@ -1227,11 +1249,16 @@ class Consumer:
     def _on_turn(self, device: str, Q: np.ndarray) -> None:  # from Orienter.apply, before the window is served
         """The orientation step turns ``device``'s windows by Q more from now on: its adapter (applied after
         the turn) is re-expressed for them, and so are its windows still waiting for labels or for a full
-        sequence (the learner must get them as the adapter now sees them)."""
+        sequence (the learner must get them as the adapter now sees them), and those served earlier in the
+        same pass (a device with several windows ready has one per round; the turn came in round r)."""
         self.learner.turn(device, Q)
         Qt = Q.T.astype(np.float32)
         for w in [*self.history.waiting(device), *self._pending_sequences.get(device, ())]:
-            w.samples = np.concatenate([w.samples[:, :3] @ Qt, w.samples[:, 3:] @ Qt], axis=1)
+            w.samples = _turned(w.samples, Qt)
+        if self._pass_start is not None:  # in a pass: its windows of earlier rounds are not kept yet
+            rounds = self.pipeline.classifier.orienter.calls - self._pass_start - 1
+            if rounds:
+                self._turned_in_pass.append((device, Qt, rounds))
 
     def _on_promote(self, model, version: str) -> None:  # from LearnerProcess.poll
         with self._swap_lock:

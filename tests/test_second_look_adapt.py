@@ -104,3 +104,28 @@ def test_an_adapter_turned_with_its_device_after_a_restart_is_saved(tmp_path):
         torch.testing.assert_close(third.learner.adapters.entry("d")["M"], turned)
     finally:
         third.store.close()
+
+
+def test_windows_served_before_the_turn_in_the_same_pass_are_kept_as_the_turned_ones():
+    """Two windows of a device ready in one cycle (a backlog): the orientation step turns it at the second
+    (its 5th window). The first, served before the turn in the same call, waits for its label as the
+    adapter now sees the device's windows: turned like the rest (it was kept as it came, upside down to
+    its adapter and to every other window of its sequence)."""
+    consumer = _consumer(_model([3.5, 0.0]))
+    consumer.handle("har/d/label", orjson.dumps({"label": "a", "t": 0.0}), time.monotonic())
+    rng = np.random.default_rng(0)
+    raw = {}
+    for seq in range(3):
+        raw[seq] = _send(consumer, "d", seq, rng)
+        consumer._classify()
+    raw[3] = _send(consumer, "d", 3, rng)
+    raw[4] = _send(consumer, "d", 4, rng)
+    consumer._classify()  # windows 4 and 5 in one call: the turn comes with the 5th
+    raw[5] = _send(consumer, "d", 5, rng)
+    consumer._classify()
+    assert "d" in consumer.pipeline.classifier.orienter.turns
+    kept = {int(w.t_end): w.samples for w in consumer.history.waiting("d")}
+    assert 3 in kept and 4 in kept, sorted(kept)  # the 4th window (t_end 3.96) and the 5th
+    for k, samples in kept.items():
+        want = np.concatenate([raw[k][:, :3] @ UPSIDE_DOWN.T, raw[k][:, 3:] @ UPSIDE_DOWN.T], axis=1)
+        np.testing.assert_allclose(samples, want, atol=1e-3, err_msg=f"window ending at {k}.96")
