@@ -18,7 +18,7 @@ import torch
 from models.rnn import HARNet, ModelConfig
 
 __all__ = ["CheckpointError", "save_checkpoint", "write_atomic", "load_checkpoint", "checkpoint_bytes",
-           "default_model_path", "FORMAT", "VERSION"]
+           "default_model_path", "stored_config", "FORMAT", "VERSION"]
 
 FORMAT = "harstream.checkpoint"
 VERSION = 1
@@ -107,9 +107,7 @@ def load_checkpoint(path: str | Path | bytes) -> tuple[HARNet, dict]:
             f"version {VERSION}; retrain with `harstream train` or use a matching harstream release"
         )
     try:
-        # a field added to ModelConfig since takes its default, except ``front``: files from before it
-        # existed are all of the linear front end (the default is now conv)
-        config = ModelConfig(**{"front": "linear", **blob["config"]})
+        config = stored_config(blob["config"])
         model = HARNet(config)
         model.load_state_dict(blob["state_dict"])
         if blob.get("orientation") is not None:
@@ -122,6 +120,13 @@ def load_checkpoint(path: str | Path | bytes) -> tuple[HARNet, dict]:
     model.eval()
     return model, {"version": blob.get("model_version", "unknown"), "metadata": blob.get("metadata", {}),
                    "path": str(path)}
+
+
+def stored_config(config: dict) -> ModelConfig:
+    """A checkpoint's ``config`` as a ``ModelConfig``: a field added to ModelConfig since the file was
+    written takes its default, except ``front``: files from before it existed are all of the linear front
+    end (the default is now conv). Raises TypeError or ValueError for a config that is none."""
+    return ModelConfig(**{"front": "linear", **config})
 
 
 def default_model_path() -> Path:

@@ -39,7 +39,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from models.checkpoint import checkpoint_bytes, load_checkpoint
+from models.checkpoint import checkpoint_bytes, load_checkpoint, stored_config
 from models.finetune import (
     LearnerConfig,
     OnlineLearner,
@@ -50,7 +50,7 @@ from models.finetune import (
     starting_versions,
 )
 from models.personal import DeviceAdapters
-from models.rnn import HARNet, ModelConfig
+from models.rnn import HARNet
 
 __all__ = ["LearnerProcess", "learner_loop"]
 
@@ -340,8 +340,8 @@ class LearnerProcess:
             config = blob.get("config") if isinstance(blob, dict) else None
         except Exception as exc:  # gone, truncated, not a torch file
             raise ValueError(f"version {version!r} cannot be read: {exc}") from None
-        try:  # as load_checkpoint reads it: a field added to ModelConfig since takes its default
-            config = ModelConfig(**config).to_dict()
+        try:  # as load_checkpoint reads it (a field added to ModelConfig since takes its default)
+            config = stored_config(config).to_dict()
         except (TypeError, ValueError):  # not a config (None, a field unknown or malformed)
             pass
         if config != self._architecture:

@@ -231,3 +231,17 @@ def test_a_rollback_to_a_version_saved_before_a_config_field_existed_is_accepted
     torch.save(blob, path)
     learner = LearnerProcess(_model(), LearnerConfig(versions_dir=versions, serving_version="start"))
     learner.rollback(version)  # no ValueError
+
+
+def test_a_rollback_to_a_version_saved_before_the_conv_front_end_is_of_the_same_architecture(tmp_path):
+    """A checkpoint without 'front' in its config loads as the linear front end it was (load_checkpoint);
+    the rollback's check read it with today's default, conv, and refused a version of the very model
+    served as 'another architecture'."""
+    versions = tmp_path / "models"
+    serving = _model()  # linear
+    old = _save_version(versions, _model())
+    blob = torch.load(versions / f"{old}.pt", weights_only=True)
+    del blob["config"]["front"]  # as files written before the field existed
+    torch.save(blob, versions / f"{old}.pt")
+    learner = LearnerProcess(serving, LearnerConfig(versions_dir=versions, serving_version="start"))
+    learner.rollback(old)  # refused before: "a model of another architecture"
