@@ -61,26 +61,25 @@ def _at_least_one(text: str) -> int:
     return value
 
 
-def _positive(text: str) -> float:
-    """argparse type of a finite number above 0 (a rate, a duration)."""
+def _finite(text: str, ok, what: str) -> float:
+    """A finite number for which ``ok(value)`` holds, else argparse's error saying it must be ``what``."""
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"must be a finite number above 0: {text!r}")
+    if not (math.isfinite(value) and ok(value)):
+        raise argparse.ArgumentTypeError(f"must be {what}: {text!r}")
     return value
+
+
+def _positive(text: str) -> float:
+    """argparse type of a finite number above 0 (a rate, a duration)."""
+    return _finite(text, lambda v: v > 0, "a finite number above 0")
 
 
 def _seconds(text: str) -> float:
     """argparse type of a finite number of seconds, 0 or more."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not (math.isfinite(value) and value >= 0):
-        raise argparse.ArgumentTypeError(f"must be a finite number of seconds, 0 or more: {text!r}")
-    return value
+    return _finite(text, lambda v: v >= 0, "a finite number of seconds, 0 or more")
 
 
 def _model_arg(p: argparse.ArgumentParser) -> None:
