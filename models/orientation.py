@@ -251,8 +251,24 @@ class Orienter:
         # change of its turn, however small; also an unsettled device's turn dropped on eviction, and a settled
         # one's dropped from the evicted ones kept, beyond MAX_PARKED): what was fitted to its windows as they
         # came before (its device adapter, models.personal) is re-expressed
-        self.on_turn = None
+        self._on_turn = None
+        # turns dropped beyond MAX_PARKED by a ``restore`` before on_turn was set (the consumer restores before
+        # its adapters are loaded): reported to on_turn when it is set
+        self._dropped: dict[str, np.ndarray] = {}
+        self._restoring = False
         self.calls = 0  # calls of ``apply``: a caller with several rounds in one pass tells which an on_turn came in
+
+    @property
+    def on_turn(self):
+        return self._on_turn
+
+    @on_turn.setter
+    def on_turn(self, on_turn) -> None:
+        self._on_turn = on_turn
+        if on_turn is not None:
+            dropped, self._dropped = self._dropped, {}
+            for device, R in dropped.items():
+                on_turn(device, R.T)
 
     def apply(self, devices: list[str], windows: np.ndarray) -> np.ndarray:
         """Windows (B, T, 6) of distinct devices, as the model must see them: turned where a turn was
@@ -349,12 +365,16 @@ class Orienter:
             if not (np.isfinite(R).all() and np.allclose(R @ R.T, np.eye(3), atol=1e-4)
                     and np.linalg.det(R) > 0):
                 raise ValueError(f"not an orientation snapshot: the turn of {d} is not a rotation")
-        for device in decided:  # settled: parked until it sends again, as an evicted one (MAX_PARKED)
-            self.decided.discard(device)
-            self._pending.pop(device, None)
-            self._due.pop(device, None)
-            self.turns.pop(device, None)
-            self._park(device, turns.pop(device, None))
+        self._restoring = True
+        try:
+            for device in decided:  # settled: parked until it sends again, as an evicted one (MAX_PARKED)
+                self.decided.discard(device)
+                self._pending.pop(device, None)
+                self._due.pop(device, None)
+                self.turns.pop(device, None)
+                self._park(device, turns.pop(device, None))
+        finally:
+            self._restoring = False
         self.turns.update(turns)  # the turn so far of devices not yet settled
 
     def evict(self, device: str) -> None:
@@ -377,6 +397,8 @@ class Orienter:
             gone, turn = self._parked.popitem(last=False)
             if turn is not None and self.on_turn is not None:
                 self.on_turn(gone, turn.T)
+            elif turn is not None and self._restoring:  # told when on_turn is set
+                self._dropped[gone] = turn
 
     def _unpark(self, device: str) -> None:
         R = self._parked.pop(device)
