@@ -350,7 +350,9 @@ class Orienter:
         turned one. Devices still undecided start collecting again, keeping the turn they have so far."""
         turns = {d: R for d, R in self._parked.items() if R is not None}
         turns.update(self.turns)
-        return {"decided": sorted(self.decided | set(self._parked)),
+        # evicted ones least recently parked first, then those in use: a restore parks them in this order and
+        # drops the first beyond MAX_PARKED (sorted by name, a device in use could lose its turn)
+        return {"decided": [*self._parked, *sorted(self.decided)],
                 "turns": {d: R.reshape(-1).tolist() for d, R in turns.items()}}
 
     def restore(self, snapshot: dict) -> None:

@@ -66,3 +66,23 @@ def test_an_adapter_of_a_device_dropped_beyond_the_parked_ones_at_a_restart_is_t
                                        M @ torch.from_numpy(UPSIDE_DOWN).float())
     finally:
         second.store.close()
+
+
+def test_a_restore_beyond_the_parked_ones_drops_the_least_recently_parked_not_a_device_in_use():
+    """The snapshot listed settled devices sorted by name, and a restore parks them in that order, dropping
+    the first beyond MAX_PARKED: a device in use at the checkpoint (named "a") lost its turn, served
+    unturned after the restart, while one evicted long before kept its own."""
+    w = _windows(15)
+    orienter = Orienter(_Scripted([3.5, 3.5] * 3, TWO_STAGES))
+    orienter.MAX_PARKED = 2
+    for device in ("x", "y", "a"):
+        for i in range(15):
+            orienter.apply([device], w[i:i + 1])
+        if device != "a":
+            orienter.evict(device)  # x then y: parked; a is in use
+    again = Orienter(_Scripted([], TWO_STAGES))
+    again.MAX_PARKED = 2
+    again.restore(orienter.snapshot())
+    assert list(again._parked) == ["y", "a"]  # x, parked first, goes
+    out = again.apply(["a"], w[:1])
+    np.testing.assert_allclose(out[0, :, :3], w[0, :, :3] @ orienter.turns["a"].T, atol=1e-5)
