@@ -157,7 +157,7 @@ def decode_imu_many(items: list[tuple[bytes, str]],
             seq, acc, t = msg.get("seq"), msg.get("acc"), msg.get("t")
             usual = type(seq) is int and seq <= MAX_SEQ and type(acc) is list and type(t) is list
             if (usual and 0 < len(acc) == len(t) <= MAX_SAMPLES and msg.get("gyro") is None
-                    and msg.get("unit", "m/s2") == "m/s2"):
+                    and msg.get("unit") in (None, "m/s2")):
                 try:
                     acc = np.array(acc, dtype=np.float64)
                     t = np.array(t, dtype=np.float64)
@@ -217,7 +217,9 @@ def _imu(msg: dict, device: str) -> SampleBatch:
     n = len(acc)
     if n == 0:
         raise Rejected("empty")
-    unit = msg.get("unit", "m/s2")
+    unit = msg.get("unit")
+    if unit is None:  # absent, or null as "gyro": null is (senders that write every optional field)
+        unit = "m/s2"
     scale = UNITS.get(unit) if isinstance(unit, str) else None
     if scale is None:
         raise Rejected("bad_unit", repr(unit)[:40])

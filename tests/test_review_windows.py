@@ -70,3 +70,16 @@ def test_a_huge_seq_jump_is_a_new_numbering_not_loss_and_metrics_still_publish(t
     assert check.check(samples) == 0
     big = decode_imu(_imu(SequenceCheck.MAX_GAP + 1, 1.0), "d")
     assert check.check(big) == SequenceCheck.MAX_GAP * 50  # at the bound: still loss
+
+
+def test_a_null_unit_is_the_default_unit_as_a_null_gyro_is_no_gyroscope():
+    """A sender that writes every optional field, unset ones as null, had every message refused bad_unit
+    ("gyro": null was already taken as no gyroscope)."""
+    body = {"seq": 1, "t": [0.0, 0.02], "acc": [[0, 0, 9.81], [0, 0, 9.8]], "unit": None, "gyro": None}
+    b = decode_imu(orjson.dumps(body), "d")
+    np.testing.assert_allclose(b.acc[:, 2], [9.81, 9.8], rtol=1e-6)
+    (many,) = decode_imu_many([(orjson.dumps(body), "d")])
+    np.testing.assert_allclose(many.acc, b.acc)
+    with pytest.raises(Rejected) as exc:
+        decode_imu(orjson.dumps({**body, "unit": "furlongs"}), "d")
+    assert exc.value.reason == "bad_unit"
