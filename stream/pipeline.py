@@ -58,6 +58,17 @@ class Pipeline:
         self.buffers: dict[str, DeviceBuffer] = {}
         self._ready: list[Window] = []
         self._warned: set[str] = set()  # devices already named in a "sends no gyroscope" warning
+        self._evicted_late = self._evicted_duplicates = 0  # the counts of buffers evicted since
+
+    @property
+    def late_samples(self) -> int:
+        """Samples dropped as late (``DeviceBuffer.late_samples``) by every buffer, evicted ones too."""
+        return self._evicted_late + sum(b.late_samples for b in self.buffers.values())
+
+    @property
+    def duplicates(self) -> int:
+        """Samples dropped as repeated timestamps (``DeviceBuffer.duplicates``), evicted buffers too."""
+        return self._evicted_duplicates + sum(b.duplicates for b in self.buffers.values())
 
     @property
     def config(self):
@@ -148,7 +159,10 @@ class Pipeline:
         return out
 
     def evict(self, device: str) -> None:
-        self.buffers.pop(device, None)
+        buffer = self.buffers.pop(device, None)
+        if buffer is not None:  # its counts stay in the totals: metrics are counters, never falling
+            self._evicted_late += buffer.late_samples
+            self._evicted_duplicates += buffer.duplicates
         self._warned.discard(device)
         self.classifier.bank.evict(device)
         if self.classifier.orienter is not None:

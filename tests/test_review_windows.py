@@ -83,3 +83,33 @@ def test_a_null_unit_is_the_default_unit_as_a_null_gyro_is_no_gyroscope():
     with pytest.raises(Rejected) as exc:
         decode_imu(orjson.dumps({**body, "unit": "furlongs"}), "d")
     assert exc.value.reason == "bad_unit"
+
+
+def test_late_and_repeated_samples_stay_counted_after_their_device_is_evicted(tiny_model):
+    """late_samples summed the buffers in memory only, so the counter fell when an idle device was evicted
+    (metrics are counters); samples dropped as repeated timestamps were counted but never published."""
+    payloads = []
+
+    class _Payloads(_Capture):
+        def publish(self, topic, payload=None, qos=0, retain=False):
+            super().publish(topic, payload, qos, retain)
+            if topic.endswith("/metrics"):
+                payloads.append(orjson.loads(payload))
+
+    c = Consumer(ConsumerConfig(broker="mqtt://127.0.0.1:1", prefix="rv", learn=False, reorder=0.5),
+                 StatefulClassifier(tiny_model, "tiny"))
+    c._client = _Payloads()
+    t = 100.0 + np.arange(50) / 50
+    body = {"t": t, "acc": np.tile([0.0, 0.0, 9.81], (50, 1))}
+    for seq, times in ((0, t), (1, np.concatenate([t[40:], t[-1] + 1 + np.arange(40) / 50])), (2, t[:10])):
+        c.handle_many([("rv/dev1/imu", orjson.dumps({**body, "seq": seq, "t": times, "acc": body["acc"][:len(times)]},
+                                                    option=orjson.OPT_SERIALIZE_NUMPY), time.monotonic())])
+        if seq:  # the first two together: the second's first 10 repeat samples still held back
+            c.pipeline.release(time.monotonic() + 10.0)
+        c._classify()
+    c._publish_metrics()
+    before = payloads[-1]
+    assert before["late_samples"] == 10 and before["duplicates"] == 10
+    c.pipeline.evict("dev1")
+    c._publish_metrics()
+    assert payloads[-1]["late_samples"] == 10 and payloads[-1]["duplicates"] == 10
