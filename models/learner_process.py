@@ -49,6 +49,7 @@ from models.finetune import (
     VersionInfo,
     starting_versions,
 )
+from models.orientation import turn_sensors
 from models.personal import DeviceAdapters
 from models.rnn import HARNet
 
@@ -95,8 +96,7 @@ def _sequence(item: tuple) -> Sequence:
 def _turned(item: tuple, Q: np.ndarray) -> tuple:
     """A sequence (as arrays) with both sensors of its windows turned by Q (``DeviceAdapters.turn``)."""
     device, windows, targets, state = item
-    Qt = Q.T.astype(windows.dtype)
-    return device, np.concatenate([windows[..., :3] @ Qt, windows[..., 3:] @ Qt], axis=-1), targets, state
+    return device, turn_sensors(windows, Q.T), targets, state
 
 
 def _numpy(entry: dict) -> dict:

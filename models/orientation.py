@@ -36,7 +36,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.spatial.transform import Rotation
 
-__all__ = ["OrientationConfig", "Reference", "Orienter", "window_features"]
+__all__ = ["OrientationConfig", "Reference", "Orienter", "turn_sensors", "window_features"]
 
 
 @dataclass
@@ -67,6 +67,12 @@ class OrientationConfig:
     def windows(self) -> int:
         """A device's windows before its orientation is settled."""
         return self.stages[-1][0]
+
+
+def turn_sensors(windows: np.ndarray, Rt: np.ndarray) -> np.ndarray:
+    """Windows (..., T, 6) with both sensors turned: each three-axis sample times ``Rt`` (R transposed)."""
+    Rt = Rt.astype(windows.dtype)
+    return np.concatenate([windows[..., :3] @ Rt, windows[..., 3:] @ Rt], axis=-1)
 
 
 def window_features(windows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -306,9 +312,7 @@ class Orienter:
             return windows
         out = np.array(windows)
         for i, R in turned:
-            Rt = R.T.astype(windows.dtype)
-            out[i, :, :3] = windows[i, :, :3] @ Rt
-            out[i, :, 3:] = windows[i, :, 3:] @ Rt
+            out[i] = turn_sensors(windows[i], R.T)
         return out
 
     def _fit_due(self) -> None:

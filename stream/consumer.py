@@ -52,6 +52,7 @@ import torch
 from models.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from models.finetune import LearnerConfig, Sequence
 from models.learner_process import LearnerProcess
+from models.orientation import turn_sensors
 from models.state import StatefulClassifier
 from stream.adapters import AdapterRouter
 from stream.decode import (
@@ -93,11 +94,6 @@ LABELS_RELOADED = 64  # labels per device put back from the event store at start
 # Label names outside the model's classes taken (each is a row and a column of the confusion matrices, which
 # never shrink, and costs the metrics message time in its square); more such names are refused, bad_label
 MAX_OTHER_LABELS = 32
-
-
-def _turned(window: np.ndarray, Qt: np.ndarray) -> np.ndarray:
-    """A window (T, 6) with both sensors turned by Q (``Qt`` = Q^T), as the orientation step turns them."""
-    return np.concatenate([window[:, :3] @ Qt, window[:, 3:] @ Qt], axis=1)
 
 
 def consumer_topic(prefix: str, consumer_id: str, kind: str) -> str:
@@ -848,7 +844,7 @@ class Consumer:
             self._pass_start = None
         for device, Qt, rounds in self._turned_in_pass:  # a device's k-th prediction is of round k
             for p in [p for p in predictions if p.device == device][:rounds]:
-                p.window = _turned(p.window, Qt)
+                p.window = turn_sensors(p.window, Qt)
         self._turned_in_pass = []
         return predictions
 
@@ -1254,7 +1250,7 @@ class Consumer:
         self.learner.turn(device, Q)
         Qt = Q.T.astype(np.float32)
         for w in [*self.history.waiting(device), *self._pending_sequences.get(device, ())]:
-            w.samples = _turned(w.samples, Qt)
+            w.samples = turn_sensors(w.samples, Qt)
         if self._pass_start is not None:  # in a pass: its windows of earlier rounds are not kept yet
             rounds = self.pipeline.classifier.orienter.calls - self._pass_start - 1
             if rounds:
