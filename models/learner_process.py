@@ -49,7 +49,6 @@ from models.finetune import (
     VersionInfo,
     starting_versions,
 )
-from models.orientation import turn_sensors
 from models.personal import DeviceAdapters
 from models.rnn import HARNet
 
@@ -95,6 +94,9 @@ def _sequence(item: tuple) -> Sequence:
 
 def _turned(item: tuple, Q: np.ndarray) -> tuple:
     """A sequence (as arrays) with both sensors of its windows turned by Q (``DeviceAdapters.turn``)."""
+    # imported here: at the top it put scipy (0.6 s of CPU) in every learner process's start, beside the
+    # consumer serving its first windows (the demo's p99 latency went from 26 ms to 200-700 ms)
+    from models.orientation import turn_sensors
     device, windows, targets, state = item
     return device, turn_sensors(windows, Q.T), targets, state
 

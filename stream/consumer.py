@@ -52,7 +52,6 @@ import torch
 from models.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from models.finetune import LearnerConfig, Sequence
 from models.learner_process import LearnerProcess
-from models.orientation import turn_sensors
 from models.state import StatefulClassifier
 from stream.adapters import AdapterRouter
 from stream.decode import (
@@ -842,6 +841,9 @@ class Consumer:
             predictions = self.pipeline.classify_ready()
         finally:
             self._pass_start = None
+        if not self._turned_in_pass:
+            return predictions
+        from models.orientation import turn_sensors  # loaded with the orienter (scipy: 0.6 s, not at start)
         for device, Qt, rounds in self._turned_in_pass:  # a device's k-th prediction is of round k
             for p in [p for p in predictions if p.device == device][:rounds]:
                 p.window = turn_sensors(p.window, Qt)
@@ -1247,6 +1249,7 @@ class Consumer:
         the turn) is re-expressed for them, and so are its windows still waiting for labels or for a full
         sequence (the learner must get them as the adapter now sees them), and those served earlier in the
         same pass (a device with several windows ready has one per round; the turn came in round r)."""
+        from models.orientation import turn_sensors  # loaded with the orienter that calls this
         self.learner.turn(device, Q)
         Qt = Q.T.astype(np.float32)
         for w in [*self.history.waiting(device), *self._pending_sequences.get(device, ())]:
