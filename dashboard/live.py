@@ -344,6 +344,16 @@ class _Misfit(Exception):
     pass
 
 
+def _repeats(metrics: dict, held: dict) -> bool:
+    """Whether a retained metrics message says nothing new beside the latest held: by the consumer's own time
+    ``t`` (wall clock of publication, in every metrics message of stream/consumer.py), not later than the held
+    one's; where either lacks ``t`` (a foreign consumer), by being the same message."""
+    t, held_t = metrics.get("t"), held.get("t")
+    if _is_number(t) and _is_number(held_t):
+        return t <= held_t
+    return metrics == held
+
+
 def _status(payload: bytes) -> str:
     status = payload.strip().decode("ascii", "replace").lower()
     if status not in ("online", "offline"):
@@ -447,7 +457,7 @@ class LiveStore:
                 self._count(self._dropped, "oversize")
                 return
             if len(parts) == 3 and parts[0] == CONSUMER:
-                self._handle_consumer(parts[1], kind, payload, now)
+                self._handle_consumer(parts[1], kind, payload, now, retained)
             elif len(parts) == 2 and parts[0] != CONSUMER:
                 self._handle_device(parts[0], kind, payload, now, retained)
             else:
@@ -612,7 +622,7 @@ class LiveStore:
             raise Malformed("bad_t")
         return Label(start, end, label, now)
 
-    def _handle_consumer(self, consumer: str, kind: str, payload: bytes, now: float) -> None:
+    def _handle_consumer(self, consumer: str, kind: str, payload: bytes, now: float, retained: bool) -> None:
         if not consumer or len(consumer) > 128:
             raise Malformed("bad_consumer")
         if kind == "status":
@@ -653,6 +663,11 @@ class LiveStore:
             if kind == "status":
                 state.status = record
             elif kind == "metrics":
+                if retained and state.metrics is not None and _repeats(record, state.metrics):
+                    # the broker's copy of metrics already held, sent again on every (re)subscription: no
+                    # new point (nor a new arrival time: it says nothing of when the consumer was heard from)
+                    self._received["consumer/metrics_repeated"] += 1
+                    return
                 state.metrics, state.metrics_received = record, now
                 state.history.append((now, record))
             elif kind == "model":
