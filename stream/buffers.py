@@ -153,6 +153,11 @@ class DeviceBuffer:
         return self._last_t
 
     @property
+    def newest(self) -> float | None:
+        """Device time of the newest sample taken: held for reordering or committed to the grid."""
+        return self._newest()
+
+    @property
     def held(self) -> int:
         """Samples held back, waiting for the reorder bound."""
         return len(self._held_t)

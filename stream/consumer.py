@@ -954,6 +954,13 @@ class Consumer:
                     self._last_seen[device] = arrival
                     self.shared.hold(batch, arrival)
                     return
+                # samples newer than every one taken tell a device numbering anew (its seq 0 lost) from a copy
+                # sent again; where its buffer is gone (evicted, or a restart), the last published window's end
+                newest = self.pipeline.newest(device)
+                if newest is None:
+                    newest = self._watermarks.get(device)
+                if dup:
+                    newest = None  # the broker's copy of a message sent before: no new numbering
                 if device in self._resume:
                     skipped, batch = batch, self._skip_published(batch, dup)
                     if batch is None:  # sent again, but classified before the restart
@@ -964,7 +971,7 @@ class Consumer:
                             except Rejected:
                                 pass  # acknowledged before the kill, though the PUBACK did not leave
                         return
-                if self.sequence.check(batch) < 0 and self._too_late(batch):
+                if self.sequence.check(batch, newest) < 0 and self._too_late(batch):
                     return  # a late message filling a gap, but its samples' place on the grid is gone
                 self._take(batch, arrival, mid, qos)
             elif kind == "label":
@@ -1321,6 +1328,7 @@ class Consumer:
             "dropped": self.stats.dropped,
             "lost_samples": self.sequence.lost_samples,
             "filled_samples": self.sequence.filled_samples,
+            "renumbered": self.sequence.renumbered,  # messages of a device numbering anew with seq 0 lost
             "late_samples": self._late_fills + self.pipeline.late_samples,
             "duplicates": self.pipeline.duplicates,
             "queue": self._queue.qsize(),

@@ -7,6 +7,7 @@ counts reasons and goes on.
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass
 
@@ -35,6 +36,7 @@ DEVICE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 MAX_PAYLOAD_BYTES = 256 * 1024
 MAX_SAMPLES = 2000  # per message: 40 s at 50 Hz
 UNITS = {"m/s2": 1.0, "g": G}
+log = logging.getLogger(__name__)
 # The most a body-worn sensor can read: about 1,000 g, and 57,000 °/s (sensors saturate at 16–400 g and
 # 2,000–4,000 °/s). A sample beyond is a glitch, refused as "out_of_range": accepted, it would overflow the
 # network's float32 features and leave the device's recurrent state NaN for good. Far below float32's
@@ -282,6 +284,14 @@ class SequenceCheck:
     below the last one that is one of a counted gap's messages arriving late (a publisher that
     reconnected and re-sent its backlog after newer messages, say) is accepted and taken off
     ``lost_samples``; each device remembers its ``MAX_GAPS`` most recent gaps.
+
+    A ``seq`` below the last one whose samples all come more than ``RESTART_GAP`` after the ``newest``
+    sample the device has given (the caller knows it: its buffer) is a device numbering anew too, a
+    restarted device whose ``seq`` 0 was lost (QoS 0): no copy sent again holds samples newer than every
+    one taken, and a restart leaves a gap. It is accepted and counted in ``renumbered``; refused, every
+    message of the new session was refused until its ``seq`` passed the old session's last one. (Two
+    publishers under one device id interleave their samples with no such gap: the one behind in ``seq``
+    stays refused, as before.)
     """
 
     MAX_GAPS = 64  # gaps remembered per device (as ranges of seq, so a huge gap costs no more)
@@ -289,6 +299,9 @@ class SequenceCheck:
     # loss: 5.5 h of messages at 50 a second. Counted as loss, one message jumping to 2**62 made
     # lost_samples too large for the metrics' JSON (orjson stops at 64 bits), which ended the consumer
     MAX_GAP = 1_000_000
+    # seconds of device time with no sample before a lower seq counts as a device numbering anew: a restart
+    # leaves at least that (the buffer's max_gap, past which its window grid starts again anyway)
+    RESTART_GAP = 1.0
 
     def __init__(self, fill_gaps: bool = True) -> None:
         self._last: dict[str, int] = {}
@@ -296,14 +309,19 @@ class SequenceCheck:
         self.fill_gaps = fill_gaps
         self.lost_samples = 0
         self.filled_samples = 0  # samples of late messages that filled a gap (taken off lost_samples)
+        self.renumbered = 0  # messages taken as a device numbering anew (seq back, its samples newer)
 
-    def check(self, batch: SampleBatch) -> int:
+    def check(self, batch: SampleBatch, newest: float | None = None) -> int:
         """Accept ``batch`` or raise ``Rejected``; returns the samples estimated lost before it
-        (negative when the batch fills a gap counted before)."""
+        (negative when the batch fills a gap counted before). ``newest``: the device time of the newest
+        sample taken from the device, if known."""
         last = self._last.get(batch.device)
         seq = batch.seq
         lost = 0
-        if last is not None and seq is not None and not (seq == 0 and last > 0) and seq - last - 1 <= self.MAX_GAP:
+        renumbered = (last is not None and seq is not None and seq < last and newest is not None
+                      and len(batch.t) > 0 and float(np.min(batch.t)) > newest + self.RESTART_GAP)
+        if (last is not None and seq is not None and not (seq == 0 and last > 0) and seq - last - 1 <= self.MAX_GAP
+                and not renumbered):
             # seq 0 after a higher one is a device that restarted: a new session, not a regression
             if seq == last:
                 raise Rejected("repeated_seq", f"{batch.device} seq {seq}")
@@ -322,6 +340,10 @@ class SequenceCheck:
                     del gaps[0]
         elif seq is not None and last is not None:  # a restarted or renumbered device: earlier gaps are history
             self._gaps.pop(batch.device, None)
+            if renumbered and seq > 0:  # seq 0 after a higher one: a plain restart
+                self.renumbered += 1
+                log.info("%s: seq %d after %d with newer samples: a device numbering anew (its seq 0 lost?)",
+                         batch.device, seq, last)
         if seq is not None:
             self._last[batch.device] = seq
         self.lost_samples += lost

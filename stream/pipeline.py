@@ -104,6 +104,11 @@ class Pipeline:
         self._ready.extend(windows)
         return len(windows)
 
+    def newest(self, device: str) -> float | None:
+        """Device time of the newest sample buffered for ``device`` (None: none, or no buffer)."""
+        buffer = self.buffers.get(device)
+        return None if buffer is None else buffer.newest
+
     def release(self, now: float) -> int:
         """Commit samples held for reordering that have waited long enough; returns windows completed."""
         if self.reorder <= 0:

@@ -647,7 +647,7 @@ class SharedDevices:
                 keep += messages[i:]  # order: nothing after a gap goes before it
                 break
             try:
-                lost = self.sequence.check(m.batch)
+                lost = self.sequence.check(m.batch, self.pipeline.newest(device))
             except Rejected as exc:
                 rejected.append(exc)
                 continue
