@@ -796,15 +796,17 @@ def load_history(store: LiveStore, db_path: str, per_device: int = 200, max_rows
     rows = 0
     p = store.prefix
     try:
+        # In the order the consumer published them (``received``: when its cycle ran), not of row ids: a
+        # prediction the store dropped (its queue full) is put in again from the consumer's journal at a later
+        # checkpoint, after newer ones, and taken in that order it looked like a device clock gone back
+        # (``_handle_device``: the predictions before it forgotten). The newest ``per_device`` of each device,
+        # and the newest ``max_rows`` in all.
         queries = (
-            ("prediction", "SELECT received, device, t, label, confidence, model, latency_ms FROM (SELECT *, "
-             "ROW_NUMBER() OVER (PARTITION BY device ORDER BY id DESC) AS k FROM predictions) WHERE k <= ? "
-             "ORDER BY id LIMIT ?"),
-            ("label", "SELECT received, device, label, start, end_ FROM (SELECT *, ROW_NUMBER() OVER "
-             "(PARTITION BY device ORDER BY id DESC) AS k FROM labels) WHERE k <= ? ORDER BY id LIMIT ?"),
-            ("drift", "SELECT received, device, detector, signal, t, value, needs_labels FROM (SELECT *, "
-             "ROW_NUMBER() OVER (PARTITION BY device ORDER BY id DESC) AS k FROM drift) WHERE k <= ? "
-             "ORDER BY id LIMIT ?"),
+            ("prediction", _newest("predictions", "received, device, t, label, confidence, model, latency_ms",
+                                   "received, t, id")),
+            ("label", _newest("labels", "received, device, label, start, end_", "received, id")),
+            ("drift", _newest("drift", "received, device, detector, signal, t, value, needs_labels",
+                              "received, t, id")),
         )
         for kind, sql in queries:
             for row in db.execute(sql, (per_device, max_rows)):
@@ -828,6 +830,14 @@ def load_history(store: LiveStore, db_path: str, per_device: int = 200, max_rows
     finally:
         db.close()
     return rows
+
+
+def _newest(table: str, columns: str, order: str) -> str:
+    """SQL: ``columns`` of the newest rows by ``order`` (ascending columns), at most ``?`` per device and ``?``
+    in all, oldest first."""
+    desc = ", ".join(f"{c} DESC" for c in order.split(", "))
+    return (f"SELECT {columns} FROM (SELECT * FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY device ORDER BY "
+            f"{desc}) AS k FROM {table}) WHERE k <= ? ORDER BY {desc} LIMIT ?) ORDER BY {order}")
 
 
 class LiveFeed:

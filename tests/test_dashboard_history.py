@@ -1,4 +1,5 @@
-"""The dashboard's time series: retained metrics sent again on a reconnection add no point (found in review)."""
+"""The dashboard's time series: retained metrics sent again on a reconnection add no point, and the history
+loaded from the consumer's event store comes in the order the consumer published it (found in review)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ import uuid
 import orjson
 import pytest
 
-from dashboard.live import LiveFeed, LiveStore
+from dashboard.live import LiveFeed, LiveStore, load_history
 from stream.mqtt import connect
+from stream.store import EventStore
 from tests.helpers import wait
 
 METRICS = "har/_consumer/c1/metrics"
@@ -82,3 +84,56 @@ def test_a_reconnected_dashboard_adds_no_point_for_the_retained_metrics(broker_u
         feed.close()
         pub.disconnect()
         pub.loop_stop()
+
+
+# -- history from the event store ----------------------------------------------------------------------
+def journal_put_late(path) -> list[float]:
+    """Predictions of one device written as the consumer writes them when its event store dropped some (the
+    queue full): the newer ones first, the dropped ones put in again from the journal at a checkpoint, with
+    the time their cycle ran. Returns the windows' times in the order of publication."""
+    events = EventStore(path)
+    published = [(100.0 + 2 * k, 1000.0 + 2 * k) for k in range(60)]  # (t, received)
+    for t, received in published[30:] + published[:30]:
+        events.prediction("dev-1", t, "squat", 0.9, "v1", 5.0, received)
+    assert events.flush()
+    events.close()
+    assert [t for t, in events.query("SELECT t FROM predictions ORDER BY id")][:2] == [160.0, 162.0]
+    return [t for t, _ in published]
+
+
+def test_history_put_in_again_late_is_shown_in_the_order_published(tmp_path):
+    path = tmp_path / "events.db"
+    times = journal_put_late(path)
+    store = LiveStore("har")
+    assert load_history(store, str(path)) == 60
+    assert [p.t for p in store.device("dev-1").predictions] == times  # not the newest forgotten as a restart
+
+
+def test_history_keeps_the_newest_predictions_of_each_device(tmp_path):
+    path = tmp_path / "events.db"
+    times = journal_put_late(path)
+    store = LiveStore("har")
+    assert load_history(store, str(path), per_device=20) == 20
+    assert [p.t for p in store.device("dev-1").predictions] == times[-20:]
+    store = LiveStore("har")
+    assert load_history(store, str(path), max_rows=10) == 10  # the newest in all, too
+    assert [p.t for p in store.device("dev-1").predictions] == times[-10:]
+
+
+def test_history_labels_and_drift_come_in_the_order_received(tmp_path):
+    path = tmp_path / "events.db"
+    EventStore(path).close()
+    import sqlite3
+    db = sqlite3.connect(path)  # rows of two writers, ids not in the order of their times
+    with db:
+        db.executemany("INSERT INTO labels (received, device, label, start, end_) VALUES (?, ?, ?, ?, ?)",
+                       [(1010.0, "dev-1", "squat", 110.0, None), (1000.0, "dev-1", "rest", 100.0, None)])
+        db.executemany("INSERT INTO drift (received, device, detector, signal, t, value, needs_labels) VALUES "
+                       "(?, ?, ?, ?, ?, ?, ?)", [(1010.0, "dev-1", "ADWIN", "confidence", 110.0, 0.3, 1),
+                                                 (1000.0, "dev-1", "ADWIN", "confidence", 100.0, 0.4, 1)])
+    db.close()
+    store = LiveStore("har")
+    assert load_history(store, str(path)) == 4
+    view = store.device("dev-1")
+    assert [lab.label for lab in view.labels] == ["rest", "squat"]
+    assert [d.t for d in view.drift] == [100.0, 110.0]
