@@ -60,6 +60,9 @@ G_STANDARD = 9.80665  # m/s² per g, for ``units_g``
 _REPS = {"burpee": (5, 11), "jumping_jack": (15, 31), "mountain_climber": (12, 25),
          "kettlebell_swing": (10, 21)}
 _BOUTS = {"walking": (15.0, 50.0), "running": (15.0, 40.0)}
+# labels kept for this long (s of true time) behind the oldest motion still needed: ``truth_label`` of a
+# window the consumer classified a while ago (the demo's table, a benchmark scoring late predictions)
+LABEL_HORIZON = 3600.0
 _PAGE = 4096  # samples per page of sensor noise
 
 
@@ -93,10 +96,16 @@ class _Timeline:
         self._unseen = unseen
         self.eras: list[tuple[float, Person]] = [(0.0, person)]
         self.segments: deque[Segment] = deque()
-        self.label_starts: list[float] = []
-        self.label_names: list[str] = []
+        # labelled runs in true time: their starts and their names' codes (indices into _vocab_names, which
+        # only grows by a class name: a code taken for a sample stays valid while older runs are pruned)
+        self.label_starts: deque[float] = deque()
+        self._label_codes: deque[int] = deque()
+        self._vocab: dict[str, int] = {}
+        self._vocab_names: list[str] = []
         self._names = np.empty(0, dtype="<U1")
         self._starts = np.empty(0)
+        self._codes = np.empty(0, dtype=np.intp)
+        self._labels_changed = False
         self.end = 0.0
         self.person = person
         self.pose = motion.stand_at(person, (0.0, 0.0), 0.0)
@@ -118,9 +127,13 @@ class _Timeline:
             if seg.end <= seg.start:
                 continue
             self.segments.append(seg)
-            if not self.label_names or self.label_names[-1] != seg.label:
+            code = self._vocab.setdefault(seg.label, len(self._vocab))
+            if code == len(self._vocab_names):
+                self._vocab_names.append(seg.label)
+            if not self._label_codes or self._label_codes[-1] != code:
                 self.label_starts.append(seg.start)
-                self.label_names.append(seg.label)
+                self._label_codes.append(code)
+                self._labels_changed = True
             self.end = seg.end
         self.pose = self.segments[-1].end_pose()
 
@@ -192,9 +205,16 @@ class _Timeline:
         return self.eras[i][0], end, self.eras[i][1]
 
     def prune(self, before: float) -> None:
-        """Forget the motion (not the labels) of segments that ended before ``before``."""
+        """Forget the motion of segments that ended before ``before``, and the labels of runs that ended
+        more than LABEL_HORIZON before it (``labels`` of older times give the oldest run kept): a simulator
+        that runs for days held every label (about 280 kB per device and day)."""
         while len(self.segments) > 1 and self.segments[0].end < before:
             self.segments.popleft()
+        starts = self.label_starts
+        while len(starts) > 1 and starts[1] < before - LABEL_HORIZON:
+            starts.popleft()
+            self._label_codes.popleft()
+            self._labels_changed = True
 
     def channels(self, t: np.ndarray) -> np.ndarray:
         """Joint channels (n, 13) at increasing true times ``t``."""
@@ -214,17 +234,19 @@ class _Timeline:
         return out
 
     def names(self) -> np.ndarray:
-        """``label_names`` as an array (cached)."""
-        if len(self._names) != len(self.label_names):
-            self._names = np.array(self.label_names)
+        """The class names that ``labels`` codes index (cached)."""
+        if len(self._names) != len(self._vocab_names):
+            self._names = np.array(self._vocab_names)
         return self._names
 
     def labels(self, t: np.ndarray) -> np.ndarray:
-        """Indices into ``label_names`` at true times ``t``."""
-        if len(self._starts) != len(self.label_starts):
+        """Codes (indices into ``names()``) of the labels at true times ``t``."""
+        if self._labels_changed:
             self._starts = np.array(self.label_starts)
+            self._codes = np.array(self._label_codes, dtype=np.intp)
+            self._labels_changed = False
         i = np.searchsorted(self._starts, t, side="right") - 1
-        return np.maximum(i, 0)
+        return self._codes[np.maximum(i, 0)]
 
 
 class DeviceStream:
