@@ -61,7 +61,11 @@ def _environment(broker: str, prefix: str, ca_file: str | None, state_dir: str |
 
 
 def _port_free(address: str, port: int) -> bool:
+    """Whether a server could listen on ``address:port`` now (a port whose last server closed moments ago,
+    connections of it in TIME_WAIT, counts as free, as Streamlit takes it with SO_REUSEADDR too)."""
     with socket.socket() as s:
+        if os.name == "posix":
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((address, port))
         except OSError:
@@ -115,6 +119,9 @@ def _warm_up(url: str, process: subprocess.Popen) -> None:
 def run_dashboard(args) -> int:
     """Serve the dashboard in the foreground until Ctrl-C or SIGTERM (then exit status 0)."""
     env = _environment(args.broker, args.prefix, getattr(args, "ca_file", None), getattr(args, "state_dir", None))
+    if not _port_free(args.address, args.port):  # Streamlit would exit after our address line, naming neither
+        raise OSError(f"cannot listen on {args.address}:{args.port}: address already in use (another dashboard? "
+                      "choose another --port)")
     print(f"dashboard: http://{_local(args.address)}:{args.port} (broker {BrokerURL.parse(args.broker)}, "
           f"prefix {args.prefix}); Ctrl-C stops it", flush=True)
     child = subprocess.Popen(streamlit_command(args.address, args.port), env=env, cwd=ROOT)
