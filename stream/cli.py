@@ -82,6 +82,13 @@ def _seconds(text: str) -> float:
     return _finite(text, lambda v: v >= 0, "a finite number of seconds, 0 or more")
 
 
+def _reorder(text: str) -> float:
+    """argparse type of --reorder: seconds, 0 or more and under the 30 s by which a device's clock going back
+    is a restart (stream.buffers.DeviceBuffer's clock_reset, which refused a longer hold only once a device
+    arrived)."""
+    return _finite(text, lambda v: 0 <= v < 30, "a number of seconds, 0 or more and under 30")
+
+
 def _model_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None, metavar="MODEL",
                    help="checkpoint file (default: the small model shipped with harstream)")
@@ -349,7 +356,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "simulator, and prints live predictions beside the simulator's truth.")
     _broker_args(p)
     _model_arg(p)
-    p.add_argument("--devices", type=int, default=5, help="simulated devices (default: %(default)s)")
+    p.add_argument("--devices", type=_at_least_one, default=5, help="simulated devices (default: %(default)s)")
     p.add_argument("--duration", type=_positive, default=None, help="seconds to run (default: until Ctrl-C)")
     p.add_argument("--no-dashboard", action="store_true", help="headless: do not start the dashboard")
     p.add_argument("--seed", type=int, default=0, help="simulator seed (default: %(default)s)")
@@ -378,23 +385,26 @@ def build_parser() -> argparse.ArgumentParser:
     _model_arg(p)
     p.add_argument("--id", default=env("HARSTREAM_CONSUMER_ID", ""),
                    help="consumer id (MQTT client id; default: random, kept in --state-dir)")
-    p.add_argument("--metrics-interval", type=float, default=5.0, help="seconds between metrics (default: %(default)s)")
-    p.add_argument("--max-wait", type=float, default=0.02,
+    p.add_argument("--metrics-interval", type=_positive, default=5.0,
+                   help="seconds between metrics (default: %(default)s)")
+    p.add_argument("--max-wait", type=_seconds, default=0.02,
                    help="seconds a ready window may wait to share a batch (default: %(default)s)")
     p.add_argument("--duration", type=_positive, default=None, help="stop after this many seconds")
-    p.add_argument("--torch-threads", type=int, default=1, help="torch intra-op threads (default: %(default)s)")
+    p.add_argument("--torch-threads", type=_at_least_one, default=1,
+                   help="torch intra-op threads (default: %(default)s)")
     p.add_argument("--adapter", action="append", metavar="'PATTERN = NAME[@DEVICE]'",
                    help="also read a phone format on topics matching PATTERN; NAME is sensor_logger, "
                         "sensor_logger_ios, android or csv; the device is the topic level under the first '+' "
                         "(repeatable; see docs/phone.md)")
-    p.add_argument("--reorder", type=float, default=0.0,
+    p.add_argument("--reorder", type=_reorder, default=0.0,
                    help="seconds to hold each device's samples to merge out-of-order batches (phones: 0.2; "
                         "adds that much latency; default: %(default)s)")
     p.add_argument("--state-dir", default=env("HARSTREAM_STATE_DIR") or None,
                    help="folder for checkpoints of device state, model versions and the event store "
                         "(events.db); restored on start (default: none, nothing kept)")
-    p.add_argument("--checkpoint-interval", type=float, default=30.0, help="seconds between checkpoints")
-    p.add_argument("--idle-timeout", type=float, default=300.0,
+    p.add_argument("--checkpoint-interval", type=_positive, default=30.0,
+                   help="seconds between checkpoints (default: %(default)s)")
+    p.add_argument("--idle-timeout", type=_positive, default=300.0,
                    help="seconds without samples before a device leaves memory, its state kept (default: %(default)s)")
     p.add_argument("--qos", type=int, default=1, choices=(0, 1), help="subscription QoS for samples (default: 1)")
     p.add_argument("--ack", default="auto", choices=("auto", "after-window", "on-receipt"),
@@ -409,7 +419,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="QoS 1 messages held unacknowledged at most (MQTT 5 Receive Maximum); beyond, the oldest "
                         "is acknowledged and counted in acks.forced; about devices x messages per window are "
                         "held (default: %(default)s)")
-    p.add_argument("--ack-stall", type=float, default=2.0, metavar="SECONDS",
+    p.add_argument("--ack-stall", type=_positive, default=2.0, metavar="SECONDS",
                    help="acknowledge all held messages when nothing arrives for this long (a broker in-flight "
                         "limit below what the open windows hold; counted in acks.forced) (default: %(default)s)")
     p.add_argument("--health-file", default=env("HARSTREAM_HEALTH_FILE") or None, metavar="FILE",
@@ -422,7 +432,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--state-store", default=env("HARSTREAM_STATE_STORE") or None, metavar="URL",
                    help="redis://host:port/db: every device's state lives there, applied in seq order and "
                         "exactly once whichever replica gets a message (default: in memory and --state-dir)")
-    g.add_argument("--reorder-wait", type=float, default=5.0, metavar="SECONDS",
+    g.add_argument("--reorder-wait", type=_seconds, default=5.0, metavar="SECONDS",
                    help="with --state-store, how long a message waits for its device's earlier ones (on "
                         "other replicas) before the gap is accepted as lost; keep it above the replicas' "
                         "queueing delay (default: %(default)s)")
@@ -433,10 +443,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "network (measured best: docs/personal.md), the shared network itself (every "
                         "device's predictions change), or both (default: %(default)s)")
     g.add_argument("--optimiser", default="adam", choices=("adam", "rmsprop", "sgd"))
-    g.add_argument("--lr", type=float, default=1e-3, help="learning rate (default: %(default)s)")
-    g.add_argument("--k1", type=int, default=4, help="windows between weight updates (default: %(default)s)")
-    g.add_argument("--k2", type=int, default=4, help="windows backpropagated through (default: %(default)s)")
-    g.add_argument("--clip", type=float, default=1.0, help="gradient norm clipping (default: %(default)s)")
+    g.add_argument("--lr", type=_positive, default=1e-3, help="learning rate (default: %(default)s)")
+    g.add_argument("--k1", type=_at_least_one, default=4, help="windows between weight updates (default: %(default)s)")
+    g.add_argument("--k2", type=_at_least_one, default=4, help="windows backpropagated through (default: %(default)s)")
+    g.add_argument("--clip", type=_positive, default=1.0, help="gradient norm clipping (default: %(default)s)")
     g.add_argument("--learn-cpu", type=float, default=0.2, metavar="SHARE",
                    help="share of one core the learner may use over time, so that a flood of labels never "
                         "slows serving; beyond it sequences wait, and the oldest are dropped (0: no limit; "

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import socket
 
-from stream.cli import main
+import pytest
+
+from stream.cli import build_parser, main
 
 
 def _listening() -> tuple[socket.socket, int]:
@@ -41,3 +43,39 @@ def test_a_port_whose_server_just_closed_counts_as_free():
     server.close()
     client.close()
     assert _port_free("127.0.0.1", port)
+
+
+# -- 2. numbers the commands cannot use, refused by argparse -----------------------------------------------
+def test_demo_refuses_fewer_than_one_device():
+    """`harstream demo --devices 0` printed the simulator child's usage text, "demo: simulate --broker exited
+    with status 2", an empty summary, and exited 0."""
+    with pytest.raises(SystemExit) as exc:
+        build_parser().parse_args(["demo", "--devices", "0"])
+    assert exc.value.code == 2
+
+
+@pytest.mark.parametrize("option, value", [
+    ("--reorder", "-1"),  # the consumer stopped once a device came: "max_gap must be positive and reorder not negative"
+    ("--reorder", "30"),  # the same, "clock_reset must be longer than max_gap and reorder"
+    ("--lr", "-1"),  # a traceback from the learner's process; the consumer served on without learning
+    ("--clip", "0"),  # every gradient scaled to nothing
+    ("--k1", "0"),
+    ("--torch-threads", "0"),
+    ("--metrics-interval", "0"),
+    ("--checkpoint-interval", "0"),
+    ("--idle-timeout", "-5"),
+    ("--max-wait", "-1"),
+    ("--ack-stall", "0"),
+    ("--reorder-wait", "nan"),
+])
+def test_consume_refuses_numbers_it_cannot_use(option, value, capsys):
+    with pytest.raises(SystemExit) as exc:
+        build_parser().parse_args(["consume", option, value])
+    assert exc.value.code == 2
+    assert option in capsys.readouterr().err
+
+
+def test_consume_takes_the_documented_values():
+    """docs/phone.md's `--reorder 0.2`, and the defaults."""
+    args = build_parser().parse_args(["consume", "--reorder", "0.2", "--reorder-wait", "0", "--max-wait", "0"])
+    assert args.reorder == 0.2 and args.lr == 1e-3 and args.k1 == 4 and args.torch_threads == 1
