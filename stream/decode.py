@@ -291,7 +291,10 @@ class SequenceCheck:
     one taken, and a restart leaves a gap. It is accepted and counted in ``renumbered``; refused, every
     message of the new session was refused until its ``seq`` passed the old session's last one. (Two
     publishers under one device id interleave their samples with no such gap: the one behind in ``seq``
-    stays refused, as before.)
+    stays refused, as before. What is newest is also what the check itself saw of the device, refused
+    messages included: a refused batch is samples the device gave, and once a batch of the publisher behind
+    was refused, its next came more than ``RESTART_GAP`` after the other's newest whenever that one sends
+    longer batches, and was taken.)
     """
 
     MAX_GAPS = 64  # gaps remembered per device (as ranges of seq, so a huge gap costs no more)
@@ -310,14 +313,21 @@ class SequenceCheck:
         self.lost_samples = 0
         self.filled_samples = 0  # samples of late messages that filled a gap (taken off lost_samples)
         self.renumbered = 0  # messages taken as a device numbering anew (seq back, its samples newer)
+        self._given: dict[str, float] = {}  # device -> its newest sample in a message checked, refused or not
 
     def check(self, batch: SampleBatch, newest: float | None = None) -> int:
         """Accept ``batch`` or raise ``Rejected``; returns the samples estimated lost before it
         (negative when the batch fills a gap counted before). ``newest``: the device time of the newest
-        sample taken from the device, if known."""
+        sample taken from the device, if known (None: no new numbering, as for a copy sent again); the newest
+        sample of a message checked before, refused or not, counts too."""
         last = self._last.get(batch.device)
         seq = batch.seq
         lost = 0
+        given = self._given.get(batch.device)
+        if seq is not None and len(batch.t) > 0:  # t does not decrease within a batch (decode_imu)
+            self._given[batch.device] = float(batch.t[-1]) if given is None else max(given, float(batch.t[-1]))
+        if newest is not None and given is not None and given > newest:
+            newest = given  # a batch refused, or one taken and evicted since, is samples the device gave
         renumbered = (last is not None and seq is not None and seq < last and newest is not None
                       and len(batch.t) > 0 and float(np.min(batch.t)) > newest + self.RESTART_GAP)
         if (last is not None and seq is not None and not (seq == 0 and last > 0) and seq - last - 1 <= self.MAX_GAP
@@ -367,6 +377,7 @@ class SequenceCheck:
     def forget(self, device: str) -> None:
         self._last.pop(device, None)
         self._gaps.pop(device, None)
+        self._given.pop(device, None)
 
     def snapshot(self) -> dict[str, int]:
         return dict(self._last)
