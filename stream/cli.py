@@ -82,6 +82,11 @@ def _seconds(text: str) -> float:
     return _finite(text, lambda v: v >= 0, "a finite number of seconds, 0 or more")
 
 
+def _fraction(text: str) -> float:
+    """argparse type of a share, 0 to 1."""
+    return _finite(text, lambda v: 0 <= v <= 1, "a fraction from 0 to 1")
+
+
 def _reorder(text: str) -> float:
     """argparse type of --reorder: seconds, 0 or more and under the 30 s by which a device's clock going back
     is a restart (stream.buffers.DeviceBuffer's clock_reset, which refused a longer hold only once a device
@@ -580,8 +585,13 @@ def build_parser() -> argparse.ArgumentParser:
                                    "as independent devices do), and reports sustained samples/s, latency "
                                    "percentiles (p99 of the worst second and of the median second), CPU and "
                                    "memory per device, against a stateless sliding-window baseline measured in "
-                                   "the same run.")
-    _broker_args(p)
+                                   "the same run. Its devices and consumer use a topic prefix of their own "
+                                   "(bench + 6 hex digits), so a run never meets other clients on the broker.")
+    # --broker alone: stream.bench.run_bench picks its own prefix and connects without a CA file (it took
+    # --prefix and --ca-file from _broker_args and ignored both)
+    p.add_argument("--broker", default=default_broker(), metavar="URL",
+                   help="mqtt://[user:pass@]host:port, or mqtts://... with a certificate the system trusts "
+                        "(default: %(default)s)")
     _model_arg(p)
     p.add_argument("--devices", type=_at_least_one, nargs="+", default=[1000],
                    help="device counts to run, each at least 1 (default: 1000)")
@@ -589,7 +599,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--interval", type=_interval, default=0.5,
                    help="seconds of samples per message, at least 0.01 (default: %(default)s)")
     p.add_argument("--learn", action="store_true", help="online fine-tuning on (with --labelled devices)")
-    p.add_argument("--labelled", type=float, default=0.0, help="share of devices publishing labels")
+    p.add_argument("--labelled", type=_fraction, default=0.0, metavar="FRACTION",
+                   help="share of devices publishing labels, 0..1 (default: %(default)s)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_bench)
 

@@ -79,3 +79,19 @@ def test_consume_takes_the_documented_values():
     """docs/phone.md's `--reorder 0.2`, and the defaults."""
     args = build_parser().parse_args(["consume", "--reorder", "0.2", "--reorder-wait", "0", "--max-wait", "0"])
     assert args.reorder == 0.2 and args.lr == 1e-3 and args.k1 == 4 and args.torch_threads == 1
+
+
+# -- 3. bench took --prefix and --ca-file and ignored both ----------------------------------------------------
+@pytest.mark.parametrize("argv", [["--prefix", "walk"], ["--ca-file", "ca.pem"], ["--labelled", "2"]])
+def test_bench_offers_no_option_it_ignores(argv):
+    """`harstream bench --prefix walk` ran on a prefix of its own (bench + 6 hex digits) and --ca-file never
+    reached its clients; --labelled 2 asked for twice as many labelling devices as devices."""
+    with pytest.raises(SystemExit) as exc:
+        build_parser().parse_args(["bench", *argv])
+    assert exc.value.code == 2
+
+
+def test_bench_help_says_it_picks_its_own_prefix(capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["bench", "--help"])
+    assert "prefix of their own" in " ".join(capsys.readouterr().out.split())
