@@ -106,6 +106,7 @@ class _Timeline:
         self._starts = np.empty(0)
         self._codes = np.empty(0, dtype=np.intp)
         self._labels_changed = False
+        self.labels_from = -math.inf  # true time from which labels are kept (the oldest run's start, once pruned)
         self.end = 0.0
         self.person = person
         self.pose = motion.stand_at(person, (0.0, 0.0), 0.0)
@@ -215,6 +216,7 @@ class _Timeline:
             starts.popleft()
             self._label_codes.popleft()
             self._labels_changed = True
+            self.labels_from = starts[0]
 
     def channels(self, t: np.ndarray) -> np.ndarray:
         """Joint channels (n, 13) at increasing true times ``t``."""
@@ -358,9 +360,15 @@ class DeviceStream:
         return [(self.t0 + start, person) for start, person in self._timeline.eras]
 
     def truth_label(self, t: float | np.ndarray) -> str | np.ndarray:
-        """The true exercise at device time ``t`` (for times already generated)."""
+        """The true exercise at device time ``t`` (for times already generated, and not more than about
+        LABEL_HORIZON before the newest: older ones raise ValueError, their labels are pruned)."""
         tau = np.atleast_1d(np.asarray(t, dtype=float)) - self.t0
-        codes = self._timeline.labels(self._true_time(tau))
+        true = self._true_time(tau)
+        if len(true) and float(true.min()) < self._timeline.labels_from:
+            raise ValueError(f"{self.device}: the labels before time "
+                             f"{self.t0 + self._timeline.labels_from:.1f} s are no longer kept (LABEL_HORIZON "
+                             f"{LABEL_HORIZON:g} s); ask for the truth of a window while it is recent")
+        codes = self._timeline.labels(true)
         names = self._timeline.names()[codes]
         return str(names[0]) if np.ndim(t) == 0 else names
 

@@ -7,6 +7,7 @@ import time
 
 import numpy as np
 import orjson
+import pytest
 
 from models.state import StatefulClassifier
 from stream.consumer import Consumer, ConsumerConfig
@@ -49,3 +50,25 @@ def test_two_publishers_under_one_id_with_different_batch_lengths_stay_apart(tin
     assert c.sequence.lost_samples == 0
     assert c.stats.rejected["backwards_seq"] == b - 10
     assert c.sequence.last("dev") == a - 1
+
+
+def test_the_truth_of_a_time_whose_labels_were_pruned_is_refused_not_made_up():
+    """0bda91f prunes a simulated device's label runs older than LABEL_HORIZON; ``truth_label`` of such a time
+    gave the oldest run kept, silently (benchmarks/adaptation.py scores every prediction after its run: with
+    ``--onset`` beyond an hour, its first windows were scored against another exercise). It is refused."""
+    from simulators.workout import LABEL_HORIZON, DeviceStream
+
+    stream = DeviceStream("d", seed=3)
+    chunks = [stream.read(60.0) for _ in range(int(1.5 * LABEL_HORIZON / 60))]
+    t = np.concatenate([c.t for c in chunks])
+    labels = np.concatenate([c.label for c in chunks])
+    kept_from = stream._timeline.label_starts[0]
+    assert kept_from > 60.0  # runs were pruned
+    old = t < kept_from
+    assert (labels[old] != labels[old][-1]).any()  # the oldest run kept is not the truth of every older time
+    with pytest.raises(ValueError, match="LABEL_HORIZON"):
+        stream.truth_label(t[old][::50])
+    with pytest.raises(ValueError, match="LABEL_HORIZON"):
+        stream.truth_label(float(t[0]))
+    recent = ~old
+    np.testing.assert_array_equal(stream.truth_label(t[recent][::50]), labels[recent][::50])
