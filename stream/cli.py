@@ -509,13 +509,15 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--simulated", action="store_true", help="train on freshly simulated people")
     src.add_argument("--data", nargs="+", type=Path, metavar="FILE", help="recording files")
     p.add_argument("--out", required=True, type=Path, metavar="MODEL", help="checkpoint to write")
-    p.add_argument("--cell", default="lstm", choices=("lstm", "gru", "rnn"))
-    p.add_argument("--hidden", type=int, default=64)
-    p.add_argument("--layers", type=int, default=2)
+    p.add_argument("--cell", default="lstm", choices=("lstm", "gru", "rnn"),
+                   help="recurrent cell (default: %(default)s)")
+    p.add_argument("--hidden", type=int, default=64, help="units per recurrent layer (default: %(default)s)")
+    p.add_argument("--layers", type=int, default=2, help="recurrent layers (default: %(default)s)")
     p.add_argument("--rate", type=float, default=25.0, help="model sample rate in Hz (default: %(default)s)")
     p.add_argument("--window", type=int, default=50, help="samples per window at --rate (default: %(default)s)")
     p.add_argument("--patch", type=int, default=5, help="samples per recurrent step (default: %(default)s)")
-    p.add_argument("--epochs", type=int, default=40, help="at most this many epochs (early stopping)")
+    p.add_argument("--epochs", type=int, default=40,
+                   help="at most this many epochs (early stopping; default: %(default)s)")
     p.add_argument("--tbptt", type=int, default=8,
                    help="windows per truncated-BPTT segment: the error flows back through this many, then the "
                         "state is carried on detached (default: %(default)s; 4 before 2026-12-06, "
@@ -546,7 +548,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where the simulated sensor sits; mixed spreads people over all three (default: %(default)s)")
     p.add_argument("--sim-exercises", default=None, metavar="A,B,...",
                    help="simulate only these exercises (comma-separated; default: all; 'rest' is always useful)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the simulated people, the split and the training (default: %(default)s)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
 
@@ -604,8 +607,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_bench)
 
-    p = sub.add_parser("import", help="turn a real data set into a recording file")
-    p.add_argument("dataset", choices=("uci-hapt", "barbell", "muvr", "exermote"))
+    p = sub.add_parser("import", help="turn a real data set into a recording file",
+                       description="Reads a published data set of labelled accelerometer recordings from its folder "
+                                   "and writes it as one recording file (DESIGN.md), for train, evaluate and replay; "
+                                   "prints a summary (rows, devices, people, rows per class, duration).",
+                       epilog="Example: harstream import muvr ../shared/datasets/muvr-gym muvr.csv")
+    p.add_argument("dataset", choices=("uci-hapt", "barbell", "muvr", "exermote"), help="which data set SRC holds")
     p.add_argument("src", type=Path, help="the data set's folder as published")
     p.add_argument("out", type=Path, help="recording file to write")
     p.set_defaults(func=cmd_import)
