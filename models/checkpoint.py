@@ -98,7 +98,9 @@ def load_checkpoint(path: str | Path | bytes) -> tuple[HARNet, dict]:
     except FileNotFoundError:
         raise CheckpointError(f"{path}: no such checkpoint") from None
     except Exception as exc:  # pickle errors, refused globals, truncated files
-        raise CheckpointError(f"{path}: not a harstream checkpoint ({type(exc).__name__}: {exc})") from None
+        # its first sentence only: torch's advice that follows (weights_only=False) would run code from the file
+        first = str(exc).strip().split(". ")[0].splitlines()[0] if str(exc).strip() else ""
+        raise CheckpointError(f"{path}: not a harstream checkpoint ({type(exc).__name__}: {first})") from None
     if not isinstance(blob, dict) or blob.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a harstream checkpoint (no '{FORMAT}' marker)")
     if blob.get("format_version") != VERSION:

@@ -470,7 +470,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--speed", type=_speed, default=1.0, help="1 real time, 10 ten times faster, 0 as fast as possible")
     p.add_argument("--seed", type=int, default=0, help="seed; device k uses seed + k (default: %(default)s)")
     p.add_argument("--placement", default="wrist", choices=("wrist", "upper_arm", "waist"))
-    p.add_argument("--labels", type=float, default=0.0, metavar="FRACTION",
+    p.add_argument("--labels", type=_fraction, default=0.0, metavar="FRACTION",
                    help="share of devices that publish their true labels, 0..1 (default: %(default)s)")
     p.add_argument("--scenario", default=None, help="drift scenario name (strap_rotated, other_wrist, fatigue, ...)")
     p.add_argument("--scenario-start", type=_seconds, default=60.0,

@@ -694,8 +694,11 @@ class Consumer:
         if self.after_window and cfg.state_dir is not None and self.shared is None:
             self.journal = AckJournal(cfg.state_dir, self._journal_generation)
         self._client.publish(status, b"online", qos=1, retain=True)
+        # the phone formats' topics too: a topic that matches no --adapter pattern is never received
+        phones = [f"{r.pattern} = {r.adapter.name}" for r in self.router.routes[1:]]
+        topics = ", ".join([self.imu_subscription, *phones])
         log.info("consumer %s on %s (%s), model %s (%d classes, window %.2f s); MQTT %s, acknowledging %s",
-                 cfg.consumer_id, cfg.broker, self.imu_subscription, self.pipeline.classifier.version,
+                 cfg.consumer_id, cfg.broker, topics, self.pipeline.classifier.version,
                  len(self.pipeline.classifier.classes), self.pipeline.config.window_seconds, self.protocol,
                  f"after the window (at most {self.acks.limit} held)" if self.after_window else "on receipt")
         if self.learner is not None:

@@ -95,3 +95,46 @@ def test_bench_help_says_it_picks_its_own_prefix(capsys):
     with pytest.raises(SystemExit):
         build_parser().parse_args(["bench", "--help"])
     assert "prefix of their own" in " ".join(capsys.readouterr().out.split())
+
+
+# -- follow-ups of the walkthrough's findings in files it left to others ----------------------------------------
+def test_a_file_that_is_no_checkpoint_gets_no_advice_to_load_it_with_code(tmp_path, capsys):
+    """torch's whole paragraph followed: re-run with weights_only=False, which would run code from the file."""
+    bad = tmp_path / "some.csv"
+    bad.write_text("device,t,ax,ay,az,label\nd,0.0,1,2,3,rest\n")
+    code = main(["evaluate", "--model", str(bad), "--data", str(bad)])
+    err = capsys.readouterr().err
+    assert code == 2 and "not a harstream checkpoint" in err
+    assert "weights_only" not in err and "arbitrary code" not in err
+
+
+def test_simulate_refuses_a_label_share_beyond_1_by_its_flag(capsys):
+    """It said "'label_fraction' must be within [0, 1]", the simulator config's name, not the flag's."""
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["simulate", "--labels", "1.5"])
+    assert "--labels" in capsys.readouterr().err
+
+
+@pytest.mark.broker
+def test_the_consumer_says_which_phone_topics_it_takes(broker_url, tiny_model, caplog):
+    """Its start line named the native topic only: someone following docs/phone.md could not see whether
+    their --adapter pattern was subscribed (a topic matching none is never received)."""
+    import logging
+    import threading
+
+    from models.state import StatefulClassifier
+    from stream.consumer import Consumer, ConsumerConfig
+    from tests.helpers import wait
+
+    c = Consumer(ConsumerConfig(broker=broker_url, prefix="walkt", learn=False,
+                                adapters=("sensorlogger/+ = sensor_logger",)), StatefulClassifier(tiny_model, "t"))
+    caplog.set_level(logging.INFO, logger="stream.consumer")
+    runner = threading.Thread(target=c.run)
+    runner.start()
+    try:
+        assert wait(lambda: any("walkt/+/imu" in r.getMessage() for r in caplog.records))
+    finally:
+        c.stop()
+        runner.join(15)
+    line = next(r.getMessage() for r in caplog.records if "walkt/+/imu" in r.getMessage())
+    assert "sensorlogger/+ = sensor_logger" in line
