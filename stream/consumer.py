@@ -1099,7 +1099,8 @@ class Consumer:
                 "t": p.t_end,
                 "label": p.label,
                 "confidence": round(p.confidence, 4),
-                "probs": dict(zip(classes, p.probs.round(4).tolist(), strict=True)),  # one numpy call, not K
+                # in float64: a float32 rounded to 4 decimals is written with its binary tail (0.00039999998989515007)
+                "probs": dict(zip(classes, p.probs.astype(np.float64).round(4).tolist(), strict=True)),
                 "model": version,
                 "latency_ms": round(latency, 2),
             })

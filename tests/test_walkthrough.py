@@ -138,3 +138,37 @@ def test_the_consumer_says_which_phone_topics_it_takes(broker_url, tiny_model, c
         runner.join(15)
     line = next(r.getMessage() for r in caplog.records if "walkt/+/imu" in r.getMessage())
     assert "sensorlogger/+ = sensor_logger" in line
+
+
+def test_prediction_probabilities_are_written_as_rounded(tiny_model):
+    """They went out as float32 noise (0.00039999998989515007 for 0.0004): five times the bytes."""
+    import re
+    import time
+
+    import numpy as np
+    import orjson
+
+    from models.state import StatefulClassifier
+    from stream.consumer import Consumer, ConsumerConfig
+
+    class Capture:
+        def __init__(self):
+            self.sent = []
+
+        def publish(self, topic, payload=None, qos=0, retain=False):
+            self.sent.append((topic, payload))
+
+    c = Consumer(ConsumerConfig(broker="mqtt://127.0.0.1:1", prefix="wp", learn=False),
+                 StatefulClassifier(tiny_model, "t"))
+    c._client = Capture()
+    rng = np.random.default_rng(0)
+    for k in range(6):
+        t = 100.0 + k + np.arange(50) / 50
+        body = {"seq": k, "t": t, "acc": rng.normal(0, 3, (50, 3)) + [0, 0, 9.81]}
+        c.handle_many([("wp/d/imu", orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY), time.monotonic())])
+        c._classify()
+    bodies = [p for t, p in c._client.sent if t.endswith("/prediction")]
+    assert len(bodies) >= 4
+    for raw in bodies:
+        probs = re.search(rb'"probs":\{([^}]*)\}', raw).group(1)
+        assert all(len(v.split(b".")[-1]) <= 4 for v in re.findall(rb":([0-9.e-]+)", probs)), probs
