@@ -497,9 +497,12 @@ class Monitor:
     def _summary(self, det: _Detectors) -> dict:
         conf = det.rolling_confidence.mean()
         labelled = det.accuracy.cm.n_samples if det.accuracy is not None else 0
+        # one class in the labels and the predictions alike: chance agreement is 1 and kappa undefined
+        # (river's 0.0 would call a device always right on its one exercise no better than chance)
+        defined = labelled and len(det.kappa.cm.classes) > 1
         return {
             "accuracy": round(det.accuracy.get(), 4) if labelled else None,
-            "kappa": round(det.kappa.get(), 4) if labelled else None,
+            "kappa": round(det.kappa.get(), 4) if defined else None,
             "rolling_accuracy": round(det.rolling.get(), 4) if labelled else None,
             "labelled_windows": labelled,
             "estimated_accuracy": round(conf, 4) if conf is not None else None,

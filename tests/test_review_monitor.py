@@ -1,0 +1,30 @@
+"""Review of the drift monitor and the live metrics: each test failed on the code before its fix."""
+
+from stream.monitor import Monitor
+
+
+def _kappa(truth: list[str], predicted: list[str]) -> float | None:
+    """Cohen's kappa by hand; None where chance agreement is 1 (undefined)."""
+    n = len(truth)
+    observed = sum(t == p for t, p in zip(truth, predicted, strict=True)) / n
+    chance = sum(truth.count(c) / n * predicted.count(c) / n for c in set(truth) | set(predicted))
+    return None if chance == 1 else (observed - chance) / (1 - chance)
+
+
+def test_kappa_of_one_class_always_right_is_undefined_not_chance():
+    """A device doing one exercise the model always names right: kappa is 0/0, not 0.0 (which reads as
+    'no better than chance' on the dashboard); None, as the scripted dashboard gives. Other cases as by hand."""
+    mon = Monitor()
+    for k in range(10):
+        mon.labelled("d", float(k), "squat", "squat")
+    assert mon.device_summary("d")["accuracy"] == 1.0
+    assert mon.device_summary("d")["kappa"] is None
+    assert mon.summary()["kappa"] is None
+    cases = [(["squat"] * 4, ["squat", "squat", "lunge", "squat"]),  # one true class, a wrong guess: 0
+             (["squat", "lunge", "squat", "row"], ["squat", "lunge", "lunge", "row"]),
+             (["zumba", "squat"], ["squat", "squat"])]  # a label outside the model's classes
+    for truth, predicted in cases:
+        mon = Monitor()
+        for k, (t, p) in enumerate(zip(truth, predicted, strict=True)):
+            mon.labelled("d", float(k), t, p)
+        assert mon.device_summary("d")["kappa"] == round(_kappa(truth, predicted), 4)
