@@ -128,6 +128,9 @@ class WindowHistory:
         self.lateness = lateness
         self._windows: dict[str, deque[LabelledWindow]] = {}
         self._ended: dict[str, list[LabelledWindow]] = {}  # windows of a session whose device clock then went back
+        # windows pushed out of a full queue (more than max_windows of a device in one cycle: a replay at full
+        # speed, a consumer behind): resolved next with their labels as they stand, far past their lateness
+        self._due: dict[str, list[LabelledWindow]] = {}
         self.max_windows = max_windows
 
     def __contains__(self, device: str) -> bool:
@@ -143,6 +146,8 @@ class WindowHistory:
         if queue and window.t_end < queue[-1].t_end:  # the device's clock went back: a new session
             self._ended.setdefault(window.device, []).extend(queue)  # final now: resolved next
             queue.clear()
+        elif len(queue) == queue.maxlen:  # the deque would drop its oldest unscored: it is due instead
+            self._due.setdefault(window.device, []).append(queue.popleft())
         queue.append(window)
 
     def resolve(self, labels: LabelBook) -> list[LabelledWindow]:
@@ -150,6 +155,11 @@ class WindowHistory:
         session whose device's clock went back has ended: its windows are all resolved at once, then
         its labels after the new clock's first window are forgotten (``LabelBook.drop_after``)."""
         out = []
+        for due in self._due.values():  # older than anything of their device's below
+            for w in due:
+                w.label = self._label_of(w, labels)
+            out += due
+        self._due.clear()
         for device, ended in self._ended.items():
             for w in ended:
                 w.label = self._label_of(w, labels)
@@ -170,11 +180,11 @@ class WindowHistory:
 
     def waiting(self, device: str) -> list[LabelledWindow]:
         """The device's windows still waiting for their labels (an ended session's too), oldest first."""
-        return self._ended.get(device, []) + list(self._windows.get(device, ()))
+        return self._due.get(device, []) + self._ended.get(device, []) + list(self._windows.get(device, ()))
 
     def flush(self, device: str, labels: LabelBook) -> list[LabelledWindow]:
         """All of a device's waiting windows, with their labels as they stand (the device has gone)."""
-        out = self._ended.pop(device, []) + list(self._windows.get(device, ()))
+        out = self._due.pop(device, []) + self._ended.pop(device, []) + list(self._windows.get(device, ()))
         for w in out:
             w.label = self._label_of(w, labels)
         self._windows.pop(device, None)
@@ -187,3 +197,4 @@ class WindowHistory:
     def forget(self, device: str) -> None:
         self._windows.pop(device, None)
         self._ended.pop(device, None)
+        self._due.pop(device, None)
