@@ -452,7 +452,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--k1", type=_at_least_one, default=4, help="windows between weight updates (default: %(default)s)")
     g.add_argument("--k2", type=_at_least_one, default=4, help="windows backpropagated through (default: %(default)s)")
     g.add_argument("--clip", type=_positive, default=1.0, help="gradient norm clipping (default: %(default)s)")
-    g.add_argument("--learn-cpu", type=float, default=0.2, metavar="SHARE",
+    g.add_argument("--learn-cpu", type=_fraction, default=0.2, metavar="SHARE",
                    help="share of one core the learner may use over time, so that a flood of labels never "
                         "slows serving; beyond it sequences wait, and the oldest are dropped (0: no limit; "
                         "default: %(default)s)")
@@ -511,18 +511,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, type=Path, metavar="MODEL", help="checkpoint to write")
     p.add_argument("--cell", default="lstm", choices=("lstm", "gru", "rnn"),
                    help="recurrent cell (default: %(default)s)")
-    p.add_argument("--hidden", type=int, default=64, help="units per recurrent layer (default: %(default)s)")
-    p.add_argument("--layers", type=int, default=2, help="recurrent layers (default: %(default)s)")
-    p.add_argument("--rate", type=float, default=25.0, help="model sample rate in Hz (default: %(default)s)")
-    p.add_argument("--window", type=int, default=50, help="samples per window at --rate (default: %(default)s)")
-    p.add_argument("--patch", type=int, default=5, help="samples per recurrent step (default: %(default)s)")
-    p.add_argument("--epochs", type=int, default=40,
+    p.add_argument("--hidden", type=_at_least_one, default=64, help="units per recurrent layer (default: %(default)s)")
+    p.add_argument("--layers", type=_at_least_one, default=2, help="recurrent layers (default: %(default)s)")
+    p.add_argument("--rate", type=_positive, default=25.0, help="model sample rate in Hz (default: %(default)s)")
+    p.add_argument("--window", type=_at_least_one, default=50,
+                   help="samples per window at --rate (default: %(default)s)")
+    p.add_argument("--patch", type=_at_least_one, default=5, help="samples per recurrent step (default: %(default)s)")
+    p.add_argument("--epochs", type=_at_least_one, default=40,
                    help="at most this many epochs (early stopping; default: %(default)s)")
-    p.add_argument("--tbptt", type=int, default=8,
+    p.add_argument("--tbptt", type=_at_least_one, default=8,
                    help="windows per truncated-BPTT segment: the error flows back through this many, then the "
                         "state is carried on detached (default: %(default)s; 4 before 2026-12-06, "
                         "docs/results.md)")
-    p.add_argument("--max-minutes", type=float, default=None, help="stop training after this long")
+    p.add_argument("--max-minutes", type=_positive, default=None, help="stop training after this long")
     p.add_argument("--any-orientation", type=float, default=0.0, metavar="FRACTION",
                    help="train this fraction of the streams in a random orientation, for sensors that people "
                         "wear every which way (a phone in an armband or a pocket); costs accuracy where the "
@@ -542,7 +543,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "reads the gyroscope keeps one, and serves a device worn upside down or turned on the "
                         "limb turned back, chosen from its first 10 to 90 s without labels (models/orientation.py)")
     p.add_argument("--sim-devices", type=_at_least_one, default=40, help="simulated people (default: %(default)s)")
-    p.add_argument("--sim-minutes", type=float, default=10.0,
+    p.add_argument("--sim-minutes", type=_positive, default=10.0,
                    help="minutes per simulated person (default: %(default)s)")
     p.add_argument("--sim-placement", default="wrist", choices=("wrist", "upper_arm", "waist", "mixed"),
                    help="where the simulated sensor sits; mixed spreads people over all three (default: %(default)s)")

@@ -172,3 +172,19 @@ def test_prediction_probabilities_are_written_as_rounded(tiny_model):
     for raw in bodies:
         probs = re.search(rb'"probs":\{([^}]*)\}', raw).group(1)
         assert all(len(v.split(b".")[-1]) <= 4 for v in re.findall(rb":([0-9.e-]+)", probs)), probs
+
+
+@pytest.mark.parametrize("argv", [["--hidden", "0"], ["--layers", "0"], ["--window", "0"], ["--patch", "0"],
+                                  ["--epochs", "0"], ["--tbptt", "0"], ["--rate", "0"], ["--max-minutes", "-1"],
+                                  ["--sim-minutes", "0"]])
+def test_train_refuses_sizes_it_cannot_use_by_their_flag(argv, capsys):
+    """`train --hidden 0` ran until torch said "input_size must be greater than zero", after its warning."""
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train", "--simulated", "--out", "m.pt", *argv])
+    assert argv[0] in capsys.readouterr().err
+
+
+def test_consume_refuses_a_learner_share_outside_0_to_1(capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["consume", "--learn-cpu", "-0.5"])
+    assert "--learn-cpu" in capsys.readouterr().err
