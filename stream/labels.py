@@ -129,7 +129,8 @@ class WindowHistory:
         self._windows: dict[str, deque[LabelledWindow]] = {}
         self._ended: dict[str, list[LabelledWindow]] = {}  # windows of a session whose device clock then went back
         # windows pushed out of a full queue (more than max_windows of a device in one cycle: a replay at full
-        # speed, a consumer behind): resolved next with their labels as they stand, far past their lateness
+        # speed, a consumer behind): resolved next with their labels as they stand, far past their lateness;
+        # always of the device's current session (a session ending takes them into _ended, before its queue)
         self._due: dict[str, list[LabelledWindow]] = {}
         self.max_windows = max_windows
 
@@ -144,7 +145,9 @@ class WindowHistory:
         if queue is None:
             return
         if queue and window.t_end < queue[-1].t_end:  # the device's clock went back: a new session
-            self._ended.setdefault(window.device, []).extend(queue)  # final now: resolved next
+            ended = self._ended.setdefault(window.device, [])
+            ended += self._due.pop(window.device, [])  # its windows pushed out come before those left
+            ended.extend(queue)  # final now: resolved next
             queue.clear()
         elif len(queue) == queue.maxlen:  # the deque would drop its oldest unscored: it is due instead
             self._due.setdefault(window.device, []).append(queue.popleft())
@@ -155,19 +158,19 @@ class WindowHistory:
         session whose device's clock went back has ended: its windows are all resolved at once, then
         its labels after the new clock's first window are forgotten (``LabelBook.drop_after``)."""
         out = []
-        for due in self._due.values():  # older than anything of their device's below
-            for w in due:
-                w.label = self._label_of(w, labels)
-            out += due
-        self._due.clear()
         for device, ended in self._ended.items():
             for w in ended:
                 w.label = self._label_of(w, labels)
             out += ended
-            queue = self._windows.get(device)
-            if queue:
-                labels.drop_after(device, queue[0].t_end)
+            first = self._due.get(device) or self._windows.get(device)  # the new session's first window
+            if first:
+                labels.drop_after(device, first[0].t_end)
         self._ended.clear()
+        for due in self._due.values():  # the current session's, older than anything of their device's below
+            for w in due:
+                w.label = self._label_of(w, labels)
+            out += due
+        self._due.clear()
         for queue in self._windows.values():
             if not queue:
                 continue
@@ -180,11 +183,11 @@ class WindowHistory:
 
     def waiting(self, device: str) -> list[LabelledWindow]:
         """The device's windows still waiting for their labels (an ended session's too), oldest first."""
-        return self._due.get(device, []) + self._ended.get(device, []) + list(self._windows.get(device, ()))
+        return self._ended.get(device, []) + self._due.get(device, []) + list(self._windows.get(device, ()))
 
     def flush(self, device: str, labels: LabelBook) -> list[LabelledWindow]:
         """All of a device's waiting windows, with their labels as they stand (the device has gone)."""
-        out = self._due.pop(device, []) + self._ended.pop(device, []) + list(self._windows.get(device, ()))
+        out = self._ended.pop(device, []) + self._due.pop(device, []) + list(self._windows.get(device, ()))
         for w in out:
             w.label = self._label_of(w, labels)
         self._windows.pop(device, None)
