@@ -1289,28 +1289,40 @@ class Consumer:
             self._client.publish(consumer_topic(self.config.prefix, self.config.consumer_id, "training"),
                                  orjson.dumps(report.to_dict()))
 
-    def _publish_model(self) -> None:
+    def _publish_model(self, refused: dict | None = None) -> None:
         body = {"serving": self.pipeline.classifier.version, "versions": [], "updates": 0, "skipped": 0}
         if self.learner is not None:
             body.update(versions=[v.to_dict() for v in self.learner.versions], updates=self.learner.updates,
                         skipped=self.learner.skipped, comparison=self.learner.comparison())
+        if refused is not None:  # the answer to a command not carried out (harstream versions says why)
+            body["refused"] = refused
         self._client.publish(consumer_topic(self.config.prefix, self.config.consumer_id, "model"),
                              orjson.dumps(body), qos=1, retain=True)
 
     def _command(self, payload: bytes) -> None:
+        """Carry out a command; one refused is logged, answered by a model message naming it and why
+        (``refused``: action, version, reason, t), and counted ``bad_command``."""
         try:
             body = orjson.loads(payload)
             action = body.get("action") if isinstance(body, dict) else None
         except orjson.JSONDecodeError:
             action = None
-        if self.learner is None or action not in ("rollback", "promote"):
-            raise Rejected("bad_command", repr(payload[:60]))
+        version = body.get("version") if action == "rollback" else None
         try:
+            if action not in ("rollback", "promote"):
+                raise ValueError(f"not a command: {payload[:60]!r}")
+            if self.learner is None:
+                raise ValueError("this consumer does not learn (--no-learn): it keeps no versions")
             if action == "rollback":
-                self.learner.rollback(str(body.get("version")))
+                self.learner.rollback(str(version))
             else:
                 self.learner.promote({"forced": True, **self.learner.comparison()})
         except ValueError as exc:
+            log.warning("command %s refused: %s", action or "?", exc)
+            if self._client is not None:
+                self._publish_model(refused={"action": action if isinstance(action, str) else None,
+                                             "version": version if isinstance(version, str) else None,
+                                             "reason": str(exc)[:300], "t": time.time()})
             raise Rejected("bad_command", str(exc)) from None
 
     def _publish_metrics(self) -> None:

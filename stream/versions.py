@@ -5,7 +5,8 @@ A consumer publishes, retained, what it serves and every version it has kept on
 ``{"action": "rollback", "version": v}`` and ``{"action": "promote"}`` on ``<prefix>/_consumer/<id>/command``
 (stream.consumer). This module reads the first two and sends the third, then waits until the consumer says,
 in a new model message, that it serves what was asked: a command is done when the consumer confirms it, not
-when the broker has it. The dashboard's Model page sends the same commands.
+when the broker has it; a new model message whose ``refused`` names the command says why it was not done.
+The dashboard's Model page sends the same commands.
 """
 
 from __future__ import annotations
@@ -168,7 +169,8 @@ def send_command(url: BrokerURL, prefix: str, consumer: str, action: str, versio
     """Send ``rollback`` (to ``version``) or ``promote`` to ``consumer`` and wait until a new model message
     from it says it serves the version asked (rollback), or any new model message (promote: a challenger
     that has learnt nothing yet has the serving weights, and the version stays). Returns what it then says;
-    TimeoutError when it does not within ``timeout`` seconds."""
+    ValueError with the consumer's reason when its answer says it refused the command (``refused``);
+    TimeoutError when it does not answer within ``timeout`` seconds."""
     if action not in ("rollback", "promote"):
         raise ValueError(f"Invalid action {action!r}. Valid values are: promote, rollback")
     if action == "rollback" and not version:
@@ -185,13 +187,26 @@ def send_command(url: BrokerURL, prefix: str, consumer: str, action: str, versio
         if not info.is_published():
             raise ConnectionError("the broker did not acknowledge the command within 10 s")
 
-        def done() -> bool:
-            return any(c == consumer and (action == "promote" or body.get("serving") == version)
-                       for c, body in watch.live_models[seen:])
+        def refusal(message: dict) -> str | None:
+            """Why the consumer refused this command, if its model message says it did."""
+            refused = message.get("refused")
+            if (isinstance(refused, dict) and refused.get("action") == action
+                    and (action == "promote" or refused.get("version") == version)):
+                return str(refused.get("reason") or "no reason given")
+            return None
 
-        if not watch.wait(done, timeout):
+        def answer() -> dict | None:
+            """The consumer's first model message since the command that carries it out or refuses it."""
+            return next((m for c, m in watch.live_models[seen:] if c == consumer and (
+                refusal(m) is not None or action == "promote" or m.get("serving") == version)), None)
+
+        if not watch.wait(lambda: answer() is not None, timeout):
             raise TimeoutError(f"consumer {consumer!r} did not confirm the {action} within {timeout:g} s "
-                               "(see its log: a refused command is logged and counted as bad_command)")
+                               "(it answers a command it refuses: is it busy or stopped? see its log)")
+        with watch._changed:
+            reason = refusal(answer())
+        if reason is not None:
+            raise ValueError(f"consumer {consumer!r} refused the {action}: {reason}")
         return watch.found[consumer]
 
 

@@ -1,0 +1,139 @@
+"""Review of model versions: `harstream versions`, the consumer's commands and the versions it keeps."""
+
+import logging
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import orjson
+import pytest
+import torch
+
+from models.checkpoint import save_checkpoint
+from models.finetune import LearnerConfig, OnlineLearner
+from stream.cli import main
+from stream.versions import list_consumers
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _run(capsys, *argv) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+class Client:
+    """What the consumer publishes, without a broker."""
+
+    def __init__(self) -> None:
+        self.sent = []
+
+    def publish(self, topic, payload, qos=0, retain=False):
+        self.sent.append((topic, payload, retain))
+
+
+def _consumer(tmp_path, tiny_model, learn=True):
+    from models.state import StatefulClassifier
+    from stream.consumer import Consumer, ConsumerConfig
+    c = Consumer(ConsumerConfig(broker="mqtt://127.0.0.1:1", state_dir=tmp_path, learn=learn,
+                                learner=LearnerConfig(adapt="shared")),
+                 StatefulClassifier(tiny_model, "tiny"))
+    c._client = Client()
+    return c
+
+
+def test_a_refused_command_is_answered_with_the_reason_and_logged(tmp_path, tiny_model, caplog):
+    """A rollback the consumer cannot do (its version's file gone) was refused at debug level only and never
+    answered: `harstream versions` waited its whole --timeout, then sent the user to a log that said nothing.
+    Now the consumer logs it as a warning and answers with a model message naming the command and why."""
+    from stream.decode import Rejected
+    learner = OnlineLearner(tiny_model, LearnerConfig(adapt="shared", versions_dir=tmp_path / "models",
+                                                      serving_version="tiny"))
+    with torch.no_grad():
+        for p in learner.challenger.parameters():
+            p.add_(0.1)
+    later = learner.promote({"forced": True})
+    c = _consumer(tmp_path, tiny_model)
+    try:
+        assert [v.version for v in c.learner.versions] == ["tiny", later]
+        (tmp_path / "models" / f"{later}.pt").unlink()
+        with caplog.at_level(logging.WARNING, logger="stream.consumer"), pytest.raises(Rejected):
+            c._command(orjson.dumps({"action": "rollback", "version": later}))
+        topic, payload, retain = c._client.sent[-1]
+        assert topic.endswith("/model") and retain
+        body = orjson.loads(payload)
+        assert body["serving"] == "tiny"
+        assert body["refused"]["action"] == "rollback" and body["refused"]["version"] == later
+        assert "cannot be read" in body["refused"]["reason"]
+        assert any("refused" in r.getMessage() and later in r.getMessage() for r in caplog.records)
+    finally:
+        c.store.close()
+
+
+def test_a_consumer_that_does_not_learn_says_so_to_a_command(tmp_path, tiny_model):
+    from stream.decode import Rejected
+    c = _consumer(tmp_path, tiny_model, learn=False)
+    try:
+        with pytest.raises(Rejected):
+            c._command(orjson.dumps({"action": "promote"}))
+        body = orjson.loads(c._client.sent[-1][1])
+        assert body["refused"]["action"] == "promote" and "--no-learn" in body["refused"]["reason"]
+    finally:
+        c.store.close()
+
+
+@pytest.fixture(scope="module")
+def running(tmp_path_factory, broker_url):
+    """A real consumer (``--state-dir``, ``--adapt shared``) keeping three versions: (argv of the broker and
+    prefix, its id, its state dir, the versions)."""
+    from models.rnn import HARNet, ModelConfig
+    tmp_path = tmp_path_factory.mktemp("running")
+    torch.manual_seed(0)
+    model = HARNet(ModelConfig(classes=("rest", "squat", "pushup"), hidden=8, layers=1, window=50, hop=50,
+                               patch=5))
+    state = tmp_path / "state"
+    made = [save_checkpoint(tmp_path / "m.pt", model, {})]
+    learner = OnlineLearner(model, LearnerConfig(adapt="shared", versions_dir=state / "models",
+                                                 serving_version=made[0]))
+    for by in (0.05, 0.1):
+        with torch.no_grad():
+            for p in learner.challenger.parameters():
+                p.add_(by)
+        made.append(learner.promote({"forced": True}))
+    prefix, consumer = f"rv{uuid.uuid4().hex[:8]}", "rvtest"
+    common = ["--broker", str(broker_url), "--prefix", prefix]
+    log = open(tmp_path / "consumer.log", "wb")  # noqa: SIM115
+    proc = subprocess.Popen([sys.executable, "-m", "stream.cli", "consume", *common, "--model", str(tmp_path / "m.pt"),
+                             "--state-dir", str(state), "--id", consumer, "--adapt", "shared"],
+                            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            c = list_consumers(broker_url, prefix, quiet=0.3, timeout=2).get(consumer)
+            if c is not None and c.status == "online" and len(c.versions) == 3:
+                break
+            assert proc.poll() is None, (tmp_path / "consumer.log").read_text()[-3000:]
+            time.sleep(0.5)
+        else:
+            pytest.fail((tmp_path / "consumer.log").read_text()[-3000:])
+        yield common, consumer, state, made
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        log.close()
+
+
+def test_a_refused_rollback_fails_at_once_with_the_consumers_reason(running, broker_url, capsys):
+    """Through a real consumer and broker: a rollback to a version whose file was deleted is refused with the
+    consumer's reason at once, not after --timeout with 'see its log'."""
+    common, consumer, state, made = running
+    serving = list_consumers(broker_url, common[3])[consumer].serving
+    (state / "models" / f"{made[2]}.pt").unlink()
+    started = time.monotonic()
+    code, _, err = _run(capsys, "versions", *common, "--rollback", made[2], "--timeout", "20")
+    assert code == 2 and f"refused the rollback: version {made[2]!r} cannot be read" in err, err
+    assert time.monotonic() - started < 15
+    assert list_consumers(broker_url, common[3])[consumer].serving == serving
