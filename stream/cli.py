@@ -199,11 +199,13 @@ def cmd_versions(args: argparse.Namespace) -> int:
     chosen = choose_consumer(found, args.consumer, args.rollback)
     action = "rollback" if args.rollback is not None else "promote"
     if action == "rollback" and chosen.serving == args.rollback:
-        print(f"consumer {chosen.consumer} already serves {args.rollback}")
+        print(json.dumps(chosen.to_dict(), indent=2) if args.json
+              else f"consumer {chosen.consumer} already serves {args.rollback}")
         return 0
+    # with --json, stdout holds the JSON alone: what goes on meanwhile is said on stderr
     print(f"asking consumer {chosen.consumer} (serving {chosen.serving}) to "
           + (f"roll back to {args.rollback}" if action == "rollback" else "promote its challenger") + " ...",
-          flush=True)
+          file=sys.stderr if args.json else sys.stdout, flush=True)
     after = send_command(url, args.prefix, chosen.consumer, action, args.rollback, timeout=args.timeout)
     same = action == "promote" and after.serving == chosen.serving
     print(json.dumps(after.to_dict(), indent=2) if args.json else

@@ -1,5 +1,6 @@
 """Review of model versions: `harstream versions`, the consumer's commands and the versions it keeps."""
 
+import json
 import logging
 import subprocess
 import sys
@@ -124,6 +125,18 @@ def running(tmp_path_factory, broker_url):
         proc.terminate()
         proc.wait(30)
         log.close()
+
+
+def test_versions_json_output_of_a_command_is_json_alone(running, broker_url, capsys):
+    """`--json` with a command printed 'asking consumer ...' on stdout before the JSON (stdout was no JSON), and
+    'already serves' as plain text; now stdout holds the JSON alone, the progress line goes to stderr."""
+    common, consumer, _, made = running
+    code, out, err = _run(capsys, "versions", *common, "--rollback", made[1], "--json", "--timeout", "60")
+    assert code == 0 and json.loads(out)["serving"] == made[1] and "asking consumer" in err
+    code, out, _ = _run(capsys, "versions", *common, "--rollback", made[1], "--json")
+    assert code == 0 and json.loads(out)["serving"] == made[1]
+    code, out, _ = _run(capsys, "versions", *common, "--promote", "--json", "--timeout", "60")
+    assert code == 0 and json.loads(out)["consumer"] == consumer
 
 
 def test_a_refused_rollback_fails_at_once_with_the_consumers_reason(running, broker_url, capsys):
