@@ -568,7 +568,7 @@ def build_parser() -> argparse.ArgumentParser:
     act = p.add_mutually_exclusive_group()
     act.add_argument("--rollback", default=None, metavar="VERSION", help="serve this earlier version again")
     act.add_argument("--promote", action="store_true", help="serve the challenger being fine-tuned now")
-    p.add_argument("--timeout", type=float, default=30.0,
+    p.add_argument("--timeout", type=_positive, default=30.0,
                    help="seconds to wait for the consumer to confirm a command (default: %(default)s)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_versions)

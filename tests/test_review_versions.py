@@ -86,6 +86,16 @@ def test_a_consumer_that_does_not_learn_says_so_to_a_command(tmp_path, tiny_mode
         c.store.close()
 
 
+def test_versions_refuses_a_timeout_that_is_no_wait(capsys):
+    """--timeout 0 or -1 sent the command and reported at once that the consumer did not confirm it (exit 2),
+    though the consumer carried it out."""
+    for value in ("0", "-1", "nan"):
+        with pytest.raises(SystemExit) as exc:
+            main(["versions", "--promote", "--timeout", value])
+        assert exc.value.code == 2
+        assert "--timeout" in capsys.readouterr().err
+
+
 @pytest.fixture(scope="module")
 def running(tmp_path_factory, broker_url):
     """A real consumer (``--state-dir``, ``--adapt shared``) keeping three versions: (argv of the broker and
