@@ -73,6 +73,7 @@ from stream.persist import (
     journal_generations,
     journal_predictions,
     load_state,
+    lock_state_dir,
     read_journal,
     save_state,
     write_atomic,
@@ -378,6 +379,7 @@ class Consumer:
                         "had it; fine only if the broker dispatches each device to one replica (EMQX "
                         "hash_topic)", config.shared_group)
         if config.state_dir is not None:
+            lock_state_dir(config.state_dir)  # one consumer per state directory: a second is refused
             self._restore(classifier)
             self.store = EventStore(config.state_dir / "events.db")
             # checkpoint(): the journal is rotated only if the store dropped nothing since this mark

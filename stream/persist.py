@@ -18,7 +18,10 @@ the killed life classified, even though the recurrent state it restores is the c
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import io
+import logging
 import os
 import time
 from collections.abc import Iterator
@@ -29,7 +32,10 @@ import torch
 from models.checkpoint import write_atomic
 
 __all__ = ["AckJournal", "save_state", "load_state", "read_journal", "journal_predictions", "journal_generations",
-           "write_atomic", "STATE_FILE", "SERVING_MODEL", "ADAPTERS_FILE"]
+           "write_atomic", "lock_state_dir", "StateDirInUse", "STATE_FILE", "SERVING_MODEL", "ADAPTERS_FILE",
+           "LOCK_FILE"]
+
+log = logging.getLogger(__name__)
 
 STATE_FILE = "consumer-state.pt"
 SERVING_MODEL = "serving.pt"
@@ -37,6 +43,42 @@ ADAPTERS_FILE = "adapters.pt"  # per-device adapters (models.personal), beside t
 FORMAT = "harstream.consumer-state"
 VERSION = 2
 READABLE = (1, 2)  # version 1 has no watermarks nor journal
+LOCK_FILE = "consumer.lock"  # held (flock) by the process whose consumer uses the state directory
+
+_held: dict[Path, int] = {}  # state directories this process holds (lock_state_dir): resolved path -> fd
+
+
+class StateDirInUse(ValueError):
+    """Another process's consumer holds the state directory (a ``ValueError``: the command line says it in
+    one line)."""
+
+
+def lock_state_dir(directory: Path) -> None:
+    """Hold ``directory`` for this process's consumer: an exclusive ``flock`` of ``consumer.lock`` in it,
+    which the kernel releases when the process ends (``kill -9`` too), so a restarted consumer never finds it
+    held. Two consumers on one state directory share its ``consumer-id`` (the broker hands the session from
+    one to the other, again and again) and overwrite each other's checkpoint, temporary files and journals:
+    the second is refused (``StateDirInUse``, naming the first's pid). Held until the process ends; taken
+    again by the same process, nothing happens. A file system without locks is warned about, not refused."""
+    key = directory.resolve()
+    if key in _held:
+        return
+    directory.mkdir(parents=True, exist_ok=True)
+    fd = os.open(key / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+        os.close(fd)
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+            raise StateDirInUse(f"{directory}: the state directory is in use by another consumer (pid "
+                                f"{holder or 'unknown'}); give each consumer a --state-dir of its own") from None
+        log.warning("cannot lock the state directory %s (%s): a second consumer on it would not be refused",
+                    directory, exc)
+        return
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    _held[key] = fd
 
 
 def save_state(directory: Path, model_version: str, devices: dict[str, tuple[torch.Tensor, ...]],
