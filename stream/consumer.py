@@ -105,6 +105,7 @@ def consumer_topic(prefix: str, consumer_id: str, kind: str) -> str:
 QUEUED_OVERHEAD = 1024
 HIGH_WATER = 0.75  # share of the queue bounds beyond which paho's thread stops reading (back-pressure)
 DRAIN_CHUNK = 256  # messages taken off the queue at once: their imu payloads are decoded together
+CHECKPOINT_WARN_EVERY = 60.0  # s between warnings while checkpoints cannot be written
 CHECKPOINT_RETRY = 5.0  # s before a checkpoint that had to wait (the event store behind) is tried again
 REPUT_BUDGET = 2.0  # s a checkpoint waits for room in the event store's queue to put a kept journal in again
 JOURNAL_REPLAY_WAIT = 60.0  # s a start-up waits for a failing event store to take the last life's journal
@@ -531,12 +532,15 @@ class Consumer:
             return False
         classifier = self.pipeline.classifier
         serving = directory / SERVING_MODEL
-        if getattr(self, "_saved_version", None) != classifier.version:
-            save_checkpoint(serving, classifier.model, {"online": True})
-            self._saved_version = classifier.version
-        adapters = self.learner.adapters if self.learner is not None else None
-        if adapters is not None and (adapters.updates or adapters.turned):  # changed in this life
-            adapters.save(directory / ADAPTERS_FILE)
+        try:
+            if getattr(self, "_saved_version", None) != classifier.version:
+                save_checkpoint(serving, classifier.model, {"online": True})
+                self._saved_version = classifier.version
+            adapters = self.learner.adapters if self.learner is not None else None
+            if adapters is not None and (adapters.updates or adapters.turned):  # changed in this life
+                adapters.save(directory / ADAPTERS_FILE)
+        except OSError as exc:  # a full disk, a state directory made read-only
+            return self._not_saved(exc)
         if self.shared is not None:
             return True  # device state lives in the shared store, written every cycle
         bank = classifier.bank
@@ -569,9 +573,12 @@ class Consumer:
                 log.warning("the event store has not written %d events (%d predictions dropped, %d write "
                             "failures): the journal %s is kept for the next life", self.store.pending,
                             self.store.dropped_predictions, self.store.errors, generation)
-        save_state(directory, classifier.version, devices, sequences, dict(self._evicted),
-                   watermarks=self._watermarks, journal=generation, anchors=self._anchors,
-                   orientation=classifier.orienter.snapshot() if classifier.orienter is not None else None)
+        try:
+            save_state(directory, classifier.version, devices, sequences, dict(self._evicted),
+                       watermarks=self._watermarks, journal=generation, anchors=self._anchors,
+                       orientation=classifier.orienter.snapshot() if classifier.orienter is not None else None)
+        except OSError as exc:
+            return self._not_saved(exc)
         if self.journal is None:
             return True
         if generation == self.journal.generation:  # kept
@@ -581,6 +588,17 @@ class Consumer:
         self.journal.rotate(generation)
         self._dropped_mark = dropped
         return True
+
+    def _not_saved(self, exc: OSError) -> bool:
+        """A checkpoint that could not be written (a full disk, a state directory made read-only): the last
+        one stands with the journal since (not rotated), serving goes on and it is tried again soon (the error
+        used to end the service loop). False."""
+        self._checkpoint_failures = getattr(self, "_checkpoint_failures", 0) + 1
+        if time.monotonic() - getattr(self, "_checkpoint_warned", -CHECKPOINT_WARN_EVERY) >= CHECKPOINT_WARN_EVERY:
+            self._checkpoint_warned = time.monotonic()
+            log.warning("checkpoint not written to %s (%s); the last one and the journal since it stand, trying "
+                        "again (%d failures so far)", self.config.state_dir, exc, self._checkpoint_failures)
+        return False
 
     def _put_journal_again(self, budget: float = REPUT_BUDGET) -> None:
         """Put the current journal's predictions into the event store again (it ignores those it has), from

@@ -3,6 +3,7 @@ directory did, and a checkpoint that cannot be written (a full disk)."""
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import subprocess
@@ -11,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_persist_faults import _life
+from stream.persist import load_state
+from tests.test_persist_faults import _life, _send
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -71,3 +73,57 @@ def test_the_same_process_may_open_its_state_dir_again(tmp_path, tiny_model):
     second = _life(tmp_path, tiny_model)
     second.journal.close()
     second.store.close()
+
+
+# -- 2. a checkpoint that cannot be written ---------------------------------------------------------------------
+def test_a_checkpoint_that_cannot_be_written_leaves_no_temporary_file_and_serving_goes_on(
+        tmp_path, tiny_model, monkeypatch):
+    """A full disk at a checkpoint (here fsync reports ENOSPC, as it does where space is allocated late):
+    checkpoint() raised, which ended the consumer's service loop, and the half-written consumer-state.pt.tmp
+    stayed, holding what space was left (the event store and the journal could then write nothing: seen on
+    a full tmpfs). Now it is warned about and tried again: no temporary file is left, the last checkpoint
+    stands with its journal (not rotated), and a next life resumes from them; once space is back the
+    checkpoint is written and the journal rotated."""
+    consumer = _life(tmp_path, tiny_model)
+    try:
+        for seq in range(3):
+            _send(consumer, "dev", seq)
+        assert consumer.checkpoint()
+        generation = consumer.journal.generation
+        for seq in range(3, 6):
+            _send(consumer, "dev", seq)
+        assert consumer.store.flush(5)
+        fsync = os.fsync
+
+        def full(fd):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        monkeypatch.setattr(os, "fsync", full)
+        assert consumer.checkpoint() is False
+        assert consumer.checkpoint(final=True) is False
+        assert not list(tmp_path.glob("*.tmp")), sorted(p.name for p in tmp_path.iterdir())
+        assert load_state(tmp_path)["journal"] == generation == consumer.journal.generation
+        _send(consumer, "dev", 6)  # serving goes on, journalled
+        marks = dict(consumer._watermarks)
+        monkeypatch.setattr(os, "fsync", fsync)
+        nxt = _life(tmp_path, tiny_model)  # a kill now: the next life resumes from the journal kept
+        try:
+            assert nxt._resume == marks
+        finally:
+            nxt.journal.close()
+            nxt.store._abandon.set()
+        assert consumer.checkpoint()
+        assert consumer.journal.generation == generation + 1
+        assert load_state(tmp_path)["watermarks"] == marks
+    finally:
+        consumer.journal.close()
+        consumer.store.close()
+
+
+def test_a_state_file_that_cannot_be_written_leaves_no_temporary_file(tmp_path, monkeypatch):
+    from stream.persist import save_state
+    save_state(tmp_path, "v", {}, {"dev": 1}, {})
+    monkeypatch.setattr(os, "fsync", lambda fd: (_ for _ in ()).throw(OSError(errno.ENOSPC, "full")))
+    with pytest.raises(OSError):
+        save_state(tmp_path, "v", {}, {"dev": 2}, {})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["consumer-state.pt"]
+    assert load_state(tmp_path)["sequences"] == {"dev": 1}
