@@ -76,6 +76,9 @@ class LearnerConfig:
     # else niceness 19): it starves, and drops sequences, while other work fills every core; False: it keeps
     # its parent's priority, still paced by cpu_share
     versions_dir: Path | None = None  # where every version is saved, the starting one too (None: not saved)
+    keep_versions: int | None = 100  # versions kept (listed, and their files), at most: beyond, a promotion
+    # deletes the oldest promoted one that is not served; models a learner started from are always kept
+    # (None: every one, without bound: about one version per promotion_windows labelled windows)
     serving_version: str = "base"
     adapt: str = "device"  # device | shared | both (see the module's docstring)
     adapter: AdapterConfig = field(default_factory=AdapterConfig)
@@ -87,6 +90,8 @@ class LearnerConfig:
             raise ValueError(f"Invalid 'optimiser' {self.optimiser!r}. Valid values are: {', '.join(OPTIMISERS)}")
         if self.k1 < 1 or self.k2 < 1:
             raise ValueError("'k1' and 'k2' must be at least 1")
+        if self.keep_versions is not None and self.keep_versions < 1:
+            raise ValueError("'keep_versions' must be at least 1 (None: keep every version)")
 
 
 class Pacer:
@@ -348,9 +353,10 @@ class OnlineLearner:
         self.promote(cmp)
 
     def promote(self, metrics: dict | None = None) -> str:
-        """Serve the challenger's weights as a new version (saved in ``versions_dir``). Weights that a kept
-        version already has (a challenger that learnt nothing since, or came back to it) are served under
-        that version: no second entry, and its file, whose parent it names, is left as it is."""
+        """Serve the challenger's weights as a new version (saved in ``versions_dir``; beyond
+        ``keep_versions`` the oldest promoted one is forgotten). Weights that a kept version already has (a
+        challenger that learnt nothing since, or came back to it) are served under that version: no second
+        entry, and its file, whose parent it names, is left as it is."""
         from models.checkpoint import _model_version
         new = copy.deepcopy(self.challenger).eval()
         path = None
@@ -371,9 +377,27 @@ class OnlineLearner:
             if known is None:
                 self.versions.append(VersionInfo(version, time.time(), parent, metrics or {},
                                                  str(path) if path else None))
+                self._forget_old_versions()
         log.info("promoted model %s (parent %s): %s", version, parent, metrics)
         self.on_promote(copy.deepcopy(new), version)
         return version
+
+    def _forget_old_versions(self) -> None:
+        """Keep at most ``keep_versions``: the oldest promoted versions beyond, but the one served, are
+        forgotten and their files deleted (a starting model, whose parent is None, stays). Under the lock."""
+        limit = self.config.keep_versions
+        if limit is None or len(self.versions) <= limit:
+            return
+        old = [v for v in self.versions if v.parent is not None and v.version != self.version]
+        gone = {v.version for v in old[:len(self.versions) - limit]}
+        for v in self.versions:
+            if v.version in gone and v.path is not None:
+                try:
+                    Path(v.path).unlink(missing_ok=True)
+                except OSError as exc:  # listed no more all the same: the next start lists it again
+                    log.warning("could not delete old version %s: %s", v.path, exc)
+        self.versions = [v for v in self.versions if v.version not in gone]
+        log.info("forgot %d old versions (keeping at most %d): %s", len(gone), limit, ", ".join(sorted(gone)))
 
     def rollback(self, version: str) -> HARNet:
         """Serve (and keep training from) an earlier version."""

@@ -160,3 +160,44 @@ def test_a_refused_rollback_fails_at_once_with_the_consumers_reason(running, bro
     assert code == 2 and f"refused the rollback: version {made[2]!r} cannot be read" in err, err
     assert time.monotonic() - started < 15
     assert list_consumers(broker_url, common[3])[consumer].serving == serving
+
+
+def _nudged_promotions(learner: OnlineLearner, n: int, by: float = 0.01) -> list[str]:
+    made = []
+    for _ in range(n):
+        with torch.no_grad():
+            for p in learner.challenger.parameters():
+                p.add_(by)
+        made.append(learner.promote({"forced": True}))
+    return made
+
+
+def test_kept_versions_are_bounded_on_disk_and_in_the_list(tmp_path, tiny_model):
+    """Every promotion was kept for good: with labels flowing, shared fine-tuning promotes about once per
+    promotion_windows (24) labelled windows (measured: 641 versions from 16,000 windows of a toy stream),
+    each a file of the model's size (280 kB for the default) in models/ and an entry of the retained model
+    message, republished at each promotion. Now at most keep_versions (default 100) are kept: the oldest
+    promoted ones go, files too; the starting model and the one served stay."""
+    folder = tmp_path / "models"
+    learner = OnlineLearner(tiny_model, LearnerConfig(adapt="shared", versions_dir=folder, serving_version="start"))
+    made = _nudged_promotions(learner, 104)
+    kept = [v.version for v in learner.versions]
+    assert len(kept) == 100 and kept == ["start", *made[-99:]]
+    assert sorted(p.name for p in folder.glob("*.pt")) == sorted(f"{v}.pt" for v in kept)
+    assert [v.version for v in OnlineLearner(tiny_model, LearnerConfig(  # a restart lists what is kept
+        adapt="shared", versions_dir=folder, serving_version=made[-1])).versions] == kept
+
+
+def test_the_starting_model_and_the_served_version_are_never_forgotten(tmp_path, tiny_model):
+    folder = tmp_path / "models"
+    learner = OnlineLearner(tiny_model, LearnerConfig(adapt="shared", versions_dir=folder, serving_version="start",
+                                                      keep_versions=1))
+    made = _nudged_promotions(learner, 3)
+    assert [v.version for v in learner.versions] == ["start", made[-1]] and learner.version == made[-1]
+    assert sorted(p.name for p in folder.glob("*.pt")) == sorted(["start.pt", f"{made[-1]}.pt"])
+    learner.rollback("start")
+    assert learner.version == "start"
+    with pytest.raises(ValueError, match="unknown model version"):
+        learner.rollback(made[0])
+    with pytest.raises(ValueError, match="keep_versions"):
+        LearnerConfig(keep_versions=0)
