@@ -45,13 +45,18 @@ def save_checkpoint(path: str | Path, model: HARNet, metadata: dict | None = Non
 
 def write_atomic(path: Path, data: bytes) -> None:
     """Write ``path`` whole or not at all, even across a power cut: a temporary file, synced, renamed over
-    ``path``, then the directory synced (so the rename itself is on disk)."""
+    ``path``, then the directory synced (so the rename itself is on disk). A write that fails leaves no
+    temporary file behind: on a full disk a half-written one held the space that was left."""
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     _sync_directory(path.parent)
 
 

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from models.checkpoint import write_atomic as _write_atomic
+from models.checkpoint import write_atomic  # leaves no temporary file behind when it fails
 
 __all__ = ["AckJournal", "save_state", "load_state", "read_journal", "journal_predictions", "journal_generations",
            "write_atomic", "lock_state_dir", "StateDirInUse", "STATE_FILE", "SERVING_MODEL", "ADAPTERS_FILE",
@@ -79,17 +79,6 @@ def lock_state_dir(directory: Path) -> None:
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     _held[key] = fd
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """``models.checkpoint.write_atomic`` (a temporary file, synced, renamed, the directory synced), leaving
-    no temporary file behind when it fails: on a full disk a half-written one held the space that was
-    left, and the event store and the journal could then write nothing either."""
-    try:
-        _write_atomic(path, data)
-    except BaseException:
-        path.with_name(path.name + ".tmp").unlink(missing_ok=True)  # models.checkpoint.write_atomic's name
-        raise
 
 
 def save_state(directory: Path, model_version: str, devices: dict[str, tuple[torch.Tensor, ...]],

@@ -127,3 +127,17 @@ def test_a_state_file_that_cannot_be_written_leaves_no_temporary_file(tmp_path, 
         save_state(tmp_path, "v", {}, {"dev": 2}, {})
     assert sorted(p.name for p in tmp_path.iterdir()) == ["consumer-state.pt"]
     assert load_state(tmp_path)["sequences"] == {"dev": 1}
+
+
+def test_a_model_or_adapter_file_that_cannot_be_written_leaves_no_temporary_file(tmp_path, monkeypatch, tiny_model):
+    """The state file's write left none (7240fd7), but the serving model's and the adapters' (through
+    models.checkpoint.write_atomic) still left their half-written .tmp on a full disk."""
+    from models.checkpoint import load_checkpoint, save_checkpoint
+    target = tmp_path / "serving.pt"
+    version = save_checkpoint(target, tiny_model)
+    monkeypatch.setattr(os, "fsync", lambda fd: (_ for _ in ()).throw(OSError(errno.ENOSPC, "full")))
+    with pytest.raises(OSError):
+        save_checkpoint(target, tiny_model)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["serving.pt"]
+    monkeypatch.undo()
+    assert load_checkpoint(target)[1]["version"] == version
