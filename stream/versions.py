@@ -143,7 +143,9 @@ def choose_consumer(found: dict[str, ConsumerModels], consumer: str | None, vers
         if version is not None and keeping:
             online = keeping  # else the one consumer, if one, says below which versions it keeps
         if not online:
-            raise ValueError(f"no online consumer that learns (consumers seen: {', '.join(found) or 'none'}; "
+            seen = ", ".join(f"{c.consumer} ({c.status or 'status unknown'}"
+                             + ("" if c.learns else ", keeps no versions") + ")" for c in found.values())
+            raise ValueError(f"no online consumer that learns (consumers seen: {seen or 'none'}; "
                              "a consumer run with --no-learn keeps no versions)")
         if len(online) > 1:
             raise ValueError(f"several consumers could take it ({', '.join(c.consumer for c in online)}): "

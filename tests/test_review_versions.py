@@ -201,3 +201,14 @@ def test_the_starting_model_and_the_served_version_are_never_forgotten(tmp_path,
         learner.rollback(made[0])
     with pytest.raises(ValueError, match="keep_versions"):
         LearnerConfig(keep_versions=0)
+
+
+def test_no_consumer_to_command_names_why_each_seen_cannot_take_it():
+    """Consumers all offline (the retained messages of past runs) were named bare, after 'no online consumer
+    that learns ... a consumer run with --no-learn keeps no versions': it read as if they ran --no-learn."""
+    from stream.versions import ConsumerModels, choose_consumer
+    found = {"old": ConsumerModels("old", "offline", "v1", [{"version": "v1"}]),
+             "plain": ConsumerModels("plain", "online", "v1", [])}
+    with pytest.raises(ValueError) as exc:
+        choose_consumer(found, None)
+    assert "old (offline)" in str(exc.value) and "plain (online, keeps no versions)" in str(exc.value)
