@@ -657,8 +657,14 @@ class LiveStore:
             state = self._consumers.get(consumer)
             if state is None:
                 if len(self._consumers) >= self.max_consumers:
-                    self._dropped["too_many_consumers"] += 1
-                    return
+                    # the oldest heard of that went offline makes room: a killed consumer's last will stays
+                    # retained on the broker for good, and max_consumers of them hid every new one
+                    gone = next((c for c, st in self._consumers.items() if st.status == "offline"), None)
+                    if gone is None:
+                        self._dropped["too_many_consumers"] += 1
+                        return
+                    del self._consumers[gone]
+                    self._dropped["offline_consumers_forgotten"] += 1
                 state = self._consumers[consumer] = _ConsumerState(self)
             if kind == "status":
                 state.status = record

@@ -42,7 +42,7 @@ import threading
 import time
 import uuid
 from collections import Counter, OrderedDict, deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -116,6 +116,10 @@ class ConsumerConfig:
     broker: BrokerURL
     prefix: str = "har"  # topic prefix
     consumer_id: str = ""  # MQTT client id and status topic; random when empty
+    # set when consumer_id was drawn at random (none given, no state_dir to keep it): on a clean stop such a
+    # consumer clears its retained messages, which would otherwise stay on the broker for good (every demo run
+    # added an offline consumer to the dashboard, up to its 64, and to `harstream versions`)
+    id_is_random: bool = field(default=False, init=False)
     queue_size: int = 200_000  # messages buffered between paho's thread and the service thread
     max_wait: float = 0.02  # seconds a ready window may wait for others to share its batch
     metrics_interval: float = 5.0  # seconds between metrics messages
@@ -178,6 +182,7 @@ class ConsumerConfig:
                 self.consumer_id = id_file.read_text(errors="replace").strip()
             if not self.consumer_id:
                 self.consumer_id = f"harstream-consumer-{uuid.uuid4().hex[:6]}"
+                self.id_is_random = id_file is None  # no later run comes back under it
                 if id_file is not None:
                     id_file.parent.mkdir(parents=True, exist_ok=True)
                     write_atomic(id_file, self.consumer_id.encode())
@@ -760,10 +765,23 @@ class Consumer:
                 self.shared.store.close()
             self._publish_metrics()
             self._client.publish(status, b"offline", qos=1, retain=True).wait_for_publish(5)
+            if cfg.id_is_random:
+                self._clear_retained()
             self._client.disconnect()
             self._client.loop_stop()
             log.info("consumer stopped: %d windows classified, rejected %s", self.stats.windows,
                      self._rejected() or "none")
+
+    def _clear_retained(self) -> None:
+        """Take this consumer's retained messages off the broker (an empty retained message each), status last:
+        watchers saw it go offline, and no later run comes back under its random id."""
+        try:
+            for kind in ("model", "metrics", "status"):
+                info = self._client.publish(consumer_topic(self.config.prefix, self.config.consumer_id, kind), b"",
+                                            qos=1, retain=True)
+            info.wait_for_publish(5)
+        except (RuntimeError, ValueError) as exc:  # the broker gone: its last will and these stay
+            log.warning("could not clear this consumer's retained messages: %s", exc)
 
     def _connect(self, status: str):
         """Connect, deciding the protocol and how to acknowledge (``after_window``, ``protocol``)."""
