@@ -76,9 +76,10 @@ class LearnerConfig:
     # else niceness 19): it starves, and drops sequences, while other work fills every core; False: it keeps
     # its parent's priority, still paced by cpu_share
     versions_dir: Path | None = None  # where every version is saved, the starting one too (None: not saved)
-    keep_versions: int | None = 100  # versions kept (listed, and their files), at most: beyond, a promotion
-    # deletes the oldest promoted one that is not served; models a learner started from are always kept
-    # (None: every one, without bound: about one version per promotion_windows labelled windows)
+    keep_versions: int | None = None  # versions kept (listed, and their files), at most: beyond, a promotion
+    # deletes the oldest promoted one that is not served; models a learner started from are always kept. None
+    # (default): every one, as a rollback to any version is promised; about one version per promotion_windows
+    # labelled windows in shared fine-tuning, each a file of the model's size (`consume --keep-versions N`)
     serving_version: str = "base"
     adapt: str = "device"  # device | shared | both (see the module's docstring)
     adapter: AdapterConfig = field(default_factory=AdapterConfig)

@@ -129,7 +129,7 @@ def cmd_consume(args) -> int:
     model, info = _load_model(args.model)
     from models.finetune import LearnerConfig
     learner = LearnerConfig(k1=args.k1, k2=args.k2, optimiser=args.optimiser, lr=args.lr, clip=args.clip,
-                            adapt=args.adapt, cpu_share=args.learn_cpu)
+                            adapt=args.adapt, cpu_share=args.learn_cpu, keep_versions=args.keep_versions)
     config = ConsumerConfig(broker=BrokerURL.parse(args.broker, args.ca_file), prefix=args.prefix,
                             consumer_id=args.id, metrics_interval=args.metrics_interval,
                             max_wait=args.max_wait, learn=not args.no_learn, learner=learner,
@@ -454,6 +454,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--k1", type=_at_least_one, default=4, help="windows between weight updates (default: %(default)s)")
     g.add_argument("--k2", type=_at_least_one, default=4, help="windows backpropagated through (default: %(default)s)")
     g.add_argument("--clip", type=_positive, default=1.0, help="gradient norm clipping (default: %(default)s)")
+    g.add_argument("--keep-versions", type=_at_least_one, default=None, metavar="N",
+                   help="keep at most N model versions (files in --state-dir's models/ and the list): beyond, "
+                        "a promotion deletes the oldest promoted one not served (default: every version, so "
+                        "that any can be rolled back to; shared fine-tuning promotes about once per 24 "
+                        "labelled windows, each a file of the model's size)")
     g.add_argument("--learn-cpu", type=_fraction, default=0.2, metavar="SHARE",
                    help="share of one core the learner may use over time, so that a flood of labels never "
                         "slows serving; beyond it sequences wait, and the oldest are dropped (0: no limit; "

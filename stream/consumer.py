@@ -109,6 +109,8 @@ CHECKPOINT_WARN_EVERY = 60.0  # s between warnings while checkpoints cannot be w
 CHECKPOINT_RETRY = 5.0  # s before a checkpoint that had to wait (the event store behind) is tried again
 REPUT_BUDGET = 2.0  # s a checkpoint waits for room in the event store's queue to put a kept journal in again
 JOURNAL_REPLAY_WAIT = 60.0  # s a start-up waits for a failing event store to take the last life's journal
+LISTED_VERSIONS = 100  # newest model versions listed in the retained model message (all are kept, and listed in
+# models/ of the state directory)
 ORIENT_BUDGET = 0.01  # s of fitting how devices are worn per cycle (models.orientation.Orienter.budget)
 
 @dataclass
@@ -1330,8 +1332,15 @@ class Consumer:
     def _publish_model(self, refused: dict | None = None) -> None:
         body = {"serving": self.pipeline.classifier.version, "versions": [], "updates": 0, "skipped": 0}
         if self.learner is not None:
-            body.update(versions=[v.to_dict() for v in self.learner.versions], updates=self.learner.updates,
-                        skipped=self.learner.skipped, comparison=self.learner.comparison())
+            kept = self.learner.versions
+            # the models it started from and the newest: a message the dashboard reads whole (256 kB at most);
+            # a rollback to a version not listed still works (`harstream versions --rollback` sends its id)
+            serving = self.pipeline.classifier.version
+            listed = [v for v in kept[:-LISTED_VERSIONS] if v.parent is None or v.version == serving]
+            listed += kept[-LISTED_VERSIONS:]
+            body.update(versions=[v.to_dict() for v in listed], versions_kept=len(kept),
+                        updates=self.learner.updates, skipped=self.learner.skipped,
+                        comparison=self.learner.comparison())
         if refused is not None:  # the answer to a command not carried out (harstream versions says why)
             body["refused"] = refused
         self._client.publish(consumer_topic(self.config.prefix, self.config.consumer_id, "model"),

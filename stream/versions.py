@@ -32,6 +32,7 @@ class ConsumerModels:
     status: str | None = None  # "online", "offline" (its last will), or None when never said
     serving: str | None = None
     versions: list[dict] = field(default_factory=list)  # oldest first, as the consumer lists them
+    kept: int = 0  # versions the consumer keeps: more than listed when it has many (the newest are listed)
     updates: int = 0
     skipped: int = 0
 
@@ -42,7 +43,8 @@ class ConsumerModels:
 
     def to_dict(self) -> dict:
         return {"consumer": self.consumer, "status": self.status, "serving": self.serving,
-                "versions": self.versions, "updates": self.updates, "skipped": self.skipped}
+                "versions": self.versions, "versions_kept": max(self.kept, len(self.versions)),
+                "updates": self.updates, "skipped": self.skipped}
 
 
 def _count(value) -> int:
@@ -77,7 +79,8 @@ class _Watch:
                     return
                 entry.serving = body.get("serving")
                 entry.versions = [v for v in body.get("versions") or [] if isinstance(v, dict)]
-                entry.updates, entry.skipped = (_count(body.get(k)) for k in ("updates", "skipped"))
+                entry.updates, entry.skipped, entry.kept = (_count(body.get(k)) for k in
+                                                            ("updates", "skipped", "versions_kept"))
                 if not msg.retain:
                     self.live_models.append((consumer, body))
             self.last = time.monotonic()
@@ -234,8 +237,12 @@ def format_listing(found: dict[str, ConsumerModels]) -> str:
         return "no consumer has said anything on this broker and prefix (is `harstream consume` running?)"
     lines = []
     for c in found.values():
+        kept = max(c.kept, len(c.versions))
         lines.append(f"consumer {c.consumer} ({c.status or 'status unknown'}): serving {c.serving}; "
-                     f"{len(c.versions)} versions kept, {c.updates} updates, {c.skipped} skipped")
+                     f"{kept} versions kept, {c.updates} updates, {c.skipped} skipped")
+        if kept > len(c.versions):
+            lines.append(f"  ({kept - len(c.versions)} older not listed: --rollback takes any kept version's id; "
+                         f"their files are in the consumer's --state-dir, models/)")
         if not c.learns:
             lines.append("  keeps no versions (run with --no-learn): nothing to roll back to")
         for v in c.versions:

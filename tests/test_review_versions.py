@@ -172,14 +172,15 @@ def _nudged_promotions(learner: OnlineLearner, n: int, by: float = 0.01) -> list
     return made
 
 
-def test_kept_versions_are_bounded_on_disk_and_in_the_list(tmp_path, tiny_model):
-    """Every promotion was kept for good: with labels flowing, shared fine-tuning promotes about once per
-    promotion_windows (24) labelled windows (measured: 641 versions from 16,000 windows of a toy stream),
-    each a file of the model's size (280 kB for the default) in models/ and an entry of the retained model
-    message, republished at each promotion. Now at most keep_versions (default 100) are kept: the oldest
-    promoted ones go, files too; the starting model and the one served stay."""
+def test_kept_versions_can_be_bounded_on_disk_and_in_the_list(tmp_path, tiny_model):
+    """With labels flowing, shared fine-tuning promotes about once per promotion_windows (24) labelled windows
+    (measured: 641 versions from 16,000 windows of a toy stream), each a file of the model's size (280 kB for
+    the default) in models/. Every version is kept by default (a rollback to any is promised); with
+    keep_versions (`consume --keep-versions N`) at most N are: the oldest promoted ones go, files too; the
+    starting model and the one served stay."""
     folder = tmp_path / "models"
-    learner = OnlineLearner(tiny_model, LearnerConfig(adapt="shared", versions_dir=folder, serving_version="start"))
+    learner = OnlineLearner(tiny_model, LearnerConfig(adapt="shared", versions_dir=folder, serving_version="start",
+                                                      keep_versions=100))
     made = _nudged_promotions(learner, 104)
     kept = [v.version for v in learner.versions]
     assert len(kept) == 100 and kept == ["start", *made[-99:]]
@@ -212,3 +213,29 @@ def test_no_consumer_to_command_names_why_each_seen_cannot_take_it():
     with pytest.raises(ValueError) as exc:
         choose_consumer(found, None)
     assert "old (offline)" in str(exc.value) and "plain (online, keeps no versions)" in str(exc.value)
+
+
+def test_every_version_is_kept_by_default_and_the_model_message_lists_the_newest(tmp_path, tiny_model):
+    """The model message listed every version: past about 850 it outgrew the dashboard's 256 kB and the Model
+    page went blank. It now lists the starting model, the one served and the newest LISTED_VERSIONS, says how
+    many are kept, and a rollback to one not listed still works."""
+    from stream.consumer import LISTED_VERSIONS
+    from stream.versions import ConsumerModels, format_listing
+    c = _consumer(tmp_path, tiny_model)
+    local = OnlineLearner(tiny_model, LearnerConfig(adapt="shared", versions_dir=tmp_path / "v", serving_version="s"))
+    made = _nudged_promotions(local, LISTED_VERSIONS + 5)
+    assert len(local.versions) == LISTED_VERSIONS + 6  # none forgotten by default
+    assert all((tmp_path / "v" / f"{v}.pt").exists() for v in made)
+    c.learner = local  # the consumer's view of its learner: versions, counters, comparison
+    c._publish_model()
+    body = orjson.loads(c._client.sent[-1][1])
+    listed = [v["version"] for v in body["versions"]]
+    assert body["versions_kept"] == LISTED_VERSIONS + 6
+    assert listed == ["s", *made[-LISTED_VERSIONS:]]
+    entry = ConsumerModels("c", "online", made[-1], body["versions"], body["versions_kept"])
+    assert "older not listed" in format_listing({"c": entry})
+    local.rollback(made[0])  # not listed, kept: served again, and listed as the one served
+    assert local.version == made[0]
+    c.pipeline.classifier.version = made[0]
+    c._publish_model()
+    assert [v["version"] for v in orjson.loads(c._client.sent[-1][1])["versions"]][:2] == ["s", made[0]]
