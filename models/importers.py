@@ -44,6 +44,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import os
 import re
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -54,7 +55,7 @@ import numpy as np
 from tqdm import tqdm
 
 from models.labels import REST
-from stream.recording import CsvRows, Recording, write_recording
+from stream.recording import CsvRows, Recording, RecordingError, write_recording
 
 __all__ = [
     "DATASETS",
@@ -571,7 +572,26 @@ def import_dataset(name: str, src: str | Path, out: str | Path, progress: bool =
     rec = load_dataset(name, src, progress=progress)
     out = Path(out)
     try:
-        write_recording(out, rec)
+        _write_whole(out, rec)
     except OSError as exc:
         raise DatasetError(f"{out}: cannot write: {exc.strerror}") from None
     return {"dataset": name, "out": str(out), **summarize(rec)}
+
+
+def _write_whole(out: Path, rec: Recording) -> None:
+    """Write ``out`` whole or not at all: into a temporary file beside it, renamed over it once complete. A write
+    that fails (a full disk) leaves neither a half-written ``out`` nor the temporary file, and an earlier ``out`` as
+    it was. A path that is no regular file (``/dev/stdout``, a pipe) is written to as it is."""
+    if out.exists() and not out.is_file():
+        write_recording(out, rec)
+        return
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    try:
+        write_recording(tmp, rec)
+        tmp.replace(out)
+    except RecordingError as exc:  # a row it would not write: named as in ``out``
+        tmp.unlink(missing_ok=True)
+        raise RecordingError(str(exc).replace(str(tmp), str(out))) from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
