@@ -49,12 +49,14 @@ import re
 from collections import Counter
 from collections.abc import Callable, Iterable
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
 from models.labels import REST
+from stream.decode import MAX_ACC, MAX_GYRO
 from stream.recording import CsvRows, Recording, RecordingError, write_recording
 
 __all__ = [
@@ -136,6 +138,23 @@ def _number(value: str, where: str, column: str) -> float:
     return x
 
 
+def _check_range(path: Path, line_of: Callable[[int], int], acc: np.ndarray | None = None,
+                 gyro: np.ndarray | None = None) -> None:
+    """Refuse a sample no body-worn sensor reads, naming its line (``line_of(i)``: the line of sample ``i``):
+    acc (m/s²) beyond ``stream.decode.MAX_ACC``, gyro (rad/s) beyond ``MAX_GYRO``, the limits past which the live
+    path refuses a batch (``out_of_range``). Imported, such a glitch skewed training's normalisation and every
+    replayed batch holding it was refused; beyond float32's range it made the written file's row infinite."""
+    for name, values, limit, unit in (("acceleration", acc, MAX_ACC, "m/s²"),
+                                      ("rotation rate", gyro, MAX_GYRO, "rad/s")):
+        if values is None or not len(values):
+            continue
+        bad = np.abs(values).max(axis=1) > limit
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise DatasetError(f"{path}:{line_of(i)}: {name} {float(np.abs(values[i]).max()):.4g} {unit} is beyond "
+                               f"what a body-worn sensor reads ({limit:g} {unit})")
+
+
 def _read_columns(path: Path, ncols: int) -> np.ndarray:
     """A whitespace-separated text file of ``ncols`` numbers a line → (n, ncols) float64.
 
@@ -169,6 +188,11 @@ def _read_columns(path: Path, ncols: int) -> np.ndarray:
     if not lines:
         raise DatasetError(f"{path}: no samples")
     return values.reshape(lines, ncols)
+
+
+def _sample_line(path: Path, i: int) -> int:
+    """The line of ``path`` that holds its sample ``i`` (0 = the first; empty lines hold none)."""
+    return [n for n, line in enumerate(_read_text(path).splitlines(), start=1) if line.split()][i]
 
 
 class _Builder:
@@ -266,6 +290,8 @@ def read_uci_hapt(src: str | Path, progress: bool = False) -> Recording:
             raise DatasetError(f"{gyro_path}: missing (pairs with {acc_path.name})")
         acc = _read_columns(acc_path, 3)
         gyro = _read_columns(gyro_path, 3)
+        _check_range(acc_path, partial(_sample_line, acc_path), acc=acc * G)
+        _check_range(gyro_path, partial(_sample_line, gyro_path), gyro=gyro)
         if len(acc) != len(gyro):
             raise DatasetError(f"{gyro_path}: {len(gyro)} samples, {acc_path.name} has {len(acc)}")
         n = len(acc)
@@ -315,6 +341,7 @@ def _barbell_csv(path: Path, unit: str) -> tuple[np.ndarray, np.ndarray]:
                                f"{','.join(expected[1:])}; found {','.join(header)[:120]}")
         epoch: list[float] = []
         xyz: list[tuple[float, float, float]] = []
+        lines: list[int] = []
         for row in reader:
             if not row:
                 continue
@@ -326,9 +353,15 @@ def _barbell_csv(path: Path, unit: str) -> tuple[np.ndarray, np.ndarray]:
                 raise DatasetError(f"{where}: epoch does not increase")
             epoch.append(ms)
             xyz.append(tuple(_number(row[i], where, header[i]) for i in (3, 4, 5)))
+            lines.append(reader.line_num)
     if not epoch:
         raise DatasetError(f"{path}: no samples")
-    return np.array(epoch), np.array(xyz, dtype=np.float64)
+    values = np.array(xyz, dtype=np.float64)
+    if unit == "g":
+        _check_range(path, lines.__getitem__, acc=values * G)
+    else:
+        _check_range(path, lines.__getitem__, gyro=np.deg2rad(values))
+    return np.array(epoch), values
 
 
 def read_barbell(src: str | Path, progress: bool = False) -> Recording:
@@ -409,6 +442,7 @@ def read_muvr(src: str | Path, progress: bool = False) -> Recording:
     for path in _files(paths, progress, "muvr"):
         xyz: list[tuple[float, float, float]] = []
         labels: list[str] = []
+        lines: list[int] = []
         with _open(path) as handle:
             reader = CsvRows(path, handle, DatasetError)
             for row in reader:
@@ -421,11 +455,13 @@ def read_muvr(src: str | Path, progress: bool = False) -> Recording:
                 xyz.append((_number(row[0], where, "x"), _number(row[1], where, "y"),
                             _number(row[2], where, "z")))
                 labels.append(_snake(row[3]))
+                lines.append(reader.line_num)
         if not xyz:
             raise DatasetError(f"{path}: no samples")
         stem = path.stem[:8] if _UUID.fullmatch(path.stem) else path.stem
         device = _device_name("muvr", path.parent.name, stem)
         acc = np.array(xyz) * -G  # Pebble reports gravity's direction, Android the specific force
+        _check_range(path, lines.__getitem__, acc=acc)
         digest = hashlib.sha1(np.round(acc, 4).tobytes()).digest()
         sets.setdefault(digest, []).append((path, device, acc, np.array(labels)))
     # a set whose samples repeat another's is one set: kept once where their labels agree, and left out
@@ -495,6 +531,7 @@ def read_exermote(src: str | Path, progress: bool = False) -> Recording:
             times: list[float] = []
             labels: list[str] = []
             subjects: list[str] = []
+            lines: list[int] = []
             start: datetime | None = None
             for row in reader:
                 if not row:
@@ -517,12 +554,14 @@ def read_exermote(src: str | Path, progress: bool = False) -> Recording:
                 kind = row[i_type].strip()
                 labels.append(_EXERMOTE_LABELS.get(kind.lower(), _snake(kind)))
                 subjects.append(row[i_who].strip())
+                lines.append(reader.line_num)
         if not values:
             raise DatasetError(f"{path}: no rows with the phone's samples")
         if len(set(subjects)) != 1 or not subjects[0]:
             raise DatasetError(f"{path}: expected one individual per file, found {sorted(set(subjects))[:5]}")
         data = np.array(values)
         acc = (data[:, 0:3] + data[:, 3:6]) * -G  # CoreMotion's sign is the opposite of Android's
+        _check_range(path, lines.__getitem__, acc=acc, gyro=data[:, 6:9])
         out.add(_device_name("exermote", path.stem), f"exermote-{subjects[0]}", np.array(times), acc,
                 np.array(labels), data[:, 6:9])
     return out.build("exermote", root)

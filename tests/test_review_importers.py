@@ -72,3 +72,54 @@ def test_import_into_a_missing_folder_names_it(tmp_path):
     done = _limited_import(["muvr", str(src), str(out)], max_bytes=1 << 30)
     assert done.returncode == 2 and f"{out}: cannot write: No such file or directory" in done.stderr
     assert not out.parent.exists()
+
+
+# -------------------------------------------------------------------------------------------------
+# importers: samples no body-worn sensor reads
+
+
+def test_uci_hapt_sample_beyond_any_sensor_names_its_line(tmp_path):
+    """1e38 g was written as inf and refused naming the OUT file's row 'row 12', not the source; 1e20 g was
+    imported as it was (and every replayed batch holding it refused out_of_range)."""
+    src = write_uci(tmp_path / "uci")
+    acc = src / "RawData" / "acc_exp02_user01.txt"
+    acc.write_text("\n0 0 1\n0 0 1\n1e20 0 1\n0 0 1\n0 0 1\n0 0 1\n")  # an empty first line holds no sample
+    assert f"{acc}:4: acceleration" in _error("uci-hapt", src)
+    acc.write_text("0 0 1\n0 0 1\n1e38 0 1\n0 0 1\n0 0 1\n0 0 1\n")
+    assert f"{acc}:3: acceleration" in _error("uci-hapt", src)
+    acc.write_text("0 0 1\n" * 6)
+    gyro = src / "RawData" / "gyro_exp02_user01.txt"
+    gyro.write_text("0 0 0\n0 0 0\n0 0 0\n0 0 0\n0 -2000 0\n0 0 0\n")
+    assert f"{gyro}:5: rotation rate 2000 rad/s" in _error("uci-hapt", src)
+
+
+def test_barbell_sample_beyond_any_sensor_names_its_line(tmp_path):
+    src = write_barbell(tmp_path / "barbell")
+    acc = sorted((src / "raw").glob("A-bench*Accelerometer*1.4.4.csv"))[0]
+    lines = acc.read_text().splitlines()
+    lines[3] = ",".join(lines[3].split(",")[:3] + ["0.0", "-1e30", "1.0"])
+    acc.write_text("\n".join(lines) + "\n")
+    assert f"{acc}:4: acceleration 9.807e+30 m/s²" in _error("barbell", src)
+
+    src = write_barbell(tmp_path / "barbell2")
+    gyro = sorted((src / "raw").glob("A-bench*Gyroscope*1.4.4.csv"))[0]
+    lines = gyro.read_text().splitlines()
+    lines[6] = ",".join(lines[6].split(",")[:3] + ["1e40", "0.0", "0.0"])
+    gyro.write_text("\n".join(lines) + "\n")
+    assert f"{gyro}:7: rotation rate" in _error("barbell", src)
+
+
+def test_muvr_sample_beyond_any_sensor_names_its_line(tmp_path):
+    src = write_muvr(tmp_path / "muvr")
+    bad = src / "labelled" / "arms" / "labelled_arms_jan-2_2.csv"
+    bad.write_text("1.0,0.0,0.0,triceps-dips,,-1.0,15\n" * 2 + "1.0,2e3,0.0,triceps-dips,,-1.0,15\n")
+    assert f"{bad}:3: acceleration 1.961e+04 m/s²" in _error("muvr", src)
+
+
+def test_exermote_sample_beyond_any_sensor_names_its_line(tmp_path):
+    src = write_exermote(tmp_path / "exermote")
+    path = src / "RawData" / "2017-05-04 19-20-36 Individual 5.csv"
+    rows = [exermote_row(100 * i, "Break", individual=5, rate=(0.0, 1e39 if i == 2 else 0.0, 0.0))
+            for i in range(4)]
+    path.write_text(",".join(EXERMOTE_HEADER) + "\n" + "\n".join(rows) + "\n")
+    assert f"{path}:4: rotation rate 1e+39 rad/s" in _error("exermote", src)
