@@ -288,6 +288,8 @@ def read_uci_hapt(src: str | Path, progress: bool = False) -> Recording:
         gyro_path = acc_path.with_name(acc_path.name.replace("acc_", "gyro_", 1))
         if not gyro_path.is_file():
             raise DatasetError(f"{gyro_path}: missing (pairs with {acc_path.name})")
+        if int(exp) not in segments:  # the published labels.txt has segments of every experiment
+            raise DatasetError(f"{labels_path}: no segment of experiment {int(exp)} ({acc_path.name}): cut short?")
         acc = _read_columns(acc_path, 3)
         gyro = _read_columns(gyro_path, 3)
         _check_range(acc_path, partial(_sample_line, acc_path), acc=acc * G)

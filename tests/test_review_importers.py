@@ -123,3 +123,19 @@ def test_exermote_sample_beyond_any_sensor_names_its_line(tmp_path):
             for i in range(4)]
     path.write_text(",".join(EXERMOTE_HEADER) + "\n" + "\n".join(rows) + "\n")
     assert f"{path}:4: rotation rate 1e+39 rad/s" in _error("exermote", src)
+
+
+# -------------------------------------------------------------------------------------------------
+# importers: labels and people
+
+
+def test_uci_hapt_experiment_without_any_segment_is_refused(tmp_path):
+    """An empty (or cut short) labels.txt imported every experiment unlabelled, exit 0; the published one has
+    segments of every experiment."""
+    src = write_uci(tmp_path / "uci")
+    labels = src / "RawData" / "labels.txt"
+    labels.write_text("")
+    assert "no segment of experiment 1 (acc_exp01_user01.txt)" in _error("uci-hapt", src)
+    labels.write_text("1 1 5 2 5\n")  # cut after experiment 1
+    message = _error("uci-hapt", src)
+    assert str(labels) in message and "no segment of experiment 2" in message
