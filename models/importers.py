@@ -456,7 +456,13 @@ def read_muvr(src: str | Path, progress: bool = False) -> Recording:
                                        "(x,y,z,exercise,intensity,weight,repetitions)")
                 xyz.append((_number(row[0], where, "x"), _number(row[1], where, "y"),
                             _number(row[2], where, "z")))
-                labels.append(_snake(row[3]))
+                label = _snake(row[3])
+                if not label:
+                    raise DatasetError(f"{where}: exercise is empty")
+                if labels and label != labels[0]:  # one exercise a file (the source's format)
+                    raise DatasetError(f"{where}: exercise {row[3].strip()[:40]!r} in a set of {labels[0]!r} "
+                                       f"(line {lines[0]}): one exercise a file")
+                labels.append(label)
                 lines.append(reader.line_num)
         if not xyz:
             raise DatasetError(f"{path}: no samples")

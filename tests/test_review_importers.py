@@ -139,3 +139,14 @@ def test_uci_hapt_experiment_without_any_segment_is_refused(tmp_path):
     labels.write_text("1 1 5 2 5\n")  # cut after experiment 1
     message = _error("uci-hapt", src)
     assert str(labels) in message and "no segment of experiment 2" in message
+
+
+def test_muvr_row_of_another_or_no_exercise_names_its_line(tmp_path):
+    """One file is one set of one exercise (the source's format, and every published file): a row labelled
+    otherwise, or not at all, was imported as a second class or as unlabelled in the middle of the set."""
+    src = write_muvr(tmp_path / "muvr")
+    bad = src / "labelled" / "arms" / "labelled_arms_jan-2_2.csv"
+    bad.write_text("1.0,0.0,0.0,triceps-dips,,-1.0,15\n" * 3 + "1.0,0.0,0.0,,,-1.0,15\n")
+    assert f"{bad}:4: exercise is empty" in _error("muvr", src)
+    bad.write_text("1.0,0.0,0.0,triceps-dips,,-1.0,15\n" * 3 + "1.0,0.0,0.0,squat,,-1.0,15\n")
+    assert f"{bad}:4: exercise 'squat' in a set of 'triceps_dips'" in _error("muvr", src)
