@@ -560,13 +560,17 @@ def read_exermote(src: str | Path, progress: bool = False) -> Recording:
                 times.append(t)
                 values.append([_number(row[i], where, header[i]) for i in cols])
                 kind = row[i_type].strip()
+                if not _snake(kind):  # the published rows are all labelled
+                    raise DatasetError(f"{where}: exerciseType is empty")
                 labels.append(_EXERMOTE_LABELS.get(kind.lower(), _snake(kind)))
-                subjects.append(row[i_who].strip())
+                who = row[i_who].strip()
+                if not who or (subjects and who != subjects[0]):
+                    raise DatasetError(f"{where}: individual {who!r}, expected one individual per file"
+                                       + (f" ({subjects[0]!r} from line {lines[0]})" if subjects else ""))
+                subjects.append(who)
                 lines.append(reader.line_num)
         if not values:
             raise DatasetError(f"{path}: no rows with the phone's samples")
-        if len(set(subjects)) != 1 or not subjects[0]:
-            raise DatasetError(f"{path}: expected one individual per file, found {sorted(set(subjects))[:5]}")
         data = np.array(values)
         acc = (data[:, 0:3] + data[:, 3:6]) * -G  # CoreMotion's sign is the opposite of Android's
         _check_range(path, lines.__getitem__, acc=acc, gyro=data[:, 6:9])

@@ -150,3 +150,20 @@ def test_muvr_row_of_another_or_no_exercise_names_its_line(tmp_path):
     assert f"{bad}:4: exercise is empty" in _error("muvr", src)
     bad.write_text("1.0,0.0,0.0,triceps-dips,,-1.0,15\n" * 3 + "1.0,0.0,0.0,squat,,-1.0,15\n")
     assert f"{bad}:4: exercise 'squat' in a set of 'triceps_dips'" in _error("muvr", src)
+
+
+def test_exermote_individual_and_exercise_name_their_line(tmp_path):
+    """A row of another individual was refused naming the file only ('expected one individual per file, found
+    ['3', '5']'); an empty exerciseType was imported as unlabelled (the published rows are all labelled)."""
+    src = write_exermote(tmp_path / "exermote")
+    path = src / "RawData" / "2017-05-04 19-20-36 Individual 5.csv"
+    rows = [exermote_row(100 * i, "Break", individual=3 if i == 2 else 5) for i in range(4)]
+    path.write_text(",".join(EXERMOTE_HEADER) + "\n" + "\n".join(rows) + "\n")
+    assert f"{path}:4: individual '3'" in _error("exermote", src)
+    rows = [exermote_row(100 * i, "Break", individual=5) for i in range(4)]
+    rows[1] = rows[1].rsplit(",", 1)[0] + ","
+    path.write_text(",".join(EXERMOTE_HEADER) + "\n" + "\n".join(rows) + "\n")
+    assert f"{path}:3: individual ''" in _error("exermote", src)
+    rows = [exermote_row(100 * i, "" if i == 3 else "Break", individual=5) for i in range(4)]
+    path.write_text(",".join(EXERMOTE_HEADER) + "\n" + "\n".join(rows) + "\n")
+    assert f"{path}:5: exerciseType is empty" in _error("exermote", src)
