@@ -219,7 +219,7 @@ class SensorLoggerAdapter(Adapter):
         if self.frame == "ios" or raw_in_g:
             acc = -acc
         gyro = None
-        if self.GYRO in series and len(series[self.GYRO][0]) >= 2:
+        if self.GYRO in series:  # one sample (a short batch period) is held as np.interp holds the ends
             gt, gv = series[self.GYRO]
             gyro = np.stack([np.interp(t, gt, gv[:, i]) for i in range(3)], axis=1)
         return _checked(device, t, acc, gyro)

@@ -11,9 +11,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+import orjson
 import pytest
 
 from models.importers import DatasetError, load_dataset
+from stream.adapters import SensorLoggerAdapter
 from tests.test_importers import (
     EXERMOTE_HEADER,
     exermote_row,
@@ -167,3 +170,26 @@ def test_exermote_individual_and_exercise_name_their_line(tmp_path):
     rows = [exermote_row(100 * i, "" if i == 3 else "Break", individual=5) for i in range(4)]
     path.write_text(",".join(EXERMOTE_HEADER) + "\n" + "\n".join(rows) + "\n")
     assert f"{path}:5: exerciseType is empty" in _error("exermote", src)
+
+
+# -------------------------------------------------------------------------------------------------
+# phone adapters
+
+
+def test_sensor_logger_message_of_one_gyroscope_sample_keeps_it():
+    """Sensor Logger with a short batch period sends one sample of each sensor a message: its gyroscope was
+    dropped (two samples were needed to interpolate), so a model that reads the gyroscope refused every message
+    as no_gyro, warning that the phone 'sends no gyroscope'. One sample is held, as np.interp holds the ends."""
+    t = 1_700_000_000_000_000_000
+    def entry(name: str, x: float, y: float, z: float, dt: int = 0) -> dict:
+        return {"name": name, "time": t + dt, "values": {"x": x, "y": y, "z": z}}
+
+    for payload in ([entry("accelerometer", 0.5, 0, 0), entry("gravity", 0, 0, 9.81, 1_000_000),
+                     entry("gyroscope", 0.1, -0.2, 0.3, 2_000_000)],
+                    [entry("totalacceleration", 0.5, 0, 9.81), entry("gyroscope", 0.1, -0.2, 0.3),
+                     entry("gyroscope", 0.7, 0.7, 0.7)]):  # the same time twice: the first is kept
+        (batch,) = SensorLoggerAdapter().decode(orjson.dumps({"payload": payload}), "phone-1")
+        assert batch.t.tolist() == [1_700_000_000.0]
+        np.testing.assert_allclose(batch.acc, [[0.5, 0, 9.81]], atol=1e-5)
+        assert batch.gyro is not None
+        np.testing.assert_allclose(batch.gyro, [[0.1, -0.2, 0.3]], atol=1e-6)
