@@ -49,6 +49,7 @@ from stream.decode import (
     Rejected,
     SampleBatch,
     check_range,
+    check_time,
     decode_imu,
     valid_device,
 )
@@ -108,6 +109,7 @@ def _checked(device: str, t: np.ndarray, acc: np.ndarray, gyro: np.ndarray | Non
         raise Rejected("non_finite", "t or acc")
     if gyro is not None and not np.isfinite(gyro).all():
         raise Rejected("non_finite", "gyro")
+    check_time(t)
     check_range(acc, gyro)
     return SampleBatch(device=device, t=t.astype(np.float64), acc=acc, gyro=gyro)
 

@@ -24,6 +24,7 @@ __all__ = [
     "SampleBatch",
     "SequenceCheck",
     "check_range",
+    "check_time",
     "decode_imu",
     "decode_imu_many",
     "json_object",
@@ -47,6 +48,10 @@ MAX_GYRO = 1.0e3  # rad/s
 # 2**64 - 1, and a seq beyond could not be written there (struct.error out of the consumer's cycle)
 MAX_SEQ = 2**63 - 1
 _INF, _NEG_INF = float("inf"), float("-inf")
+# the largest |t| taken, in seconds: the year 5138 in Unix time. Milliseconds (1.7e12 now) or nanoseconds (an
+# Android SensorEvent's timestamp) sent as seconds spread 50 Hz samples over hours or years, and every sample
+# was a gap or a duplicate (float64's spacing at 1e17 is 16 s): no window ever came, and nothing said why
+MAX_T = 1e11
 
 REASONS = (
     "oversize",  # payload larger than the cap
@@ -62,7 +67,7 @@ REASONS = (
     "empty",  # no samples
     "non_finite",  # NaN or infinity in t, acc or gyro
     "out_of_range",  # acc beyond MAX_ACC m/s² or gyro beyond MAX_GYRO rad/s: no body-worn sensor reads that
-    "bad_time",  # no t nor t0 + rate, rate not positive, or t decreasing within the batch
+    "bad_time",  # no t nor t0 + rate, rate not positive, t decreasing within the batch, or |t| >= MAX_T
     "bad_unit",  # unit other than m/s2 or g
     "no_gyro",  # no gyro, for a model that reads the gyroscope (stream.pipeline)
     "ignored_type",  # an adapter's message of a sensor we do not use (stream.adapters)
@@ -197,11 +202,11 @@ def _passing(accs: list[np.ndarray], times: list[np.ndarray], sizes: list[int]) 
     np.cumsum(sizes[:-1], out=starts[1:])
     step = t[1:] >= t[:-1]
     step[starts[1:] - 1] = True  # one message's last sample to the next's first
-    if float(np.abs(acc).max()) < MAX_ACC and np.isfinite(t).all() and step.all():
+    if float(np.abs(acc).max()) < MAX_ACC and float(np.abs(t).max()) < MAX_T and step.all():  # NaN fails too
         return np.ones(len(sizes), dtype=bool)  # the usual cycle: a handful of calls in all
-    bad = ~(np.abs(acc).max(axis=1) < MAX_ACC) | ~np.isfinite(t)  # NaN fails the comparison too
+    bad = ~(np.abs(acc).max(axis=1) < MAX_ACC) | ~(np.abs(t) < MAX_T)  # NaN fails the comparison too
     bad[1:] |= t[1:] < t[:-1]
-    bad[starts] = ~np.isfinite(t[starts]) | ~(np.abs(acc[starts]).max(axis=1) < MAX_ACC)  # no step before
+    bad[starts] = ~(np.abs(t[starts]) < MAX_T) | ~(np.abs(acc[starts]).max(axis=1) < MAX_ACC)  # no step before
     return ~np.logical_or.reduceat(bad, starts)
 
 
@@ -251,7 +256,7 @@ def _imu(msg: dict, device: str) -> SampleBatch:
             acc = acc * scale
     # the usual batch in few numpy calls: |acc| within MAX_ACC (NaN fails the comparison too), t
     # non-decreasing (NaN fails it) between finite ends; anything else takes the checks below, in order
-    if (gyro is None and float(np.abs(acc).max()) < MAX_ACC and _NEG_INF < t[0] and t[-1] < _INF
+    if (gyro is None and float(np.abs(acc).max()) < MAX_ACC and -MAX_T < t[0] and t[-1] < MAX_T
             and (n == 1 or bool((t[1:] >= t[:-1]).all()))):
         return SampleBatch(device=device, t=t, acc=acc.astype(np.float32), gyro=None, seq=seq)
     with np.errstate(over="ignore"):  # a value beyond float32 becomes inf here, and is refused below
@@ -263,8 +268,16 @@ def _imu(msg: dict, device: str) -> SampleBatch:
         raise Rejected("non_finite", "gyro")
     if n > 1 and (np.diff(t) < 0).any():
         raise Rejected("bad_time", "t decreases within the batch")
+    check_time(t)
     check_range(acc32, gyro32)
     return SampleBatch(device=device, t=t, acc=acc32, gyro=gyro32, seq=seq)
+
+
+def check_time(t: np.ndarray) -> None:
+    """Raise ``Rejected("bad_time")`` for a time beyond ``MAX_T`` seconds (finite values)."""
+    if len(t) and float(np.abs(t).max()) >= MAX_T:
+        raise Rejected("bad_time", f"t {float(np.abs(t).max()):.3g} is beyond {MAX_T:.0e} s: t is in seconds "
+                                   f"(milliseconds or nanoseconds?)")
 
 
 def check_range(acc: np.ndarray, gyro: np.ndarray | None) -> None:
