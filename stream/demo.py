@@ -106,11 +106,20 @@ def run_demo(args) -> int:
     started = time.monotonic()
     try:
         if broker_answers(url):
-            print(f"broker: using the one answering at {url}", flush=True)
+            print(f"broker: something answers at {url}: using it as the MQTT broker", flush=True)
         else:
             print(f"broker: nothing answers at {url}; starting the embedded broker (amqtt) there", flush=True)
             broker = EmbeddedBroker(url).start()
-        watcher = DemoWatcher(url, args.prefix)  # before the simulator: its first labels must not be missed
+        try:
+            watcher = DemoWatcher(url, args.prefix)  # before the simulator: its first labels must not be missed
+        except ConnectionError as exc:
+            if broker is not None:
+                raise
+            # it "answered" on TCP only: something else holds the port (the two lines contradicted each other)
+            raise ConnectionError(f"{exc}: something accepts connections at {url.host}:{url.port} but does not "
+                                  f"speak MQTT (another service on the port?); pass --broker "
+                                  f"mqtt://{url.host}:<free port> and the demo starts its embedded broker "
+                                  f"there") from None
         common = ["--broker", args.broker, "--prefix", args.prefix]
         if args.ca_file:
             common += ["--ca-file", args.ca_file]

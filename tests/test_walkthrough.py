@@ -188,3 +188,15 @@ def test_consume_refuses_a_learner_share_outside_0_to_1(capsys):
     with pytest.raises(SystemExit):
         build_parser().parse_args(["consume", "--learn-cpu", "-0.5"])
     assert "--learn-cpu" in capsys.readouterr().err
+
+
+def test_demo_on_a_port_held_by_something_that_is_no_broker_says_so(capsys):
+    """It printed "broker: using the one answering at ..." and then "did not answer within 10 s": the two lines
+    contradicted each other and neither said that what held the port was no MQTT broker."""
+    server, port = _listening()  # accepts, says nothing
+    try:
+        code = main(["demo", "--broker", f"mqtt://127.0.0.1:{port}", "--no-dashboard", "--duration", "5"])
+    finally:
+        server.close()
+    err = capsys.readouterr().err
+    assert code == 2 and "does not speak MQTT" in err and "--broker" in err
