@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 
-from stream.mqtt import BrokerURL, broker_answers
+from stream.mqtt import BrokerURL, mqtt_answers
 
 __all__ = ["run_broker", "check_address", "EmbeddedBroker"]
 
@@ -95,7 +95,7 @@ class EmbeddedBroker:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"embedded broker exited with status {self.process.returncode}")
-            if broker_answers(self.url, timeout=0.2):
+            if mqtt_answers(self.url, timeout=1.0):  # a whole MQTT connection: amqtt logs a bare TCP one as an error
                 return self
             time.sleep(0.1)
         self.stop()

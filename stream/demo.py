@@ -20,7 +20,7 @@ import numpy as np
 import orjson
 
 from stream.broker import EmbeddedBroker
-from stream.mqtt import BrokerURL, broker_answers, connect
+from stream.mqtt import BrokerURL, broker_answers, connect, mqtt_answers
 
 __all__ = ["run_demo", "DemoWatcher"]
 
@@ -105,21 +105,17 @@ def run_demo(args) -> int:
         signal.signal(sig, lambda *_: stop.set())
     started = time.monotonic()
     try:
-        if broker_answers(url):
-            print(f"broker: something answers at {url}: using it as the MQTT broker", flush=True)
+        if mqtt_answers(url, timeout=5.0):
+            print(f"broker: using the one answering at {url}", flush=True)
+        elif broker_answers(url):
+            raise ConnectionError(f"something accepts connections at {url.host}:{url.port} but does not answer as "
+                                  f"an MQTT broker (another service on the port, or TLS that does not match?); "
+                                  f"pass --broker mqtt://{url.host}:<free port> and the demo starts its embedded "
+                                  f"broker there")
         else:
             print(f"broker: nothing answers at {url}; starting the embedded broker (amqtt) there", flush=True)
             broker = EmbeddedBroker(url).start()
-        try:
-            watcher = DemoWatcher(url, args.prefix)  # before the simulator: its first labels must not be missed
-        except ConnectionError as exc:
-            if broker is not None:
-                raise
-            # it "answered" on TCP only: something else holds the port (the two lines contradicted each other)
-            raise ConnectionError(f"{exc}: something accepts connections at {url.host}:{url.port} but does not "
-                                  f"speak MQTT (another service on the port?); pass --broker "
-                                  f"mqtt://{url.host}:<free port> and the demo starts its embedded broker "
-                                  f"there") from None
+        watcher = DemoWatcher(url, args.prefix)  # before the simulator: its first labels must not be missed
         common = ["--broker", args.broker, "--prefix", args.prefix]
         if args.ca_file:
             common += ["--ca-file", args.ca_file]

@@ -32,6 +32,7 @@ __all__ = [
     "DEFAULT_BROKER",
     "ENV_BROKER",
     "broker_answers",
+    "mqtt_answers",
     "speaks_mqtt5",
     "client_class",
     "connect",
@@ -357,6 +358,32 @@ def broker_answers(url: BrokerURL, timeout: float = 1.0) -> bool:
             return True
     except OSError:
         return False
+
+
+def mqtt_answers(url: BrokerURL, timeout: float = 2.0) -> bool:
+    """Whether an MQTT broker answers at ``url``: a throwaway clean MQTT 3.1.1 connection gets a CONNACK (any
+    reason code: refused credentials are still a broker). Unlike ``broker_answers``, it tells a broker from
+    anything else on the port, and a broker sees a whole connection, not a bare TCP one (amqtt logs those as
+    an ERROR, "No data to decode MQTT packet fixed header")."""
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"probe-{uuid.uuid4().hex[:8]}",
+                         protocol=mqtt.MQTTv311)
+    if url.username:
+        client.username_pw_set(url.username, url.password)
+    if url.tls:
+        client.tls_set(ca_certs=url.ca_file, cert_reqs=ssl.CERT_REQUIRED)
+    answered: list[bool] = []
+    client.on_connect = lambda *args: answered.append(True)
+    deadline = time.monotonic() + timeout
+    try:
+        client.connect(url.host, url.port, keepalive=10)
+        while not answered and time.monotonic() < deadline:
+            if client.loop(timeout=0.05) != mqtt.MQTT_ERR_SUCCESS:
+                break  # the other end closed the connection
+        return bool(answered)
+    except (OSError, ValueError):
+        return False
+    finally:
+        client.disconnect()
 
 
 def speaks_mqtt5(url: BrokerURL, timeout: float = 5.0) -> bool:

@@ -199,4 +199,18 @@ def test_demo_on_a_port_held_by_something_that_is_no_broker_says_so(capsys):
     finally:
         server.close()
     err = capsys.readouterr().err
-    assert code == 2 and "does not speak MQTT" in err and "--broker" in err
+    assert code == 2 and "does not answer as an MQTT broker" in err and "--broker" in err
+
+
+def test_the_embedded_broker_logs_no_error_when_the_demo_checks_it_is_up(capfd):
+    """Its start-up check was a bare TCP connection, which amqtt logs in every demo as "ERROR ... No data to
+    decode MQTT packet fixed header"; it is now a whole MQTT connection."""
+    from stream.broker import EmbeddedBroker
+    from stream.mqtt import BrokerURL, mqtt_answers
+    server, port = _listening()
+    server.close()  # a free port
+    url = BrokerURL.parse(f"mqtt://127.0.0.1:{port}")
+    with EmbeddedBroker(url):
+        assert mqtt_answers(url)
+    err = capfd.readouterr().err
+    assert "listening on" in err and "No data to decode" not in err and "ERROR" not in err
