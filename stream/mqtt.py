@@ -360,17 +360,23 @@ def broker_answers(url: BrokerURL, timeout: float = 1.0) -> bool:
         return False
 
 
+def _probe(url: BrokerURL, protocol: int) -> mqtt.Client:
+    """A throwaway plain paho client for ``url`` (its credentials and TLS), to ask the broker something."""
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"probe-{uuid.uuid4().hex[:8]}",
+                         protocol=protocol)
+    if url.username:
+        client.username_pw_set(url.username, url.password)
+    if url.tls:
+        client.tls_set(ca_certs=url.ca_file, cert_reqs=ssl.CERT_REQUIRED)
+    return client
+
+
 def mqtt_answers(url: BrokerURL, timeout: float = 2.0) -> bool:
     """Whether an MQTT broker answers at ``url``: a throwaway clean MQTT 3.1.1 connection gets a CONNACK (any
     reason code: refused credentials are still a broker). Unlike ``broker_answers``, it tells a broker from
     anything else on the port, and a broker sees a whole connection, not a bare TCP one (amqtt logs those as
     an ERROR, "No data to decode MQTT packet fixed header")."""
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"probe-{uuid.uuid4().hex[:8]}",
-                         protocol=mqtt.MQTTv311)
-    if url.username:
-        client.username_pw_set(url.username, url.password)
-    if url.tls:
-        client.tls_set(ca_certs=url.ca_file, cert_reqs=ssl.CERT_REQUIRED)
+    client = _probe(url, mqtt.MQTTv311)
     answered: list[bool] = []
     client.on_connect = lambda *args: answered.append(True)
     deadline = time.monotonic() + timeout
@@ -392,12 +398,7 @@ def speaks_mqtt5(url: BrokerURL, timeout: float = 5.0) -> bool:
     A 3.1.1-only broker answers it with "unsupported protocol version" (amqtt does) or closes the
     connection; other refusals (credentials, say) are left to the real connection to report.
     """
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"probe-{uuid.uuid4().hex[:8]}",
-                         protocol=mqtt.MQTTv5)
-    if url.username:
-        client.username_pw_set(url.username, url.password)
-    if url.tls:
-        client.tls_set(ca_certs=url.ca_file, cert_reqs=ssl.CERT_REQUIRED)
+    client = _probe(url, mqtt.MQTTv5)
     answer: list[bool] = []
     done = threading.Event()
 
