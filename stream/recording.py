@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from stream.decode import valid_device
+from stream.decode import MAX_T, valid_device
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +135,9 @@ def _float(value: str, column: str, where: str) -> float:
         raise RecordingError(f"{where}: column {column!r} is not finite: {value[:40]!r}")
     if abs(x) > _FLOAT32_MAX and column != "t" and _float32_inf(x):  # kept as float32: it would read as inf
         raise RecordingError(f"{where}: column {column!r} is beyond float32's range: {value[:40]!r}")
+    if column == "t" and abs(x) >= MAX_T:  # as the consumer refuses it (stream.decode.MAX_T)
+        raise RecordingError(f"{where}: column 't' is {value[:40]}, beyond {MAX_T:.0e} s: t is in seconds "
+                             f"(milliseconds or nanoseconds?)")
     return x
 
 
@@ -277,6 +280,11 @@ def _check_writable(path: str | Path, rec: Recording) -> None:
         if values is not None and not np.isfinite(values).all():
             i, j = np.argwhere(~np.isfinite(values))[0]
             raise RecordingError(f"{path}: row {i + 1}: column {names[j]!r} is not finite: {values[i, j]}")
+    beyond = np.flatnonzero(np.abs(rec.t) >= MAX_T)
+    if beyond.size:
+        i = int(beyond[0])
+        raise RecordingError(f"{path}: row {i + 1}: column 't' is {rec.t[i]:.6g}, beyond {MAX_T:.0e} s: t is in "
+                             f"seconds (milliseconds or nanoseconds?)")
     order = np.argsort(rec.device, kind="stable")  # each device's rows, in file order
     written = np.array([float(f"{x:.4f}") for x in rec.t.tolist()])  # as the file will hold them: a step back
     # of a few microseconds (a sensor clock's jitter) is written as no step at all, which the reader takes

@@ -68,3 +68,24 @@ def test_the_consumer_counts_them_and_goes_on(tiny_model):
         c._classify()
     assert c.stats.rejected["bad_time"] == 6
     assert sum(t == "tu/s/prediction" for t in c._client.topics) >= 5
+
+
+def test_a_recording_file_with_times_in_milliseconds_names_the_line(tmp_path):
+    """`evaluate` and `replay` read it whole: every window a gap, nothing classified and nothing said why."""
+    from stream.recording import RecordingError, read_recording
+    path = tmp_path / "ms.csv"
+    rows = [f"d,{1.77e12 + 20 * k:.0f},0,0,9.81,rest" for k in range(5)]
+    path.write_text("device,t,ax,ay,az,label\n" + "\n".join(rows) + "\n")
+    with pytest.raises(RecordingError) as info:
+        read_recording(path)
+    assert "ms.csv:2:" in str(info.value) and "seconds" in str(info.value)  # the file's line 2
+
+
+def test_the_recording_writer_refuses_what_the_reader_would(tmp_path):
+    from stream.recording import Recording, RecordingError, write_recording
+    n = 4
+    rec = Recording(device=np.array(["d"] * n), t=1.77e12 + np.arange(n) * 20.0,
+                    acc=np.zeros((n, 3), np.float32), label=np.array(["rest"] * n))
+    with pytest.raises(RecordingError) as info:
+        write_recording(tmp_path / "out.csv", rec)
+    assert "row 1" in str(info.value) and "seconds" in str(info.value)
