@@ -620,8 +620,12 @@ def import_dataset(name: str, src: str | Path, out: str | Path, progress: bool =
     ``harstream import muvr ../shared/datasets/muvr-gym muvr.csv`` runs
     ``import_dataset("muvr", "../shared/datasets/muvr-gym", "muvr.csv", progress=True)``.
     """
-    rec = load_dataset(name, src, progress=progress)
     out = Path(out)
+    if Path(src).is_dir() and out.resolve().is_relative_to(Path(src).resolve()):
+        # it could be one of the files read (read whole, then overwritten: the source lost), or be read as a
+        # source by the next import
+        raise DatasetError(f"{out}: OUT must not be inside SRC {src}: write the recording file elsewhere")
+    rec = load_dataset(name, src, progress=progress)
     try:
         _write_whole(out, rec)
     except OSError as exc:

@@ -193,3 +193,16 @@ def test_sensor_logger_message_of_one_gyroscope_sample_keeps_it():
         np.testing.assert_allclose(batch.acc, [[0.5, 0, 9.81]], atol=1e-5)
         assert batch.gyro is not None
         np.testing.assert_allclose(batch.gyro, [[0.1, -0.2, 0.3]], atol=1e-6)
+
+
+def test_out_inside_src_is_refused_before_anything_is_read_or_written(tmp_path):
+    """An OUT that is one of SRC's files was read whole and then overwritten: the source was lost."""
+    from models.importers import DatasetError, import_dataset
+    src = tmp_path / "muvr"
+    (src / "labelled" / "g").mkdir(parents=True)
+    source = src / "labelled" / "g" / "set.csv"
+    source.write_text("".join(f"{k % 3},0,1,biceps_curl,,,\n" for k in range(100)))
+    before = source.read_bytes()
+    with pytest.raises(DatasetError, match="inside SRC"):
+        import_dataset("muvr", src, source)
+    assert source.read_bytes() == before
