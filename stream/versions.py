@@ -161,6 +161,8 @@ def choose_consumer(found: dict[str, ConsumerModels], consumer: str | None, vers
                          f"it serves {chosen.serving!r} only")
     if version is not None:
         info = next((v for v in chosen.versions if v.get("version") == version), None)
+        if info is None and chosen.kept > len(chosen.versions):
+            return chosen  # it keeps older versions than it lists: it says itself whether it keeps this one
         if info is None:
             raise ValueError(f"consumer {chosen.consumer!r} keeps no version {version!r}; it keeps: "
                              + ", ".join(str(v.get("version")) for v in chosen.versions))
