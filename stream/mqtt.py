@@ -375,11 +375,18 @@ def mqtt_answers(url: BrokerURL, timeout: float = 2.0) -> bool:
     """Whether an MQTT broker answers at ``url``: a throwaway clean MQTT 3.1.1 connection gets a CONNACK (any
     reason code: refused credentials are still a broker). Unlike ``broker_answers``, it tells a broker from
     anything else on the port, and a broker sees a whole connection, not a bare TCP one (amqtt logs those as
-    an ERROR, "No data to decode MQTT packet fixed header")."""
-    client = _probe(url, mqtt.MQTTv311)
+    an ERROR, "No data to decode MQTT packet fixed header"). A broker that closes a 3.1.1 connection unanswered
+    (one that speaks MQTT 5 only may) is asked again in MQTT 5."""
+    deadline = time.monotonic() + timeout
+    return _connack(url, mqtt.MQTTv311, deadline) or (time.monotonic() < deadline
+                                                       and _connack(url, mqtt.MQTTv5, deadline))
+
+
+def _connack(url: BrokerURL, protocol: int, deadline: float) -> bool:
+    """Whether a throwaway connection in ``protocol`` gets a CONNACK before ``deadline``."""
+    client = _probe(url, protocol)
     answered: list[bool] = []
     client.on_connect = lambda *args: answered.append(True)
-    deadline = time.monotonic() + timeout
     try:
         client.connect(url.host, url.port, keepalive=10)
         while not answered and time.monotonic() < deadline:
