@@ -112,6 +112,9 @@ def run_demo(args) -> int:
                                   f"an MQTT broker (another service on the port, or TLS that does not match?); "
                                   f"pass --broker mqtt://{url.host}:<free port> and the demo starts its embedded "
                                   f"broker there")
+        elif url.tls:  # amqtt is started on plain TCP: the demo's clients would never reach it
+            raise ConnectionError(f"nothing answers at {url}, and the embedded broker speaks plain MQTT only: "
+                                  f"start a TLS broker there, or pass --broker mqtt://{url.host}:{url.port}")
         else:
             print(f"broker: nothing answers at {url}; starting the embedded broker (amqtt) there", flush=True)
             broker = EmbeddedBroker(url).start()

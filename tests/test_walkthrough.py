@@ -214,3 +214,12 @@ def test_the_embedded_broker_logs_no_error_when_the_demo_checks_it_is_up(capfd):
         assert mqtt_answers(url)
     err = capfd.readouterr().err
     assert "listening on" in err and "No data to decode" not in err and "ERROR" not in err
+
+
+def test_demo_with_a_tls_url_and_no_broker_says_the_embedded_one_is_plain(capsys):
+    """It started amqtt on plain TCP and checked it over TLS for 20 s ("embedded broker did not answer")."""
+    server, port = _listening()
+    server.close()  # nothing there
+    code = main(["demo", "--broker", f"mqtts://127.0.0.1:{port}", "--no-dashboard", "--duration", "5"])
+    err = capsys.readouterr().err
+    assert code == 2 and "plain MQTT only" in err and f"mqtt://127.0.0.1:{port}" in err
