@@ -41,9 +41,14 @@ class ConsumerModels:
         """A consumer run with --no-learn keeps no versions and takes no commands."""
         return bool(self.versions)
 
+    @property
+    def unlisted(self) -> int:
+        """Versions the consumer keeps beyond those it lists (0: the list is all of them)."""
+        return max(0, self.kept - len(self.versions))
+
     def to_dict(self) -> dict:
         return {"consumer": self.consumer, "status": self.status, "serving": self.serving,
-                "versions": self.versions, "versions_kept": max(self.kept, len(self.versions)),
+                "versions": self.versions, "versions_kept": len(self.versions) + self.unlisted,
                 "updates": self.updates, "skipped": self.skipped}
 
 
@@ -161,7 +166,7 @@ def choose_consumer(found: dict[str, ConsumerModels], consumer: str | None, vers
                          f"it serves {chosen.serving!r} only")
     if version is not None:
         info = next((v for v in chosen.versions if v.get("version") == version), None)
-        if info is None and chosen.kept > len(chosen.versions):
+        if info is None and chosen.unlisted:
             return chosen  # it keeps older versions than it lists: it says itself whether it keeps this one
         if info is None:
             raise ValueError(f"consumer {chosen.consumer!r} keeps no version {version!r}; it keeps: "
@@ -239,11 +244,10 @@ def format_listing(found: dict[str, ConsumerModels]) -> str:
         return "no consumer has said anything on this broker and prefix (is `harstream consume` running?)"
     lines = []
     for c in found.values():
-        kept = max(c.kept, len(c.versions))
         lines.append(f"consumer {c.consumer} ({c.status or 'status unknown'}): serving {c.serving}; "
-                     f"{kept} versions kept, {c.updates} updates, {c.skipped} skipped")
-        if kept > len(c.versions):
-            lines.append(f"  ({kept - len(c.versions)} older not listed: --rollback takes any kept version's id; "
+                     f"{len(c.versions) + c.unlisted} versions kept, {c.updates} updates, {c.skipped} skipped")
+        if c.unlisted:
+            lines.append(f"  ({c.unlisted} older not listed: --rollback takes any kept version's id; "
                          f"their files are in the consumer's --state-dir, models/)")
         if not c.learns:
             lines.append("  keeps no versions (run with --no-learn): nothing to roll back to")
