@@ -96,19 +96,20 @@ def test_uci_hapt_sample_beyond_any_sensor_names_its_line(tmp_path):
     assert f"{gyro}:5: rotation rate 2000 rad/s" in _error("uci-hapt", src)
 
 
-def test_barbell_sample_beyond_any_sensor_names_its_line(tmp_path):
-    src = write_barbell(tmp_path / "barbell")
-    acc = sorted((src / "raw").glob("A-bench*Accelerometer*1.4.4.csv"))[0]
-    lines = acc.read_text().splitlines()
-    lines[3] = ",".join(lines[3].split(",")[:3] + ["0.0", "-1e30", "1.0"])
-    acc.write_text("\n".join(lines) + "\n")
-    assert f"{acc}:4: acceleration 9.807e+30 m/s²" in _error("barbell", src)
+def _barbell_with_row(folder: Path, sensor: str, index: int, xyz: list[str]) -> tuple[Path, Path]:
+    """A barbell source whose first bench set's ``sensor`` file has ``xyz`` in its line ``index + 1``."""
+    src = write_barbell(folder)
+    path = sorted((src / "raw").glob(f"A-bench*{sensor}*1.4.4.csv"))[0]
+    lines = path.read_text().splitlines()
+    lines[index] = ",".join(lines[index].split(",")[:3] + xyz)
+    path.write_text("\n".join(lines) + "\n")
+    return src, path
 
-    src = write_barbell(tmp_path / "barbell2")
-    gyro = sorted((src / "raw").glob("A-bench*Gyroscope*1.4.4.csv"))[0]
-    lines = gyro.read_text().splitlines()
-    lines[6] = ",".join(lines[6].split(",")[:3] + ["1e40", "0.0", "0.0"])
-    gyro.write_text("\n".join(lines) + "\n")
+
+def test_barbell_sample_beyond_any_sensor_names_its_line(tmp_path):
+    src, acc = _barbell_with_row(tmp_path / "barbell", "Accelerometer", 3, ["0.0", "-1e30", "1.0"])
+    assert f"{acc}:4: acceleration 9.807e+30 m/s²" in _error("barbell", src)
+    src, gyro = _barbell_with_row(tmp_path / "barbell2", "Gyroscope", 6, ["1e40", "0.0", "0.0"])
     assert f"{gyro}:7: rotation rate" in _error("barbell", src)
 
 
