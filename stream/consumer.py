@@ -72,11 +72,11 @@ from stream.persist import (
     AckJournal,
     journal_generations,
     journal_predictions,
+    kept_id,
     load_state,
     lock_state_dir,
     read_journal,
     save_state,
-    write_atomic,
 )
 from stream.pipeline import Pipeline, Prediction
 from stream.shared_state import SharedDevices, open_store
@@ -179,15 +179,11 @@ class ConsumerConfig:
         if not self.consumer_id:
             # a stable id where state is kept: the broker's persistent session follows the id
             # (an empty or blank file, which a kill could leave before the id was written atomically, is none)
-            id_file = self.state_dir / "consumer-id" if self.state_dir else None
-            if id_file is not None and id_file.exists():
-                self.consumer_id = id_file.read_text(errors="replace").strip()
-            if not self.consumer_id:
-                self.consumer_id = f"harstream-consumer-{uuid.uuid4().hex[:6]}"
-                self.id_is_random = id_file is None  # no later run comes back under it
-                if id_file is not None:
-                    id_file.parent.mkdir(parents=True, exist_ok=True)
-                    write_atomic(id_file, self.consumer_id.encode())
+            new = f"harstream-consumer-{uuid.uuid4().hex[:6]}"
+            if self.state_dir is None:
+                self.consumer_id, self.id_is_random = new, True  # no later run comes back under it
+            else:  # the first consumer ever started on the directory writes it; the others read it
+                self.consumer_id = kept_id(self.state_dir / "consumer-id", new)
 
 
 class _Stats:

@@ -29,11 +29,11 @@ from pathlib import Path
 
 import torch
 
-from models.checkpoint import write_atomic  # leaves no temporary file behind when it fails
+from models.checkpoint import sync_directory, write_atomic  # write_atomic leaves no temporary file behind when it fails
 
 __all__ = ["AckJournal", "save_state", "load_state", "read_journal", "journal_predictions", "journal_generations",
            "write_atomic", "lock_state_dir", "StateDirInUse", "STATE_FILE", "SERVING_MODEL", "ADAPTERS_FILE",
-           "LOCK_FILE"]
+           "LOCK_FILE", "kept_id"]
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +79,43 @@ def lock_state_dir(directory: Path) -> None:
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     _held[key] = fd
+
+
+def kept_id(path: Path, new: str) -> str:
+    """The id kept in ``path``; where there is none (no file, or an empty one a kill left), ``new``, written
+    there for good. Consumers started at the same moment on a new state directory agree on one id: the
+    file is created exclusively (a private temporary file, synced, then hard-linked to ``path``), so the
+    first to link wins and the others read its id. With the last writer winning instead, the consumer that
+    took the state directory's lock could go on under an id the file no longer held, and its next life,
+    under another, never took up the broker's persistent session (nor the QoS 1 messages kept for it)."""
+    kept = _read_id(path)
+    if kept:
+        return kept
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(new.encode())
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            kept = _read_id(path)
+            if kept:  # another consumer's, written first
+                return kept
+            os.replace(tmp, path)  # an empty file a kill left (before ids were linked): the last writer wins
+    finally:
+        tmp.unlink(missing_ok=True)
+    sync_directory(path.parent)  # the link itself on disk
+    return new
+
+
+def _read_id(path: Path) -> str:
+    try:
+        return path.read_text(errors="replace").strip()
+    except FileNotFoundError:
+        return ""
 
 
 def save_state(directory: Path, model_version: str, devices: dict[str, tuple[torch.Tensor, ...]],
