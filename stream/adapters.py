@@ -29,12 +29,14 @@ Formats:
   except in a message that also holds calibrated accelerometer events: only those are read.
   Other sensor types are rejected as ``ignored_type``: counted, so a phone that sends only gyroscope
   or linear acceleration shows up in the consumer's metrics.
-- ``csv``: text lines ``t,ax,ay,az[,gx,gy,gz]`` (seconds, m/s², rad/s); blank lines, ``#`` comments
-  and a header line (``t,...`` or ``time,...``) are skipped.
+- ``csv``: text lines ``t,ax,ay,az[,gx,gy,gz]`` (seconds, m/s², rad/s; decimal numbers such as -1.5e-3, or
+  nan and inf, refused as ``non_finite``); blank lines, ``#`` comments, a header line (``t,...`` or
+  ``time,...``) and a leading byte-order mark are skipped.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 from typing import ClassVar
 
@@ -73,6 +75,7 @@ ADAPTER_REASONS = (
 )
 REJECT_REASONS = REASONS + ADAPTER_REASONS
 MAX_TOPIC = 256  # characters
+_LINE_END = re.compile(r"\r\n|\r|\n")
 
 
 def _object(payload: bytes) -> dict | list:
@@ -87,6 +90,18 @@ def _object(payload: bytes) -> dict | list:
 
 def _is_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _csv_number(field: str) -> bool:
+    """Whether ``field`` is a CSV number: what float() reads in ASCII without '_' (nan and inf too, refused
+    later as non_finite, as decode_imu does). float() alone also reads '1_0' as 10 and '９' as 9."""
+    if "_" in field or not field.isascii():
+        return False
+    try:
+        float(field)
+    except ValueError:
+        return False
+    return True
 
 
 def _ordered(t: np.ndarray, *columns: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -309,32 +324,45 @@ class CsvAdapter(Adapter):
     name = "csv"
 
     def _decode(self, payload: bytes, device: str | None, topic: str) -> list[SampleBatch]:
-        try:
-            text = payload.decode("utf-8")
+        try:  # utf-8-sig: one leading byte-order mark (Windows tools, some phone apps) is not text
+            text = payload.decode("utf-8-sig")
         except UnicodeDecodeError:
             raise Rejected("bad_csv", "not UTF-8 text") from None
         rows: list[list[float]] = []
-        for number, line in enumerate(text.splitlines(), 1):
+        numbers: list[int] = []  # each row's line, to name it
+        # lines end at \n, \r\n or \r only: splitlines() also splits at \x85, \u2028, form feeds, ...,
+        # which made one garbled line two rows, and the line numbers differ from the sender's
+        for number, line in enumerate(_LINE_END.split(text), 1):
             line = line.strip()
             if not line or line.startswith("#"):
                 continue
             fields = line.split(",")
             if not rows and fields[0].strip().lower() in ("t", "time"):
                 continue  # a header
-            if len(fields) not in (4, 7) or (rows and len(fields) != len(rows[0])):
+            if len(fields) not in (4, 7):
                 raise Rejected("bad_shape", f"line {number} has {len(fields)} fields, expected 4 or 7")
+            if rows and len(fields) != len(rows[0]):
+                raise Rejected("bad_shape", f"line {number} has {len(fields)} fields, line {numbers[0]} has "
+                                            f"{len(rows[0])}")
             try:
+                if "_" in line or not line.isascii():  # float() reads '1_0' as 10, '９' as 9 (_csv_number)
+                    raise ValueError
                 rows.append([float(f) for f in fields])
             except ValueError:
-                raise Rejected("bad_csv", f"line {number}: {line[:40]!r}") from None
+                bad = next(f for f in fields if not _csv_number(f))
+                raise Rejected("bad_csv", f"line {number}: {bad[:20]!r} is not a number") from None
+            numbers.append(number)
             if len(rows) > MAX_SAMPLES:
                 raise Rejected("too_many_samples", f"more than {MAX_SAMPLES} lines")
         if not rows:
             raise Rejected("empty")
         data = np.asarray(rows, dtype=np.float64)
         t = data[:, 0]
-        if len(t) > 1 and (np.diff(t) < 0).any():
-            raise Rejected("bad_time", "t decreases")
+        back = np.flatnonzero(np.diff(t) < 0)
+        if len(back):
+            i = int(back[0]) + 1
+            raise Rejected("bad_time", f"t decreases at line {numbers[i]}: {float(t[i])!r} after {float(t[i - 1])!r} "
+                                       f"(line {numbers[i - 1]})")
         return [_checked(device, t, data[:, 1:4], data[:, 4:7] if data.shape[1] == 7 else None)]
 
 
