@@ -20,7 +20,10 @@ Formats:
   an iPhone with the setting off, so it is read as one (and a message with ``totalacceleration``,
   Android only, never is): g when its median magnitude is under a third of ``accelerometer`` +
   ``gravity``'s (m/s² everywhere) in the same message, or, without them, under 3 (about 1 g at rest;
-  a phone in free fall reads near 0 in either unit, so that guess can fail mid-jump).
+  a phone in free fall reads near 0 in either unit, so that guess can fail mid-jump). Its
+  ``gyroscope`` (rad/s) is interpolated to the acceleration's times; samples with no gyroscope sample
+  within ``SensorLoggerAdapter.GYRO_HOLD`` (0.1 s, or two of its sample intervals if longer) carry
+  none, in a batch of their own, as a message without the gyroscope does.
 - ``android``: Android sensor-event JSON as sent by SensorSpot and similar apps, ``{type:
   "android.sensor.accelerometer", timestamp: ns since boot, values: [x, y, z]}``, one event per
   message (or a list of events). Without ``type`` (SensorSpot's "dedicated topics"), the topic's last
@@ -186,6 +189,10 @@ class SensorLoggerAdapter(Adapter):
                                          "accelerometeruncalibrated", "gyroscope")
     MAX_ENTRIES = 8 * MAX_SAMPLES  # all sensors of one message together
     GRAVITY_SLACK = 0.1  # seconds: user acceleration this far outside the gravity samples is dropped
+    # seconds: the least a gyroscope sample is held or interpolated over (the sensors of one message start and
+    # end up to a sample apart; a message of one sample each). Held without limit, a gyroscope that stopped
+    # early in a message gave every later sample its last value, however far
+    GYRO_HOLD = 0.1
     G_MEDIAN = 3.0  # m/s²: alone, a raw accelerometer whose median magnitude is below this is in g
     G_RATIO = 3.0  # beside accelerometer + gravity (m/s²): a raw one whose median magnitude is this much smaller
     # is in g (g units make it 9.8 times smaller)
@@ -211,9 +218,9 @@ class SensorLoggerAdapter(Adapter):
             raise Rejected("too_many_samples", f"{len(entries)} entries > {self.MAX_ENTRIES}")
         series = self._series(entries)
         with np.errstate(over="ignore", invalid="ignore"):  # absurd values end as non_finite below
-            return [self._specific_force(device, series)]
+            return self._specific_force(device, series)
 
-    def _specific_force(self, device: str, series: dict[str, tuple[np.ndarray, np.ndarray]]) -> SampleBatch:
+    def _specific_force(self, device: str, series: dict[str, tuple[np.ndarray, np.ndarray]]) -> list[SampleBatch]:
         raw = series.get(self.RAW)
         # g units only come from an iPhone not standardised; totalacceleration only from Android
         raw_norm = None if raw is None else float(np.median(np.linalg.norm(raw[1], axis=1)))
@@ -235,11 +242,29 @@ class SensorLoggerAdapter(Adapter):
                                            f"accelerometeruncalibrated; found {found}")
         if self.frame == "ios" or raw_in_g:
             acc = -acc
-        gyro = None
-        if self.GYRO in series:  # one sample (a short batch period) is held as np.interp holds the ends
-            gt, gv = series[self.GYRO]
-            gyro = np.stack([np.interp(t, gt, gv[:, i]) for i in range(3)], axis=1)
-        return _checked(device, t, acc, gyro)
+        if self.GYRO not in series:
+            return [_checked(device, t, acc)]
+        gyro, covered = self._gyro(t, series[self.GYRO])
+        batch = _checked(device, t, acc, gyro)
+        if covered.all():
+            return [batch]
+        # the samples far from any gyroscope sample carry none, as a message without one: a model that reads
+        # the gyroscope refuses them (no_gyro), the others keep theirs. One batch per run, in time order
+        cuts = [0, *(np.flatnonzero(np.diff(covered)) + 1).tolist(), len(t)]
+        return [SampleBatch(device, batch.t[a:b], batch.acc[a:b], batch.gyro[a:b] if covered[a] else None)
+                for a, b in zip(cuts[:-1], cuts[1:], strict=True)]
+
+    def _gyro(self, t: np.ndarray, gyro: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """The gyroscope interpolated to ``t``, and which of ``t`` have a gyroscope sample within the hold:
+        the larger of ``GYRO_HOLD`` and two of the gyroscope's median sample intervals in the message."""
+        gt, gv = gyro
+        hold = self.GYRO_HOLD
+        if len(gt) > 1:
+            hold = max(hold, 2.0 * float(np.median(np.diff(gt))))
+        after = np.searchsorted(gt, t)
+        nearest = np.minimum(np.abs(t - gt[np.maximum(after - 1, 0)]), np.abs(gt[np.minimum(after, len(gt) - 1)] - t))
+        # np.interp holds the ends: one sample (a short batch period) serves the message's times near it
+        return np.stack([np.interp(t, gt, gv[:, i]) for i in range(3)], axis=1), nearest <= hold
 
     def _series(self, entries: list) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         """name -> (t in seconds, (n, 3) values), for the sensors used; others are skipped."""
