@@ -15,12 +15,17 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from stream.decode import Rejected, json_object
+from stream.decode import MAX_T, Rejected, json_object
 
 __all__ = ["LabelBook", "LabelledWindow", "WindowHistory", "decode_label"]
 
 MAX_LABEL_BYTES = 4096
 EPS = 1e-6  # s: a window's first sample is t_end - span up to rounding (2.36 - 0.76 < 1.6 in floats)
+# windows of one device waiting for their labels at most: an hour of lateness at a window a second (50-sample
+# windows at 50 Hz; the default model makes one every 2 s: two hours), about 11 MB a labelling device at some
+# 3 kB a window (the default model's samples and LSTM state, measured). Memory follows the lateness asked for
+# (the default 4 s keeps 2 windows of 2 s); this only bounds it, refusing a lateness that would keep more
+MAX_WINDOWS = 3600
 
 
 def decode_label(payload: bytes) -> tuple[str, float, float | None]:
@@ -28,12 +33,17 @@ def decode_label(payload: bytes) -> tuple[str, float, float | None]:
     body = json_object(payload, MAX_LABEL_BYTES)
     label = body.get("label")
     if not isinstance(label, str) or not 0 < len(label) <= 64:
-        raise Rejected("bad_label", repr(label)[:40])
+        raise Rejected("bad_label", f"{repr(label)[:40]}: a label is a name of 1 to 64 characters")
     numbers = {k: body.get(k) for k in ("t", "start", "end")}
     for k, v in numbers.items():
         if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)):
             raise Rejected("bad_time", f"{k}={v!r}"[:40])
+        if v is not None and abs(v) >= MAX_T:  # as the imu's times: such a label would name no window
+            raise Rejected("bad_time", f"{k} {v:.3g} is beyond {MAX_T:.0e} s: times are in seconds "
+                                       f"(milliseconds or nanoseconds?)")
     if numbers["t"] is not None:
+        if numbers["start"] is not None or numbers["end"] is not None:  # which one was meant is unknown
+            raise Rejected("bad_time", "t and start/end in one label: t (holds until the next), or start < end")
         return label, float(numbers["t"]), None
     if numbers["start"] is not None and numbers["end"] is not None and numbers["end"] > numbers["start"]:
         return label, float(numbers["start"]), float(numbers["end"])
@@ -41,27 +51,31 @@ def decode_label(payload: bytes) -> tuple[str, float, float | None]:
 
 
 class LabelBook:
-    """Label timelines of every device."""
+    """Label timelines of every device. Each label keeps its number in the order taken (``taken``), so that
+    the labels a device had before its clock went back can be told from those that came after."""
 
     def __init__(self, max_per_device: int = 512) -> None:
         self.max_per_device = max_per_device
-        self._open: dict[str, tuple[list[float], list[str]]] = {}  # "holds until the next" labels
-        self._spans: dict[str, list[tuple[float, float, str]]] = {}  # explicit start-end labels
+        self.taken = 0  # labels taken so far, of every device: the next one's number
+        self._open: dict[str, tuple[list[float], list[str], list[int]]] = {}  # "holds until the next" labels
+        self._spans: dict[str, list[tuple[float, float, str, int]]] = {}  # explicit start-end labels
 
     def __contains__(self, device: str) -> bool:
         return device in self._open or device in self._spans
 
     def add(self, device: str, label: str, start: float, end: float | None = None) -> None:
+        number, self.taken = self.taken, self.taken + 1
         if end is None:
-            ts, names = self._open.setdefault(device, ([], []))
+            ts, names, numbers = self._open.setdefault(device, ([], [], []))
             i = bisect.bisect(ts, start)
             ts.insert(i, start)
             names.insert(i, label)
+            numbers.insert(i, number)
             if len(ts) > self.max_per_device:
-                del ts[0], names[0]
+                del ts[0], names[0], numbers[0]
         else:
             spans = self._spans.setdefault(device, [])
-            spans.append((start, end, label))
+            spans.append((start, end, label, number))
             if len(spans) > self.max_per_device:
                 del spans[0]
 
@@ -74,7 +88,7 @@ class LabelBook:
         return None
 
     def _open_at(self, device: str, t: float) -> str | None:
-        ts, names = self._open.get(device, ((), ()))
+        ts, names, _ = self._open.get(device, ((), (), ()))
         i = bisect.bisect(ts, t) - 1
         return names[i] if i >= 0 else None
 
@@ -85,24 +99,48 @@ class LabelBook:
     def window_label(self, device: str, t_start: float, t_end: float) -> str | None:
         """The label of a whole window, or None where unknown or changing inside it. Where spans cover both
         ends, the same span must: two spans of one label with an unlabelled stretch between them (a
-        labelled replay's runs) do not label a window reaching across it."""
+        labelled replay's runs) do not label a window reaching across it. The label must hold in between
+        too: a label starting inside the window, or a span starting or ending there, must not change it
+        (squat, a 1 s span of rest inside the window, squat again is no squat window)."""
         first, last = self._span_at(device, t_start), self._span_at(device, t_end)
-        if first is not None and last is not None:
-            return self._spans[device][first][2] if first == last else None
         spans = self._spans.get(device, ())
-        label = spans[first][2] if first is not None else self._open_at(device, t_start)
-        return label if label is not None and label == (spans[last][2] if last is not None
-                                                          else self._open_at(device, t_end)) else None
+        if first is not None and last is not None:
+            label = spans[first][2] if first == last else None
+        else:
+            label = spans[first][2] if first is not None else self._open_at(device, t_start)
+            if label is None or label != (spans[last][2] if last is not None else self._open_at(device, t_end)):
+                return None
+        if label is None:
+            return None
+        # where the label may change inside: each label's start, and just after each span's end
+        ts = self._open[device][0] if device in self._open else []
+        inside = ts[bisect.bisect(ts, t_start):bisect.bisect(ts, t_end)]  # a copy
+        for s, e, _, _ in spans:
+            if t_start < s <= t_end:
+                inside.append(s)
+            if t_start <= e < t_end:
+                inside.append(math.nextafter(e, math.inf))
+        return label if all(self.at(device, t) == label for t in inside) else None
 
     def drop_after(self, device: str, t: float) -> None:
         """Forget the device's labels that start after ``t``: after its clock went back to ``t``, they
         belong to the session before (they would name the new session's windows when its clock got there)."""
         if device in self._open:
-            ts, names = self._open[device]
+            ts, names, numbers = self._open[device]
             keep = bisect.bisect(ts, t)
-            del ts[keep:], names[keep:]
+            del ts[keep:], names[keep:], numbers[keep:]
         if device in self._spans:
             self._spans[device] = [span for span in self._spans[device] if span[0] <= t]
+
+    def drop_taken_before(self, device: str, mark: int) -> None:
+        """Forget the device's labels taken before ``mark`` (a value of ``taken``): those it had before its
+        clock went back belong to the session before, wherever they start."""
+        if device in self._open:
+            ts, names, numbers = self._open[device]
+            keep = [i for i, n in enumerate(numbers) if n >= mark]
+            self._open[device] = ([ts[i] for i in keep], [names[i] for i in keep], [numbers[i] for i in keep])
+        if device in self._spans:
+            self._spans[device] = [span for span in self._spans[device] if span[3] >= mark]
 
     def forget(self, device: str) -> None:
         self._open.pop(device, None)
@@ -121,42 +159,68 @@ class LabelledWindow:
 
 
 class WindowHistory:
-    """Recent windows of devices that receive labels, waiting for their labels to be final."""
+    """Recent windows of devices that receive labels, waiting for their labels to be final.
 
-    def __init__(self, span: float, lateness: float = 4.0, max_windows: int = 64) -> None:
+    A window waits until the device's newest is ``lateness`` seconds of device time past it. A device's windows
+    are more than ``span`` apart (its hop is span + one sample, more across a gap), so at most lateness / span
+    + 1 of them wait: a lateness that would keep more than ``max_windows`` is refused. More in one cycle (a
+    replay at full speed, a consumer behind) are due at once, past their lateness already. (A span of 0, a
+    window of one sample, says nothing of the hop: only ``max_windows`` bounds its windows then.)
+    """
+
+    def __init__(self, span: float, lateness: float = 4.0, max_windows: int = MAX_WINDOWS) -> None:
+        if not 0.0 <= lateness < math.inf:  # NaN fails too
+            raise ValueError(f"label lateness must be a finite number of seconds, 0 or more, not {lateness!r}")
+        if span > 0 and lateness / span + 2 > max_windows:
+            raise ValueError(f"a label lateness of {lateness:g} s would keep up to {int(lateness / span) + 1} windows "
+                             f"of {span:g} s a device waiting; at most {max_windows} are kept, for a lateness of up "
+                             f"to {(max_windows - 2) * span:.0f} s")
         self.span = span  # seconds from a window's first sample to its last (``t_end``): (window - 1) / rate
         self.lateness = lateness
         self._windows: dict[str, deque[LabelledWindow]] = {}
         self._ended: dict[str, list[LabelledWindow]] = {}  # windows of a session whose device clock then went back
-        # windows pushed out of a full queue (more than max_windows of a device in one cycle: a replay at full
-        # speed, a consumer behind): resolved next with their labels as they stand, far past their lateness;
-        # always of the device's current session (a session ending takes them into _ended, before its queue)
+        # windows pushed out of a full queue (more than max_windows of a device in one cycle): resolved next
+        # with their labels as they stand; always of the device's current session (a session ending takes
+        # them into _ended, before its queue)
         self._due: dict[str, list[LabelledWindow]] = {}
         self.max_windows = max_windows
+        self._newest: dict[str, float] = {}  # t_end of each device's newest window (its queue may be empty)
+        self._fresh: set[str] = set()  # devices with a window added since the last resolve
+        # each device's LabelBook.taken at the end of the last cycle that brought it a window; a session's, kept
+        # in _ended_mark when the clock goes back: the labels taken before it are that session's
+        self._mark: dict[str, int] = {}
+        self._ended_mark: dict[str, int] = {}
 
     def __contains__(self, device: str) -> bool:
         return device in self._windows
 
     def track(self, device: str) -> None:
-        self._windows.setdefault(device, deque(maxlen=self.max_windows))
+        self._windows.setdefault(device, deque())
 
     def add(self, window: LabelledWindow) -> None:
         queue = self._windows.get(window.device)
         if queue is None:
             return
-        if queue and window.t_end < queue[-1].t_end:  # the device's clock went back: a new session
-            ended = self._ended.setdefault(window.device, [])
-            ended += self._due.pop(window.device, [])  # its windows pushed out come before those left
+        device = window.device
+        newest = self._newest.get(device)
+        if newest is not None and window.t_end < newest:  # the device's clock went back: a new session
+            ended = self._ended.setdefault(device, [])  # even if none waits: its labels are to be forgotten
+            ended += self._due.pop(device, [])  # its windows pushed out come before those left
             ended.extend(queue)  # final now: resolved next
             queue.clear()
-        elif len(queue) == queue.maxlen:  # the deque would drop its oldest unscored: it is due instead
-            self._due.setdefault(window.device, []).append(queue.popleft())
+            if device not in self._ended_mark:  # two sessions ending in one cycle: the first's mark
+                self._ended_mark[device] = self._mark.get(device, 0)
+        elif len(queue) == self.max_windows:  # more than the queue holds in one cycle: its oldest is due
+            self._due.setdefault(device, []).append(queue.popleft())
         queue.append(window)
+        self._newest[device] = window.t_end
+        self._fresh.add(device)
 
     def resolve(self, labels: LabelBook) -> list[LabelledWindow]:
         """Windows old enough that a late label would have arrived, with their labels, in order. A
         session whose device's clock went back has ended: its windows are all resolved at once, then
-        its labels after the new clock's first window are forgotten (``LabelBook.drop_after``)."""
+        the labels taken before it ended and those after the new clock's first window are forgotten
+        (``LabelBook.drop_taken_before``, ``LabelBook.drop_after``)."""
         out = []
         for device, ended in self._ended.items():
             for w in ended:
@@ -165,6 +229,7 @@ class WindowHistory:
             first = self._due.get(device) or self._windows.get(device)  # the new session's first window
             if first:
                 labels.drop_after(device, first[0].t_end)
+            labels.drop_taken_before(device, self._ended_mark.pop(device, 0))
         self._ended.clear()
         for due in self._due.values():  # the current session's, older than anything of their device's below
             for w in due:
@@ -179,6 +244,9 @@ class WindowHistory:
                 w = queue.popleft()
                 w.label = self._label_of(w, labels)
                 out.append(w)
+        for device in self._fresh:
+            self._mark[device] = labels.taken
+        self._fresh.clear()
         return out
 
     def waiting(self, device: str) -> list[LabelledWindow]:
@@ -190,7 +258,7 @@ class WindowHistory:
         out = self._ended.pop(device, []) + self._due.pop(device, []) + list(self._windows.get(device, ()))
         for w in out:
             w.label = self._label_of(w, labels)
-        self._windows.pop(device, None)
+        self.forget(device)
         return out
 
     def _label_of(self, w: LabelledWindow, labels: LabelBook) -> str | None:
@@ -198,6 +266,6 @@ class WindowHistory:
         return labels.window_label(w.device, w.t_end - self.span + EPS, w.t_end)
 
     def forget(self, device: str) -> None:
-        self._windows.pop(device, None)
-        self._ended.pop(device, None)
-        self._due.pop(device, None)
+        for kept in (self._windows, self._ended, self._due, self._newest, self._mark, self._ended_mark):
+            kept.pop(device, None)
+        self._fresh.discard(device)
