@@ -26,6 +26,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -79,23 +80,45 @@ def publish(url: BrokerURL, prefixes: list[str], streams: dict[str, DeviceStream
     client.disconnect()
 
 
-def main() -> int:
+def _said(err) -> str:
+    """The last line a consumer wrote to ``err`` (a file): its one-line error, or a traceback's last line."""
+    err.seek(0)
+    lines = [x.strip() for x in err.read().decode(errors="replace").splitlines() if x.strip()]
+    return lines[-1] if lines else "nothing said"
+
+
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--broker", default=os.environ.get("HARSTREAM_BROKER", "mqtt://127.0.0.1:1883"))
+    parser.add_argument("--broker", default=os.environ.get("HARSTREAM_BROKER", "mqtt://127.0.0.1:1883"),
+                        help="mqtt://host:port; the embedded broker is started there where nothing answers "
+                             "(default: HARSTREAM_BROKER, else %(default)s)")
     parser.add_argument("--model", default=None, help="checkpoint (default: the shipped model)")
     parser.add_argument("--devices", type=int, default=4, help="devices per scenario")
     parser.add_argument("--quiet-devices", type=int, default=12, help="devices without drift (false alarms)")
     parser.add_argument("--onset", type=float, default=60.0, help="device seconds before the drift")
     parser.add_argument("--speed", type=float, default=5.0, help="times faster than real time")
-    parser.add_argument("--scenarios", nargs="+", default=list(SCENARIOS))
-    parser.add_argument("--seed", type=int, default=100)
+    parser.add_argument("--scenarios", nargs="+", default=list(SCENARIOS), choices=SCENARIOS,
+                        help="drift scenarios of the simulator (default: all four)")
+    parser.add_argument("--seed", type=int, default=100, help="picks the simulated people (default: %(default)s)")
     parser.add_argument("--adapt", nargs="+", default=["device", "shared"], choices=("device", "shared", "both"),
                         help="one fine-tuning consumer per setting of `harstream consume --adapt`")
-    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "adaptation.md")
-    args = parser.parse_args()
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "adaptation.md",
+                        help="the page to write, and its .json beside it (default: %(default)s)")
+    args = parser.parse_args(argv)
+    from models.checkpoint import CheckpointError, default_model_path, load_checkpoint
+    try:  # a wrong --model is named now, not by consumers that never come online
+        load_checkpoint(args.model or default_model_path())
+    except CheckpointError as exc:
+        raise SystemExit(f"adaptation: {exc}") from None
+    args.out.parent.mkdir(parents=True, exist_ok=True)  # now, not after the run
 
     url = BrokerURL.parse(args.broker)
-    embedded = None if broker_answers(url) else EmbeddedBroker(url).start()
+    embedded = None
+    if not broker_answers(url):
+        if url.tls:  # the embedded broker listens on plain TCP: nothing here would reach it over TLS
+            raise SystemExit(f"adaptation: nothing answers at {url}, and the embedded broker speaks plain MQTT "
+                             f"only: start a TLS broker there, or pass --broker mqtt://{url.host}:{url.port}")
+        embedded = EmbeddedBroker(url).start()
     duration = args.onset + 240.0
     tag = uuid.uuid4().hex[:6]
     prefixes = {"frozen": f"adaptF{tag}", **{f"online ({m})": f"adapt{m[0].upper()}{tag}" for m in args.adapt}}
@@ -130,34 +153,46 @@ def main() -> int:
                       subscriptions=[(f"{p}/+/{kind}", 1) for p in prefixes.values()
                                      for kind in ("prediction", "drift")]
                       + [(f"{p}/_consumer/+/status", 1) for p in prefixes.values()])
-    consumers = []
-    for which, prefix in prefixes.items():
-        cmd = [sys.executable, "-m", "stream.cli", "consume", "--broker", args.broker, "--prefix", prefix,
-               "--id", f"adapt-{which.split()[-1].strip('()')}-{tag}", "--metrics-interval", "5"]
-        if args.model:
-            cmd += ["--model", args.model]
-        if which == "frozen":
-            cmd.append("--no-learn")
-        else:
-            cmd += ["--adapt", which[len("online ("):-1]]
-        consumers.append(subprocess.Popen(cmd, stderr=subprocess.DEVNULL))
-    deadline = time.monotonic() + 180  # every consumer up and subscribed (slow on a loaded machine)
-    while len(online) < len(prefixes) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    if len(online) < len(prefixes):
-        print(f"consumers not online after 180 s: {sorted(set(prefixes.values()) - online)}", file=sys.stderr)
-    time.sleep(1.0)
-    stop = threading.Event()
-    started = time.monotonic()
-    print(f"adaptation: {len(streams)} devices, {duration:.0f} device-seconds at {args.speed:g}x", file=sys.stderr)
+    consumers: dict[str, tuple[subprocess.Popen, object]] = {}  # prefix -> (process, its stderr kept)
     try:
+        for which, prefix in prefixes.items():
+            cmd = [sys.executable, "-m", "stream.cli", "consume", "--broker", args.broker, "--prefix", prefix,
+                   "--id", f"adapt-{which.split()[-1].strip('()')}-{tag}", "--metrics-interval", "5"]
+            if args.model:
+                cmd += ["--model", args.model]
+            if which == "frozen":
+                cmd.append("--no-learn")
+            else:
+                cmd += ["--adapt", which[len("online ("):-1]]
+            err = tempfile.TemporaryFile()
+            consumers[prefix] = (subprocess.Popen(cmd, stderr=err), err)
+        deadline = time.monotonic() + 180  # every consumer up and subscribed (slow on a loaded machine)
+        while len(online) < len(prefixes) and time.monotonic() < deadline:
+            for prefix, (c, err) in consumers.items():
+                if c.poll() is not None:
+                    raise SystemExit(f"adaptation: the {which_of[prefix]} consumer exited with status "
+                                     f"{c.returncode}: {_said(err)}")
+            time.sleep(0.2)
+        if len(online) < len(prefixes):  # without them there is nothing to measure: the page is left as it was
+            raise SystemExit("adaptation: consumers not online after 180 s: "
+                             + ", ".join(which_of[p] for p in prefixes.values() if p not in online))
+        time.sleep(1.0)
+        stop = threading.Event()
+        started = time.monotonic()
+        print(f"adaptation: {len(streams)} devices, {duration:.0f} device-seconds at {args.speed:g}x",
+              file=sys.stderr)
         publish(url, list(prefixes.values()), streams, duration, args.speed, 0.5, stop)
         time.sleep(8)
     finally:
-        for c in consumers:
+        for c, _ in consumers.values():
             c.send_signal(signal.SIGTERM)
-        for c in consumers:
-            c.wait(30)
+        for c, err in consumers.values():
+            try:
+                c.wait(30)
+            except subprocess.TimeoutExpired:
+                c.kill()
+                c.wait()
+            err.close()
         watcher.disconnect()
         watcher.loop_stop()
         if embedded:
@@ -214,7 +249,8 @@ def main() -> int:
                 "events_by_signal": dict(by_signal),
             }
         results[scenario or "no_drift"] = row
-    out = {"command": "python " + " ".join(sys.argv), "wall_seconds": round(wall, 1), "speed": args.speed,
+    out = {"command": " ".join(["python benchmarks/adaptation.py", *(sys.argv[1:] if argv is None else argv)]),
+           "wall_seconds": round(wall, 1), "speed": args.speed,
            "devices_per_scenario": args.devices, "quiet_devices": args.quiet_devices, "results": results}
     args.out.with_suffix(".json").write_text(json.dumps(out, indent=1))
     lines = ["# Adaptation to drift: frozen model vs online learning", "",

@@ -245,8 +245,12 @@ def real_alarms(source: Path, window: float = 2.0) -> tuple[dict, list[str]]:
     ``Monitor.labelled`` as the consumer feeds it, with its true class as the prediction (the error
     detector, which needs a model of each data set, is left out). Every alarm is a false one."""
     rows, lines = {}, []
+    if not source.is_dir():  # said, not silently left out of the page
+        print(f"drift: no real recordings at {source} (--source): their section is left out", file=sys.stderr)
+        return rows, lines
     for name, folder in REAL.items():
         if not (source / folder).is_dir():
+            print(f"drift: no {name} data set at {source / folder} (--source): its row is left out", file=sys.stderr)
             continue
         rec = load_dataset(name, source / folder)
         monitor, alarms, seconds = Monitor(), Counter(), 0.0
@@ -399,7 +403,7 @@ def measure(args, drifting: dict, quiet: dict, labels: bool) -> tuple[dict, list
     return out, lines
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--devices", type=int, default=10, help="devices per drift scenario")
     parser.add_argument("--onset", type=float, default=120.0, help="device seconds before the drift")
@@ -408,16 +412,23 @@ def main() -> int:
     parser.add_argument("--quiet-minutes", type=float, default=30.0, help="how long they run")
     parser.add_argument("--labels", choices=("all", "none", "both"), default="both",
                         help="every device labels its windows, none does, or one run of each (default)")
-    parser.add_argument("--model", type=Path, default=default_model_path())
-    parser.add_argument("--seed", type=int, default=7000)
+    parser.add_argument("--model", type=Path, default=default_model_path(),
+                        help="checkpoint (default: the shipped model)")
+    parser.add_argument("--seed", type=int, default=7000,
+                        help="picks the simulated people and workouts (default: 7000, held out from the "
+                             "thresholds' choice)")
     parser.add_argument("--source", type=Path, default=ROOT.parent / "shared" / "datasets",
                         help="real recordings (../shared/datasets) for the false alarms on real people; "
                              "skipped where absent")
     parser.add_argument("--folds", type=Path, default=None,
                         help="benchmarks/real_data.py's --work folder: every detector over each fold's test "
                              "people, through the model trained without them")
-    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "drift.md")
-    args = parser.parse_args()
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "drift.md",
+                        help="the page to write, and its .json beside it (default: %(default)s)")
+    args = parser.parse_args(argv)
+    if args.folds is not None and not any(args.folds.glob("*/*/model.pt")):  # before minutes of simulation
+        parser.error(f"--folds {args.folds} holds no <data set>/<fold>/model.pt: give the --work folder of a "
+                     "finished `python benchmarks/real_data.py` run")
     torch.set_num_threads(1)
     started = time.monotonic()
 
@@ -441,7 +452,7 @@ def main() -> int:
         results["folds"], section = fold_alarms(args.folds)
         lines += section
     wall = time.monotonic() - started
-    command = ("python benchmarks/drift.py " + " ".join(sys.argv[1:])).strip()
+    command = ("python benchmarks/drift.py " + " ".join(sys.argv[1:] if argv is None else argv)).strip()
     lines[1:1] = ["", f"Reproduce: `{command}` ({time.strftime('%Y-%m-%d')}, {wall:.0f} s). The consumer's "
                   f"`Monitor` fed as the consumer feeds it (labels only on windows that one label covers), "
                   f"without a broker, in device time, model frozen (`{args.model.name}`). "

@@ -84,12 +84,16 @@ def levels(ws: list, onset: float = np.inf) -> list[tuple[float, float]]:
     return out
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[20000, 30000])
+def main(argv: list[str] | None = None) -> int:
+    # the first paragraph, whole: its first line ends mid-sentence
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()),
+                                     epilog="Prints its figures; writes nothing.")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[20000, 30000],
+                        help="simulator seeds, as benchmarks/drift.py's --seed (default: 20000 30000, the "
+                             "monitor's tuning seeds)")
     parser.add_argument("--devices", type=int, default=30, help="devices per scenario and seed")
     parser.add_argument("--quiet-devices", type=int, default=40, help="devices without drift (30 min each)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     quiet = []
     for seed in args.seeds:
         for k in range(args.quiet_devices):  # benchmarks/drift.py's quiet devices

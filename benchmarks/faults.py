@@ -1249,7 +1249,14 @@ TAP_KIND = {"persistent": "persistent, reconnecting like the consumer",
             "clean": "clean, reconnecting within 0.2 s"}
 
 
-def render_markdown(result: dict) -> str:
+def _shown(path: Path) -> str:
+    """``path`` as the page names it: relative to the repository when inside it (docs/faults.json)."""
+    path = Path(path).resolve()
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+
+def render_markdown(result: dict, json_path: Path = ROOT / "docs" / "faults.json") -> str:
+    """The page; ``json_path``: where its raw figures are (--out), named in it."""
     cfg, a = result["config"], result["analysis"]
     rd, pr = a["real_devices"], a["predictions"]
     kills = a["kills"]
@@ -1263,7 +1270,7 @@ def render_markdown(result: dict) -> str:
     w("# Faults: kill -9, broker restart, malformed floods, overload\n")
     w("What happens to the data when things break, measured against a real Mosquitto, the real "
       "consumer process and a real-time QoS 1 publisher. Produced by `benchmarks/faults.py`; the raw "
-      "figures are in `docs/faults.json`.\n")
+      f"figures are in `{_shown(json_path)}`.\n")
     w("```sh\n" + result["command"] + "\n```\n")
     w(f"Run on {result['environment']['when']}: {result['environment']['mosquitto']}, "
       f"{result['environment']['cpus']} shared cores (load average {result['environment']['load_before']} "
@@ -1784,7 +1791,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--devices", type=int, default=100, help="real-time devices (default: %(default)s)")
     ap.add_argument("--samples-per-message", type=int, default=10, help="(default: %(default)s, i.e. 0.2 s)")
-    ap.add_argument("--checkpoint-interval", type=float, default=5.0)
+    ap.add_argument("--checkpoint-interval", type=float, default=5.0,
+                    help="the consumer's --checkpoint-interval, seconds (default: %(default)s)")
     ap.add_argument("--steady", type=float, default=4.0, help="seconds of steady state before the faults")
     ap.add_argument("--after-checkpoint", type=float, default=2.5,
                     help="a kill lands this long after a checkpoint (default: %(default)s)")
@@ -1798,20 +1806,25 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--flood-procs", type=int, default=2, help="overload publisher processes")
     ap.add_argument("--flood-devices", type=int, default=100, help="devices per overload process")
     ap.add_argument("--flood-samples", type=int, default=25, help="samples per overload message (0.5 s)")
-    ap.add_argument("--drain-timeout", type=float, default=90.0)
+    ap.add_argument("--drain-timeout", type=float, default=90.0,
+                    help="seconds to wait for predictions to be live again after the overload (default: %(default)s)")
     ap.add_argument("--ack", default="after-window", choices=("after-window", "on-receipt"),
                     help="the consumer's --ack: after-window (the fix of issue 7) or on-receipt (paho's "
                          "default, as before it) (default: %(default)s)")
     ap.add_argument("--budget", type=float, default=300.0, help="seconds of samples generated per device")
-    ap.add_argument("--out", type=Path, default=ROOT / "docs" / "faults.json")
-    ap.add_argument("--md", type=Path, default=ROOT / "docs" / "faults.md")
+    ap.add_argument("--out", type=Path, default=ROOT / "docs" / "faults.json",
+                    help="the raw figures (default: %(default)s)")
+    ap.add_argument("--md", type=Path, default=ROOT / "docs" / "faults.md",
+                    help="the page (default: %(default)s)")
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, state, broker)")
     ap.add_argument("--render", action="store_true", help="only rewrite --md from an existing --out")
     args = ap.parse_args(argv)
     if args.render:
+        if not args.out.exists():
+            raise SystemExit(f"faults: --render: no {args.out} (--out; a run writes it)")
         result = json.loads(args.out.read_text())
         result["findings_md"] = findings(result)
-        args.md.write_text(render_markdown(result))
+        args.md.write_text(render_markdown(result, args.out))
         return 0
     if shutil.which("mosquitto") is None:
         print("faults: needs the mosquitto binary (apt-get install mosquitto)", file=sys.stderr)
@@ -1859,7 +1872,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.write_bytes(orjson.dumps({k: v for k, v in result.items() if k != "findings_md"},
                                       option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY
                                       | orjson.OPT_NON_STR_KEYS))
-    args.md.write_text(render_markdown(result))
+    args.md.write_text(render_markdown(result, args.out))
     say(f"wrote {args.out} and {args.md}")
     if args.keep:
         say(f"kept {run.workdir}")

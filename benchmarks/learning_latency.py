@@ -37,28 +37,44 @@ FIGURES = (("p50", "p50"), ("p99_median_second", "p99 of the median second"),
 def bench(cwd: Path, devices: int, duration: float, labelled: float, learn: bool) -> dict:
     cmd = [sys.executable, "-m", "stream.cli", "bench", "--devices", str(devices), "--duration",
            str(duration), "--labelled", str(labelled), "--json"] + (["--learn"] if learn else [])
-    out = subprocess.run(cmd, cwd=cwd, check=True, capture_output=True, text=True,
-                         env={**os.environ, "PYTHONPATH": str(cwd)}).stdout
-    run = json.loads(out)
+    done = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(cwd)})
+    if done.returncode != 0:  # its one-line error (no broker, a wrong model), not a traceback of this script
+        said = done.stderr.strip().splitlines()
+        raise SystemExit(f"learning_latency: harstream bench --devices {devices} in {cwd} failed with status "
+                         f"{done.returncode}" + (f": {said[-1]}" if said else ""))
+    run = json.loads(done.stdout)
     return run["runs"][0] if "runs" in run else run
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--devices", type=int, default=5000)
-    parser.add_argument("--duration", type=float, default=20.0, help="measured seconds per run")
-    parser.add_argument("--labelled", type=float, default=0.05, help="share of devices publishing labels")
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--against", help="also run the learning configuration of this git revision")
-    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "learning_latency.md")
-    args = parser.parse_args()
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        epilog="Every run is `harstream bench` on the broker HARSTREAM_BROKER names (default "
+               "mqtt://127.0.0.1:1883; the embedded one is started where nothing answers).")
+    parser.add_argument("--devices", type=int, default=5000, help="devices of every run (default: %(default)s)")
+    parser.add_argument("--duration", type=float, default=20.0,
+                        help="measured seconds per run (default: %(default)s)")
+    parser.add_argument("--labelled", type=float, default=0.05,
+                        help="share of devices publishing labels (default: %(default)s)")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="rounds, each running every configuration once (default: %(default)s)")
+    parser.add_argument("--against", metavar="REV", help="also run the learning configuration of this git revision")
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "learning_latency.md",
+                        help="the page to write, and its .json beside it (default: %(default)s)")
+    args = parser.parse_args(argv)
+    args.out.parent.mkdir(parents=True, exist_ok=True)  # now, not after the rounds
     started = time.monotonic()
     configs = {"learning off": (ROOT, False), "learning on": (ROOT, True)}
     worktree = None
     if args.against:
         worktree = Path(tempfile.mkdtemp(prefix="harstream-against-"))
-        subprocess.run(["git", "worktree", "add", "--detach", str(worktree), args.against], cwd=ROOT,
-                       check=True, capture_output=True)
+        done = subprocess.run(["git", "worktree", "add", "--detach", str(worktree), args.against], cwd=ROOT,
+                              capture_output=True, text=True)
+        if done.returncode != 0:  # git's reason (an unknown revision), not CalledProcessError's traceback
+            worktree.rmdir()
+            said = done.stderr.strip().splitlines()
+            raise SystemExit(f"learning_latency: --against {args.against}: "
+                             + (said[-1] if said else f"git worktree add failed with status {done.returncode}"))
         configs[f"learning on at {args.against}"] = (worktree, True)
     runs: dict[str, list[dict]] = {name: [] for name in configs}
     try:
@@ -77,7 +93,7 @@ def main() -> int:
     medians = {name: {key: float(np.median([x["latency_ms"][key] for x in rs])) for key, _ in FIGURES}
                for name, rs in runs.items()}
     base = medians["learning off"]
-    command = ("python benchmarks/learning_latency.py " + " ".join(sys.argv[1:])).strip()
+    command = ("python benchmarks/learning_latency.py " + " ".join(sys.argv[1:] if argv is None else argv)).strip()
     lines = [
         "# Serving latency with online fine-tuning on and off", "",
         f"Reproduce: `{command}` ({time.strftime('%Y-%m-%d')}, "

@@ -95,8 +95,12 @@ def feed(orienter, windows: dict[str, np.ndarray], limit: int) -> None:
 
 def load_revision(rev: str):
     """models/orientation.py as it was at ``rev``, as a module of its own."""
-    text = subprocess.run(["git", "-C", str(ROOT), "show", f"{rev}:models/orientation.py"], check=True,
-                          capture_output=True, text=True).stdout
+    done = subprocess.run(["git", "-C", str(ROOT), "show", f"{rev}:models/orientation.py"],
+                          capture_output=True, text=True)
+    if done.returncode != 0:  # git's reason (an unknown revision, no such file there), not a traceback
+        said = done.stderr.strip().splitlines()
+        raise SystemExit(f"orientation: --against {rev}: " + (said[-1] if said else "git show failed"))
+    text = done.stdout
     path = Path(tempfile.mkdtemp()) / ("orientation_" + re.sub(r"\W", "_", rev) + ".py")
     path.write_text(text)
     spec = importlib.util.spec_from_file_location(path.stem, path)
@@ -123,6 +127,7 @@ def markdown(rows: list[dict], kinds: list[str], args, seconds: float) -> str:
     longest = {k: max(r["longest_fit"][k] for r in rows) for k in kinds}
     command = "python benchmarks/orientation.py --datasets " + " ".join(args.datasets)
     command += f" --against {args.against}" if args.against else ""
+    command += f" --seed {args.seed}" if args.seed else ""  # another reference sample: other figures
     lines = [
         "# How a device is worn: the cost of the orientation fits",
         "",
@@ -150,19 +155,21 @@ def markdown(rows: list[dict], kinds: list[str], args, seconds: float) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
+    parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS),
+                        help="the data sets with a gyroscope (default: all three)")
     parser.add_argument("--against", metavar="REV",
                         help="also time models/orientation.py of this git revision (a second baseline)")
     parser.add_argument("--recordings", type=Path, default=Path("/tmp/harimport"),
                         help="folder of <name>.csv recording files (imported when missing)")
-    parser.add_argument("--source", type=Path, default=SOURCE, help="the real data sets as published")
+    parser.add_argument("--source", type=Path, default=SOURCE,
+                        help="the real data sets as published (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0,
                         help="of the reference sample, as harstream train --seed (default: 0)")
     parser.add_argument("--docs", type=Path, default=ROOT / "docs",
-                        help="writes orientation.md and orientation.json here")
-    args = parser.parse_args()
+                        help="writes orientation.md and orientation.json here (default: %(default)s)")
+    args = parser.parse_args(argv)
     started = time.monotonic()
     mc = ModelConfig()
     config = OrientationConfig()

@@ -127,17 +127,23 @@ def summarise(rows: list[dict]) -> dict:
     return table
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--scenarios", nargs="+", default=["strap_rotated", "other_wrist", "new_person"])
+def main(argv: list[str] | None = None) -> int:
+    # the first paragraph, whole: its first line ends mid-sentence
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
+    parser.add_argument("--scenarios", nargs="+", default=["strap_rotated", "other_wrist", "new_person"],
+                        help="drift scenarios of the drifted devices (default: strap_rotated other_wrist "
+                             "new_person)")
     parser.add_argument("--devices", type=int, default=3, help="devices per drift scenario; 2x that steady")
     parser.add_argument("--duration", type=float, default=300.0, help="device seconds")
     parser.add_argument("--k1", type=int, default=4, help="windows per labelled sequence")
-    parser.add_argument("--model", type=Path, default=default_model_path())
-    parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
-    parser.add_argument("--seed", type=int, default=500)
-    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "personal.md")
-    args = parser.parse_args()
+    parser.add_argument("--model", type=Path, default=default_model_path(),
+                        help="checkpoint (default: the shipped model)")
+    parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES,
+                        help="who learns from the labels, one run each (default: all four)")
+    parser.add_argument("--seed", type=int, default=500, help="picks the simulated people (default: %(default)s)")
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "personal.md",
+                        help="the page to write, and its .json beside it (default: %(default)s)")
+    args = parser.parse_args(argv)
     torch.set_num_threads(1)
     plan = devices(args.scenarios, args.devices, args.seed)
     rows: list[dict] = []
@@ -148,7 +154,7 @@ def main() -> int:
         seconds[mode] = round(time.monotonic() - started, 1)
         print(f"{mode}: {seconds[mode]} s", file=sys.stderr, flush=True)
     table = summarise(rows)
-    command = "python benchmarks/personal.py " + " ".join(sys.argv[1:])
+    command = "python benchmarks/personal.py " + " ".join(sys.argv[1:] if argv is None else argv)
     lines = [
         "# Personal or shared adaptation", "",
         f"Reproduce: `{command.strip()}` ({time.strftime('%Y-%m-%d')}). Model: `{args.model.name}`. "

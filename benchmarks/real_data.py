@@ -278,23 +278,27 @@ def write_section(path: Path, section: str) -> None:
     path.write_text(text.rstrip("\n") + "\n")
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--datasets", nargs="+", default=list(TARGETS), choices=list(TARGETS))
+    parser.add_argument("--datasets", nargs="+", default=list(TARGETS), choices=list(TARGETS),
+                        help="default: all four")
     parser.add_argument("--quick", action="store_true", help="two folds per data set")
     parser.add_argument("--no-gyro", action="store_true",
                         help="train on the accelerometer alone (harstream train --no-gyro), as before "
                              "issue 4")
     parser.add_argument("--recordings", type=Path, default=Path("/tmp/harimport"),
                         help="folder of <name>.csv recording files (imported when missing)")
-    parser.add_argument("--source", type=Path, default=SOURCE, help="the real data sets as published")
+    parser.add_argument("--source", type=Path, default=SOURCE,
+                        help="the real data sets as published (default: %(default)s)")
     parser.add_argument("--work", type=Path, default=Path("/tmp/harstream-real-data"),
-                        help="fold files and models go here")
+                        help="fold files, models and real_data.json go here (default: %(default)s)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per command (default: 1)")
     parser.add_argument("--seed", type=int, default=0,
                         help="harstream train --seed: it also picks the validation people (default: 0)")
-    parser.add_argument("--docs", type=Path, default=ROOT / "docs")
-    args = parser.parse_args()
+    parser.add_argument("--docs", type=Path, default=ROOT / "docs",
+                        help="replaces the \"Real data\" section of results.md there and writes "
+                             "img/real_<data set>.png (default: %(default)s)")
+    args = parser.parse_args(argv)
     started = time.monotonic()
     summaries, results = [], {}
     for name in args.datasets:

@@ -13,7 +13,7 @@ Prints a Markdown table per data set and writes the figures to ``WORK/seeds.json
 seed's model and probabilities are kept in ``WORK/DATASET/FOLD/seedS.pt`` and ``seedS.npz``, and the
 probabilities are reused on the next run. ``--train-args='...'`` passes more arguments to every
 ``harstream train`` (a variant against the defaults, over the same seeds; give it a ``--work`` of its
-own). Needs ../shared/datasets. Measured in docs/results.md, "Four seeds on barbell and exermote".
+own). Needs ../shared/datasets (``--source``). Measured in docs/results.md, "Four seeds on barbell and exermote".
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import argparse
 import itertools
 import json
 import shlex
+import subprocess
 import sys
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -108,27 +109,36 @@ def markdown(summary: dict, seeds: list[int]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--datasets", nargs="+", default=["barbell"], choices=list(real_data.TARGETS))
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3])
+    parser.add_argument("--datasets", nargs="+", default=["barbell"], choices=list(real_data.TARGETS),
+                        help="default: barbell")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3],
+                        help="harstream train --seed of each model (default: 0 1 2 3)")
     parser.add_argument("--folds", nargs="+", help="only these folds (default: every fold)")
     parser.add_argument("--jobs", type=int, default=1,
                         help="trainings run at a time, one thread each (default: 1)")
     parser.add_argument("--recordings", type=Path, default=Path("/tmp/harimport"),
                         help="where the imported recording files are kept (made if missing)")
-    parser.add_argument("--work", type=Path, default=Path("/tmp/harstream-seeds"))
+    parser.add_argument("--source", type=Path, default=real_data.SOURCE,
+                        help="the real data sets as published (default: %(default)s)")
+    parser.add_argument("--work", type=Path, default=Path("/tmp/harstream-seeds"),
+                        help="fold files, models, probabilities and seeds.json go here (default: %(default)s)")
     parser.add_argument("--train-args", default="", metavar="ARGS",
                         help="more arguments for every `harstream train`, joined to the option by '=' as they "
                              "start with a dash: --train-args='--tbptt 4' (use a --work of its own: results "
                              "kept there are reused)")
-    args = parser.parse_args()
-    if not real_data.SOURCE.is_dir():
-        print(f"no data sets at {real_data.SOURCE}: nothing to do", file=sys.stderr)
+    args = parser.parse_args(argv)
+    if not args.source.is_dir():
+        print(f"no data sets at {args.source} (--source): nothing to do", file=sys.stderr)
         return 1
     tasks, layout = [], {}
     for name in args.datasets:
-        rec = read_recording(real_data.recording(name, args.recordings, real_data.SOURCE))
+        try:
+            rec = read_recording(real_data.recording(name, args.recordings, args.source))
+        except subprocess.CalledProcessError:  # harstream import said what is missing and where, above
+            print(f"{name}: no recording file and harstream import failed", file=sys.stderr)
+            return 1
         for fold, mask in real_data.folds(name, rec):
             if args.folds and fold not in args.folds:
                 continue

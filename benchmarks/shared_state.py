@@ -141,6 +141,8 @@ def run_live(broker: str, redis_url: str | None, devices: int, replicas: int, du
     lock = threading.Lock()
 
     def on_metrics(client, userdata, message):
+        if not message.payload:  # a consumer without --id clears its retained metrics as it stops
+            return
         with lock:
             metrics.setdefault(message.topic, []).append(orjson.loads(message.payload))
     watcher = connect(BrokerURL.parse(broker), "shared-bench-watch",
@@ -206,21 +208,38 @@ def redis_info(client) -> tuple[float, int]:
     return cpu["used_cpu_sys"] + cpu["used_cpu_user"], stats["total_commands_processed"]
 
 
+def _check_redis(url: str) -> None:
+    """One line naming the Redis that does not answer, instead of a traceback after the local mode's run."""
+    import redis
+    try:
+        client = redis.Redis.from_url(url, socket_connect_timeout=2.0)
+        client.ping()
+        client.close()
+    except (redis.RedisError, ValueError) as exc:
+        raise SystemExit(f"shared_state: Redis does not answer at {url} (--redis): {exc}") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--devices", type=int, nargs="+", default=[1000, 2000])
+    parser.add_argument("--devices", type=int, nargs="+", default=[1000, 2000],
+                        help="device counts, one measurement each (default: 1000 2000)")
     parser.add_argument("--ticks", type=int, default=24, help="messages per device (default: %(default)s)")
     parser.add_argument("--interval", type=float, default=0.5, help="seconds of samples per message")
     parser.add_argument("--redis", default=os.environ.get("HARSTREAM_TEST_REDIS", "redis://127.0.0.1:6379/0"),
                         help="Redis for the shared modes (default: %(default)s)")
     parser.add_argument("--model", default=None, help="checkpoint (default: the shipped model)")
-    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of tables (nothing is written)")
     parser.add_argument("--live", action="store_true", help="real replicas through the broker (see above)")
     parser.add_argument("--broker", default="mqtt://127.0.0.1:1883",
                         help="with --live (default: %(default)s)")
     parser.add_argument("--replicas", type=int, default=2, help="with --live (default: %(default)s)")
     parser.add_argument("--duration", type=float, default=20.0, help="with --live: measured seconds")
     args = parser.parse_args(argv)
+    if args.live:
+        from stream.mqtt import BrokerURL, mqtt_answers
+        if not mqtt_answers(BrokerURL.parse(args.broker)):
+            raise SystemExit(f"shared_state: no MQTT broker answers at {args.broker} (--broker)")
+    _check_redis(args.redis)  # both modes need it (--live for its shared replicas): before any measuring
     if args.live:
         results = []
         for n in args.devices:

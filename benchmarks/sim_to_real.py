@@ -6,7 +6,8 @@ through ``evaluate`` on each real person. Nothing real is used in training.
 
     python benchmarks/sim_to_real.py [--datasets exermote barbell uci-hapt] [--minutes 10] [--people 40]
 
-Writes ``docs/sim_to_real.md``. Needs ../shared/datasets (skips with a message when absent).
+Writes ``docs/sim_to_real.md`` (``--out``). Needs ../shared/datasets (``--source``; skips with a
+message when absent, and a data set whose folder is missing).
 """
 
 from __future__ import annotations
@@ -39,24 +40,25 @@ SETUPS = {
 }
 
 
-def real_recording(name: str, cache: Path) -> Recording:
+def real_recording(name: str, cache: Path, source: Path = DATASETS) -> Recording:
     from models.importers import import_dataset
     from stream.recording import read_recording
     importer, folder, *_ = SETUPS[name]
     out = cache / f"{importer}.csv"
     if not out.exists():
-        import_dataset(importer, DATASETS / folder, out)
+        import_dataset(importer, source / folder, out)
     return read_recording(out)
 
 
-def run(name: str, people: int, minutes: float, cache: Path, seed: int) -> dict:
+def run(name: str, people: int, minutes: float, cache: Path, seed: int, source: Path = DATASETS,
+        max_minutes: float | None = TrainConfig.max_minutes) -> dict:
     _, _, placement, exercises, relabel = SETUPS[name]
-    real = real_recording(name, cache)
+    real = real_recording(name, cache, source)
     labels = np.array([relabel.get(str(x), str(x)) for x in real.label])
     real.label = np.where(np.isin(labels, exercises), labels, "")  # only the shared exercises are scored
     started = time.monotonic()
     sim = simulated_training_data(people, minutes * 60.0, seed=seed, placements=[placement], exercises=exercises)
-    model, report = train(sim, cfg=TrainConfig(seed=seed), progress=False)
+    model, report = train(sim, cfg=TrainConfig(seed=seed, max_minutes=max_minutes), progress=False)
     train_s = time.monotonic() - started
     per_person = {}
     subjects = real.subjects()
@@ -105,27 +107,41 @@ def write_markdown(results: list[dict], command: str, path: Path) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--datasets", nargs="+", default=list(SETUPS), choices=list(SETUPS))
-    parser.add_argument("--people", type=int, default=40)
-    parser.add_argument("--minutes", type=float, default=10.0)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--cache", type=Path, default=Path("/tmp/harstream-real"))
-    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "sim_to_real.md")
-    args = parser.parse_args()
-    if not DATASETS.is_dir():
-        print(f"sim_to_real: {DATASETS} is absent; nothing to compare against", file=sys.stderr)
+    parser.add_argument("--datasets", nargs="+", default=list(SETUPS), choices=list(SETUPS),
+                        help="real data sets to test on (default: all three)")
+    parser.add_argument("--people", type=int, default=40, help="simulated people to train on (default: 40)")
+    parser.add_argument("--minutes", type=float, default=10.0, help="simulated minutes per person (default: 10)")
+    parser.add_argument("--seed", type=int, default=0, help="of the simulated people and of training (default: 0)")
+    parser.add_argument("--max-minutes", type=float, default=TrainConfig.max_minutes,
+                        help="each of training's two runs (validated, then on everyone) stops after this long, "
+                             "keeping its best model: a short check of the script (default: %(default)s)")
+    parser.add_argument("--source", type=Path, default=DATASETS,
+                        help="the real data sets as published (default: %(default)s)")
+    parser.add_argument("--cache", type=Path, default=Path("/tmp/harstream-real"),
+                        help="imported recording files are kept here (default: %(default)s)")
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "sim_to_real.md",
+                        help="the page to write, and its .json beside it (default: %(default)s)")
+    args = parser.parse_args(argv)
+    if not args.source.is_dir():
+        print(f"sim_to_real: {args.source} is absent; nothing to compare against", file=sys.stderr)
+        return 0
+    missing = [name for name in args.datasets if not (args.source / SETUPS[name][1]).is_dir()]
+    for name in missing:  # before minutes of training on the others
+        print(f"sim_to_real: no {name} data set at {args.source / SETUPS[name][1]}; skipped", file=sys.stderr)
+    if len(missing) == len(args.datasets):
+        print("sim_to_real: nothing to compare against", file=sys.stderr)
         return 0
     args.cache.mkdir(parents=True, exist_ok=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)  # now, not after the training
     results = []
-    for name in args.datasets:
-        r = run(name, args.people, args.minutes, args.cache, args.seed)
+    for name in [n for n in args.datasets if n not in missing]:
+        r = run(name, args.people, args.minutes, args.cache, args.seed, args.source, args.max_minutes)
         print(json.dumps({k: r[k] for k in ("dataset", "mean_person_accuracy", "train_seconds")}), flush=True)
         results.append(r)
-    write_markdown(results, "python " + " ".join([str(Path(sys.argv[0]).relative_to(ROOT)
-                                                       if Path(sys.argv[0]).is_absolute() else sys.argv[0]),
-                                                  *sys.argv[1:]]), args.out)
+    command = " ".join(["python benchmarks/sim_to_real.py", *(sys.argv[1:] if argv is None else argv)])
+    write_markdown(results, command, args.out)
     (args.out.with_suffix(".json")).write_text(json.dumps(results, indent=1))
     print(f"wrote {args.out}")
     return 0

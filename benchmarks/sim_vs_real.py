@@ -325,8 +325,10 @@ def plot(results, path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     default = Path(os.environ.get("HARSTREAM_DATASETS", ROOT.parent / "shared" / "datasets"))
-    parser.add_argument("--datasets", type=Path, default=default, help="folder of the real data sets")
-    parser.add_argument("--out", type=Path, default=ROOT / "docs", help="where the table and plot go")
+    parser.add_argument("--datasets", type=Path, default=default,
+                        help="folder of the real data sets (default: HARSTREAM_DATASETS, else %(default)s)")
+    parser.add_argument("--out", type=Path, default=ROOT / "docs",
+                        help="sim_vs_real.md and sim_vs_real.png go in this folder (default: %(default)s)")
     parser.add_argument("--people", type=int, default=12, help="simulated people per exercise")
     parser.add_argument("--seconds", type=float, default=90.0, help="simulated seconds per person")
     args = parser.parse_args(argv)
@@ -348,6 +350,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{source.name:20s} {exercise:15s} " + "  ".join(
                 f"{math.nan if not len(real[exercise]) else np.median(real[exercise][:, i]):6.2f} / "
                 f"{np.median(sim[:, i]):6.2f}" for i in range(len(STATS))))
+    if not results:  # as without the folder: an empty table would replace the page (and no plot be drawn)
+        print(f"no real data set ({', '.join(s.name for s in SOURCES)}) in {args.datasets}: nothing to compare "
+              "(skipped)")
+        return 0
     args.out.mkdir(parents=True, exist_ok=True)
     report(results, args.out, time.perf_counter() - start)
     print(f"wrote {args.out / 'sim_vs_real.md'} and {args.out / 'sim_vs_real.png'}")

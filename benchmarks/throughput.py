@@ -29,8 +29,12 @@ def bench(devices: int, duration: float, extra: list[str], read: str | None = No
     cmd = [sys.executable, "-m", "stream.cli", "bench", "--devices", str(devices), "--duration", str(duration),
            "--json", *extra]
     env = dict(os.environ, **({"HARSTREAM_MQTT_READ": read} if read else {}))  # the consumer inherits it
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=ROOT, env=env).stdout
-    r = json.loads(out.strip().splitlines()[-1])
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env)
+    if done.returncode != 0:  # its one-line error (no broker, a wrong model), not a traceback of this script
+        said = done.stderr.strip().splitlines()
+        raise SystemExit(f"throughput: harstream bench --devices {devices} failed with status {done.returncode}"
+                         + (f": {said[-1]}" if said else ""))
+    r = json.loads(done.stdout.strip().splitlines()[-1])
     r["mqtt_read_asked"] = read
     return r
 
@@ -55,7 +59,7 @@ def compare_read(args) -> int:
                 runs.append(r)
     path = args.out.with_suffix(".json")
     data = json.loads(path.read_text()) if path.exists() else {}
-    command = "python benchmarks/throughput.py " + " ".join(sys.argv[1:])
+    command = "python benchmarks/throughput.py " + " ".join(args.argv)
     data["read_comparisons"] = [c for c in data.get("read_comparisons", []) if c["command"] != command]
     data["read_comparisons"].append({"command": command, "runs": runs})
     path.write_text(json.dumps(data, indent=1))
@@ -89,6 +93,9 @@ def read_table(comparison: dict) -> list[str]:
 
     def mean(xs: list[float]) -> float:
         return sum(xs) / max(len(xs), 1)
+
+    def ratio(x: float, to: float) -> str:  # a base of 0 (paho's thread idle over a short, small run): none
+        return f"{x / to:.2f}" if to else "–"
     for n in sorted({r["devices"] for r in runs}):
         base = None
         for mode in modes:
@@ -100,8 +107,8 @@ def read_table(comparison: dict) -> list[str]:
             sus = mean([r["sustained_samples_per_s"] for r in sel])
             p99 = mean([r["latency_ms"]["p99"] or 0.0 for r in sel])
             base = base or (net, cores, sus)
-            lines.append(f"| {n} | {mode} | {net:.1f} | {net / base[0]:.2f} | {cores:.3f} | "
-                         f"{cores / base[1]:.2f} | {sus:.0f} | {sus / base[2]:.2f} | {p99:.0f} |")
+            lines.append(f"| {n} | {mode} | {net:.1f} | {ratio(net, base[0])} | {cores:.3f} | "
+                         f"{ratio(cores, base[1])} | {sus:.0f} | {ratio(sus, base[2])} | {p99:.0f} |")
     return lines
 
 
@@ -177,25 +184,37 @@ def row(r: dict) -> str:
             f"{r['publisher'].get('max_behind_s')} | {r['dropped']} | {load(r)} |")
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--devices", type=int, nargs="+", default=[1000, 2000, 3000, 5000])
-    parser.add_argument("--duration", type=float, default=20.0)
-    parser.add_argument("--learn-at", type=int, default=2000, help="device count of the fine-tuning-on run")
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        epilog="Every run is `harstream bench` on the broker HARSTREAM_BROKER names (default "
+               "mqtt://127.0.0.1:1883; the embedded one is started where nothing answers).")
+    parser.add_argument("--devices", type=int, nargs="+", default=[1000, 2000, 3000, 5000],
+                        help="device counts, one run each (default: 1000 2000 3000 5000)")
+    parser.add_argument("--duration", type=float, default=20.0, help="measured seconds per run (default: %(default)s)")
+    parser.add_argument("--learn-at", type=int, default=2000,
+                        help="device count of the fine-tuning-on run, and of its fine-tuning-off twin (default: "
+                             "%(default)s)")
     parser.add_argument("--labelled", type=float, default=0.05, help="share of devices with labels when learning")
     parser.add_argument("--long-messages", type=int, default=0, metavar="N",
                         help="also run N devices with 1 s messages (half the messages for the same samples)")
-    parser.add_argument("--profile-devices", type=int, default=3000, help="devices of the in-process profile")
-    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "throughput.md")
+    parser.add_argument("--profile-devices", type=int, default=3000,
+                        help="devices of the in-process profile (default: %(default)s)")
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "throughput.md",
+                        help="the page to write, its .json beside it and plots in img/ there (default: %(default)s)")
     parser.add_argument("--from-json", action="store_true", help="rewrite the page and plot from the JSON only")
     parser.add_argument("--compare-read", nargs="+", metavar="MODE", choices=("fast", "buffered", "plain"),
                         help="only compare the consumer's MQTT read modes (HARSTREAM_MQTT_READ) at --devices, "
                              "interleaved, --rounds times")
     parser.add_argument("--rounds", type=int, default=2, help="rounds of --compare-read (default: %(default)s)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    args.argv = sys.argv[1:] if argv is None else argv  # for the page's "Reproduce" line
+    args.out.parent.mkdir(parents=True, exist_ok=True)  # now, not after the runs
     if args.compare_read:
         return compare_read(args)
     if args.from_json:
+        if not args.out.with_suffix(".json").exists():
+            raise SystemExit(f"throughput: --from-json: no {args.out.with_suffix('.json')} (a run writes it)")
         data = json.loads(args.out.with_suffix(".json").read_text())
         if data.get("read_comparisons"):
             write_read(args, data["read_comparisons"])
@@ -213,7 +232,7 @@ def main() -> int:
     long = bench(args.long_messages, args.duration, ["--interval", "1.0"]) if args.long_messages else None
     from stream.bench import service_profile
     profile = service_profile(args.profile_devices, 20.0, memory_devices=1000)
-    command = "python benchmarks/throughput.py " + " ".join(sys.argv[1:])
+    command = "python benchmarks/throughput.py " + " ".join(args.argv)
     data = {"command": command.strip(), "runs": runs, "learn_off": learn_off, "learn_on": learn_on,
             "long_messages": long, "service_profile": profile, "cpu_count": os.cpu_count()}
     previous = args.out.with_suffix(".json")

@@ -80,13 +80,17 @@ def gradients(model: HARNet, windows: int, window: int, rng: np.random.Generator
     return (g / g[-1]).tolist(), float((logits.argmax(1) == y).float().mean())
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--windows", type=int, default=12)
-    parser.add_argument("--steps", type=int, default=300)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "vanishing.md")
-    args = parser.parse_args()
+    parser.add_argument("--windows", type=int, default=12,
+                        help="windows per sequence: the cue is in the first, the answer scored at the last "
+                             "(default: %(default)s)")
+    parser.add_argument("--steps", type=int, default=300, help="training steps per cell (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "vanishing.md",
+                        help="the page to write, its .json beside it and img/vanishing.png there (default: "
+                             "%(default)s)")
+    args = parser.parse_args(argv)
     torch.set_num_threads(1)
     results = [run(cell, args.windows, args.steps, args.seed) for cell in ("rnn", "gru", "lstm")]
     img = args.out.parent / "img" / "vanishing.png"
@@ -108,7 +112,7 @@ def main() -> int:
     axes[1].legend()
     fig.tight_layout()
     fig.savefig(img, dpi=120)
-    command = "python benchmarks/vanishing.py " + " ".join(sys.argv[1:])
+    command = "python benchmarks/vanishing.py " + " ".join(sys.argv[1:] if argv is None else argv)
     lines = ["# Vanishing gradients: plain RNN vs LSTM", "",
              f"Reproduce: `{command.strip()}`", "",
              f"The class of the last of {args.windows} windows is set by the first window only; the same "

@@ -15,6 +15,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -390,16 +391,52 @@ def _real_time(sustained: float, offered: float, nominal: float, dropped: int) -
     return bool(sustained >= 0.97 * offered and offered >= 0.95 * nominal and dropped == 0)
 
 
+def _consumer_cmd(broker: str, prefix: str, consumer_id: str, model_path: str | None, learn: bool) -> list[str]:
+    cmd = [sys.executable, "-m", "stream.cli", "consume", "--broker", broker, "--prefix", prefix,
+           "--id", consumer_id, "--metrics-interval", "1"]
+    if model_path:
+        cmd += ["--model", model_path]
+    if not learn:
+        cmd += ["--no-learn"]
+    return cmd
+
+
+def _publisher_cmd(broker: str, prefix: str, devices: int, seconds: float, interval: float,
+                   labelled: int) -> list[str]:
+    return [sys.executable, "-m", "stream.bench", "publish", broker, prefix, str(devices), str(seconds),
+            str(interval), str(labelled)]
+
+
+def _exited(name: str, proc: subprocess.Popen, stderr) -> RuntimeError:
+    """``proc`` (the consumer or the publisher) ended by itself: its status and the last line it wrote
+    to ``stderr`` (a file), which says why (its own one-line error, or a traceback's last line)."""
+    stderr.seek(0)
+    lines = [x.strip() for x in stderr.read().decode(errors="replace").splitlines() if x.strip()]
+    return RuntimeError(f"the {name} exited with status {proc.returncode}"
+                        + (f": {lines[-1]}" if lines else " and said nothing"))
+
+
 def run_bench(broker: str, devices: int, duration: float, interval: float = 0.5, warmup: float = 8.0,
-              model_path: str | None = None, learn: bool = False, labelled: int = 0,
+              model_path: str | None = None, learn: bool = False, labelled: int | float = 0,
               context_seconds: float = 10.0, quiet: bool = False) -> dict:
+    """One bench run (the module's docstring). ``labelled``: how many devices publish labels (an int), or
+    which share of them (a float, as ``--labelled``)."""
     if devices < 1:
         raise ValueError(f"'devices' must be at least 1 (got {devices})")
+    if isinstance(labelled, float):  # a share of the devices, as `harstream bench --labelled` takes it: the
+        labelled = int(devices * labelled)  # publisher, handed "0.5" for a count, died before publishing
+    from models.checkpoint import default_model_path, load_checkpoint
+    # loaded first: the baseline needs it, and a wrong --model is named at once (a consumer that cannot load
+    # it only never publishes metrics, which was all the bench said, 30 s later)
+    model, _ = load_checkpoint(model_path or default_model_path())
     load_before = os.getloadavg()
     url = BrokerURL.parse(broker)
     say = (lambda *a: None) if quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
     embedded = None
     if not broker_answers(url):
+        if url.tls:  # the embedded broker listens on plain TCP: nothing here would reach it over TLS
+            raise ConnectionError(f"nothing answers at {url}, and the embedded broker speaks plain MQTT only: "
+                                  f"start a TLS broker there, or pass --broker mqtt://{url.host}:{url.port}")
         say(f"bench: nothing answers at {url}; starting the embedded broker")
         embedded = EmbeddedBroker(url).start()
     broker_name = "embedded amqtt" if embedded else "the broker that answered (Mosquitto on this machine)"
@@ -408,24 +445,22 @@ def run_bench(broker: str, devices: int, duration: float, interval: float = 0.5,
     metrics: list[dict] = []
     watcher = connect(url, "bench-watch", subscriptions=[(f"{prefix}/_consumer/{consumer_id}/metrics", 0)],
                       on_message=lambda c, u, m: metrics.append(orjson.loads(m.payload)))
-    cmd = [sys.executable, "-m", "stream.cli", "consume", "--broker", broker, "--prefix", prefix,
-           "--id", consumer_id, "--metrics-interval", "1"]
-    if model_path:
-        cmd += ["--model", model_path]
-    if not learn:
-        cmd += ["--no-learn"]
-    consumer = subprocess.Popen(cmd, stderr=subprocess.DEVNULL)
+    # the children's stderr is kept (not shown: the consumer logs as it runs) to say why one ended
+    consumer_err, publisher_err = tempfile.TemporaryFile(), tempfile.TemporaryFile()
+    consumer = subprocess.Popen(_consumer_cmd(broker, prefix, consumer_id, model_path, learn), stderr=consumer_err)
+    publisher = None
     try:
         deadline = time.monotonic() + 30
         while not metrics and time.monotonic() < deadline:
+            if consumer.poll() is not None:
+                raise _exited("consumer", consumer, consumer_err)
             time.sleep(0.1)
         if not metrics:
             raise RuntimeError("the consumer did not start publishing metrics within 30 s")
         rss_idle = _proc_rss_bytes(consumer.pid)
         say(f"bench: {devices} devices at 50 Hz for {duration:g} s ({interval:g} s per message) via {url}")
-        publisher = subprocess.Popen(
-            [sys.executable, "-m", "stream.bench", "publish", broker, prefix, str(devices),
-             str(duration + warmup), str(interval), str(labelled)], stdout=subprocess.PIPE)
+        publisher = subprocess.Popen(_publisher_cmd(broker, prefix, devices, duration + warmup, interval, labelled),
+                                     stdout=subprocess.PIPE, stderr=publisher_err)
         time.sleep(warmup)
         n0 = len(metrics)
         broker_pid = None if embedded else _broker_pid()
@@ -447,9 +482,16 @@ def run_bench(broker: str, devices: int, duration: float, interval: float = 0.5,
         broker1 = _proc_cpu_seconds(broker_pid) if broker_pid else 0.0
         threads1 = _thread_cpu_seconds(consumer.pid)
         publisher.wait(30)
+        if publisher.returncode != 0:  # no report, or a partial run: nothing to measure
+            raise _exited("publisher", publisher, publisher_err)
         time.sleep(2.5)  # let the last windows and metrics out
+        if consumer.poll() is not None:  # it died during the run: what it published is not its throughput
+            raise _exited("consumer", consumer, consumer_err)
         pub = json.loads((report[0] if report else b"") or b"{}")
     finally:
+        if publisher is not None and publisher.poll() is None:
+            publisher.kill()
+            publisher.wait()
         running = len(metrics)  # the metrics it published while running (its last, on SIGTERM, follows)
         consumer.send_signal(signal.SIGTERM)
         try:
@@ -460,6 +502,8 @@ def run_bench(broker: str, devices: int, duration: float, interval: float = 0.5,
         watcher.loop_stop()
         if embedded:
             embedded.stop()
+        consumer_err.close()
+        publisher_err.close()
     window = metrics[n0:-2] if len(metrics) > n0 + 2 else metrics[n0:]
     samples = [m["samples_per_s"] for m in window]
     p50 = [m["latency_ms"]["p50"] for m in window if m["latency_ms"]["p50"] is not None]
@@ -481,8 +525,6 @@ def run_bench(broker: str, devices: int, duration: float, interval: float = 0.5,
     # what the publisher sent over the same span (its streams hold 49-50 samples/s per device; behind its
     # schedule, less): real time is the consumer handling what it was offered
     offered = _sent_rate(pub.get("progress") or [], rates.get("span")) or nominal
-    from models.checkpoint import default_model_path, load_checkpoint
-    model, _ = load_checkpoint(model_path or default_model_path())
     baseline = baseline_throughput(model, context_seconds)
     per_core = sustained / max(cpu_share, 1e-9)
     return {
