@@ -12,8 +12,10 @@ between serving cycles, had done no better.)
 The serving side (``LearnerProcess``) sends each labelled ``Sequence`` as numpy arrays, and polls
 (``poll``, once per serving cycle) what comes back: update reports, each device's adapter after it
 learnt (the serving process keeps a copy of every adapter: it applies them in the batched pass and
-saves them with its checkpoint), promoted or rolled-back weights (as checkpoint bytes), and the
-learner's counters. The learner side (``learner_loop``) keeps the newest ``queue_size`` sequences
+saves them with its checkpoint), promoted or rolled-back weights (as checkpoint bytes), the answer to
+each rollback or promote command (``("command", kind)`` when the learner takes it, then the weights if
+carried out, then ``("answered", kind, reason)``, reason None when carried out), and the learner's
+counters. The learner side (``learner_loop``) keeps the newest ``queue_size`` sequences
 (dropping the oldest beyond) and learns them, resting after each to keep to ``cpu_share`` of a
 core (``Pacer``).
 
@@ -143,15 +145,22 @@ def learner_loop(learner: OnlineLearner, inbox, outbox, alive: Callable[[], bool
                 learner.adapters.turn(device, Q)
             outbox.put(("turned", device))
         elif kind in ("rollback", "promote"):
+            # answered both ways: the serving side holds the command's answer until then (the weights that
+            # come between the two are the command's), and publishes a refusal as one it found itself
+            outbox.put(("command", kind))
+            reason = None
             try:
                 if kind == "rollback":
                     learner.rollback(item[1])
                 else:
                     learner.promote(item[1])
-            except ValueError as exc:
+            except ValueError as exc:  # the version's file gone or damaged since the serving side checked it
                 log.warning("learner: %s refused: %s", kind, exc)
-            except Exception:  # the version not written (disk full, folder gone): learning goes on
+                reason = str(exc)
+            except Exception as exc:  # the version not written (disk full, folder gone): learning goes on
                 log.exception("learner: %s failed", kind)
+                reason = f"the learner could not carry it out ({type(exc).__name__}: {exc})"
+            outbox.put(("answered", kind, reason))
             outbox.put(("counters", _counters(learner, pacer, dropped, taken)))
 
     while not stop.is_set():
@@ -208,7 +217,10 @@ class LearnerProcess:
     ``adapters`` is the serving copy of every device's adapter (``models.personal.DeviceAdapters``,
     applied in the batched pass), kept up to date by ``poll``; ``updates``, ``skipped``, ``dropped``,
     ``rested``, ``version``, ``versions`` and ``comparison()`` are the learner's as last reported.
-    ``on_promote(model, version)`` and ``on_update(report)`` are called from ``poll``.
+    ``on_promote(model, version)`` and ``on_update(report)`` are called from ``poll``, and so is the
+    ``answer`` given with a command (``rollback``, ``promote``): ``answer(model, version, None)`` when the
+    learner carried it out (right after ``on_promote`` got the same: no cycle serves them before it is
+    called), ``answer(None, None, reason)`` when it refused it or its process ended first.
     """
 
     def __init__(self, serving: HARNet, config: LearnerConfig, on_promote=None, on_update=None) -> None:
@@ -244,6 +256,10 @@ class LearnerProcess:
         # device -> turns sent to the learner and not yet confirmed ("turned"): an adapter it reports before
         # confirming is of the windows as they came before, and is turned here as the serving copy was
         self._turning: dict[str, list[np.ndarray]] = {}
+        # the answers of the commands sent, in the order sent (None: nobody waits for it); the learner takes
+        # them in that order and says when it takes one (``_answering``: its answer, until answered)
+        self._answers: deque[Callable | None] = deque()
+        self._answering: Callable | None = None
 
     def start(self) -> LearnerProcess:
         adapters = {d: _numpy(e) for d, e in (self.adapters.state_dict().items() if self.adapters else ())}
@@ -252,18 +268,20 @@ class LearnerProcess:
             name="harstream-learner", daemon=True)
         self._process.start()
         self._reading.set()
-        self._reader = threading.Thread(target=self._read, name="harstream-learner-reader", daemon=True)
+        self._reader = threading.Thread(target=self._read, args=(self._process,), name="harstream-learner-reader",
+                                        daemon=True)
         self._reader.start()
         return self
 
-    def _read(self) -> None:
+    def _read(self, process) -> None:
         """The reader thread: the learner's messages from its pipe to ``_received``, until it has stopped
-        (or, told to end, until the pipe has nothing more)."""
+        (or, told to end or the process gone, until the pipe has nothing more)."""
         while True:
+            gone = not process.is_alive()  # before reading: all that it wrote is in the pipe by then
             try:
                 message = self._outbox.get(timeout=0.2)
             except queue.Empty:
-                if not self._reading.is_set():
+                if gone or not self._reading.is_set():
                     return
                 continue
             except (EOFError, OSError):  # the pipe closed
@@ -325,9 +343,9 @@ class LearnerProcess:
         if self._process is not None and not self._process.is_alive():
             raise ValueError(f"the learner process has stopped (exit code {self._process.exitcode})")
 
-    def rollback(self, version: str) -> None:
+    def rollback(self, version: str, answer: Callable | None = None) -> None:
         """Serve (and keep training from) an earlier saved version; the new weights come through
-        ``poll`` (``on_promote``)."""
+        ``poll`` (``on_promote``), then ``answer`` (see the class). ValueError for one refused at once."""
         self._check_running()
         info = next((v for v in self.versions if v.version == version), None)
         if info is None:
@@ -350,10 +368,13 @@ class LearnerProcess:
             raise ValueError(f"version {version!r} is a model of another architecture (classes "
                              f"{(config or {}).get('classes')}); it cannot replace the serving model")
         self._inbox.put(("rollback", version))
+        self._answers.append(answer)
 
-    def promote(self, metrics: dict | None = None) -> None:
+    def promote(self, metrics: dict | None = None, answer: Callable | None = None) -> None:
+        """Serve the challenger's weights; they come through ``poll`` (``on_promote``), then ``answer``."""
         self._check_running()
         self._inbox.put(("promote", metrics or {}))
+        self._answers.append(answer)
 
     def comparison(self) -> dict:
         return dict(self._comparison)
@@ -371,6 +392,14 @@ class LearnerProcess:
             self._apply(message)
         if self._pending and self.alive:
             self._send()  # the learner may have taken some since
+        if ((self._answers or self._answering) and self._reader is not None and not self._reader.is_alive()
+                and self._received.empty()):  # the process ended and all it said is applied: no answer comes
+            code = self._process.exitcode if self._process is not None else None
+            pending, self._answers = [self._answering, *self._answers], deque()
+            self._answering = None
+            for answer in pending:
+                if answer is not None:
+                    answer(None, None, f"the learner process stopped (exit code {code}) before carrying it out")
         return n
 
     def _apply(self, message: tuple) -> None:
@@ -401,6 +430,15 @@ class LearnerProcess:
             self.version = version
             self.versions = [VersionInfo(**v) for v in versions]
             self.on_promote(model, version)
+            answer, self._answering = self._answering, None  # between "command" and "answered": the command's
+            if answer is not None:
+                answer(model, version, None)
+        elif kind == "command":  # the learner took the oldest command sent
+            self._answering = self._answers.popleft() if self._answers else None
+        elif kind == "answered":
+            answer, self._answering = self._answering, None
+            if answer is not None:  # not answered by weights: refused (or carried out, none sent: a test's loop)
+                answer(None, None, message[2])
         elif kind == "stopped":
             self._stopped = True
 

@@ -179,8 +179,9 @@ def choose_consumer(found: dict[str, ConsumerModels], consumer: str | None, vers
 def send_command(url: BrokerURL, prefix: str, consumer: str, action: str, version: str | None = None,
                  timeout: float = 30.0) -> ConsumerModels:
     """Send ``rollback`` (to ``version``) or ``promote`` to ``consumer`` and wait until a new model message
-    from it says it serves the version asked (rollback), or any new model message (promote: a challenger
-    that has learnt nothing yet has the serving weights, and the version stays). Returns what it then says;
+    from it says it serves the version asked (rollback), or any new model message that answers no other
+    command (promote: a challenger that has learnt nothing yet has the serving weights, and the version
+    stays). Returns what it then says;
     ValueError with the consumer's reason when its answer says it refused the command (``refused``);
     TimeoutError when it does not answer within ``timeout`` seconds."""
     if action not in ("rollback", "promote"):
@@ -208,9 +209,11 @@ def send_command(url: BrokerURL, prefix: str, consumer: str, action: str, versio
             return None
 
         def answer() -> dict | None:
-            """The consumer's first model message since the command that carries it out or refuses it."""
+            """The consumer's first model message since the command that carries it out or refuses it. One that
+            refuses another command (the dashboard's, another user's) answers that one only: it is no promotion."""
             return next((m for c, m in watch.live_models[seen:] if c == consumer and (
-                refusal(m) is not None or action == "promote" or m.get("serving") == version)), None)
+                refusal(m) is not None or (m.get("refused") is None and (
+                    action == "promote" or m.get("serving") == version)))), None)
 
         if not watch.wait(lambda: answer() is not None, timeout):
             raise TimeoutError(f"consumer {consumer!r} did not confirm the {action} within {timeout:g} s "
