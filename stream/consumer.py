@@ -495,6 +495,12 @@ class Consumer:
                 classifier.orienter.restore(state.get("orientation") or {})
             except ValueError as exc:
                 log.warning("not restoring how devices are worn from %s: %s", directory, exc)
+        if state.get("monitor") is not None:  # older checkpoints have none: the monitor starts afresh
+            try:  # of the devices restored (the others would never be evicted, so never forgotten)
+                self.monitor.restore(state["monitor"], devices=state["devices"])
+            except ValueError as exc:
+                log.warning("not restoring the drift monitor from %s (its detectors and live metrics start "
+                            "afresh): %s", directory, exc)
         self._evicted.update(state["evicted"])
         sequences, watermarks = dict(state["sequences"]), dict(state["watermarks"])
         anchors = dict(state.get("anchors") or {})
@@ -579,7 +585,8 @@ class Consumer:
         try:
             save_state(directory, classifier.version, devices, sequences, dict(self._evicted),
                        watermarks=self._watermarks, journal=generation, anchors=self._anchors,
-                       orientation=classifier.orienter.snapshot() if classifier.orienter is not None else None)
+                       orientation=classifier.orienter.snapshot() if classifier.orienter is not None else None,
+                       monitor=self.monitor.snapshot())
         except OSError as exc:
             return self._not_saved(exc)
         if self.journal is None:
@@ -1343,29 +1350,48 @@ class Consumer:
                              orjson.dumps(body), qos=1, retain=True)
 
     def _command(self, payload: bytes) -> None:
-        """Carry out a command; one refused is logged, answered by a model message naming it and why
-        (``refused``: action, version, reason, t), and counted ``bad_command``."""
+        """Carry out a command; one refused, here or by the learner process when it comes to it (the version's
+        file gone since), is logged, answered by a model message naming it and why (``refused``: action,
+        version, reason, t), and counted ``bad_command``. One carried out is answered by the model message of
+        its swap, and its weights are in ``serving.pt`` before that: a consumer killed before its next
+        checkpoint comes back serving what the command asked, not the version it rolled back from."""
         try:
             body = orjson.loads(payload)
             action = body.get("action") if isinstance(body, dict) else None
         except orjson.JSONDecodeError:
             action = None
         version = body.get("version") if action == "rollback" else None
+
+        def refuse(reason: str) -> None:
+            log.warning("command %s refused: %s", action or "?", reason)
+            if self._client is not None:
+                self._publish_model(refused={"action": action if isinstance(action, str) else None,
+                                             "version": version if isinstance(version, str) else None,
+                                             "reason": reason[:300], "t": time.time()})
+
+        def answered(model, served: str | None, reason: str | None) -> None:  # from LearnerProcess.poll
+            if reason is not None:
+                self.stats.rejected["bad_command"] += 1  # counted before it is said
+                refuse(reason)
+            elif model is not None and self.config.state_dir is not None:
+                try:  # the periodic checkpoint would write it up to checkpoint_interval later
+                    save_checkpoint(self.config.state_dir / SERVING_MODEL, model, {"online": True})
+                    self._saved_version = served
+                except OSError as exc:  # a full disk, a state directory made read-only
+                    log.warning("the %s to %s is not in %s yet (%s); the next checkpoint tries again", action,
+                                served, SERVING_MODEL, exc)
+
         try:
             if action not in ("rollback", "promote"):
                 raise ValueError(f"not a command: {payload[:60]!r}")
             if self.learner is None:
                 raise ValueError("this consumer does not learn (--no-learn): it keeps no versions")
             if action == "rollback":
-                self.learner.rollback(str(version))
+                self.learner.rollback(str(version), answer=answered)
             else:
-                self.learner.promote({"forced": True, **self.learner.comparison()})
+                self.learner.promote({"forced": True, **self.learner.comparison()}, answer=answered)
         except ValueError as exc:
-            log.warning("command %s refused: %s", action or "?", exc)
-            if self._client is not None:
-                self._publish_model(refused={"action": action if isinstance(action, str) else None,
-                                             "version": version if isinstance(version, str) else None,
-                                             "reason": str(exc)[:300], "t": time.time()})
+            refuse(str(exc))
             raise Rejected("bad_command", str(exc)) from None
 
     def _publish_metrics(self) -> None:

@@ -1,7 +1,9 @@
-"""Model versions: every rollback or promote command is answered, refused inside the learner process too."""
+"""Model versions: every rollback or promote command is answered, refused inside the learner process too, and
+one carried out is in serving.pt before the consumer says it serves it."""
 
 import os
 import signal
+import threading
 import time
 import uuid
 
@@ -9,7 +11,7 @@ import orjson
 import pytest
 import torch
 
-from models.checkpoint import save_checkpoint
+from models.checkpoint import load_checkpoint, save_checkpoint
 from models.finetune import LearnerConfig, OnlineLearner
 from models.learner_process import LearnerProcess
 from models.rnn import HARNet, ModelConfig
@@ -114,6 +116,63 @@ def test_a_command_to_a_learner_process_that_ends_before_taking_it_is_answered(t
         if learner._process is not None and learner._process.is_alive():  # never left stopped: exiting waits for it
             os.kill(learner._process.pid, signal.SIGKILL)
         learner.stop(timeout=5)
+
+
+@pytest.fixture(scope="module")
+def consumer(tmp_path_factory, broker_url):
+    """A consumer running in a thread with --state-dir and shared fine-tuning, its folder keeping 'tiny' (its
+    starting model), a promoted version and one a newer harstream left; checkpoints far apart (only what a
+    command writes at once is in serving.pt). Yields (consumer, prefix, promoted, newer)."""
+    from models.state import StatefulClassifier
+    from stream.consumer import Consumer, ConsumerConfig
+    model = _model()
+    tmp_path = tmp_path_factory.mktemp("consumer")
+    versions = tmp_path / "models"
+    local = OnlineLearner(model, LearnerConfig(adapt="shared", versions_dir=versions, serving_version="tiny"))
+    with torch.no_grad():
+        for p in local.challenger.parameters():
+            p.add_(0.05)
+    promoted = local.promote({"forced": True})
+    newer = _newer_harstream(versions, model)
+    prefix = f"hart{uuid.uuid4().hex[:8]}"
+    config = ConsumerConfig(broker=broker_url, prefix=prefix, consumer_id=f"c{uuid.uuid4().hex[:6]}",
+                            state_dir=tmp_path, checkpoint_interval=3600.0,
+                            learner=LearnerConfig(adapt="shared", below_serving=False))
+    c = Consumer(config, StatefulClassifier(model, "tiny"))
+    runner = threading.Thread(target=c.run)
+    runner.start()
+    try:
+        assert wait(lambda: c._client is not None and c._client.is_connected())
+        assert wait(lambda: c.learner.alive, timeout=30)
+        yield c, prefix, promoted, newer
+    finally:
+        c.stop()
+        runner.join(30)
+
+
+def test_a_rollback_refused_in_the_learner_fails_the_command_at_once_with_the_reason(consumer, broker_url):
+    """`harstream versions --rollback` to a version the serving side's check passes but the learner cannot load
+    waited its whole --timeout, then pointed at the log; it now fails with the learner's reason."""
+    from stream.versions import send_command
+    c, prefix, _, newer = consumer
+    refused, serving = c.stats.rejected["bad_command"], c.pipeline.classifier.version
+    with pytest.raises(ValueError, match="refused the rollback: .*checkpoint format version 99"):
+        send_command(broker_url, prefix, c.config.consumer_id, "rollback", newer, timeout=30)
+    assert c.stats.rejected["bad_command"] == refused + 1 and c.pipeline.classifier.version == serving
+
+
+def test_a_rollback_is_in_serving_pt_when_the_consumer_confirms_it(consumer, broker_url):
+    """A rollback reached serving.pt (what a restarted consumer serves) only at the next periodic checkpoint:
+    a consumer killed in between came back serving the version rolled back from."""
+    from stream.versions import send_command
+    c, prefix, promoted, _ = consumer
+    state = c.config.state_dir
+    for version in (promoted, "tiny"):
+        after = send_command(broker_url, prefix, c.config.consumer_id, "rollback", version, timeout=60)
+        assert after.serving == version
+        _, info = load_checkpoint(state / "serving.pt")  # no checkpoint in between (an hour apart)
+        served = load_checkpoint(state / "models" / f"{version}.pt")[1]["version"]
+        assert info["version"] == served
 
 
 def test_a_promote_is_not_taken_as_done_by_the_refusal_of_another_command(broker_url):
