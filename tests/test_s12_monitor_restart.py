@@ -5,6 +5,8 @@ nothing, every device's orientation references had to be learnt again, and a cha
 from __future__ import annotations
 
 import io
+import logging
+import time
 
 import numpy as np
 import pytest
@@ -12,6 +14,8 @@ import torch
 
 from stream.monitor import Monitor
 from stream.persist import load_state, save_state
+from tests.test_consumer_monitor import _label
+from tests.test_consumer_restart import _life, _send
 
 ROW, CURL = np.array([9.3, 1.5, 2.7]), np.array([1.0, 9.5, 2.0])
 _C, _S = np.cos(np.radians(120)), np.sin(np.radians(120))
@@ -271,3 +275,41 @@ def test_the_monitor_goes_through_save_state_and_load_state(tmp_path):
     assert set(state["devices"]) == {"dev"}
     with pytest.raises(ValueError, match="monitor snapshot malformed"):
         Monitor().restore(state["monitor"])
+
+
+def _labelled_life(tmp_path, tiny_model):
+    c = _life(tmp_path, tiny_model)
+    _label(c, "dev", "squat")
+    for seq in range(12):
+        _send(c, "dev", seq)
+    return c
+
+
+def test_a_restarted_consumer_keeps_its_live_metrics_and_references(tiny_model, tmp_path, caplog):
+    """A consumer stopped (final checkpoint) and started again on the same state directory: its monitor's
+    summaries are the last life's; a checkpoint whose monitor cannot be read is warned about and the
+    consumer goes on with the devices' state, its monitor afresh."""
+    first = _labelled_life(tmp_path, tiny_model)
+    summary, device = first.monitor.summary(), first.monitor.device_summary("dev")
+    assert summary["labelled_windows"] > 0 and device["estimated_accuracy"] is not None
+    first.checkpoint(final=True)
+    first.store.close()
+    second = _life(tmp_path, tiny_model)
+    try:
+        assert second.monitor.summary() == summary and second.monitor.device_summary("dev") == device
+        time.sleep(0.01)
+        second.config.idle_timeout = 0.0
+        second._evict_idle()  # a restored device that does not come back is forgotten, monitor too
+        assert second.monitor.device_summary("dev") is None
+    finally:
+        second.store.close()
+    state = load_state(tmp_path)
+    save_state(tmp_path, state["model_version"], state["devices"], state["sequences"], state["evicted"],
+               watermarks=state["watermarks"], journal=state["journal"], monitor={"version": 1, "all": []})
+    with caplog.at_level(logging.WARNING, logger="stream.consumer"):
+        third = _life(tmp_path, tiny_model)
+    try:
+        assert "not restoring the drift monitor" in caplog.text
+        assert "dev" in third.pipeline.classifier.bank and third.monitor.summary()["labelled_windows"] == 0
+    finally:
+        third.store.close()
