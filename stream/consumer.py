@@ -979,7 +979,11 @@ class Consumer:
                     return
                 if not topic.startswith(self._native_head) and self.router.matches(topic):
                     for batch in self.router.decode(topic, payload):  # phone formats: no seq
-                        self.pipeline.check(batch)  # the gyroscope, if the model reads it
+                        try:
+                            self.pipeline.check(batch)  # the gyroscope, if the model reads it
+                        except Rejected as exc:  # a part without it (a phone's gyroscope starting late or
+                            self.stats.rejected[exc.reason] += 1  # pausing): the parts with it go on
+                            continue
                         if batch.device in self._resume:  # after a restart, as a native message
                             batch = self._skip_published(batch)
                             if batch is None:  # sent again, but classified before the restart

@@ -85,8 +85,10 @@ class Pipeline:
         if batch.gyro is None and self.config.input_channels == 6:
             if batch.device not in self._warned and len(self._warned) < MAX_WARNED:
                 self._warned.add(batch.device)
-                log.warning("device %s sends no gyroscope, but model %s reads it: its samples are refused "
-                            "(counted as rejected 'no_gyro'); serve it with a model trained with --no-gyro",
+                log.warning("device %s sends samples without the gyroscope, but model %s reads it: they are "
+                            "refused (counted as rejected 'no_gyro'; a phone's gyroscope that starts late or "
+                            "pauses leaves only those samples out); serve a device without one with a model "
+                            "trained with --no-gyro",
                             batch.device, self.classifier.version)
             raise Rejected("no_gyro", f"{batch.device}: the model reads the gyroscope, the batch has none")
 

@@ -185,7 +185,7 @@ def test_pipeline_serves_a_gyro_model_and_refuses_a_device_without_gyro(gyro_mod
                 pipeline.add(SampleBatch("without", t, acc), 0.0)
             assert info.value.reason == "no_gyro"
     assert "without" not in pipeline.buffers
-    assert sum("sends no gyroscope" in r.getMessage() for r in caplog.records) == 1  # once per device
+    assert sum("sends samples without the gyroscope" in r.getMessage() for r in caplog.records) == 1  # once per device
     out = pipeline.classify_ready()
     assert [p.device for p in out] == ["with", "with"]
     assert out[0].window.shape == (25, 6) and out[0].mean_acc.shape == (3,)
