@@ -141,7 +141,7 @@ def cmd_consume(args) -> int:
                             health_file=Path(args.health_file) if args.health_file else None,
                             adapters=tuple(args.adapter or ()), reorder=args.reorder,
                             ack=args.ack, mqtt_protocol=args.mqtt, max_unacked=args.max_unacked,
-                            ack_stall=args.ack_stall)
+                            ack_stall=args.ack_stall, label_lateness=args.label_lateness)
     consumer = Consumer(config, StatefulClassifier(model, info["version"]))
     _on_signals(consumer.stop)
     if args.duration:
@@ -406,6 +406,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reorder", type=_reorder, default=0.0,
                    help="seconds to hold each device's samples to merge out-of-order batches (phones: 0.2; "
                         "adds that much latency; default: %(default)s)")
+    p.add_argument("--label-lateness", type=_seconds, default=4.0,
+                   help="seconds of device time a labelled device's windows wait for late labels before they are "
+                        "scored and learnt from (a label sent after that misses them; memory grows with it: at "
+                        "most 3600 windows a device; default: %(default)s)")
     p.add_argument("--state-dir", default=env("HARSTREAM_STATE_DIR") or None,
                    help="folder for checkpoints of device state, model versions and the event store "
                         "(events.db); restored on start (default: none, nothing kept)")
