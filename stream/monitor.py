@@ -609,9 +609,9 @@ class Monitor:
             "version": SNAPSHOT_VERSION,
             "all": kept(self._all),
             "devices": {d: kept(det) for d, det in self._devices.items()},
-            "last_label": {d: t for d, t in self._last_label_t.items() if d in self._devices},
+            "last_label": {d: float(t) for d, t in self._last_label_t.items() if d in self._devices},
             "confusion": _cells(self.confusion, index),
-            "event_counts": dict(self.event_counts),
+            "event_counts": {k: int(n) for k, n in self.event_counts.items()},
         }
         out["classes"] = list(names)
         out["series"] = torch.from_numpy(np.concatenate(series).astype(np.float32))
@@ -624,20 +624,24 @@ class Monitor:
         tails = {k: np.empty(0, np.float32) if getattr(det, k).drift_detected else ring.last()
                  for k, ring in det.inputs.items()}
         confidences = det.rolling_confidence.last()
+        # every number as a Python float or int: a numpy scalar a caller fed (a window's time or motion as
+        # np.float64, a flag mixed from a np.bool_) is a global torch.load(weights_only=True) refuses, and the
+        # whole checkpoint holding it, every device's state with it, would be unreadable
         out = {
-            "last_t": det.last_t,
-            "oriented_at": det.oriented_at,
-            "drifts": det.drifts,
-            "needs_labels": det.needs_labels,
-            "last_drift": det.last_drift,
-            "directions": {c: [*u, n] for c, (u, n) in det.directions.items()},
-            "orientation_pending": det.orientation_pending,
+            "last_t": _plain(det.last_t),
+            "oriented_at": _plain(det.oriented_at),
+            "drifts": int(det.drifts),
+            "needs_labels": bool(det.needs_labels),
+            "last_drift": _plain(det.last_drift),
+            "directions": {c: [*map(float, u), int(n)] for c, (u, n) in det.directions.items()},
+            "orientation_pending": int(det.orientation_pending),
             "label_directions": None if det.label_directions is None else
-            {c: [*u, n, spread, still] for c, (u, n, spread, still) in det.label_directions.items()},
-            "label_turned": det.label_turned,
+            {c: [*map(float, u), int(n), float(spread), float(still)]
+             for c, (u, n, spread, still) in det.label_directions.items()},
+            "label_turned": int(det.label_turned),
             "fired": None if det.fired is None else
-            {s: now - t for s, t in det.fired.items()} if det is self._all else dict(det.fired),
-            "known": None if det.known is None else {c: list(r) for c, r in det.known.items()},
+            {s: float(now - t) if det is self._all else float(t) for s, t in det.fired.items()},
+            "known": None if det.known is None else {c: [int(r[0]), int(r[1])] for c, r in det.known.items()},
             "set": _set_snapshot(det.set),
             "run": _set_snapshot(det.run),
             # where its series start in the snapshot's, and their lengths: the confidences, then each tail
@@ -661,8 +665,9 @@ class Monitor:
         them starts afresh with the next input, as it would have."""
         if not isinstance(snapshot, dict):
             raise ValueError(f"monitor snapshot: a dict expected, not {type(snapshot).__name__}")
-        if snapshot.get("version") != SNAPSHOT_VERSION:
-            raise ValueError(f"monitor snapshot of version {snapshot.get('version')!r}, not {SNAPSHOT_VERSION}")
+        version = snapshot.get("version")
+        if type(version) is not int or version != SNAPSHOT_VERSION:  # a tensor's != is no bool
+            raise ValueError(f"monitor snapshot of version {str(version)[:40]}, not {SNAPSHOT_VERSION}")
         try:
             classes = [_name(c) for c in snapshot["classes"]]
             series = snapshot["series"]
@@ -682,8 +687,10 @@ class Monitor:
             last_label = {_name(d): _number(t) for d, t in _mapping(snapshot["last_label"]).items() if d in kept}
             confusion = _matrix(snapshot["confusion"], classes)
             counts = Counter({_name(k): _count(v) for k, v in _mapping(snapshot["event_counts"]).items()})
-        except (KeyError, TypeError, ValueError, IndexError, OverflowError, AttributeError) as exc:
-            raise ValueError(f"monitor snapshot malformed ({type(exc).__name__}: {exc})") from None
+        # RuntimeError: torch's, a tensor where a number or flag belongs (bool() of several values, int() of a
+        # complex one, numpy() of one requiring grad); the consumer catches ValueError only
+        except (KeyError, TypeError, ValueError, IndexError, OverflowError, AttributeError, RuntimeError) as exc:
+            raise ValueError(f"monitor snapshot malformed ({type(exc).__name__}: {str(exc)[:200]})") from None
         self._all, self._devices, self._last_label_t = overall, kept, last_label
         self.confusion, self.event_counts = confusion, counts
 
@@ -753,7 +760,12 @@ def _matrix(s, classes: list[str]) -> metrics.ConfusionMatrix:
 
 
 def _set_snapshot(s: _Set | None) -> list | None:
-    return None if s is None else [s.label, s.t, *s.mean, s.count, s.spread, s.turned, s.still, s.level]
+    return None if s is None else [s.label, float(s.t), *map(float, s.mean), int(s.count), float(s.spread),
+                                   int(s.turned), float(s.still), float(s.level)]
+
+
+def _plain(x) -> float | None:
+    return None if x is None else float(x)
 
 
 def _set_restored(v) -> _Set | None:
