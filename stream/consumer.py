@@ -583,10 +583,15 @@ class Consumer:
                             "failures): the journal %s is kept for the next life", self.store.pending,
                             self.store.dropped_predictions, self.store.errors, generation)
         try:
+            monitor = self.monitor.snapshot()
+        except Exception:  # a fault of the monitor must not cost the devices' checkpoint
+            log.exception("the drift monitor is not in this checkpoint")
+            monitor = None
+        try:
             save_state(directory, classifier.version, devices, sequences, dict(self._evicted),
                        watermarks=self._watermarks, journal=generation, anchors=self._anchors,
                        orientation=classifier.orienter.snapshot() if classifier.orienter is not None else None,
-                       monitor=self.monitor.snapshot())
+                       monitor=monitor)
         except OSError as exc:
             return self._not_saved(exc)
         if self.journal is None:
