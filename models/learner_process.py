@@ -380,8 +380,9 @@ class LearnerProcess:
         return dict(self._comparison)
 
     def poll(self, limit: int = 1000) -> int:
-        """Apply what the learner reported since the last call (the serving thread, once a cycle);
-        returns how many messages."""
+        """Apply what the learner reported since the last call (the serving thread, once a cycle), up to and
+        including the first new weights: the next come at the next call, so that each version is served (and
+        said to be served) in turn; returns how many messages."""
         n = 0
         while n < limit:
             try:
@@ -390,8 +391,15 @@ class LearnerProcess:
                 break
             n += 1
             self._apply(message)
+            if message[0] == "model":
+                # the consumer keeps one swap a cycle: a second in this call replaced the first unserved (two
+                # rollbacks in a row: the first's model message was never published, its `harstream versions`
+                # waited its --timeout; an automatic promotion before a command was never served nor recorded)
+                break
         if self._pending and self.alive:
             self._send()  # the learner may have taken some since
+        if self._process is not None and not self._process.is_alive():
+            self._writer_gone()
         if ((self._answers or self._answering) and self._reader is not None and not self._reader.is_alive()
                 and self._received.empty()):  # the process ended and all it said is applied: no answer comes
             code = self._process.exitcode if self._process is not None else None
@@ -401,6 +409,15 @@ class LearnerProcess:
                 if answer is not None:
                     answer(None, None, f"the learner process stopped (exit code {code}) before carrying it out")
         return n
+
+    def _writer_gone(self) -> None:
+        """The learner process has ended: close our end for writing its pipe (we never write it; its end died
+        with it). A message it left half written (killed while writing weights a part at a time) then ends in
+        EOFError for the reader, which waited for the rest forever: the commands pending were never answered."""
+        try:
+            self._outbox._writer.close()
+        except (AttributeError, OSError):  # a queue without it (not multiprocessing's), or closed already
+            pass
 
     def _apply(self, message: tuple) -> None:
         kind = message[0]
@@ -461,8 +478,10 @@ class LearnerProcess:
             self._process.terminate()
             self._process.join(5)
         self._reading.clear()  # what is still in the pipe is read, then the reader ends
+        if not self._process.is_alive():
+            self._writer_gone()  # a message the terminated learner left half written ends the reader too
         if self._reader is not None:
-            self._reader.join(2)  # a message the terminated learner left half written is never finished
+            self._reader.join(2)
         self.poll()
         self._inbox.cancel_join_thread()  # sequences not taken are dropped, not waited for
         self._process = None

@@ -57,6 +57,13 @@ def _count(value) -> int:
     return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0
 
 
+def _take(entry: ConsumerModels, body: dict) -> None:
+    """What a consumer's model message says, into ``entry``."""
+    entry.serving = body.get("serving")
+    entry.versions = [v for v in body.get("versions") or [] if isinstance(v, dict)]
+    entry.updates, entry.skipped, entry.kept = (_count(body.get(k)) for k in ("updates", "skipped", "versions_kept"))
+
+
 class _Watch:
     """A subscriber to consumers' model and status topics; ``wait`` until a condition holds."""
 
@@ -82,10 +89,7 @@ class _Watch:
                     return  # not a consumer's message: nothing to list
                 if not isinstance(body, dict):
                     return
-                entry.serving = body.get("serving")
-                entry.versions = [v for v in body.get("versions") or [] if isinstance(v, dict)]
-                entry.updates, entry.skipped, entry.kept = (_count(body.get(k)) for k in
-                                                            ("updates", "skipped", "versions_kept"))
+                _take(entry, body)
                 if not msg.retain:
                     self.live_models.append((consumer, body))
             self.last = time.monotonic()
@@ -179,9 +183,9 @@ def choose_consumer(found: dict[str, ConsumerModels], consumer: str | None, vers
 def send_command(url: BrokerURL, prefix: str, consumer: str, action: str, version: str | None = None,
                  timeout: float = 30.0) -> ConsumerModels:
     """Send ``rollback`` (to ``version``) or ``promote`` to ``consumer`` and wait until a new model message
-    from it says it serves the version asked (rollback), or any new model message that answers no other
-    command (promote: a challenger that has learnt nothing yet has the serving weights, and the version
-    stays). Returns what it then says;
+    from it says it serves the version asked (rollback), or a new model message that answers no other command
+    (promote: it serves a version it did not list before, or still the one it served, as a challenger that has
+    learnt nothing yet has the serving weights). Returns what that message says;
     ValueError with the consumer's reason when its answer says it refused the command (``refused``);
     TimeoutError when it does not answer within ``timeout`` seconds."""
     if action not in ("rollback", "promote"):
@@ -195,6 +199,8 @@ def send_command(url: BrokerURL, prefix: str, consumer: str, action: str, versio
         body = {"action": action, **({"version": version} if action == "rollback" else {})}
         with watch._changed:
             seen = len(watch.live_models)  # only what the consumer says after the command answers it
+            before = watch.found.get(consumer, ConsumerModels(consumer))
+            serving, listed = before.serving, {v.get("version") for v in before.versions}
         info = watch.client.publish(f"{prefix}/{CONSUMERS}/{consumer}/command", orjson.dumps(body), qos=1)
         info.wait_for_publish(10.0)
         if not info.is_published():
@@ -210,19 +216,32 @@ def send_command(url: BrokerURL, prefix: str, consumer: str, action: str, versio
 
         def answer() -> dict | None:
             """The consumer's first model message since the command that carries it out or refuses it. One that
-            refuses another command (the dashboard's, another user's) answers that one only: it is no promotion."""
-            return next((m for c, m in watch.live_models[seen:] if c == consumer and (
-                refusal(m) is not None or (m.get("refused") is None and (
-                    action == "promote" or m.get("serving") == version)))), None)
+            refuses another command (the dashboard's, another user's) answers that one only, and so does one
+            that serves a version it listed already, other than the one it served (another's rollback carried
+            out): neither is a promotion."""
+            now = serving
+            for c, m in watch.live_models[seen:]:
+                if c != consumer or (m.get("refused") is not None and refusal(m) is None):
+                    continue
+                if refusal(m) is not None or (action == "rollback" and m.get("serving") == version):
+                    return m
+                if action == "promote":
+                    if m.get("serving") == now or m.get("serving") not in listed:
+                        return m
+                    now = m.get("serving")  # a promotion from here on has these weights if nothing is learnt
+            return None
 
         if not watch.wait(lambda: answer() is not None, timeout):
             raise TimeoutError(f"consumer {consumer!r} did not confirm the {action} within {timeout:g} s "
                                "(it answers a command it refuses: is it busy or stopped? see its log)")
         with watch._changed:
-            reason = refusal(answer())
+            said = answer()
+            after = ConsumerModels(consumer, status=watch.found[consumer].status)
+        reason = refusal(said)
         if reason is not None:
             raise ValueError(f"consumer {consumer!r} refused the {action}: {reason}")
-        return watch.found[consumer]
+        _take(after, said)  # as the answer says it: a later message may answer another command
+        return after
 
 
 def _when(t) -> str:
