@@ -300,7 +300,8 @@ _METRICS = {
 }
 _VERSION = {**_NUMBERS(("version", "parent", "path"), _is_scalar), "created": _is_created, "metrics": dict}
 _MODEL = {"serving": _is_scalar, "updates": _is_number, "skipped": _is_number,
-          "comparison": _LEARNER, "versions": [_VERSION]}
+          "comparison": _LEARNER, "versions": [_VERSION],
+          "refused": {**_NUMBERS(("action", "version", "reason"), _is_scalar), "t": _is_number}}
 
 
 def _shaped(value: object, shape, dropped: list[int]) -> object:

@@ -191,6 +191,9 @@ def commands(view_id: str) -> None:
     if sent and sent[0] == view_id:
         if sent[1] is None:
             st.error(f"Command not sent: {sent[2]}")
+        elif refused_since(model, sent[2]):
+            st.error(f"The consumer refused `{command_text(sent[1])}`: {model['refused'].get('reason')}",
+                     icon=":material/block:")
         else:
             st.success(f"Sent `{command_text(sent[1])}` to `{feed.prefix}/_consumer/{view_id}/command` "
                        f"({ago(sent[2])}); the consumer reports its versions again when it has acted.",
@@ -198,6 +201,17 @@ def commands(view_id: str) -> None:
     if view and view.commands:
         st.caption("Commands seen on the broker: " + "; ".join(
             f"{c.get('action')} {c.get('version') or ''} ({ago(at)})" for at, c in view.commands[-5:][::-1]))
+
+
+REFUSAL_SLACK = 5.0  # s: a refusal stamped this much before the command was sent is still its answer (clocks)
+
+
+def refused_since(model: dict, sent_at: float) -> bool:
+    """Whether the consumer's model message answers a command sent at ``sent_at`` with a refusal (``refused``:
+    action, version, reason, t; DESIGN.md); before, the page said "Sent" and nothing more."""
+    refused = model.get("refused")
+    t = refused.get("t") if isinstance(refused, dict) else None
+    return isinstance(t, int | float) and t >= sent_at - REFUSAL_SLACK
 
 
 def command_text(body: dict) -> str:
