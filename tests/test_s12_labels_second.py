@@ -13,6 +13,7 @@ import torch
 from stream.labels import LabelBook, LabelledWindow, WindowHistory
 from tests.helpers import imu
 from tests.test_consumer_monitor import _consumer, _label
+from tests.test_second_look_labels import scored_windows
 
 STATE = (torch.zeros(2, 8),)
 SPAN = 1.96  # 50 samples at 25 Hz, windows every 2 s
@@ -120,14 +121,7 @@ def test_a_consumer_with_a_long_lateness_scores_a_restarted_devices_last_session
     """Through the consumer, with a 20 s lateness: a device labelled rest restarts and is labelled squat from
     its new clock's 0. The last session's 25 windows still waiting were scored squat (and learnt so)."""
     c = _consumer(label_lateness=20.0, idle_timeout=300.0)
-    scored = []
-    labelled = c.monitor.labelled
-
-    def record(device, t_end, label, predicted, *args):
-        scored.append((t_end, label))
-        return labelled(device, t_end, label, predicted, *args)
-
-    c.monitor.labelled = record
+    scored = scored_windows(c)
     _label(c, "dev", "rest")
     for seq in range(60):  # 60 s at 25 Hz, one message a cycle: 75 windows of 0.8 s
         c.handle("har/dev/imu", imu(seq, seq * 1.0, n=25, rate=25.0), time.monotonic())

@@ -208,11 +208,7 @@ def test_a_malformed_snapshot_is_a_value_error_and_changes_nothing():
     """Every field of a snapshot replaced with something of the wrong kind, another version, or not a dict:
     a ValueError saying so (never another exception, which would stop the consumer), the monitor as it was
     (or restored, where the replacement is one it can take, and then working on)."""
-    mon = Monitor()
-    _feed(mon, _windows(12, change_at=100))
-    snapshot = _round_trip(mon.snapshot())
-    target = Monitor()
-    _feed(target, _windows(5, change_at=100, seed=9))
+    snapshot, target = _snapshot_and_target()
     before = target.summary()
     for bad in (None, [], "snapshot", {**snapshot, "version": 2}):
         with pytest.raises(ValueError, match="monitor snapshot"):
@@ -220,18 +216,38 @@ def test_a_malformed_snapshot_is_a_value_error_and_changes_nothing():
     refused = 0
     for path in _leaves(snapshot):
         for new in ("x", -1, 1e300, None, [0.5], {"a": 1}, torch.tensor([float("nan")])):
-            try:
-                target.restore(_replaced(snapshot, path, new))
-            except ValueError as exc:
-                assert "monitor snapshot" in str(exc)
-                assert target.summary() == before, path
+            if _refused(target, _replaced(snapshot, path, new), before, path):
                 refused += 1
             else:  # taken (an optional field, a number where one fits): it goes on; then the target again
                 _feed(target, _windows(40, change_at=20, seed=9))
                 target.summary()
-                target = Monitor()
-                _feed(target, _windows(5, change_at=100, seed=9))
+                target = _target()
     assert refused > 100
+
+
+def _refused(target: Monitor, snapshot: dict, before: dict, path) -> bool:
+    """Whether ``target`` refuses ``snapshot``: a ValueError naming the snapshot, ``target`` as it was."""
+    try:
+        target.restore(snapshot)
+    except ValueError as exc:
+        assert "monitor snapshot" in str(exc)
+        assert target.summary() == before, path
+        return True
+    return False
+
+
+def _target() -> Monitor:
+    """A monitor fed 5 windows of its own, to restore snapshots into."""
+    target = Monitor()
+    _feed(target, _windows(5, change_at=100, seed=9))
+    return target
+
+
+def _snapshot_and_target() -> tuple[dict, Monitor]:
+    """The snapshot of a monitor fed 12 windows, read back as a checkpoint reads it, and a ``_target``."""
+    mon = Monitor()
+    _feed(mon, _windows(12, change_at=100))
+    return _round_trip(mon.snapshot()), _target()
 
 
 def test_the_snapshot_is_bounded_per_device():

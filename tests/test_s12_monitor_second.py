@@ -9,7 +9,17 @@ import torch
 
 from stream.monitor import Monitor
 from stream.persist import load_state, save_state
-from tests.test_s12_monitor_restart import _close, _feed, _leaves, _replaced, _round_trip, _same, _windows
+from tests.test_s12_monitor_restart import (
+    _close,
+    _feed,
+    _leaves,
+    _refused,
+    _replaced,
+    _same,
+    _snapshot_and_target,
+    _target,
+    _windows,
+)
 
 
 def _numpy_fed() -> Monitor:
@@ -54,22 +64,13 @@ def test_a_tensor_anywhere_in_a_snapshot_is_a_value_error():
     series that requires grad, raised torch's RuntimeError (bool() of several values, int() or float() of
     a complex one, numpy() of one requiring grad), which the consumer's ``except ValueError`` did not
     catch: its start-up ended there. Now each is a ValueError naming the snapshot, the monitor unchanged."""
-    mon = Monitor()
-    _feed(mon, _windows(12, change_at=100))
-    snapshot = _round_trip(mon.snapshot())
-    target = Monitor()
-    _feed(target, _windows(5, change_at=100, seed=9))
+    snapshot, target = _snapshot_and_target()
     before = target.summary()
     refused = 0
     for path in [*_leaves(snapshot), ("series",)]:
         for new in TENSORS:
-            try:
-                target.restore(_replaced(snapshot, path, new))
-            except ValueError as exc:
-                assert "monitor snapshot" in str(exc)
-                assert target.summary() == before, path
+            if _refused(target, _replaced(snapshot, path, new), before, path):
                 refused += 1
             else:  # a tensor of one real value where a number fits is taken: then the target again
-                target = Monitor()
-                _feed(target, _windows(5, change_at=100, seed=9))
+                target = _target()
     assert refused > 300

@@ -1,6 +1,7 @@
 """Model versions: every rollback or promote command is answered, refused inside the learner process too, and
 one carried out is in serving.pt before the consumer says it serves it."""
 
+import contextlib
 import os
 import signal
 import threading
@@ -98,24 +99,32 @@ def test_a_promotion_the_learner_cannot_save_is_answered_as_refused(tmp_path):
     assert learner.version == "start"
 
 
-def test_a_command_to_a_learner_process_that_ends_before_taking_it_is_answered(tmp_path):
-    """A command accepted while the learner process ran, which then ended (killed, out of memory) before taking
-    it, was never answered."""
+@contextlib.contextmanager
+def paused_learner_with_a_promote(tmp_path):
+    """A learner process paused (SIGSTOP: it takes nothing more) with a promote sent to it; yields (learner, the
+    answers got). Never left stopped: exiting would wait for it."""
     learner = LearnerProcess(_model(), LearnerConfig(versions_dir=tmp_path / "models", serving_version="start",
                                                      below_serving=False)).start()
     got = []
     try:
         assert wait(lambda: learner.alive)
-        os.kill(learner._process.pid, signal.SIGSTOP)  # it takes nothing more
+        os.kill(learner._process.pid, signal.SIGSTOP)
         learner.promote({"forced": True}, answer=lambda m, v, why: got.append((m, v, why)))
+        yield learner, got
+    finally:
+        if learner._process is not None and learner._process.is_alive():
+            os.kill(learner._process.pid, signal.SIGKILL)
+        learner.stop(timeout=5)
+
+
+def test_a_command_to_a_learner_process_that_ends_before_taking_it_is_answered(tmp_path):
+    """A command accepted while the learner process ran, which then ended (killed, out of memory) before taking
+    it, was never answered."""
+    with paused_learner_with_a_promote(tmp_path) as (learner, got):
         os.kill(learner._process.pid, signal.SIGKILL)
         learner._process.join(30)
         assert _answers(learner, got, 1), "never answered"
         assert got == [(None, None, "the learner process stopped (exit code -9) before carrying it out")]
-    finally:
-        if learner._process is not None and learner._process.is_alive():  # never left stopped: exiting waits for it
-            os.kill(learner._process.pid, signal.SIGKILL)
-        learner.stop(timeout=5)
 
 
 @pytest.fixture(scope="module")

@@ -15,6 +15,7 @@ from models.finetune import LearnerConfig, OnlineLearner
 from models.learner_process import LearnerProcess
 from models.rnn import HARNet, ModelConfig
 from tests.helpers import wait
+from tests.test_s12_versions import paused_learner_with_a_promote
 
 
 def _model() -> HARNet:
@@ -65,13 +66,7 @@ def test_a_learner_killed_while_writing_still_answers_the_commands_pending(tmp_p
     """A learner process killed (kill -9, out of memory) in the middle of writing a message (weights are written a
     part at a time) left the reader waiting for the rest for ever: our own end for writing the pipe kept it
     open, so no end of file came, and the commands pending were never answered (nor was stop's reader)."""
-    learner = LearnerProcess(_model(), LearnerConfig(versions_dir=tmp_path / "models", serving_version="start",
-                                                     below_serving=False)).start()
-    got = []
-    try:
-        assert wait(lambda: learner.alive)
-        os.kill(learner._process.pid, signal.SIGSTOP)  # it takes nothing more
-        learner.promote({"forced": True}, answer=lambda m, v, why: got.append((m, v, why)))
+    with paused_learner_with_a_promote(tmp_path) as (learner, got):
         # what the learner leaves when killed while writing a message of 100,000 bytes: its length and a first part
         os.write(learner._outbox._writer.fileno(), struct.pack("!i", 100_000) + b"\x80\x04")
         os.kill(learner._process.pid, signal.SIGKILL)
@@ -82,10 +77,6 @@ def test_a_learner_killed_while_writing_still_answers_the_commands_pending(tmp_p
             time.sleep(0.02)
         assert got == [(None, None, "the learner process stopped (exit code -9) before carrying it out")], got
         assert not learner._reader.is_alive()
-    finally:
-        if learner._process is not None and learner._process.is_alive():  # never left stopped: exiting waits for it
-            os.kill(learner._process.pid, signal.SIGKILL)
-        learner.stop(timeout=5)
 
 
 @pytest.fixture

@@ -70,14 +70,7 @@ def test_a_restarted_device_replayed_at_full_speed_is_scored_on_its_own_labels()
     from tests.test_consumer_monitor import _consumer, _label
 
     c = _consumer()
-    scored = []
-    labelled = c.monitor.labelled
-
-    def record(device, t_end, label, predicted, *args):
-        scored.append((t_end, label))
-        return labelled(device, t_end, label, predicted, *args)
-
-    c.monitor.labelled = record
+    scored = scored_windows(c)
     _label(c, "dev", "rest")
     _label(c, "dev", "squat", 6.0)
     for seq in range(60):  # the first session: one message a cycle
@@ -91,3 +84,16 @@ def test_a_restarted_device_replayed_at_full_speed_is_scored_on_its_own_labels()
     assert [label for _, label in scored[before:before + waiting]] == ["squat"] * waiting and waiting > 0
     new = [label for _, label in scored[before + waiting:]]
     assert len(new) > 200 and set(new) == {"walking"}
+
+
+def scored_windows(consumer) -> list[tuple[float, str]]:
+    """The (t_end, true label) of every window ``consumer`` scores from now on, in order."""
+    scored = []
+    labelled = consumer.monitor.labelled
+
+    def record(device, t_end, label, predicted, *args):
+        scored.append((t_end, label))
+        return labelled(device, t_end, label, predicted, *args)
+
+    consumer.monitor.labelled = record
+    return scored
