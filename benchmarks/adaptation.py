@@ -95,7 +95,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default=None, help="checkpoint (default: the shipped model)")
     parser.add_argument("--devices", type=int, default=4, help="devices per scenario")
     parser.add_argument("--quiet-devices", type=int, default=12, help="devices without drift (false alarms)")
-    parser.add_argument("--onset", type=float, default=60.0, help="device seconds before the drift")
+    parser.add_argument("--onset", type=float, default=60.0,
+                        help="device seconds before the drift; above 20, the detectors' warm-up, whose alarms are "
+                             "not counted (default: %(default)s)")
     parser.add_argument("--speed", type=float, default=5.0, help="times faster than real time")
     parser.add_argument("--scenarios", nargs="+", default=list(SCENARIOS), choices=SCENARIOS,
                         help="drift scenarios of the simulator (default: all four)")
@@ -105,6 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "adaptation.md",
                         help="the page to write, and its .json beside it (default: %(default)s)")
     args = parser.parse_args(argv)
+    if not args.onset > 20:  # false alarms are counted after the warm-up: over none, "per hour" was negative
+        parser.error(f"--onset must be above 20 s (the detectors' warm-up), got {args.onset:g}")
     from models.checkpoint import CheckpointError, default_model_path, load_checkpoint
     try:  # a wrong --model is named now, not by consumers that never come online
         load_checkpoint(args.model or default_model_path())

@@ -99,7 +99,8 @@ def main(argv: list[str] | None = None) -> int:
         f"Reproduce: `{command}` ({time.strftime('%Y-%m-%d')}, "
         f"{(time.monotonic() - started) / 60:.0f} min, "
         f"{os.cpu_count()} cores shared by the broker, the bench's publisher and the consumer). "
-        f"{args.devices} devices at 50 Hz, {args.labelled:.0%} of them publishing labels in every run; "
+        f"{args.devices} devices at 50 Hz, {int(args.devices * args.labelled)} of them ({args.labelled:.0%}) "
+        "publishing labels in every run; "
         f"{args.rounds} rounds, the configurations alternating within each round. Medians over the rounds "
         "(ratio to learning off):", "",
         "| consumer | " + " | ".join(label for _, label in FIGURES)
