@@ -357,6 +357,7 @@ class Consumer:
         self._client = None
         self.last_metrics: dict = {}
         self.labels = LabelBook()
+        self._reloaded = 0  # labels.taken after the last life's labels were put back: those before are its
         model_config = self.pipeline.config
         # a window's t_end is its LAST sample's time: its first sample is (window - 1) samples before
         self.history = WindowHistory((model_config.window - 1) / model_config.rate, config.label_lateness)
@@ -432,6 +433,7 @@ class Consumer:
             self.labels.add(device, label, start, end)
             self.history.track(device)
             self._label_only[device] = now
+        self._reloaded = self.labels.taken
         if rows:
             log.info("%d labels of %d devices put back from the event store", len(rows), len(self._label_only))
 
@@ -1082,7 +1084,9 @@ class Consumer:
         if not copy and ((batch.seq == 0 and (last or 0) > 0) or batch.t[-1] < mark - CLOCK_RESET):
             del self._resume[device]  # a restarted device, a new clock: nothing of it was published
             self._resume_prev.pop(device, None)
-            self.labels.drop_after(device, float(batch.t[0]))  # the reloaded ones of its session before
+            # its labels put back from the last life are of its session before, as are those of this life that
+            # start after the new clock's first sample (as for a clock going back live, WindowHistory.add)
+            self.labels.take_over(device, self.labels.split_off(device, self._reloaded, float(batch.t[0])))
             return batch
         start = mark + 1.0 / self.pipeline.config.rate
         t, acc = batch.t, self._sample_values(batch).astype(np.float64)  # gyro too if the model reads it
