@@ -18,14 +18,19 @@ def _send_new_clock(consumer, device, seq):  # the device restarted: seq and clo
     consumer._classify()
 
 
-def test_a_device_restarted_meanwhile_is_not_named_by_the_last_lifes_labels(tiny_model, tmp_path):
+def _second_life(tmp_path, tiny_model):
+    """A consumer started again after a life in which "dev" was labelled squat from 0 and sent 12 s."""
     first = _life(tmp_path, tiny_model)
     _label(first, "dev", "squat")
     for seq in range(12):
         _send(first, "dev", seq)
     first.checkpoint(final=True)
     first.store.close()
-    second = _life(tmp_path, tiny_model)
+    return _life(tmp_path, tiny_model)
+
+
+def test_a_device_restarted_meanwhile_is_not_named_by_the_last_lifes_labels(tiny_model, tmp_path):
+    second = _second_life(tmp_path, tiny_model)
     try:
         scored = scored_windows(second)
         for seq in range(12):
@@ -41,13 +46,7 @@ def test_a_device_restarted_meanwhile_is_not_named_by_the_last_lifes_labels(tiny
 
 
 def test_a_returning_device_on_its_old_clock_keeps_the_last_lifes_labels(tiny_model, tmp_path):
-    first = _life(tmp_path, tiny_model)
-    _label(first, "dev", "squat")
-    for seq in range(12):
-        _send(first, "dev", seq)
-    first.checkpoint(final=True)
-    first.store.close()
-    second = _life(tmp_path, tiny_model)
+    second = _second_life(tmp_path, tiny_model)
     try:
         scored = scored_windows(second)
         for seq in range(12, 24):
