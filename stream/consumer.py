@@ -358,6 +358,7 @@ class Consumer:
         self.last_metrics: dict = {}
         self.labels = LabelBook()
         self._reloaded = 0  # labels.taken after the last life's labels were put back: those before are its
+        self._saved_version: str | None = None  # the version last written to serving.pt
         model_config = self.pipeline.config
         # a window's t_end is its LAST sample's time: its first sample is (window - 1) samples before
         self.history = WindowHistory((model_config.window - 1) / model_config.rate, config.label_lateness)
@@ -542,11 +543,8 @@ class Consumer:
         if self._confirm and not final:
             return False
         classifier = self.pipeline.classifier
-        serving = directory / SERVING_MODEL
         try:
-            if getattr(self, "_saved_version", None) != classifier.version:
-                save_checkpoint(serving, classifier.model, {"online": True})
-                self._saved_version = classifier.version
+            self._save_serving(classifier.model, classifier.version)
             adapters = self.learner.adapters if self.learner is not None else None
             if adapters is not None and (adapters.updates or adapters.turned):  # changed in this life
                 adapters.save(directory / ADAPTERS_FILE)
@@ -1362,6 +1360,12 @@ class Consumer:
         self._client.publish(consumer_topic(self.config.prefix, self.config.consumer_id, "model"),
                              orjson.dumps(body), qos=1, retain=True)
 
+    def _save_serving(self, model, version: str | None) -> None:
+        """``model`` in ``serving.pt``, unless that version is there already (an OSError is the caller's)."""
+        if self._saved_version != version:
+            save_checkpoint(self.config.state_dir / SERVING_MODEL, model, {"online": True})
+            self._saved_version = version
+
     def _command(self, payload: bytes) -> None:
         """Carry out a command; one refused, here or by the learner process when it comes to it (the version's
         file gone since), is logged, answered by a model message naming it and why (``refused``: action,
@@ -1388,8 +1392,7 @@ class Consumer:
                 refuse(reason)
             elif model is not None and self.config.state_dir is not None:
                 try:  # the periodic checkpoint would write it up to checkpoint_interval later
-                    save_checkpoint(self.config.state_dir / SERVING_MODEL, model, {"online": True})
-                    self._saved_version = served
+                    self._save_serving(model, served)
                 except OSError as exc:  # a full disk, a state directory made read-only
                     log.warning("the %s to %s is not in %s yet (%s); the next checkpoint tries again", action,
                                 served, SERVING_MODEL, exc)
