@@ -64,7 +64,7 @@ from stream.decode import (
     parse_topic,
 )
 from stream.labels import LabelBook, LabelledWindow, WindowHistory, decode_label
-from stream.monitor import DriftEvent, Monitor, window_motion
+from stream.monitor import COOLDOWN, DriftEvent, Monitor, window_motion
 from stream.mqtt import PROTOCOLS, BrokerURL, batched_writes, connect, speaks_mqtt5
 from stream.persist import (
     ADAPTERS_FILE,
@@ -363,6 +363,10 @@ class Consumer:
         # a window's t_end is its LAST sample's time: its first sample is (window - 1) samples before
         self.history = WindowHistory((model_config.window - 1) / model_config.rate, config.label_lateness)
         self.monitor = Monitor()
+        # the checkpoint's saved_at, its monitor restored (else None), and the devices restored: the last life's
+        # drift events after it are taken up at start-up (_take_up_drift)
+        self._monitor_saved_at: float | None = None
+        self._monitor_devices: frozenset[str] = frozenset()
         self._pending_sequences: dict[str, list[LabelledWindow]] = {}
         self._pass_start: int | None = None  # Orienter.calls before the pass classifying now (_on_turn)
         self._turned_in_pass: list[tuple[str, np.ndarray, int]] = []  # (device, Q^T, rounds before the turn)
@@ -405,6 +409,7 @@ class Consumer:
                             len(self._journalled), JOURNAL_REPLAY_WAIT)
             self._journalled = []
             self._reload_labels()
+            self._take_up_drift()
         self.learner: LearnerProcess | None = None  # the online learner, in a process of its own from run()
         if config.learn:
             lc = config.learner or LearnerConfig()
@@ -437,6 +442,25 @@ class Consumer:
         self._reloaded = self.labels.taken
         if rows:
             log.info("%d labels of %d devices put back from the event store", len(rows), len(self._label_only))
+
+    def _take_up_drift(self) -> None:
+        """The drift events the last life published after its checkpoint (``events.db``), taken up by the
+        monitor (``Monitor.replay_events``): after a ``kill -9`` the monitor is the checkpoint's, and a drift
+        announced after it, still under way, was announced again. With the monitor restored, every event since
+        the checkpoint was saved, counted as that life counted it; with one started afresh (no checkpoint, or
+        none of the monitor in it, or unreadable), the cooldowns of the events of the last COOLDOWN s."""
+        restored = self._monitor_saved_at is not None
+        since = self._monitor_saved_at if restored else time.time() - COOLDOWN
+        try:
+            rows = self.store.drift_after(since)
+        except ValueError as exc:  # StoreError: the monitor goes on as restored
+            log.warning("not taking up the last life's drift events (each may be announced again): %s", exc)
+            return
+        taken = self.monitor.replay_events(rows, devices=self._monitor_devices, counts=restored)
+        if rows:
+            log.info("%d drift events of the last life %s taken up by the monitor (%d skipped: of devices not "
+                     "restored, or malformed)", taken, "since its checkpoint" if restored else "of the last "
+                     f"{COOLDOWN:.0f} s", len(rows) - taken)
 
     def _takes_label(self, label: str) -> bool:
         """Whether to take a label message's name: one of the model's classes, or one of the first
@@ -498,9 +522,11 @@ class Consumer:
                 classifier.orienter.restore(state.get("orientation") or {})
             except ValueError as exc:
                 log.warning("not restoring how devices are worn from %s: %s", directory, exc)
+        self._monitor_devices = frozenset(state["devices"])
         if state.get("monitor") is not None:  # older checkpoints have none: the monitor starts afresh
             try:  # of the devices restored (the others would never be evicted, so never forgotten)
                 self.monitor.restore(state["monitor"], devices=state["devices"])
+                self._monitor_saved_at = state["saved_at"]
             except ValueError as exc:
                 log.warning("not restoring the drift monitor from %s (its detectors and live metrics start "
                             "afresh): %s", directory, exc)

@@ -20,7 +20,8 @@ where no labels come, the mean confidence of recent windows estimates accuracy.
 
 Across a restart (``Monitor.snapshot``, ``Monitor.restore``; the consumer keeps it in its checkpoint) all
 of this is kept as plain data, exactly, except river's detectors, whose state is no plain data: each
-keeps its last TAIL inputs, fed to a fresh detector on restore.
+keeps its last TAIL inputs, fed to a fresh detector on restore. After a ``kill -9`` the snapshot is the last
+checkpoint's: the drift events announced after it (the event store's) are taken up by ``replay_events``.
 """
 
 from __future__ import annotations
@@ -116,6 +117,10 @@ NEEDING_LABELS_LISTED = 20  # devices named in the metrics message as needing la
 # alarms in the 5 minutes after (12 without a restart), none within 30 s of a restore.
 TAIL = 64
 SNAPSHOT_VERSION = 1
+# Every (detector, signal) ``_emit`` reports: what ``replay_events`` takes from an event store's rows.
+EVENT_KINDS = frozenset({("ADWIN", "input_magnitude"), ("ADWIN", "confidence"), ("ADWIN", "orientation"),
+                         ("run", "orientation"), ("labelled", "orientation"), ("set", "orientation"),
+                         ("HDDMA", "error"), ("FHDDM", "error")})
 
 
 def _unit(v: np.ndarray) -> tuple[float, float, float] | None:
@@ -693,6 +698,55 @@ class Monitor:
             raise ValueError(f"monitor snapshot malformed ({type(exc).__name__}: {str(exc)[:200]})") from None
         self._all, self._devices, self._last_label_t = overall, kept, last_label
         self.confusion, self.event_counts = confusion, counts
+
+    def replay_events(self, rows, devices=(), counts: bool = True, now: float | None = None) -> int:
+        """Take up the drift events another life published after the ``snapshot`` this monitor was
+        restored from: the event store's ``drift`` rows received since the checkpoint was saved, oldest first,
+        each (received, device, detector, signal, t, value, needs_labels), ``received`` wall-clock time
+        (``time.time()``; ``now``: the wall-clock time now, default ``time.time()``). After a ``kill -9``
+        the snapshot is the last checkpoint's: without them, a drift that life announced after it, still
+        under way, would be announced again.
+
+        As ``_emit`` took each up: when its signal last fired (a device's in its own time ``t``; the overall
+        ones in this monitor's clock, as long ago as ``received``), so the same drift within COOLDOWN is a
+        repeat; with ``counts``, the drift counts, when it last drifted and whether it asked for labels too
+        (``counts`` False: a monitor started afresh, whose counts begin at this start, takes the cooldowns
+        only). Rows of a device neither in this monitor nor in ``devices`` are skipped (a monitor made for a
+        device that does not come back would never be forgotten), as are malformed ones (a value of the
+        wrong type, not finite, a detector or signal the monitor has not). Repeats the other life kept
+        quiet are not in the store: a condition it kept repeating is cooled down from the last event
+        announced. Returns how many rows were taken."""
+        now = time.time() if now is None else now
+        clock = self.clock()
+        taken = 0
+        for row in rows:
+            try:
+                received, device, detector, signal, t, _, needs_labels = row
+            except (TypeError, ValueError):
+                continue
+            if not (all(type(x) in (int, float) and math.isfinite(x) for x in (received, t))
+                    and type(device) is str and (detector, signal) in EVENT_KINDS
+                    and needs_labels in (0, 1, None)):  # the flag as written, 0 or 1 (None: not written)
+                continue
+            if device == "_all":
+                det = self._all
+            elif device in self._devices or device in devices:
+                det = self._get(device)
+            else:
+                continue
+            if det.fired is None:
+                det.fired = {}
+            if det is self._all:  # its clock is this process's: as long ago as the event was received
+                det.fired[signal] = max(det.fired.get(signal, -math.inf), clock - max(0.0, now - received))
+            else:
+                det.fired[signal] = float(t)
+            if counts:
+                det.drifts += 1
+                det.last_drift = float(t)
+                det.needs_labels = bool(needs_labels)
+                self.event_counts[f"{detector}:{signal}"] += 1
+            taken += 1
+        return taken
 
     def _restored(self, device: str, rolling: int, s, classes: list[str], values: np.ndarray,
                   now: float) -> _Detectors:

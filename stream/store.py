@@ -289,6 +289,16 @@ class EventStore:
         finally:
             db.close()
 
+    def drift_after(self, received: float) -> list[tuple]:
+        """The drift events received after ``received`` (wall-clock s), oldest first, as written: (received,
+        device, detector, signal, t, value, needs_labels) (``Monitor.replay_events`` takes them up at a
+        start). A store that cannot be read is a ``StoreError``."""
+        try:
+            return self.query("SELECT received, device, detector, signal, t, value, needs_labels FROM drift "
+                              "WHERE received > ? ORDER BY id", (float(received),))
+        except sqlite3.Error as exc:
+            raise StoreError(f"{self.path}: its drift events cannot be read ({type(exc).__name__}: {exc})") from exc
+
     def flush(self, timeout: float = 10.0, until_failure: bool = False) -> bool:
         """Wait until everything queued so far is written; False on timeout, and with ``until_failure``
         as soon as a write fails (the writer then backs off: waiting on would only block the caller)."""
