@@ -3,8 +3,10 @@
 An adapter turns one MQTT payload into a list of ``stream.decode.SampleBatch`` (device, float64
 seconds, float32 (n, 3) specific force in m/s² in the Android convention, so a phone lying still
 screen up reads about +9.81 on z; optional gyro in rad/s) or raises ``Rejected`` with a reason from
-``REJECT_REASONS``. ``AdapterRouter`` picks the adapter by topic and takes the device id from the
-topic, so the broker's ACL (which can only see topics) decides who may speak for a device.
+``REJECT_REASONS``; the list is a ``Batches``, whose ``dropped`` names the parts of the message left
+out while the rest is taken (the consumer counts them as rejected). ``AdapterRouter`` picks the
+adapter by topic and takes the device id from the topic, so the broker's ACL (which can only see
+topics) decides who may speak for a device.
 
 Formats:
 
@@ -20,21 +22,28 @@ Formats:
   an iPhone with the setting off, so it is read as one (and a message with ``totalacceleration``,
   Android only, never is): g when its median magnitude is under a third of ``accelerometer`` +
   ``gravity``'s (m/s² everywhere) in the same message, or, without them, under 3 (about 1 g at rest;
-  a phone in free fall reads near 0 in either unit, so that guess can fail mid-jump). Its
+  a phone in free fall reads near 0 in either unit, so that guess can fail mid-jump). ``accelerometer``
+  samples more than 0.1 s before the first ``gravity`` sample or after the last are left out, counted
+  ``no_gravity`` (a part before, a part after; the whole message when none is left). Its
   ``gyroscope`` (rad/s) is interpolated to the acceleration's times; samples with no gyroscope sample
   within ``SensorLoggerAdapter.GYRO_HOLD`` (0.1 s, or two of its sample intervals if longer) carry
-  none, in a batch of their own, as a message without the gyroscope does.
+  none, in a batch of their own, as a message without the gyroscope does. A message keeps the gyroscope
+  over at most ``GYRO_RUNS`` (4) runs, so gives 9 batches at most: beyond, the gyroscope is interpolated
+  over the shortest gaps between its runs, up to 1 s, and then the shorter runs go without it.
 - ``android``: Android sensor-event JSON as sent by SensorSpot and similar apps, ``{type:
   "android.sensor.accelerometer", timestamp: ns since boot, values: [x, y, z]}``, one event per
   message (or a list of events). Without ``type`` (SensorSpot's "dedicated topics"), the topic's last
   level names the sensor. ``android.sensor.accelerometer_uncalibrated`` is read too (its first 3
   values, minus the estimated bias in values 4 to 6 where the event has them, as Android defines it),
-  except in a message that also holds calibrated accelerometer events: only those are read.
+  except in a message that also holds calibrated accelerometer events: only those are read. The
+  accelerometer samples read count toward ``MAX_SAMPLES``, not the events of other types (a message
+  holds ``AndroidAdapter.MAX_EVENTS`` events of every type at most).
   Other sensor types are rejected as ``ignored_type``: counted, so a phone that sends only gyroscope
   or linear acceleration shows up in the consumer's metrics.
 - ``csv``: text lines ``t,ax,ay,az[,gx,gy,gz]`` (seconds, m/s², rad/s; decimal numbers such as -1.5e-3, or
-  nan and inf, refused as ``non_finite``); blank lines, ``#`` comments, a header line (``t,...`` or
-  ``time,...``) and a leading byte-order mark are skipped.
+  nan and inf, refused as ``non_finite``; padded with spaces, ASCII or Unicode such as the no-break space
+  U+00A0 that phone apps in some locales write, none inside a number); blank lines, ``#`` comments, a
+  header line (``t,...`` or ``time,...``) and a leading byte-order mark are skipped.
 """
 
 from __future__ import annotations
@@ -65,6 +74,7 @@ __all__ = [
     "Adapter",
     "AdapterRouter",
     "AndroidAdapter",
+    "Batches",
     "CsvAdapter",
     "NativeAdapter",
     "REJECT_REASONS",
@@ -75,6 +85,7 @@ __all__ = [
 ADAPTER_REASONS = (
     "ignored_type",  # nothing in the message this adapter uses (another sensor, no gravity, ...)
     "bad_csv",  # CSV that is not UTF-8 text of numbers
+    "no_gravity",  # Sensor Logger accelerometer samples more than 0.1 s outside its gravity samples
 )
 REJECT_REASONS = REASONS + ADAPTER_REASONS
 MAX_TOPIC = 256  # characters
@@ -95,13 +106,26 @@ def _is_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+# What a CSV number may be padded with: ASCII whitespace (float() strips it) and the Unicode space separators
+# (category Zs): phone apps in some locales write a no-break space (U+00A0) or a narrow one (U+202F) around
+# numbers, which were refused where ' 1.5' was read. Inside a number a space is none of it ('1 000' is refused)
+_PADDING = (" \t\x0b\x0c\x1c\x1d\x1e\x1f\u00a0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007"
+            "\u2008\u2009\u200a\u202f\u205f\u3000")
+
+
+def _csv_float(field: str) -> float:
+    """``field`` as a CSV number: what float() reads in ASCII without '_' (nan and inf too, refused later as
+    non_finite, as decode_imu does), padded with spaces (``_PADDING``); ValueError if it is none. float()
+    alone also reads '1_0' as 10 and '９' as 9."""
+    core = field.strip(_PADDING)
+    if "_" in core or not core.isascii():
+        raise ValueError(field)
+    return float(core)
+
+
 def _csv_number(field: str) -> bool:
-    """Whether ``field`` is a CSV number: what float() reads in ASCII without '_' (nan and inf too, refused
-    later as non_finite, as decode_imu does). float() alone also reads '1_0' as 10 and '９' as 9."""
-    if "_" in field or not field.isascii():
-        return False
     try:
-        float(field)
+        _csv_float(field)
     except ValueError:
         return False
     return True
@@ -113,6 +137,16 @@ def _ordered(t: np.ndarray, *columns: np.ndarray) -> tuple[np.ndarray, ...]:
     t = t[order]
     unique = np.concatenate([[True], np.diff(t) > 0])
     return (t[unique],) + tuple(c[order][unique] for c in columns)
+
+
+class Batches(list):
+    """What an adapter makes of one message: its ``SampleBatch``es in time order (a list), and ``dropped``,
+    a ``Rejected`` for each part of the message left out while the rest is taken (``no_gravity``), which the
+    consumer counts as rejected."""
+
+    def __init__(self, batches: Iterable[SampleBatch] = (), dropped: Iterable[Rejected] = ()) -> None:
+        super().__init__(batches)
+        self.dropped: list[Rejected] = list(dropped)
 
 
 def _checked(device: str, t: np.ndarray, acc: np.ndarray, gyro: np.ndarray | None = None) -> SampleBatch:
@@ -147,12 +181,13 @@ class Adapter:
             raise ValueError("max_bytes must be positive")
         self.max_bytes = max_bytes
 
-    def decode(self, payload: bytes, device: str | None = None, topic: str = "") -> list[SampleBatch]:
+    def decode(self, payload: bytes, device: str | None = None, topic: str = "") -> Batches:
         if len(payload) > self.max_bytes:
             raise Rejected("oversize", f"{len(payload)} bytes > {self.max_bytes}")
         if device is None and not self.device_in_payload:
             raise Rejected("bad_device", f"{self.name} payloads carry no device id: it comes from the topic")
-        return self._decode(payload, device, topic)
+        batches = self._decode(payload, device, topic)
+        return batches if isinstance(batches, Batches) else Batches(batches)
 
     def _decode(self, payload: bytes, device: str | None, topic: str) -> list[SampleBatch]:
         raise NotImplementedError
@@ -188,7 +223,7 @@ class SensorLoggerAdapter(Adapter):
     TOTAL, LINEAR, GRAVITY, RAW, GYRO = ("totalacceleration", "accelerometer", "gravity",
                                          "accelerometeruncalibrated", "gyroscope")
     MAX_ENTRIES = 8 * MAX_SAMPLES  # all sensors of one message together
-    GRAVITY_SLACK = 0.1  # seconds: user acceleration this far outside the gravity samples is dropped
+    GRAVITY_SLACK = 0.1  # seconds: user acceleration this far outside the gravity samples is dropped (no_gravity)
     # seconds: the least a gyroscope sample is held or interpolated over (the sensors of one message start and
     # end up to a sample apart; a message of one sample each). Held without limit, a gyroscope that stopped
     # early in a message gave every later sample its last value, however far
@@ -196,6 +231,11 @@ class SensorLoggerAdapter(Adapter):
     G_MEDIAN = 3.0  # m/s²: alone, a raw accelerometer whose median magnitude is below this is in g
     G_RATIO = 3.0  # beside accelerometer + gravity (m/s²): a raw one whose median magnitude is this much smaller
     # is in g (g units make it 9.8 times smaller)
+    # the most runs of samples with the gyroscope in one message, so at most 2 * GYRO_RUNS + 1 batches: a gyroscope
+    # flickering on and off made a batch of every run, up to 2,000 for one message (_bounded)
+    GYRO_RUNS = 4
+    GYRO_BRIDGE = 1.0  # seconds: the longest gap between runs that _bounded interpolates the gyroscope over, the
+    # longest silence the consumer's buffer bridges (DeviceBuffer's max_gap)
 
     def __init__(self, frame: str = "android", max_bytes: int = MAX_PAYLOAD_BYTES) -> None:
         super().__init__(max_bytes)
@@ -220,15 +260,16 @@ class SensorLoggerAdapter(Adapter):
         with np.errstate(over="ignore", invalid="ignore"):  # absurd values end as non_finite below
             return self._specific_force(device, series)
 
-    def _specific_force(self, device: str, series: dict[str, tuple[np.ndarray, np.ndarray]]) -> list[SampleBatch]:
+    def _specific_force(self, device: str, series: dict[str, tuple[np.ndarray, np.ndarray]]) -> Batches:
         raw = series.get(self.RAW)
+        dropped: list[Rejected] = []
         # g units only come from an iPhone not standardised; totalacceleration only from Android
         raw_norm = None if raw is None else float(np.median(np.linalg.norm(raw[1], axis=1)))
         raw_in_g = False
         if self.TOTAL in series:
             t, acc = series[self.TOTAL]
         elif self.LINEAR in series and self.GRAVITY in series:
-            t, acc = self._with_gravity(series[self.LINEAR], series[self.GRAVITY])
+            t, acc, dropped = self._with_gravity(series[self.LINEAR], series[self.GRAVITY])
             # the same specific force, in m/s² on every platform and setting: the raw sensor's scale
             # against it (a phone in free fall reads near 0 in either unit, so its own size says nothing)
             raw_in_g = raw_norm is not None and raw_norm * self.G_RATIO < float(
@@ -243,16 +284,49 @@ class SensorLoggerAdapter(Adapter):
         if self.frame == "ios" or raw_in_g:
             acc = -acc
         if self.GYRO not in series:
-            return [_checked(device, t, acc)]
+            return Batches([_checked(device, t, acc)], dropped)
         gyro, covered = self._gyro(t, series[self.GYRO])
         batch = _checked(device, t, acc, gyro)
         if covered.all():
-            return [batch]
+            return Batches([batch], dropped)
         # the samples far from any gyroscope sample carry none, as a message without one: a model that reads
         # the gyroscope refuses them (no_gyro), the others keep theirs. One batch per run, in time order
-        cuts = [0, *(np.flatnonzero(np.diff(covered)) + 1).tolist(), len(t)]
-        return [SampleBatch(device, batch.t[a:b], batch.acc[a:b], batch.gyro[a:b] if covered[a] else None)
-                for a, b in zip(cuts[:-1], cuts[1:], strict=True)]
+        starts, ends, covered = self._bounded(t, covered)
+        return Batches([SampleBatch(device, batch.t[a:b], batch.acc[a:b], batch.gyro[a:b] if covered[a] else None)
+                        for a, b in zip(starts.tolist(), ends.tolist(), strict=True)], dropped)
+
+    def _bounded(self, t: np.ndarray, covered: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The runs of ``covered`` (starts, ends) and ``covered`` itself, with at most ``GYRO_RUNS`` runs covered.
+
+        Beyond, the gyroscope is interpolated over the shortest gaps between its runs (the time from the last
+        sample with it to the next), up to ``GYRO_BRIDGE``: the accelerometer's samples there are real, where a
+        model reading the gyroscope refused them and the buffer interpolated both sensors over the hole. Still
+        beyond, the shorter runs (in samples) go without it, in the batches around them: a model reading the
+        gyroscope refuses them (no_gyro), one that does not takes them all as before."""
+        def runs(covered: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            cuts = np.flatnonzero(np.diff(covered)) + 1
+            return np.concatenate([[0], cuts]), np.concatenate([cuts, [len(covered)]])
+
+        starts, ends = runs(covered)
+        with_gyro = np.flatnonzero(covered[starts])
+        excess = len(with_gyro) - self.GYRO_RUNS
+        if excess <= 0:
+            return starts, ends, covered
+        # the gaps between two runs with the gyroscope, shortest first (stable: the earlier of equal ones)
+        gaps = with_gyro[:-1] + 1
+        spans = t[ends[gaps]] - t[starts[gaps] - 1]
+        order = np.argsort(spans, kind="stable")
+        covered = covered.copy()
+        for gap in gaps[order[:excess]][spans[order[:excess]] <= self.GYRO_BRIDGE]:
+            covered[starts[gap]:ends[gap]] = True
+        starts, ends = runs(covered)
+        with_gyro = np.flatnonzero(covered[starts])
+        if len(with_gyro) > self.GYRO_RUNS:
+            covered = np.zeros(len(t), dtype=bool)
+            for run in with_gyro[np.argsort(-(ends - starts)[with_gyro], kind="stable")[:self.GYRO_RUNS]]:
+                covered[starts[run]:ends[run]] = True
+            starts, ends = runs(covered)
+        return starts, ends, covered
 
     def _gyro(self, t: np.ndarray, gyro: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """The gyroscope interpolated to ``t``, and which of ``t`` have a gyroscope sample within the hold:
@@ -287,15 +361,22 @@ class SensorLoggerAdapter(Adapter):
         return {name: _ordered(np.asarray(times), np.asarray(xyz, dtype=np.float64))
                 for name, (times, xyz) in rows.items()}
 
-    def _with_gravity(self, linear: tuple[np.ndarray, np.ndarray],
-                      gravity: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        """User acceleration + gravity interpolated to its times (equal on iOS, not always on Android)."""
+    def _with_gravity(self, linear: tuple[np.ndarray, np.ndarray], gravity: tuple[np.ndarray, np.ndarray]
+                      ) -> tuple[np.ndarray, np.ndarray, list[Rejected]]:
+        """User acceleration + gravity interpolated to its times (equal on iOS, not always on Android), and
+        a ``no_gravity`` for the samples left out before the first gravity sample and after the last."""
         (t, a), (gt, g) = linear, gravity
-        inside = (t >= gt[0] - self.GRAVITY_SLACK) & (t <= gt[-1] + self.GRAVITY_SLACK)
+        before, after = t < gt[0] - self.GRAVITY_SLACK, t > gt[-1] + self.GRAVITY_SLACK
+        if (before | after).all():
+            raise Rejected("no_gravity", f"no accelerometer sample within {self.GRAVITY_SLACK} s of the gravity "
+                                         f"samples")
+        dropped = [Rejected("no_gravity", f"{n} accelerometer samples more than {self.GRAVITY_SLACK} s {side} "
+                                          f"gravity sample")
+                   for n, side in ((int(before.sum()), "before the first"), (int(after.sum()), "after the last"))
+                   if n]
+        inside = ~(before | after)
         t, a = t[inside], a[inside]
-        if len(t) == 0:
-            raise Rejected("bad_time", "gravity samples do not cover the accelerometer's")
-        return t, a + np.stack([np.interp(t, gt, g[:, i]) for i in range(3)], axis=1)
+        return t, a + np.stack([np.interp(t, gt, g[:, i]) for i in range(3)], axis=1), dropped
 
 
 class AndroidAdapter(Adapter):
@@ -307,12 +388,15 @@ class AndroidAdapter(Adapter):
 
     name = "android"
     ACCELEROMETERS = ("android.sensor.accelerometer", "android.sensor.accelerometer_uncalibrated")
+    # events of every type in one message; the accelerometer samples read are held to MAX_SAMPLES (counting
+    # every event there refused a message of 1,200 gyroscope and 900 accelerometer events, all of them lost)
+    MAX_EVENTS = 8 * MAX_SAMPLES
 
     def _decode(self, payload: bytes, device: str | None, topic: str) -> list[SampleBatch]:
         msg = _object(payload)
         events = msg if isinstance(msg, list) else [msg]
-        if len(events) > MAX_SAMPLES:
-            raise Rejected("too_many_samples", f"{len(events)} > {MAX_SAMPLES}")
+        if len(events) > self.MAX_EVENTS:
+            raise Rejected("too_many_samples", f"{len(events)} events > {self.MAX_EVENTS}")
         if not events:
             raise Rejected("empty")
         implied = "android.sensor." + topic.rsplit("/", 1)[-1]  # SensorSpot's dedicated topics
@@ -369,10 +453,9 @@ class CsvAdapter(Adapter):
             if rows and len(fields) != len(rows[0]):
                 raise Rejected("bad_shape", f"line {number} has {len(fields)} fields, line {numbers[0]} has "
                                             f"{len(rows[0])}")
-            try:
-                if "_" in line or not line.isascii():  # float() reads '1_0' as 10, '９' as 9 (_csv_number)
-                    raise ValueError
-                rows.append([float(f) for f in fields])
+            try:  # float() reads '1_0' as 10, '９' as 9: lines with either go field by field (_csv_float)
+                rows.append([float(f) for f in fields] if line.isascii() and "_" not in line else
+                            [_csv_float(f) for f in fields])
             except ValueError:
                 bad = next(f for f in fields if not _csv_number(f))
                 raise Rejected("bad_csv", f"line {number}: {bad[:20]!r} is not a number") from None

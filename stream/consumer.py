@@ -1009,7 +1009,11 @@ class Consumer:
                     self._command(payload)
                     return
                 if not topic.startswith(self._native_head) and self.router.matches(topic):
-                    for batch in self.router.decode(topic, payload):  # phone formats: no seq
+                    batches = self.router.decode(topic, payload)  # phone formats: no seq
+                    for part in batches.dropped:  # parts left out, the rest taken (no_gravity)
+                        self.stats.rejected[part.reason] += 1
+                        log.debug("rejected part of %s: %s", topic[:80], part)
+                    for batch in batches:
                         try:
                             self.pipeline.check(batch)  # the gyroscope, if the model reads it
                         except Rejected as exc:  # a part without it (a phone's gyroscope starting late or
