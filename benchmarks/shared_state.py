@@ -127,7 +127,9 @@ class _Timer:
 
 def run_live(broker: str, redis_url: str | None, devices: int, replicas: int, duration: float,
              warmup: float = 8.0) -> dict:
-    """``replicas`` consumer processes (shared when ``redis_url``) against ``devices`` published devices."""
+    """``replicas`` consumer processes (shared when ``redis_url``) against ``devices`` published devices,
+    measured over about ``duration`` seconds from ``warmup`` seconds after the publisher's first message (its
+    devices join over its first 4 s) to its last one. Windows/s classified and offered are over that one span."""
     import signal
     import subprocess
     import threading
@@ -152,6 +154,7 @@ def run_live(broker: str, redis_url: str | None, devices: int, replicas: int, du
     if redis_url:
         cmd += ["--shared", "bench", "--state-store", redis_url]
     procs = [subprocess.Popen(cmd, cwd=ROOT, stderr=subprocess.DEVNULL) for _ in range(replicas)]
+    publisher = None
     try:
         deadline = time.monotonic() + 60
         while len(metrics) < replicas and time.monotonic() < deadline:
@@ -159,19 +162,43 @@ def run_live(broker: str, redis_url: str | None, devices: int, replicas: int, du
         if len(metrics) < replicas:
             raise RuntimeError("the replicas did not start publishing metrics within 60 s")
         publisher = subprocess.Popen([sys.executable, "-m", "stream.bench", "publish", broker, prefix,
-                                      str(devices), str(duration + warmup), "0.5"],
+                                      str(devices), str(duration + warmup + 1.0), "0.5"],  # 1 s: seeing it start
                                      cwd=ROOT, stdout=subprocess.PIPE)
+        # the warm-up counts from the publisher's first message (it takes seconds to start on a busy machine:
+        # counted from its start, the span began while its devices were still joining)
+        with lock:
+            before = sum(m[-1]["messages"] for m in metrics.values())
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and publisher.poll() is None:
+            with lock:
+                if sum(m[-1]["messages"] for m in metrics.values()) > before:
+                    break
+            time.sleep(0.1)
         time.sleep(warmup)
-        with lock:
-            start = {t: m[-1] for t, m in metrics.items()}
-        cpu0, t0 = [_proc_cpu_seconds(p.pid) for p in procs], time.monotonic()
-        publisher.wait(duration + warmup + 60)
+        cpu0, t0, wall0 = [_proc_cpu_seconds(p.pid) for p in procs], time.monotonic(), time.time()
+        out, _ = publisher.communicate(timeout=duration + warmup + 60)
         cpu1, t1 = [_proc_cpu_seconds(p.pid) for p in procs], time.monotonic()
-        stopped = time.time()
+        if publisher.returncode != 0:
+            raise RuntimeError(f"the publisher exited with status {publisher.returncode}")
+        lines = out.decode().strip().splitlines()
+        progress = json.loads(lines[-1]).get("progress", []) if lines else []  # (wall time, samples sent)
+        # the span ends with the publisher's last message; each replica's count is read at its end from the
+        # metrics on either side of it, so wait for one after it (they come every second)
+        wall1 = progress[-1][0] if progress else time.time()
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            with lock:
+                if all(m[-1]["t"] > wall1 for m in metrics.values()):
+                    break
+            time.sleep(0.1)
         with lock:
-            window = {t: [x for x in m if start[t]["t"] < x["t"] <= stopped] for t, m in metrics.items()}
+            series = {t: [(x["t"], x["windows"]) for x in m] for t, m in metrics.items()}
+            window = {t: [x for x in m if wall0 < x["t"] <= wall1 + 1.5] for t, m in metrics.items()}
             end = {t: m[-1] for t, m in window.items() if m}
     finally:
+        if publisher is not None and publisher.poll() is None:
+            publisher.kill()
+            publisher.wait()
         for p in procs:
             p.send_signal(signal.SIGTERM)
         for p in procs:
@@ -186,14 +213,14 @@ def run_live(broker: str, redis_url: str | None, devices: int, replicas: int, du
                 client.delete(*keys[i:i + 1000])
             client.close()
     elapsed = t1 - t0
-    # each replica's rate between two of its own metrics messages (their "t" is its wall clock)
-    windows_per_s = sum((end[t]["windows"] - start[t]["windows"]) / (end[t]["t"] - start[t]["t"])
-                        for t in end)
+    windows_per_s = window_rate(series, (wall0, wall1))
+    offered = offered_window_rate(progress, (wall0, wall1), devices)
     p99 = [x["latency_ms"]["p99"] for m in window.values() for x in m if x["latency_ms"]["p99"] is not None]
     p50 = [x["latency_ms"]["p50"] for m in window.values() for x in m if x["latency_ms"]["p50"] is not None]
     cpu = [(b - a) / elapsed for a, b in zip(cpu0, cpu1, strict=True)]
     return {"devices": devices, "replicas": replicas, "shared": bool(redis_url),
-            "windows_per_s": round(windows_per_s, 1), "offered_windows_per_s": devices / WINDOW_S,
+            "windows_per_s": round(windows_per_s, 1), "offered_windows_per_s": round(offered, 1),
+            "span_s": round(wall1 - wall0, 2),
             "latency_ms_p50": round(float(np.median(p50)), 1) if p50 else None,
             "latency_ms_p99": round(float(np.percentile(p99, 99)), 1) if p99 else None,
             "cpu_cores_per_replica": [round(c, 3) for c in cpu],
@@ -201,6 +228,30 @@ def run_live(broker: str, redis_url: str | None, devices: int, replicas: int, du
             "lost_samples": sum(m["lost_samples"] for m in end.values()),
             "rejected": sum(sum(m["rejected"].values()) for m in end.values()),
             "shared_state": [m.get("shared") for m in end.values()]}
+
+
+def window_rate(series: dict[str, list[tuple[float, int]]], span: tuple[float, float]) -> float:
+    """Windows per second the replicas classified over ``span`` (wall times): the windows each replica's
+    metrics count since it started (``(t, windows)``, ``t`` its wall clock), read at both ends of the one
+    span by interpolating between its metrics on either side, summed."""
+    a, b = span
+    total = 0.0
+    for points in series.values():
+        if not points:
+            continue
+        times = np.asarray([p[0] for p in points], dtype=float)
+        counts = np.asarray([p[1] for p in points], dtype=float)
+        total += float(np.interp(b, times, counts) - np.interp(a, times, counts))
+    return total / max(b - a, 1e-9)
+
+
+def offered_window_rate(progress: list, span: tuple[float, float], devices: int, rate: float = 50.0) -> float:
+    """Windows per second the publisher's samples made over ``span``: what it sent then (its ``progress``,
+    (wall time, samples sent so far) after every tick), one window per ``WINDOW_S`` of a device's samples;
+    ``devices / WINDOW_S`` where its progress does not cover the span."""
+    from stream.bench import _sent_rate
+    sent = _sent_rate(progress, span)
+    return devices / WINDOW_S if sent is None else sent / (rate * WINDOW_S)
 
 
 def redis_info(client) -> tuple[float, int]:

@@ -13,6 +13,7 @@ message when absent, and a data set whose folder is missing).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 import time
@@ -40,13 +41,36 @@ SETUPS = {
 }
 
 
+# the code whose output a cached import is: the importers, the recording file's writer, the label names
+IMPORTER_CODE = [ROOT / "models" / "importers.py", ROOT / "stream" / "recording.py", ROOT / "models" / "labels.py"]
+
+
+def importer_stamp(importer: str, src: Path) -> str:
+    """What made an import: a digest of the importing code (``IMPORTER_CODE``), the importer's name and the
+    source folder. A cached import with another stamp (an older importer's, another --source's) is made again."""
+    digest = hashlib.sha1(f"{importer}\0{src.resolve()}\0".encode())
+    for path in IMPORTER_CODE:
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def real_recording(name: str, cache: Path, source: Path = DATASETS) -> Recording:
+    """The data set's recording file, imported into ``cache`` unless the import there was made by this very
+    importer from this source (its stamp, in ``<importer>.importer`` beside it)."""
     from models.importers import import_dataset
     from stream.recording import read_recording
     importer, folder, *_ = SETUPS[name]
     out = cache / f"{importer}.csv"
+    made_by = out.with_suffix(".importer")
+    stamp = importer_stamp(importer, source / folder)
+    if out.exists() and (not made_by.exists() or made_by.read_text().strip() != stamp):
+        print(f"sim_to_real: {out} was imported by other code or from another source than now: importing again",
+              file=sys.stderr, flush=True)
+        made_by.unlink(missing_ok=True)
+        out.unlink()
     if not out.exists():
         import_dataset(importer, source / folder, out)
+        made_by.write_text(stamp + "\n")
     return read_recording(out)
 
 
@@ -120,7 +144,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--source", type=Path, default=DATASETS,
                         help="the real data sets as published (default: %(default)s)")
     parser.add_argument("--cache", type=Path, default=Path("/tmp/harstream-real"),
-                        help="imported recording files are kept here (default: %(default)s)")
+                        help="imported recording files are kept here, and imported again when the importer or "
+                             "--source changed (default: %(default)s)")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "sim_to_real.md",
                         help="the page to write, and its .json beside it (default: %(default)s)")
     args = parser.parse_args(argv)

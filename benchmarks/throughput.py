@@ -15,8 +15,11 @@ it). Writes ``docs/throughput.md``, the JSON and a plot of latency percentiles a
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -184,7 +187,7 @@ def row(r: dict) -> str:
             f"{r['publisher'].get('max_behind_s')} | {r['dropped']} | {load(r)} |")
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__.splitlines()[0],
         epilog="Every run is `harstream bench` on the broker HARSTREAM_BROKER names (default "
@@ -195,7 +198,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--learn-at", type=int, default=2000,
                         help="device count of the fine-tuning-on run, and of its fine-tuning-off twin (default: "
                              "%(default)s)")
-    parser.add_argument("--labelled", type=float, default=0.05, help="share of devices with labels when learning")
+    parser.add_argument("--labelled", type=float, default=0.05,
+                        help="share of devices with labels in the learning pair (default: %(default)s)")
     parser.add_argument("--long-messages", type=int, default=0, metavar="N",
                         help="also run N devices with 1 s messages (half the messages for the same samples)")
     parser.add_argument("--profile-devices", type=int, default=3000,
@@ -208,7 +212,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="only compare the consumer's MQTT read modes (HARSTREAM_MQTT_READ) at --devices, "
                              "interleaved, --rounds times")
     parser.add_argument("--rounds", type=int, default=2, help="rounds of --compare-read (default: %(default)s)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
     args.argv = sys.argv[1:] if argv is None else argv  # for the page's "Reproduce" line
     args.out.parent.mkdir(parents=True, exist_ok=True)  # now, not after the runs
     if args.compare_read:
@@ -235,8 +243,8 @@ def main(argv: list[str] | None = None) -> int:
     # memory per device at 1000 devices, or at fewer where the profile has fewer (a small run stays small)
     profile = service_profile(args.profile_devices, 20.0, memory_devices=min(1000, args.profile_devices))
     command = "python benchmarks/throughput.py " + " ".join(args.argv)
-    data = {"command": command.strip(), "runs": runs, "learn_off": learn_off, "learn_on": learn_on,
-            "long_messages": long, "service_profile": profile, "cpu_count": os.cpu_count()}
+    data = {"command": command.strip(), "labelled": args.labelled, "runs": runs, "learn_off": learn_off,
+            "learn_on": learn_on, "long_messages": long, "service_profile": profile, "cpu_count": os.cpu_count()}
     previous = args.out.with_suffix(".json")
     if previous.exists() and "read_comparisons" in (old := json.loads(previous.read_text())):
         data["read_comparisons"] = old["read_comparisons"]
@@ -245,6 +253,30 @@ def main(argv: list[str] | None = None) -> int:
 
 
 HAND_WRITTEN = ("\n## How the consumer's MQTT client reads", "\n## What breaks first")
+
+
+def labelled_share(data: dict) -> float | None:
+    """The share of devices that published labels in the learning pair: kept in the JSON (``labelled``); a
+    JSON written before it was kept has it from its recorded command (``--labelled``, else the default:
+    0.05 since the option exists); None where that command no longer parses."""
+    if "labelled" in data:
+        return data["labelled"]
+    words = shlex.split(data.get("command", ""))
+    words = words[words.index("benchmarks/throughput.py") + 1:] if "benchmarks/throughput.py" in words else []
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):
+            return _parser().parse_args(words).labelled
+    except SystemExit:
+        return None
+
+
+def labelled_text(data: dict, devices: int) -> str:
+    """'5% of them (250) publishing labels', from the share kept in ``data`` (``harstream bench --labelled``
+    labels ``int(devices * share)`` of them)."""
+    share = labelled_share(data)
+    if share is None:
+        return "a share of them not recorded publishing labels"
+    return f"{share * 100:g}% of them ({int(devices * share)}) publishing labels"
 
 
 def write(args, data: dict) -> int:
@@ -260,7 +292,7 @@ def write(args, data: dict) -> int:
     for key in ("p50", "p99", "max"):
         a1.plot(xs, [r["latency_ms"][key] for r in runs], marker="o", label=key)
     a1.set_yscale("log")
-    a1.set_xlabel("devices at 50 Hz (0.5 s messages)")
+    a1.set_xlabel(f"devices at 50 Hz ({runs[0]['interval_s']:g} s messages)")
     a1.set_ylabel("latency, window's last sample in -> prediction out (ms)")
     a1.axhline(100, color="grey", linestyle="--", linewidth=1)
     a1.legend()
@@ -268,7 +300,8 @@ def write(args, data: dict) -> int:
     a2.plot(xs, [r["offered_samples_per_s"] for r in runs], "k--", label="offered")
     a2.plot(xs, [r["sustained_samples_per_s"] for r in runs], marker="o", label="sustained")
     if long:
-        a2.plot([long["devices"]], [long["sustained_samples_per_s"]], "s", label="sustained, 1 s messages")
+        a2.plot([long["devices"]], [long["sustained_samples_per_s"]], "s",
+                label=f"sustained, {long['interval_s']:g} s messages")
     a2.set_xlabel("devices at 50 Hz")
     a2.set_ylabel("samples per second")
     a2.legend()
@@ -280,8 +313,8 @@ def write(args, data: dict) -> int:
     lines = ["# Throughput and latency through a real broker", "",
              f"Reproduce: `{data['command']}` (each row is one `harstream bench --devices N --duration "
              f"{runs[0]['duration_s']:g} --json`, the last columns' load average is the machine's before → after the "
-             f"row). Broker: {runs[0]['broker']}. Machine: {os.cpu_count()} cores, shared by the broker, the "
-             "publisher process and the consumer, and by whatever else runs (the load column): compare "
+             f"row). Broker: {runs[0]['broker']}. Machine: {data.get('cpu_count') or os.cpu_count()} cores, shared by "
+             "the broker, the publisher process and the consumer, and by whatever else runs (the load column): compare "
              "figures only within one run, as ratios.", "",
              "| devices | message | offered samples/s | sustained | real time | latency p50 / p99 of the median "
              "second / p99 of the worst second / max (ms) | "
@@ -306,25 +339,26 @@ def write(args, data: dict) -> int:
               f"{b['stateful_batched_predictions_per_s']:.0f} | {b['model_only_ratio']}x |", "",
               f"Carrying state alone (both batched): {b['state_ratio']}x; batching alone (both stateful): "
               f"{b['batching_ratio']}x. Per core, the stateless way does {b['samples_per_s_per_core']:.0f} "
-              f"samples/s (each prediction takes in one 2 s hop of 50 Hz samples), the stateful batched model "
-              f"{b['stateful_batched_samples_per_s_per_core']:.0f}; the whole consumer (MQTT, JSON, buffers, "
-              "model, publishing, drift detection) does the 'samples/s per core' of the table above.", "",
+              f"samples/s (each prediction takes in one {b.get('window_s', 2):g} s hop of 50 Hz samples), the "
+              f"stateful batched model {b['stateful_batched_samples_per_s_per_core']:.0f}; the whole consumer "
+              "(MQTT, JSON, buffers, model, publishing, drift detection) does the 'samples/s per core' of the "
+              "table above.", "",
               "## The service thread alone, without MQTT (`stream.bench.service_profile`)", "",
               f"{profile['devices']} devices, {profile['messages_per_cycle']} messages per cycle, one thread: "
               f"{profile['handle_us_per_message']} µs per message to decode and buffer, "
               f"{profile['classify_us_per_message']} µs per message to classify, publish (to a null client) and "
               f"watch for drift: {profile['service_us_per_message']} µs in all. Memory that Python allocated per "
-              f"device (tracemalloc, {profile['memory_devices']} devices after 20 s): "
+              f"device (tracemalloc, {profile['memory_devices']} devices after {profile['seconds']:g} s): "
               f"{profile['memory_bytes_per_device']} bytes; by file: "
               + ", ".join(f"{k} {v}" for k, v in profile["memory_by_file_per_device"].items()) + "."
               + (f" Resident memory (VmRSS) per device, in a fresh process after a warm-up: "
                  f"{profile['resident_bytes_per_device']} bytes (`python -m stream.bench resident "
-                 f"{profile['memory_devices']} 20 0.5 {profile['messages_per_cycle']}`); the table's 'memory "
-                 "per device' is the whole process's peak over its idle size, divided by the devices: the "
-                 "queue, MQTT buffers and the first use of lazily loaded code are in it."
+                 f"{profile['memory_devices']} {profile['seconds']:g} 0.5 {profile['messages_per_cycle']}`); the "
+                 "table's 'memory per device' is the whole process's peak over its idle size, divided by the "
+                 "devices: the queue, MQTT buffers and the first use of lazily loaded code are in it."
                  if profile.get("resident_bytes_per_device") is not None else ""), "",
-              f"## Online fine-tuning at {off['devices']} devices (5% of them publishing labels, both ways, "
-              "unless --labelled says otherwise; several rounds: benchmarks/learning_latency.py)", "",
+              f"## Online fine-tuning at {off['devices']} devices ({labelled_text(data, off['devices'])}, both "
+              "ways; several rounds: benchmarks/learning_latency.py)", "",
               f"{on['sustained_samples_per_s']:.0f} samples/s on vs {off['sustained_samples_per_s']:.0f} off "
               f"(consumer cores {on['consumer_cpu_cores']} vs {off['consumer_cpu_cores']}, CPU per message "
               f"{on['cpu_us_per_message']} vs {off['cpu_us_per_message']} µs); latency p50/p99 "
