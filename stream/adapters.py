@@ -87,7 +87,7 @@ ADAPTER_REASONS = (
     "bad_csv",  # CSV that is not UTF-8 text of numbers
     "no_gravity",  # Sensor Logger accelerometer samples more than 0.1 s outside its gravity samples
 )
-REJECT_REASONS = REASONS + ADAPTER_REASONS
+REJECT_REASONS = REASONS + tuple(r for r in ADAPTER_REASONS if r not in REASONS)
 MAX_TOPIC = 256  # characters
 _LINE_END = re.compile(r"\r\n|\r|\n")
 

@@ -72,6 +72,7 @@ REASONS = (
     "no_gyro",  # no gyro, for a model that reads the gyroscope (stream.pipeline)
     "ignored_type",  # an adapter's message of a sensor we do not use (stream.adapters)
     "bad_csv",  # a CSV line that is not t,ax,ay,az[,gx,gy,gz] (stream.adapters)
+    "no_gravity",  # Sensor Logger accelerometer samples outside its gravity samples (stream.adapters)
     "bad_label",  # a label message without a usable label (stream.labels)
     "bad_command",  # a consumer command that cannot be carried out
 )
