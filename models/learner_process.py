@@ -15,9 +15,10 @@ learnt (the serving process keeps a copy of every adapter: it applies them in th
 saves them with its checkpoint), promoted or rolled-back weights (as checkpoint bytes), the answer to
 each rollback or promote command (``("command", kind)`` when the learner takes it, then the weights if
 carried out, then ``("answered", kind, reason)``, reason None when carried out), and the learner's
-counters. The learner side (``learner_loop``) keeps the newest ``queue_size`` sequences
-(dropping the oldest beyond) and learns them, resting after each to keep to ``cpu_share`` of a
-core (``Pacer``).
+counters. A message that cannot be read on the serving side (unpickled) is skipped, and answers the command
+it was the weights of as not carried out, naming why. The learner side (``learner_loop``) keeps the
+newest ``queue_size`` sequences (dropping the oldest beyond) and learns them, resting after each to keep
+to ``cpu_share`` of a core (``Pacer``).
 
 The serving side never holds more than ``2 * queue_size`` sequences, however slow the learner (a
 SCHED_IDLE process on a saturated machine may get no CPU at all): at most ``queue_size`` sent and not
@@ -220,7 +221,8 @@ class LearnerProcess:
     ``on_promote(model, version)`` and ``on_update(report)`` are called from ``poll``, and so is the
     ``answer`` given with a command (``rollback``, ``promote``): ``answer(model, version, None)`` when the
     learner carried it out (right after ``on_promote`` got the same: no cycle serves them before it is
-    called), ``answer(None, None, reason)`` when it refused it or its process ended first.
+    called), ``answer(None, None, reason)`` when it refused it, its process ended first, or its weights did
+    not come (a message that could not be read here): never ``answer(None, None, None)``.
     """
 
     def __init__(self, serving: HARNet, config: LearnerConfig, on_promote=None, on_update=None) -> None:
@@ -260,6 +262,7 @@ class LearnerProcess:
         # them in that order and says when it takes one (``_answering``: its answer, until answered)
         self._answers: deque[Callable | None] = deque()
         self._answering: Callable | None = None
+        self._unreadable: str | None = None  # why the last message that could not be read was not, since "command"
 
     def start(self) -> LearnerProcess:
         adapters = {d: _numpy(e) for d, e in (self.adapters.state_dict().items() if self.adapters else ())}
@@ -286,11 +289,11 @@ class LearnerProcess:
                 continue
             except (EOFError, OSError):  # the pipe closed
                 return
-            except Exception:  # a message that cannot be unpickled: read whole first, the next ones are intact
+            except Exception as exc:  # a message that cannot be unpickled: read whole first, the next ones are intact
                 if getattr(self._outbox, "_closed", False):  # ValueError: the queue closed
                     return
                 log.exception("a message from the learner process could not be read; skipped")
-                continue
+                message = ("unreadable", f"{type(exc).__name__}: {exc}"[:200])  # a command's weights, perhaps
             self._received.put(message)
             if message[0] == "stopped":
                 return
@@ -452,10 +455,18 @@ class LearnerProcess:
                 answer(model, version, None)
         elif kind == "command":  # the learner took the oldest command sent
             self._answering = self._answers.popleft() if self._answers else None
+            self._unreadable = None
+        elif kind == "unreadable":
+            self._unreadable = message[1]
         elif kind == "answered":
             answer, self._answering = self._answering, None
-            if answer is not None:  # not answered by weights: refused (or carried out, none sent: a test's loop)
-                answer(None, None, message[2])
+            reason = message[2]
+            if reason is None:  # carried out, but no weights came: the serving side serves what it served
+                reason = (f"the learner process carried out the {message[1]}, but its weights could not be read "
+                          f"here ({self._unreadable})" if self._unreadable is not None else
+                          f"the learner process carried out the {message[1]} but sent no weights")
+            if answer is not None:  # not answered by weights: refused, or the weights lost on the way
+                answer(None, None, reason)
         elif kind == "stopped":
             self._stopped = True
 

@@ -3,16 +3,17 @@
 A consumer publishes, retained, what it serves and every version it has kept on
 ``<prefix>/_consumer/<id>/model`` and whether it is up on ``<prefix>/_consumer/<id>/status``; it takes
 ``{"action": "rollback", "version": v}`` and ``{"action": "promote"}`` on ``<prefix>/_consumer/<id>/command``
-(stream.consumer). This module reads the first two and sends the third, then waits until the consumer says,
-in a new model message, that it serves what was asked: a command is done when the consumer confirms it, not
-when the broker has it; a new model message whose ``refused`` names the command says why it was not done.
-The dashboard's Model page sends the same commands.
+(stream.consumer), each with an optional ``id``. This module reads the first two and sends the third with an
+id of its own, then waits for the model message whose ``answers`` names that id: it says what the consumer
+serves once the command is carried out, or (``refused``) why it was not. A command is done when the consumer
+confirms it, not when the broker has it. The dashboard's Model page sends the same commands (without id).
 """
 
 from __future__ import annotations
 
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 
 import orjson
@@ -182,12 +183,16 @@ def choose_consumer(found: dict[str, ConsumerModels], consumer: str | None, vers
 
 def send_command(url: BrokerURL, prefix: str, consumer: str, action: str, version: str | None = None,
                  timeout: float = 30.0) -> ConsumerModels:
-    """Send ``rollback`` (to ``version``) or ``promote`` to ``consumer`` and wait until a new model message
-    from it says it serves the version asked (rollback), or a new model message that answers no other command
-    (promote: it serves a version it did not list before, or still the one it served, as a challenger that has
-    learnt nothing yet has the serving weights). Returns what that message says;
+    """Send ``rollback`` (to ``version``) or ``promote`` to ``consumer``, with an id drawn here, and wait for
+    the model message from it that answers that id (``answers``). Returns what that message says;
     ValueError with the consumer's reason when its answer says it refused the command (``refused``);
-    TimeoutError when it does not answer within ``timeout`` seconds."""
+    TimeoutError when it does not answer within ``timeout`` seconds.
+
+    Before, a promote took the first model message that answered no other command by what it said (a version
+    not listed before, or still the one served): an automatic promotion landing just before the command's answer
+    was taken for it (and a refusal after it never seen). A consumer from before ``answers`` (its model messages
+    have no such key) is still answered that way: a rollback by the message serving its version, a promote by
+    such a message, a refusal by ``refused`` naming the command."""
     if action not in ("rollback", "promote"):
         raise ValueError(f"Invalid action {action!r}. Valid values are: promote, rollback")
     if action == "rollback" and not version:
@@ -196,7 +201,8 @@ def send_command(url: BrokerURL, prefix: str, consumer: str, action: str, versio
         raise ValueError(f"Invalid consumer id {consumer!r}")
     with _Watch(url, prefix, consumer) as watch:
         watch.settle(0.3, 5.0)
-        body = {"action": action, **({"version": version} if action == "rollback" else {})}
+        command_id = uuid.uuid4().hex[:16]
+        body = {"action": action, **({"version": version} if action == "rollback" else {}), "id": command_id}
         with watch._changed:
             seen = len(watch.live_models)  # only what the consumer says after the command answers it
             before = watch.found.get(consumer, ConsumerModels(consumer))
@@ -209,19 +215,28 @@ def send_command(url: BrokerURL, prefix: str, consumer: str, action: str, versio
         def refusal(message: dict) -> str | None:
             """Why the consumer refused this command, if its model message says it did."""
             refused = message.get("refused")
-            if (isinstance(refused, dict) and refused.get("action") == action
-                    and (action == "promote" or refused.get("version") == version)):
+            if not isinstance(refused, dict):
+                return None
+            if "answers" in message or (refused.get("action") == action
+                                        and (action == "promote" or refused.get("version") == version)):
                 return str(refused.get("reason") or "no reason given")
             return None
 
         def answer() -> dict | None:
-            """The consumer's first model message since the command that carries it out or refuses it. One that
-            refuses another command (the dashboard's, another user's) answers that one only, and so does one
-            that serves a version it listed already, other than the one it served (another's rollback carried
-            out): neither is a promotion."""
+            """The consumer's first model message since the command that answers it: one naming its id; from a
+            consumer that names none (one from before ``answers``), one that carries it out or refuses it by
+            what it says. One that refuses another command (the dashboard's, another user's) answers that one
+            only, and so does one that serves a version it listed already, other than the one it served
+            (another's rollback carried out): neither is a promotion."""
             now = serving
             for c, m in watch.live_models[seen:]:
-                if c != consumer or (m.get("refused") is not None and refusal(m) is None):
+                if c != consumer:
+                    continue
+                if "answers" in m:
+                    if m["answers"] == command_id:
+                        return m
+                    continue  # another command's answer, an automatic promotion, a consumer's start
+                if m.get("refused") is not None and refusal(m) is None:
                     continue
                 if refusal(m) is not None or (action == "rollback" and m.get("serving") == version):
                     return m
