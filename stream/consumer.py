@@ -532,6 +532,8 @@ class Consumer:
                 log.warning("not restoring the drift monitor from %s (its detectors and live metrics start "
                             "afresh): %s", directory, exc)
         self._evicted.update(state["evicted"])
+        if state.get("history") is not None:  # older checkpoints have none
+            self._restore_history(state["history"], state["devices"], shapes)
         sequences, watermarks = dict(state["sequences"]), dict(state["watermarks"])
         anchors = dict(state.get("anchors") or {})
         journalled = 0
@@ -557,6 +559,23 @@ class Consumer:
         log.info("restored the state of %d devices (%d evicted) saved %.0f s ago; what was acknowledged "
                  "since, for %d devices, from the journal", len(state["devices"]), len(state["evicted"]),
                  time.time() - state["saved_at"], journalled)
+
+    def _restore_history(self, snapshot, devices: dict, shapes: list) -> None:
+        """The labelling devices' windows that were waiting for their labels (of the devices restored: an
+        evicted one's were resolved when it left), waiting again: labels that come now (those sent while the
+        consumer was down come with its persistent session) or were put back from the event store name them."""
+        config = self.pipeline.config
+        try:
+            refused = self.history.restore(snapshot, devices=devices, window=(config.window, config.input_channels),
+                                           states=shapes)
+        except ValueError as exc:
+            log.warning("not restoring the windows waiting for labels from %s (not scored nor learnt): %s",
+                        self.config.state_dir, exc)
+            return
+        for device, why in list(refused.items())[:5]:
+            log.warning("not restoring %s's windows waiting for labels (not scored nor learnt): %s", device, why)
+        if len(refused) > 5:
+            log.warning("nor those of %d other devices", len(refused) - 5)
 
     def checkpoint(self, final: bool = False) -> bool:
         """Save per-device state (and the serving model if it changed) to the state directory; False when
@@ -615,10 +634,15 @@ class Consumer:
             log.exception("the drift monitor is not in this checkpoint")
             monitor = None
         try:
+            history = self.history.snapshot()  # windows waiting for labels, resolved by the next life
+        except Exception:
+            log.exception("the windows waiting for labels are not in this checkpoint")
+            history = None
+        try:
             save_state(directory, classifier.version, devices, sequences, dict(self._evicted),
                        watermarks=self._watermarks, journal=generation, anchors=self._anchors,
                        orientation=classifier.orienter.snapshot() if classifier.orienter is not None else None,
-                       monitor=monitor)
+                       monitor=monitor, history=history)
         except OSError as exc:
             return self._not_saved(exc)
         if self.journal is None:
@@ -1114,8 +1138,11 @@ class Consumer:
             del self._resume[device]  # a restarted device, a new clock: nothing of it was published
             self._resume_prev.pop(device, None)
             # its labels put back from the last life are of its session before, as are those of this life that
-            # start after the new clock's first sample (as for a clock going back live, WindowHistory.add)
-            self.labels.take_over(device, self.labels.split_off(device, self._reloaded, float(batch.t[0])))
+            # start after the new clock's first sample (as for a clock going back live, WindowHistory.add): its
+            # windows the last life left waiting are final, resolved on them, and then they are forgotten
+            new = self.labels.split_off(device, self._reloaded, float(batch.t[0]))
+            self._publish_drift(self._resolved(self.history.end_session(device, self.labels)))
+            self.labels.take_over(device, new)
             return batch
         start = mark + 1.0 / self.pipeline.config.rate
         t, acc = batch.t, self._sample_values(batch).astype(np.float64)  # gyro too if the model reads it

@@ -16,7 +16,9 @@ the next life classifies no window twice, knows what the broker will not send ag
 the killed life classified, even though the recurrent state it restores is the checkpoint's.
 
 The drift monitor is saved too (``monitor``: ``stream.monitor.Monitor.snapshot``, plain data), as of the
-checkpoint: what it saw after it, before a ``kill -9``, the next life does not see.
+checkpoint: what it saw after it, before a ``kill -9``, the next life does not see. So are the windows of
+labelling devices still waiting for their labels (``history``: ``stream.labels.WindowHistory.snapshot``), which
+the next life resolves on the labels it has or gets.
 """
 
 from __future__ import annotations
@@ -45,7 +47,8 @@ SERVING_MODEL = "serving.pt"
 ADAPTERS_FILE = "adapters.pt"  # per-device adapters (models.personal), beside the serving model
 FORMAT = "harstream.consumer-state"
 VERSION = 2
-READABLE = (1, 2)  # version 1 has no watermarks nor journal; neither needs ``monitor`` (a key older harstream ignores)
+# version 1 has no watermarks nor journal; neither needs ``monitor`` nor ``history`` (keys older harstream ignores)
+READABLE = (1, 2)
 LOCK_FILE = "consumer.lock"  # held (flock) by the process whose consumer uses the state directory
 
 _held: dict[Path, int] = {}  # state directories this process holds (lock_state_dir): resolved path -> fd
@@ -125,7 +128,7 @@ def save_state(directory: Path, model_version: str, devices: dict[str, tuple[tor
                sequences: dict[str, int], evicted: dict[str, tuple[torch.Tensor, ...]],
                watermarks: dict[str, float] | None = None, journal: int = 0,
                anchors: dict[str, tuple[float, list[float]]] | None = None,
-               orientation: dict | None = None, monitor: dict | None = None) -> Path:
+               orientation: dict | None = None, monitor: dict | None = None, history: dict | None = None) -> Path:
     """Write the checkpoint atomically; ``journal`` names the ``AckJournal`` that continues it."""
     directory.mkdir(parents=True, exist_ok=True)
     blob = {
@@ -143,6 +146,8 @@ def save_state(directory: Path, model_version: str, devices: dict[str, tuple[tor
         "orientation": orientation or {},
         # stream.monitor.Monitor.snapshot(): detectors' references and tails, live metrics (None: not kept)
         "monitor": monitor,
+        # stream.labels.WindowHistory.snapshot(): windows waiting for their labels (None: not kept)
+        "history": history,
     }
     buffer = io.BytesIO()
     torch.save(blob, buffer)
@@ -154,8 +159,9 @@ def save_state(directory: Path, model_version: str, devices: dict[str, tuple[tor
 def load_state(directory: Path) -> dict | None:
     """The saved state, or None when there is none; never executes code from the file. A file that cannot
     be read as one (empty, truncated, another format, fields missing or of the wrong type) is a
-    ``ValueError`` naming it. Its ``monitor`` is as saved (None where older files have none): a malformed one
-    is ``Monitor.restore``'s to refuse, so that it costs the drift monitor only, not every device's state."""
+    ``ValueError`` naming it. Its ``monitor`` and ``history`` are as saved (None where older files have none): a
+    malformed one is ``Monitor.restore``'s or ``WindowHistory.restore``'s to refuse, so that it costs the drift
+    monitor or the windows waiting for labels only, not every device's state."""
     path = directory / STATE_FILE
     if not path.exists():
         return None
@@ -175,6 +181,7 @@ def load_state(directory: Path) -> dict | None:
         blob["journal"] = None if journal is None else int(journal)
         blob["orientation"] = _dict(blob.get("orientation") or {})
         blob["monitor"] = blob.get("monitor")
+        blob["history"] = blob.get("history")
         blob["anchors"] = {_device(d): (float(a[0]), [float(x) for x in a[1:]])
                            for d, a in _dict(blob.get("anchors", {})).items()}
         blob["saved_at"] = float(blob["saved_at"])
