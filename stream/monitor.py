@@ -118,9 +118,12 @@ NEEDING_LABELS_LISTED = 20  # devices named in the metrics message as needing la
 TAIL = 64
 SNAPSHOT_VERSION = 1
 # Every (detector, signal) ``_emit`` reports: what ``replay_events`` takes from an event store's rows.
-EVENT_KINDS = frozenset({("ADWIN", "input_magnitude"), ("ADWIN", "confidence"), ("ADWIN", "orientation"),
-                         ("run", "orientation"), ("labelled", "orientation"), ("set", "orientation"),
-                         ("HDDMA", "error"), ("FHDDM", "error")})
+# Those ``observe`` reports (the others, ``labelled``): an event's ``t`` is then the window the device's
+# clock was at, so one before the device's last window says its clock went back (``_clock_reset``).
+OBSERVED_KINDS = frozenset({("ADWIN", "input_magnitude"), ("ADWIN", "confidence"), ("ADWIN", "orientation"),
+                            ("run", "orientation")})
+EVENT_KINDS = OBSERVED_KINDS | {("labelled", "orientation"), ("set", "orientation"), ("HDDMA", "error"),
+                                ("FHDDM", "error")}
 
 
 def _unit(v: np.ndarray) -> tuple[float, float, float] | None:
@@ -713,9 +716,12 @@ class Monitor:
         (``counts`` False: a monitor started afresh, whose counts begin at this start, takes the cooldowns
         only). Rows of a device neither in this monitor nor in ``devices`` are skipped (a monitor made for a
         device that does not come back would never be forgotten), as are malformed ones (a value of the
-        wrong type, not finite, a detector or signal the monitor has not). Repeats the other life kept
-        quiet are not in the store: a condition it kept repeating is cooled down from the last event
-        announced. Returns how many rows were taken."""
+        wrong type, not finite, a detector or signal the monitor has not). A device's event that ``observe``
+        reported (OBSERVED_KINDS) at a time before the device's last window says the device's clock went back
+        in that life (a new session): as ``observe`` did, what is timed in its old clock is forgotten
+        (``_clock_reset``) and its last window is the event's. Repeats the other life kept quiet are not in
+        the store: a condition it kept repeating is cooled down from the last event announced. Returns how
+        many rows were taken."""
         now = time.time() if now is None else now
         clock = self.clock()
         taken = 0
@@ -734,6 +740,10 @@ class Monitor:
                 det = self._get(device)
             else:
                 continue
+            if det is not self._all and (detector, signal) in OBSERVED_KINDS and det.last_t is not None \
+                    and t < det.last_t:  # the device's clock went back in that life (a new session): as
+                self._clock_reset(device, det)  # observe did then; else its next window here would reset
+                det.last_t = float(t)  # it, the cooldown with it, and the drift under way came again
             if det.fired is None:
                 det.fired = {}
             if det is self._all:  # its clock is this process's: as long ago as the event was received
