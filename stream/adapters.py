@@ -29,21 +29,23 @@ Formats:
   within ``SensorLoggerAdapter.GYRO_HOLD`` (0.1 s, or two of its sample intervals if longer) carry
   none, in a batch of their own, as a message without the gyroscope does. A message keeps the gyroscope
   over at most ``GYRO_RUNS`` (4) runs, so gives 9 batches at most: beyond, the gyroscope is interpolated
-  over the shortest gaps between its runs, up to 1 s, and then the shorter runs go without it.
+  over the shortest gaps between its runs, up to 1 s, and then the shorter runs go without it, except
+  runs lasting 1 s or more (``GYRO_KEEP``), which always keep it.
 - ``android``: Android sensor-event JSON as sent by SensorSpot and similar apps, ``{type:
   "android.sensor.accelerometer", timestamp: ns since boot, values: [x, y, z]}``, one event per
   message (or a list of events). Without ``type`` (SensorSpot's "dedicated topics"), the topic's last
   level names the sensor. ``android.sensor.accelerometer_uncalibrated`` is read too (its first 3
   values, minus the estimated bias in values 4 to 6 where the event has them, as Android defines it),
   except in a message that also holds calibrated accelerometer events: only those are read. The
-  accelerometer samples read count toward ``MAX_SAMPLES``, not the events of other types (a message
-  holds ``AndroidAdapter.MAX_EVENTS`` events of every type at most).
+  events of the accelerometer read count toward ``MAX_SAMPLES`` (before any is read), not the events of
+  other types (a message holds ``AndroidAdapter.MAX_EVENTS`` events of every type at most).
   Other sensor types are rejected as ``ignored_type``: counted, so a phone that sends only gyroscope
   or linear acceleration shows up in the consumer's metrics.
 - ``csv``: text lines ``t,ax,ay,az[,gx,gy,gz]`` (seconds, m/s², rad/s; decimal numbers such as -1.5e-3, or
   nan and inf, refused as ``non_finite``; padded with spaces, ASCII or Unicode such as the no-break space
-  U+00A0 that phone apps in some locales write, none inside a number); blank lines, ``#`` comments, a
-  header line (``t,...`` or ``time,...``) and a leading byte-order mark are skipped.
+  U+00A0 that phone apps in some locales write, none inside a number; the control characters U+001C to
+  U+001F are no spaces); blank lines, ``#`` comments, a header line (``t,...`` or ``time,...``) and a
+  leading byte-order mark are skipped.
 """
 
 from __future__ import annotations
@@ -83,7 +85,7 @@ __all__ = [
 ]
 
 ADAPTER_REASONS = (
-    "ignored_type",  # nothing in the message this adapter uses (another sensor, no gravity, ...)
+    "ignored_type",  # nothing in the message this adapter uses (another sensor, no gravity sensor at all, ...)
     "bad_csv",  # CSV that is not UTF-8 text of numbers
     "no_gravity",  # Sensor Logger accelerometer samples more than 0.1 s outside its gravity samples
 )
@@ -106,10 +108,11 @@ def _is_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-# What a CSV number may be padded with: ASCII whitespace (float() strips it) and the Unicode space separators
-# (category Zs): phone apps in some locales write a no-break space (U+00A0) or a narrow one (U+202F) around
-# numbers, which were refused where ' 1.5' was read. Inside a number a space is none of it ('1 000' is refused)
-_PADDING = (" \t\x0b\x0c\x1c\x1d\x1e\x1f\u00a0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007"
+# What a CSV number may be padded with: ASCII whitespace (what float() strips: not the information separators
+# U+001C to U+001F, control characters str.strip() takes for spaces) and the Unicode space separators (category
+# Zs): phone apps in some locales write a no-break space (U+00A0) or a narrow one (U+202F) around numbers,
+# which were refused where ' 1.5' was read. Inside a number a space is none of it ('1 000' is refused)
+_PADDING = (" \t\x0b\x0c\u00a0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007"
             "\u2008\u2009\u200a\u202f\u205f\u3000")
 
 
@@ -236,6 +239,10 @@ class SensorLoggerAdapter(Adapter):
     GYRO_RUNS = 4
     GYRO_BRIDGE = 1.0  # seconds: the longest gap between runs that _bounded interpolates the gyroscope over, the
     # longest silence the consumer's buffer bridges (DeviceBuffer's max_gap)
+    # seconds: a run this long keeps the gyroscope whatever the count (what GYRO_RUNS bounds is a flicker of short
+    # runs; left out, a run of seconds cost a gyro model windows of real samples). Such runs, more than
+    # GYRO_BRIDGE apart, are at most one for every 2 s of a message
+    GYRO_KEEP = 1.0
 
     def __init__(self, frame: str = "android", max_bytes: int = MAX_PAYLOAD_BYTES) -> None:
         super().__init__(max_bytes)
@@ -302,7 +309,8 @@ class SensorLoggerAdapter(Adapter):
         sample with it to the next), up to ``GYRO_BRIDGE``: the accelerometer's samples there are real, where a
         model reading the gyroscope refused them and the buffer interpolated both sensors over the hole. Still
         beyond, the shorter runs (in samples) go without it, in the batches around them: a model reading the
-        gyroscope refuses them (no_gyro), one that does not takes them all as before."""
+        gyroscope refuses them (no_gyro), one that does not takes them all as before. A run lasting
+        ``GYRO_KEEP`` or more keeps it whatever the count (then more than ``GYRO_RUNS`` runs have it)."""
         def runs(covered: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             cuts = np.flatnonzero(np.diff(covered)) + 1
             return np.concatenate([[0], cuts]), np.concatenate([cuts, [len(covered)]])
@@ -322,8 +330,11 @@ class SensorLoggerAdapter(Adapter):
         starts, ends = runs(covered)
         with_gyro = np.flatnonzero(covered[starts])
         if len(with_gyro) > self.GYRO_RUNS:
+            long = t[ends[with_gyro] - 1] - t[starts[with_gyro]] >= self.GYRO_KEEP
+            short = with_gyro[~long]
+            room = max(self.GYRO_RUNS - int(long.sum()), 0)
             covered = np.zeros(len(t), dtype=bool)
-            for run in with_gyro[np.argsort(-(ends - starts)[with_gyro], kind="stable")[:self.GYRO_RUNS]]:
+            for run in (*with_gyro[long], *short[np.argsort(-(ends - starts)[short], kind="stable")[:room]]):
                 covered[starts[run]:ends[run]] = True
             starts, ends = runs(covered)
         return starts, ends, covered
@@ -388,7 +399,7 @@ class AndroidAdapter(Adapter):
 
     name = "android"
     ACCELEROMETERS = ("android.sensor.accelerometer", "android.sensor.accelerometer_uncalibrated")
-    # events of every type in one message; the accelerometer samples read are held to MAX_SAMPLES (counting
+    # events of every type in one message; the events of the accelerometer read are held to MAX_SAMPLES (counting
     # every event there refused a message of 1,200 gyroscope and 900 accelerometer events, all of them lost)
     MAX_EVENTS = 8 * MAX_SAMPLES
 
@@ -400,29 +411,33 @@ class AndroidAdapter(Adapter):
         if not events:
             raise Rejected("empty")
         implied = "android.sensor." + topic.rsplit("/", 1)[-1]  # SensorSpot's dedicated topics
-        found: dict[str, tuple[list[float], list[list[float]]]] = {}  # sensor type -> (times, xyz)
+        kinds = []  # each event's sensor type, any JSON value
         for event in events:
             if not isinstance(event, dict):
                 raise Rejected("not_object", f"event {type(event).__name__}")
-            kind = event.get("type", implied)
-            if kind not in self.ACCELEROMETERS:
-                continue
+            kinds.append(event.get("type", implied))
+        # both accelerometers in one message: the calibrated one alone (the other, bias not removed,
+        # interleaved with it, would zigzag between the two), and only its events are read
+        kind = next((k for k in self.ACCELEROMETERS if k in kinds), None)
+        if kind is None:
+            raise Rejected("ignored_type", f"{sorted({str(k)[:40] for k in kinds})}"[:80])
+        chosen = [event for event, k in zip(events, kinds, strict=True) if k == kind]
+        # counted before any is read: a message over the cap cost reading all its events (3bd0866)
+        if len(chosen) > MAX_SAMPLES:
+            raise Rejected("too_many_samples", f"{len(chosen)} accelerometer events > {MAX_SAMPLES}")
+        bias = kind == self.ACCELEROMETERS[1]
+        times: list[float] = []
+        xyz: list[list[float]] = []
+        for event in chosen:
             stamp, values = event.get("timestamp"), event.get("values")
             if not _is_number(stamp):
                 raise Rejected("bad_time", f"timestamp {stamp!r}"[:60])
             if not isinstance(values, list) or len(values) < 3 or not all(_is_number(v) for v in values[:3]):
                 raise Rejected("bad_shape", "values must be a list of at least 3 numbers")
-            times, xyz = found.setdefault(kind, ([], []))
             times.append(float(stamp) * 1e-9)
             xyz.append([float(v) for v in values[:3]])
-            if kind == self.ACCELEROMETERS[1] and len(values) >= 6 and all(_is_number(v) for v in values[3:6]):
+            if bias and len(values) >= 6 and all(_is_number(v) for v in values[3:6]):
                 xyz[-1] = [a - float(b) for a, b in zip(xyz[-1], values[3:6], strict=True)]  # minus the estimated bias
-        if not found:
-            kinds = {str(e.get("type", implied))[:40] for e in events}  # any JSON value, hashable or not
-            raise Rejected("ignored_type", f"{sorted(map(str, kinds))}"[:80])
-        # both accelerometers in one message: the calibrated one alone (the other, bias not removed,
-        # interleaved with it, would zigzag between the two)
-        times, xyz = found.get(self.ACCELEROMETERS[0]) or found[self.ACCELEROMETERS[1]]
         t, acc = _ordered(np.asarray(times), np.asarray(xyz, dtype=np.float64))
         return [_checked(device, t, acc)]
 
@@ -457,7 +472,9 @@ class CsvAdapter(Adapter):
                 rows.append([float(f) for f in fields] if line.isascii() and "_" not in line else
                             [_csv_float(f) for f in fields])
             except ValueError:
-                bad = next(f for f in fields if not _csv_number(f))
+                # the field _csv_float refuses (the first, if float() alone did: they read ASCII alike, and
+                # nothing but Rejected may leave here, a StopIteration ended the consumer)
+                bad = next((f for f in fields if not _csv_number(f)), fields[0])
                 raise Rejected("bad_csv", f"line {number}: {bad[:20]!r} is not a number") from None
             numbers.append(number)
             if len(rows) > MAX_SAMPLES:
@@ -597,8 +614,9 @@ class AdapterRouter:
     def matches(self, topic: str) -> bool:
         return self.route(topic) is not None
 
-    def decode(self, topic: str, payload: bytes) -> list[SampleBatch]:
-        """The batches in one message; raises ``Rejected`` (``bad_topic`` when no route matches)."""
+    def decode(self, topic: str, payload: bytes) -> Batches:
+        """The batches in one message and the parts left out (``Batches.dropped``); raises ``Rejected``
+        (``bad_topic`` when no route matches)."""
         found = self.route(topic)
         if found is None:
             raise Rejected("bad_topic", topic[:80])
