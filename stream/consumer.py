@@ -532,8 +532,6 @@ class Consumer:
                 log.warning("not restoring the drift monitor from %s (its detectors and live metrics start "
                             "afresh): %s", directory, exc)
         self._evicted.update(state["evicted"])
-        if state.get("history") is not None:  # older checkpoints have none
-            self._restore_history(state["history"], state["devices"], shapes)
         sequences, watermarks = dict(state["sequences"]), dict(state["watermarks"])
         anchors = dict(state.get("anchors") or {})
         journalled = 0
@@ -547,6 +545,8 @@ class Consumer:
                 anchors.update(more)
                 self._journalled += predictions
             journalled = len(watermarks) if generations else len(marks)
+        if state.get("history") is not None:  # older checkpoints have none
+            self._restore_history(state["history"], state["devices"], shapes, watermarks)
         self.sequence.restore(sequences)
         self._watermarks = watermarks
         self._resume = dict(watermarks)
@@ -560,15 +560,17 @@ class Consumer:
                  "since, for %d devices, from the journal", len(state["devices"]), len(state["evicted"]),
                  time.time() - state["saved_at"], journalled)
 
-    def _restore_history(self, snapshot, devices: dict, shapes: list) -> None:
+    def _restore_history(self, snapshot, devices: dict, shapes: list, marks: dict[str, float]) -> None:
         """The labelling devices' windows that were waiting for their labels (of the devices restored: an
         evicted one's were resolved when it left), waiting again: labels that come now (those sent while the
-        consumer was down come with its persistent session) or were put back from the event store name them."""
+        consumer was down come with its persistent session) or were put back from the event store name them.
+        Those a life killed after its checkpoint resolved since, as its journal's ``marks`` tell (each device's
+        last window classified), are not taken again (``WindowHistory.drop_resolved``)."""
         config = self.pipeline.config
         try:
             refused = self.history.restore(snapshot, devices=devices, window=(config.window, config.input_channels),
                                            states=shapes)
-        except ValueError as exc:
+        except Exception as exc:  # ValueError: malformed; anything else must not cost the devices' state either
             log.warning("not restoring the windows waiting for labels from %s (not scored nor learnt): %s",
                         self.config.state_dir, exc)
             return
@@ -576,6 +578,10 @@ class Consumer:
             log.warning("not restoring %s's windows waiting for labels (not scored nor learnt): %s", device, why)
         if len(refused) > 5:
             log.warning("nor those of %d other devices", len(refused) - 5)
+        dropped = self.history.drop_resolved(marks)
+        if dropped:
+            log.info("%d windows waiting for labels in the checkpoint were resolved by the last life after it "
+                     "(its journal): not resolved again", dropped)
 
     def checkpoint(self, final: bool = False) -> bool:
         """Save per-device state (and the serving model if it changed) to the state directory; False when

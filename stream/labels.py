@@ -351,8 +351,10 @@ class WindowHistory:
         devices tracked from now on; ``window`` (samples, channels) and ``states`` (each state tensor's shape)
         as the model in use has them. Returns the devices whose windows were refused, with why (out of order,
         values not finite): they are dropped, the others taken. A snapshot that is malformed as a whole (no
-        dict, another version, fields missing or of the wrong type or shape, made by another model) is a
-        ``ValueError`` saying why, nothing taken."""
+        dict, another version, fields missing or of the wrong type or shape, made by another model, tensors
+        other than plain CPU ones: sparse, on the meta device, needing grad) is a ``ValueError`` saying why,
+        nothing taken. Samples and states are taken as float32, as the model keeps and the learner trains them
+        (a float64 state, say, failed each learner batch it went into)."""
         if not isinstance(snapshot, dict):
             raise ValueError(f"label history: a dict expected, not {type(snapshot).__name__}")
         version = snapshot.get("version")
@@ -370,6 +372,7 @@ class WindowHistory:
             raise ValueError(f"label history malformed ({type(exc).__name__}: {str(exc)[:200]})") from None
         t_end, samples, parts, confidence, predicted = fields
         refused = {}
+        taken: dict[str, deque[LabelledWindow]] = {}  # all or none: nothing is taken before a fault
         start = 0
         for device, n in counts.items():
             at, start = slice(start, start + n), start + n
@@ -382,36 +385,75 @@ class WindowHistory:
             if not all(bool(torch.isfinite(x[at]).all()) for x in (samples, confidence, *parts)):
                 refused[device] = "values not finite"
                 continue
-            values, names = samples[at].to(torch.float32).numpy(), predicted[at]
+            values, names = samples[at].numpy(), predicted[at]
             state, sure = [p[at] for p in parts], confidence[at].tolist()
-            self._windows[device] = deque(
+            taken[device] = deque(
                 LabelledWindow(device, t, values[i].copy(), tuple(p[i].clone() for p in state), names[i], sure[i])
                 for i, t in enumerate(times))
-            self._newest[device] = times[-1]
+        for device, queue in taken.items():
+            self._windows[device] = queue
+            self._newest[device] = queue[-1].t_end
         return refused
+
+    def drop_resolved(self, marks: dict[str, float]) -> int:
+        """Forget the restored windows that a killed life resolved after its checkpoint, by each device's
+        ``marks`` (the end of the last window it classified: its journal's), as ``resolve`` did: those
+        ``lateness`` (this life's) or more before the mark, or all where the mark lies before them (the device's
+        clock went back: their session ended then). They were scored, taught and, on a clock gone back, labelled
+        on their own session's labels, which the next life can no longer tell from the new session's: not
+        again. A mark at the newest window is no window since: none taken. Call it right after ``restore``.
+        Returns how many were forgotten."""
+        dropped = 0
+        for device, queue in self._windows.items():
+            mark = marks.get(device)
+            if mark is None or not queue or mark == queue[-1].t_end:  # nothing classified since the checkpoint
+                continue
+            if mark < queue[-1].t_end:  # a new session since: all of them were resolved when it began
+                dropped += len(queue)
+                queue.clear()
+            else:
+                while queue and queue[0].t_end <= mark - self.lateness:
+                    queue.popleft()
+                    dropped += 1
+            self._newest[device] = mark  # as that life left it: the windows coming next follow on from the mark
+        return dropped
 
     @staticmethod
     def _fields(snapshot: dict, n: int, window: tuple[int, int] | None, states: list[tuple[int, ...]] | None):
         """(t_end, samples, state parts, confidence, predicted names) of a snapshot's ``n`` windows."""
         t_end, samples, confidence = snapshot["t_end"], snapshot["samples"], snapshot["confidence"]
         parts, indices, classes = snapshot["state"], snapshot["predicted"], snapshot["classes"]
-        for name, x in (("t_end", t_end), ("samples", samples), ("confidence", confidence)):
-            if not isinstance(x, torch.Tensor) or not x.dtype.is_floating_point:
-                raise TypeError(f"{name}: a float tensor expected")
+
+        def plain(name: str, x, dtype: torch.dtype | None) -> torch.Tensor:
+            """``x`` as a dense CPU tensor of ``dtype`` (a float one: any float tensor converted), needing no grad.
+            weights_only reads sparse tensors, meta ones, tensors needing grad or with their negative bit set:
+            their ops or ``numpy()`` raised RuntimeError or NotImplementedError, which no caller took for a
+            malformed file (the consumer did not start)."""
+            kind = "float" if dtype is not None else "int64"
+            if not isinstance(x, torch.Tensor) or x.layout != torch.strided or x.device.type != "cpu" or not (
+                    x.dtype.is_floating_point if dtype is not None else x.dtype == torch.int64):
+                raise TypeError(f"{name}: a {kind} tensor expected (dense, on the CPU)")
+            x = x.detach().resolve_neg().resolve_conj()
+            return x.to(dtype) if dtype is not None else x
+
+        t_end, confidence = plain("t_end", t_end, torch.float64), plain("confidence", confidence, torch.float64)
+        samples = plain("samples", samples, torch.float32)
         if t_end.shape != (n,) or confidence.shape != (n,):
             raise ValueError(f"t_end and confidence of shapes {tuple(t_end.shape)}, {tuple(confidence.shape)}, "
                              f"not ({n},)")
         if samples.dim() != 3 or len(samples) != n or (window is not None and tuple(samples.shape[1:]) != window):
             raise ValueError(f"samples of shape {tuple(samples.shape)}, not ({n}, {window})")
-        if not isinstance(parts, (list, tuple)) or not all(
-                isinstance(p, torch.Tensor) and p.dtype.is_floating_point and p.dim() > 1 and len(p) == n
-                for p in parts):
+        if not isinstance(parts, (list, tuple)):
+            raise TypeError(f"state: a list of float tensors of {n} windows expected")
+        parts = [plain("state", p, torch.float32) for p in parts]
+        if not all(p.dim() > 1 and len(p) == n for p in parts):
             raise TypeError(f"state: a list of float tensors of {n} windows expected")
         if states is not None and [tuple(p.shape[1:]) for p in parts] != [tuple(x) for x in states]:
             raise ValueError(f"state of shapes {[tuple(p.shape[1:]) for p in parts]}, not {states}")
         if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
             raise TypeError("classes: a list of names expected")
-        if not isinstance(indices, torch.Tensor) or indices.dtype != torch.int64 or indices.shape != (n,):
+        indices = plain("predicted", indices, None)
+        if indices.shape != (n,):
             raise TypeError(f"predicted: {n} indices expected")
         if n and indices.min() < 0:
             raise IndexError("predicted: a negative index")

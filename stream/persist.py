@@ -186,7 +186,8 @@ def load_state(directory: Path) -> dict | None:
                            for d, a in _dict(blob.get("anchors", {})).items()}
         blob["saved_at"] = float(blob["saved_at"])
         blob["model_version"] = str(blob["model_version"])
-    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
+    # RuntimeError: a tensor where a number belongs that converts to none (a meta one); OverflowError: int(inf)
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError, OverflowError) as exc:
         raise ValueError(f"{path}: consumer state with a field missing or malformed "
                          f"({type(exc).__name__}: {exc})") from None
     return blob
@@ -205,11 +206,16 @@ def _device(name) -> str:
 
 
 def _states(value) -> dict[str, tuple[torch.Tensor, ...]]:
+    """Each device's state tensors, as the bank keeps them: dense float32 CPU tensors. weights_only reads sparse
+    and meta tensors too, and ones of another float type: the bank's ``index_copy_`` refused them, and the
+    consumer did not start."""
     states = {}
     for d, s in _dict(value).items():
-        if not isinstance(s, (list, tuple)) or not all(isinstance(t, torch.Tensor) for t in s):
-            raise TypeError(f"device {d!r}: a list of tensors expected")
-        states[_device(d)] = tuple(s)
+        if not isinstance(s, (list, tuple)) or not all(
+                isinstance(t, torch.Tensor) and t.layout == torch.strided and t.device.type == "cpu"
+                and t.dtype.is_floating_point for t in s):
+            raise TypeError(f"device {d!r}: a list of dense float tensors expected")
+        states[_device(d)] = tuple(t.detach().to(torch.float32) for t in s)
     return states
 
 
