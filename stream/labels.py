@@ -104,14 +104,15 @@ class LabelBook:
 
     def window_label(self, device: str, t_start: float, t_end: float) -> str | None:
         """The label of a whole window, or None where unknown or changing inside it. Where spans cover both
-        ends, the same span must: two spans of one label with an unlabelled stretch between them (a
-        labelled replay's runs) do not label a window reaching across it. The label must hold in between
-        too: a label starting inside the window, or a span starting or ending there, must not change it
-        (squat, a 1 s span of rest inside the window, squat again is no squat window)."""
+        ends, they must name one label, and it must hold in between too: a label starting inside the window,
+        or a span starting or ending there, must not change it (squat, a 1 s span of rest inside the window,
+        squat again is no squat window; two spans of one label with an unlabelled stretch between them, a
+        labelled replay's runs, do not label a window reaching across it; two that touch, a set labelled in
+        two parts, do)."""
         first, last = self._span_at(device, t_start), self._span_at(device, t_end)
         spans = self._spans.get(device, ())
         if first is not None and last is not None:
-            label = spans[first][2] if first == last else None
+            label = spans[first][2] if spans[first][2] == spans[last][2] else None
         else:
             label = spans[first][2] if first is not None else self._open_at(device, t_start)
             if label is None or label != (spans[last][2] if last is not None else self._open_at(device, t_end)):
