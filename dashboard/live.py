@@ -64,6 +64,7 @@ CONSUMER = "_consumer"  # <prefix>/_consumer/<id>/<kind>; cannot be a device id
 ALL_DEVICES = "(all devices)"  # the device named for a consumer's overall drift detectors
 MAX_NAME = 64  # longest label, detector, signal or model version kept
 KINDS = frozenset(("imu", "prediction", "label", "drift", "status", "metrics", "model", "training", "command"))
+ANSWERS_KEPT = 32  # model messages answering a command with an id, kept per consumer (ConsumerView.answers)
 
 
 class Malformed(Exception):
@@ -171,6 +172,10 @@ class ConsumerView:
     model: dict | None  # latest retained model message
     training: list[TrainingStep]
     commands: list[tuple[float, dict]] = field(default_factory=list)  # commands seen on the broker
+    # the latest model messages that answer a command with an id (their ``answers``, ``serving`` and
+    # ``refused``), oldest first: a later one (an automatic promotion) replaces the retained ``model``, and
+    # with it the answer a page waits for
+    answers: list[dict] = field(default_factory=list)
 
     @property
     def metrics_time(self) -> float | None:
@@ -203,7 +208,8 @@ class _DeviceState:
 
 
 class _ConsumerState:
-    __slots__ = ("status", "metrics", "metrics_received", "history", "model", "training", "drift", "commands")
+    __slots__ = ("status", "metrics", "metrics_received", "history", "model", "training", "drift", "commands",
+                 "answers")
 
     def __init__(self, store: LiveStore) -> None:
         self.status: str | None = None
@@ -214,6 +220,7 @@ class _ConsumerState:
         self.training: deque[TrainingStep] = deque(maxlen=store.max_training)
         self.drift: deque[Drift] = deque(maxlen=store.max_drift)  # the consumer's overall detectors
         self.commands: deque[tuple[float, dict]] = deque(maxlen=50)
+        self.answers: deque[dict] = deque(maxlen=ANSWERS_KEPT)
 
 
 # -- payload parsing (pure) -----------------------------------------------------------------------
@@ -300,6 +307,7 @@ _METRICS = {
 }
 _VERSION = {**_NUMBERS(("version", "parent", "path"), _is_scalar), "created": _is_created, "metrics": dict}
 _MODEL = {"serving": _is_scalar, "updates": _is_number, "skipped": _is_number,
+          "answers": lambda v: isinstance(v, str | int) and not isinstance(v, bool),
           "comparison": _LEARNER, "versions": [_VERSION],
           "refused": {**_NUMBERS(("action", "version", "reason"), _is_scalar), "t": _is_number}}
 
@@ -679,6 +687,8 @@ class LiveStore:
                 state.history.append((now, record))
             elif kind == "model":
                 state.model = record
+                if record.get("answers") is not None:  # what it says of the command, not its versions
+                    state.answers.append({k: record[k] for k in ("answers", "serving", "refused") if k in record})
             elif kind == "training":
                 state.training.append(record)
             elif kind == "drift":
@@ -769,7 +779,8 @@ class LiveStore:
         with self._lock:
             views = [ConsumerView(consumer=c, status=s.status, metrics=s.metrics,
                                   metrics_received=s.metrics_received, history=list(s.history), model=s.model,
-                                  training=list(s.training), commands=list(s.commands))
+                                  training=list(s.training), commands=list(s.commands),
+                                  answers=list(s.answers))
                      for c, s in self._consumers.items()]
         return sorted(views, key=lambda v: (v.status == "offline", v.consumer))
 
@@ -936,11 +947,13 @@ class LiveFeed:
         return body
 
     def send_command(self, consumer: str, action: str, version: str | None = None,
-                     timeout: float = 3.0) -> dict:
+                     timeout: float = 3.0, command_id: str | None = None) -> dict:
         """Publish a command on ``<prefix>/_consumer/<id>/command`` (QoS 1) and return it.
 
         ``{"action": "rollback", "version": v}`` serves an earlier version again; ``{"action": "promote"}``
-        serves the challenger being fine-tuned now, without waiting for it to win on recent labels.
+        serves the challenger being fine-tuned now, without waiting for it to win on recent labels. With
+        ``command_id`` the command carries it (``id``), and the consumer's model message answering it names it
+        (``answers``; ``ConsumerView.answers`` keeps the latest of them).
         """
         if action not in ("promote", "rollback"):
             raise ValueError(f"Invalid 'action' {action!r}. Valid values are: promote, rollback")
@@ -949,6 +962,8 @@ class LiveFeed:
         if action == "rollback" and not version:
             raise ValueError("a rollback needs the 'version' to return to")
         body = {"action": action} if version is None else {"action": action, "version": str(version)}
+        if command_id is not None:
+            body["id"] = command_id
         self._publish(f"{self.prefix}/{CONSUMER}/{consumer}/command", body, timeout)
         return body
 

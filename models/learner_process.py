@@ -15,10 +15,12 @@ learnt (the serving process keeps a copy of every adapter: it applies them in th
 saves them with its checkpoint), promoted or rolled-back weights (as checkpoint bytes), the answer to
 each rollback or promote command (``("command", kind)`` when the learner takes it, then the weights if
 carried out, then ``("answered", kind, reason)``, reason None when carried out), and the learner's
-counters. A message that cannot be read on the serving side (unpickled) is skipped, and answers the command
-it was the weights of as not carried out, naming why. The learner side (``learner_loop``) keeps the
-newest ``queue_size`` sequences (dropping the oldest beyond) and learns them, resting after each to keep
-to ``cpu_share`` of a core (``Pacer``).
+counters (with the version it trains from). A message that cannot be read on the serving side (unpickled) is
+skipped, and answers the command it was the weights of as not carried out, naming why; a learner that then
+reports a version other than the one served (weights that never reached serving, a command's or its own
+promotion's) is sent back to the one served (``("resync", its version, the one served)``). The learner
+side (``learner_loop``) keeps the newest ``queue_size`` sequences (dropping the oldest beyond) and learns
+them, resting after each to keep to ``cpu_share`` of a core (``Pacer``).
 
 The serving side never holds more than ``2 * queue_size`` sequences, however slow the learner (a
 SCHED_IDLE process on a saturated machine may get no CPU at all): at most ``queue_size`` sent and not
@@ -114,8 +116,9 @@ def _tensors(entry: dict) -> dict:
 
 
 def _counters(learner: OnlineLearner, pacer: Pacer, dropped: int, taken: int) -> dict:
+    # version: what the learner trains from, which the serving side checks against what it serves
     return {"updates": learner.updates, "skipped": learner.skipped, "dropped": dropped, "taken": taken,
-            "rested": pacer.rested, "comparison": learner.comparison()}
+            "rested": pacer.rested, "comparison": learner.comparison(), "version": learner.version}
 
 
 def learner_loop(learner: OnlineLearner, inbox, outbox, alive: Callable[[], bool] = lambda: True) -> None:
@@ -145,6 +148,18 @@ def learner_loop(learner: OnlineLearner, inbox, outbox, alive: Callable[[], bool
             if learner.adapters is not None:
                 learner.adapters.turn(device, Q)
             outbox.put(("turned", device))
+        elif kind == "resync":  # the serving side never got the weights of ``diverged``: back to what it serves
+            _, diverged, served = item
+            if learner.version == diverged:  # else a version served since (a command's, a promotion's)
+                try:
+                    learner.rollback(served)
+                    log.warning("learner: the weights of %s never reached serving; training from %s again",
+                                diverged, served)
+                except Exception as exc:  # the served version has no file (no versions folder), or lost it
+                    log.warning("learner: the weights of %s never reached serving, which serves %s, and it "
+                                "cannot go back to it (%s): it trains from weights not served until the next "
+                                "promotion or rollback", diverged, served, exc)
+                outbox.put(("counters", _counters(learner, pacer, dropped, taken)))
         elif kind in ("rollback", "promote"):
             # answered both ways: the serving side holds the command's answer until then (the weights that
             # come between the two are the command's), and publishes a refusal as one it found itself
@@ -263,6 +278,7 @@ class LearnerProcess:
         self._answers: deque[Callable | None] = deque()
         self._answering: Callable | None = None
         self._unreadable: str | None = None  # why the last message that could not be read was not, since "command"
+        self._resynced: str | None = None  # the last version the learner reported that was never served here
 
     def start(self) -> LearnerProcess:
         adapters = {d: _numpy(e) for d, e in (self.adapters.state_dict().items() if self.adapters else ())}
@@ -444,6 +460,7 @@ class LearnerProcess:
             self.updates, self.skipped, self._dropped = c["updates"], c["skipped"], c["dropped"]
             self._taken = c["taken"]
             self.rested, self._comparison = c["rested"], c["comparison"]
+            self._check_version(c.get("version"))
         elif kind == "model":
             _, data, version, versions = message
             model, _ = load_checkpoint(data)
@@ -463,12 +480,26 @@ class LearnerProcess:
             reason = message[2]
             if reason is None:  # carried out, but no weights came: the serving side serves what it served
                 reason = (f"the learner process carried out the {message[1]}, but its weights could not be read "
-                          f"here ({self._unreadable})" if self._unreadable is not None else
+                          f"here ({self._unreadable}); it is sent back to {self.version}"
+                          if self._unreadable is not None else
                           f"the learner process carried out the {message[1]} but sent no weights")
             if answer is not None:  # not answered by weights: refused, or the weights lost on the way
                 answer(None, None, reason)
         elif kind == "stopped":
             self._stopped = True
+
+    def _check_version(self, learnt: str | None) -> None:
+        """The learner reports the version it trains from after every message it sent before, weights included:
+        one other than the version served here is one whose weights could not be read here (a command's, or an
+        automatic promotion's). It would train, and compare its challenger, from weights never served, and its
+        next promotion would be served as their child. It is sent back to the version served (``resync``),
+        once per such version; it stays on its own if it has moved on meanwhile."""
+        if learnt is None or learnt == self.version or learnt == self._resynced or not self.alive:
+            return
+        log.warning("the learner process trains from %s, whose weights never reached serving (serving %s): "
+                    "sending it back to %s", learnt, self.version, self.version)
+        self._resynced = learnt
+        self._inbox.put(("resync", learnt, self.version))
 
     def stop(self, timeout: float = 30.0) -> None:
         """Stop the learner after the sequence at hand and apply all it reported (its last adapters

@@ -1390,16 +1390,23 @@ class Consumer:
 
     def _on_promote(self, model, version: str) -> None:  # from LearnerProcess.poll
         with self._swap_lock:
+            pending = self._swap is not None
+        if pending:  # LearnerProcess.stop polls with no cycle between: serve, and say, the one before first
+            self._apply_swap()  # (else replaced unserved, and the model message answering its command lost)
+        with self._swap_lock:
             self._swap = (model, version, None)  # a command's answer, called next, names its id (_command)
 
     def _apply_swap(self) -> None:
-        """Serve the weights the learner handed over, write them to ``serving.pt`` (with a state directory) and
-        say so in a model message (naming the command it answers, if one). The write comes before the message
-        and the event, an automatic promotion's too: written only at the next periodic checkpoint, a consumer
-        killed in between came back serving the older version while its events and versions said the new one
-        was served. The write of the default model took 1.7 ms on a quiet disk, 10-15 ms (at most 50) with the
-        disk busy; the periodic checkpoint wrote the same on this thread, and now finds it written. An OSError
-        is a warning, and the next checkpoint writes it."""
+        """Serve the weights the learner handed over, put them in ``serving.pt`` (with a state directory) and
+        say so in a model message (naming the command it answers, if one). ``serving.pt`` comes before the
+        message and the event, an automatic promotion's too: written only at the next periodic checkpoint, a
+        consumer killed in between came back serving the older version while its events and versions said the
+        new one was served. It is the version's file, which the learner process wrote (and synced) before
+        handing it over, linked: one directory entry synced, no weights serialised and synced again on this
+        thread, at up to 2.5 swaps a second at the default --learn-cpu (measured for the default model: 0.2 ms
+        median, 35 ms at worst under a dd, against 3 ms and 184 ms for the write; /tmp/s13/versions2). Where it
+        cannot be linked (no file, another file system) it is written; an OSError is a warning, and the next
+        checkpoint writes it."""
         with self._swap_lock:
             swap, self._swap = self._swap, None
         if swap is None:
@@ -1407,9 +1414,25 @@ class Consumer:
         model, version, answers = swap
         self.pipeline.classifier.set_model(model, version)
         log.info("serving model %s", version)
-        if self.config.state_dir is not None:
+        if self.config.state_dir is not None and self._saved_version != version:
+            from models.checkpoint import sync_directory
+            info = next((v for v in self.learner.versions if v.version == version), None) if self.learner else None
+            serving = self.config.state_dir / SERVING_MODEL
+            tmp = serving.with_name(serving.name + ".tmp")
+            if info is not None and info.path:
+                try:
+                    tmp.unlink(missing_ok=True)
+                    os.link(info.path, tmp)
+                    tmp.replace(serving)
+                    sync_directory(serving.parent)
+                    self._saved_version = version
+                except OSError:  # written below
+                    try:
+                        tmp.unlink(missing_ok=True)
+                    except OSError:
+                        pass
             try:
-                self._save_serving(model, version)
+                self._save_serving(model, version)  # nothing to do where linked
             except OSError as exc:  # a full disk, a state directory made read-only: serving goes on
                 log.warning("serving model %s is not in %s yet (%s); the next checkpoint tries again", version,
                             SERVING_MODEL, exc)

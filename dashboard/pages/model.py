@@ -1,6 +1,7 @@
 """Model: versions and their metrics, fine-tuning loss and gradient norms, promote and roll back."""
 
 import time
+import uuid
 
 import altair as alt
 import pandas as pd
@@ -151,8 +152,8 @@ def live(view_id: str) -> None:
 
 
 def send(view_id: str, action: str, version: str | None) -> None:
-    try:
-        body = get_feed().send_command(view_id, action, version)
+    try:  # an id of its own: the consumer's model message answering it names it (``answers``)
+        body = get_feed().send_command(view_id, action, version, command_id=uuid.uuid4().hex[:16])
     except (ConnectionError, ValueError) as exc:
         st.session_state["command_sent"] = (view_id, None, str(exc))
     else:
@@ -189,11 +190,15 @@ def commands(view_id: str) -> None:
             st.rerun(scope="fragment")
     sent = st.session_state.get("command_sent")
     if sent and sent[0] == view_id:
+        said = answer(view, sent[1], sent[2]) if sent[1] is not None else None
         if sent[1] is None:
             st.error(f"Command not sent: {sent[2]}")
-        elif refused_since(model, sent[2]):
-            st.error(f"The consumer refused `{command_text(sent[1])}`: {model['refused'].get('reason')}",
+        elif said is not None and isinstance(said.get("refused"), dict):
+            st.error(f"The consumer refused `{command_text(sent[1])}`: {said['refused'].get('reason')}",
                      icon=":material/block:")
+        elif said is not None:
+            st.success(f"The consumer carried out `{command_text(sent[1])}` ({ago(sent[2])}): it serves "
+                       f"`{said.get('serving')}`.", icon=":material/check:")
         else:
             st.success(f"Sent `{command_text(sent[1])}` to `{feed.prefix}/_consumer/{view_id}/command` "
                        f"({ago(sent[2])}); the consumer reports its versions again when it has acted.",
@@ -206,6 +211,23 @@ def commands(view_id: str) -> None:
 REFUSAL_SLACK = 5.0  # s: a refusal stamped this much before the command was sent is still its answer (clocks)
 
 
+def answer(view: ConsumerView | None, body: dict, sent_at: float) -> dict | None:
+    """The consumer's model message answering the command ``body`` sent at ``sent_at`` (None: none yet): the
+    one whose ``answers`` is the command's ``id``, refused or carried out. Before, any refusal stamped after
+    the command (less ``REFUSAL_SLACK``) was taken for its answer: another command's (``harstream versions``,
+    another page) too, and a refusal was no longer seen once a later model message (an automatic promotion)
+    had replaced it. A consumer whose model messages name no command (from before ``answers``) is still read
+    that way, refusals only."""
+    if view is None:
+        return None
+    model = view.model or {}
+    if "id" in body:
+        found = next((m for m in reversed(view.answers) if m.get("answers") == body["id"]), None)
+        if found is not None or "answers" in model:
+            return found
+    return model if refused_since(model, sent_at) else None
+
+
 def refused_since(model: dict, sent_at: float) -> bool:
     """Whether the consumer's model message answers a command sent at ``sent_at`` with a refusal (``refused``:
     action, version, reason, t; DESIGN.md); before, the page said "Sent" and nothing more."""
@@ -215,7 +237,7 @@ def refused_since(model: dict, sent_at: float) -> bool:
 
 
 def command_text(body: dict) -> str:
-    return ", ".join(f"{k}: {v}" for k, v in body.items())
+    return ", ".join(f"{k}: {v}" for k, v in body.items() if k != "id")
 
 
 feed = get_feed()
