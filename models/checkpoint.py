@@ -10,6 +10,7 @@ import hashlib
 import io
 import os
 import time
+from dataclasses import fields
 from importlib import resources
 from pathlib import Path
 
@@ -124,15 +125,30 @@ def load_checkpoint(path: str | Path | bytes) -> tuple[HARNet, dict]:
             model.orientation = Reference.from_dict({k: v.numpy() for k, v in blob["orientation"].items()})
     except (TypeError, KeyError, RuntimeError, ValueError, AttributeError) as exc:
         raise CheckpointError(f"{path}: checkpoint does not match the model ({exc})") from None
+    # as written (a hash, a dict); weights_only reads a tensor there too: as the version, every prediction's
+    # publication failed (it is no JSON)
+    version, metadata = blob.get("model_version", "unknown"), blob.get("metadata", {})
+    if not isinstance(version, str) or not isinstance(metadata, dict):
+        raise CheckpointError(f"{path}: checkpoint with a version that is no string or metadata that is no dict")
     model.eval()
-    return model, {"version": blob.get("model_version", "unknown"), "metadata": blob.get("metadata", {}),
-                   "path": str(path)}
+    return model, {"version": version, "metadata": metadata, "path": str(path)}
 
 
 def stored_config(config: dict) -> ModelConfig:
     """A checkpoint's ``config`` as a ``ModelConfig``: a field added to ModelConfig since the file was
     written takes its default, except ``front``: files from before it existed are all of the linear front
-    end (the default is now conv). Raises TypeError or ValueError for a config that is none."""
+    end (the default is now conv). Raises TypeError or ValueError for a config that is none: a field of
+    another type than ``ModelConfig``'s (``torch.load(weights_only=True)`` reads a tensor there too: a float
+    one as the window made the model, then every window it served, fail)."""
+    if not isinstance(config, dict):
+        raise TypeError(f"config: a dict expected, not {type(config).__name__}")
+    kinds = {f.name: f.type for f in fields(ModelConfig)}
+    plain = {"int": lambda v: type(v) is int, "float": lambda v: type(v) in (int, float),
+             "str": lambda v: type(v) is str,
+             "tuple[str, ...]": lambda v: isinstance(v, (list, tuple)) and all(type(c) is str for c in v)}
+    for key, value in config.items():  # an unknown field: ModelConfig's TypeError
+        if not plain.get(kinds.get(key), lambda v: not isinstance(v, torch.Tensor))(value):
+            raise TypeError(f"config field {key!r}: {kinds.get(key)} expected, not {type(value).__name__}")
     return ModelConfig(**{"front": "linear", **config})
 
 

@@ -34,6 +34,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 from scipy.spatial.transform import Rotation
 
 __all__ = ["OrientationConfig", "Reference", "Orienter", "turn_sensors", "window_features"]
@@ -360,12 +361,33 @@ class Orienter:
                 "turns": {d: R.reshape(-1).tolist() for d, R in turns.items()}}
 
     def restore(self, snapshot: dict) -> None:
-        """Take back a ``snapshot``; ValueError (and nothing taken) if it is not one."""
+        """Take back a ``snapshot``; ValueError (and nothing taken) if it is not one.
+
+        As ``torch.load(weights_only=True)`` reads it from the consumer's checkpoint: a turn may come as a
+        tensor, or as numbers that are tensors, of any kind that reads (sparse, meta, needing grad, negative
+        bit): each is taken as a plain float64 array or refused (``stream.persist.plain_tensor``); before,
+        ``numpy()`` of one needing grad raised RuntimeError and the consumer did not start."""
+        from stream.persist import plain_tensor
+
+        def turn(d, v) -> np.ndarray:
+            if isinstance(v, torch.Tensor):
+                v = plain_tensor(v, f"the turn of {d}", torch.float64).numpy()
+            elif isinstance(v, (list, tuple)):
+                v = [float(x.detach()) if isinstance(x, torch.Tensor) else float(x) for x in v]  # meta: RuntimeError
+            else:
+                raise TypeError(f"the turn of {d}: a list of 9 numbers expected, not {type(v).__name__}")
+            return np.asarray(v, dtype=np.float64).reshape(3, 3)
+
+        def device(d) -> str:
+            if not isinstance(d, str):  # str() of anything else named a device that never sends
+                raise TypeError(f"a device id expected, not {type(d).__name__}")
+            return d
+
         try:
-            decided = [str(d) for d in snapshot.get("decided", ())]
-            turns = {str(d): np.asarray(v, dtype=np.float64).reshape(3, 3)
-                     for d, v in dict(snapshot.get("turns", {})).items()}
-        except (AttributeError, TypeError, ValueError) as exc:
+            decided = [device(d) for d in snapshot.get("decided", ())]
+            turns = {device(d): turn(d, v) for d, v in dict(snapshot.get("turns", {})).items()}
+        # RuntimeError (NotImplementedError too): torch's, of a tensor where a number belongs
+        except (AttributeError, TypeError, ValueError, RuntimeError, OverflowError) as exc:
             raise ValueError(f"not an orientation snapshot: {exc}") from None
         for d, R in turns.items():
             if not (np.isfinite(R).all() and np.allclose(R @ R.T, np.eye(3), atol=1e-4)

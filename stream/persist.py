@@ -205,17 +205,28 @@ def _device(name) -> str:
     return name
 
 
+def plain_tensor(value, what: str, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """``value``, a tensor read from a file, as a plain one: dense, on the CPU, of ``dtype`` (any float tensor
+    converted), needing no grad, its negative bit resolved; else a ``TypeError`` naming ``what``. For every
+    restore: ``torch.load(weights_only=True)`` reads sparse tensors, meta ones, tensors needing grad or with
+    their negative bit set, and ones of any dtype, whose ops or ``numpy()`` raise RuntimeError or
+    NotImplementedError (taken for no malformed file: the consumer did not start) or that reach the model in a
+    dtype it refuses."""
+    if not (isinstance(value, torch.Tensor) and value.layout == torch.strided and value.device.type == "cpu"
+            and value.dtype.is_floating_point):
+        raise TypeError(f"{what}: a dense float tensor on the CPU expected")
+    return value.detach().resolve_neg().to(dtype)
+
+
 def _states(value) -> dict[str, tuple[torch.Tensor, ...]]:
-    """Each device's state tensors, as the bank keeps them: dense float32 CPU tensors. weights_only reads sparse
-    and meta tensors too, and ones of another float type: the bank's ``index_copy_`` refused them, and the
-    consumer did not start."""
+    """Each device's state tensors, as the bank keeps them: dense float32 CPU tensors (``plain_tensor``).
+    weights_only reads sparse and meta tensors too, and ones of another float type: the bank's
+    ``index_copy_`` refused them, and the consumer did not start."""
     states = {}
     for d, s in _dict(value).items():
-        if not isinstance(s, (list, tuple)) or not all(
-                isinstance(t, torch.Tensor) and t.layout == torch.strided and t.device.type == "cpu"
-                and t.dtype.is_floating_point for t in s):
+        if not isinstance(s, (list, tuple)):
             raise TypeError(f"device {d!r}: a list of dense float tensors expected")
-        states[_device(d)] = tuple(t.detach().to(torch.float32) for t in s)
+        states[_device(d)] = tuple(plain_tensor(t, f"device {d!r}") for t in s)
     return states
 
 
