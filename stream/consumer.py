@@ -518,9 +518,9 @@ class Consumer:
         for device, tensors in state["devices"].items():
             classifier.bank.set(device, tuple(t.unsqueeze(1) for t in tensors))
             self._last_seen[device] = now  # evicted as idle if it does not come back
-        if classifier.orienter is not None:  # devices worn turned go on being served turned back
-            try:
-                classifier.orienter.restore(state.get("orientation") or {})
+        if classifier.orienter is not None and state.get("orientation") is not None:  # devices worn turned go on
+            try:  # being served turned back; a malformed part is refused alone, the devices' state restored
+                classifier.orienter.restore(state["orientation"])
             except ValueError as exc:
                 log.warning("not restoring how devices are worn from %s: %s", directory, exc)
         self._monitor_devices = frozenset(state["devices"])

@@ -179,7 +179,7 @@ def load_state(directory: Path) -> dict | None:
         blob["watermarks"] = {_device(d): float(t) for d, t in _dict(blob.get("watermarks", {})).items()}
         journal = blob.get("journal")
         blob["journal"] = None if journal is None else int(journal)
-        blob["orientation"] = _dict(blob.get("orientation") or {})
+        blob["orientation"] = blob.get("orientation")  # as the monitor: a bad one costs itself only (Orienter.restore)
         blob["monitor"] = blob.get("monitor")
         blob["history"] = blob.get("history")
         blob["anchors"] = {_device(d): (float(a[0]), [float(x) for x in a[1:]])
