@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from stream.decode import MAX_T, Rejected, json_object
+from stream.persist import plain_tensor
 
 __all__ = ["LabelBook", "LabelledWindow", "WindowHistory", "decode_label"]
 
@@ -425,20 +426,10 @@ class WindowHistory:
         t_end, samples, confidence = snapshot["t_end"], snapshot["samples"], snapshot["confidence"]
         parts, indices, classes = snapshot["state"], snapshot["predicted"], snapshot["classes"]
 
-        def plain(name: str, x, dtype: torch.dtype | None) -> torch.Tensor:
-            """``x`` as a dense CPU tensor of ``dtype`` (a float one: any float tensor converted), needing no grad.
-            weights_only reads sparse tensors, meta ones, tensors needing grad or with their negative bit set:
-            their ops or ``numpy()`` raised RuntimeError or NotImplementedError, which no caller took for a
-            malformed file (the consumer did not start)."""
-            kind = "float" if dtype is not None else "int64"
-            if not isinstance(x, torch.Tensor) or x.layout != torch.strided or x.device.type != "cpu" or not (
-                    x.dtype.is_floating_point if dtype is not None else x.dtype == torch.int64):
-                raise TypeError(f"{name}: a {kind} tensor expected (dense, on the CPU)")
-            x = x.detach().resolve_neg().resolve_conj()
-            return x.to(dtype) if dtype is not None else x
-
-        t_end, confidence = plain("t_end", t_end, torch.float64), plain("confidence", confidence, torch.float64)
-        samples = plain("samples", samples, torch.float32)
+        # as weights_only read them: sparse, meta, needing grad, negative bit, another float type (plain_tensor)
+        t_end = plain_tensor(t_end, "t_end", torch.float64)
+        confidence = plain_tensor(confidence, "confidence", torch.float64)
+        samples = plain_tensor(samples, "samples", torch.float32)
         if t_end.shape != (n,) or confidence.shape != (n,):
             raise ValueError(f"t_end and confidence of shapes {tuple(t_end.shape)}, {tuple(confidence.shape)}, "
                              f"not ({n},)")
@@ -446,14 +437,16 @@ class WindowHistory:
             raise ValueError(f"samples of shape {tuple(samples.shape)}, not ({n}, {window})")
         if not isinstance(parts, (list, tuple)):
             raise TypeError(f"state: a list of float tensors of {n} windows expected")
-        parts = [plain("state", p, torch.float32) for p in parts]
+        parts = [plain_tensor(p, "state", torch.float32) for p in parts]
         if not all(p.dim() > 1 and len(p) == n for p in parts):
             raise TypeError(f"state: a list of float tensors of {n} windows expected")
         if states is not None and [tuple(p.shape[1:]) for p in parts] != [tuple(x) for x in states]:
             raise ValueError(f"state of shapes {[tuple(p.shape[1:]) for p in parts]}, not {states}")
         if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
             raise TypeError("classes: a list of names expected")
-        indices = plain("predicted", indices, None)
+        if not (isinstance(indices, torch.Tensor) and indices.layout == torch.strided and indices.device.type == "cpu"
+                and indices.dtype == torch.int64):
+            raise TypeError("predicted: an int64 tensor expected (dense, on the CPU)")
         if indices.shape != (n,):
             raise TypeError(f"predicted: {n} indices expected")
         if n and indices.min() < 0:

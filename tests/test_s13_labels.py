@@ -143,7 +143,7 @@ def test_a_state_file_without_the_windows_or_with_them_malformed_still_restores_
     bad_order = dict(history, t_end=history["t_end"].flip(0))
     for kept, why in ((None, None),  # an older harstream's file: no windows kept, nothing said
                       ({"version": 99, "devices": {}}, "of version 99"),
-                      (dict(history, samples="garbage"), "samples: a float tensor expected"),
+                      (dict(history, samples="garbage"), "samples: a dense float tensor"),
                       (dict(history, state=[s[:, :1] for s in history["state"]]), "state of shapes"),
                       (bad_order, "in order expected")):
         resave(kept)
