@@ -359,8 +359,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="the main job: broker (embedded unless one answers), simulator, consumer",
                        description="Runs the whole system on this machine: uses the broker at --broker when it "
-                                   "answers, else starts the embedded one there; starts a consumer and a "
-                                   "simulator, and prints live predictions beside the simulator's truth.")
+                                   "answers, else starts the embedded one there; starts a consumer, a simulator "
+                                   "and the dashboard (http://127.0.0.1:8501, or a free port when that one is "
+                                   "taken), and prints live predictions beside the simulator's truth. The "
+                                   "simulator publishes every device's true labels, so the consumer fine-tunes "
+                                   "each device's adapter on them as it runs (harstream consume's defaults).")
     _broker_args(p)
     _model_arg(p)
     p.add_argument("--devices", type=_at_least_one, default=5, help="simulated devices (default: %(default)s)")
@@ -372,9 +375,14 @@ def build_parser() -> argparse.ArgumentParser:
                         "its history (default: nothing kept)")
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("broker", help="run the embedded MQTT broker (amqtt)")
+    p = sub.add_parser("broker", help="run the embedded MQTT broker (amqtt)",
+                       description="Runs the embedded MQTT broker (amqtt) in the foreground, for a machine with no "
+                                   "broker of its own: plain MQTT over TCP, anonymous, with no TLS, WebSockets, "
+                                   "passwords or ACL. For phones and anything beyond this machine use Mosquitto "
+                                   "with deploy/mosquitto/ (docs/phone.md).")
     p.add_argument("--broker", default=default_broker(), metavar="URL",
-                   help="address to listen on (default: %(default)s)")
+                   help="address to listen on: its host and port only (user:pass and mqtts:// are not "
+                        "applied: it listens plain and anonymous) (default: %(default)s)")
     p.set_defaults(func=cmd_broker)
 
     p = sub.add_parser("consume", help="classify every device's windows and publish predictions",
@@ -402,7 +410,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--adapter", action="append", metavar="'PATTERN = NAME[@DEVICE]'",
                    help="also read a phone format on topics matching PATTERN; NAME is sensor_logger, "
                         "sensor_logger_ios, android or csv; the device is the topic level under the first '+' "
-                        "(repeatable; see docs/phone.md)")
+                        "(NAME@DEVICE: a fixed device id, for a PATTERN without '+') (repeatable; see "
+                        "docs/phone.md)")
     p.add_argument("--reorder", type=_reorder, default=0.0,
                    help="seconds to hold each device's samples to merge out-of-order batches (phones: 0.2; "
                         "adds that much latency; default: %(default)s)")
@@ -453,7 +462,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="what learns from labels: a small adapter per labelling device on the frozen shared "
                         "network (measured best: docs/personal.md), the shared network itself (every "
                         "device's predictions change), or both (default: %(default)s)")
-    g.add_argument("--optimiser", default="adam", choices=("adam", "rmsprop", "sgd"))
+    g.add_argument("--optimiser", default="adam", choices=("adam", "rmsprop", "sgd"),
+                   help="optimiser of the fine-tuning (default: %(default)s)")
     g.add_argument("--lr", type=_positive, default=1e-3, help="learning rate (default: %(default)s)")
     g.add_argument("--k1", type=_at_least_one, default=4, help="windows between weight updates (default: %(default)s)")
     g.add_argument("--k2", type=_at_least_one, default=4, help="windows backpropagated through (default: %(default)s)")
@@ -477,13 +487,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rate", type=_positive, default=50.0, help="sample rate in Hz (default: %(default)s)")
     p.add_argument("--interval", type=_interval, default=0.2,
                    help="seconds of samples per message, at least 0.01 (default: %(default)s)")
-    p.add_argument("--duration", type=_positive, default=None, help="seconds to run (default: until stopped)")
-    p.add_argument("--speed", type=_speed, default=1.0, help="1 real time, 10 ten times faster, 0 as fast as possible")
+    p.add_argument("--duration", type=_positive, default=None,
+                   help="seconds of samples to publish per device, in the devices' time: at --speed 10 it takes a "
+                        "tenth as long (default: until stopped)")
+    p.add_argument("--speed", type=_speed, default=1.0,
+                   help="1 real time, 10 ten times faster, 0 as fast as possible (default: 1)")
     p.add_argument("--seed", type=int, default=0, help="seed; device k uses seed + k (default: %(default)s)")
-    p.add_argument("--placement", default="wrist", choices=("wrist", "upper_arm", "waist"))
+    p.add_argument("--placement", default="wrist", choices=("wrist", "upper_arm", "waist"),
+                   help="where the simulated sensor sits (default: %(default)s; the shipped model learnt wrist)")
     p.add_argument("--labels", type=_fraction, default=0.0, metavar="FRACTION",
                    help="share of devices that publish their true labels, 0..1 (default: %(default)s)")
-    p.add_argument("--scenario", default=None, help="drift scenario name (strap_rotated, other_wrist, fatigue, ...)")
+    p.add_argument("--scenario", default=None,
+                   help="drift scenario: strap_rotated, other_wrist, fatigue, units_g, new_person, "
+                        "unseen_exercise, loss_burst or clock_skew (default: none)")
     p.add_argument("--scenario-start", type=_seconds, default=60.0,
                    help="seconds from each device's first sample until its scenario starts (default: %(default)s)")
     p.add_argument("--client-per-device", action="store_true",
@@ -494,10 +510,17 @@ def build_parser() -> argparse.ArgumentParser:
                         "and its onset per device in FILE.scenario.json) to a recording file")
     p.set_defaults(func=cmd_simulate)
 
-    p = sub.add_parser("replay", help="publish a recording file over MQTT")
+    p = sub.add_parser("replay", help="publish a recording file over MQTT",
+                       description="Publishes every device of a recording file on <prefix>/<device>/imu (seq from "
+                                   "0) at the file's own times. A running consumer takes each device's samples "
+                                   "in time order: a file shorter than 30 s replayed again at once to the same "
+                                   "consumer is dropped as late (metrics: late_samples; DESIGN.md, \"seq counts "
+                                   "messages\"); use another --prefix, or restart a consumer that runs without "
+                                   "--state-dir.")
     _broker_args(p)
     p.add_argument("file", help="recording file (CSV, see DESIGN.md)")
-    p.add_argument("--speed", type=_speed, default=1.0, help="1 real time, 10 ten times faster, 0 as fast as possible")
+    p.add_argument("--speed", type=_speed, default=1.0,
+                   help="1 real time, 10 ten times faster, 0 as fast as possible (default: 1)")
     p.add_argument("--labels", action="store_true", help="also publish the file's labels")
     p.add_argument("--interval", type=_interval, default=0.2,
                    help="seconds of samples per message, at least 0.01 (default: %(default)s)")
@@ -512,10 +535,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--address", default="127.0.0.1", help="address to listen on (default: %(default)s, localhost only)")
     p.add_argument("--port", type=int, default=8501, help="port (default: %(default)s)")
     p.add_argument("--state-dir", default=os.environ.get("HARSTREAM_STATE_DIR"),
-                   help="the consumer's --state-dir: history from its event store (events.db) on start")
+                   help="the consumer's --state-dir: history from its event store (events.db) on start "
+                        "(default: $HARSTREAM_STATE_DIR, else none)")
     p.set_defaults(func=cmd_dashboard)
 
-    p = sub.add_parser("train", help="train a classifier on simulated data or recording files")
+    p = sub.add_parser("train", help="train a classifier on simulated data or recording files",
+                       description="Trains a recurrent classifier with truncated BPTT, validates it on held-out "
+                                   "people and writes one checkpoint file (--out) for consume, evaluate and "
+                                   "demo (--model). The shipped model's command and defaults: README.md.")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--simulated", action="store_true", help="train on freshly simulated people")
     src.add_argument("--data", nargs="+", type=Path, metavar="FILE", help="recording files")
@@ -534,7 +561,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="windows per truncated-BPTT segment: the error flows back through this many, then the "
                         "state is carried on detached (default: %(default)s; 4 before 2026-12-06, "
                         "docs/results.md)")
-    p.add_argument("--max-minutes", type=_positive, default=None, help="stop training after this long")
+    p.add_argument("--max-minutes", type=_positive, default=None,
+                   help="stop training after this long (default: no limit)")
     p.add_argument("--any-orientation", type=float, default=0.0, metavar="FRACTION",
                    help="train this fraction of the streams in a random orientation, for sensors that people "
                         "wear every which way (a phone in an armband or a pocket); costs accuracy where the "
