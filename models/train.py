@@ -400,7 +400,7 @@ def train(rec: Recording, model_config: ModelConfig | None = None, cfg: TrainCon
     }
     if cfg.refit and val_streams:
         epochs = fit["epochs_run"]  # its best epoch plus patience, or the whole budget
-        log.info("training again on everyone for %d epochs", epochs)
+        log.info("training again on everyone for %d epoch%s", epochs, "" if epochs == 1 else "s")
         model, refit = _fit(streams, [], mc, cfg, epochs, False, "training on everyone", progress)
         report["refit"] = {k: refit[k] for k in ("train_windows", "epochs_run", "steps", "grad_norm",
                                                  "seconds")}

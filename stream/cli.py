@@ -117,6 +117,13 @@ def _load_model(path: str | None):
 def cmd_broker(args) -> int:
     from stream.broker import check_address, run_broker
     url = BrokerURL.parse(args.broker)
+    if url.tls:  # clients asking for TLS would never reach it
+        print(f"harstream broker: the embedded broker speaks plain MQTT only, not {url}: run a TLS broker "
+              f"(deploy/mosquitto/), or pass --broker mqtt://{url.host}:{url.port}", file=sys.stderr)
+        return 2
+    if url.username:  # clients may still send them: it takes anyone
+        print("harstream broker: the embedded broker takes anonymous clients; the user and password in --broker "
+              "are not asked of anyone", file=sys.stderr, flush=True)
     check_address(url.host, url.port)  # one line, exit status 2, when the address is taken
     print(f"embedded MQTT broker (amqtt) on mqtt://{url.host}:{url.port}; Ctrl-C stops it", flush=True)
     run_broker(url.host, url.port)

@@ -96,6 +96,10 @@ def _child(args: list[str]) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "stream.cli", *args], start_new_session=True)
 
 
+def _name(child: subprocess.Popen) -> str:
+    return "dashboard" if child.args[2] == "streamlit" else child.args[3]  # python -m stream.cli consume ...
+
+
 def run_demo(args) -> int:
     url = BrokerURL.parse(args.broker, args.ca_file)
     children: list[subprocess.Popen] = []
@@ -147,7 +151,7 @@ def run_demo(args) -> int:
         while not stop.is_set() and (deadline is None or time.monotonic() < deadline):
             for child in children:
                 if child.poll() is not None:
-                    print(f"demo: {' '.join(child.args[3:5])} exited with status {child.returncode}", flush=True)
+                    print(f"demo: the {_name(child)} exited with status {child.returncode}", flush=True)
                     stop.set()
             if time.monotonic() >= next_print:
                 _print_table(watcher.summary(), watcher.metrics)
@@ -166,9 +170,11 @@ def run_demo(args) -> int:
         watcher.close()
         return 0
     finally:
-        for child in reversed(children):
-            if child.poll() is None:
-                os.killpg(child.pid, signal.SIGTERM)
+        running = [child for child in reversed(children) if child.poll() is None]
+        if running:  # each says "SIGTERM received, stopping" in its log: this is where that comes from
+            print(f"demo: stopping the {', '.join(map(_name, running))}", flush=True)
+        for child in running:
+            os.killpg(child.pid, signal.SIGTERM)
         for child in children:
             try:
                 child.wait(15)
@@ -179,6 +185,9 @@ def run_demo(args) -> int:
 
 
 def _print_table(summary: dict, metrics: dict) -> None:
+    if not summary["rows"] and not metrics:  # nothing yet: a header over no rows said nothing
+        print("demo: waiting for the consumer's first predictions ...", flush=True)
+        return
     lines = [f"{'device':<10} {'predicted':<15} {'conf':>5}  {'truth':<15} windows"]
     for device, (label, conf, truth, n) in summary["rows"].items():
         mark = "" if truth is None else ("  ok" if truth == label else "  x")

@@ -281,8 +281,9 @@ def format_listing(found: dict[str, ConsumerModels]) -> str:
         return "no consumer has said anything on this broker and prefix (is `harstream consume` running?)"
     lines = []
     for c in found.values():
+        kept = len(c.versions) + c.unlisted
         lines.append(f"consumer {c.consumer} ({c.status or 'status unknown'}): serving {c.serving}; "
-                     f"{len(c.versions) + c.unlisted} versions kept, {c.updates} updates, {c.skipped} skipped")
+                     f"{kept} version{'' if kept == 1 else 's'} kept, {c.updates} updates, {c.skipped} skipped")
         if c.unlisted:
             lines.append(f"  ({c.unlisted} older not listed: --rollback takes any kept version's id; "
                          f"their files are in the consumer's --state-dir, models/)")
