@@ -210,7 +210,7 @@ def test_a_malformed_snapshot_is_a_value_error_and_changes_nothing():
     (or restored, where the replacement is one it can take, and then working on)."""
     snapshot, target = _snapshot_and_target()
     before = target.summary()
-    for bad in (None, [], "snapshot", {**snapshot, "version": 2}):
+    for bad in (None, [], "snapshot", {**snapshot, "version": 3}):
         with pytest.raises(ValueError, match="monitor snapshot"):
             target.restore(bad)
     refused = 0
