@@ -841,7 +841,10 @@ def _error_state(detector) -> list:
     (all its inputs since it last fired; the cut points for a rise and a fall) as [windows, mean] each;
     FHDDM's whether it fired, the largest rate of ones in its window since, and the inputs in its window
     (fewer than its size: once full, it drops the oldest after each check). River keeps them in private
-    attributes (river 0.26; tests/test_s13_hddm.py says whether another river's are the same)."""
+    attributes (river 0.26; tests/test_s13_hddm.py says whether another river's are the same); None where they
+    are not there (another river: this detector starts afresh after a restart, the rest of the monitor is kept)."""
+    if not _known_internals(detector):
+        return None
     if isinstance(detector, drift.binary.HDDMA):
         return [bool(detector._drift_detected), bool(detector._warning_detected),
                 *(float(x) for m in (detector._z, detector._x_min, detector._x_max) for x in (m.n, m._mean))]
@@ -850,7 +853,10 @@ def _error_state(detector) -> list:
 
 def _error_restored(v, detector):
     """``detector`` (a fresh one of the kind ``_error_state`` kept) with the state kept: exactly the last
-    life's, which decides what the last life's would on the same inputs."""
+    life's, which decides what the last life's would on the same inputs (None: a fresh one, as kept by a river
+    whose internals are not those ``_error_state`` reads)."""
+    if v is None or not _known_internals(detector):
+        return detector
     if not isinstance(v, list):
         raise TypeError(f"error detector: a list expected, not {type(v).__name__}")
     drifted = _flag(v[0])
@@ -873,6 +879,18 @@ def _error_restored(v, detector):
     detector._sliding_window.extend(window)
     detector.n_one = sum(window)
     return detector
+
+
+# the private attributes _error_state reads and _error_restored sets, by detector (river 0.26's): another river
+# (pyproject.toml admits older ones, the only ones on Python 3.10) may keep its state otherwise
+_INTERNALS = {"HDDMA": ("_drift_detected", "_warning_detected", "_z", "_x_min", "_x_max"),
+              "FHDDM": ("_drift_detected", "_u_max", "_sliding_window", "n_one")}
+
+
+def _known_internals(detector) -> bool:
+    names = _INTERNALS.get(type(detector).__name__, ())
+    return bool(names) and all(hasattr(detector, a) for a in names) and all(
+        isinstance(getattr(detector, m), stats.Mean) for m in ("_z", "_x_min", "_x_max") if hasattr(detector, m))
 
 
 def _mean(n: float, mean: float) -> stats.Mean:

@@ -165,10 +165,11 @@ def test_the_detectors_state_is_plain_numbers_and_a_malformed_one_is_a_value_err
         return {**snapshot, "devices": devices, "all": {**snapshot["all"], "scored": {
             **snapshot["all"]["scored"], "error": f}}}
 
+    # (None is no malformed state: a detector a river of other internals kept none of, tests/test_s13_river_internals)
     bad_hddm = [hddm[:7], [*hddm, 1.0], [1, *hddm[1:]], [*hddm[:2], 80.5, *hddm[3:]],
                 [*hddm[:3], 1.5, *hddm[4:]], [*hddm[:4], 81.0, *hddm[5:]], [*hddm[:4], 0.0, *hddm[5:]],
                 [*hddm[:2], -1.0, *hddm[3:]], [*hddm[:2], float("nan"), *hddm[3:]], [*hddm[:2], 2.0 ** 60, *hddm[3:]],
-                [*hddm[:2], 0.0, 0.0, 0.0, 0.0, 1.0, 0.0], tuple(hddm), None, {"n": 80.0}, [],
+                [*hddm[:2], 0.0, 0.0, 0.0, 0.0, 1.0, 0.0], tuple(hddm), {"n": 80.0}, [],
                 [*hddm[:2], torch.tensor([80.0, 1.0]), *hddm[3:]], [torch.tensor(True), *hddm[1:]]]
     bad_fhddm = [[*fhddm, True], [*fhddm[:2], 1], [fhddm[0], 1.5, *fhddm[2:]], ["x", *fhddm[1:]], [True]]
     for h, f in [(h, fhddm) for h in bad_hddm] + [(hddm, f) for f in bad_fhddm]:
