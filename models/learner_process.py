@@ -26,11 +26,23 @@ The serving side never holds more than ``2 * queue_size`` sequences, however slo
 SCHED_IDLE process on a saturated machine may get no CPU at all): at most ``queue_size`` sent and not
 yet taken by the learner (it reports how many it took with its counters), and at most ``queue_size``
 waiting to be sent, the oldest of which is dropped (and counted in ``dropped``) beyond.
+
+A learner process that ends unexpectedly (the OOM killer, a crash, an operator's kill) is started again
+(``restarts``) from what the serving side serves then: the model of the last weights it served (not the one
+it started with), its copy of the adapters, its version, and the versions folder. Before, its labels were
+never learnt again for the rest of the consumer's life. It is started after ``RESTART_DELAY`` s, doubled after
+each quick end in a row (a life shorter than ``QUICK_LIFE`` s) up to ``RESTART_DELAY_MAX``; after
+``MAX_QUICK_ENDS`` quick ends in a row it is not started again (``gave_up``, an ERROR). Starting a process
+holds its caller about a second (measured 1.06-1.14 s of wall time, 1 ms of CPU, for the default model: the
+parent waits for the child to read what it is sent), so it is started from a thread of its own, and
+``poll`` takes it up on the serving thread once it runs. Sequences submitted meanwhile wait (``queue_size`` at
+most); a command is refused. ``stop`` never starts one again.
 """
 
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import logging
 import multiprocessing
 import os
@@ -148,6 +160,9 @@ def learner_loop(learner: OnlineLearner, inbox, outbox, alive: Callable[[], bool
             if learner.adapters is not None:
                 learner.adapters.turn(device, Q)
             outbox.put(("turned", device))
+        elif kind == "adapters":  # a restarted learner's: the serving side's adapters of devices turned meanwhile
+            if learner.adapters is not None:
+                learner.adapters.load_state_dict({d: _tensors(e) for d, e in item[1].items()})
         elif kind == "resync":  # the serving side never got the weights of ``diverged``: back to what it serves
             _, diverged, served = item
             if learner.version == diverged:  # else a version served since (a command's, a promotion's)
@@ -205,8 +220,28 @@ def learner_loop(learner: OnlineLearner, inbox, outbox, alive: Callable[[], bool
     outbox.put(("stopped",))
 
 
-def _child(model: bytes, config: LearnerConfig, adapters: dict, inbox, outbox, parent: int) -> None:
-    """The learner process: one thread, below serving in priority, gone with its parent."""
+def _discard(inbox, outbox, timeout: float = 5.0) -> None:
+    """Close the queues of a learner process that has ended. What its inbox still holds is read off the pipe as
+    bytes (the dead process may have left a message half read, and the queue's lock held): else the queue's
+    feeder thread, with more than the pipe holds to write, waited for a reader for ever."""
+    try:
+        inbox.cancel_join_thread()
+        reader, deadline = inbox._reader, time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if reader.poll(0.05):
+                os.read(reader.fileno(), 1 << 16)
+            elif not inbox._buffer:  # all written, all read
+                break
+        inbox.close()
+        outbox.close()
+    except (AttributeError, OSError, EOFError, ValueError):  # not multiprocessing's queues, or closed already
+        pass
+
+
+def _child(model: bytes, config: LearnerConfig, adapters: dict, inbox, outbox, parent: int,
+           versions: list[dict] | None = None) -> None:
+    """The learner process: one thread, below serving in priority, gone with its parent. ``versions``: those a
+    restarted learner lists without a versions folder (with one, the folder lists them)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the parent stops us
     _die_with_parent()
     if os.getppid() != parent:  # the parent died before that was set
@@ -224,6 +259,8 @@ def _child(model: bytes, config: LearnerConfig, adapters: dict, inbox, outbox, p
                             on_update=lambda report: outbox.put(("update", report.to_dict())))
     if learner.adapters is not None and adapters:
         learner.adapters.load_state_dict({d: _tensors(e) for d, e in adapters.items()})
+    if versions is not None:
+        learner.versions = [VersionInfo(**v) for v in versions]
     learner_loop(learner, inbox, outbox, alive=lambda: os.getppid() == parent)
 
 
@@ -238,13 +275,22 @@ class LearnerProcess:
     learner carried it out (right after ``on_promote`` got the same: no cycle serves them before it is
     called), ``answer(None, None, reason)`` when it refused it, its process ended first, or its weights did
     not come (a message that could not be read here): never ``answer(None, None, None)``.
+
+    A learner process that ends unexpectedly is started again (see the module's docstring): ``restarts`` counts
+    them, ``restarting`` is true until the new one runs, ``gave_up`` after ``MAX_QUICK_ENDS`` quick ends in a
+    row. The counters (``updates``, ``skipped``, ``dropped``, ``rested``) go on from the earlier lives'.
     """
+
+    RESTART_DELAY = 1.0  # s before the first start again; doubled after each quick end in a row
+    RESTART_DELAY_MAX = 60.0
+    QUICK_LIFE = 300.0  # s: a learner process that ends sooner after its start ended quickly
+    MAX_QUICK_ENDS = 8  # quick ends in a row (after 1, 2, 4 ... 60 s): not started again
 
     def __init__(self, serving: HARNet, config: LearnerConfig, on_promote=None, on_update=None) -> None:
         self.config = config
         self.on_promote = on_promote or (lambda model, version: None)
         self.on_update = on_update or (lambda report: None)
-        self._model = checkpoint_bytes(serving)[0]
+        self._model = checkpoint_bytes(serving)[0]  # the weights served (the last "model"): a restart's
         self._architecture = serving.config.to_dict()  # a rollback must keep it: serving swaps weights only
         self.adapters = (DeviceAdapters(len(serving.config.classes), config.adapter, names=serving.config.classes)
                          if config.adapt in ("device", "both") else None)
@@ -279,34 +325,65 @@ class LearnerProcess:
         self._answering: Callable | None = None
         self._unreadable: str | None = None  # why the last message that could not be read was not, since "command"
         self._resynced: str | None = None  # the last version the learner reported that was never served here
+        # supervision: a learner process that ends unless stopped is started again, from a thread (_restarter)
+        self.restarts = 0
+        self.gave_up = False
+        self._halt = threading.Event()  # set by stop: nothing is started again
+        self._born = 0.0  # when the running learner process started (monotonic)
+        self._quick_ends = 0  # in a row
+        self._restarter: threading.Thread | None = None
+        self._restarted: tuple | Exception | None = None  # (process, inbox, outbox, adapters) it started, or why not
+        self._turned_meanwhile: set[str] = set()  # devices turned while one is started again (see _take_up_restarted)
+        self._carried = {"updates": 0, "skipped": 0, "dropped": 0, "rested": 0.0}  # the earlier lives' counters
 
     def start(self) -> LearnerProcess:
-        adapters = {d: _numpy(e) for d, e in (self.adapters.state_dict().items() if self.adapters else ())}
-        self._process = self._context.Process(
-            target=_child, args=(self._model, self.config, adapters, self._inbox, self._outbox, os.getpid()),
-            name="harstream-learner", daemon=True)
-        self._process.start()
-        self._reading.set()
-        self._reader = threading.Thread(target=self._read, args=(self._process,), name="harstream-learner-reader",
-                                        daemon=True)
-        self._reader.start()
+        """Start the learner process (it holds the caller about a second: a restart is started from a thread)."""
+        self._halt.clear()
+        process = self._spawn(self._model, self.config, self._adapter_copy(), None, self._inbox, self._outbox)
+        self._run(process)
         return self
 
-    def _read(self, process) -> None:
-        """The reader thread: the learner's messages from its pipe to ``_received``, until it has stopped
-        (or, told to end or the process gone, until the pipe has nothing more)."""
+    def _adapter_copy(self) -> dict:
+        # "is not None": DeviceAdapters' len counts the active ones only, and the inactive ones (their comparison
+        # too) were left out when none was active
+        return {d: _numpy(e) for d, e in (self.adapters.state_dict().items() if self.adapters is not None else ())}
+
+    def _spawn(self, model: bytes, config: LearnerConfig, adapters: dict, versions, inbox, outbox):
+        process = self._context.Process(
+            target=_child, args=(model, config, adapters, inbox, outbox, os.getpid(), versions),
+            name="harstream-learner", daemon=True)
+        process.start()
+        return process
+
+    def _run(self, process) -> None:
+        """Take up a started learner process (its queues are ``_inbox`` and ``_outbox``): its reader thread."""
+        self._process = process
+        self._born = time.monotonic()
+        self._stopped = False
+        self._reading = threading.Event()
+        self._reading.set()
+        self._reader = threading.Thread(target=self._read, args=(process, self._outbox, self._reading),
+                                        name="harstream-learner-reader", daemon=True)
+        self._reader.start()
+
+    def _read(self, process, outbox=None, reading: threading.Event | None = None) -> None:
+        """The reader thread: the learner's messages from its pipe (``outbox``, ``_outbox`` by default) to
+        ``_received``, until it has stopped (or, told to end by ``reading`` or the process gone, until the pipe
+        has nothing more)."""
+        outbox = self._outbox if outbox is None else outbox
+        reading = self._reading if reading is None else reading
         while True:
             gone = not process.is_alive()  # before reading: all that it wrote is in the pipe by then
             try:
-                message = self._outbox.get(timeout=0.2)
+                message = outbox.get(timeout=0.2)
             except queue.Empty:
-                if gone or not self._reading.is_set():
+                if gone or not reading.is_set():
                     return
                 continue
             except (EOFError, OSError):  # the pipe closed
                 return
             except Exception as exc:  # a message that cannot be unpickled: read whole first, the next ones are intact
-                if getattr(self._outbox, "_closed", False):  # ValueError: the queue closed
+                if getattr(outbox, "_closed", False):  # ValueError: the queue closed
                     return
                 log.exception("a message from the learner process could not be read; skipped")
                 message = ("unreadable", f"{type(exc).__name__}: {exc}"[:200])  # a command's weights, perhaps
@@ -319,6 +396,12 @@ class LearnerProcess:
         return self._process is not None and self._process.is_alive()
 
     @property
+    def restarting(self) -> bool:
+        """The learner process ended unexpectedly and is to be, or is being, started again."""
+        return (self._process is not None and not self.gave_up and not self._halt.is_set()
+                and (self._restarter is not None or not self._process.is_alive()))
+
+    @property
     def dropped(self) -> int:
         """Sequences never learnt: dropped by a learner that fell behind, or sent to none."""
         return self._dropped + self._lost + self._overflow
@@ -327,7 +410,7 @@ class LearnerProcess:
         """Send ``sequence`` to the learner, never blocking: if it has not taken the last
         ``queue_size`` sent, the sequence waits here, and beyond ``queue_size`` waiting the oldest
         waiting is dropped (counted in ``dropped``)."""
-        if not self.alive:
+        if not self.alive and not self.restarting:  # never started, stopped, or not started again (gave_up)
             if self._lost == 0 and self._process is not None:
                 log.error("the learner process has stopped (exit code %s): labels are no longer learnt",
                           self._process.exitcode)
@@ -338,7 +421,8 @@ class LearnerProcess:
             self._pending.popleft()
             self._overflow += 1
         self._pending.append(_arrays(sequence))
-        self._send()
+        if self.alive:  # else they wait for the learner process started again
+            self._send()
 
     def _send(self) -> None:
         """Send waiting sequences, oldest first, while fewer than ``queue_size`` are in flight."""
@@ -356,11 +440,14 @@ class LearnerProcess:
         if self.alive:
             self._inbox.put(("turn", device, Q))
             self._turning.setdefault(device, []).append(Q)
+        elif self._restarter is not None:  # copied for the one started again before or after: sent it anew
+            self._turned_meanwhile.add(device)
 
     def _check_running(self) -> None:
         """A command to a learner process that has ended would be accepted and never carried out."""
         if self._process is not None and not self._process.is_alive():
-            raise ValueError(f"the learner process has stopped (exit code {self._process.exitcode})")
+            again = "; it is being started again: try again shortly" if self.restarting else ""
+            raise ValueError(f"the learner process has stopped (exit code {self._process.exitcode}){again}")
 
     def rollback(self, version: str, answer: Callable | None = None) -> None:
         """Serve (and keep training from) an earlier saved version; the new weights come through
@@ -427,7 +514,94 @@ class LearnerProcess:
             for answer in pending:
                 if answer is not None:
                     answer(None, None, f"the learner process stopped (exit code {code}) before carrying it out")
+        self._supervise()
         return n
+
+    def _supervise(self) -> None:
+        """Start a learner process that ended unexpectedly again, once all it said is applied (the pending
+        commands answered above, its last weights served); take up the one a restarter started."""
+        if self._restarter is not None:
+            if not self._restarter.is_alive():
+                self._take_up_restarted()
+            return
+        if (self._process is None or self._halt.is_set() or self.gave_up or self._process.is_alive()
+                or (self._reader is not None and self._reader.is_alive()) or not self._received.empty()
+                or self._answers or self._answering is not None):
+            return
+        code, lived = self._process.exitcode, time.monotonic() - self._born
+        self._quick_ends = self._quick_ends + 1 if lived < self.QUICK_LIFE else 0
+        self._lost += max(0, self._sent - self._taken)  # sent, never taken: gone with it
+        self._sent = self._taken = 0
+        self._carried = {"updates": self.updates, "skipped": self.skipped, "dropped": self._dropped,
+                         "rested": self.rested}
+        self._turning.clear()  # the adapters it starts with are turned already
+        self._turned_meanwhile = set()
+        self._resynced = self._unreadable = None
+        if self._quick_ends >= self.MAX_QUICK_ENDS:
+            self.gave_up = True
+            self._lost += len(self._pending)
+            self._pending.clear()
+            log.error("the learner process ended (exit code %s) %.1f s after its start, the %d-th time in a row "
+                      "within %.0f s: it is not started again, and labels are no longer learnt until the consumer "
+                      "restarts (metrics learner.alive false, learner.restarts %d)", code, lived,
+                      self._quick_ends, self.QUICK_LIFE, self.restarts)
+            return
+        delay = min(self.RESTART_DELAY_MAX, self.RESTART_DELAY * 2 ** max(0, self._quick_ends - 1))
+        # what it starts from, taken here (the serving thread changes the version); the adapters are copied by the
+        # restarter: 0.5 s for 10,000 devices, which this thread would not serve during
+        config = dataclasses.replace(self.config, serving_version=self.version)
+        versions = None if config.versions_dir is not None else [v.to_dict() for v in self.versions]
+        log.error("the learner process ended unexpectedly (exit code %s) %.1f s after its start; starting it again "
+                  "in %.1f s from the model served, %s (restart %d)", code, lived, delay, self.version,
+                  self.restarts + 1)
+        args = (delay, self._model, config, versions, self._inbox, self._outbox)
+        self._restarted = None
+        self._restarter = threading.Thread(target=self._restart, args=args, name="harstream-learner-restarter",
+                                           daemon=True)
+        self._restarter.start()
+
+    def _restart(self, delay: float, model: bytes, config: LearnerConfig, versions, old_inbox, old_outbox) -> None:
+        """The restarter thread: after ``delay`` (unless stopped meanwhile), a learner process on new queues (the
+        dead one may have held the old ones' locks), with the serving side's adapters. Meanwhile the serving
+        thread changes them only by ``turn`` (nothing comes from a learner): those turned are sent anew."""
+        _discard(old_inbox, old_outbox)
+        if self._halt.wait(max(0.0, delay)):
+            return
+        try:
+            for _ in range(3):
+                try:
+                    adapters = self._adapter_copy()
+                    break
+                except RuntimeError:  # the adapters changed while copied (dictionary changed size)
+                    continue
+            else:
+                adapters = self._adapter_copy()
+            inbox, outbox = self._context.Queue(), self._context.Queue()
+            process = self._spawn(model, config, adapters, versions, inbox, outbox)
+            self._restarted = (process, inbox, outbox, len(adapters))
+        except Exception as exc:  # no memory, no process left: taken as a quick end
+            self._restarted = exc
+
+    def _take_up_restarted(self) -> None:
+        """The serving thread: serve through the learner process the restarter started."""
+        self._restarter, started, self._restarted = None, self._restarted, None
+        if self._halt.is_set():
+            return
+        if isinstance(started, BaseException) or started is None:
+            log.error("the learner process could not be started again: %s", started)
+            self._born = time.monotonic()  # a quick end, at once: the next try waits longer
+            self._supervise()
+            return
+        process, self._inbox, self._outbox, adapters = started
+        self.restarts += 1
+        self._run(process)
+        log.warning("the learner process started again (pid %s, restart %d) with %d device adapters", process.pid,
+                    self.restarts, adapters)
+        if self._turned_meanwhile and self.adapters is not None:  # copied turned, not yet turned, or half turned
+            entries = {d: self.adapters.entry(d) for d in self._turned_meanwhile}
+            self._inbox.put(("adapters", {d: _numpy(e) for d, e in entries.items() if e is not None}))
+        self._turned_meanwhile = set()
+        self._send()
 
     def _writer_gone(self) -> None:
         """The learner process has ended: close our end for writing its pipe (we never write it; its end died
@@ -456,14 +630,16 @@ class LearnerProcess:
                 if not turns:
                     del self._turning[message[1]]
         elif kind == "counters":
-            c = message[1]
-            self.updates, self.skipped, self._dropped = c["updates"], c["skipped"], c["dropped"]
+            c, carried = message[1], self._carried  # a restarted learner counts from 0
+            self.updates, self.skipped = carried["updates"] + c["updates"], carried["skipped"] + c["skipped"]
+            self._dropped = carried["dropped"] + c["dropped"]
             self._taken = c["taken"]
-            self.rested, self._comparison = c["rested"], c["comparison"]
+            self.rested, self._comparison = carried["rested"] + c["rested"], c["comparison"]
             self._check_version(c.get("version"))
         elif kind == "model":
             _, data, version, versions = message
             model, _ = load_checkpoint(data)
+            self._model = data  # served from now on: a learner process started again starts from it
             self.version = version
             self.versions = [VersionInfo(**v) for v in versions]
             self.on_promote(model, version)
@@ -504,6 +680,15 @@ class LearnerProcess:
     def stop(self, timeout: float = 30.0) -> None:
         """Stop the learner after the sequence at hand and apply all it reported (its last adapters
         included, so that a checkpoint taken next has them)."""
+        self._halt.set()  # nothing is started again
+        if self._restarter is not None:  # a learner process it starts now is stopped at once: it learnt nothing
+            self._restarter.join(30)
+            started, self._restarted, self._restarter = self._restarted, None, None
+            if isinstance(started, tuple):
+                process, inbox, outbox, _ = started
+                process.kill()
+                process.join(5)
+                _discard(inbox, outbox)
         if self._process is None:
             return
         self._pending.clear()  # not sent: like those the learner has not taken, dropped uncounted

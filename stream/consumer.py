@@ -1566,6 +1566,8 @@ class Consumer:
                 "updates": self.learner.updates, "skipped": self.learner.skipped, "dropped": self.learner.dropped,
                 "adapter_updates": self.learner.adapters.updates if self.learner.adapters is not None else 0,
                 "alive": self.learner.alive,  # False: the learner process is gone, labels are not learnt
+                # started again after an unexpected end (restarting: until it runs; false and not alive: given up)
+                "restarts": self.learner.restarts, "restarting": self.learner.restarting,
                 "rested_s": round(self.learner.rested, 1), **self.learner.comparison()},
         }
         self.last_metrics = metrics

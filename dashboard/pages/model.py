@@ -92,6 +92,8 @@ def learner_summary(view: ConsumerView) -> dict:
     return {"updates": model.get("updates", learner.get("updates")),
             "adapter_updates": learner.get("adapter_updates"),  # per-device adapters (--adapt device, both)
             "alive": learner.get("alive"),  # the consumer's learner process (None: not reported)
+            "restarts": learner.get("restarts"),  # started again after it ended unexpectedly
+            "restarting": learner.get("restarting"),  # it ended and is being started again (None: not reported)
             "dropped": learner.get("dropped"),
             "skipped": model.get("skipped", learner.get("skipped")),
             "windows": comparison.get("windows"),
@@ -128,10 +130,20 @@ def live(view_id: str) -> None:
                    delta_color="off", delta_arrow="off",
                    help="of the shared network (--adapt shared or both); the per-device adapters (--adapt "
                         "device, the default) learn beside it")
+    restarts = learner["restarts"] if isinstance(learner["restarts"], int) else 0
     if learner["alive"] is False and view.status != "offline":
-        st.error(f"This consumer's learner process has stopped: its labels are no longer learnt "
-                 f"({learner['dropped'] or 0:,} sequences dropped). "
-                 "Its log says why; a restart of the consumer starts a new one.")
+        if learner["restarting"]:
+            st.warning(f"This consumer's learner process ended unexpectedly and is being started again (restart "
+                       f"{restarts + 1}); the labels that come meanwhile wait for it. Its log says why it ended.")
+        else:
+            again = (f" It was started again {restarts:,} times and ended soon after each time: it is not started "
+                     f"again." if restarts else "")
+            st.error(f"This consumer's learner process has stopped: its labels are no longer learnt "
+                     f"({learner['dropped'] or 0:,} sequences dropped).{again} "
+                     "Its log says why; a restart of the consumer starts a new one.")
+    elif restarts and view.status != "offline":
+        st.caption(f"This consumer's learner process ended unexpectedly and was started again {restarts:,} "
+                   f"times; its log says why.")
     if view.metrics and "learner" in view.metrics and view.metrics["learner"] is None:
         st.caption("This consumer runs without online learning: it serves one model and reports no versions.")
 
