@@ -126,6 +126,7 @@ class ConsumerConfig:
     queue_size: int = 200_000  # messages buffered between paho's thread and the service thread
     max_wait: float = 0.02  # seconds a ready window may wait for others to share its batch
     metrics_interval: float = 5.0  # seconds between metrics messages
+    progress_interval: float = 60.0  # seconds between progress lines in the log (0: none), for a terminal
     max_payload: int = MAX_PAYLOAD_BYTES
     qos: int = 1  # subscription QoS for samples; 1 with a persistent session loses nothing on restart
     persistent: bool | None = None  # persistent session, so the broker keeps QoS 1 messages while we are
@@ -357,6 +358,7 @@ class Consumer:
         self._stop = threading.Event()
         self._client = None
         self.last_metrics: dict = {}
+        self._progress = (time.monotonic(), 0)  # when the log last said how it goes, and the windows then
         self.labels = LabelBook()
         self._reloaded = 0  # labels.taken after the last life's labels were put back: those before are its
         self._saved_version: str | None = None  # the version last written to serving.pt
@@ -1571,11 +1573,31 @@ class Consumer:
                 "rested_s": round(self.learner.rested, 1), **self.learner.comparison()},
         }
         self.last_metrics = metrics
+        self._log_progress(metrics)
         if self.config.health_file is not None:
             self._write_health(metrics)
         if self._client is not None:
             self._client.publish(consumer_topic(self.config.prefix, self.config.consumer_id, "metrics"),
                                  orjson.dumps(metrics), qos=0, retain=True)
+
+    def _log_progress(self, metrics: dict) -> None:
+        """One line in the log every ``progress_interval`` seconds: a consumer run in a terminal said nothing
+        between its start and its stop (all it does goes out over MQTT), so a newcomer could not tell it was
+        working. Totals since start, the windows of the last stretch, the last metrics interval's latency."""
+        now = time.monotonic()
+        since, windows = self._progress
+        if self.config.progress_interval <= 0 or now - since < self.config.progress_interval:
+            return
+        self._progress = (now, metrics["windows"])
+        learner = metrics["learner"]
+        learning = ("not learning (--no-learn)" if learner is None else
+                    f"learnt {learner['updates']} updates, {learner['adapter_updates']} adapter updates"
+                    + ("" if learner["alive"] or learner["restarting"] else "; the learner process is gone"))
+        drifts = sum(n for k, n in self.monitor.event_counts.items() if not k.endswith(":repeated"))
+        log.info("%d device%s; %d windows in the last %.0f s, %d since start (p99 %s ms); %s; %d drift events; "
+                 "rejected %s", metrics["devices"], "" if metrics["devices"] == 1 else "s",
+                 metrics["windows"] - windows, now - since, metrics["windows"], metrics["latency_ms"]["p99"], learning,
+                 drifts, metrics["rejected"] or "none")
 
     def _rejected(self) -> dict[str, int]:
         rejected = Counter(self.stats.rejected)
