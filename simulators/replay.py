@@ -75,7 +75,13 @@ def replay(rec: Recording, broker: BrokerURL, prefix: str = "har", speed: float 
             if rec.gyro is not None:  # as the device sent it: a model that reads the gyroscope needs it
                 body["gyro"] = rec.gyro[a:b].round(5).tolist()
             info = client.publish(f"{prefix}/{device}/imu", orjson.dumps(body), qos=qos)
-            if speed <= 0 and seq % 200 == 0:
+            if seq == 0 and qos:
+                # its seq 0 is acknowledged before anything after it leaves, so that no copy of it follows a
+                # higher seq: paho sends unacknowledged messages again after a reconnection, and the broker
+                # passes a publisher's copy on without DUP; seq 0 after a higher one not flagged DUP is a new
+                # session for the consumer (its windows classified again), as this replay is when it runs again
+                info.wait_for_publish(10)
+            elif speed <= 0 and seq % 200 == 0:
                 info.wait_for_publish(10)  # as fast as possible, but without unbounded client memory
             samples += b - a
             sent += 1

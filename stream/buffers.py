@@ -162,11 +162,22 @@ class DeviceBuffer:
         """Samples held back, waiting for the reorder bound."""
         return len(self._held_t)
 
-    def push(self, t: np.ndarray, acc: np.ndarray, arrival: float) -> list[Window]:
-        """Add samples (any order, acc in m/s²); returns the windows they complete."""
+    def push(self, t: np.ndarray, acc: np.ndarray, arrival: float, new_clock: bool = False) -> list[Window]:
+        """Add samples (any order, acc in m/s²); returns the windows they complete.
+
+        ``new_clock``: the device says these samples start a new session (its ``seq`` 0 after a higher one,
+        not a copy): what is held is committed, the partial window is dropped and the grid starts again at
+        their first sample, wherever its clock went, as for a clock gone back more than ``clock_reset``
+        (counted in ``clock_resets``); a recording replayed again at once is not dropped as late.
+        """
         t = np.asarray(t, dtype=np.float64)
         if len(t) == 0:
             return []
+        if new_clock and self._newest() is not None:
+            out = self.flush()
+            self._last_t = None  # the next commit starts a new grid at its first sample
+            self.clock_resets += 1
+            return out + self._push(t, np.asarray(acc, dtype=np.float64), arrival)
         last_t = self._last_t
         if self.reorder == 0 and last_t is not None:
             t_last = float(t[-1]) if len(t) == 1 else float(t.max())  # the newest, in any order

@@ -519,11 +519,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("replay", help="publish a recording file over MQTT",
                        description="Publishes every device of a recording file on <prefix>/<device>/imu (seq from "
-                                   "0) at the file's own times. A running consumer takes each device's samples "
-                                   "in time order: a file shorter than 30 s replayed again at once to the same "
-                                   "consumer is dropped as late (metrics: late_samples; DESIGN.md, \"seq counts "
-                                   "messages\"); use another --prefix, or restart a consumer that runs without "
-                                   "--state-dir.")
+                                   "0) at the file's own times. Replayed again, a device's seq starting at 0 "
+                                   "tells a running consumer that a new session begins: it classifies the file "
+                                   "again, however short (replicas with --state-store do not yet: a run shorter "
+                                   "than 30 s is dropped as late; DESIGN.md, \"seq counts messages\").")
     _broker_args(p)
     p.add_argument("file", help="recording file (CSV, see DESIGN.md)")
     p.add_argument("--speed", type=_speed, default=1.0,

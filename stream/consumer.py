@@ -1089,9 +1089,15 @@ class Consumer:
                             except Rejected:
                                 pass  # acknowledged before the kill, though the PUBACK did not leave
                         return
+                # seq 0 after a higher one, not the broker's copy (DUP), is a new session whatever its clock: its
+                # grid starts again at its first sample (samples at or before the buffer's newest were dropped
+                # as late, a recording shorter than CLOCK_RESET replayed again at once gave no window)
+                buffered = self.pipeline.newest(device)
+                new_clock = (not dup and batch.seq == 0 and (self.sequence.last(device) or 0) > 0
+                             and buffered is not None and float(batch.t[0]) <= buffered)
                 if self.sequence.check(batch, newest) < 0 and self._too_late(batch):
                     return  # a late message filling a gap, but its samples' place on the grid is gone
-                self._take(batch, arrival, mid, qos)
+                self._take(batch, arrival, mid, qos, new_clock)
             elif kind == "label":
                 label, start, end = decode_label(payload)
                 if not self._takes_label(label):
@@ -1184,12 +1190,13 @@ class Consumer:
         self._late_fills += len(batch)
         return True
 
-    def _take(self, batch, arrival: float, mid: int = 0, qos: int = 0) -> None:
-        """Buffer a decoded batch, bringing an evicted device's state back first."""
+    def _take(self, batch, arrival: float, mid: int = 0, qos: int = 0, new_clock: bool = False) -> None:
+        """Buffer a decoded batch, bringing an evicted device's state back first; ``new_clock``: it starts a
+        new session of its device."""
         device = batch.device
         if qos and self.after_window:
             newest = self.acks.newest(device)
-            if newest is not None and batch.t[-1] < newest - CLOCK_RESET:
+            if newest is not None and (new_clock or batch.t[-1] < newest - CLOCK_RESET):
                 self.acks.drop_device(device)  # the device's clock restarted: its partial window goes
             self.acks.hold(mid, qos, device, float(batch.t[-1]), batch.seq, self._sample_values(batch)[-1])
         if device not in self._last_seen and device in self._evicted:
@@ -1198,7 +1205,7 @@ class Consumer:
         self._last_seen[device] = arrival
         self.stats.samples += len(batch)
         self.stats._interval_samples += len(batch)
-        self.pipeline.add(batch, arrival)
+        self.pipeline.add(batch, arrival, new_clock)
 
     def _publish(self, predictions: list[Prediction]) -> None:
         """Publish a cycle's predictions. With a journal (acknowledging after the window, with a state

@@ -92,8 +92,9 @@ class Pipeline:
                             batch.device, self.classifier.version)
             raise Rejected("no_gyro", f"{batch.device}: the model reads the gyroscope, the batch has none")
 
-    def add(self, batch: SampleBatch, arrival: float) -> int:
-        """Buffer ``batch``; returns how many windows it completed."""
+    def add(self, batch: SampleBatch, arrival: float, new_clock: bool = False) -> int:
+        """Buffer ``batch``; returns how many windows it completed. ``new_clock``: it starts a new session
+        of its device (``DeviceBuffer.push``)."""
         self.check(batch)
         cfg = self.config
         buffer = self.buffers.get(batch.device)
@@ -102,7 +103,7 @@ class Pipeline:
                                   channels=cfg.input_channels)
             self.buffers[batch.device] = buffer
         values = batch.acc if cfg.input_channels == 3 else np.concatenate([batch.acc, batch.gyro], axis=1)
-        windows = buffer.push(batch.t, values, arrival)
+        windows = buffer.push(batch.t, values, arrival, new_clock)
         self._ready.extend(windows)
         return len(windows)
 
