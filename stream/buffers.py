@@ -49,6 +49,9 @@ class Window:
     t_end: float  # device time of the window's last grid sample
     samples: np.ndarray  # (window, channels) float32: m/s², then rad/s for a model that reads the gyroscope
     arrival: float  # monotonic time the sample completing it was received
+    # the first window of a new session (DeviceBuffer.clock_resets: its clock went back, or the device said so):
+    # what is kept per session downstream (labels, the drift monitor's timings) starts afresh with it
+    new_session: bool = False
 
 
 def resample(t: np.ndarray, values: np.ndarray, rate: float,
@@ -112,8 +115,8 @@ class DeviceBuffer:
 
     # one per device: slots instead of an attribute dict (about 700 bytes less per device)
     __slots__ = ("device", "rate", "window", "max_gap", "reorder", "clock_reset", "late_samples", "duplicates",
-                 "gaps", "clock_resets", "_last_t", "_last_acc", "_origin", "_k", "_pending", "_fill", "_held_t",
-                 "_held_acc", "_held_arrival", "_kept", "_kept_n", "_kept_from")
+                 "gaps", "clock_resets", "_new_session", "_last_t", "_last_acc", "_origin", "_k", "_pending", "_fill",
+                 "_held_t", "_held_acc", "_held_arrival", "_kept", "_kept_n", "_kept_from")
 
     def __init__(self, device: str, rate: float, window: int, max_gap: float = 1.0, reorder: float = 0.0,
                  clock_reset: float = 30.0, channels: int = 3) -> None:
@@ -133,6 +136,7 @@ class DeviceBuffer:
         self.duplicates = 0  # same timestamp as a sample not yet used
         self.gaps = 0  # grid restarts after a silence longer than max_gap
         self.clock_resets = 0  # grid restarts because the device clock went back
+        self._new_session = False  # the next window is a new session's first (clock_resets)
         self._last_t: float | None = None  # last committed sample
         self._last_acc = np.zeros(channels, dtype=np.float64)
         self._origin = 0.0  # grid time k is origin + k / rate
@@ -174,9 +178,7 @@ class DeviceBuffer:
         if len(t) == 0:
             return []
         if new_clock and self._newest() is not None:
-            out = self.flush()
-            self._last_t = None  # the next commit starts a new grid at its first sample
-            self.clock_resets += 1
+            out = self._restart_clock()
             return out + self._push(t, np.asarray(acc, dtype=np.float64), arrival)
         last_t = self._last_t
         if self.reorder == 0 and last_t is not None:
@@ -236,9 +238,7 @@ class DeviceBuffer:
         out: list[Window] = []
         newest = self._newest()
         if newest is not None and t[-1] < newest - self.clock_reset and t.max() < newest - self.clock_reset:
-            out += self.flush()
-            self._last_t = None  # the next commit starts a new grid at its first sample
-            self.clock_resets += 1
+            out += self._restart_clock()
         if self._last_t is not None:
             keep = t > self._last_t
             if not keep.all():
@@ -257,6 +257,17 @@ class DeviceBuffer:
         if len(self._held_t) > MAX_HELD:
             cut = max(cut, self._held_t[-MAX_HELD - 1])
         out += self._commit_until(cut)
+        return out
+
+    def _restart_clock(self) -> list[Window]:
+        """A new session (the clock went back more than ``clock_reset``, or ``push``'s ``new_clock``): what is
+        held is committed (the windows it completes, returned, are the session before's), the partial window is
+        dropped, the next commit starts a new grid at its first sample, and the first window on it says it is a
+        new session's (``Window.new_session``), however far the clock went back."""
+        out = self.flush()
+        self._last_t = None
+        self.clock_resets += 1
+        self._new_session = True
         return out
 
     def release(self, now: float) -> list[Window]:
@@ -366,7 +377,9 @@ class DeviceBuffer:
             fill += take
             i += take
             if fill == self.window:
-                out.append(Window(self.device, float(grid[i - 1]), pending, arrival))  # handed out whole
+                out.append(Window(self.device, float(grid[i - 1]), pending, arrival,  # handed out whole
+                                  self._new_session))
+                self._new_session = False
                 fill = 0
                 pending = self._pending = np.empty((self.window, pending.shape[1]), dtype=np.float32)
         self._fill = fill

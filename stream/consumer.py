@@ -1079,7 +1079,8 @@ class Consumer:
                     newest = self._watermarks.get(device)
                 if dup:
                     newest = None  # the broker's copy of a message sent before: no new numbering
-                if device in self._resume:
+                resumed = device in self._resume
+                if resumed:
                     skipped, batch = batch, self._skip_published(batch, dup)
                     if batch is None:  # sent again, but classified before the restart
                         self.acks.counts["redelivered"] += 1
@@ -1093,8 +1094,20 @@ class Consumer:
                 # grid starts again at its first sample (samples at or before the buffer's newest were dropped
                 # as late, a recording shorter than CLOCK_RESET replayed again at once gave no window)
                 buffered = self.pipeline.newest(device)
-                new_clock = (not dup and batch.seq == 0 and (self.sequence.last(device) or 0) > 0
-                             and buffered is not None and float(batch.t[0]) <= buffered)
+                new_clock = False
+                if batch.seq == 0 and (self.sequence.last(device) or 0) > 0:  # rare: not on the usual path
+                    ref = buffered if buffered is not None else self._watermarks.get(device)
+                    if not dup:
+                        new_clock = buffered is not None and float(batch.t[0]) <= buffered
+                    elif (not resumed and ref is not None and float(batch.t[0]) <= ref
+                          and float(batch.t[-1]) >= ref - CLOCK_RESET):
+                        # the broker's copy of this session's seq 0 (its PUBACK lost to a reconnection): taken
+                        # before; checked, it set the sequence's last seq back to 0 and the next message counted
+                        # a gap of every one since. A DUP seq 0 after the newest (its first try never reached
+                        # us), more than CLOCK_RESET back (a new clock), or found no copy by _skip_published
+                        # after a restart is a new session, as before
+                        self.acks.counts["redelivered"] += 1
+                        return
                 if self.sequence.check(batch, newest) < 0 and self._too_late(batch):
                     return  # a late message filling a gap, but its samples' place on the grid is gone
                 self._take(batch, arrival, mid, qos, new_clock)
@@ -1257,8 +1270,8 @@ class Consumer:
         acknowledged message is in a window the journal holds, and the journal knows at least what the
         broker will not send again."""
         ends: dict[str, float] = {}
-        for p in predictions:
-            ends[p.device] = max(p.t_end, ends.get(p.device, -np.inf))
+        for p in predictions:  # each device's in order: its last is its current session's newest window (the
+            ends[p.device] = p.t_end  # session before's, its clock gone back, would release the new one's all)
         entries = []
         self.acks.deferred = []
         try:
@@ -1324,10 +1337,10 @@ class Consumer:
             if p.reoriented:  # turned anew: not a drift of its own making (models.orientation)
                 self.monitor.reoriented(p.device, p.t_end)
             events += self.monitor.observe(p.device, p.t_end, p.magnitude, p.confidence, p.mean_acc, p.label,
-                                          p.motion)
+                                          p.motion, p.new_session)
             if p.device in self.history:
                 self.history.add(LabelledWindow(p.device, p.t_end, p.window, p.state_before(), p.label,
-                                                p.confidence))
+                                                p.confidence), p.new_session)
         events += self._resolved(self.history.resolve(self.labels))
         self._publish_drift(events)
 

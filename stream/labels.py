@@ -245,13 +245,15 @@ class WindowHistory:
     def track(self, device: str) -> None:
         self._windows.setdefault(device, deque())
 
-    def add(self, window: LabelledWindow) -> None:
+    def add(self, window: LabelledWindow, new_session: bool = False) -> None:
+        """``new_session``: the window is its device's new session's first (``Window.new_session``), though it
+        may end after the last one's newest (a device's seq 0 starting a new grid within its last window)."""
         queue = self._windows.get(window.device)
         if queue is None:
             return
         device = window.device
         newest = self._newest.get(device)
-        if newest is not None and window.t_end < newest:  # the device's clock went back: a new session
+        if newest is not None and (window.t_end < newest or new_session):  # its clock went back: a new session
             ended = self._ended.setdefault(device, [])  # even if none waits: its labels are to be forgotten
             ended += self._due.pop(device, [])  # its windows pushed out come before those left
             ended.extend(queue)  # final now: resolved next

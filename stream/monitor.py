@@ -314,15 +314,16 @@ class Monitor:
 
     def observe(self, device: str, t: float, magnitude: float, confidence: float,
                 mean_acc: np.ndarray | None = None, predicted: str | None = None,
-                motion: float | None = None) -> list[DriftEvent]:
-        """One classified window; returns drift detections.
+                motion: float | None = None, new_session: bool = False) -> list[DriftEvent]:
+        """One classified window; returns drift detections. ``new_session``: its device's new session's first
+        window (``stream.buffers.Window.new_session``), even if it ends after the last one's (``_clock_reset``).
 
         ``mean_acc`` (the window's mean specific force) and ``predicted`` feed the orientation detectors;
         with ``motion`` (``window_motion``) too, the check within runs of steadily moving windows.
         """
         out = []
         dev = self._get(device)
-        if dev.last_t is not None and t < dev.last_t:
+        if dev.last_t is not None and (t < dev.last_t or new_session):
             self._clock_reset(device, dev)  # windows come in time order: the device's clock went back
         dev.last_t = t
         has_labels = 0.0 <= t - self._last_label_t.get(device, -math.inf) < self.labelled_recently

@@ -37,6 +37,7 @@ class Prediction:
     mean_acc: np.ndarray | None = None  # (3,) mean specific force over the window (for the drift detectors)
     reoriented: bool = False  # the device's windows are turned anew from this one on (models.orientation)
     motion: float = 0.0  # how much the window moves (stream.monitor.window_motion), for the drift detectors
+    new_session: bool = False  # the first window of a new session of its device (``Window.new_session``)
 
     def state_before(self) -> tuple:
         """This device's state before the window, each (layers, hidden), as a copy."""
@@ -163,7 +164,8 @@ class Pipeline:
             confidence = probs[np.arange(len(group)), best].tolist()
             for i, (w, p, k) in enumerate(zip(group, probs, best.tolist(), strict=True)):
                 out.append(Prediction(w.device, w.t_end, classes[k], confidence[i], p, w.arrival, seen[i],
-                                      state, i, magnitudes[i], means[i], w.device in changed, motions[i]))
+                                      state, i, magnitudes[i], means[i], w.device in changed, motions[i],
+                                      w.new_session))
         return out
 
     def evict(self, device: str) -> None:
