@@ -339,7 +339,11 @@ class SequenceCheck:
         lost = 0
         given = self._given.get(batch.device)
         if seq is not None and len(batch.t) > 0:  # t does not decrease within a batch (decode_imu)
-            self._given[batch.device] = float(batch.t[-1]) if given is None else max(given, float(batch.t[-1]))
+            # seq 0 after a higher one starts the device's newest afresh with its session (its clock may have
+            # gone back: measured against the session before's, its next restart's was never newer)
+            restart = seq == 0 and last is not None and last > 0
+            self._given[batch.device] = (float(batch.t[-1]) if given is None or restart
+                                         else max(given, float(batch.t[-1])))
         if newest is not None and given is not None and given > newest:
             newest = given  # a batch refused, or one taken and evicted since, is samples the device gave
         renumbered = (last is not None and seq is not None and seq < last and newest is not None

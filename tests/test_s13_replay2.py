@@ -15,6 +15,9 @@
    restarts the grid inside the last session's partial window does not: the new session's labels then named
    the old session's last windows. The buffer's grid restart is now the one signal (``Window.new_session``)
    for both paths. (The LSTM state and the orientation fit are carried over a new session on both paths alike.)
+4. The sequence check's newest sample of a device (which tells a restart whose ``seq`` 0 was lost) ran on over a
+   new session: after a clock gone back, a later restart was measured against the session before's newest and
+   refused as ``backwards_seq``. It starts afresh at ``seq`` 0.
 """
 
 from __future__ import annotations
@@ -178,3 +181,20 @@ def test_the_first_window_after_a_grid_restart_by_clock_says_it_starts_a_session
     assert [w.new_session for w in new[:2]] == [True, False] and new[0].t_end == pytest.approx(t0_new + 0.96)
     gap = buf.push(t0_new + 10.0 + np.arange(50) / 50, acc[:50], 2.0)  # a gap restarts the grid: no session
     assert buf.gaps == 1 and not any(w.new_session for w in gap + buf.flush())
+
+
+# -- 4. the sequence check's newest across a new session -------------------------------------------------------
+def test_after_a_new_session_a_lost_seq_0_is_told_by_the_new_sessions_newest(tiny_model):
+    """Session A up to device time 202, session B (seq 0, clock back) to 11, then B restarts with its seq 0 lost
+    (QoS 0): seq 1 from 20, 9 s after B's newest, is a device numbering anew (``renumbered``). The sequence
+    check still measured it against A's newest (202), refused it as backwards_seq, and so every message of the
+    session until its seq passed B's last."""
+    c = _consumer(tiny_model)
+    for seq in range(10):
+        _send(c, seq, 200.0 + seq * 0.2)
+    for seq in range(5):
+        _send(c, seq, 10.0 + seq * 0.2)
+    assert c.pipeline.buffers["dev"].clock_resets == 1
+    _send(c, 1, 20.0)
+    assert not c.stats.rejected
+    assert c.sequence.renumbered == 1 and c.sequence.last("dev") == 1
