@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 
@@ -12,6 +13,20 @@ from tqdm import tqdm
 from simulators.publisher import check_interval, check_speed
 from stream.mqtt import BrokerURL, connect
 from stream.recording import Recording
+
+log = logging.getLogger(__name__)
+
+
+def _settle(info, timeout: float = 10.0) -> bool:
+    """Wait until paho has sent ``info``'s message (acknowledged, at QoS 1); False, and the replay goes on, where
+    it could not: paho's ``wait_for_publish`` raises RuntimeError for a message published while the connection
+    was down (it is sent again once paho reconnects), and the replay ended with a traceback."""
+    try:
+        info.wait_for_publish(timeout)
+        return info.is_published()
+    except (RuntimeError, ValueError) as exc:
+        log.warning("replay: %s; going on (paho sends it again once it reconnects)", exc)
+        return False
 
 __all__ = ["replay", "label_spans"]
 
@@ -80,15 +95,15 @@ def replay(rec: Recording, broker: BrokerURL, prefix: str = "har", speed: float 
                 # higher seq: paho sends unacknowledged messages again after a reconnection, and the broker
                 # passes a publisher's copy on without DUP; seq 0 after a higher one not flagged DUP is a new
                 # session for the consumer (its windows classified again), as this replay is when it runs again
-                info.wait_for_publish(10)
+                _settle(info)
             elif speed <= 0 and seq % 200 == 0:
-                info.wait_for_publish(10)  # as fast as possible, but without unbounded client memory
+                _settle(info)  # as fast as possible, but without unbounded client memory
             samples += b - a
             sent += 1
             devices.add(device)
     finally:
         if info is not None:
-            info.wait_for_publish(10)  # flush what paho still holds before leaving
+            _settle(info)  # flush what paho still holds before leaving
         client.disconnect()
         client.loop_stop()
     # what was sent (a replay stopped early sends less than planned)
