@@ -45,6 +45,7 @@ import ctypes
 import dataclasses
 import logging
 import multiprocessing
+import multiprocessing.connection
 import os
 import queue
 import signal
@@ -332,6 +333,7 @@ class LearnerProcess:
         self._born = 0.0  # when the running learner process started (monotonic)
         self._quick_ends = 0  # in a row
         self._restarter: threading.Thread | None = None
+        self._keeper: threading.Thread | None = None  # the restarter of the running process: it ends with it
         self._restarted: tuple | Exception | None = None  # (process, inbox, outbox, adapters) it started, or why not
         self._turned_meanwhile: set[str] = set()  # devices turned while one is started again (see _take_up_restarted)
         self._carried = {"updates": 0, "skipped": 0, "dropped": 0, "rested": 0.0}  # the earlier lives' counters
@@ -521,7 +523,7 @@ class LearnerProcess:
         """Start a learner process that ended unexpectedly again, once all it said is applied (the pending
         commands answered above, its last weights served); take up the one a restarter started."""
         if self._restarter is not None:
-            if not self._restarter.is_alive():
+            if self._restarted is not None or not self._restarter.is_alive():  # it stays while its process runs
                 self._take_up_restarted()
             return
         if (self._process is None or self._halt.is_set() or self.gave_up or self._process.is_alive()
@@ -563,7 +565,8 @@ class LearnerProcess:
     def _restart(self, delay: float, model: bytes, config: LearnerConfig, versions, old_inbox, old_outbox) -> None:
         """The restarter thread: after ``delay`` (unless stopped meanwhile), a learner process on new queues (the
         dead one may have held the old ones' locks), with the serving side's adapters. Meanwhile the serving
-        thread changes them only by ``turn`` (nothing comes from a learner): those turned are sent anew."""
+        thread changes them only by ``turn`` (nothing comes from a learner): those turned are sent anew. It then
+        stays until that process ends (``_restarted`` says it started one): the process dies with this thread."""
         _discard(old_inbox, old_outbox)
         if self._halt.wait(max(0.0, delay)):
             return
@@ -578,13 +581,19 @@ class LearnerProcess:
                 adapters = self._adapter_copy()
             inbox, outbox = self._context.Queue(), self._context.Queue()
             process = self._spawn(model, config, adapters, versions, inbox, outbox)
-            self._restarted = (process, inbox, outbox, len(adapters))
         except Exception as exc:  # no memory, no process left: taken as a quick end
             self._restarted = exc
+            return
+        self._restarted = (process, inbox, outbox, len(adapters))
+        # the kernel kills the process when the thread that started it ends (PR_SET_PDEATHSIG, which the child
+        # sets once it runs): this thread waits for it to end. Ending here killed the learner started again
+        # whenever the child got that far first (a thread held up by the GIL, or a slow exit)
+        multiprocessing.connection.wait([process.sentinel])
 
     def _take_up_restarted(self) -> None:
         """The serving thread: serve through the learner process the restarter started."""
-        self._restarter, started, self._restarted = None, self._restarted, None
+        restarter, started = self._restarter, self._restarted
+        self._restarter = self._restarted = None
         if self._halt.is_set():
             return
         if isinstance(started, BaseException) or started is None:
@@ -593,6 +602,7 @@ class LearnerProcess:
             self._supervise()
             return
         process, self._inbox, self._outbox, adapters = started
+        self._keeper = restarter
         self.restarts += 1
         self._run(process)
         log.warning("the learner process started again (pid %s, restart %d) with %d device adapters", process.pid,
@@ -682,13 +692,16 @@ class LearnerProcess:
         included, so that a checkpoint taken next has them)."""
         self._halt.set()  # nothing is started again
         if self._restarter is not None:  # a learner process it starts now is stopped at once: it learnt nothing
-            self._restarter.join(30)
+            restarter, deadline = self._restarter, time.monotonic() + 30
+            while self._restarted is None and restarter.is_alive() and time.monotonic() < deadline:
+                restarter.join(0.01)  # it stays while the process it started runs: until it has started one
             started, self._restarted, self._restarter = self._restarted, None, None
             if isinstance(started, tuple):
                 process, inbox, outbox, _ = started
                 process.kill()
                 process.join(5)
                 _discard(inbox, outbox)
+            restarter.join(5)
         if self._process is None:
             return
         self._pending.clear()  # not sent: like those the learner has not taken, dropped uncounted
@@ -709,6 +722,9 @@ class LearnerProcess:
             self._writer_gone()  # a message the terminated learner left half written ends the reader too
         if self._reader is not None:
             self._reader.join(2)
+        if self._keeper is not None and not self._process.is_alive():  # the thread that started it: it ends now
+            self._keeper.join(2)
+            self._keeper = None
         self.poll()
         self._inbox.cancel_join_thread()  # sequences not taken are dropped, not waited for
         self._process = None
