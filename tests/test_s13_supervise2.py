@@ -4,7 +4,6 @@ tied to a thread that ends at once. The kernel kills the learner process when th
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import signal
 import threading
@@ -15,20 +14,7 @@ import numpy as np
 from models.finetune import LearnerConfig
 from models.learner_process import LearnerProcess
 from tests.test_learner_review import _model, _sequence
-
-
-def _poll_until(learner: LearnerProcess, condition, timeout: float = 60.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        learner.poll()
-        time.sleep(0.01)
-    return True
-
-
-def _learners() -> list:
-    return [p for p in multiprocessing.active_children() if p.name == "harstream-learner"]
+from tests.test_s13_supervise import _learners, _poll_until
 
 
 def test_a_learner_process_started_again_lives_on_when_its_restarter_thread_is_slow_to_end():
