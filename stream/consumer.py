@@ -1074,11 +1074,9 @@ class Consumer:
                     return
                 # samples newer than every one taken tell a device numbering anew (its seq 0 lost) from a copy
                 # sent again; where its buffer is gone (evicted, or a restart), the last published window's end
-                newest = self.pipeline.newest(device)
-                if newest is None:
-                    newest = self._watermarks.get(device)
-                if dup:
-                    newest = None  # the broker's copy of a message sent before: no new numbering
+                buffered = self.pipeline.newest(device)
+                given = buffered if buffered is not None else self._watermarks.get(device)
+                newest = None if dup else given  # the broker's copy of a message sent before: no new numbering
                 resumed = device in self._resume
                 if resumed:
                     skipped, batch = batch, self._skip_published(batch, dup)
@@ -1093,14 +1091,12 @@ class Consumer:
                 # seq 0 after a higher one, not the broker's copy (DUP), is a new session whatever its clock: its
                 # grid starts again at its first sample (samples at or before the buffer's newest were dropped
                 # as late, a recording shorter than CLOCK_RESET replayed again at once gave no window)
-                buffered = self.pipeline.newest(device)
                 new_clock = False
                 if batch.seq == 0 and (self.sequence.last(device) or 0) > 0:  # rare: not on the usual path
-                    ref = buffered if buffered is not None else self._watermarks.get(device)
                     if not dup:
                         new_clock = buffered is not None and float(batch.t[0]) <= buffered
-                    elif (not resumed and ref is not None and float(batch.t[0]) <= ref
-                          and float(batch.t[-1]) >= ref - CLOCK_RESET):
+                    elif (not resumed and given is not None and float(batch.t[0]) <= given
+                          and float(batch.t[-1]) >= given - CLOCK_RESET):
                         # the broker's copy of this session's seq 0 (its PUBACK lost to a reconnection): taken
                         # before; checked, it set the sequence's last seq back to 0 and the next message counted
                         # a gap of every one since. A DUP seq 0 after the newest (its first try never reached
