@@ -836,7 +836,7 @@ def _matrix(s, classes: list[str]) -> metrics.ConfusionMatrix:
     return cm
 
 
-def _error_state(detector) -> list:
+def _error_state(detector) -> list | None:
     """An error detector's state as plain numbers, all of it (river's HDDM_A and FHDDM, 0.26: ``restore``
     sets them on a fresh one): HDDM_A's whether it fired and warned on its last input, and its three means
     (all its inputs since it last fired; the cut points for a rise and a fall) as [windows, mean] each;
