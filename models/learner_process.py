@@ -368,10 +368,12 @@ class LearnerProcess:
                                         name="harstream-learner-reader", daemon=True)
         self._reader.start()
 
-    def _read(self, process, outbox, reading: threading.Event) -> None:
-        """The reader thread: the learner's messages from its pipe (``outbox``: its process's, which a restart
-        replaces) to ``_received``, until it has stopped (or, told to end by ``reading`` or the process gone,
-        until the pipe has nothing more)."""
+    def _read(self, process, outbox=None, reading: threading.Event | None = None) -> None:
+        """The reader thread: the learner's messages from its pipe (``outbox``, ``_outbox`` by default) to
+        ``_received``, until it has stopped (or, told to end by ``reading`` or the process gone, until the pipe
+        has nothing more)."""
+        outbox = self._outbox if outbox is None else outbox
+        reading = self._reading if reading is None else reading
         while True:
             gone = not process.is_alive()  # before reading: all that it wrote is in the pipe by then
             try:
