@@ -49,7 +49,7 @@ import numpy as np
 import orjson
 import torch
 
-from models.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from models.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, sync_directory
 from models.finetune import LearnerConfig, Sequence
 from models.learner_process import LearnerProcess
 from models.state import StatefulClassifier
@@ -1433,7 +1433,6 @@ class Consumer:
         self.pipeline.classifier.set_model(model, version)
         log.info("serving model %s", version)
         if self.config.state_dir is not None and self._saved_version != version:
-            from models.checkpoint import sync_directory
             info = next((v for v in self.learner.versions if v.version == version), None) if self.learner else None
             serving = self.config.state_dir / SERVING_MODEL
             tmp = serving.with_name(serving.name + ".tmp")
