@@ -40,6 +40,7 @@ from models.rnn import HARNet
 __all__ = ["LearnerConfig", "OnlineLearner", "Pacer", "Sequence", "OPTIMISERS", "saved_versions", "starting_versions"]
 
 log = logging.getLogger(__name__)
+FORGOT_SHOWN = 5  # version ids named in the "forgot N old versions" line
 
 OPTIMISERS = {"adam": torch.optim.Adam, "rmsprop": torch.optim.RMSprop, "sgd": torch.optim.SGD}
 ADAPT = ("device", "shared", "both")  # what learns from labels: per-device adapters, the shared network, both
@@ -67,6 +68,9 @@ class LearnerConfig:
     replay_per_update: int = 8  # older sequences mixed into every update
     promotion_windows: int = 24  # recent untrained windows the promotion compares on
     min_updates_between_promotions: int = 2
+    min_updates_between_ties: int = 20  # a challenger only as good as serving (a tie) waits this many updates
+    # since the last promotion; one strictly better waits min_updates_between_promotions (with steady labels
+    # ties were 3 promotions in 4, a version every 24 labelled windows: piles of files, nothing gained)
     queue_size: int = 256  # sequences waiting for the learner, in its process and again in the serving one
     # (models.learner_process); the oldest waiting are dropped beyond
     cpu_share: float = 0.2  # of one core, at most, over time: after learning for c CPU seconds the
@@ -349,8 +353,9 @@ class OnlineLearner:
             return
         if cmp["challenger_accuracy"] < cmp["serving_accuracy"]:
             return
-        if cmp["challenger_accuracy"] == cmp["serving_accuracy"] == 1.0 and self._since_promotion < 20:
-            return  # nothing to gain; do not churn versions
+        tie = cmp["challenger_accuracy"] == cmp["serving_accuracy"]
+        if tie and self._since_promotion < cfg.min_updates_between_ties:
+            return  # at least as good, but nothing shown to gain yet: do not churn versions
         self.promote(cmp)
 
     def promote(self, metrics: dict | None = None) -> str:
@@ -398,7 +403,9 @@ class OnlineLearner:
                 except OSError as exc:  # listed no more all the same: the next start lists it again
                     log.warning("could not delete old version %s: %s", v.path, exc)
         self.versions = [v for v in self.versions if v.version not in gone]
-        log.info("forgot %d old versions (keeping at most %d): %s", len(gone), limit, ", ".join(sorted(gone)))
+        shown = [v.version for v in old if v.version in gone][:FORGOT_SHOWN]  # oldest first; all: kB a line
+        log.info("forgot %d old versions (keeping at most %d): %s%s", len(gone), limit, ", ".join(shown),
+                 f" and {len(gone) - len(shown)} more" if len(gone) > len(shown) else "")
 
     def rollback(self, version: str) -> HARNet:
         """Serve (and keep training from) an earlier version."""

@@ -22,6 +22,7 @@ from stream.mqtt import BrokerURL, connect
 __all__ = ["SimulatorConfig", "Simulator", "MIN_INTERVAL", "check_interval", "check_speed"]
 
 BLOCK = 10.0  # s: samples a simulated device generates at a time
+INFLIGHT_QOS1 = 65535  # QoS 1 messages a simulator's client may have unacknowledged
 MIN_INTERVAL = 0.01  # s: the shortest message interval of a simulator or a replay (100 messages/s per device)
 
 
@@ -58,6 +59,7 @@ class SimulatorConfig:
     scenario_start: float = 60.0  # seconds after each device's first published sample
     client_per_device: bool = False  # one MQTT client (and last will) per device
     record: str | None = None  # write everything published, with the whole truth, to this recording file
+    qos: int = 0  # QoS of the samples: at 1 a consumer's persistent session (--state-dir) gets what it missed
 
     def __post_init__(self) -> None:
         if self.devices < 1:
@@ -66,6 +68,10 @@ class SimulatorConfig:
             raise ValueError("'label_fraction' must be within [0, 1]")
         check_interval(self.interval)
         check_speed(self.speed)
+        if not self.device_prefix or any(c in self.device_prefix for c in "/+#"):
+            raise ValueError(f"'device_prefix' must be a non-empty name without / + # (got {self.device_prefix!r})")
+        if self.qos not in (0, 1):
+            raise ValueError(f"'qos' must be 0 or 1 (got {self.qos!r})")
 
 
 class Simulator:
@@ -101,6 +107,10 @@ class Simulator:
         self._labelled = {d.device for d, flag in zip(self.devices, labelled, strict=True) if flag}
         self._seq = {d.device: 0 for d in self.devices}
         self._recorded: list[tuple] = []  # (device, chunk) when recording
+        # QoS 1: a device's seq 0 until the broker acknowledges it, and its chunks read meanwhile (sent after)
+        self._first: dict[str, object] = {}
+        self._held: dict[str, list] = {}
+        self.unsent_messages = 0  # chunks still held at the end (their device's seq 0 never acknowledged)
         self._last_label: dict[str, str] = {}
 
     def stop(self) -> None:
@@ -118,13 +128,20 @@ class Simulator:
             # drive the network loop from the publishing thread: paho then writes each message at once
             # instead of waking its own thread through a socket pair (a third of the CPU at 2,000 devices)
             client.loop_stop()
-            return {d.device: client for d in self.devices}
-        return {
-            d.device: connect(cfg.broker, "sim", client_id=d.device,
-                              will=(self._topic(d.device, "status"), b"offline"),
-                              on_connected=lambda c, d=d: self._online(c, [d]))
-            for d in self.devices
-        }
+            clients = {d.device: client for d in self.devices}
+        else:
+            clients = {
+                d.device: connect(cfg.broker, "sim", client_id=d.device,
+                                  will=(self._topic(d.device, "status"), b"offline"),
+                                  on_connected=lambda c, d=d: self._online(c, [d]))
+                for d in self.devices
+            }
+        if cfg.qos:  # paho's default of 20 unacknowledged would hold a tick of many devices to 20 messages;
+            # its setter refuses a connected client (for a change to or from 0, no limit), so the attribute is
+            # raised directly, to the most message ids MQTT has (more in flight and two would share an id)
+            for client in set(clients.values()):
+                client._max_inflight_messages = INFLIGHT_QOS1  # noqa: SLF001
+        return clients
 
     def _online(self, client, devices: list[DeviceStream]) -> None:
         for d in devices:
@@ -164,6 +181,7 @@ class Simulator:
                     self.max_lag = max(self.max_lag, lag)
                     self.late_ticks += lag > cfg.interval
         finally:
+            self._flush_held(clients)
             for d in self.devices:
                 info = clients[d.device].publish(self._topic(d.device, "status"), b"offline", qos=1, retain=True)
             for client in manual:
@@ -178,6 +196,9 @@ class Simulator:
             elapsed = time.monotonic() - start
             if cfg.record:
                 self._write_record()
+            if self.unsent_messages:
+                log.warning("%d messages never sent: their device's seq 0 was not acknowledged (the broker "
+                            "down?); sent after it, a resent seq 0 would start a new session", self.unsent_messages)
             log.info("simulator stopped: %d messages, %d samples in %.1f s (%.0f samples/s); %d of %d ticks "
                      "ended more than one interval late, largest lag %.3f s", self.published_messages,
                      self.published_samples, elapsed, self.published_samples / max(elapsed, 1e-9),
@@ -220,6 +241,39 @@ class Simulator:
                 f.write(orjson.dumps({"scenario": scenario, "onset_device_time": onsets}).decode())
         log.info("wrote the truth of %d samples to %s", len(rec), self.config.record)
 
+    def _settled(self, client, name: str, wait: float = 0.0) -> bool:
+        """Whether ``name`` has no seq 0 awaiting the broker's acknowledgement (QoS 1), after reading what the
+        broker sent for up to ``wait`` s. (paho's ``is_published`` raises for ever for a message published while
+        the connection was down, though paho sends it again on reconnecting: its flag is read instead.)"""
+        info = self._first.get(name)
+        if info is None:
+            return True
+        deadline = time.monotonic() + wait
+        while not info._published:  # noqa: SLF001 (see the docstring)
+            left = deadline - time.monotonic()
+            if client._thread is None and client.is_connected():  # noqa: SLF001 (driven from this thread)
+                client.loop(timeout=max(left, 0.0))  # returns as soon as something arrives
+            elif left > 0 and client.is_connected():  # (down: no acknowledgement to wait for)
+                with info._condition:  # noqa: SLF001 (paho's thread sets the flag under it)
+                    info._condition.wait(left)  # noqa: SLF001
+            else:
+                break
+            if time.monotonic() >= deadline:
+                break
+        if not info._published:  # noqa: SLF001
+            return False
+        del self._first[name]
+        return True
+
+    def _flush_held(self, clients: dict) -> None:
+        """At the end: send the chunks held for an unacknowledged seq 0, once it is (10 s at most in all)."""
+        deadline = time.monotonic() + 10.0
+        for name in list(self._held):
+            if self._settled(clients[name], name, max(0.0, deadline - time.monotonic())):
+                for chunk in self._held.pop(name):
+                    self._send(clients[name], name, chunk)
+        self.unsent_messages = sum(len(held) for held in self._held.values())
+
     def _publish_chunk(self, client, device: DeviceStream) -> None:
         chunk = device.read(self.config.interval)
         if len(chunk.t) == 0:
@@ -227,6 +281,22 @@ class Simulator:
         if self.config.record:
             self._recorded.append((device.device, chunk))
         name = device.device
+        if self.config.qos:
+            # seq 0 is acknowledged before anything after it leaves (as in simulators.replay): paho sends an
+            # unacknowledged message again after a reconnection, the broker passes a publisher's copy on
+            # without DUP, and a seq 0 after a higher one is a new session for the consumer (DESIGN.md, "seq
+            # counts messages"). Normally acknowledged within the interval; else the device's chunks wait
+            # (read on time, sent in order once it is) while the other devices go on.
+            held = self._held.get(name)
+            if held is not None or not self._settled(client, name, wait=0.005):
+                if held is None or not self._settled(client, name):
+                    self._held.setdefault(name, []).append(chunk)
+                    return
+                for early in self._held.pop(name):
+                    self._send(client, name, early)
+        self._send(client, name, chunk)
+
+    def _send(self, client, name: str, chunk) -> None:
         if name in self._labelled:
             changes = np.flatnonzero(chunk.label[1:] != chunk.label[:-1]) + 1
             for i in [0, *changes.tolist()]:
@@ -241,7 +311,10 @@ class Simulator:
             "acc": np.round(chunk.acc, 4),
             "unit": chunk.unit,
         }
+        info = client.publish(self._topic(name, "imu"), orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY),
+                              qos=self.config.qos)
+        if self.config.qos and self._seq[name] == 0:
+            self._first[name] = info
         self._seq[name] += 1
-        client.publish(self._topic(name, "imu"), orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY))
         self.published_messages += 1
         self.published_samples += len(chunk.t)

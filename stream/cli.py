@@ -173,6 +173,7 @@ def cmd_simulate(args) -> int:
         prefix=args.prefix, placement=args.placement, label_fraction=args.labels,
         scenario=args.scenario, scenario_start=args.scenario_start,
         client_per_device=args.client_per_device, record=args.record,
+        qos=args.qos, device_prefix=args.device_prefix,
     )
     simulator = Simulator(config)
     _on_signals(simulator.stop)
@@ -500,6 +501,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--speed", type=_speed, default=1.0,
                    help="1 real time, 10 ten times faster, 0 as fast as possible (default: 1)")
     p.add_argument("--seed", type=int, default=0, help="seed; device k uses seed + k (default: %(default)s)")
+    p.add_argument("--device-prefix", default="sim", metavar="NAME",
+                   help="device ids are NAME-000, NAME-001, ...: two simulators on one --prefix need different "
+                        "ones, or their devices collide (default: %(default)s)")
+    p.add_argument("--qos", type=int, default=0, choices=(0, 1),
+                   help="QoS of the samples: at 1 a consumer with --state-dir (a persistent session) gets what "
+                        "was published while it was down, as far as the broker queues it (default: %(default)s)")
     p.add_argument("--placement", default="wrist", choices=("wrist", "upper_arm", "waist"),
                    help="where the simulated sensor sits (default: %(default)s; the shipped model learnt wrist)")
     p.add_argument("--labels", type=_fraction, default=0.0, metavar="FRACTION",
