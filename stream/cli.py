@@ -479,8 +479,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--keep-versions", type=_at_least_one, default=None, metavar="N",
                    help="keep at most N model versions (files in --state-dir's models/ and the list): beyond, "
                         "a promotion deletes the oldest promoted one not served (default: every version, so "
-                        "that any can be rolled back to; shared fine-tuning promotes about once per 24 "
-                        "labelled windows, each a file of the model's size)")
+                        "that any can be rolled back to; shared fine-tuning promotes at most once per 24 "
+                        "labelled windows, a tie once per 20 updates, each a file of the model's size: "
+                        "under steady labels about 13 a thousand windows, so bound it for a long run)")
     g.add_argument("--learn-cpu", type=_fraction, default=0.2, metavar="SHARE",
                    help="share of one core the learner may use over time, so that a flood of labels never "
                         "slows serving; beyond it sequences wait, and the oldest are dropped (0: no limit; "
