@@ -97,7 +97,10 @@ def _child(args: list[str]) -> subprocess.Popen:
 
 
 def _name(child: subprocess.Popen) -> str:
-    return "dashboard" if child.args[2] == "streamlit" else child.args[3]  # python -m stream.cli consume ...
+    if child.args[2] == "streamlit":
+        return "dashboard"
+    command = child.args[3]  # python -m stream.cli consume ...
+    return {"consume": "consumer", "simulate": "simulator"}.get(command, command)
 
 
 def run_demo(args) -> int:

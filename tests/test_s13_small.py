@@ -21,7 +21,7 @@ def test_the_demo_names_its_children_and_prints_no_empty_table(capsys):
     class Child:
         def __init__(self, args):
             self.args = args
-    assert _name(Child([sys.executable, "-m", "stream.cli", "consume", "--broker", "x"])) == "consume"
+    assert _name(Child([sys.executable, "-m", "stream.cli", "consume", "--broker", "x"])) == "consumer"
     assert _name(Child([sys.executable, "-m", "streamlit", "run", "app.py"])) == "dashboard"
     _print_table({"rows": {}, "matched_share": None}, {})
     out = capsys.readouterr().out
