@@ -395,6 +395,7 @@ class Consumer:
                         "hash_topic)", config.shared_group)
         if config.state_dir is not None:
             lock_state_dir(config.state_dir)  # one consumer per state directory: a second is refused
+            self._turns_lost = False  # set by _restore: how devices were worn could not be taken up
             self._restore(classifier)
             self.store = EventStore(config.state_dir / "events.db")
             # checkpoint(): the journal is rotated only if the store dropped nothing since this mark
@@ -425,7 +426,13 @@ class Consumer:
                                           on_update=self._on_update)
             if self.learner.adapters is not None:  # per-device adapters, applied in the batched pass
                 self.pipeline.classifier.adapters = self.learner.adapters
-                if config.state_dir is not None:
+                if config.state_dir is not None and self._turns_lost and (config.state_dir / ADAPTERS_FILE).exists():
+                    # fitted to windows turned as the lost part said, they would serve those devices turned
+                    # wrongly (and be turned again by a turn chosen anew); they are learnt again from labels
+                    log.warning("not loading the per-device adapters of %s: they were fitted to devices served "
+                                "turned as the checkpoint's orientation part said, which could not be restored "
+                                "(they start afresh)", config.state_dir)
+                elif config.state_dir is not None:
                     self.learner.adapters.load(config.state_dir / ADAPTERS_FILE)
                 if self.pipeline.classifier.orienter is not None:  # adapters follow a device turned anew
                     self.pipeline.classifier.orienter.on_turn = self._on_turn
@@ -496,6 +503,7 @@ class Consumer:
         except (ValueError, OSError) as exc:  # devices start afresh; the journals are read all the same
             log.warning("not restoring device state: %s", exc)
             state = None
+            self._turns_lost = classifier.orienter is not None
         # killed before its first checkpoint, or the checkpoint unreadable: every journal on disk may hold
         # what was acknowledged and predictions the event store lacks (none is deleted unread)
         generations = None
@@ -527,6 +535,7 @@ class Consumer:
                 classifier.orienter.restore(state["orientation"])
             except ValueError as exc:
                 log.warning("not restoring how devices are worn from %s: %s", directory, exc)
+                self._turns_lost = True
         self._monitor_devices = frozenset(state["devices"])
         if state.get("monitor") is not None:  # older checkpoints have none: the monitor starts afresh
             try:  # of the devices restored (the others would never be evicted, so never forgotten)
