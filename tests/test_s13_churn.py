@@ -12,20 +12,12 @@ import torch
 
 from models.finetune import LearnerConfig, OnlineLearner, Sequence
 from models.rnn import HARNet, ModelConfig
-from models.state import StatefulClassifier
 from simulators.publisher import Simulator, SimulatorConfig
 from stream.cli import main
-from stream.consumer import Consumer, ConsumerConfig
+from stream.consumer import ConsumerConfig
 from stream.mqtt import connect
 from tests.helpers import wait
-
-
-def _start(config, model):
-    consumer = Consumer(config, StatefulClassifier(model, "tiny"))
-    thread = threading.Thread(target=consumer.run)
-    thread.start()
-    assert wait(lambda: consumer._client is not None and consumer._client.is_connected(), 20)
-    return consumer, thread
+from tests.test_acks import start_consumer as _start
 
 
 @pytest.mark.broker

@@ -5,27 +5,18 @@ from __future__ import annotations
 
 import logging
 
-import numpy as np
 import pytest
 import torch
 
 from stream.persist import STATE_FILE
 from tests.test_persist_faults import _life
-from tests.test_s13_restores import _resave, _stop
+from tests.test_s13_restores import _checkpointed, _resave, _stop
 from tests.test_second_look_adapt import _model
-from tests.test_second_look_adapt import _send as _send6
 
 
 @pytest.mark.parametrize("orientation", ["turned", torch.zeros(3), [1, 2]], ids=["a string", "a tensor", "a list"])
 def test_an_orientation_part_that_is_no_dict_costs_the_turns_only(tmp_path, caplog, orientation):
-    rng = np.random.default_rng(0)
-    first = _life(tmp_path, _model([]))
-    for seq in range(3):
-        _send6(first, "dev", seq, rng)
-        first._classify()
-    state = first.pipeline.classifier.bank.get("dev")
-    assert first.checkpoint(final=True)
-    _stop(first)
+    state = _checkpointed(tmp_path)
     _resave(tmp_path / STATE_FILE, lambda blob: blob.update(orientation=orientation))
     with caplog.at_level(logging.WARNING, logger="stream.consumer"):
         second = _life(tmp_path, _model([]))

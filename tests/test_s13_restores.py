@@ -50,6 +50,20 @@ def _sends(consumer, start: int = 100, n: int = 3) -> int:
     return consumer.stats.windows - before
 
 
+def _checkpointed(tmp_path) -> tuple:
+    """A first life on ``tmp_path`` with device "dev" (3 windows of the 6-channel model), stopped after its
+    final checkpoint; "dev"'s state then."""
+    rng = np.random.default_rng(0)
+    first = _life(tmp_path, _model([]))
+    for seq in range(3):
+        _send6(first, "dev", seq, rng)
+        first._classify()
+    state = first.pipeline.classifier.bank.get("dev")
+    assert first.checkpoint(final=True)
+    _stop(first)
+    return state
+
+
 # -- the shared helper ------------------------------------------------------------------------------------------
 def test_plain_tensor_makes_dense_float_cpu_tensors_without_grad_or_refuses():
     from stream.persist import plain_tensor  # new: every restore's
@@ -80,13 +94,8 @@ TAKEN = {"tensor needing grad", "tensor with its negative bit", "float64 tensor"
 
 @pytest.mark.parametrize("kind", list(TURNS))
 def test_an_orientation_snapshot_of_tensors_read_but_not_plain_costs_the_turns_only(tmp_path, caplog, kind):
-    rng = np.random.default_rng(0)
-    first = _life(tmp_path, _model([]))
-    for seq in range(3):
-        _send6(first, "dev", seq, rng)
-        first._classify()
-    assert first.checkpoint(final=True)
-    _stop(first)
+    _checkpointed(tmp_path)
+    rng = np.random.default_rng(1)
     turn = TURNS[kind]()
     _resave(tmp_path / STATE_FILE, lambda blob: blob.update(orientation={"decided": ["x"], "turns": {"x": turn}}))
     with caplog.at_level(logging.WARNING, logger="stream.consumer"):
