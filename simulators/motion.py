@@ -1189,16 +1189,6 @@ def gait_segment(person: Person, kind: str, start: float, pose: np.ndarray, plac
     return [lead, body], Place(np.array([end[PX], end[PY]]), place.heading, "stand")
 
 
-_GESTURES = {  # (upper arm, forearm, back of the wrist), trunk frame
-    "drink": ((0.3, 0.1, -0.9), (0.2, -0.5, 0.85), (1.0, 0.5, 0.0)),
-    "check_watch": ((0.35, 0.0, -0.9), (0.3, -0.95, 0.2), (0.0, 0.0, 1.0)),
-    "hands_on_hips": ((-0.25, 0.8, -0.5), (0.5, -0.7, -0.2), (0.3, 0.6, 0.7)),
-    "arms_crossed": ((0.35, 0.1, -0.9), (0.2, -1.0, 0.15), (1.0, 0.0, 0.3)),
-    "stretch": ((0.05, 0.3, 1.0), (0.0, 0.1, 1.0), (-1.0, 0.0, 0.0)),
-    "wipe_face": ((0.45, 0.15, -0.8), (0.15, -0.4, 0.9), (1.0, 0.4, 0.2)),
-}
-
-
 def _gait_posture(person: Person, kind: str) -> np.ndarray:
     s = standing_pose(person)
     if kind == "walking":
