@@ -6,7 +6,8 @@ A consumer publishes, retained, what it serves and every version it has kept on
 (stream.consumer), each with an optional ``id``. This module reads the first two and sends the third with an
 id of its own, then waits for the model message whose ``answers`` names that id: it says what the consumer
 serves once the command is carried out, or (``refused``) why it was not. A command is done when the consumer
-confirms it, not when the broker has it. The dashboard's Model page sends the same commands (without id).
+confirms it, not when the broker has it. The dashboard's Model page sends the same commands (with an id of
+its own) and finds their answers with ``answer`` too.
 """
 
 from __future__ import annotations
@@ -14,15 +15,18 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
 
 import orjson
 
 from stream.mqtt import BrokerURL, connect
 
-__all__ = ["ConsumerModels", "list_consumers", "named", "choose_consumer", "send_command", "format_listing"]
+__all__ = ["ConsumerModels", "list_consumers", "named", "choose_consumer", "send_command", "answer", "refusal",
+           "format_listing"]
 
 CONSUMERS = "_consumer"
+REFUSAL_SLACK = 5.0  # s: a refusal stamped this much before the command was sent is still its answer (clocks)
 
 
 @dataclass
@@ -205,58 +209,84 @@ def send_command(url: BrokerURL, prefix: str, consumer: str, action: str, versio
         body = {"action": action, **({"version": version} if action == "rollback" else {}), "id": command_id}
         with watch._changed:
             seen = len(watch.live_models)  # only what the consumer says after the command answers it
-            before = watch.found.get(consumer, ConsumerModels(consumer))
-            serving, listed = before.serving, {v.get("version") for v in before.versions}
+            # what it said before the command, kept: the entry in found takes every message that comes
+            before = replace(watch.found.get(consumer, ConsumerModels(consumer)))
         info = watch.client.publish(f"{prefix}/{CONSUMERS}/{consumer}/command", orjson.dumps(body), qos=1)
         info.wait_for_publish(10.0)
         if not info.is_published():
             raise ConnectionError("the broker did not acknowledge the command within 10 s")
 
-        def refusal(message: dict) -> str | None:
-            """Why the consumer refused this command, if its model message says it did."""
-            refused = message.get("refused")
-            if not isinstance(refused, dict):
-                return None
-            if "answers" in message or (refused.get("action") == action
-                                        and (action == "promote" or refused.get("version") == version)):
-                return str(refused.get("reason") or "no reason given")
-            return None
+        def answered() -> dict | None:
+            with_us = [m for c, m in watch.live_models[seen:] if c == consumer]
+            return answer(with_us, body, before=before)
 
-        def answer() -> dict | None:
-            """The consumer's first model message since the command that answers it: one naming its id; from a
-            consumer that names none (one from before ``answers``), one that carries it out or refuses it by
-            what it says. One that refuses another command (the dashboard's, another user's) answers that one
-            only, and so does one that serves a version it listed already, other than the one it served
-            (another's rollback carried out): neither is a promotion."""
-            now = serving
-            for c, m in watch.live_models[seen:]:
-                if c != consumer:
-                    continue
-                if "answers" in m:
-                    if m["answers"] == command_id:
-                        return m
-                    continue  # another command's answer, an automatic promotion, a consumer's start
-                if m.get("refused") is not None and refusal(m) is None:
-                    continue
-                if refusal(m) is not None or (action == "rollback" and m.get("serving") == version):
-                    return m
-                if action == "promote":
-                    if m.get("serving") == now or m.get("serving") not in listed:
-                        return m
-                    now = m.get("serving")  # a promotion from here on has these weights if nothing is learnt
-            return None
-
-        if not watch.wait(lambda: answer() is not None, timeout):
+        if not watch.wait(lambda: answered() is not None, timeout):
             raise TimeoutError(f"consumer {consumer!r} did not confirm the {action} within {timeout:g} s "
                                "(it answers a command it refuses: is it busy or stopped? see its log)")
         with watch._changed:
-            said = answer()
+            said = answered()
             after = ConsumerModels(consumer, status=watch.found[consumer].status)
-        reason = refusal(said)
+        reason = refusal(said, body)
         if reason is not None:
             raise ValueError(f"consumer {consumer!r} refused the {action}: {reason}")
         _take(after, said)  # as the answer says it: a later message may answer another command
         return after
+
+
+def refusal(message: dict, command: dict, sent_at: float | None = None) -> str | None:
+    """Why the consumer refused ``command`` (its body as sent), if its model message ``message`` says so
+    (``refused``: action, version, reason, t). A message naming a command (``answers``) refuses that one; one
+    naming none (a consumer from before ``answers``, a command sent without id) refuses this one when its
+    refusal names the command's action (and a rollback's version) and, with ``sent_at`` (when the command was
+    sent, this clock), is stamped after it (less ``REFUSAL_SLACK``)."""
+    refused = message.get("refused")
+    if not isinstance(refused, dict):
+        return None
+    if message.get("answers") is None:  # no command named: the refusal itself must name this one
+        action = command.get("action")
+        if refused.get("action") != action or (action != "promote"
+                                               and refused.get("version") != command.get("version")):
+            return None
+        t = refused.get("t")
+        if sent_at is not None and not (isinstance(t, int | float) and t >= sent_at - REFUSAL_SLACK):
+            return None
+    return str(refused.get("reason") or "no reason given")
+
+
+def answer(messages: Iterable[dict], command: dict, before: ConsumerModels | None = None, sent_at: float | None = None
+           ) -> dict | None:
+    """The first of a consumer's model messages ``messages`` (oldest first) that answers ``command`` (its body as
+    sent), carried out or refused (``refusal``); None: none does. One naming the command's ``id`` (``answers``);
+    one naming another, or none where the command has an id, answers that other (an automatic promotion, a
+    consumer's start, another command).
+
+    From a consumer from before ``answers`` (its messages have no such key), a refusal naming the command
+    (``refusal``, ``sent_at``) and, given ``before`` (what the consumer said before the command), a message that
+    carries it out by what it says: a rollback's when it serves the version, a promote's when it serves a version
+    not listed before or still the one served. One that serves a version listed already, other than the one it
+    served, is another's rollback carried out, not a promotion. Without ``before``, refusals only (the dashboard
+    keeps no message from before its command)."""
+    now = before.serving if before is not None else None
+    listed = {v.get("version") for v in before.versions} if before is not None else set()
+    action = command.get("action")
+    for m in messages:
+        if m.get("answers") is not None or ("answers" in m and command.get("id") is not None):
+            if m.get("answers") == command.get("id"):
+                return m
+            continue  # another command's answer, an automatic promotion, a consumer's start
+        if m.get("refused") is not None:
+            if refusal(m, command, sent_at) is not None:
+                return m
+            continue  # another command's refusal
+        if before is None:
+            continue
+        if action == "rollback" and m.get("serving") == command.get("version"):
+            return m
+        if action == "promote":
+            if m.get("serving") == now or m.get("serving") not in listed:
+                return m
+            now = m.get("serving")  # a promotion from here on has these weights if nothing is learnt
+    return None
 
 
 def _when(t) -> str:

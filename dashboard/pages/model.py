@@ -9,6 +9,7 @@ import streamlit as st
 
 from dashboard.common import REFRESH_SECONDS, ago, feed_status, get_feed, number
 from dashboard.live import ConsumerView
+from stream.versions import answer
 
 STEPS = ["applied", "clipped", "skipped"]
 
@@ -202,7 +203,10 @@ def commands(view_id: str) -> None:
             st.rerun(scope="fragment")
     sent = st.session_state.get("command_sent")
     if sent and sent[0] == view_id:
-        said = answer(view, sent[1], sent[2]) if sent[1] is not None else None
+        # the model message naming the command's id; from a consumer from before ``answers``, a refusal of it
+        # stamped after it was sent (DESIGN.md, consumer topics)
+        said = (answer([*view.answers, view.model or {}], sent[1], sent_at=sent[2])
+                if view is not None and sent[1] is not None else None)
         if sent[1] is None:
             st.error(f"Command not sent: {sent[2]}")
         elif said is not None and isinstance(said.get("refused"), dict):
@@ -218,34 +222,6 @@ def commands(view_id: str) -> None:
     if view and view.commands:
         st.caption("Commands seen on the broker: " + "; ".join(
             f"{c.get('action')} {c.get('version') or ''} ({ago(at)})" for at, c in view.commands[-5:][::-1]))
-
-
-REFUSAL_SLACK = 5.0  # s: a refusal stamped this much before the command was sent is still its answer (clocks)
-
-
-def answer(view: ConsumerView | None, body: dict, sent_at: float) -> dict | None:
-    """The consumer's model message answering the command ``body`` sent at ``sent_at`` (None: none yet): the
-    one whose ``answers`` is the command's ``id``, refused or carried out. Before, any refusal stamped after
-    the command (less ``REFUSAL_SLACK``) was taken for its answer: another command's (``harstream versions``,
-    another page) too, and a refusal was no longer seen once a later model message (an automatic promotion)
-    had replaced it. A consumer whose model messages name no command (from before ``answers``) is still read
-    that way, refusals only."""
-    if view is None:
-        return None
-    model = view.model or {}
-    if "id" in body:
-        found = next((m for m in reversed(view.answers) if m.get("answers") == body["id"]), None)
-        if found is not None or "answers" in model:
-            return found
-    return model if refused_since(model, sent_at) else None
-
-
-def refused_since(model: dict, sent_at: float) -> bool:
-    """Whether the consumer's model message answers a command sent at ``sent_at`` with a refusal (``refused``:
-    action, version, reason, t; DESIGN.md); before, the page said "Sent" and nothing more."""
-    refused = model.get("refused")
-    t = refused.get("t") if isinstance(refused, dict) else None
-    return isinstance(t, int | float) and t >= sent_at - REFUSAL_SLACK
 
 
 def command_text(body: dict) -> str:
