@@ -6,6 +6,7 @@ import math
 import os
 import time
 import zlib
+from collections.abc import Callable
 
 import altair as alt
 import streamlit as st
@@ -26,6 +27,8 @@ __all__ = [
     "get_feed",
     "number",
     "status_text",
+    "choose_device",
+    "remember_sent",
     "wait_for_devices",
 ]
 
@@ -65,6 +68,33 @@ def wait_for_devices(feed: LiveFeed) -> None:
     feed_status(feed)
     st.info(f"Waiting for devices: nothing received on `{feed.prefix}/+/imu`, `prediction` or `status` yet. "
             "A device is listed as soon as it publishes.", icon=":material/hourglass_empty:")
+
+
+def choose_device(feed: LiveFeed, key: str) -> str:
+    """The device a page shows, from its selectbox (state under ``key``, one per page); the ``?device=`` of the
+    address where the page has none yet, so a link to a device (and a switch of page) keeps it. A page waits
+    for the first device, and goes no further, while there is none."""
+    devices = feed.store.device_ids()
+    if not devices:
+        wait_for_devices(feed)
+        st.stop()
+    if st.session_state.get(key) not in devices:
+        wanted = st.query_params.get("device")
+        st.session_state[key] = wanted if wanted in devices else devices[0]
+    device = st.selectbox("Device", devices, key=key)
+    st.query_params["device"] = device
+    return device
+
+
+def remember_sent(key: str, target: str, publish: Callable[[], dict]) -> None:
+    """``publish()`` (a label, a command), and what came of it in ``st.session_state[key]`` for the page to
+    say: ``(target, body, time sent)``, or ``(target, None, why not)`` where the broker or the input refused."""
+    try:
+        body = publish()
+    except (ConnectionError, ValueError) as exc:
+        st.session_state[key] = (target, None, str(exc))
+    else:
+        st.session_state[key] = (target, body, time.time())
 
 
 def ago(wall: float | None, now: float | None = None) -> str:

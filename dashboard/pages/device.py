@@ -11,12 +11,12 @@ from dashboard.common import (
     REFRESH_SECONDS,
     SILENT_AFTER,
     ago,
+    choose_device,
     class_scale,
     feed_status,
     get_feed,
     number,
     status_text,
-    wait_for_devices,
 )
 from dashboard.live import DeviceView
 
@@ -25,15 +25,7 @@ SHOWN_PROBABILITY = 0.05  # classes whose probability never reaches this are lef
 
 st.title("Device")
 feed = get_feed()
-devices = feed.store.device_ids()
-if not devices:
-    wait_for_devices(feed)
-    st.stop()
-if st.session_state.get("device_page_device") not in devices:
-    wanted = st.query_params.get("device")
-    st.session_state["device_page_device"] = wanted if wanted in devices else devices[0]
-device = st.selectbox("Device", devices, key="device_page_device")
-st.query_params["device"] = device
+device = choose_device(feed, "device_page_device")
 
 def segments(view: DeviceView, t_ref: float) -> pd.DataFrame:
     """Predicted and true labels as (row, label, start, end) bars, in seconds before t_ref."""

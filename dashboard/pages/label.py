@@ -5,7 +5,7 @@ import time
 import pandas as pd
 import streamlit as st
 
-from dashboard.common import REFRESH_SECONDS, ago, get_feed, wait_for_devices
+from dashboard.common import REFRESH_SECONDS, ago, choose_device, get_feed, remember_sent
 from models.labels import SIMULATED
 
 COLUMNS = 4
@@ -14,24 +14,11 @@ st.title("Label")
 st.caption("Pick a device and press the exercise being done right now. The label holds until the next one; "
            "the consumer uses it to score and fine-tune the model.")
 feed = get_feed()
-devices = feed.store.device_ids()
-if not devices:
-    wait_for_devices(feed)
-    st.stop()
-if st.session_state.get("label_device") not in devices:
-    wanted = st.query_params.get("device")
-    st.session_state["label_device"] = wanted if wanted in devices else devices[0]
-device = st.selectbox("Device", devices, key="label_device")
-st.query_params["device"] = device
+device = choose_device(feed, "label_device")
 
 
 def send(device: str, name: str) -> None:
-    try:
-        body = feed.publish_label(device, name)
-    except (ConnectionError, ValueError) as exc:
-        st.session_state["label_sent"] = (device, None, str(exc))
-    else:
-        st.session_state["label_sent"] = (device, body, time.time())
+    remember_sent("label_sent", device, lambda: feed.publish_label(device, name))
 
 
 @st.fragment

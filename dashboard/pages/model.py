@@ -7,7 +7,7 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from dashboard.common import REFRESH_SECONDS, ago, feed_status, get_feed, number
+from dashboard.common import REFRESH_SECONDS, ago, feed_status, get_feed, number, remember_sent
 from dashboard.live import ConsumerView
 from stream.versions import answer
 
@@ -165,12 +165,9 @@ def live(view_id: str) -> None:
 
 
 def send(view_id: str, action: str, version: str | None) -> None:
-    try:  # an id of its own: the consumer's model message answering it names it (``answers``)
-        body = get_feed().send_command(view_id, action, version, command_id=uuid.uuid4().hex[:16])
-    except (ConnectionError, ValueError) as exc:
-        st.session_state["command_sent"] = (view_id, None, str(exc))
-    else:
-        st.session_state["command_sent"] = (view_id, body, time.time())
+    # an id of its own: the consumer's model message answering it names it (``answers``)
+    remember_sent("command_sent", view_id,
+                  lambda: get_feed().send_command(view_id, action, version, command_id=uuid.uuid4().hex[:16]))
 
 
 @st.fragment
