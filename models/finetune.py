@@ -217,6 +217,13 @@ class OnlineLearner:
         self.skipped = 0  # updates skipped for a non-finite loss or gradient
         self._since_promotion = 0
         self.version = config.serving_version
+        # what the serving side serves (``served``), none of which is forgotten. Called directly, what is handed over
+        # is served. In a learner process (``confirmed``, set by learner_loop) the serving side says what it serves
+        # (``is_served``), and the versions handed over since may be served yet (``_handed``): one whose weights it
+        # could not read never is (models.learner_process, "resync")
+        self.served = config.serving_version
+        self.confirmed = False
+        self._handed: list[str] = []
         self.versions: list[VersionInfo] = starting_versions(self.serving, config)
         self.rng = random.Random(0)
         self.shared = config.adapt in ("shared", "both")
@@ -377,6 +384,7 @@ class OnlineLearner:
                 path = self.config.versions_dir / f"{version}.pt"
                 tmp.replace(path)
             self.version = version
+            self._hand_over(version)
             self.serving = new
             self._since_promotion = 0
             self._scores.clear()
@@ -388,13 +396,33 @@ class OnlineLearner:
         self.on_promote(copy.deepcopy(new), version)
         return version
 
+    def _hand_over(self, version: str) -> None:
+        if self.confirmed:
+            self._handed.append(version)
+        else:
+            self.served = version
+
+    def is_served(self, version: str, handed: str | None = None) -> None:
+        """The serving side serves ``version`` (it said so: it read the weights handed over, or it sends the learner
+        back to them); ``handed``: a version handed over that it never read (None: ``version`` is one handed over).
+        Versions handed over up to that one are served no more, or never were."""
+        with self._lock:
+            self.served = version
+            last = version if handed is None else handed
+            if last in self._handed:  # said in the order handed over: the first is the one said
+                del self._handed[:self._handed.index(last) + 1]
+
     def _forget_old_versions(self) -> None:
-        """Keep at most ``keep_versions``: the oldest promoted versions beyond, but the one served, are
-        forgotten and their files deleted (a starting model, whose parent is None, stays). Under the lock."""
+        """Keep at most ``keep_versions``: the oldest promoted versions beyond are forgotten and their files
+        deleted, but a starting model (whose parent is None), the version trained from, the one the serving side
+        last said it serves and those handed over since (it may serve them yet: ``is_served``). That the learner
+        trains from a version did not make it the one served: a learner whose weights could not be read on the
+        serving side deleted the file of the version served, and could not be sent back to it. Under the lock."""
         limit = self.config.keep_versions
         if limit is None or len(self.versions) <= limit:
             return
-        old = [v for v in self.versions if v.parent is not None and v.version != self.version]
+        kept = {self.version, self.served, *self._handed}
+        old = [v for v in self.versions if v.parent is not None and v.version not in kept]
         gone = {v.version for v in old[:len(self.versions) - limit]}
         for v in self.versions:
             if v.version in gone and v.path is not None:
@@ -421,5 +449,6 @@ class OnlineLearner:
             self._make_optimiser()
             self._scores.clear()
             self.version = version
+            self._hand_over(version)
         self.on_promote(copy.deepcopy(model), version)
         return model

@@ -18,8 +18,10 @@ carried out, then ``("answered", kind, reason)``, reason None when carried out),
 counters (with the version it trains from). A message that cannot be read on the serving side (unpickled) is
 skipped, and answers the command it was the weights of as not carried out, naming why; a learner that then
 reports a version other than the one served (weights that never reached serving, a command's or its own
-promotion's) is sent back to the one served (``("resync", its version, the one served)``). The learner
-side (``learner_loop``) keeps the newest ``queue_size`` sequences (dropping the oldest beyond) and learns
+promotion's) is sent back to the one served (``("resync", its version, the one served)``). The serving side
+also says each version it serves (``("served", version)``): the learner never forgets (``keep_versions``) the one
+last said served nor those it handed over since, its own version not being the one served when it drifted. The
+learner side (``learner_loop``) keeps the newest ``queue_size`` sequences (dropping the oldest beyond) and learns
 them, resting after each to keep to ``cpu_share`` of a core (``Pacer``).
 
 The serving side never holds more than ``2 * queue_size`` sequences, however slow the learner (a
@@ -30,7 +32,12 @@ waiting to be sent, the oldest of which is dropped (and counted in ``dropped``) 
 A learner process that ends unexpectedly (the OOM killer, a crash, an operator's kill) is started again
 (``restarts``) from what the serving side serves then: the model of the last weights it served (not the one
 it started with), its copy of the adapters, its version, and the versions folder. Before, its labels were
-never learnt again for the rest of the consumer's life. It is started after ``RESTART_DELAY`` s, doubled after
+never learnt again for the rest of the consumer's life. The sequences it had been sent and not learnt (taken off
+its inbox or not, as it last reported with its counters) are lost, counted in ``lost_sequences`` (and ``dropped``)
+with a warning. They are not sent again: the serving side would keep a copy of each until learnt (up to
+``queue_size`` more held), turn those copies too, and could not tell a sequence whose adapter it had got but not
+the counters after (two messages) from one not learnt (learnt twice); and one that killed the learner would kill
+each started again, quick ends that give up. It is started after ``RESTART_DELAY`` s, doubled after
 each quick end in a row (a life shorter than ``QUICK_LIFE`` s) up to ``RESTART_DELAY_MAX``; after
 ``MAX_QUICK_ENDS`` quick ends in a row it is not started again (``gave_up``, an ERROR). Starting a process
 holds its caller about a second (measured 1.06-1.14 s of wall time, 1 ms of CPU, for the default model: the
@@ -128,10 +135,11 @@ def _tensors(entry: dict) -> dict:
     return {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in entry.items()}
 
 
-def _counters(learner: OnlineLearner, pacer: Pacer, dropped: int, taken: int) -> dict:
-    # version: what the learner trains from, which the serving side checks against what it serves
+def _counters(learner: OnlineLearner, pacer: Pacer, dropped: int, taken: int, learnt: int) -> dict:
+    # version: what the learner trains from, which the serving side checks against what it serves; learnt: the
+    # sequences taken that it learnt (or failed on): those taken and neither learnt nor dropped die with it
     return {"updates": learner.updates, "skipped": learner.skipped, "dropped": dropped, "taken": taken,
-            "rested": pacer.rested, "comparison": learner.comparison(), "version": learner.version}
+            "learnt": learnt, "rested": pacer.rested, "comparison": learner.comparison(), "version": learner.version}
 
 
 def learner_loop(learner: OnlineLearner, inbox, outbox, alive: Callable[[], bool] = lambda: True) -> None:
@@ -142,7 +150,8 @@ def learner_loop(learner: OnlineLearner, inbox, outbox, alive: Callable[[], bool
     stop = threading.Event()
     pacer = Pacer(cfg.cpu_share, stop)
     waiting: deque = deque(maxlen=cfg.queue_size)  # the newest sequences; the oldest fall out
-    dropped = taken = 0  # taken: sequences received (the serving side sends while few are in flight)
+    dropped = taken = learnt = 0  # taken: sequences received (the serving side sends while few are in flight)
+    learner.confirmed = True  # the serving side says which version it serves ("served", "resync")
 
     def take(item) -> None:
         nonlocal dropped, taken
@@ -164,8 +173,11 @@ def learner_loop(learner: OnlineLearner, inbox, outbox, alive: Callable[[], bool
         elif kind == "adapters":  # a restarted learner's: the serving side's adapters of devices turned meanwhile
             if learner.adapters is not None:
                 learner.adapters.load_state_dict({d: _tensors(e) for d, e in item[1].items()})
+        elif kind == "served":  # the serving side serves the version handed over: the one before may be forgotten
+            learner.is_served(item[1])
         elif kind == "resync":  # the serving side never got the weights of ``diverged``: back to what it serves
             _, diverged, served = item
+            learner.is_served(served, diverged)  # its file is kept (keep_versions), to go back to
             if learner.version == diverged:  # else a version served since (a command's, a promotion's)
                 try:
                     learner.rollback(served)
@@ -175,7 +187,7 @@ def learner_loop(learner: OnlineLearner, inbox, outbox, alive: Callable[[], bool
                     log.warning("learner: the weights of %s never reached serving, which serves %s, and it "
                                 "cannot go back to it (%s): it trains from weights not served until the next "
                                 "promotion or rollback", diverged, served, exc)
-                outbox.put(("counters", _counters(learner, pacer, dropped, taken)))
+                outbox.put(("counters", _counters(learner, pacer, dropped, taken, learnt)))
         elif kind in ("rollback", "promote"):
             # answered both ways: the serving side holds the command's answer until then (the weights that
             # come between the two are the command's), and publishes a refusal as one it found itself
@@ -193,7 +205,7 @@ def learner_loop(learner: OnlineLearner, inbox, outbox, alive: Callable[[], bool
                 log.exception("learner: %s failed", kind)
                 reason = f"the learner could not carry it out ({type(exc).__name__}: {exc})"
             outbox.put(("answered", kind, reason))
-            outbox.put(("counters", _counters(learner, pacer, dropped, taken)))
+            outbox.put(("counters", _counters(learner, pacer, dropped, taken, learnt)))
 
     while not stop.is_set():
         try:
@@ -211,13 +223,14 @@ def learner_loop(learner: OnlineLearner, inbox, outbox, alive: Callable[[], bool
             learner.learn(seq)
         except Exception:  # a learner bug must never take serving down
             log.exception("online learner failed on a sequence of %s", seq.device)
+        learnt += 1
         pacer.rest()
         if learner.adapters is not None:
             entry = learner.adapters.entry(seq.device)
             if entry is not None:
                 outbox.put(("adapter", seq.device, _numpy(entry)))
-        outbox.put(("counters", _counters(learner, pacer, dropped, taken)))
-    outbox.put(("counters", _counters(learner, pacer, dropped, taken)))
+        outbox.put(("counters", _counters(learner, pacer, dropped, taken, learnt)))
+    outbox.put(("counters", _counters(learner, pacer, dropped, taken, learnt)))
     outbox.put(("stopped",))
 
 
@@ -286,6 +299,7 @@ class LearnerProcess:
     RESTART_DELAY_MAX = 60.0
     QUICK_LIFE = 300.0  # s: a learner process that ends sooner after its start ended quickly
     MAX_QUICK_ENDS = 8  # quick ends in a row (after 1, 2, 4 ... 60 s): not started again
+    KILL_WAIT = 2.0  # s, at most, for a learner process killed (or terminated) to end, and its threads after it
 
     def __init__(self, serving: HARNet, config: LearnerConfig, on_promote=None, on_update=None) -> None:
         self.config = config
@@ -305,6 +319,8 @@ class LearnerProcess:
         self._overflow = 0  # sequences not sent: the learner took none of the last queue_size sent
         self._pending: deque = deque()  # sequences (as arrays) waiting to be sent, oldest first
         self._sent = self._taken = 0  # sequences sent; taken by the learner, as last reported
+        self._learnt = 0  # of those taken, learnt (or failed on), as last reported: the rest it holds, or dropped
+        self.lost_sequences = 0  # sent to learner processes that ended unexpectedly, never learnt (also in dropped)
         self._comparison = {"windows": 0, "serving_accuracy": None, "challenger_accuracy": None}
         self._context = multiprocessing.get_context("spawn")  # no fork of a process with threads
         self._inbox = self._context.Queue()
@@ -330,6 +346,7 @@ class LearnerProcess:
         self.restarts = 0
         self.gave_up = False
         self._halt = threading.Event()  # set by stop: nothing is started again
+        self._halting = threading.Lock()  # stop sets _halt, a restarter sets _restarted, under it (see _restart)
         self._born = 0.0  # when the running learner process started (monotonic)
         self._quick_ends = 0  # in a row
         self._restarter: threading.Thread | None = None
@@ -405,7 +422,8 @@ class LearnerProcess:
 
     @property
     def dropped(self) -> int:
-        """Sequences never learnt: dropped by a learner that fell behind, or sent to none."""
+        """Sequences never learnt: dropped by a learner that fell behind, sent to none, or lost with a learner
+        process that ended (``lost_sequences``)."""
         return self._dropped + self._lost + self._overflow
 
     def submit(self, sequence: Sequence) -> None:
@@ -532,8 +550,17 @@ class LearnerProcess:
             return
         code, lived = self._process.exitcode, time.monotonic() - self._born
         self._quick_ends = self._quick_ends + 1 if lived < self.QUICK_LIFE else 0
-        self._lost += max(0, self._sent - self._taken)  # sent, never taken: gone with it
-        self._sent = self._taken = 0
+        # sent and never learnt, gone with it: not taken, or taken (off the pipe, waiting in its inbox, or at hand)
+        # and neither learnt nor dropped, as it last reported; those it learnt since are counted lost too
+        untaken = max(0, self._sent - self._taken)
+        unlearnt = max(0, self._taken - self._learnt - (self._dropped - self._carried["dropped"]))
+        self._lost += untaken + unlearnt
+        self.lost_sequences += untaken + unlearnt
+        if untaken + unlearnt:
+            log.warning("%d labelled sequences sent to the learner process that ended were never learnt (%d it had "
+                        "taken, %d not yet): lost (learner.lost_sequences %d)", untaken + unlearnt, unlearnt,
+                        untaken, self.lost_sequences)
+        self._sent = self._taken = self._learnt = 0
         self._carried = {"updates": self.updates, "skipped": self.skipped, "dropped": self._dropped,
                          "rested": self.rested}
         self._turning.clear()  # the adapters it starts with are turned already
@@ -579,12 +606,24 @@ class LearnerProcess:
                     continue
             else:
                 adapters = self._adapter_copy()
+            if self._halt.is_set():
+                return
             inbox, outbox = self._context.Queue(), self._context.Queue()
             process = self._spawn(model, config, adapters, versions, inbox, outbox)
         except Exception as exc:  # no memory, no process left: taken as a quick end
             self._restarted = exc
             return
-        self._restarted = (process, inbox, outbox, len(adapters))
+        # stop waits for Process.start (a second, more on a loaded machine) until its timeout only: stopped
+        # meanwhile, the process is stopped here; else stop takes it from _restarted and stops it
+        with self._halting:
+            halted = self._halt.is_set()
+            if not halted:
+                self._restarted = (process, inbox, outbox, len(adapters))
+        if halted:
+            process.kill()
+            process.join(self.KILL_WAIT)
+            _discard(inbox, outbox, timeout=self.KILL_WAIT)
+            return
         # the kernel kills the process when the thread that started it ends (PR_SET_PDEATHSIG, which the child
         # sets once it runs): this thread waits for it to end. Ending here killed the learner started again
         # whenever the child got that far first (a thread held up by the GIL, or a slow exit)
@@ -644,6 +683,7 @@ class LearnerProcess:
             self.updates, self.skipped = carried["updates"] + c["updates"], carried["skipped"] + c["skipped"]
             self._dropped = carried["dropped"] + c["dropped"]
             self._taken = c["taken"]
+            self._learnt = c.get("learnt", c["taken"] - c["dropped"])
             self.rested, self._comparison = carried["rested"] + c["rested"], c["comparison"]
             self._check_version(c.get("version"))
         elif kind == "model":
@@ -652,6 +692,8 @@ class LearnerProcess:
             self._model = data  # served from now on: a learner process started again starts from it
             self.version = version
             self.versions = [VersionInfo(**v) for v in versions]
+            if self.alive:  # its file is kept from now on (keep_versions), the one served before may go
+                self._inbox.put(("served", version))
             self.on_promote(model, version)
             answer, self._answering = self._answering, None  # between "command" and "answered": the command's
             if answer is not None:
@@ -689,25 +731,30 @@ class LearnerProcess:
 
     def stop(self, timeout: float = 30.0) -> None:
         """Stop the learner after the sequence at hand and apply all it reported (its last adapters
-        included, so that a checkpoint taken next has them)."""
-        self._halt.set()  # nothing is started again
+        included, so that a checkpoint taken next has them). It returns within ``timeout``, plus what a process
+        killed (or terminated) then takes to end (``KILL_WAIT``, a few times at most): a restart under way waited
+        up to 30 s more for Process.start, which a loaded machine can hold longer."""
+        deadline = time.monotonic() + timeout
+        with self._halting:
+            self._halt.set()  # nothing is started again
         if self._restarter is not None:  # a learner process it starts now is stopped at once: it learnt nothing
-            restarter, deadline = self._restarter, time.monotonic() + 30
+            restarter = self._restarter
             while self._restarted is None and restarter.is_alive() and time.monotonic() < deadline:
                 restarter.join(0.01)  # it stays while the process it started runs: until it has started one
-            started, self._restarted, self._restarter = self._restarted, None, None
+            with self._halting:  # None: it started none yet, and stops the one it starts (_restart)
+                started, self._restarted, self._restarter = self._restarted, None, None
             if isinstance(started, tuple):
                 process, inbox, outbox, _ = started
                 process.kill()
-                process.join(5)
-                _discard(inbox, outbox)
-            restarter.join(5)
+                process.join(self.KILL_WAIT)
+                _discard(inbox, outbox, timeout=self.KILL_WAIT)
+            # it ends with the process it started; still starting one at the deadline, it is left to stop it
+            restarter.join(self.KILL_WAIT if isinstance(started, tuple) else max(0.0, deadline - time.monotonic()))
         if self._process is None:
             return
         self._pending.clear()  # not sent: like those the learner has not taken, dropped uncounted
         if self._process.is_alive():
             self._inbox.put(("stop",))
-            deadline = time.monotonic() + timeout
             while not self._stopped and time.monotonic() < deadline and self._process.is_alive():
                 self.poll()
                 time.sleep(0.01)
@@ -716,14 +763,17 @@ class LearnerProcess:
         if self._process.is_alive():
             log.warning("the learner process did not stop within %.0f s; terminating it", timeout)
             self._process.terminate()
-            self._process.join(5)
+            self._process.join(self.KILL_WAIT)
+            if self._process.is_alive():  # SIGTERM held up (a process not yet running its loop): none is left
+                self._process.kill()
+                self._process.join(self.KILL_WAIT)
         self._reading.clear()  # what is still in the pipe is read, then the reader ends
         if not self._process.is_alive():
             self._writer_gone()  # a message the terminated learner left half written ends the reader too
         if self._reader is not None:
-            self._reader.join(2)
+            self._reader.join(self.KILL_WAIT)
         if self._keeper is not None and not self._process.is_alive():  # the thread that started it: it ends now
-            self._keeper.join(2)
+            self._keeper.join(self.KILL_WAIT)
             self._keeper = None
         self.poll()
         self._inbox.cancel_join_thread()  # sequences not taken are dropped, not waited for

@@ -1596,6 +1596,7 @@ class Consumer:
                 "alive": self.learner.alive,  # False: the learner process is gone, labels are not learnt
                 # started again after an unexpected end (restarting: until it runs; false and not alive: given up)
                 "restarts": self.learner.restarts, "restarting": self.learner.restarting,
+                "lost_sequences": self.learner.lost_sequences,  # sent to one that ended, never learnt (in dropped)
                 "rested_s": round(self.learner.rested, 1), **self.learner.comparison()},
         }
         self.last_metrics = metrics
