@@ -95,6 +95,7 @@ def learner_summary(view: ConsumerView) -> dict:
             "alive": learner.get("alive"),  # the consumer's learner process (None: not reported)
             "restarts": learner.get("restarts"),  # started again after it ended unexpectedly
             "restarting": learner.get("restarting"),  # it ended and is being started again (None: not reported)
+            "lost_sequences": learner.get("lost_sequences"),  # sent to a learner process that ended, unlearnt
             "dropped": learner.get("dropped"),
             "skipped": model.get("skipped", learner.get("skipped")),
             "windows": comparison.get("windows"),
@@ -132,10 +133,13 @@ def live(view_id: str) -> None:
                    help="of the shared network (--adapt shared or both); the per-device adapters (--adapt "
                         "device, the default) learn beside it")
     restarts = learner["restarts"] if isinstance(learner["restarts"], int) else 0
+    lost = learner["lost_sequences"] if isinstance(learner["lost_sequences"], int) else 0
+    lost_note = (f" {lost:,} labelled sequences sent to it were lost unlearnt when it ended." if lost else "")
     if learner["alive"] is False and view.status != "offline":
         if learner["restarting"]:
             st.warning(f"This consumer's learner process ended unexpectedly and is being started again (restart "
-                       f"{restarts + 1}); the labels that come meanwhile wait for it. Its log says why it ended.")
+                       f"{restarts + 1}); the labels that come meanwhile wait for it.{lost_note} Its log says why it "
+                       "ended.")
         else:
             again = (f" It was started again {restarts:,} times and ended soon after each time: it is not started "
                      f"again." if restarts else "")
@@ -144,7 +148,7 @@ def live(view_id: str) -> None:
                      "Its log says why; a restart of the consumer starts a new one.")
     elif restarts and view.status != "offline":
         st.caption(f"This consumer's learner process ended unexpectedly and was started again {restarts:,} "
-                   f"times; its log says why.")
+                   f"times; its log says why.{lost_note}")
     if view.metrics and "learner" in view.metrics and view.metrics["learner"] is None:
         st.caption("This consumer runs without online learning: it serves one model and reports no versions.")
 
