@@ -8,7 +8,9 @@ import streamlit as st
 
 from dashboard.common import REFRESH_SECONDS, get_feed
 
-st.set_page_config(page_title="harstream", page_icon=":material/fitness_center:", layout="wide")
+# an emoji, drawn by the browser: a ":material/…:" page icon is fetched from fonts.gstatic.com (failing offline);
+# the other material icons come from the font served with the app
+st.set_page_config(page_title="harstream", page_icon="🏋️", layout="wide")
 
 page = st.navigation([
     st.Page("pages/overview.py", title="Overview", icon=":material/dashboard:", default=True),

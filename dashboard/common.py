@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import math
 import os
 import time
@@ -22,6 +23,7 @@ __all__ = [
     "PALETTE",
     "ago",
     "class_colour",
+    "device_clock",
     "class_scale",
     "feed_status",
     "get_feed",
@@ -107,6 +109,20 @@ def ago(wall: float | None, now: float | None = None) -> str:
     if seconds < 90 * 60:
         return f"{seconds / 60:.0f} min ago"
     return f"{seconds / 3600:.1f} h ago"
+
+
+EPOCH_FROM = 946_684_800.0  # 2000-01-01 UTC: a device clock beyond it is taken for Unix time
+
+
+def device_clock(t: float, now: float | None = None) -> str:
+    """A device's clock reading as a person reads it: Unix time as the time of day in UTC (with the date when
+    not today's), another clock (seconds since the device started) as such. The Label page said "at device time
+    1796664804.35 s"."""
+    if t >= EPOCH_FROM:
+        at = datetime.datetime.fromtimestamp(t, datetime.UTC)
+        today = datetime.datetime.fromtimestamp(time.time() if now is None else now, datetime.UTC).date()
+        return at.strftime("%H:%M:%S UTC" if at.date() == today else "%Y-%m-%d %H:%M:%S UTC") + " by its clock"
+    return f"{t:,.1f} s by its clock"
 
 
 def number(value: object, fmt: str = "{:,.1f}", unit: str = "") -> str:

@@ -67,10 +67,18 @@ def trace_chart(view: DeviceView, t_ref: float) -> alt.Chart:
     ).properties(height=260)
 
 
+def full_probabilities(view: DeviceView) -> list:
+    """The predictions that carry every class's probability, of the newest one's class list (a model change can
+    change it). One loaded from the consumer's event store kept only its predicted class's (``load_history``): a
+    list of one class, left out. Stacked together with the live ones, the newest one's list was the only one
+    drawn, and a device's history became "rest" all along while the store held rest, squat and row."""
+    full = [p for p in view.predictions if len(p.classes) > 1]
+    return [p for p in full if p.classes == full[-1].classes] if full else []
+
+
 def probability_chart(view: DeviceView, t_ref: float) -> alt.Chart:
-    preds = view.predictions
-    classes = preds[-1].classes
-    same = [p for p in preds if p.classes == classes]  # a model change can change the class list
+    same = full_probabilities(view)
+    classes = same[-1].classes
     probs = np.stack([p.probs for p in same])  # (predictions, classes)
     shown = [c for c, top in zip(classes, probs.max(axis=0), strict=True) if top >= SHOWN_PROBABILITY]
     frame = pd.DataFrame(probs, columns=list(classes))[shown]
@@ -86,6 +94,25 @@ def probability_chart(view: DeviceView, t_ref: float) -> alt.Chart:
     )
     rules = drift_rules(view, t_ref, float(frame["t"].min()))
     return (lines + rules if rules is not None else lines).properties(height=260)
+
+
+def confidence_chart(view: DeviceView, t_ref: float) -> alt.Chart:
+    """The predicted class's probability per window, coloured by that class: all the event store keeps of a
+    prediction (``load_history``)."""
+    bars = segments(view, t_ref)
+    bars = bars[bars["row"] == "predicted"].assign(
+        probability=[p.confidence for p in view.predictions])
+    chart = alt.Chart(bars).mark_bar().encode(
+        x=alt.X("start:Q", title=TIME_AXIS),
+        x2="end:Q",
+        y=alt.Y("probability:Q", title="probability of the predicted class", scale=alt.Scale(domain=[0, 1]),
+                axis=alt.Axis(format="%")),
+        color=alt.Color("label:N", title="exercise", scale=class_scale(bars["label"])),
+        tooltip=["label", alt.Tooltip("probability:Q", format=".1%"), alt.Tooltip("end:Q", title="t",
+                                                                                 format=".1f")],
+    )
+    rules = drift_rules(view, t_ref, float(bars["start"].min()))
+    return (chart + rules if rules is not None else chart).properties(height=260)
 
 
 def timeline_chart(view: DeviceView, t_ref: float) -> alt.Chart:
@@ -135,10 +162,20 @@ def live(device: str) -> None:
                 icon=":material/hourglass_empty:")
 
     st.subheader("Class probabilities")
-    if view.predictions:
+    full = full_probabilities(view)
+    if full:
         st.altair_chart(probability_chart(view, t_ref), width="stretch")
+        earlier = len(view.predictions) - len(full)
         st.caption("Stacked per window, which ends at each step. Dashed red lines: drift detections. Classes "
-                   f"that never reach {SHOWN_PROBABILITY:.0%} are left out.")
+                   f"that never reach {SHOWN_PROBABILITY:.0%} are left out."
+                   + (f" {earlier:,} earlier predictions are left out: from the consumer's event store, which "
+                      "keeps only the predicted class's probability, or of another model's classes." if earlier
+                      else ""))
+    elif view.predictions:
+        st.altair_chart(confidence_chart(view, t_ref), width="stretch")
+        st.caption("From the consumer's event store, which keeps only the predicted class's probability: each "
+                   "bar is one window's predicted class and how probable the model found it. Dashed red lines: "
+                   "drift detections. Every class's probability comes with live predictions.")
     else:
         st.info(f"Waiting for predictions on `{feed.prefix}/{device}/prediction` (one per window).",
                 icon=":material/hourglass_empty:")

@@ -5,7 +5,7 @@ import time
 import pandas as pd
 import streamlit as st
 
-from dashboard.common import REFRESH_SECONDS, ago, choose_device, get_feed, remember_sent
+from dashboard.common import REFRESH_SECONDS, ago, choose_device, device_clock, get_feed, remember_sent
 from models.labels import SIMULATED
 
 COLUMNS = 4
@@ -44,8 +44,24 @@ def buttons(device: str) -> None:
         if sent[1] is None:
             st.error(f"Label not sent: {sent[2]}")
         else:
-            st.success(f"Sent **{sent[1]['label']}** for `{device}` at device time {sent[1]['t']:.2f} s "
-                       f"({ago(sent[2])}); the broker acknowledged it.", icon=":material/check:")
+            # no "(0 s ago)": this fragment reruns only when a button is pressed (the table below says when)
+            st.success(f"Sent **{sent[1]['label']}** for `{device}`, holding from {device_clock(sent[1]['t'])}; "
+                       "the broker acknowledged it.", icon=":material/check:")
+
+
+def replaced_by(labels: list, sent: tuple | None, device: str) -> tuple[str, float, str] | None:
+    """``(label sent, seconds after, label)`` when the label this session sent to ``device`` was followed by
+    another one, received after it was sent, that names another exercise: the demo's simulator publishes its
+    own, and replaced the user's 17 s later without a word. None otherwise."""
+    if not sent or sent[0] != device or not sent[1]:
+        return None
+    after = [lab for lab in labels if lab.start > sent[1]["t"] and lab.received >= sent[2]]
+    if not after:
+        return None
+    first = min(after, key=lambda lab: lab.start)
+    if first.label == sent[1]["label"]:
+        return None
+    return sent[1]["label"], first.start - sent[1]["t"], first.label
 
 
 @st.fragment(run_every=REFRESH_SECONDS)
@@ -61,6 +77,11 @@ def recent(device: str) -> None:
                    f"{last.confidence:.0%} confident" if last else None, delta_color="off", delta_arrow="off")
     truth = view.truth_at(device_now) if device_now is not None else None
     cols[1].metric("Labelled now", truth or "—")
+    replaced = replaced_by(view.labels, st.session_state.get("label_sent"), device)
+    if replaced is not None:
+        st.caption(f"**{replaced[0]}**, sent from here, was followed {replaced[1]:.0f} s later by **{replaced[2]}** "
+                   "from elsewhere: this device's simulator or app publishes labels too, and each label holds "
+                   "until the next.")
     if not view.labels:
         st.caption("No labels received for this device yet.")
         return

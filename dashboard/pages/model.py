@@ -9,9 +9,13 @@ import streamlit as st
 
 from dashboard.common import REFRESH_SECONDS, ago, feed_status, get_feed, number, remember_sent
 from dashboard.live import ConsumerView
-from stream.versions import answer
+from dashboard.model_view import adapts_devices_only, awaiting_answer, command_answer
 
 STEPS = ["applied", "clipped", "skipped"]
+ADAPTERS_ONLY = ("This consumer fine-tunes a small adapter per labelling device (`--adapt device`, the default), "
+                 "not the shared network: it makes no new version, so there is nothing to promote or roll back. "
+                 "The fine-tuning updates shown above are the adapters'. To fine-tune the shared network, start the "
+                 "consumer with `--adapt shared` or `--adapt both`.")
 
 st.title("Model")
 
@@ -126,12 +130,17 @@ def live(view_id: str) -> None:
     cols[2].metric("Serving accuracy", number(learner["serving_accuracy"], "{:.1%}"),
                    "same windows" if windows else None, delta_color="off", delta_arrow="off")
     notes = [f"{learner['skipped']:,} skipped"] if isinstance(learner["skipped"], int) else []
-    if isinstance(learner["adapter_updates"], int):
-        notes.append(f"{learner['adapter_updates']:,} device-adapter updates")
-    cols[3].metric("Fine-tuning updates", number(learner["updates"], "{:,.0f}"), " · ".join(notes) or None,
-                   delta_color="off", delta_arrow="off",
-                   help="of the shared network (--adapt shared or both); the per-device adapters (--adapt "
-                        "device, the default) learn beside it")
+    if adapts_devices_only(view):  # no "0" of a shared network this consumer does not fine-tune
+        cols[3].metric("Device-adapter updates", number(learner["adapter_updates"], "{:,.0f}"),
+                       "the shared network is not fine-tuned", delta_color="off", delta_arrow="off",
+                       help="--adapt device (the default): each labelling device's own adapter learns")
+    else:
+        if isinstance(learner["adapter_updates"], int):
+            notes.append(f"{learner['adapter_updates']:,} device-adapter updates")
+        cols[3].metric("Fine-tuning updates", number(learner["updates"], "{:,.0f}"), " · ".join(notes) or None,
+                       delta_color="off", delta_arrow="off",
+                       help="of the shared network (--adapt shared or both); the per-device adapters (--adapt "
+                            "device, the default) learn beside it")
     restarts = learner["restarts"] if isinstance(learner["restarts"], int) else 0
     lost = learner["lost_sequences"] if isinstance(learner["lost_sequences"], int) else 0
     lost_note = (f" {lost:,} labelled sequences sent to it were lost unlearnt when it ended." if lost else "")
@@ -176,21 +185,23 @@ def send(view_id: str, action: str, version: str | None) -> None:
 
 @st.fragment
 def commands(view_id: str) -> None:
-    feed = get_feed()
-    view = next((v for v in feed.store.consumers() if v.consumer == view_id), None)
+    view = consumer_view(view_id)
     model = (view.model or {}) if view else {}
     versions = [v for v in model.get("versions") or []
                 if isinstance(v, dict) and v.get("version") is not None]
     earlier = [str(v["version"]) for v in versions
                if str(v["version"]) != str(model.get("serving")) and restorable(v)][::-1]
+    adapters_only = adapts_devices_only(view)
     st.subheader("Promote or roll back")
+    if adapters_only:
+        st.info(ADAPTERS_ONLY, icon="ℹ️")
     left, right = st.columns(2)
     with left:
         st.markdown("**Promote the challenger now**")
         st.caption("Serve the weights being fine-tuned now, without waiting for them to do at least as well "
                    "as the serving ones on recent labelled windows.")
         st.button("Promote", icon=":material/upgrade:", type="primary", key=f"promote-{view_id}",
-                  disabled=not versions, on_click=send, args=(view_id, "promote", None))
+                  disabled=not versions or adapters_only, on_click=send, args=(view_id, "promote", None))
     with right:
         st.markdown("**Roll back**")
         st.caption("Serve an earlier version again (one the consumer saved), and fine-tune from it.")
@@ -202,19 +213,36 @@ def commands(view_id: str) -> None:
         st.caption("Enabled once the consumer reports its model versions.")
         if st.button("Check again", icon=":material/refresh:", key=f"refresh-{view_id}"):
             st.rerun(scope="fragment")
+    # the command's status reruns on its own; it reruns the page once the answer it waited for has come
+    st.session_state["command_awaited"] = awaiting_answer(view, st.session_state.get("command_sent"))
+    command_status(view_id)
+
+
+def consumer_view(view_id: str) -> ConsumerView | None:
+    return next((v for v in get_feed().store.consumers() if v.consumer == view_id), None)
+
+
+@st.fragment(run_every=REFRESH_SECONDS)
+def command_status(view_id: str) -> None:
+    """What came of the command sent to ``view_id``, and the commands seen on the broker, anew every
+    REFRESH_SECONDS: in the fragment of the buttons, which reruns only when one is pressed, it said "sent …
+    (0 s ago)" until the next press although the consumer had answered a second later. When the answer the page
+    waited for comes, the whole page reruns: the versions to roll back to are the consumer's new ones."""
+    feed = get_feed()
+    view = consumer_view(view_id)
     sent = st.session_state.get("command_sent")
+    if st.session_state.get("command_awaited") and not awaiting_answer(view, sent):
+        st.session_state["command_awaited"] = False
+        st.rerun()
     if sent and sent[0] == view_id:
-        # the model message naming the command's id; from a consumer from before ``answers``, a refusal of it
-        # stamped after it was sent (DESIGN.md, consumer topics)
-        said = (answer([*view.answers, view.model or {}], sent[1], sent_at=sent[2])
-                if view is not None and sent[1] is not None else None)
+        said = command_answer(view, sent)
         if sent[1] is None:
             st.error(f"Command not sent: {sent[2]}")
         elif said is not None and isinstance(said.get("refused"), dict):
             st.error(f"The consumer refused `{command_text(sent[1])}`: {said['refused'].get('reason')}",
                      icon=":material/block:")
         elif said is not None:
-            st.success(f"The consumer carried out `{command_text(sent[1])}` ({ago(sent[2])}): it serves "
+            st.success(f"The consumer carried out `{command_text(sent[1])}` (sent {ago(sent[2])}): it serves "
                        f"`{said.get('serving')}`.", icon=":material/check:")
         else:
             st.success(f"Sent `{command_text(sent[1])}` to `{feed.prefix}/_consumer/{view_id}/command` "
