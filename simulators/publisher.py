@@ -59,6 +59,9 @@ class SimulatorConfig:
     scenario_start: float = 60.0  # seconds after each device's first published sample
     client_per_device: bool = False  # one MQTT client (and last will) per device
     record: str | None = None  # write everything published, with the whole truth, to this recording file
+    # and the gyroscope in it (gx,gy,gz), which is never published: a model trained on such a file reads it, and
+    # refuses every simulated device (no_gyro); for studies only
+    record_gyro: bool = False
     qos: int = 0  # QoS of the samples: at 1 a consumer's persistent session (--state-dir) gets what it missed
 
     def __post_init__(self) -> None:
@@ -218,7 +221,8 @@ class Simulator:
             client.loop_start()
 
     def _write_record(self) -> None:
-        """The whole truth of what was published: samples in m/s², labels, and the drift scenario."""
+        """The whole truth of what was published: samples in m/s², labels, and the drift scenario (and the
+        gyroscope, not published, only with ``record_gyro``)."""
         from stream.recording import Recording, write_recording
         if not self._recorded:
             return
@@ -230,7 +234,8 @@ class Simulator:
             t=np.concatenate([chunks[i].t for i in order]),
             acc=np.concatenate([chunks[i].acc * scale[chunks[i].unit] for i in order]).astype(np.float32),
             label=np.concatenate([chunks[i].label.astype(str) for i in order]),
-            gyro=np.concatenate([chunks[i].gyro for i in order]).astype(np.float32),
+            gyro=(np.concatenate([chunks[i].gyro for i in order]).astype(np.float32) if self.config.record_gyro
+                  else None),
             subject=np.concatenate([np.full(len(chunks[i].t), names[i]) for i in order]),
         )
         write_recording(self.config.record, rec)

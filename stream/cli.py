@@ -172,13 +172,26 @@ def cmd_simulate(args) -> int:
         interval=args.interval, duration=args.duration, speed=args.speed, seed=args.seed,
         prefix=args.prefix, placement=args.placement, label_fraction=args.labels,
         scenario=args.scenario, scenario_start=args.scenario_start,
-        client_per_device=args.client_per_device, record=args.record,
+        client_per_device=args.client_per_device, record=args.record, record_gyro=args.record_gyro,
         qos=args.qos, device_prefix=args.device_prefix,
     )
     simulator = Simulator(config)
     _on_signals(simulator.stop)
     simulator.run()
     return 0
+
+
+def cmd_record(args) -> int:
+    from stream.record import RecordConfig, Recorder, check_out, format_summary, parse_devices
+    check_out(args.out)  # before connecting: a recording that cannot be written at the end is refused now
+    config = RecordConfig(broker=BrokerURL.parse(args.broker, args.ca_file), out=args.out, prefix=args.prefix,
+                          adapters=tuple(args.adapter or ()), devices=parse_devices(args.devices),
+                          duration=args.duration, qos=args.qos)
+    recorder = Recorder(config)
+    _on_signals(recorder.stop)
+    summary = recorder.run(progress=not args.quiet)
+    print(format_summary(summary), flush=True)
+    return 0 if summary["written"] else 1
 
 
 def cmd_replay(args) -> int:
@@ -522,8 +535,41 @@ def build_parser() -> argparse.ArgumentParser:
                         "device: a killed simulator then leaves their retained status 'online')")
     p.add_argument("--record", default=None, metavar="FILE",
                    help="at the end, write everything published with the whole truth (labels; the scenario "
-                        "and its onset per device in FILE.scenario.json) to a recording file")
+                        "and its onset per device in FILE.scenario.json) to a recording file; without the "
+                        "gyroscope, which is not published (a model trained on it with gx,gy,gz could not serve "
+                        "the simulator's devices)")
+    p.add_argument("--record-gyro", action="store_true",
+                   help="with --record, also write the simulator's gyroscope (gx,gy,gz), never published: for "
+                        "studies; train --data on it makes a model that reads the gyroscope (--no-gyro: not)")
     p.set_defaults(func=cmd_simulate)
+
+    p = sub.add_parser("record", help="write what sensors publish (and the labels sent) to a recording file",
+                       description="Subscribes to <prefix>/+/imu, the phone formats' topics of --adapter (decoded as "
+                                   "harstream consume decodes them) and <prefix>/+/label, and writes every sample "
+                                   "received, labelled by the labels received (a label holds from its time until "
+                                   "the device's next; a start/end span where it covers; late ones count), to a "
+                                   "recording file for train --data and evaluate --data. It holds everything in "
+                                   "memory and writes once, sorted by device and time, when it stops (--duration, "
+                                   "Ctrl-C or SIGTERM; kill -9 loses it). A message received twice (same seq) is "
+                                   "dropped; a refused payload is counted and logged. gx,gy,gz are written only "
+                                   "when every sample had the gyroscope (else left out, and said). A device whose "
+                                   "clock went back (a restart) gets rows of its own, <device>.s2, and the file a "
+                                   "subject column.",
+                       epilog="Example: harstream record --out mine.csv --adapter 'sensorlogger/+ = sensor_logger'; "
+                              "then harstream train --data mine.csv --out mine.pt (docs/phone.md).")
+    _broker_args(p)
+    p.add_argument("--out", required=True, type=Path, metavar="FILE", help="recording file to write")
+    p.add_argument("--adapter", action="append", metavar="'PATTERN = NAME[@DEVICE]'",
+                   help="also record a phone format on topics matching PATTERN, as harstream consume --adapter "
+                        "(repeatable; docs/phone.md)")
+    p.add_argument("--devices", default=None, metavar="ID,...",
+                   help="record only these devices (comma-separated; default: every device)")
+    p.add_argument("--duration", type=_positive, default=None,
+                   help="stop after this many seconds (default: until Ctrl-C or SIGTERM)")
+    p.add_argument("--qos", type=int, default=1, choices=(0, 1), help="subscription QoS of the samples "
+                   "(default: %(default)s)")
+    p.add_argument("--quiet", action="store_true", help="no progress line")
+    p.set_defaults(func=cmd_record)
 
     p = sub.add_parser("replay", help="publish a recording file over MQTT",
                        description="Publishes every device of a recording file on <prefix>/<device>/imu (seq from "

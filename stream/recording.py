@@ -317,7 +317,8 @@ def write_recording(path: str | Path, rec: Recording) -> None:
     if rec.subject is not None:
         header.append("subject")
     with Path(path).open("w", newline="") as handle:
-        writer = csv.writer(handle)
+        # "\n": csv's default "\r\n" hid every row from grep ',squat$' (the reader takes either)
+        writer = csv.writer(handle, lineterminator="\n")
         writer.writerow(header)
         for i in range(len(rec.t)):
             row = [rec.device[i], f"{rec.t[i]:.4f}", *(f"{v:.4f}" for v in rec.acc[i]), rec.label[i]]
