@@ -341,7 +341,7 @@ class LearnerProcess:
         self._answers: deque[Callable | None] = deque()
         self._answering: Callable | None = None
         self._unreadable: str | None = None  # why the last message that could not be read was not, since "command"
-        self._resynced: str | None = None  # the last version the learner reported that was never served here
+        self._resynced: str | None = None  # the version never served it was sent back from, until back on the served
         # supervision: a learner process that ends unless stopped is started again, from a thread (_restarter)
         self.restarts = 0
         self.gave_up = False
@@ -721,7 +721,11 @@ class LearnerProcess:
         one other than the version served here is one whose weights could not be read here (a command's, or an
         automatic promotion's). It would train, and compare its challenger, from weights never served, and its
         next promotion would be served as their child. It is sent back to the version served (``resync``),
-        once per such version; it stays on its own if it has moved on meanwhile."""
+        once per such drift (its counters name that version until it has gone back); it stays on its own if it has
+        moved on meanwhile. Back on the version served, it is sent back again should it come to that version again
+        (a rollback to it whose weights again could not be read): marked for good, it trained on from them."""
+        if learnt == self.version:
+            self._resynced = None
         if learnt is None or learnt == self.version or learnt == self._resynced or not self.alive:
             return
         log.warning("the learner process trains from %s, whose weights never reached serving (serving %s): "
