@@ -183,10 +183,10 @@ def cmd_simulate(args) -> int:
 
 def cmd_record(args) -> int:
     from stream.record import RecordConfig, Recorder, check_out, format_summary, parse_devices
-    check_out(args.out)  # before connecting: a recording that cannot be written at the end is refused now
+    check_out(args.out, args.overwrite)  # before connecting: what could not be written at the end is refused now
     config = RecordConfig(broker=BrokerURL.parse(args.broker, args.ca_file), out=args.out, prefix=args.prefix,
                           adapters=tuple(args.adapter or ()), devices=parse_devices(args.devices),
-                          duration=args.duration, qos=args.qos)
+                          duration=args.duration, qos=args.qos, overwrite=args.overwrite)
     recorder = Recorder(config)
     _on_signals(recorder.stop)
     summary = recorder.run(progress=not args.quiet)
@@ -558,7 +558,9 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog="Example: harstream record --out mine.csv --adapter 'sensorlogger/+ = sensor_logger'; "
                               "then harstream train --data mine.csv --out mine.pt (docs/phone.md).")
     _broker_args(p)
-    p.add_argument("--out", required=True, type=Path, metavar="FILE", help="recording file to write")
+    p.add_argument("--out", required=True, type=Path, metavar="FILE",
+                   help="recording file to write (tried before recording; an existing one is refused)")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists, when the recording stops")
     p.add_argument("--adapter", action="append", metavar="'PATTERN = NAME[@DEVICE]'",
                    help="also record a phone format on topics matching PATTERN, as harstream consume --adapter "
                         "(repeatable; docs/phone.md)")

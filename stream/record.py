@@ -9,7 +9,10 @@ too), with the consumer's label semantics (``stream.labels.LabelBook``: a label 
 device's next; a ``start``/``end`` span wins where it covers).
 
 Everything is held in memory and written once, when the recording stops (``--duration``, Ctrl-C, SIGTERM),
-sorted by device and time, to a temporary file renamed onto ``--out``. A ``kill -9`` loses it all.
+sorted by device and time, to a temporary file renamed onto ``--out``. A ``kill -9`` loses it all. So that the
+end cannot lose it either, ``--out`` is tried before recording (its temporary file made and removed: a folder
+that refuses files, a name too long), an existing file is replaced only with ``--overwrite``, and if writing
+fails after all (the disk full, the folder gone) the recording goes to the system's temporary folder instead.
 
 A device whose clock goes back (``seq`` 0 again with samples at or before its newest, or a batch 30 s or more
 behind it: a restart, a reboot) cannot go on in the same rows (a recording file's time never goes back for a
@@ -24,6 +27,7 @@ import logging
 import math
 import os
 import sys
+import tempfile
 import threading
 import time
 from collections import Counter
@@ -46,6 +50,9 @@ log = logging.getLogger(__name__)
 # CLOCK_RESET and DeviceBuffer's clock_reset); nearer, it is a batch out of order, merged in time order
 CLOCK_RESET = 30.0
 MAX_LABELS = 1_000_000  # per device session: a label a second for eleven days (LabelBook drops the earliest beyond)
+# a session's batches are joined every this many: a phone sending one sample a message (SensorSpot) cost about
+# 360 bytes a sample held as one array each, about 60 so (two arrays' headers and list slots shared by 256)
+JOIN_EVERY = 256
 
 
 @dataclass
@@ -57,17 +64,37 @@ class RecordConfig:
     devices: frozenset[str] | None = None  # record only these (None: every device)
     duration: float | None = None  # seconds of wall time; None: until stopped
     qos: int = 1  # subscription QoS of the samples
+    overwrite: bool = False  # replace an existing --out (else refused before recording)
 
 
-def check_out(path: Path) -> None:
-    """Refuse, before recording, an ``--out`` that could not be written at the end (ValueError, one line)."""
+def _tmp_path(out: Path) -> Path:
+    """The temporary file written beside ``out``, then renamed onto it."""
+    return out.with_name(f".{out.name}.{os.getpid()}.tmp")
+
+
+def check_out(path: Path, overwrite: bool = False) -> None:
+    """Refuse, before recording, an ``--out`` that could not be written at the end, or (without ``overwrite``)
+    one that exists: the recording would replace it when it stops (ValueError, one line). The temporary file is
+    made and removed: ``os.access`` says yes to root everywhere (/proc, /sys) and knows nothing of a name too long
+    once the temporary file's prefix and suffix are added."""
     if path.is_dir():
         raise ValueError(f"--out {path} is a directory; give the recording file to write")
     parent = path.parent
     if not parent.is_dir():
         raise ValueError(f"--out {path}: folder {parent} does not exist")
-    if not os.access(parent, os.W_OK | os.X_OK):  # the temporary file goes there, then is renamed
-        raise ValueError(f"--out {path}: folder {parent} is not writable")
+    if path.exists() or path.is_symlink():
+        if not path.is_file():
+            raise ValueError(f"--out {path} is not a regular file (it would be replaced by one)")
+        if not overwrite:
+            raise ValueError(f"--out {path} exists: the recording would replace it when it stops; give another "
+                             "name, or --overwrite")
+    tmp = _tmp_path(path)
+    try:
+        with tmp.open("x"):  # the temporary file goes there, then is renamed
+            pass
+    except OSError as exc:
+        raise ValueError(f"--out {path}: cannot write in folder {parent} ({exc.strerror or exc})") from None
+    tmp.unlink(missing_ok=True)
 
 
 class _Session:
@@ -82,6 +109,7 @@ class _Session:
         self.newest = -math.inf
         self.earliest = math.inf
         self.seqs: dict[int, float] = {}  # seq -> its first sample's time: a message seen again is a copy
+        self.joined = 0  # batches t[:joined] are joined ones (JOIN_EVERY); those after, as received
         self.points: list[float] = []  # where a label received may change what holds (starts, just after ends)
 
 
@@ -104,6 +132,9 @@ class Recorder:
         self.rejected: Counter[str] = Counter()
         self.errors = 0  # messages that raised something else (a fault of ours): logged, skipped
         self.gyro_dropped: dict[str, int] = {}  # set by ``recording``: devices' samples without the gyroscope
+        self.ignored: Counter[str] = Counter()  # samples of devices --devices leaves out (a typo shows here)
+        self.rescued: Path | None = None  # where the recording went when --out could not be written at the end
+        self.write_error = ""
 
     def stop(self) -> None:
         self._stop.set()
@@ -127,6 +158,8 @@ class Recorder:
                 for batch in batches:
                     if self.config.devices is None or batch.device in self.config.devices:
                         self._take(batch)
+                    elif len(self.ignored) < 1000 or batch.device in self.ignored:  # bounded against spoofing
+                        self.ignored[batch.device] += len(batch.t)
             except Rejected as exc:
                 self._reject(topic, exc)
             except Exception:  # noqa: BLE001 (raised in paho's thread, it would end the recording's network loop)
@@ -191,6 +224,27 @@ class Recorder:
         if batch.seq is not None:
             session.seqs[batch.seq] = first
         self.samples += len(batch.t)
+        if len(session.t) - session.joined >= JOIN_EVERY:
+            self._join(session)
+
+    @staticmethod
+    def _join(session: _Session) -> None:
+        """Join the batches received since the last join, in order, into one (runs with and without the
+        gyroscope kept apart, as ``recording`` counts them)."""
+        t, acc, gyro = session.t[session.joined:], session.acc[session.joined:], session.gyro[session.joined:]
+        runs: list[tuple[np.ndarray, np.ndarray, np.ndarray | None]] = []
+        a = 0
+        for b in range(1, len(t) + 1):
+            if b == len(t) or (gyro[b] is None) != (gyro[a] is None):
+                runs.append((np.concatenate(t[a:b]), np.concatenate(acc[a:b]),
+                             None if gyro[a] is None else np.concatenate(gyro[a:b])))
+                a = b
+        del session.t[session.joined:], session.acc[session.joined:], session.gyro[session.joined:]
+        for rt, racc, rgyro in runs:
+            session.t.append(rt)
+            session.acc.append(racc)
+            session.gyro.append(rgyro)
+        session.joined = len(session.t)
 
     # -- what was received, as a recording ------------------------------------------------------
     def devices(self) -> int:
@@ -254,21 +308,35 @@ class Recorder:
 
     def write(self) -> dict:
         """Write the recording to ``out`` (a temporary file beside it, renamed: never half a file there);
-        the summary. Without samples nothing is written (``written`` False)."""
+        the summary. Without samples nothing is written (``written`` False). If ``out`` cannot be written now
+        (the disk full, the folder gone since ``check_out``), the recording goes to the system's temporary
+        folder (``rescued``; ``written`` False) rather than being lost; OSError only if that fails too."""
         rec = self.recording()
         out = Path(self.config.out)
-        summary = self.summary(rec)
         if rec is None:
-            return summary
-        tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+            return self.summary(rec)
+        try:
+            self._write_to(out, rec)
+        except OSError as exc:
+            self.write_error = f"{exc.strerror or exc}"
+            rescue = Path(tempfile.gettempdir()) / f"harstream-record-{os.getpid()}-{out.name[:100]}"
+            log.error("could not write %s (%s): writing the recording to %s instead", out, self.write_error, rescue)
+            self._write_to(rescue, rec)
+            self.rescued = rescue
+            return self.summary(rec)
+        summary = self.summary(rec)
+        summary["written"] = True
+        return summary
+
+    @staticmethod
+    def _write_to(out: Path, rec: Recording) -> None:
+        tmp = _tmp_path(out)
         try:
             write_recording(tmp, rec)
             os.replace(tmp, out)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
-        summary["written"] = True
-        return summary
 
     def summary(self, rec: Recording | None) -> dict:
         labelled = 0 if rec is None else int(np.count_nonzero(rec.label != ""))
@@ -288,6 +356,9 @@ class Recorder:
             "duplicate_samples": self.duplicate_samples,
             "rejected": dict(self.rejected),
             "errors": self.errors,
+            "ignored": dict(self.ignored),
+            "rescued": None if self.rescued is None else str(self.rescued),
+            "write_error": self.write_error,
         }
 
     # -- the command ------------------------------------------------------------------------------
@@ -295,14 +366,16 @@ class Recorder:
         with self._lock:
             devices = len({s.device for s in self._sessions if s.samples})
             rejected = sum(self.rejected.values())
+            ignored = len(self.ignored)
             line = (f"recording {int(elapsed) // 60}:{int(elapsed) % 60:02d}: {self.samples} samples, {devices} "
                     f"device{'s' if devices != 1 else ''}, {self.label_messages} labels")
-        return line + (f", {rejected} refused" if rejected else "")
+        return (line + (f", {rejected} refused" if rejected else "")
+                + (f", {ignored} other device{'s' if ignored != 1 else ''} left out (--devices)" if ignored else ""))
 
     def run(self, progress: bool = True) -> dict:
         """Record until ``stop()`` or ``duration``; then write. Returns the summary."""
         cfg = self.config
-        check_out(Path(cfg.out))
+        check_out(Path(cfg.out), cfg.overwrite)
 
         def on_message(client, userdata, message) -> None:
             self.handle(message.topic, message.payload)
@@ -333,14 +406,18 @@ class Recorder:
 
 def format_summary(summary: dict) -> str:
     """The summary as ``harstream record`` prints it."""
-    if not summary["written"]:
+    devices = summary["devices"]
+    if not summary["samples"]:
         head = f"no samples received: {summary['out']} not written"
     else:
         share = summary["labelled_samples"] / max(summary["samples"], 1)
         sessions = (f" ({summary['sessions']} sessions: a device restarted on a new clock has rows of its own)"
-                    if summary["sessions"] > summary["devices"] else "")
-        head = (f"wrote {summary['samples']} samples of {summary['devices']} devices{sessions} to {summary['out']}: "
-                f"{summary['labels']} labels received, {share:.0%} of samples labelled"
+                    if summary["sessions"] > devices else "")
+        where = (summary["out"] if summary["written"] else f"{summary['rescued']}, NOT to {summary['out']}, "
+                 f"which could not be written ({summary['write_error']})")
+        head = (f"wrote {summary['samples']} samples of {devices} device{'s' if devices != 1 else ''}{sessions} to "
+                f"{where}: {summary['labels']} label{'s' if summary['labels'] != 1 else ''} received, "
+                f"{share:.0%} of samples labelled"
                 + (f" ({', '.join(summary['classes'])})" if summary["classes"] else "")
                 + f"; gyroscope {'gx,gy,gz written' if summary['gyro'] else 'not written'}")
     lines = [head]
@@ -351,6 +428,10 @@ def format_summary(summary: dict) -> str:
         refused = ", ".join(f"{r} {n}" for r, n in sorted(summary["rejected"].items()))
         lines.append(f"refused: {refused or 'none'}" + (f"; {summary['errors']} skipped by a fault (logged)"
                                                          if summary["errors"] else ""))
+    if summary.get("ignored"):
+        left = sorted(summary["ignored"].items(), key=lambda kv: -kv[1])
+        lines.append(f"left out by --devices: {len(left)} other device{'s' if len(left) != 1 else ''} ("
+                     + ", ".join(f"{d} {n} samples" for d, n in left[:5]) + (" ..." if len(left) > 5 else "") + ")")
     if summary["duplicate_messages"] or summary["duplicate_samples"]:
         lines.append(f"dropped as received twice: {summary['duplicate_messages']} messages, "
                      f"{summary['duplicate_samples']} samples")

@@ -156,7 +156,7 @@ def test_record_sigterm_writes_what_it_received(broker_url, tmp_path):
         pub.disconnect()
         pub.loop_stop()
     assert proc.returncode == 0, "".join(lines)
-    assert "wrote 30 samples of 1 devices" in stdout and "bad_shape 1" in stdout, stdout
+    assert "wrote 30 samples of 1 device to" in stdout and "bad_shape 1" in stdout, stdout
     rec = read_recording(out)
     assert len(rec) == 30 and set(rec.device.tolist()) == {"watch-1"}
     assert rec.label.tolist() == [""] * 10 + ["lunge"] * 20
