@@ -18,7 +18,7 @@ from stream.decode import Rejected, SampleBatch, check_range
 from stream.pipeline import Pipeline, Prediction
 from stream.recording import Recording
 
-__all__ = ["drift_alarms", "evaluate", "stream_recording", "window_truth"]
+__all__ = ["confusion_lines", "drift_alarms", "evaluate", "stream_recording", "window_truth"]
 
 log = logging.getLogger(__name__)
 
@@ -125,3 +125,33 @@ def evaluate(model: HARNet, rec: Recording, version: str = "unknown", progress: 
     report["model"] = version
     report["drift"] = drift_alarms(rec, predictions, cfg.rate, cfg.window)
     return report
+
+
+def confusion_lines(labels: list[str], matrix: list[list[int]], width: int = 120) -> list[str]:
+    """The confusion matrix (rows true, columns predicted) as text lines of at most ``width`` characters
+    where the row names allow, 0 shown as '.'. Columns are headed by the full class names when they fit;
+    else by numbers that the rows carry beside their names, in blocks of columns that fit. Names cut to 6
+    characters ("bench_ deadli overhe") could not be told apart, and 17 classes made lines of 150."""
+    cells = [[str(v) if v else "." for v in row] for row in matrix]
+    cell = max([len(v) for row in cells for v in row] + [1])
+    name = max([len(c) for c in labels] + [1])
+    full = [max(len(c), cell) for c in labels]
+    if name + sum(w + 1 for w in full) <= width:
+        lines = ["confusion (rows true, columns predicted; . for 0):",
+                 " " * name + "".join(f" {c:>{w}}" for c, w in zip(labels, full, strict=True))]
+        return lines + [f"{c:>{name}}" + "".join(f" {v:>{w}}" for v, w in zip(row, full, strict=True))
+                        for c, row in zip(labels, cells, strict=True)]
+    digits = len(str(len(labels)))
+    cell = max(cell, digits)
+    head = name + 1 + digits  # "   bench_press  1"
+    per_block = max(1, (width - head) // (cell + 1))
+    per_block = -(-len(labels) // -(-len(labels) // per_block))  # blocks as even as they can be
+    lines = ["confusion (rows true, columns predicted, numbered as the rows; . for 0):"]
+    for a in range(0, len(labels), per_block):
+        cols = range(a, min(len(labels), a + per_block))
+        if len(labels) > per_block:
+            lines.append(f"predicted {a + 1}-{cols[-1] + 1} of {len(labels)}:")
+        lines.append(" " * head + "".join(f" {j + 1:>{cell}}" for j in cols))
+        lines += [f"{c:>{name}} {i + 1:>{digits}}" + "".join(f" {cells[i][j]:>{cell}}" for j in cols)
+                  for i, c in enumerate(labels)]
+    return lines

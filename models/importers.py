@@ -371,7 +371,8 @@ def read_barbell(src: str | Path, progress: bool = False) -> Recording:
 
     ``src`` is the data set's folder or its ``raw``. One device per set, subject ``barbell-<person>``.
     Sets whose accelerometer samples repeat an earlier set's (in file-name order) are skipped, as
-    are sets missing one of their two files; both are logged.
+    are sets missing one of their two files; both are logged, and so is a person all of whose sets
+    repeat others' (the published folder's E: the summary's people are one fewer than its README's).
     """
     root = _root(src, "raw")
     paths = sorted(root.glob("*.csv"))
@@ -386,8 +387,10 @@ def read_barbell(src: str | Path, progress: bool = False) -> Recording:
         key = tuple(match.group(k) for k in ("person", "exercise", "detail", "stamp", "mac", "firmware"))
         sets.setdefault(key, {})[match.group("sensor")] = path
     out = _Builder(with_gyro=True)
-    seen: dict[bytes, str] = {}
+    seen: dict[bytes, tuple[str, str]] = {}  # samples -> the first set's file and person
     duplicates: list[str] = []
+    repeated: dict[str, dict[str, int]] = {}  # person -> whose sets theirs repeat, how many
+    kept: set[str] = set()  # people with a set of their own
     for key, pair in _files(sets.items(), progress, "barbell"):
         person, exercise, detail, stamp, _, _ = key
         if "Accelerometer" not in pair:
@@ -396,9 +399,13 @@ def read_barbell(src: str | Path, progress: bool = False) -> Recording:
         epoch, acc = _barbell_csv(pair["Accelerometer"], "g")
         digest = hashlib.sha1(np.round(acc, 4).tobytes()).digest()
         if digest in seen:
-            duplicates.append(f"{pair['Accelerometer'].name} = {seen[digest]}")
+            first, whose = seen[digest]
+            duplicates.append(f"{pair['Accelerometer'].name} = {first}")
+            counts = repeated.setdefault(person.upper(), {})
+            counts[whose] = counts.get(whose, 0) + 1
             continue
-        seen[digest] = pair["Accelerometer"].name
+        seen[digest] = pair["Accelerometer"].name, person.upper()
+        kept.add(person.upper())
         if "Gyroscope" not in pair:
             log.warning("barbell: skipping %s: its Gyroscope file is missing", pair["Accelerometer"].name)
             continue
@@ -415,8 +422,13 @@ def read_barbell(src: str | Path, progress: bool = False) -> Recording:
         out.add(device, f"barbell-{person.upper()}", (epoch - epoch[0]) / 1000.0, acc * G, label,
                 np.deg2rad(gyro))
     if duplicates:
-        log.warning("barbell: skipped %d sets that repeat an earlier set's samples, e.g. %s",
-                    len(duplicates), duplicates[0])
+        gone = sorted(set(repeated) - kept)  # every set of theirs a repeat: not one person more, but none
+        whole = "".join(f"; all {sum(repeated[p].values())} sets of person {p} repeat others' ("
+                        + ", ".join(f"{n} {w}'s" for w, n in sorted(repeated[p].items()))
+                        + f"): {p} is left out" for p in gone)
+        log.warning("barbell: skipped %d sets that repeat an earlier set's samples, e.g. %s%s%s",
+                    len(duplicates), duplicates[0], whole,
+                    f" ({len(kept)} people remain: {', '.join(sorted(kept))})" if gone else "")
     return out.build("barbell", root)
 
 

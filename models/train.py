@@ -71,7 +71,8 @@ class TrainConfig:
     orientation: bool = True  # a gyro model keeps its training data's window features, to turn a device
     # worn upside down or turned back at serving time (models.orientation; exermote's person 1: 77 -> 93%)
     seed: int = 0
-    max_minutes: float | None = 20.0  # stop a run after this long, keeping the best model so far
+    max_minutes: float | None = 20.0  # the whole of train() (validated run and refit) ends after about this
+    # long: the validated run stops at REFIT_SHARE of it, keeping its best model so far; the refit has the rest
 
     def __post_init__(self) -> None:
         if min(self.epochs, self.steps_per_epoch, self.batch, self.tbptt) < 1:
@@ -249,11 +250,23 @@ def _class_weights(y: np.ndarray, k: int) -> torch.Tensor:
     return torch.tensor(weights / weights[counts > 0].mean(), dtype=torch.float32)
 
 
+# share of --max-minutes the validated run may take when a refit on everyone follows: the refit runs as many
+# epochs, each about as long, so a run the budget cuts leaves the refit about as much time as it took
+REFIT_SHARE = 0.5
+
+
 def _fit(train_streams: list[LabelledStream], val_streams: list[LabelledStream], mc: ModelConfig,
-         cfg: TrainConfig, epochs: int, early_stopping: bool, desc: str, progress: bool
-         ) -> tuple[HARNet, dict]:
-    """One run of at most ``epochs`` epochs (the learning-rate schedule spans them all). With validation
-    streams, returns the weights with the best validation macro F1; without, the last ones."""
+         cfg: TrainConfig, epochs: int, early_stopping: bool, desc: str, progress: bool,
+         deadline: float | None = None, max_steps: int | None = None) -> tuple[HARNet, dict]:
+    """One run of at most ``epochs`` epochs, and ``max_steps`` optimiser steps (the learning-rate schedule
+    spans them all; the last epoch is then a part). With validation streams, returns the weights with the
+    best validation macro F1; without, the last ones.
+
+    ``deadline`` (``time.monotonic()``): the run stops at the first optimiser step that would begin after
+    it (one step at least), mid-epoch if need be: checked only at an epoch's end, one long epoch (a pass over
+    a large data set, on a loaded machine) overran a 1-minute budget by 25 s. The part-epoch is then
+    validated as an epoch's end is (its weights are the last ones, without validation streams);
+    ``out_of_time`` in the report says so."""
     classes = list(mc.classes)
     W = mc.window
     torch.manual_seed(cfg.seed)
@@ -266,7 +279,8 @@ def _fit(train_streams: list[LabelledStream], val_streams: list[LabelledStream],
     sampler = StreamSampler(train_streams, W, cfg.tbptt, cfg.batch, cfg)
     train_windows = int((window_labels(y_all, W) != IGNORE).sum())
     steps_per_epoch = max(cfg.steps_per_epoch, math.ceil(train_windows / (cfg.batch * cfg.tbptt)))
-    total_steps = epochs * steps_per_epoch
+    total_steps = epochs * steps_per_epoch if max_steps is None else min(epochs * steps_per_epoch, max_steps)
+    epochs = math.ceil(total_steps / steps_per_epoch)
 
     def lr_at(step: int) -> float:
         if step < cfg.warmup_steps:
@@ -282,12 +296,16 @@ def _fit(train_streams: list[LabelledStream], val_streams: list[LabelledStream],
     history = []
     state = None  # the rows' recurrent state, carried from step to step
     started = time.monotonic()
+    out_of_time = False
     bar = tqdm(total=total_steps, desc=desc, unit="step", disable=not progress, smoothing=0.1)
     for epoch in range(epochs):
         model.train()
         losses: list[float] = []
         epoch_norms: list[float] = []
-        for _ in range(steps_per_epoch):
+        for _ in range(min(steps_per_epoch, total_steps - step)):
+            if step and deadline is not None and time.monotonic() >= deadline:
+                out_of_time = True
+                break
             x, y, reset = sampler.next()
             if state is not None:  # truncate BPTT here; rows that started a new stream start from zero
                 keep = torch.from_numpy(~reset).to(torch.float32).view(1, -1, 1)
@@ -347,8 +365,10 @@ def _fit(train_streams: list[LabelledStream], val_streams: list[LabelledStream],
         if early_stopping and stale >= cfg.patience and epoch + 1 >= cfg.min_epochs:
             log.info("no better validation score for %d epochs: stopping after epoch %d", stale, epoch + 1)
             break
-        if cfg.max_minutes is not None and time.monotonic() - started > cfg.max_minutes * 60:
-            log.info("time budget of %.1f min reached after epoch %d", cfg.max_minutes, epoch + 1)
+        if out_of_time or (deadline is not None and time.monotonic() >= deadline):
+            out_of_time = True
+            log.info("%s: time budget reached in epoch %d of %d, at step %d of %d", desc, epoch + 1, epochs,
+                     step, total_steps)
             break
     bar.close()
     averaged.load_state_dict(best_state)
@@ -357,8 +377,9 @@ def _fit(train_streams: list[LabelledStream], val_streams: list[LabelledStream],
         "train_windows": train_windows,
         "steps_per_epoch": steps_per_epoch,
         "best": best,
-        "epochs_run": len(history),
+        "epochs_run": len(history),  # the last one cut short when out_of_time
         "steps": step,
+        "out_of_time": out_of_time,
         "history": history,
         "grad_norm": {"median": round(float(np.median(grad_norms)), 3) if grad_norms else None,
                       "max": round(float(np.max(grad_norms)), 3) if grad_norms else None,
@@ -377,6 +398,14 @@ def train(rec: Recording, model_config: ModelConfig | None = None, cfg: TrainCon
     reported. Then, with ``cfg.refit``, a fresh model is trained on everyone for as many epochs as
     that run took, and returned: with a handful of people, the ones held out are too valuable to
     leave out.
+
+    ``cfg.max_minutes`` bounds the whole call, both runs: it restarted in each, and was checked only at an
+    epoch's end, so ``--max-minutes 1`` took 171 s on barbell. The validated run has up to REFIT_SHARE of
+    it, and the refit the rest: as many optimiser steps as the validated run took (its epochs; its steps
+    when the budget cut it mid-epoch), or as many as fit in the time left at that run's pace, fewer, and it
+    stops at the deadline all the same. A refit of fewer steps than the validated run's best model took
+    (planned so, or cut so) is not used: the validated model is returned (``report["refit"]["used"]``).
+    ``report["refit"]`` says how many steps the refit planned and made, and whether the budget cut them.
     """
     cfg = cfg or TrainConfig()
     classes = classes or rec.classes
@@ -385,10 +414,18 @@ def train(rec: Recording, model_config: ModelConfig | None = None, cfg: TrainCon
     mc = copy.deepcopy(model_config) if model_config else ModelConfig(classes=tuple(classes))
     mc.classes = tuple(classes)
     started = time.monotonic()
+    deadline = None if cfg.max_minutes is None else started + cfg.max_minutes * 60
     streams = labelled_streams(rec, classes, mc.rate, gyro=mc.gyro)
     train_streams, val_streams, held_out = split_streams(streams, cfg.val_fraction, cfg.seed)
     log.info("training on %d streams, validating on held-out %s", len(train_streams), held_out)
-    model, fit = _fit(train_streams, val_streams, mc, cfg, cfg.epochs, True, "training", progress)
+    refitting = cfg.refit and bool(val_streams)
+    first_deadline = deadline
+    if deadline is not None and refitting:
+        first_deadline = started + REFIT_SHARE * cfg.max_minutes * 60
+        log.info("time budget %.3g min for the whole training: the validated run stops after %.3g min, the refit "
+                 "on everyone has the rest", cfg.max_minutes, REFIT_SHARE * cfg.max_minutes)
+    model, fit = _fit(train_streams, val_streams, mc, cfg, cfg.epochs, True, "training", progress,
+                      first_deadline)
     report = {
         "classes": list(classes),
         "train_people": sorted({s.subject for s in train_streams}),
@@ -398,12 +435,41 @@ def train(rec: Recording, model_config: ModelConfig | None = None, cfg: TrainCon
         "train_config": asdict(cfg),  # every setting of the run, augmentation included
         **fit,
     }
-    if cfg.refit and val_streams:
-        epochs = fit["epochs_run"]  # its best epoch plus patience, or the whole budget
-        log.info("training again on everyone for %d epoch%s", epochs, "" if epochs == 1 else "s")
-        model, refit = _fit(streams, [], mc, cfg, epochs, False, "training on everyone", progress)
-        report["refit"] = {k: refit[k] for k in ("train_windows", "epochs_run", "steps", "grad_norm",
-                                                 "seconds")}
+    if refitting:
+        epochs = fit["epochs_run"]  # its best epoch plus patience, or its share of the budget
+        planned = fit["steps"] if fit["out_of_time"] else None  # None: its epochs, at the refit's epoch length
+        steps = planned
+        least = fit["best"].get("step", 1)  # a refit with fewer steps than the validated model's is worse
+        left = None if deadline is None else deadline - time.monotonic()
+        if left is not None:  # no more steps than fit in the time left at the validated run's pace
+            fit_in = int(left / (max(fit["seconds"], 0.1) / max(1, fit["steps"])))
+            steps = fit_in if planned is None else min(planned, fit_in)
+        if steps is not None and steps < least:
+            log.warning("time budget of %.3g min: the %.0f s left fit %d optimiser steps on everyone, fewer than the "
+                        "%d of the validated run's best model: no refit; the model saved is the validated run's",
+                        cfg.max_minutes, max(0.0, left), steps, least)
+            report["refit"] = {"used": False, "steps": 0, "steps_fit": steps, "steps_planned": planned,
+                               "out_of_time": True}
+        else:
+            log.info("training again on everyone for %d epoch%s%s", epochs, "" if epochs == 1 else "s",
+                     "" if left is None else f", at most {steps} optimiser steps: {left:.0f} s of the time budget "
+                     "left" + ("" if planned is None else f", and the validated run, cut by it, made {planned}"))
+            refitted, refit = _fit(streams, [], mc, cfg, epochs, False, "training on everyone", progress, deadline,
+                                   steps)
+            planned_steps = (planned if planned is not None else epochs * refit["steps_per_epoch"])
+            report["refit"] = {**{k: refit[k] for k in ("train_windows", "steps_per_epoch", "epochs_run", "steps",
+                                                        "grad_norm", "seconds")},
+                               "steps_planned": planned_steps,  # as many as the validated run took
+                               "epochs_done": round(refit["steps"] / refit["steps_per_epoch"], 1),
+                               "epochs_planned": round(planned_steps / refit["steps_per_epoch"], 1),
+                               "out_of_time": refit["steps"] < planned_steps,
+                               "used": refit["steps"] >= least}
+            if report["refit"]["used"]:
+                model = refitted
+            else:  # barbell, --max-minutes 1 on a loaded machine: 53 steps, 36% on person D (the validated: 71%)
+                log.warning("the time budget cut the refit on everyone at %d optimiser steps, fewer than the %d of "
+                            "the validated run's best model: the model saved is the validated run's",
+                            refit["steps"], least)
     if cfg.orientation and mc.gyro:
         model.orientation = orientation_reference(streams, mc.window, cfg.seed)
         report["orientation_windows"] = len(model.orientation.g)

@@ -283,10 +283,27 @@ def cmd_train(args) -> int:
     model, report = train(rec, mc, tc, progress=not args.quiet)
     version = save_checkpoint(args.out, model, {"command": " ".join(["harstream", *sys.argv[1:]]),
                                                 "data": sources, "report": report})
-    best = report["best"]
-    print(f"saved {args.out} (version {version}): {len(report['classes'])} classes, "
-          f"validation accuracy {best.get('accuracy')}, macro F1 {best.get('macro_f1')} "
-          f"on held-out people {', '.join(report['val_people'][:6])}{' ...' if len(report['val_people']) > 6 else ''}")
+    # the validation figure is the validated run's; the model saved, unless told otherwise, the refit's
+    best, refit = report["best"], report.get("refit")
+    if "accuracy" not in best:
+        told = "nothing held out, nothing validated"
+    else:
+        told = (f"validation accuracy {best['accuracy']}, macro F1 {best['macro_f1']}, of the validated run (best "
+                f"epoch {best['epoch']} of {report['epochs_run']}) on held-out {report['held_out']}; ")
+        if refit is None:
+            told += "the model saved is that run's"
+        elif not refit["used"]:
+            told += (f"the model saved is that run's: the time budget of {args.max_minutes:g} min left the refit "
+                     f"on everyone {refit['steps'] or refit['steps_fit']} optimiser steps, fewer than the "
+                     f"{best['step']} to that run's best epoch")
+        else:
+            done = refit["epochs_done"]
+            told += (f"the model saved was then refitted on everyone, those held out too, for {done:g} "
+                     f"epoch{'' if done == 1 else 's'} (not validated)")
+            if refit["out_of_time"]:
+                told += (f": a shorter refit than the validated run's {refit['epochs_planned']:g}, cut by the "
+                         f"time budget of {args.max_minutes:g} min")
+    print(f"saved {args.out} (version {version}): {len(report['classes'])} classes; {told}")
     if report.get("orientation_windows"):
         print(f"kept how the training sensors were worn ({report['orientation_windows']} windows): a device worn "
               "turned is served turned back (--no-orientation: not)")
@@ -294,7 +311,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from models.evaluate import evaluate
+    from models.evaluate import confusion_lines, evaluate
     from stream.recording import read_recording
     model, info = _load_model(args.model)
     rec = read_recording(args.data)
@@ -313,12 +330,7 @@ def cmd_evaluate(args) -> int:
             for mode, d in drift.items() if mode != "device_hours"]
     print(f"drift alarms over {drift['device_hours']} device-hours (false ones where nothing drifted): "
           + "; ".join(runs))
-    labels = report["labels"]
-    width = max(len(c) for c in labels)
-    print("confusion (rows true, columns predicted):")
-    print(" " * (width + 1) + " ".join(f"{c[:6]:>6}" for c in labels))
-    for c, row in zip(labels, report["confusion"], strict=True):
-        print(f"{c:>{width}} " + " ".join(f"{v:>6}" for v in row))
+    print("\n".join(confusion_lines(report["labels"], report["confusion"])))
     return 0
 
 
@@ -624,7 +636,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "state is carried on detached (default: %(default)s; 4 before 2026-12-06, "
                         "docs/results.md)")
     p.add_argument("--max-minutes", type=_positive, default=None,
-                   help="stop training after this long (default: no limit)")
+                   help="bound the whole training, the validated run and the refit on everyone together, to "
+                        "about this long: the validated run stops at half of it, mid-epoch if need be, keeping its "
+                        "best model so far; the refit has the rest, and where that holds fewer optimiser steps "
+                        "than the validated model took, the validated model is saved (default: no limit)")
     p.add_argument("--any-orientation", type=float, default=0.0, metavar="FRACTION",
                    help="train this fraction of the streams in a random orientation, for sensors that people "
                         "wear every which way (a phone in an armband or a pocket); costs accuracy where the "

@@ -1622,9 +1622,12 @@ class Consumer:
                     f"learnt {learner['updates']} updates, {learner['adapter_updates']} adapter updates"
                     + ("" if learner["alive"] or learner["restarting"] else "; the learner process is gone"))
         drifts = sum(n for k, n in self.monitor.event_counts.items() if not k.endswith(":repeated"))
-        log.info("%d device%s; %d windows in the last %.0f s, %d since start (p99 %s ms); %s; %d drift events; "
+        p99, interval = metrics["latency_ms"]["p99"], self.config.metrics_interval  # None: nothing classified
+        latency = (f"p99 {p99} ms over the last {interval:g} s" if p99 is not None else
+                   f"no window in the last {interval:g} s to take a latency of")
+        log.info("%d device%s; %d windows in the last %.0f s, %d since start (%s); %s; %d drift events; "
                  "rejected %s", metrics["devices"], "" if metrics["devices"] == 1 else "s",
-                 metrics["windows"] - windows, now - since, metrics["windows"], metrics["latency_ms"]["p99"], learning,
+                 metrics["windows"] - windows, now - since, metrics["windows"], latency, learning,
                  drifts, metrics["rejected"] or "none")
 
     def _warn_lost(self, lost: int) -> None:
