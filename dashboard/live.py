@@ -292,7 +292,8 @@ def _is_created(value: object) -> bool:  # epoch seconds (shown as a date), or t
 _NUMBERS = dict.fromkeys
 _LEARNER = {**_NUMBERS(("updates", "adapter_updates", "dropped", "skipped", "windows", "serving_accuracy",
                         "challenger_accuracy", "restarts", "lost_sequences"), _is_number),
-            **_NUMBERS(("alive", "restarting"), lambda v: isinstance(v, bool))}
+            **_NUMBERS(("alive", "restarting"), lambda v: isinstance(v, bool)),
+            "adapt": lambda v: v in ("device", "shared", "both")}
 _METRICS = {
     **_NUMBERS(("t", "samples_per_s", "windows_per_s", "devices", "lost_samples", "messages", "windows",
                 "late_samples", "dropped", "queue"), _is_number),

@@ -27,17 +27,19 @@ def awaiting_answer(view: ConsumerView | None, sent: tuple | None) -> bool:
 
 def adapts_devices_only(view: ConsumerView | None) -> bool:
     """Whether the consumer fine-tunes per-device adapters only (``harstream consume --adapt device``, the
-    default), as far as its messages show: the metrics do not name the setting, so it is read from what
-    learnt. Adapter updates, and no update, skipped step nor scored window of the shared network (``both``
-    scores the shared challenger on every labelled sequence its adapters learn from), and every fine-tuning
-    report an adapter's (``<version>+adapter:<device>``). Such a consumer makes no new version: a promotion
-    serves the same weights again, and there is none to roll back to. Before its first adapter update the
-    setting cannot be told (False)."""
+    default): the metrics' ``learner.adapt`` where the consumer names it. From a consumer that does not (before
+    2026-12-07), as far as its messages show, read from what learnt: adapter updates, and no update, skipped
+    step nor scored window of the shared network (``both`` scores the shared challenger on every labelled
+    sequence its adapters learn from), and every fine-tuning report an adapter's (``<version>+adapter:<device>``).
+    Such a consumer makes no new version: a promotion serves the same weights again, and there is none to roll
+    back to. From an older consumer, before its first adapter update the setting cannot be told (False)."""
     if view is None:
         return False
     learner = (view.metrics or {}).get("learner")
     if not isinstance(learner, dict):
         return False
+    if learner.get("adapt") in ("device", "shared", "both"):
+        return learner["adapt"] == "device"
     model = view.model or {}
     comparison = model.get("comparison") if isinstance(model.get("comparison"), dict) else learner
     adapter_updates = learner.get("adapter_updates")

@@ -1591,6 +1591,7 @@ class Consumer:
                                                         **self.shared.summary()},
             "online": self.monitor.summary(),
             "learner": None if self.learner is None else {
+                "adapt": self.learner.config.adapt,  # what learns: device adapters, the shared network, or both
                 "updates": self.learner.updates, "skipped": self.learner.skipped, "dropped": self.learner.dropped,
                 "adapter_updates": self.learner.adapters.updates if self.learner.adapters is not None else 0,
                 "alive": self.learner.alive,  # False: the learner process is gone, labels are not learnt
