@@ -266,14 +266,17 @@ def cmd_train(args) -> int:
                    + (f":{args.sim_exercises}" if args.sim_exercises else "")]
     else:
         from stream.recording import concat_recordings
-        rec = concat_recordings([read_recording(f) for f in args.data])
+        recs = [read_recording(f) for f in args.data]
+        rec = concat_recordings(recs)
         sources = [str(f) for f in args.data]
     # the gyroscope helps where every file has it (docs/results.md); a model that reads it can only
     # serve devices that send it, hence --no-gyro. Simulated people: the accelerometer, so the model
     # made that way (the shipped default) serves every device, as the simulator's publisher sends no gyro
     gyro = not args.simulated and rec.gyro is not None and not args.no_gyro
     print(f"inputs: accelerometer{' and gyroscope' if gyro else ''}"
-          + ("" if gyro or args.no_gyro or args.simulated else " (not every training file has gx, gy, gz)"),
+          + ("" if gyro or args.no_gyro or args.simulated else
+             " (no training file has gx, gy, gz)" if all(r.gyro is None for r in recs) else
+             " (not every training file has gx, gy, gz)"),
           flush=True)
     mc = ModelConfig(classes=("_",), cell=args.cell, hidden=args.hidden, layers=args.layers, rate=args.rate,
                      window=args.window, hop=args.window, patch=args.patch, input_channels=6 if gyro else 3)
@@ -390,7 +393,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("demo", help="the main job: broker (embedded unless one answers), simulator, consumer",
+    p = sub.add_parser("demo",
+                       help="the main job: broker (embedded unless one answers), simulator, consumer, dashboard",
                        description="Runs the whole system on this machine: uses the broker at --broker when it "
                                    "answers, else starts the embedded one there; starts a consumer, a simulator "
                                    "and the dashboard (http://127.0.0.1:8501, or a free port when that one is "
