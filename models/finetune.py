@@ -27,6 +27,7 @@ import random
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -103,10 +104,12 @@ class Pacer:
     """Keeps the thread that calls it to ``share`` of one core: after a piece of work that took c CPU
     seconds, ``rest`` sleeps c * (1 / share - 1) (0 < share < 1; otherwise it never rests)."""
 
-    def __init__(self, share: float, stop: threading.Event | None = None) -> None:
+    def __init__(self, share: float, stop: threading.Event | None = None,
+                 wait: Callable[[float], object] | None = None) -> None:
         self.share = share
         self.rested = 0.0  # seconds spent resting
         self._stop = stop or threading.Event()  # set: no more resting
+        self._wait = wait or self._stop.wait  # sleeps that long, or less if stopped
         self._mark = time.thread_time()
 
     def rest(self) -> None:
@@ -114,7 +117,7 @@ class Pacer:
         if 0 < self.share < 1:
             rest = max(0.0, time.thread_time() - self._mark) * (1.0 / self.share - 1.0)
             self.rested += rest
-            self._stop.wait(rest)
+            self._wait(rest)
         self._mark = time.thread_time()
 
 

@@ -148,7 +148,6 @@ def learner_loop(learner: OnlineLearner, inbox, outbox, alive: Callable[[], bool
     thread in tests."""
     cfg = learner.config
     stop = threading.Event()
-    pacer = Pacer(cfg.cpu_share, stop)
     waiting: deque = deque(maxlen=cfg.queue_size)  # the newest sequences; the oldest fall out
     dropped = taken = learnt = 0  # taken: sequences received (the serving side sends while few are in flight)
     learner.confirmed = True  # the serving side says which version it serves ("served", "resync")
@@ -207,6 +206,21 @@ def learner_loop(learner: OnlineLearner, inbox, outbox, alive: Callable[[], bool
             outbox.put(("answered", kind, reason))
             outbox.put(("counters", _counters(learner, pacer, dropped, taken, learnt)))
 
+    def rest(seconds: float) -> None:
+        """The pacer's rest, awake to what comes meanwhile: a rest is up to 1 / cpu_share - 1 times what the last
+        sequence took (4x at the default 0.2; seconds for a long one), and before, a stop, or a command, waited
+        for it to end (a consumer stopping then terminated the learner after its 5 s wait, a WARNING)."""
+        deadline = time.monotonic() + seconds
+        while not stop.is_set() and alive():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            try:
+                take(inbox.get(timeout=min(left, 0.5)))
+            except queue.Empty:
+                pass
+
+    pacer = Pacer(cfg.cpu_share, stop, wait=rest)
     while not stop.is_set():
         try:
             take(inbox.get(timeout=0.0 if waiting else 0.5))
@@ -224,12 +238,12 @@ def learner_loop(learner: OnlineLearner, inbox, outbox, alive: Callable[[], bool
         except Exception:  # a learner bug must never take serving down
             log.exception("online learner failed on a sequence of %s", seq.device)
         learnt += 1
-        pacer.rest()
         if learner.adapters is not None:
             entry = learner.adapters.entry(seq.device)
             if entry is not None:
                 outbox.put(("adapter", seq.device, _numpy(entry)))
         outbox.put(("counters", _counters(learner, pacer, dropped, taken, learnt)))
+        pacer.rest()  # after its reports: what comes meanwhile (a command, a stop) is taken at once
     outbox.put(("counters", _counters(learner, pacer, dropped, taken, learnt)))
     outbox.put(("stopped",))
 
