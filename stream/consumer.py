@@ -24,7 +24,8 @@ most so many unacknowledged messages (MQTT 5 Receive Maximum = ``max_unacked``; 
 ``max_inflight_messages`` for 3.1.1 clients), so when ``max_unacked`` are held the oldest is
 acknowledged (``acks.forced``: at most once for those), and when nothing arrives for ``ack_stall``
 seconds while messages are held, all are (a broker limit below what the open windows hold). The
-metrics' ``acks`` count each way. ``on-receipt`` is paho's default: acknowledged when queued.
+metrics' ``acks`` count each way. ``on-receipt`` is paho's default: acknowledged when queued; a clean
+stop then takes nothing more and works off what it took before its final checkpoint (``_hand_over``).
 
 Scale-out: with ``shared_group`` the samples come through the shared subscription
 ``$share/<group>/har/+/imu``, so replicas of the same group split the devices' messages between them;
@@ -114,6 +115,11 @@ LISTED_VERSIONS = 100  # newest model versions listed in the retained model mess
 # models/ of the state directory)
 COMMAND_ID = 64  # characters at most of a command's id, named by the model message answering it
 ORIENT_BUDGET = 0.01  # s of fitting how devices are worn per cycle (models.orientation.Orienter.budget)
+# A stop acknowledging on receipt works off what it took (Consumer._hand_over) for at most this long; in a shared
+# group at most the reorder wait + 1 s if longer (what it holds waits for messages on other replicas that long)
+STOP_WORK = 5.0
+UNSUBACK_WAIT = 2.0  # s a stopping replica waits for the broker to confirm it left the shared subscription
+READ_STOP_WAIT = 0.1  # s a stop waits for paho's thread to be past a read begun before (none comes while it is idle)
 
 @dataclass
 class ConsumerConfig:
@@ -358,6 +364,12 @@ class Consumer:
         self._confirm_mids: dict[int, list] = {}  # mid of a confirmation's last prediction -> it
         self._stop = threading.Event()
         self._client = None
+        # stopping (_hand_over): paho's thread reads nothing more (_queue_high), and says it saw it
+        self._closing = False
+        self._read_closed = threading.Event()
+        self._sealed = False  # stopped handing over: what arrives is neither taken nor acknowledged (_seal)
+        self._leaving: list[str] = []  # shared subscriptions given up by a stopping replica (_on_connected)
+        self._unsubacks: set[int] = set()  # mids of the UNSUBACKs received
         self.last_metrics: dict = {}
         self._progress = (time.monotonic(), 0)  # when the log last said how it goes, and the windows then
         self._lost_said, self._lost_quiet_until = 0, 0.0  # lost samples last warned of; no warning before
@@ -744,6 +756,8 @@ class Consumer:
 
     # -- paho thread: never block, never raise ------------------------------------------------
     def _on_message(self, client, userdata, message) -> None:
+        if self._sealed:
+            return  # unacknowledged (_seal): a persistent session gets it again
         now = time.monotonic()
         self._last_arrival = now
         payload = message.payload
@@ -770,7 +784,11 @@ class Consumer:
     def _queue_high(self) -> bool:
         """Paho's thread reads nothing more while the queue is this full (stream.mqtt.BufferedClient):
         the backlog waits at the broker, which keeps it for the session, instead of being dropped here.
-        What was read already still fits: drops are left for plain paho (HARSTREAM_MQTT_READ=plain)."""
+        What was read already still fits: drops are left for plain paho (HARSTREAM_MQTT_READ=plain).
+        Nor once the consumer is stopping (``_hand_over``): what is not read is not acknowledged."""
+        if self._closing:
+            self._read_closed.set()  # paho's thread is past any read begun before: none is under way
+            return True
         return (self._bytes_in - self._bytes_out > HIGH_WATER * self.config.max_queue_bytes
                 or self._queue.qsize() > HIGH_WATER * self.config.queue_size)
 
@@ -813,16 +831,7 @@ class Consumer:
         next_checkpoint = time.monotonic() + cfg.checkpoint_interval
         try:
             while not self._stop.is_set():
-                self._drain(timeout=0.05)
-                self.pipeline.release(time.monotonic())
-                if self.learner is not None:
-                    self.learner.poll()  # its reports, adapters and promoted weights
-                self._apply_swap()
-                self._classify()
-                if self._confirm:
-                    self._flush_acks()
-                if self.after_window and self.acks.held:
-                    self._check_stall()
+                self._cycle(timeout=0.05)
                 if time.monotonic() >= next_metrics:
                     self._publish_metrics()
                     self._evict_idle()
@@ -833,10 +842,21 @@ class Consumer:
                                                                                   CHECKPOINT_RETRY)
                     next_checkpoint = time.monotonic() + delay
         finally:
+            if self._stop.is_set():  # asked to stop (not an error out of the loop, which would only come again)
+                try:
+                    self._hand_over()
+                except Exception:
+                    log.exception("handing over at the stop failed; stopping")
             if self.learner is not None:
                 self.learner.stop(timeout=5.0)  # what it learnt goes into the final checkpoint
             self._apply_swap()
-            self.checkpoint(final=True)  # nothing is acknowledged after it: the broker keeps the rest
+            if not self.after_window and not self._queue.empty():  # plain paho (never paused) queued it as we sealed
+                self._drain(0.0)
+                self.pipeline.release(time.monotonic())
+                self._classify()
+            # acknowledging after the window, nothing not in a published window was acknowledged: the broker
+            # keeps the rest for the session; on receipt, what was taken is in it (_hand_over)
+            self.checkpoint(final=True)
             if self.journal is not None:
                 self.journal.close()
             if self.store is not None:
@@ -851,6 +871,87 @@ class Consumer:
             self._client.loop_stop()
             log.info("consumer stopped: %d windows classified, rejected %s", self.stats.windows,
                      self._rejected() or "none")
+
+    def _cycle(self, timeout: float) -> None:
+        """The service loop's work: take what is queued, release, classify and publish, acknowledge."""
+        self._drain(timeout=timeout)
+        self.pipeline.release(time.monotonic())
+        if self.learner is not None:
+            self.learner.poll()  # its reports, adapters and promoted weights
+        self._apply_swap()
+        self._classify()
+        if self._confirm:
+            self._flush_acks()
+        if self.after_window and self.acks.held:
+            self._check_stall()
+
+    def _hand_over(self) -> None:
+        """Take nothing more, and work off what was taken, before the final checkpoint.
+
+        Acknowledging on receipt (always with a state store), what is queued, and in a shared group what is
+        held for its device's earlier messages, was acknowledged: the broker will not send it to anyone
+        again. So a replica in a shared group first leaves the shared subscription (the broker then
+        dispatches to the other members) and waits, bounded, for the UNSUBACK; any other consumer stops
+        reading (what the broker sent and was not read stays unacknowledged with it). Then the service
+        loop's work goes on until nothing is queued or held (a held message waits for its predecessors on
+        other replicas to be committed, at most the reorder wait), or until the deadline; reading stops
+        before the last pass. A persistent session in a shared group keeps its subscription: Mosquitto
+        (2.0) queues a shared subscription's messages for an offline persistent member, so leaving would
+        lose its share of the downtime when it is the only member (measured, DESIGN.md). Acknowledging
+        after the window, nothing unacknowledged is lost at a stop: the broker sends it again."""
+        if self.after_window:
+            return
+        cfg, shared, client = self.config, self.shared, self._client
+        start = time.monotonic()
+        budget = max(STOP_WORK, cfg.reorder_wait + 1.0) if shared is not None else STOP_WORK
+        deadline = start + budget
+        leave = [] if cfg.persistent or not cfg.shared_group or not client.is_connected() else self._sampled()
+        held, queued = (shared.held if shared is not None else 0), self._queue.qsize()
+        log.info("stopping: handing over %d held, %d queued messages (%s; at most %.0f s)", held, queued,
+                 f"left {', '.join(leave)}" if leave else "reading no more", budget)
+        mid, unsub_until = None, start
+        try:
+            if leave:
+                self._leaving = leave
+                client.on_unsubscribe = self._on_unsubscribe
+                mid = client.unsubscribe(leave)[1]
+                unsub_until = min(deadline, start + UNSUBACK_WAIT)
+            else:
+                self._close_reading()
+            while True:
+                self._cycle(timeout=0.05)  # waits up to 50 ms for a message: the queue was empty that long
+                now = time.monotonic()
+                if now >= deadline:
+                    break
+                if self._queue.empty() and not (shared is not None and shared.held) and (
+                        mid is None or mid in self._unsubacks or now >= unsub_until):
+                    if self._closing:
+                        break
+                    self._close_reading()  # the messages the broker sent before the UNSUBACK: one more pass
+        finally:
+            self._seal()
+        held, queued = (shared.held if shared is not None else 0), self._queue.qsize()
+        if held or queued:
+            log.warning("stopping after %.1f s of handing over: %d held and %d queued messages, acknowledged on "
+                        "receipt, are lost", time.monotonic() - start, held, queued)
+
+    def _close_reading(self) -> None:
+        """Paho's thread reads nothing more (``_queue_high``); wait until no read begun before is under way.
+        Plain paho (HARSTREAM_MQTT_READ=plain) reads on until the disconnection."""
+        self._closing = True
+        if getattr(self._client, "read_paused", None) is not None:
+            self._read_closed.wait(READ_STOP_WAIT)
+
+    def _seal(self) -> None:
+        """From now on what arrives is neither taken nor acknowledged (paho acknowledges nothing by itself
+        any more: a persistent session gets it again), and reading goes on, so that the PUBACKs of the last
+        status messages come in. Reading was stopped first: no message read before is still on its way."""
+        self._client.manual_ack_set(True)
+        self._sealed = True
+        self._closing = False
+
+    def _on_unsubscribe(self, client, userdata, mid, reason_codes, properties) -> None:  # paho thread
+        self._unsubacks.add(mid)
 
     def _clear_retained(self) -> None:
         """Take this consumer's retained messages off the broker (an empty retained message each), status last:
@@ -873,8 +974,7 @@ class Consumer:
             will=(status, b"offline"),
             subscriptions=[(self.imu_subscription, cfg.qos), (f"{cfg.prefix}/+/label", 1),
                            (consumer_topic(cfg.prefix, cfg.consumer_id, "command"), 1),
-                           *[(self._shared_topic(t), cfg.qos) for t in self.router.subscriptions()
-                             if t != f"{cfg.prefix}/+/imu"]],
+                           *[(t, cfg.qos) for t in self._sampled()[1:]]],
             on_message=self._on_message,
             on_connected=self._on_connected,
             clean_session=not cfg.persistent,
@@ -903,6 +1003,8 @@ class Consumer:
 
     def _on_connected(self, client) -> None:  # paho thread, at every (re)connection
         self._connected_at = time.monotonic()
+        if self._leaving:  # reconnected while stopping: connect() subscribed again, leave again
+            client.unsubscribe(self._leaving)
 
     def _check_stall(self) -> None:
         """Messages held and nothing arriving: the broker's in-flight limit may be full of partial
@@ -927,6 +1029,11 @@ class Consumer:
     @property
     def imu_subscription(self) -> str:
         return self._shared_topic(f"{self.config.prefix}/+/imu")
+
+    def _sampled(self) -> list[str]:
+        """The subscriptions samples come through: imu first, then the phone formats' topics."""
+        imu = f"{self.config.prefix}/+/imu"
+        return [self.imu_subscription, *[self._shared_topic(t) for t in self.router.subscriptions() if t != imu]]
 
     def _shared_topic(self, topic: str) -> str:
         return f"$share/{self.config.shared_group}/{topic}" if self.config.shared_group else topic
@@ -1598,6 +1705,7 @@ class Consumer:
                 # started again after an unexpected end (restarting: until it runs; false and not alive: given up)
                 "restarts": self.learner.restarts, "restarting": self.learner.restarting,
                 "lost_sequences": self.learner.lost_sequences,  # sent to one that ended, never learnt (in dropped)
+                "save_failures": self.learner.save_failures,  # promotions not served: their version was not written
                 "rested_s": round(self.learner.rested, 1), **self.learner.comparison()},
         }
         self.last_metrics = metrics
