@@ -109,6 +109,7 @@ DRAIN_CHUNK = 256  # messages taken off the queue at once: their imu payloads ar
 CHECKPOINT_WARN_EVERY = 60.0  # s between warnings while checkpoints cannot be written
 CHECKPOINT_RETRY = 5.0  # s before a checkpoint that had to wait (the event store behind) is tried again
 LOST_WARNING_INTERVAL = 60.0  # s at least between two warnings of samples that never came
+LATE_WARNING_INTERVAL = 60.0  # s at least between two warnings of samples dropped as late
 REPUT_BUDGET = 2.0  # s a checkpoint waits for room in the event store's queue to put a kept journal in again
 JOURNAL_REPLAY_WAIT = 60.0  # s a start-up waits for a failing event store to take the last life's journal
 LISTED_VERSIONS = 100  # newest model versions listed in the retained model message (all are kept, and listed in
@@ -373,6 +374,8 @@ class Consumer:
         self.last_metrics: dict = {}
         self._progress = (time.monotonic(), 0)  # when the log last said how it goes, and the windows then
         self._lost_said, self._lost_quiet_until = 0, 0.0  # lost samples last warned of; no warning before
+        self._late_said: dict[str, int] = {}  # pipeline.late_by_device when last warned of; no warning before
+        self._late_quiet_until = 0.0
         self.labels = LabelBook()
         self._reloaded = 0  # labels.taken after the last life's labels were put back: those before are its
         self._saved_version: str | None = None  # the version last written to serving.pt
@@ -1315,6 +1318,7 @@ class Consumer:
         if last is None or batch.t[-1] > last - self.pipeline.reorder:
             return False
         self._late_fills += len(batch)
+        self.pipeline.late_by_device[batch.device] += len(batch)  # named in _warn_late
         return True
 
     def _take(self, batch, arrival: float, mid: int = 0, qos: int = 0, new_clock: bool = False) -> None:
@@ -1682,6 +1686,7 @@ class Consumer:
             "renumbered": self.sequence.renumbered,  # messages of a device numbering anew with seq 0 lost
             "late_samples": self._late_fills + self.pipeline.late_samples,
             "duplicates": self.pipeline.duplicates,
+            "clock_resets": self.pipeline.clock_resets,  # new grids: a device's clock went back over clock_reset
             "queue": self._queue.qsize(),
             "queue_bytes": self._bytes_in - self._bytes_out,
             "acks": {"mode": "after-window" if self.after_window else "on-receipt", "protocol": self.protocol,
@@ -1711,6 +1716,7 @@ class Consumer:
         self.last_metrics = metrics
         self._log_progress(metrics)
         self._warn_lost(metrics["lost_samples"])
+        self._warn_late()
         if self.config.health_file is not None:
             self._write_health(metrics)
         if self._client is not None:
@@ -1751,6 +1757,26 @@ class Consumer:
                     "loses what it sends while this consumer is down or disconnected, a QoS 1 one what the broker "
                     "does not queue for it (Mosquitto's max_queued_messages)", lost - self._lost_said, lost)
         self._lost_said, self._lost_quiet_until = lost, now + LOST_WARNING_INTERVAL
+
+    def _warn_late(self) -> None:
+        """A warning, at most once every LATE_WARNING_INTERVAL, of samples dropped as late since the last one,
+        naming the devices with the most: a device clock that stepped back by less than CLOCK_RESET dropped that
+        much of its data (the documented rule: its samples are at or before ones already used) with nothing but
+        ``late_samples`` in the metrics to show it (found by an ops probe: 20 s of a device without a
+        prediction, the log silent)."""
+        now = time.monotonic()
+        counts = self.pipeline.late_by_device
+        new = {d: n - self._late_said.get(d, 0) for d, n in counts.items() if n > self._late_said.get(d, 0)}
+        if not new or now < self._late_quiet_until:
+            return
+        top = sorted(new.items(), key=lambda kv: (-kv[1], kv[0]))[:5]
+        log.warning("%d samples dropped as late (%d since start; %s%s): they came at or before samples already "
+                    "used, as when a device's clock goes back by less than %g s (further back starts a new "
+                    "session) or its samples arrive out of order by more than the reorder window (--reorder "
+                    "%g s)", sum(new.values()), sum(counts.values()),
+                    ", ".join(f"{d} {n}" for d, n in top), f" and {len(new) - len(top)} more devices"
+                    if len(new) > len(top) else "", CLOCK_RESET, self.pipeline.reorder)
+        self._late_said, self._late_quiet_until = dict(counts), now + LATE_WARNING_INTERVAL
 
     def _rejected(self) -> dict[str, int]:
         rejected = Counter(self.stats.rejected)

@@ -7,6 +7,7 @@ of the samples differs.
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
@@ -60,6 +61,12 @@ class Pipeline:
         self._ready: list[Window] = []
         self._warned: set[str] = set()  # devices already named in a "sends no gyroscope" warning
         self._evicted_late = self._evicted_duplicates = 0  # the counts of buffers evicted since
+        # samples of each device dropped as late, counted as they are dropped (in ``add``; a shared state
+        # store's record brings its buffer's count back, which is not moved here), and by callers that drop
+        # a message as too late for its buffer (the consumer's gap fills): named in the consumer's warning;
+        # only devices with some are kept
+        self.late_by_device: Counter[str] = Counter()
+        self.clock_resets = 0  # grid restarts of any buffer (``DeviceBuffer.clock_resets``), counted alike
 
     @property
     def late_samples(self) -> int:
@@ -104,7 +111,11 @@ class Pipeline:
                                   channels=cfg.input_channels)
             self.buffers[batch.device] = buffer
         values = batch.acc if cfg.input_channels == 3 else np.concatenate([batch.acc, batch.gyro], axis=1)
+        late, resets = buffer.late_samples, buffer.clock_resets
         windows = buffer.push(batch.t, values, arrival, new_clock)
+        if buffer.late_samples > late:
+            self.late_by_device[batch.device] += buffer.late_samples - late
+        self.clock_resets += buffer.clock_resets - resets
         self._ready.extend(windows)
         return len(windows)
 

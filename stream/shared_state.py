@@ -51,6 +51,8 @@ from stream.buffers import DeviceBuffer
 from stream.decode import Rejected, SampleBatch, SequenceCheck
 from stream.pipeline import Pipeline, Prediction
 
+STORE_WARNING_INTERVAL = 60.0  # s at least between two warnings while the shared store does not answer
+
 __all__ = [
     "BufferState",
     "DeviceRecord",
@@ -456,6 +458,10 @@ class SharedDevices:
         self._applied: dict[str, list[_Held]] = {}  # devices touched since the last commit
         self._shapes = pipeline.classifier.model.state_shapes()
         self._warned_local = False
+        # the store unreachable: since when (monotonic) and store_errors then (None: it answers), and when the
+        # log last said so (_store_failed, _store_answered)
+        self._store_down: tuple[float, int] | None = None
+        self._store_said = 0.0
         # model versions this replica has served (the one it started with and each it was promoted to):
         # recurrent state they made goes on, as a single consumer keeps its devices' state across a
         # promotion; state made by any other model starts afresh (_install)
@@ -519,9 +525,9 @@ class SharedDevices:
             try:
                 loaded = self.store.load_records(stale)
             except StoreError as exc:
-                self.counts["store_errors"] += 1
-                log.warning("%s; %d messages held", exc, self._n_held)
+                self._store_failed(exc)
                 return 0, []
+            self._store_answered()
             self.counts["reads"] += len(stale)
             offer = {}
             for device in stale:
@@ -551,8 +557,7 @@ class SharedDevices:
                 try:
                     self.store.offer(offer)
                 except StoreError as exc:
-                    self.counts["store_errors"] += 1
-                    log.warning("%s", exc)
+                    self._store_failed(exc)
         samples, rejected = 0, []
         last = self.sequence.snapshot()  # again: installs changed it
         for device in list(self._held):
@@ -688,10 +693,10 @@ class SharedDevices:
         try:
             done = self.store.commit(updates)
         except StoreError as exc:
-            self.counts["store_errors"] += 1
-            log.warning("%s", exc)
+            self._store_failed(exc)
             done = set()
         else:
+            self._store_answered()
             self.counts["conflicts"] += len(devices) - len(done)
         self.counts["commits"] += len(done)
         cycle_samples, self._cycle_samples = self._cycle_samples, Counter()
@@ -741,5 +746,35 @@ class SharedDevices:
                         "replicas; see DESIGN.md (Scale-out)", min(local))
         return out
 
+    # -- the store's failures in the log ---------------------------------------------------------------
+    def _store_failed(self, exc: StoreError) -> None:
+        """Count a failed load, offer or commit (``store_errors``) and say so: once when the store stops
+        answering, then at most every STORE_WARNING_INTERVAL while it stays so. Each consumer cycle tries
+        again (every 40 ms or so), and a line per try flooded the log (an ops probe: 507 lines in 20 s with
+        Redis killed, some 90,000 an hour) while nothing was lost: the messages wait, held, and are applied
+        when it answers."""
+        now = time.monotonic()
+        if self._store_down is None:
+            self._store_down = (now, self.counts["store_errors"])
+            self._store_said = now
+            log.warning("the shared state store does not answer (%s); %d messages held, tried again every cycle "
+                        "until it does", exc, self._n_held)
+        elif now - self._store_said >= STORE_WARNING_INTERVAL:
+            self._store_said = now
+            log.warning("the shared state store has not answered for %.0f s (%d tries; %s); %d messages held",
+                        now - self._store_down[0], self.counts["store_errors"] - self._store_down[1] + 1, exc,
+                        self._n_held)
+        self.counts["store_errors"] += 1
+
+    def _store_answered(self) -> None:
+        """The store answered: one line if it had not (how long it was away)."""
+        if self._store_down is None:
+            return
+        since, errors = self._store_down
+        self._store_down = None
+        log.info("the shared state store answers again, after %.1f s away (%d failed tries); %d messages held",
+                 time.monotonic() - since, self.counts["store_errors"] - errors, self._n_held)
+
     def summary(self) -> dict:
-        return {"held": self._n_held, "devices": len(self._versions), **self.counts}
+        down = 0.0 if self._store_down is None else round(time.monotonic() - self._store_down[0], 1)
+        return {"held": self._n_held, "devices": len(self._versions), "store_down_s": down, **self.counts}
