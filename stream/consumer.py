@@ -361,6 +361,7 @@ class Consumer:
         self._journalled: list[tuple] = []  # predictions read back from the journal at start
         self._stall_warned = False
         self._confirm: deque[list] = deque()  # [last prediction's info, when, acks due]
+        self._unjournalled: list[tuple] = []  # acks due whose windows the journal could not record yet: held
         self._confirm_lock = threading.Lock()
         self._confirm_mids: dict[int, list] = {}  # mid of a confirmation's last prediction -> it
         self._stop = threading.Event()
@@ -687,6 +688,10 @@ class Consumer:
             return False
         self.journal.rotate(generation)
         self._dropped_mark = dropped
+        for mid, qos, why in self._unjournalled:  # the checkpoint holds their windows: the lines are not needed
+            self._client.ack(mid, qos)
+            self._paho_acks[why] += 1
+        self._unjournalled = []
         return True
 
     def _not_saved(self, exc: OSError) -> bool:
@@ -1019,6 +1024,12 @@ class Consumer:
             return  # a broker that is away sends again what is held when it is back
         held = len(self.acks)
         self.acks.enforce_limit(0)
+        if self._unjournalled:  # held while the journal cannot be written: they too fill the broker's limit
+            written = self.journal.flush()
+            for mid, qos, why in self._unjournalled:
+                self._client.ack(mid, qos)
+                self._paho_acks[why if written else "forced"] += 1
+            self._unjournalled = []
         self._last_arrival = now
         if self.protocol == "3.1.1" and 10 <= held < self.acks.limit:
             self.acks.limit = held  # a broker limit repeats at the same count; a quiet spell rarely does
@@ -1402,8 +1413,17 @@ class Consumer:
         finally:
             due, self.acks.deferred = self.acks.deferred, None
         if self.journal is not None:
-            self.journal.write(entries, [(b["device"], b["t"], b["label"], b["confidence"], b["model"],
-                                          b["latency_ms"], received) for b in bodies])
+            if not self.journal.write(entries, [(b["device"], b["t"], b["label"], b["confidence"], b["model"],
+                                                 b["latency_ms"], received) for b in bodies]):
+                # a full disk: acknowledged, these would be lost to a kill -9 (the broker sends them to no one,
+                # the journal does not say they were classified); held, a kill -9 classifies them again. Held
+                # within the broker's in-flight budget with the partial windows; beyond, the oldest go (forced)
+                self._unjournalled += due
+                over = len(self._unjournalled) + len(self.acks) - self.acks.limit + 1
+                due = [(mid, qos, "forced") for mid, qos, _ in self._unjournalled[:max(over, 0)]]
+                del self._unjournalled[:max(over, 0)]
+            elif self._unjournalled:  # written now, with the lines that had failed: theirs go with this cycle's
+                due, self._unjournalled = self._unjournalled + due, []
         return due
 
     def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:  # paho thread
@@ -1698,6 +1718,8 @@ class Consumer:
                 "written": self.store.written, "dropped": self.store.dropped, "pending": self.store.pending,
                 "errors": self.store.errors,  # failed writes (each tried again); failing: the last one failed
                 "failing": self.store.failing},
+            "journal": None if self.journal is None else {  # held: acknowledgements waiting for it to be written
+                "errors": self.journal.errors, "failing": self.journal.failing, "held": len(self._unjournalled)},
             "model": self.pipeline.classifier.version,
             "shared": None if self.shared is None else {"group": self.config.shared_group or None,
                                                         **self.shared.summary()},

@@ -29,6 +29,7 @@ import io
 import logging
 import os
 import time
+from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -257,6 +258,8 @@ def _states(value) -> dict[str, tuple[torch.Tensor, ...]]:
 
 
 PREDICTION = "=P"  # a journal line's first field: no device id starts with "=" (stream.decode.DEVICE_ID)
+JOURNAL_WARN_EVERY = 60.0  # s between warnings while the journal cannot be written
+MAX_PENDING_PREDICTIONS = 100_000  # prediction lines kept in memory while it cannot (about 10 MB)
 FORGET = "=F"  # a journal line: the device is forgotten (beyond max_evicted); the lines before it no longer count
 
 
@@ -324,6 +327,12 @@ class AckJournal:
     the file. ``rotate`` starts the file of the next checkpoint. Other generations found when it opens
     (left by a kill during ``rotate``, or named by a checkpoint that could not be read) are not deleted
     unread: their prediction lines are carried into this one first (the event store ignores those it has).
+
+    A write that fails (a full disk: ``OSError``) raises nothing: the file is cut back to its last whole line
+    (what a short write left would take the next line with it), the lines are kept in memory and written before
+    the next ones (``written`` False until then; each device's last line only, which is what a reader takes,
+    and at most ``MAX_PENDING_PREDICTIONS`` predictions, the oldest dropped beyond), warned about once, then at
+    most once a minute, and said when it writes again. The consumer acknowledges nothing they record meanwhile.
     """
 
     def __init__(self, directory: Path, generation: int = 0) -> None:
@@ -341,28 +350,101 @@ class AckJournal:
                 if carried:
                     _write_all(self._fd, b"\n".join(carried) + b"\n")
                 old.unlink(missing_ok=True)
+        self._size = os.fstat(self._fd).st_size  # the end of the last whole line: a failed write is cut back to it
+        self._torn = False  # a failed write could not be cut back yet: done before the next one
+        self._marks: dict[str, str] = {}  # lines not yet written: each device's last (a reader takes the last) ...
+        self._forgets: dict[str, None] = {}  # ... the devices forgotten since (written first: a later line wins)
+        self._predictions: deque[str] = deque()  # ... and the predictions
+        self.errors = 0  # writes that failed (each tried again with the next)
+        self.dropped = 0  # predictions not kept in memory beyond MAX_PENDING_PREDICTIONS while it failed
+        self.failing = False
+        self._failed_since = 0  # failures since it last wrote
+        self._warned = -JOURNAL_WARN_EVERY
 
-    def write(self, entries: list[tuple], predictions: list[tuple] = ()) -> None:
+    @property
+    def written(self) -> bool:
+        """Whether every line given so far is in the file."""
+        return not (self._marks or self._forgets or self._predictions)
+
+    def write(self, entries: list[tuple], predictions: list[tuple] = ()) -> bool:
         """Lines of (device, end of its last classified window, seq acknowledged up to once its predictions
         are out[, (t, values) of the last sample then acknowledged: acc, then gyro for a model that
         reads it]) and of predictions (device, t, label, confidence, model, latency_ms[, received]), in one
-        write."""
-        if (entries or predictions) and self._fd is not None:
-            lines = []
-            for d, t, s, *rest in entries:
-                anchor = rest[0] if rest else None
-                extra = ("" if anchor is None
-                         else "\t" + "\t".join(repr(float(x)) for x in (anchor[0], *anchor[1])))
-                lines.append(f"{d}\t{t!r}\t{'' if s is None else s}{extra}\n")
-            for d, t, label, confidence, model, latency, *received in predictions:
-                extra = "".join(f"\t{float(r)!r}" for r in received[:1])
-                lines.append(f"{PREDICTION}\t{d}\t{t!r}\t{label}\t{confidence!r}\t{model}\t{latency!r}{extra}\n")
-            _write_all(self._fd, "".join(lines).encode())
+        write with those a failed write left. Returns whether all are written (``written``)."""
+        if self._fd is None:
+            return True
+        for d, t, s, *rest in entries:
+            anchor = rest[0] if rest else None
+            extra = ("" if anchor is None
+                     else "\t" + "\t".join(repr(float(x)) for x in (anchor[0], *anchor[1])))
+            self._marks.pop(d, None)  # in the order given: dicts write in insertion order
+            self._marks[d] = f"{d}\t{t!r}\t{'' if s is None else s}{extra}\n"
+        for d, t, label, confidence, model, latency, *received in predictions:
+            extra = "".join(f"\t{float(r)!r}" for r in received[:1])
+            self._predictions.append(f"{PREDICTION}\t{d}\t{t!r}\t{label}\t{confidence!r}\t{model}\t{latency!r}"
+                                     f"{extra}\n")
+        return self.flush()
 
     def forget(self, device: str) -> None:
         """A line saying ``device`` is forgotten: what the lines before say of it no longer counts."""
         if self._fd is not None:
-            _write_all(self._fd, f"{FORGET}\t{device}\n".encode())
+            self._marks.pop(device, None)
+            self._forgets[device] = None
+            self.flush()
+
+    def flush(self) -> bool:
+        """Write what is not yet written (forgotten devices, then marks, then predictions); whether all is."""
+        if self._fd is None or self.written:
+            return True
+        while len(self._predictions) > MAX_PENDING_PREDICTIONS:
+            self._predictions.popleft()
+            self.dropped += 1
+        data = "".join([*(f"{FORGET}\t{d}\n" for d in self._forgets), *self._marks.values(),
+                        *self._predictions]).encode()
+        try:
+            if self._torn:
+                os.ftruncate(self._fd, self._size)
+                self._torn = False
+            _write_all(self._fd, data)
+        except OSError as exc:
+            self._failed(exc)
+            return False
+        self._size += len(data)
+        self._forgets.clear()
+        self._marks.clear()
+        self._predictions.clear()
+        if self.failing:
+            self.failing = False
+            log.info("acknowledgement journal %s written again (after %d failures%s)",
+                     _journal_path(self.directory, self.generation).name, self._failed_since,
+                     f"; {self.dropped} predictions not kept meanwhile" if self.dropped else "")
+            self._failed_since = 0
+        return True
+
+    def _failed(self, exc: OSError) -> None:
+        """A write failed: cut the file back to its last whole line (a short write leaves part of one, to which
+        the next write would glue its first line: both lost to a reader), or mark it to be cut first."""
+        try:
+            os.ftruncate(self._fd, self._size)  # shrinking needs no space
+        except OSError:
+            self._torn = True
+        self.errors += 1
+        self._failed_since += 1
+        self.failing = True
+        now = time.monotonic()
+        if now - self._warned >= JOURNAL_WARN_EVERY:
+            self._warned = now
+            log.warning("acknowledgement journal %s not written (%s): its lines are kept in memory and written "
+                        "once it can be; until then the messages whose windows they record stay unacknowledged "
+                        "(%d failures so far)", _journal_path(self.directory, self.generation).name, exc,
+                        self._failed_since)
+
+    def discard(self) -> None:
+        """Forget the lines not yet written: a checkpoint saved since holds what they say (``rotate``)."""
+        self._forgets.clear()
+        self._marks.clear()
+        self._predictions.clear()
+        self._torn = False  # the file is left
 
     def next_generation(self) -> int:
         return self.generation + 1
@@ -373,10 +455,13 @@ class AckJournal:
         fd = _open_append(_journal_path(self.directory, generation))
         os.close(self._fd)
         self._fd, self.generation = fd, generation
+        self._size = os.fstat(fd).st_size
+        self.discard()  # the checkpoint that names it holds the marks, the event store the predictions
         old.unlink(missing_ok=True)
 
     def close(self) -> None:
         if self._fd is not None:
+            self.flush()  # once more: what it then writes, the next life reads (not classified again)
             os.close(self._fd)
             self._fd = None
 
