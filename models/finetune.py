@@ -21,9 +21,11 @@ send no labels (96% to 78% in the first minute); adapters leave them exactly as 
 from __future__ import annotations
 
 import copy
+import errno
 import logging
 import math
 import random
+import shutil
 import threading
 import time
 from collections import deque
@@ -34,14 +36,16 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from models.checkpoint import FORMAT, load_checkpoint, save_checkpoint
+from models.checkpoint import FORMAT, checkpoint_bytes, load_checkpoint, save_checkpoint, write_atomic
 from models.personal import AdapterConfig, DeviceAdapters
 from models.rnn import HARNet
 
-__all__ = ["LearnerConfig", "OnlineLearner", "Pacer", "Sequence", "OPTIMISERS", "saved_versions", "starting_versions"]
+__all__ = ["LearnerConfig", "OnlineLearner", "Pacer", "Sequence", "OPTIMISERS", "VersionNotSaved", "saved_versions",
+           "starting_versions"]
 
 log = logging.getLogger(__name__)
 FORGOT_SHOWN = 5  # version ids named in the "forgot N old versions" line
+SAVE_WARN_EVERY = 60.0  # s: versions that cannot be saved are logged again at most this often
 
 OPTIMISERS = {"adam": torch.optim.Adam, "rmsprop": torch.optim.RMSprop, "sgd": torch.optim.SGD}
 ADAPT = ("device", "shared", "both")  # what learns from labels: per-device adapters, the shared network, both
@@ -85,6 +89,11 @@ class LearnerConfig:
     # deletes the oldest promoted one that is not served; models a learner started from are always kept. None
     # (default): every one, as a rollback to any version is promised; about one version per promotion_windows
     # labelled windows in shared fine-tuning, each a file of the model's size (`consume --keep-versions N`)
+    # a promoted version is not written where the versions folder's file system would have less free than the larger
+    # of these left: unbounded versions (keep_versions None) fill a disk, 4.7 GB a day at one version per 5 s of
+    # 280 kB; then every other write there (checkpoints, events) failed too
+    min_free_bytes: int = 100_000_000
+    min_free_fraction: float = 0.01  # of the file system's size
     serving_version: str = "base"
     adapt: str = "device"  # device | shared | both (see the module's docstring)
     adapter: AdapterConfig = field(default_factory=AdapterConfig)
@@ -154,6 +163,11 @@ class VersionInfo:
 
 
 INCOMING = "incoming.pt"  # a promoted version while it is being written, in versions_dir
+
+
+class VersionNotSaved(OSError):
+    """A promoted version that could not be written to the versions folder (disk full or below the floor kept
+    free, folder gone or read-only): it is not served, as every version served has its file to roll back to."""
 
 
 def _saved(path: Path) -> VersionInfo | None:
@@ -232,6 +246,13 @@ class OnlineLearner:
         self.confirmed = False
         self._handed: list[str] = []
         self.versions: list[VersionInfo] = starting_versions(self.serving, config)
+        # promotions not served because their version could not be written (_not_saved): one warning, then at
+        # most one a minute; before, a full disk made a traceback of every labelled sequence (143 in 48 s)
+        self.save_failures = 0
+        self._save_failing = False  # the last version tried could not be written
+        self._save_said = 0.0  # when that was last logged (_clock)
+        self._save_unsaid = 0  # failures since
+        self._clock = time.monotonic
         self.rng = random.Random(0)
         self.shared = config.adapt in ("shared", "both")
         self.adapters = (DeviceAdapters(len(serving.config.classes), config.adapter)
@@ -370,13 +391,17 @@ class OnlineLearner:
         tie = cmp["challenger_accuracy"] == cmp["serving_accuracy"]
         if tie and self._since_promotion < cfg.min_updates_between_ties:
             return  # at least as good, but nothing shown to gain yet: do not churn versions
-        self.promote(cmp)
+        try:
+            self.promote(cmp)
+        except VersionNotSaved:  # said and counted; the challenger trains on, its scores kept
+            self._since_promotion = 0  # the next try comes as the next promotion would, not at every sequence
 
     def promote(self, metrics: dict | None = None) -> str:
         """Serve the challenger's weights as a new version (saved in ``versions_dir``; beyond
         ``keep_versions`` the oldest promoted one is forgotten). Weights that a kept version already has (a
         challenger that learnt nothing since, or came back to it) are served under that version: no second
-        entry, and its file, whose parent it names, is left as it is."""
+        entry, and its file, whose parent it names, is left as it is. A version that cannot be written is not
+        served (``VersionNotSaved``; said and counted by ``_not_saved``): nothing changes."""
         from models.checkpoint import _model_version
         new = copy.deepcopy(self.challenger).eval()
         path = None
@@ -385,11 +410,7 @@ class OnlineLearner:
             version = _model_version(new)
             known = next((v for v in self.versions if v.version == version), None)
             if known is None and self.config.versions_dir is not None:
-                self.config.versions_dir.mkdir(parents=True, exist_ok=True)
-                tmp = self.config.versions_dir / INCOMING
-                version = save_checkpoint(tmp, new, {"parent": parent, "online": metrics or {}})
-                path = self.config.versions_dir / f"{version}.pt"
-                tmp.replace(path)
+                path = self._write_version(new, version, {"parent": parent, "online": metrics or {}})
             self.version = version
             self._hand_over(version)
             self.serving = new
@@ -402,6 +423,58 @@ class OnlineLearner:
         log.info("promoted model %s (parent %s): %s", version, parent, metrics)
         self.on_promote(copy.deepcopy(new), version)
         return version
+
+    def _write_version(self, model: HARNet, version: str, metadata: dict) -> Path:
+        """Write a promoted version as ``<version>.pt`` in ``versions_dir`` (through ``incoming.pt``); its path.
+        Not where the file system would be left with less free than the floor (``min_free_bytes``,
+        ``min_free_fraction``), nor on an OSError: ``VersionNotSaved``."""
+        directory = self.config.versions_dir
+        path, tmp = directory / f"{version}.pt", directory / INCOMING
+        try:
+            data, _ = checkpoint_bytes(model, metadata)
+            directory.mkdir(parents=True, exist_ok=True)
+            usage = shutil.disk_usage(directory)
+            floor = max(self.config.min_free_bytes, self.config.min_free_fraction * usage.total)
+            if usage.free - len(data) >= floor:
+                write_atomic(tmp, data)
+                tmp.replace(path)
+                if self._save_failing:
+                    self._save_failing = False
+                    log.info("model versions are saved again: %s (%d promotions could not be, learner.save_failures)",
+                             path, self.save_failures)
+                return path
+            full = True
+            reason = (f"{usage.free / 1e6:.0f} MB free on its file system: a version of {len(data) / 1e3:.0f} kB "
+                      f"would leave less than the {floor / 1e6:.0f} MB kept free")
+        except OSError as exc:  # disk full, folder gone or read-only (write_atomic leaves no temporary file)
+            full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+            reason = str(exc) or type(exc).__name__
+            try:
+                tmp.unlink(missing_ok=True)  # renamed over <version>.pt it was not
+            except OSError:
+                pass
+        self._not_saved(version, path, reason, full)
+        raise VersionNotSaved(f"model version {version} not saved as {path}: {reason}")
+
+    def _not_saved(self, version: str, path: Path, reason: str, full: bool) -> None:
+        """Count a version that could not be written; say so once, then at most once a minute while it lasts."""
+        self.save_failures += 1
+        now = self._clock()
+        keep = self.config.keep_versions
+        hint = ("; every version is kept (the default): `consume --keep-versions N` bounds the versions folder"
+                if keep is None else f"; the versions folder keeps at most {keep} (--keep-versions)") if full else ""
+        if not self._save_failing:
+            self._save_failing, self._save_said, self._save_unsaid = True, now, 0
+            log.warning("model version %s not saved as %s (%s): not served (every version served has its file), the "
+                        "challenger trains on and is tried again at the next promotion; further failures are counted "
+                        "(learner.save_failures) and said at most once a minute%s", version, path, reason, hint)
+        elif now - self._save_said >= SAVE_WARN_EVERY:
+            log.warning("model versions still not saved in %s (%s): %d more promotions not served in the last %.0f s "
+                        "(learner.save_failures %d)%s", path.parent, reason, self._save_unsaid + 1,
+                        now - self._save_said, self.save_failures, hint)
+            self._save_said, self._save_unsaid = now, 0
+        else:
+            self._save_unsaid += 1
 
     def _hand_over(self, version: str) -> None:
         if self.confirmed:

@@ -72,6 +72,7 @@ from models.finetune import (
     Sequence,
     UpdateReport,
     VersionInfo,
+    VersionNotSaved,
     starting_versions,
 )
 from models.personal import DeviceAdapters
@@ -137,9 +138,11 @@ def _tensors(entry: dict) -> dict:
 
 def _counters(learner: OnlineLearner, pacer: Pacer, dropped: int, taken: int, learnt: int) -> dict:
     # version: what the learner trains from, which the serving side checks against what it serves; learnt: the
-    # sequences taken that it learnt (or failed on): those taken and neither learnt nor dropped die with it
+    # sequences taken that it learnt (or failed on): those taken and neither learnt nor dropped die with it;
+    # save_failures: promotions not served, their version not written (disk full, below the floor kept free)
     return {"updates": learner.updates, "skipped": learner.skipped, "dropped": dropped, "taken": taken,
-            "learnt": learnt, "rested": pacer.rested, "comparison": learner.comparison(), "version": learner.version}
+            "learnt": learnt, "rested": pacer.rested, "comparison": learner.comparison(), "version": learner.version,
+            "save_failures": learner.save_failures}
 
 
 def learner_loop(learner: OnlineLearner, inbox, outbox, alive: Callable[[], bool] = lambda: True) -> None:
@@ -197,10 +200,12 @@ def learner_loop(learner: OnlineLearner, inbox, outbox, alive: Callable[[], bool
                     learner.rollback(item[1])
                 else:
                     learner.promote(item[1])
+            except VersionNotSaved as exc:  # the learner said so (once a minute at most) and counted it
+                reason = str(exc)
             except ValueError as exc:  # the version's file gone or damaged since the serving side checked it
                 log.warning("learner: %s refused: %s", kind, exc)
                 reason = str(exc)
-            except Exception as exc:  # the version not written (disk full, folder gone): learning goes on
+            except Exception as exc:  # a learner bug: learning goes on
                 log.exception("learner: %s failed", kind)
                 reason = f"the learner could not carry it out ({type(exc).__name__}: {exc})"
             outbox.put(("answered", kind, reason))
@@ -302,7 +307,7 @@ class LearnerProcess:
 
     ``adapters`` is the serving copy of every device's adapter (``models.personal.DeviceAdapters``,
     applied in the batched pass), kept up to date by ``poll``; ``updates``, ``skipped``, ``dropped``,
-    ``rested``, ``version``, ``versions`` and ``comparison()`` are the learner's as last reported.
+    ``rested``, ``save_failures``, ``version``, ``versions`` and ``comparison()`` are the learner's as last reported.
     ``on_promote(model, version)`` and ``on_update(report)`` are called from ``poll``, and so is the
     ``answer`` given with a command (``rollback``, ``promote``): ``answer(model, version, None)`` when the
     learner carried it out (right after ``on_promote`` got the same: no cycle serves them before it is
@@ -332,6 +337,7 @@ class LearnerProcess:
         # the starting model saved, and the versions of the folder: the learner process finds the same
         self.versions: list[VersionInfo] = starting_versions(serving, config)
         self.updates = self.skipped = 0
+        self.save_failures = 0  # promotions not served: their version could not be written (OnlineLearner)
         self.rested = 0.0
         self._dropped = 0  # sequences the learner dropped (it fell behind)
         self._lost = 0  # sequences not sent: the learner process is gone
@@ -372,7 +378,8 @@ class LearnerProcess:
         self._keeper: threading.Thread | None = None  # the restarter of the running process: it ends with it
         self._restarted: tuple | Exception | None = None  # (process, inbox, outbox, adapters) it started, or why not
         self._turned_meanwhile: set[str] = set()  # devices turned while one is started again (see _take_up_restarted)
-        self._carried = {"updates": 0, "skipped": 0, "dropped": 0, "rested": 0.0}  # the earlier lives' counters
+        self._carried = {"updates": 0, "skipped": 0, "dropped": 0, "rested": 0.0,  # the earlier lives' counters
+                         "save_failures": 0}
 
     def start(self) -> LearnerProcess:
         """Start the learner process (it holds the caller about a second: a restart is started from a thread)."""
@@ -581,7 +588,7 @@ class LearnerProcess:
                         untaken, self.lost_sequences)
         self._sent = self._taken = self._learnt = 0
         self._carried = {"updates": self.updates, "skipped": self.skipped, "dropped": self._dropped,
-                         "rested": self.rested}
+                         "rested": self.rested, "save_failures": self.save_failures}
         self._turning.clear()  # the adapters it starts with are turned already
         self._turned_meanwhile = set()
         self._resynced = self._unreadable = None
@@ -700,6 +707,7 @@ class LearnerProcess:
         elif kind == "counters":
             c, carried = message[1], self._carried  # a restarted learner counts from 0
             self.updates, self.skipped = carried["updates"] + c["updates"], carried["skipped"] + c["skipped"]
+            self.save_failures = carried["save_failures"] + c.get("save_failures", 0)
             self._dropped = carried["dropped"] + c["dropped"]
             self._taken = c["taken"]
             self._learnt = c.get("learnt", c["taken"] - c["dropped"])
