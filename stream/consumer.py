@@ -1733,7 +1733,6 @@ class Consumer:
                 "restarts": self.learner.restarts, "restarting": self.learner.restarting,
                 "lost_sequences": self.learner.lost_sequences,  # sent to one that ended, never learnt (in dropped)
                 "save_failures": self.learner.save_failures,  # promotions not served: their version was not written
-                "save_failures": self.learner.save_failures,  # promotions not served: their version was not written
                 "rested_s": round(self.learner.rested, 1), **self.learner.comparison()},
         }
         self.last_metrics = metrics
