@@ -73,6 +73,38 @@ def consumer_panel(view: ConsumerView, now: float) -> None:
             f" · metrics {ago(view.metrics_time, now)}"
             + (" — **stale**: no metrics for a while; the consumer may be stuck or gone" if stale else "")
         )
+        for now_failing, problem in health_problems(m):
+            (st.warning if now_failing else st.caption)(problem)
+
+
+def _count(value: object) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def health_problems(m: dict) -> list[tuple[bool, str]]:
+    """What the consumer's metrics say has failed and may need an operator (a full disk, a shared store gone),
+    each as one sentence, with whether it is failing now (else it failed since the consumer started); the
+    consumer goes on serving through all of them, and its log says more."""
+    out = []
+    store, journal = m.get("store"), m.get("journal")
+    learner, shared = m.get("learner"), m.get("shared")
+    if isinstance(store, dict) and store.get("failing") is True:
+        out.append((True, f"The event store cannot write ({_count(store.get('errors')):,} failed writes; "
+                           f"{_count(store.get('pending')):,} events wait in memory): is the disk under --state-dir "
+                           "full?"))
+    if isinstance(journal, dict) and journal.get("failing") is True:
+        out.append((True, f"The acknowledgement journal cannot write ({_count(journal.get('errors')):,} failed "
+                           f"writes): {_count(journal.get('held')):,} windows' messages stay unacknowledged with the "
+                           "broker until it can. Is the disk under --state-dir full?"))
+    if isinstance(learner, dict) and _count(learner.get("save_failures")):
+        out.append((False, f"{_count(learner['save_failures']):,} model versions could not be saved since the "
+                    "consumer started (not served; tried again at the next promotion): a full disk? "
+                    "--keep-versions bounds the versions kept."))
+    if isinstance(shared, dict) and isinstance(shared.get("store_down_s"), int | float) \
+            and not isinstance(shared.get("store_down_s"), bool) and shared["store_down_s"] > 0:
+        out.append((True, f"The shared state store has not answered for {shared['store_down_s']:,.0f} s: this "
+                           f"replica holds {_count(shared.get('held')):,} messages until it does."))
+    return out
 
 
 @st.fragment(run_every=REFRESH_SECONDS)
