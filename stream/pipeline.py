@@ -179,6 +179,20 @@ class Pipeline:
                                       w.new_session))
         return out
 
+    def adopt(self, device: str, buffer: DeviceBuffer) -> None:
+        """Take ``device``'s buffer as a shared state store's record brings it (``stream.shared_state``): the
+        counts it carries were counted where they were dropped (by this replica or another), so they are not
+        counted again here; this replica's own buffer it replaces keeps its counts in the totals, as at
+        ``evict``. Before, every load of a record added the device's counts again (an ops probe: 100 samples
+        dropped as late, 750 and 800 in two replicas' metrics)."""
+        old = self.buffers.get(device)
+        if old is not None:
+            self._evicted_late += old.late_samples
+            self._evicted_duplicates += old.duplicates
+        self._evicted_late -= buffer.late_samples
+        self._evicted_duplicates -= buffer.duplicates
+        self.buffers[device] = buffer
+
     def evict(self, device: str) -> None:
         buffer = self.buffers.pop(device, None)
         if buffer is not None:  # its counts stay in the totals: metrics are counters, never falling

@@ -605,7 +605,7 @@ class SharedDevices:
         cfg = self.pipeline.config
         if record.buffer is not None:
             if record.buffer.rate == cfg.rate and record.buffer.window == cfg.window:
-                self.pipeline.buffers[device] = restore_buffer(device, record.buffer, time.monotonic())
+                self.pipeline.adopt(device, restore_buffer(device, record.buffer, time.monotonic()))
             else:
                 log.warning("%s: shared buffer state for %g Hz x %d, the model has %g Hz x %d; starting "
                             "afresh", device, record.buffer.rate, record.buffer.window, cfg.rate, cfg.window)
