@@ -370,8 +370,9 @@ class Consumer:
         self._closing = False
         self._read_closed = threading.Event()
         self._sealed = False  # stopped handing over: what arrives is neither taken nor acknowledged (_seal)
-        self._leaving: list[str] = []  # shared subscriptions given up by a stopping replica (_on_connected)
         self._unsubacks: set[int] = set()  # mids of the UNSUBACKs received
+        self._subscriptions: list[tuple[str, int]] = []  # what connect() subscribes at every (re)connection
+        self._unread_at_stop = 0  # QoS 1 messages that arrived sealed: not acknowledged, not taken (_seal)
         self.last_metrics: dict = {}
         self._progress = (time.monotonic(), 0)  # when the log last said how it goes, and the windows then
         self._lost_said, self._lost_quiet_until = 0, 0.0  # lost samples last warned of; no warning before
@@ -765,6 +766,7 @@ class Consumer:
     # -- paho thread: never block, never raise ------------------------------------------------
     def _on_message(self, client, userdata, message) -> None:
         if self._sealed:
+            self._unread_at_stop += message.qos > 0
             return  # unacknowledged (_seal): a persistent session gets it again
         now = time.monotonic()
         self._last_arrival = now
@@ -872,11 +874,19 @@ class Consumer:
             if self.shared is not None:
                 self.shared.store.close()
             self._publish_metrics()
-            self._client.publish(status, b"offline", qos=1, retain=True).wait_for_publish(5)
+            try:
+                self._client.publish(status, b"offline", qos=1, retain=True).wait_for_publish(5)
+            except (RuntimeError, ValueError) as exc:  # not connected: paho raises; disconnect() and loop_stop() follow
+                log.warning("could not publish 'offline' at the stop (%s); the broker published this consumer's "
+                            "last will when the connection was lost", exc)
             if cfg.id_is_random:
                 self._clear_retained()
             self._client.disconnect()
             self._client.loop_stop()
+            if self._unread_at_stop:
+                log.warning("%d messages that came after the hand-over were neither taken nor acknowledged: %s",
+                            self._unread_at_stop, "the broker sends them again to this session" if cfg.persistent
+                            else "lost with this clean session (a persistent one, --id or --state-dir, keeps them)")
             log.info("consumer stopped: %d windows classified, rejected %s", self.stats.windows,
                      self._rejected() or "none")
 
@@ -899,7 +909,9 @@ class Consumer:
         Acknowledging on receipt (always with a state store), what is queued, and in a shared group what is
         held for its device's earlier messages, was acknowledged: the broker will not send it to anyone
         again. So a replica in a shared group first leaves the shared subscription (the broker then
-        dispatches to the other members) and waits, bounded, for the UNSUBACK; any other consumer stops
+        dispatches to the other members; nor does a reconnection subscribe to it again, as a clean session
+        that came back while the replica stops would be sent messages it then neither takes nor
+        acknowledges) and waits, bounded, for the UNSUBACK; any other consumer stops
         reading (what the broker sent and was not read stays unacknowledged with it). Then the service
         loop's work goes on until nothing is queued or held (a held message waits for its predecessors on
         other replicas to be committed, at most the reorder wait), or until the deadline; reading stops
@@ -913,14 +925,17 @@ class Consumer:
         start = time.monotonic()
         budget = max(STOP_WORK, cfg.reorder_wait + 1.0) if shared is not None else STOP_WORK
         deadline = start + budget
-        leave = [] if cfg.persistent or not cfg.shared_group or not client.is_connected() else self._sampled()
+        leave = [] if cfg.persistent or not cfg.shared_group else self._sampled()
+        # a clean session subscribes again at a reconnection (connect() reads the list each time): not these
+        self._subscriptions[:] = [s for s in self._subscriptions if s[0] not in leave]
+        if not client.is_connected():  # the broker ended the clean session and its subscriptions with it
+            leave = []
         held, queued = (shared.held if shared is not None else 0), self._queue.qsize()
         log.info("stopping: handing over %d held, %d queued messages (%s; at most %.0f s)", held, queued,
                  f"left {', '.join(leave)}" if leave else "reading no more", budget)
         mid, unsub_until = None, start
         try:
             if leave:
-                self._leaving = leave
                 client.on_unsubscribe = self._on_unsubscribe
                 mid = client.unsubscribe(leave)[1]
                 unsub_until = min(deadline, start + UNSUBACK_WAIT)
@@ -977,12 +992,13 @@ class Consumer:
         cfg = self.config
         want = cfg.ack == "after-window" or (cfg.ack == "auto" and cfg.persistent and cfg.qos == 1
                                               and self.shared is None)
+        self._subscriptions[:] = [(self.imu_subscription, cfg.qos), (f"{cfg.prefix}/+/label", 1),
+                                  (consumer_topic(cfg.prefix, cfg.consumer_id, "command"), 1),
+                                  *[(t, cfg.qos) for t in self._sampled()[1:]]]
         kwargs = dict(
             client_id=cfg.consumer_id,
             will=(status, b"offline"),
-            subscriptions=[(self.imu_subscription, cfg.qos), (f"{cfg.prefix}/+/label", 1),
-                           (consumer_topic(cfg.prefix, cfg.consumer_id, "command"), 1),
-                           *[(t, cfg.qos) for t in self._sampled()[1:]]],
+            subscriptions=self._subscriptions,  # the list itself: a stopping replica takes its shares out
             on_message=self._on_message,
             on_connected=self._on_connected,
             clean_session=not cfg.persistent,
@@ -1011,8 +1027,6 @@ class Consumer:
 
     def _on_connected(self, client) -> None:  # paho thread, at every (re)connection
         self._connected_at = time.monotonic()
-        if self._leaving:  # reconnected while stopping: connect() subscribed again, leave again
-            client.unsubscribe(self._leaving)
 
     def _check_stall(self) -> None:
         """Messages held and nothing arriving: the broker's in-flight limit may be full of partial

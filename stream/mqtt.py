@@ -451,7 +451,8 @@ def connect(
 ) -> mqtt.Client:
     """A connected paho client whose ``on_connect`` (re)subscribes; raises ConnectionError on failure.
 
-    ``will`` is a retained last will (topic, payload). The network loop runs in paho's thread.
+    ``will`` is a retained last will (topic, payload). ``subscriptions`` is read at every (re)connection: what
+    the caller takes out of the list is not subscribed again. The network loop runs in paho's thread.
     ``protocol`` is ``"3.1.1"``, ``"5"`` or ``"auto"`` (MQTT 5 if ``speaks_mqtt5``, else 3.1.1: amqtt
     speaks 3.1.1 only); ``client.protocol_name`` tells which one is in use; a broker that refuses
     MQTT 5 raises ``NoMQTT5``. Under MQTT 5 a persistent session (``clean_session=False``) never
