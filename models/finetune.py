@@ -195,11 +195,16 @@ def saved_versions(directory: Path) -> list[VersionInfo]:
     return sorted((v for v in infos if v is not None), key=lambda v: (v.created, v.version))
 
 
-def starting_versions(serving: HARNet, config: LearnerConfig) -> list[VersionInfo]:
+def starting_versions(serving: HARNet, config: LearnerConfig, warn: bool = True) -> list[VersionInfo]:
     """The versions a learner starts with. With ``versions_dir``: the starting model
     (``serving_version``) is saved there as ``<version>.pt`` unless that file is there already (a
     restart), and every version in the folder is listed, in the order they were made, so that any of
-    them can be rolled back to. Without: the starting version alone, which cannot be restored."""
+    them can be rolled back to. Without: the starting version alone, which cannot be restored.
+
+    A starting model that cannot be written there (a full disk, a folder gone or read-only) is served all the
+    same, without a file to roll back to: it is the model the consumer was given (``--model``, or its state
+    directory's), which is on disk already. A WARNING says so (not with ``warn`` False: the learner process, whose
+    consumer said it); a later start saves it. Before, the OSError ended a consumer started on a full disk."""
     version, directory = config.serving_version, config.versions_dir
     versions = []
     if directory is not None:
@@ -207,8 +212,14 @@ def starting_versions(serving: HARNet, config: LearnerConfig) -> list[VersionInf
         if version in ("", ".", "..") or Path(version).name != version or path.name == INCOMING:
             log.warning("the starting version %r cannot name a file: not saved, no rollback to it", version)
         elif not path.exists():
-            directory.mkdir(parents=True, exist_ok=True)
-            save_checkpoint(path, serving, {"parent": None, "online": {}})
+            try:
+                directory.mkdir(parents=True, exist_ok=True)
+                save_checkpoint(path, serving, {"parent": None, "online": {}})
+            except OSError as exc:  # write_atomic leaves no partial file
+                if warn:
+                    log.warning("the starting model %s is not saved as %s (%s): it is served all the same, from the "
+                                "model file it was read from, but cannot be rolled back to until a start saves it",
+                                version, path, exc)
         versions = saved_versions(directory)
     if all(v.version != version for v in versions):
         versions.append(VersionInfo(version, time.time(), None))
@@ -223,7 +234,8 @@ class OnlineLearner:
     (``models.learner_process``); tests and benchmarks call it directly.
     """
 
-    def __init__(self, serving: HARNet, config: LearnerConfig, on_promote=None, on_update=None) -> None:
+    def __init__(self, serving: HARNet, config: LearnerConfig, on_promote=None, on_update=None,
+                 warn_start: bool = True) -> None:
         self.config = config
         self.on_promote = on_promote or (lambda model, version: None)
         self.on_update = on_update or (lambda report: None)
@@ -245,7 +257,7 @@ class OnlineLearner:
         self.served = config.serving_version
         self.confirmed = False
         self._handed: list[str] = []
-        self.versions: list[VersionInfo] = starting_versions(self.serving, config)
+        self.versions: list[VersionInfo] = starting_versions(self.serving, config, warn_start)
         # promotions not served because their version could not be written (_not_saved): one warning, then at
         # most one a minute; before, a full disk made a traceback of every labelled sequence (143 in 48 s)
         self.save_failures = 0

@@ -293,8 +293,8 @@ def _child(model: bytes, config: LearnerConfig, adapters: dict, inbox, outbox, p
     def promoted(new: HARNet, version: str) -> None:
         outbox.put(("model", checkpoint_bytes(new)[0], version, [v.to_dict() for v in learner.versions]))
 
-    learner = OnlineLearner(serving, config, on_promote=promoted,
-                            on_update=lambda report: outbox.put(("update", report.to_dict())))
+    learner = OnlineLearner(serving, config, on_promote=promoted,  # a starting model not saved: the parent said so
+                            on_update=lambda report: outbox.put(("update", report.to_dict())), warn_start=False)
     if learner.adapters is not None and adapters:
         learner.adapters.load_state_dict({d: _tensors(e) for d, e in adapters.items()})
     if versions is not None:

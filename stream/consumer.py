@@ -39,6 +39,7 @@ from __future__ import annotations
 import logging
 import os
 import queue
+import sqlite3
 import threading
 import time
 import uuid
@@ -458,9 +459,13 @@ class Consumer:
         """The last life's labels (``events.db``), each device's LABELS_RELOADED most recent: a label that
         holds until the next goes on naming a returning device's windows after a restart. A device that
         sends nothing within ``idle_timeout`` is forgotten again, as a device that got labels only."""
-        rows = self.store.query(
-            "SELECT device, label, start, end_ FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY device ORDER BY "
-            "id DESC) AS k FROM labels) WHERE k <= ? ORDER BY id", (LABELS_RELOADED,))
+        try:
+            rows = self.store.query(
+                "SELECT device, label, start, end_ FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY device ORDER "
+                "BY id DESC) AS k FROM labels) WHERE k <= ? ORDER BY id", (LABELS_RELOADED,))
+        except sqlite3.Error as exc:  # a full disk (no room for its -shm file): this ended the start
+            log.warning("the last life's labels are not put back: the event store cannot be read (%s)", exc)
+            return
         now = time.monotonic()
         for device, label, start, end in rows:
             if not self._takes_label(label):
@@ -681,6 +686,9 @@ class Consumer:
                        monitor=monitor, history=history)
         except OSError as exc:
             return self._not_saved(exc)
+        if getattr(self, "_checkpoint_failing", False):
+            self._checkpoint_failing = False
+            log.info("checkpoint written to %s again (after %d failures)", directory, self._checkpoint_failures)
         if self.journal is None:
             return True
         if generation == self.journal.generation:  # kept
@@ -700,6 +708,7 @@ class Consumer:
         one stands with the journal since (not rotated), serving goes on and it is tried again soon (the error
         used to end the service loop). False."""
         self._checkpoint_failures = getattr(self, "_checkpoint_failures", 0) + 1
+        self._checkpoint_failing = True
         if time.monotonic() - getattr(self, "_checkpoint_warned", -CHECKPOINT_WARN_EVERY) >= CHECKPOINT_WARN_EVERY:
             self._checkpoint_warned = time.monotonic()
             log.warning("checkpoint not written to %s (%s); the last one and the journal since it stand, trying "
@@ -1734,6 +1743,9 @@ class Consumer:
                 "failing": self.store.failing},
             "journal": None if self.journal is None else {  # held: acknowledgements waiting for it to be written
                 "errors": self.journal.errors, "failing": self.journal.failing, "held": len(self._unjournalled)},
+            "checkpoint": None if self.config.state_dir is None else {  # failures: checkpoints not written
+                "failures": getattr(self, "_checkpoint_failures", 0),
+                "failing": getattr(self, "_checkpoint_failing", False)},
             "model": self.pipeline.classifier.version,
             "shared": None if self.shared is None else {"group": self.config.shared_group or None,
                                                         **self.shared.summary()},

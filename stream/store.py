@@ -96,31 +96,46 @@ class EventStore:
         self._queue: queue.Queue[tuple[str, tuple]] = queue.Queue(queue_size)
         self._stop = threading.Event()  # write what is queued, then stop
         self._abandon = threading.Event()  # stop now (close() timed out on a failing store)
+        self._prepared = False  # its schema is there (_prepare): done by the writer where a full disk put it off
         try:
             # another connection may hold the write lock a while (a previous life still flushing, a backup,
             # the sqlite3 shell): the re-keying of an older store waits for it rather than fail
-            with closing(self._connect(OPEN_BUSY_TIMEOUT)) as db, db:
-                db.executescript(SCHEMA)
-                # one row per prediction (WINDOW_KEY); a store keyed by (device, t) alone is re-keyed, and
-                # one written before windows were unique is deduplicated first (by window, as then)
-                key = [row[2] for row in db.execute("PRAGMA index_info(predictions_window)")]
-                if key != list(WINDOW_KEY):
-                    if not key:
-                        db.execute("DELETE FROM predictions WHERE id NOT IN "
-                                   "(SELECT MIN(id) FROM predictions GROUP BY device, t)")
-                    db.execute("DROP INDEX IF EXISTS predictions_window")
-                    db.execute(UNIQUE_WINDOW)
+            with closing(self._connect(OPEN_BUSY_TIMEOUT)) as db:
+                self._prepare(db)
         except sqlite3.OperationalError as exc:
             if getattr(exc, "sqlite_errorname", "").startswith(("SQLITE_BUSY", "SQLITE_LOCKED")) or \
                     "locked" in str(exc):  # a healthy store another connection holds: not to be moved away
                 raise StoreError(f"{self.path}: the event store is locked by another connection beyond "
                                  f"{OPEN_BUSY_TIMEOUT:g} s ({exc}); is another consumer using this state "
                                  "directory? Try again once it is released") from exc
-            raise _unusable(self.path, exc) from exc
+            if not _no_room(exc):
+                raise _unusable(self.path, exc) from exc
+            # a full disk (WAL mode cannot even make its -shm file: 'disk I/O error'): nothing wrong with the
+            # file, whose moving away the error advised. Before, a consumer restarted on a full disk stopped here
+            self.errors += 1
+            self.failing = True
+            log.warning("event store %s cannot be opened now (%s: %s): events are queued (up to %d) and written "
+                        "once it can be, tried again as a failed write is", self.path, type(exc).__name__, exc,
+                        queue_size)
         except sqlite3.DatabaseError as exc:  # not a database, a foreign schema, unreadable
             raise _unusable(self.path, exc) from exc
         self._thread = threading.Thread(target=self._writer, name="event-store", daemon=True)
         self._thread.start()
+
+    def _prepare(self, db: sqlite3.Connection) -> None:
+        """The tables and indexes, in one transaction."""
+        with db:
+            db.executescript(SCHEMA)
+            # one row per prediction (WINDOW_KEY); a store keyed by (device, t) alone is re-keyed, and
+            # one written before windows were unique is deduplicated first (by window, as then)
+            key = [row[2] for row in db.execute("PRAGMA index_info(predictions_window)")]
+            if key != list(WINDOW_KEY):
+                if not key:
+                    db.execute("DELETE FROM predictions WHERE id NOT IN "
+                               "(SELECT MIN(id) FROM predictions GROUP BY device, t)")
+                db.execute("DROP INDEX IF EXISTS predictions_window")
+                db.execute(UNIQUE_WINDOW)
+        self._prepared = True
 
     def _connect(self, timeout: float = BUSY_TIMEOUT) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, timeout=timeout)
@@ -188,6 +203,8 @@ class EventStore:
                 try:
                     if db is None:
                         db = self._connect()
+                    if not self._prepared:  # opened on a full disk
+                        self._prepare(db)
                     self._write(db, batch)
                 except sqlite3.Error as exc:  # locked beyond the busy timeout, disk full, I/O error
                     self.errors += 1
@@ -312,6 +329,14 @@ class EventStore:
                 break
             time.sleep(0.02)
         return not self._queue.unfinished_tasks
+
+
+def _no_room(exc: sqlite3.OperationalError) -> bool:
+    """Whether ``exc`` is the file system's (full, or an I/O error: what SQLite says where it cannot make its
+    -wal or -shm file), not the database's."""
+    name = getattr(exc, "sqlite_errorname", "")
+    return name.startswith(("SQLITE_FULL", "SQLITE_IOERR")) or str(exc) in ("database or disk is full",
+                                                                          "disk I/O error")
 
 
 def _unusable(path: Path, exc: sqlite3.DatabaseError) -> StoreError:
