@@ -95,7 +95,8 @@ def test_a_promotion_the_learner_cannot_save_is_answered_as_refused(tmp_path):
     while not outbox.empty():
         serving_side._apply(outbox.get_nowait())
     assert len(got) == 1 and got[0][:2] == (None, None), got
-    assert got[0][2].startswith("the learner could not carry it out (FileExistsError"), got
+    # since 9a31e58 the learner says which version it could not save, where, and why
+    assert got[0][2].startswith("model version ") and "not saved as" in got[0][2] and "File exists" in got[0][2], got
     assert learner.version == "start"
 
 
