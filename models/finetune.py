@@ -446,7 +446,8 @@ class OnlineLearner:
             data, _ = checkpoint_bytes(model, metadata)
             directory.mkdir(parents=True, exist_ok=True)
             usage = shutil.disk_usage(directory)
-            floor = max(self.config.min_free_bytes, self.config.min_free_fraction * usage.total)
+            # the bytes floor at most a tenth of a small file system (a 25 MB one could never keep 100 MB free)
+            floor = max(min(self.config.min_free_bytes, 0.1 * usage.total), self.config.min_free_fraction * usage.total)
             if usage.free - len(data) >= floor:
                 write_atomic(tmp, data)
                 tmp.replace(path)
