@@ -11,6 +11,7 @@ Retention is bounded by age and by row count per table. The dashboard reads hist
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import sqlite3
 import threading
@@ -67,6 +68,9 @@ OPEN_BUSY_TIMEOUT = 30.0  # seconds opening the store (its schema, a one-time re
 RETRY_FIRST = 0.2  # seconds before a failed batch is tried again, doubling up to RETRY_MAX
 RETRY_MAX = 5.0
 WARN_EVERY = 60.0  # seconds between warnings while writes keep failing
+# an I/O error opening the store is taken for a full disk only with less than this free (or no inode left): SQLite
+# says 'disk I/O error' where it cannot make its -shm file, but also on a failing disk, which is to be refused
+NO_ROOM_BYTES = 1 << 20
 
 
 class StoreError(sqlite3.DatabaseError, ValueError):
@@ -108,7 +112,12 @@ class EventStore:
                 raise StoreError(f"{self.path}: the event store is locked by another connection beyond "
                                  f"{OPEN_BUSY_TIMEOUT:g} s ({exc}); is another consumer using this state "
                                  "directory? Try again once it is released") from exc
-            if not _no_room(exc):
+            if not _no_room(exc, self.path):
+                if _io_error(exc):  # with room: a failing disk, not a full one (taken for one, retried for good)
+                    raise StoreError(f"{self.path}: the event store cannot be opened: an I/O error, not a "
+                                     f"full disk ({_free_bytes(self.path.parent)} bytes free) "
+                                     f"({type(exc).__name__}: {exc}); check the disk, or move it away to start "
+                                     "a new one") from exc
                 raise _unusable(self.path, exc) from exc
             # a full disk (WAL mode cannot even make its -shm file: 'disk I/O error'): nothing wrong with the
             # file, whose moving away the error advised. Before, a consumer restarted on a full disk stopped here
@@ -331,12 +340,32 @@ class EventStore:
         return not self._queue.unfinished_tasks
 
 
-def _no_room(exc: sqlite3.OperationalError) -> bool:
-    """Whether ``exc`` is the file system's (full, or an I/O error: what SQLite says where it cannot make its
-    -wal or -shm file), not the database's."""
+def _no_room(exc: sqlite3.OperationalError, path: Path) -> bool:
+    """Whether ``exc`` opening ``path`` is for want of room: the disk full (SQLITE_FULL), or an I/O error (what
+    SQLite says where it cannot make its -wal or -shm file) where the file system has less than NO_ROOM_BYTES
+    free or no inode left. An I/O error with room is a failing disk (or file system): not to be taken for a full
+    one, whose store is opened later, when the writer can."""
     name = getattr(exc, "sqlite_errorname", "")
-    return name.startswith(("SQLITE_FULL", "SQLITE_IOERR")) or str(exc) in ("database or disk is full",
-                                                                          "disk I/O error")
+    if name.startswith("SQLITE_FULL") or str(exc) == "database or disk is full":
+        return True
+    free = _free_bytes(path.parent)
+    return _io_error(exc) and free is not None and free < NO_ROOM_BYTES
+
+
+def _io_error(exc: sqlite3.OperationalError) -> bool:
+    return getattr(exc, "sqlite_errorname", "").startswith("SQLITE_IOERR") or str(exc) == "disk I/O error"
+
+
+def _free_bytes(directory: Path) -> int | None:
+    """Bytes free to this process in ``directory``'s file system, 0 where no inode is left; None where it cannot be
+    told (then an I/O error is not put down to a full disk)."""
+    try:
+        st = os.statvfs(directory)
+    except OSError:
+        return None
+    if st.f_files and not st.f_favail:
+        return 0
+    return st.f_bavail * st.f_frsize
 
 
 def _unusable(path: Path, exc: sqlite3.DatabaseError) -> StoreError:
