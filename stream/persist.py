@@ -84,8 +84,12 @@ def lock_state_dir(directory: Path) -> None:
         log.warning("cannot lock the state directory %s (%s): a second consumer on it would not be refused",
                     directory, exc)
         return
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    try:  # the pid only names the holder to a second consumer refused; the lock is what matters
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    except OSError as exc:  # a full disk: before, a bare '[Errno 28] No space left on device' ended the start
+        log.warning("could not write this process's pid into %s (%s): the state directory is held all the same",
+                    key / LOCK_FILE, exc)
     _held[key] = fd
 
 
