@@ -191,6 +191,17 @@ def test_quick_ends_in_a_row_give_up_with_an_error(caplog):
         learner.stop(timeout=10)
 
 
+def learner_metrics(pub, topic: str, feed, t: float, **learner) -> None:
+    """Publish a consumer's retained metrics at ``t`` with a learner part (``learner`` over a few defaults) and wait
+    until the dashboard's feed holds them."""
+    body = {"t": t, "model": "v1", "learner": {"updates": 4, "skipped": 0, "dropped": 7, "adapter_updates": 1,
+                                               "windows": 0, "serving_accuracy": None,
+                                               "challenger_accuracy": None, **learner}}
+    pub.publish(f"{topic}/metrics", orjson.dumps(body), qos=1, retain=True).wait_for_publish(5)
+    assert wait(lambda: ((feed.store.consumers() or [None])[0] is not None
+                         and (feed.store.consumers()[0].metrics or {}).get("t") == t))
+
+
 @pytest.mark.broker
 def test_the_model_page_tells_a_learner_being_started_again_from_one_given_up(broker_url, prefix,  # noqa: F811
                                                                               app_feed):  # noqa: F811
@@ -198,12 +209,7 @@ def test_the_model_page_tells_a_learner_being_started_again_from_one_given_up(br
     topic = f"{prefix}/_consumer/c1"
 
     def metrics(t: float, **learner) -> None:
-        body = {"t": t, "model": "v1", "learner": {"updates": 4, "skipped": 0, "dropped": 7, "adapter_updates": 1,
-                                                   "windows": 0, "serving_accuracy": None,
-                                                   "challenger_accuracy": None, **learner}}
-        pub.publish(f"{topic}/metrics", orjson.dumps(body), qos=1, retain=True).wait_for_publish(5)
-        assert wait(lambda: ((app_feed.store.consumers() or [None])[0] is not None
-                             and (app_feed.store.consumers()[0].metrics or {}).get("t") == t))
+        learner_metrics(pub, topic, app_feed, t, **learner)
 
     try:
         pub.publish(f"{topic}/status", b"online", qos=1, retain=True).wait_for_publish(5)

@@ -4,12 +4,11 @@ and nothing of what was lost."""
 
 from __future__ import annotations
 
-import orjson
 import pytest
 
 from stream.mqtt import connect
-from tests.helpers import wait
 from tests.test_dashboard import app_feed, app_test, prefix  # noqa: F401 (fixtures)
+from tests.test_s13_supervise import learner_metrics
 
 
 @pytest.mark.broker
@@ -18,12 +17,7 @@ def test_the_model_page_shows_the_sequences_a_learner_process_lost(broker_url, p
     topic = f"{prefix}/_consumer/c1"
 
     def metrics(t: float, **learner) -> None:
-        body = {"t": t, "model": "v1", "learner": {"updates": 4, "skipped": 0, "dropped": 9, "adapter_updates": 1,
-                                                   "windows": 0, "serving_accuracy": None,
-                                                   "challenger_accuracy": None, **learner}}
-        pub.publish(f"{topic}/metrics", orjson.dumps(body), qos=1, retain=True).wait_for_publish(5)
-        assert wait(lambda: ((app_feed.store.consumers() or [None])[0] is not None
-                             and (app_feed.store.consumers()[0].metrics or {}).get("t") == t))
+        learner_metrics(pub, topic, app_feed, t, **learner)
 
     try:
         pub.publish(f"{topic}/status", b"online", qos=1, retain=True).wait_for_publish(5)

@@ -30,16 +30,11 @@ def _unreadable(lp: LearnerProcess) -> None:
         lp._outbox._writer.send_bytes(b"\x80\x04cno_such_module\nWeights\n.")
 
 
-def test_keep_versions_never_deletes_the_version_served_when_the_learner_drifted_from_it(tmp_path):
-    """The learner forgot the oldest promoted versions but its own: with ``keep_versions`` 1, a promotion whose
-    weights the serving side could not read (the learner then trains from a version never served) deleted the
-    file of the version served, a promoted one. The serving side's resync could not send it back there (it
-    stayed on weights never served), and a rollback to it was refused. The version served is now kept, and a
-    later promotion, once served, frees it."""
-    config = LearnerConfig(adapt="shared", versions_dir=tmp_path / "models", serving_version="tiny",
-                           below_serving=False, keep_versions=1)
-    served: list[str] = []
-    lp = LearnerProcess(_model(), config, on_promote=lambda model, version: served.append(version))
+def _wired(config: LearnerConfig, on_promote=None):
+    """A serving side (LearnerProcess, not started: its reader thread reads the pipe) and a learner loop in a thread
+    beside it, wired as the learner process wires them; ``unreadable[0] = True`` makes the next weights the learner
+    hands over unreadable here. Returns (lp, learner, loop, unreadable); the caller stops them (``_unwire``)."""
+    lp = LearnerProcess(_model(), config, on_promote=on_promote)
     unreadable = [False]
 
     def promoted(model, version: str) -> None:  # as the learner process's own on_promote
@@ -56,6 +51,26 @@ def test_keep_versions_never_deletes_the_version_served_when_the_learner_drifted
     lp._reader.start()
     loop = threading.Thread(target=learner_loop, args=(learner, lp._inbox, lp._outbox), daemon=True)
     loop.start()
+    return lp, learner, loop, unreadable
+
+
+def _unwire(lp: LearnerProcess, loop: threading.Thread) -> None:
+    lp._inbox.put(("stop",))
+    loop.join(10)
+    lp._reading.clear()
+    lp._reader.join(5)
+
+
+def test_keep_versions_never_deletes_the_version_served_when_the_learner_drifted_from_it(tmp_path):
+    """The learner forgot the oldest promoted versions but its own: with ``keep_versions`` 1, a promotion whose
+    weights the serving side could not read (the learner then trains from a version never served) deleted the
+    file of the version served, a promoted one. The serving side's resync could not send it back there (it
+    stayed on weights never served), and a rollback to it was refused. The version served is now kept, and a
+    later promotion, once served, frees it."""
+    config = LearnerConfig(adapt="shared", versions_dir=tmp_path / "models", serving_version="tiny",
+                           below_serving=False, keep_versions=1)
+    served: list[str] = []
+    lp, learner, loop, unreadable = _wired(config, on_promote=lambda model, version: served.append(version))
     answers = []
     try:
         _nudge(learner, 0.1)
@@ -92,10 +107,7 @@ def test_keep_versions_never_deletes_the_version_served_when_the_learner_drifted
         assert not v1_file.exists()  # v3 stays: served until the serving side reads v4
         assert {v.version for v in learner.versions} == {"tiny", v3, answers[3][0]}
     finally:
-        lp._inbox.put(("stop",))
-        loop.join(10)
-        lp._reading.clear()
-        lp._reader.join(5)
+        _unwire(lp, loop)
 
 
 def test_sequences_a_killed_learner_process_had_taken_but_not_learnt_are_counted(caplog):

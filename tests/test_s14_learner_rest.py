@@ -14,6 +14,7 @@ import numpy as np
 from models.finetune import LearnerConfig, OnlineLearner
 from models.learner_process import _arrays, learner_loop
 from tests.test_online import toy_model, toy_sequence
+from tests.test_s14_version_save import _until
 
 
 class Burner(OnlineLearner):
@@ -25,18 +26,6 @@ class Burner(OnlineLearner):
         return []
 
 
-def _until(outbox: queue.Queue, seen: list, predicate, timeout: float = 30.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            seen.append(outbox.get(timeout=0.1))
-        except queue.Empty:
-            continue
-        if predicate(seen[-1]):
-            return True
-    return False
-
-
 def test_a_stop_and_a_command_are_taken_while_the_learner_rests():
     learner = Burner(toy_model(), LearnerConfig(adapt="shared", cpu_share=0.001))
     inbox, outbox = queue.Queue(), queue.Queue()
@@ -46,7 +35,7 @@ def test_a_stop_and_a_command_are_taken_while_the_learner_rests():
     try:
         inbox.put(("sequence", _arrays(toy_sequence(np.random.default_rng(0)))))
         # its counters are sent before it rests, so the serving side knows at once what was learnt
-        assert _until(outbox, seen, lambda m: m[0] == "counters" and m[1]["learnt"] == 1)
+        assert _until(outbox, seen, lambda m: m[0] == "counters" and m[1]["learnt"] == 1, timeout=30)
         inbox.put(("promote", {"forced": True}))
         assert _until(outbox, seen, lambda m: m[0] == "answered", timeout=20), \
             "a command waited for the learner's 50 s rest to end"

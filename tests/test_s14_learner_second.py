@@ -4,15 +4,10 @@ back."""
 
 from __future__ import annotations
 
-import threading
-
-from models.checkpoint import checkpoint_bytes
-from models.finetune import LearnerConfig, OnlineLearner
-from models.learner_process import LearnerProcess, learner_loop
+from models.finetune import LearnerConfig
 from tests.helpers import wait
-from tests.test_s13_versions import _model
-from tests.test_s13_versions2 import _Alive, _nudge
-from tests.test_s14_learner import _unreadable
+from tests.test_s13_versions2 import _nudge
+from tests.test_s14_learner import _unwire, _wired
 
 
 def test_a_learner_that_drifts_again_to_a_version_once_sent_back_from_is_sent_back_again(tmp_path):
@@ -23,23 +18,7 @@ def test_a_learner_that_drifts_again_to_a_version_once_sent_back_from_is_sent_ba
     was sent back. Found by a random run of promotions and rollbacks (/tmp/s14sec/fuzz_keep.py, seed 1)."""
     config = LearnerConfig(adapt="shared", versions_dir=tmp_path / "models", serving_version="tiny",
                            below_serving=False, keep_versions=2)
-    lp = LearnerProcess(_model(), config)
-    unreadable = [False]
-
-    def promoted(model, version: str) -> None:  # as the learner process's own on_promote
-        if unreadable[0]:
-            unreadable[0] = False
-            _unreadable(lp)
-            return
-        lp._outbox.put(("model", checkpoint_bytes(model)[0], version, [v.to_dict() for v in learner.versions]))
-
-    learner = OnlineLearner(_model(), config, on_promote=promoted)
-    lp._process = _Alive()
-    lp._reading.set()
-    lp._reader = threading.Thread(target=lp._read, args=(lp._process, lp._outbox, lp._reading), daemon=True)
-    lp._reader.start()
-    loop = threading.Thread(target=learner_loop, args=(learner, lp._inbox, lp._outbox), daemon=True)
-    loop.start()
+    lp, learner, loop, unreadable = _wired(config)
     answers = []
 
     def answer(model, version, reason) -> None:
@@ -69,7 +48,4 @@ def test_a_learner_that_drifts_again_to_a_version_once_sent_back_from_is_sent_ba
             f"the learner trains from {learner.version}, never served (serving {lp.version})"
         assert lp.version == served
     finally:
-        lp._inbox.put(("stop",))
-        loop.join(10)
-        lp._reading.clear()
-        lp._reader.join(5)
+        _unwire(lp, loop)
