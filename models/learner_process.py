@@ -280,7 +280,11 @@ def _child(model: bytes, config: LearnerConfig, adapters: dict, inbox, outbox, p
            versions: list[dict] | None = None) -> None:
     """The learner process: one thread, below serving in priority, gone with its parent. ``versions``: those a
     restarted learner lists without a versions folder (with one, the folder lists them)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the parent stops us
+    # Ctrl-C, and a SIGTERM to the whole group (systemd's default KillMode, the demo's killpg), reach it too: the
+    # parent stops it (its stop message, SIGKILL beyond its timeout; the kernel's at the parent's end). Before, a
+    # group SIGTERM killed it before the parent stopped it: an ERROR 'ended unexpectedly' and a restart at the end
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
     _die_with_parent()
     if os.getppid() != parent:  # the parent died before that was set
         return
@@ -791,13 +795,10 @@ class LearnerProcess:
                 time.sleep(0.01)
             self.poll()
             self._process.join(max(0.0, deadline - time.monotonic()))
-        if self._process.is_alive():
-            log.warning("the learner process did not stop within %.0f s; terminating it", timeout)
-            self._process.terminate()
+        if self._process.is_alive():  # it ignores SIGTERM (a group's SIGTERM is not for it): killed
+            log.warning("the learner process did not stop within %.0f s; killing it", timeout)
+            self._process.kill()
             self._process.join(self.KILL_WAIT)
-            if self._process.is_alive():  # SIGTERM held up (a process not yet running its loop): none is left
-                self._process.kill()
-                self._process.join(self.KILL_WAIT)
         self._reading.clear()  # what is still in the pipe is read, then the reader ends
         if not self._process.is_alive():
             self._writer_gone()  # a message the terminated learner left half written ends the reader too
