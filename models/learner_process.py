@@ -386,8 +386,13 @@ class LearnerProcess:
                          "save_failures": 0}
 
     def start(self) -> LearnerProcess:
-        """Start the learner process (it holds the caller about a second: a restart is started from a thread)."""
-        self._halt.clear()
+        """Start the learner process (it holds the caller about a second: a restart is started from a thread).
+        Once: a stopped one is not started again (its pipes are closed; a restarter its stop left starting a
+        process stops that one only while it stays halted)."""
+        if self._halt.is_set():
+            raise RuntimeError("this learner process was stopped; make a new LearnerProcess to start one again")
+        if self._process is not None:
+            raise RuntimeError("this learner process is started already")
         process = self._spawn(self._model, self.config, self._adapter_copy(), None, self._inbox, self._outbox)
         self._run(process)
         return self
