@@ -14,12 +14,14 @@ import heapq
 import math
 from collections import deque
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from stream.decode import MAX_T, Rejected, json_object
-from stream.persist import plain_tensor
+
+if TYPE_CHECKING:  # torch is imported where windows' tensors are handled: harstream record, which needs only
+    import torch  # decode_label and LabelBook, starts without it (2 s and some 200 MB of RSS)
 
 __all__ = ["LabelBook", "LabelledWindow", "WindowHistory", "decode_label"]
 
@@ -329,6 +331,7 @@ class WindowHistory:
         cycle's ``resolve`` takes them): those would be taken too, and a device's whose clock went back then is
         refused by ``restore`` (out of order). The labels' marks are not kept: a restored device is as in its
         first cycle."""
+        import torch
         devices: dict[str, int] = {}
         windows: list[LabelledWindow] = []
         for device in self._windows:
@@ -359,6 +362,7 @@ class WindowHistory:
         other than plain CPU ones: sparse, on the meta device, needing grad) is a ``ValueError`` saying why,
         nothing taken. Samples and states are taken as float32, as the model keeps and the learner trains them
         (a float64 state, say, failed each learner batch it went into)."""
+        import torch
         if not isinstance(snapshot, dict):
             raise ValueError(f"label history: a dict expected, not {type(snapshot).__name__}")
         version = snapshot.get("version")
@@ -425,6 +429,9 @@ class WindowHistory:
     @staticmethod
     def _fields(snapshot: dict, n: int, window: tuple[int, int] | None, states: list[tuple[int, ...]] | None):
         """(t_end, samples, state parts, confidence, predicted names) of a snapshot's ``n`` windows."""
+        import torch
+
+        from stream.persist import plain_tensor
         t_end, samples, confidence = snapshot["t_end"], snapshot["samples"], snapshot["confidence"]
         parts, indices, classes = snapshot["state"], snapshot["predicted"], snapshot["classes"]
 
