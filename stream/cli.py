@@ -182,7 +182,13 @@ def cmd_simulate(args) -> int:
 
 
 def cmd_record(args) -> int:
-    from stream.record import RecordConfig, Recorder, check_out, format_summary, parse_devices
+    from stream.record import RecordConfig, Recorder, check_out, format_summary, parse_devices, recover
+    if args.recover:  # a spool a killed recorder left: written as --out, no broker
+        config = RecordConfig(broker=BrokerURL.parse(args.broker, args.ca_file), out=args.out, prefix=args.prefix,
+                              overwrite=args.overwrite)
+        summary = recover(config)
+        print(format_summary(summary), flush=True)
+        return 0 if summary["written"] else 1
     check_out(args.out, args.overwrite)  # before connecting: what could not be written at the end is refused now
     config = RecordConfig(broker=BrokerURL.parse(args.broker, args.ca_file), out=args.out, prefix=args.prefix,
                           adapters=tuple(args.adapter or ()), devices=parse_devices(args.devices),
@@ -564,9 +570,11 @@ def build_parser() -> argparse.ArgumentParser:
                                    "harstream consume decodes them) and <prefix>/+/label, and writes every sample "
                                    "received, labelled by the labels received (a label holds from its time until "
                                    "the device's next; a start/end span where it covers; late ones count), to a "
-                                   "recording file for train --data and evaluate --data. It holds everything in "
-                                   "memory and writes once, sorted by device and time, when it stops (--duration, "
-                                   "Ctrl-C or SIGTERM; kill -9 loses it). A message received twice (same seq) is "
+                                   "recording file for train --data and evaluate --data. Samples go to FILE.spool "
+                                   "as they come (synced every second); when it stops (--duration, Ctrl-C or "
+                                   "SIGTERM) FILE is written from it, sorted by device and time, and the spool "
+                                   "removed. After a kill -9 or a crash, --recover writes FILE from the spool left "
+                                   "(all but the last second or so). A message received twice (same seq) is "
                                    "dropped; a refused payload is counted and logged. gx,gy,gz are written only "
                                    "when every sample had the gyroscope (else left out, and said). A device whose "
                                    "clock went back (a restart) gets rows of its own, <device>.s2, and the file a "
@@ -587,6 +595,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--qos", type=int, default=1, choices=(0, 1), help="subscription QoS of the samples "
                    "(default: %(default)s)")
     p.add_argument("--quiet", action="store_true", help="no progress line")
+    p.add_argument("--recover", action="store_true",
+                   help="record nothing: write --out from the spool (--out's name + .spool) that a harstream record "
+                        "killed or crashed left, labels included, and remove the spool")
     p.set_defaults(func=cmd_record)
 
     p = sub.add_parser("replay", help="publish a recording file over MQTT",

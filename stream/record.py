@@ -8,11 +8,22 @@ logged, never stops the recording. Each sample is labelled at the end, by every 
 too), with the consumer's label semantics (``stream.labels.LabelBook``: a label holds from its time until the
 device's next; a ``start``/``end`` span wins where it covers).
 
-Everything is held in memory and written once, when the recording stops (``--duration``, Ctrl-C, SIGTERM),
-sorted by device and time, to a temporary file renamed onto ``--out``. A ``kill -9`` loses it all. So that the
-end cannot lose it either, ``--out`` is tried before recording (its temporary file made and removed: a folder
-that refuses files, a name too long), an existing file is replaced only with ``--overwrite``, and if writing
-fails after all (the disk full, the folder gone) the recording goes to the system's temporary folder instead.
+Samples go to a spool file beside ``--out`` (``<out>.spool``) as they arrive: what came in each second is
+appended as one chunk (the new sessions and labels, the counts so far, the samples) and synced, so a ``kill -9``,
+a crash or a power cut loses at most the last second or so, and memory stays flat however long the recording.
+When the recording stops (``--duration``, Ctrl-C, SIGTERM) the recording file is written from the spool,
+sorted by device and time and labelled, to a temporary file renamed onto ``--out``, and the spool removed. The
+end reads the spool once per group of sessions of at most ``GROUP_SAMPLES`` samples, so it holds one group (or
+one longer session) at a time, not the whole recording. A spool left behind (the recorder killed) is locked by
+nobody: ``harstream record --out FILE --recover`` writes FILE from it, labels included, and removes it; until
+then ``harstream record --out FILE`` refuses to start (saying so). A spool in use is locked (``flock``), so a
+second recorder on the same ``--out``, or ``--recover``, is refused while the first runs.
+
+So that the end cannot lose it either, ``--out`` is tried before recording (its temporary file made and
+removed: a folder that refuses files, a name too long), an existing file is replaced only with ``--overwrite``,
+and if writing fails after all (the disk full, the folder gone) the recording goes to the system's temporary
+folder instead (the spool, open, is read even where its folder was removed). A spool that cannot be written
+(a full disk) keeps what it could not write in memory, tried again every second (a WARNING, then one a minute).
 
 A device whose clock goes back (``seq`` 0 again with samples at or before its newest, or a batch 30 s or more
 behind it: a restart, a reboot) cannot go on in the same rows (a recording file's time never goes back for a
@@ -23,26 +34,34 @@ they arrive.
 
 from __future__ import annotations
 
+import csv
+import errno
+import fcntl
+import io
 import logging
 import math
 import os
+import struct
 import sys
 import tempfile
 import threading
 import time
-from collections import Counter
+import zlib
+from collections import Counter, deque
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import orjson
 
 from stream.adapters import AdapterRouter
 from stream.decode import Rejected, SampleBatch, parse_topic, valid_device
 from stream.labels import LabelBook, decode_label
 from stream.mqtt import BrokerURL, connect
-from stream.recording import Recording, write_recording
+from stream.recording import REQUIRED, Recording, _check_writable
 
-__all__ = ["CLOCK_RESET", "RecordConfig", "Recorder", "check_out"]
+__all__ = ["CLOCK_RESET", "RecordConfig", "Recorder", "check_out", "recover", "spool_path"]
 
 log = logging.getLogger(__name__)
 
@@ -50,9 +69,18 @@ log = logging.getLogger(__name__)
 # CLOCK_RESET and DeviceBuffer's clock_reset); nearer, it is a batch out of order, merged in time order
 CLOCK_RESET = 30.0
 MAX_LABELS = 1_000_000  # per device session: a label a second for eleven days (LabelBook drops the earliest beyond)
-# a session's batches are joined every this many: a phone sending one sample a message (SensorSpot) cost about
-# 360 bytes a sample held as one array each, about 60 so (two arrays' headers and list slots shared by 256)
-JOIN_EVERY = 256
+FLUSH_EVERY = 1.0  # s: what arrived is appended to the spool and synced this often (what a kill -9 can lose)
+# samples sorted and written at once at the end: sessions are taken in groups of at most this many (a longer
+# session alone), each group one read of the spool; some 60 bytes a sample while a group is written
+GROUP_SAMPLES = 2_000_000
+SEQS_KEPT = 1024  # per session: the latest messages' seq, to drop a copy (a QoS 1 redelivery comes soon after;
+# an older copy is still dropped at the end, as samples at a time already held)
+SPOOL_MAGIC = b"harstream record spool 1\n"
+# a chunk: b"HRSC", its JSON's bytes, its samples, the CRC-32 of both; then the JSON, then the samples
+CHUNK = struct.Struct("<4sIII")
+CHUNK_TAG = b"HRSC"
+# a sample in the spool: its session's number, time, accelerometer, gyroscope (g: 1 if it had one)
+SAMPLE = np.dtype([("s", "<u4"), ("t", "<f8"), ("acc", "<f4", (3,)), ("gyro", "<f4", (3,)), ("g", "u1")])
 
 
 @dataclass
@@ -72,11 +100,44 @@ def _tmp_path(out: Path) -> Path:
     return out.with_name(f".{out.name}.{os.getpid()}.tmp")
 
 
-def check_out(path: Path, overwrite: bool = False) -> None:
+def spool_path(out: Path) -> Path:
+    """Where the samples of a recording to ``out`` go as they arrive (shorter than ``_tmp_path``'s name)."""
+    return Path(out).with_name(f"{Path(out).name}.spool")
+
+
+def _locked(path: Path) -> bool:
+    """Whether a running recorder holds the spool ``path`` (its ``flock``)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False
+    except OSError:
+        return True
+    finally:
+        os.close(fd)
+
+
+def _spool_refusal(out: Path) -> str | None:
+    """Why a recording to ``out`` cannot start for its spool (one running, one left by a killed recorder)."""
+    spool = spool_path(out)
+    if not os.path.lexists(spool):
+        return None
+    if _locked(spool):
+        return (f"--out {out}: a harstream record writing it is running now ({spool} is in use); stop it, or give "
+                "another --out")
+    return (f"--out {out}: {spool} holds a recording that did not finish (the recorder was killed?); write it with "
+            f"`harstream record --out {out} --recover`, or move it away")
+
+
+def check_out(path: Path, overwrite: bool = False, spool: bool = True) -> None:
     """Refuse, before recording, an ``--out`` that could not be written at the end, or (without ``overwrite``)
-    one that exists: the recording would replace it when it stops (ValueError, one line). The temporary file is
-    made and removed: ``os.access`` says yes to root everywhere (/proc, /sys) and knows nothing of a name too long
-    once the temporary file's prefix and suffix are added."""
+    one that exists: the recording would replace it when it stops (ValueError, one line); and (``spool``) one
+    whose spool exists (a recorder running, or killed: ``--recover``). The temporary file is made and removed:
+    ``os.access`` says yes to root everywhere (/proc, /sys) and knows nothing of a name too long once the
+    temporary file's prefix and suffix are added."""
     if path.is_dir():
         raise ValueError(f"--out {path} is a directory; give the recording file to write")
     parent = path.parent
@@ -95,46 +156,161 @@ def check_out(path: Path, overwrite: bool = False) -> None:
     except OSError as exc:
         raise ValueError(f"--out {path}: cannot write in folder {parent} ({exc.strerror or exc})") from None
     tmp.unlink(missing_ok=True)
+    refusal = _spool_refusal(path) if spool else None  # its name is shorter than the temporary file's
+    if refusal:
+        raise ValueError(refusal)
+
+
+class _Spool:
+    """The spool file, open and locked: chunks appended at ``size`` (a failed append is cut off, so the next
+    goes where it began), read back through the open descriptor (its folder may be gone)."""
+
+    def __init__(self, path: Path, fd: int, size: int) -> None:
+        self.path, self.fd, self.size = path, fd, size
+        self.torn = 0  # bytes after the last whole chunk (a chunk cut by a kill -9 or a power cut), not read
+
+    @classmethod
+    def create(cls, path: Path) -> _Spool:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            _write_all(fd, SPOOL_MAGIC, 0)
+        except BaseException:
+            os.close(fd)
+            path.unlink(missing_ok=True)
+            raise
+        return cls(path, fd, len(SPOOL_MAGIC))
+
+    @classmethod
+    def open(cls, path: Path) -> _Spool:
+        """A spool left behind, to recover (ValueError: not one, or in use)."""
+        try:
+            fd = os.open(path, os.O_RDWR)
+        except OSError as exc:
+            raise ValueError(f"cannot open {path}: {exc.strerror or exc}") from None
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                raise ValueError(f"{path} is in use by a harstream record running now: it writes the recording "
+                                 "when it stops") from None
+            if os.pread(fd, len(SPOOL_MAGIC), 0) != SPOOL_MAGIC:
+                raise ValueError(f"{path} is not a harstream record spool")
+        except BaseException:
+            os.close(fd)
+            raise
+        return cls(path, fd, len(SPOOL_MAGIC))  # ``chunks()`` read to the end sets ``size`` (before any append)
+
+    def append(self, meta: bytes, samples: np.ndarray) -> None:
+        body = meta + samples.tobytes()
+        head = CHUNK.pack(CHUNK_TAG, len(meta), len(samples), zlib.crc32(body))
+        try:
+            _write_all(self.fd, head + body, self.size)
+            os.fsync(self.fd)
+        except OSError:
+            try:
+                os.ftruncate(self.fd, self.size)  # needs no room: the next append starts where this one did
+            except OSError:
+                pass
+            raise
+        self.size += len(head) + len(body)
+
+    def chunks(self) -> Iterator[tuple[dict, np.ndarray]]:
+        """(meta, samples) of every whole chunk, in order; ``size`` and ``torn`` set at the end."""
+        offset, end = len(SPOOL_MAGIC), os.fstat(self.fd).st_size
+        while offset + CHUNK.size <= end:
+            tag, meta_len, n, crc = CHUNK.unpack(os.pread(self.fd, CHUNK.size, offset))
+            length = meta_len + n * SAMPLE.itemsize
+            if tag != CHUNK_TAG or offset + CHUNK.size + length > end:
+                break
+            body = os.pread(self.fd, length, offset + CHUNK.size)
+            if len(body) != length or zlib.crc32(body) != crc:
+                break
+            offset += CHUNK.size + length
+            yield orjson.loads(body[:meta_len]), np.frombuffer(body, SAMPLE, count=n, offset=meta_len)
+        self.size, self.torn = offset, end - offset
+
+    def remove(self) -> None:
+        os.close(self.fd)
+        self.path.unlink(missing_ok=True)  # its folder gone (unplugged): nothing left to remove
+
+
+def _csv_field(value: str) -> str:
+    """``value`` as ``csv.writer`` writes it among other fields (quoted where it holds a comma or a quote)."""
+    if not value:
+        return ""
+    out = io.StringIO()
+    csv.writer(out, lineterminator="\n").writerow([value])
+    return out.getvalue()[:-1]
+
+
+def _write_all(fd: int, data: bytes, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, offset)
+        if written == 0:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        view, offset = view[written:], offset + written
 
 
 class _Session:
-    """One device's samples on one clock (a device restarted gets a new session)."""
+    """One device's samples on one clock (a device restarted gets a new session): counts and what tells a copy
+    or a new clock; the samples themselves are in the spool, under ``number``."""
 
-    def __init__(self, name: str, device: str) -> None:
-        self.name, self.device = name, device
-        self.t: list[np.ndarray] = []
-        self.acc: list[np.ndarray] = []
-        self.gyro: list[np.ndarray | None] = []
+    def __init__(self, number: int, name: str, device: str) -> None:
+        self.number, self.name, self.device = number, name, device
         self.samples = 0
+        self.no_gyro = 0  # samples without the gyroscope
         self.newest = -math.inf
         self.earliest = math.inf
         self.seqs: dict[int, float] = {}  # seq -> its first sample's time: a message seen again is a copy
-        self.joined = 0  # batches t[:joined] are joined ones (JOIN_EVERY); those after, as received
+        self.seq_order: deque[int] = deque()  # the latest SEQS_KEPT seqs, oldest first
+        self.seq0 = False  # a message of seq 0 was taken
         self.points: list[float] = []  # where a label received may change what holds (starts, just after ends)
+
+    def saw(self, seq: int, first: float) -> None:
+        if seq not in self.seqs:
+            self.seq_order.append(seq)
+            if len(self.seq_order) > SEQS_KEPT:
+                self.seqs.pop(self.seq_order.popleft(), None)
+        self.seqs[seq] = first
+        self.seq0 = self.seq0 or seq == 0
 
 
 class Recorder:
-    """Subscribes, takes every message (``handle``, thread-safe), and builds the recording (``recording``)."""
+    """Subscribes, takes every message (``handle``, thread-safe), spools it (``flush``) and writes the recording
+    from the spool (``write``)."""
 
     def __init__(self, config: RecordConfig) -> None:
         self.config = config
         self.router = AdapterRouter.from_spec(list(config.adapters), config.prefix)  # ValueError for a bad spec
         self._stop = threading.Event()
         self._lock = threading.Lock()
+        self._flush_lock = threading.Lock()
         self._current: dict[str, _Session] = {}  # device -> its session under way
-        self._sessions: list[_Session] = []  # in order of creation
+        self._sessions: list[_Session] = []  # in order of creation: a session's number is its index
         self.labels = LabelBook(MAX_LABELS)  # keyed by session name
+        # taken since the last flush: samples (session number, batch), new sessions, labels
+        self._pending: list[tuple[int, SampleBatch]] = []
+        self._new_sessions: list[list] = []
+        self._new_labels: list[list] = []
+        self._unwritten: list[tuple[bytes, np.ndarray]] = []  # chunks the spool could not take (yet): in order
+        self._spool: _Spool | None = None
+        self._spool_failed_at = -math.inf  # monotonic time of the last warning that the spool cannot be written
+        self._spooled_messages = 0  # messages counted in the last chunk made
         self.messages = 0
         self.samples = 0
         self.label_messages = 0
         self.duplicates = 0  # messages received again (QoS 1 redelivery: same seq, same samples)
-        self.duplicate_samples = 0  # samples at a time their session already has (set by ``recording``)
+        self.duplicate_samples = 0  # samples at a time their session already has (set by ``write``)
         self.rejected: Counter[str] = Counter()
         self.errors = 0  # messages that raised something else (a fault of ours): logged, skipped
-        self.gyro_dropped: dict[str, int] = {}  # set by ``recording``: devices' samples without the gyroscope
+        self.gyro_dropped: dict[str, int] = {}  # set by ``write``: devices' samples without the gyroscope
         self.ignored: Counter[str] = Counter()  # samples of devices --devices leaves out (a typo shows here)
         self.rescued: Path | None = None  # where the recording went when --out could not be written at the end
         self.write_error = ""
+        self.recovered: Path | None = None  # the spool a recovery read (``recover``)
+        self.torn_bytes = 0
 
     def stop(self) -> None:
         self._stop.set()
@@ -179,11 +355,15 @@ class Recorder:
         if "\n" in label or "\r" in label:  # the recording file could not hold it (a field over two lines)
             raise Rejected("bad_label", f"{label[:24]!r} holds a line end")
         session = self._current.get(device) or self._new_session(device)
+        self._add_label(session, label, start, end)
+        self._new_labels.append([session.number, label, start, end])
+        self.label_messages += 1
+
+    def _add_label(self, session: _Session, label: str, start: float, end: float | None) -> None:
         self.labels.add(session.name, label, start, end)
         session.points.append(start)
         if end is not None:
             session.points.append(math.nextafter(end, math.inf))
-        self.label_messages += 1
 
     def _new_session(self, device: str) -> _Session:
         count = sum(s.device == device for s in self._sessions)
@@ -194,9 +374,10 @@ class Recorder:
             while name in taken or name == device:
                 suffix = f".s{k}"
                 name, k = device[:64 - len(suffix)] + suffix, k + 1
-        session = _Session(name, device)
+        session = _Session(len(self._sessions), name, device)
         self._sessions.append(session)
         self._current[device] = session
+        self._new_sessions.append([session.number, name, device])
         return session
 
     def _take(self, batch: SampleBatch) -> None:
@@ -208,91 +389,132 @@ class Recorder:
         # seq 0 again, its clock back (not the session's own first message arriving late: no seq 0 yet, all of
         # it before the session's earliest sample), or any batch far behind: the device restarted
         if session is not None and session.samples and (
-                (batch.seq == 0 and first <= session.newest and (0 in session.seqs or last >= session.earliest))
+                (batch.seq == 0 and first <= session.newest and (session.seq0 or last >= session.earliest))
                 or last < session.newest - CLOCK_RESET):
             log.info("%s: its clock went back (%s): a new session, recorded as a device of its own",
                      batch.device, "seq 0 again" if batch.seq == 0 else f"{session.newest - last:.0f} s")
             session = None
         if session is None:
             session = self._new_session(batch.device)
-        session.t.append(batch.t)
-        session.acc.append(batch.acc)
-        session.gyro.append(batch.gyro)
+        self._pending.append((session.number, batch))
         session.samples += len(batch.t)
+        if batch.gyro is None:
+            session.no_gyro += len(batch.t)
         session.newest = max(session.newest, last)
         session.earliest = min(session.earliest, first)
         if batch.seq is not None:
-            session.seqs[batch.seq] = first
+            session.saw(batch.seq, first)
         self.samples += len(batch.t)
-        if len(session.t) - session.joined >= JOIN_EVERY:
-            self._join(session)
 
-    @staticmethod
-    def _join(session: _Session) -> None:
-        """Join the batches received since the last join, in order, into one (runs with and without the
-        gyroscope kept apart, as ``recording`` counts them)."""
-        t, acc, gyro = session.t[session.joined:], session.acc[session.joined:], session.gyro[session.joined:]
-        runs: list[tuple[np.ndarray, np.ndarray, np.ndarray | None]] = []
-        a = 0
-        for b in range(1, len(t) + 1):
-            if b == len(t) or (gyro[b] is None) != (gyro[a] is None):
-                runs.append((np.concatenate(t[a:b]), np.concatenate(acc[a:b]),
-                             None if gyro[a] is None else np.concatenate(gyro[a:b])))
-                a = b
-        del session.t[session.joined:], session.acc[session.joined:], session.gyro[session.joined:]
-        for rt, racc, rgyro in runs:
-            session.t.append(rt)
-            session.acc.append(racc)
-            session.gyro.append(rgyro)
-        session.joined = len(session.t)
+    # -- the spool --------------------------------------------------------------------------------
+    def _counts(self) -> dict:
+        return {"messages": self.messages, "samples": self.samples, "label_messages": self.label_messages,
+                "duplicates": self.duplicates, "rejected": dict(self.rejected), "errors": self.errors,
+                "ignored": dict(self.ignored)}
+
+    def open_spool(self) -> None:
+        """Make and lock the spool beside ``out`` (ValueError if it cannot be made: one exists, no room)."""
+        if self._spool is not None:
+            return
+        path = spool_path(Path(self.config.out))
+        try:
+            self._spool = _Spool.create(path)
+        except FileExistsError:
+            raise ValueError(_spool_refusal(Path(self.config.out)) or f"{path} exists") from None
+        except OSError as exc:
+            raise ValueError(f"cannot make the spool {path}: {exc.strerror or exc}") from None
+
+    def held(self) -> int:
+        """Samples not on disk: taken since the last flush, and those the spool could not take."""
+        with self._lock:
+            pending = sum(len(b.t) for _, b in self._pending)
+        return pending + sum(len(s) for _, s in self._unwritten)
+
+    def flush(self) -> None:
+        """Append what was taken since the last flush to the spool as one chunk, synced. A spool that cannot be
+        written (a full disk; not made: its folder gone) keeps it in memory, tried again at the next flush."""
+        with self._flush_lock:
+            with self._lock:
+                pending, self._pending = self._pending, []
+                sessions, self._new_sessions = self._new_sessions, []
+                labels, self._new_labels = self._new_labels, []
+                counts = self._counts()
+            if pending or sessions or labels or counts["messages"] != self._spooled_messages:
+                lengths = [len(b.t) for _, b in pending]
+                samples = np.zeros(sum(lengths), SAMPLE)
+                if pending:  # one copy a field (a phone's one-sample messages: some 25,000 a second at 500)
+                    samples["s"] = np.repeat([number for number, _ in pending], lengths)
+                    samples["t"] = np.concatenate([b.t for _, b in pending])
+                    samples["acc"] = np.concatenate([b.acc for _, b in pending])
+                    gyro = np.repeat([b.gyro is not None for _, b in pending], lengths)
+                    if gyro.any():
+                        samples["g"] = gyro
+                        samples["gyro"][gyro] = np.concatenate([b.gyro for _, b in pending if b.gyro is not None])
+                meta = orjson.dumps({"sessions": sessions, "labels": labels, "counts": counts})
+                self._unwritten.append((meta, samples))
+                self._spooled_messages = counts["messages"]
+            if not self._unwritten:  # nothing new: no chunk (nor a spool made for nothing)
+                return
+            try:
+                if self._spool is None:
+                    self.open_spool()
+                while self._unwritten:
+                    self._spool.append(*self._unwritten[0])
+                    self._unwritten.pop(0)
+            except (OSError, ValueError) as exc:
+                now = time.monotonic()
+                if now - self._spool_failed_at >= 60:
+                    log.warning("cannot write the spool %s (%s): %d samples held in memory, tried again every "
+                                "second", spool_path(Path(self.config.out)), exc,
+                                sum(len(s) for _, s in self._unwritten))
+                    self._spool_failed_at = now
+                return
+            if self._spool_failed_at > -math.inf:
+                log.info("the spool is written again")
+                self._spool_failed_at = -math.inf
+
+    def _chunks(self) -> Iterator[np.ndarray]:
+        """Every sample taken, chunk after chunk: the spool's, then those it could not take."""
+        if self._spool is not None:
+            for _, samples in self._spool.chunks():
+                yield samples
+        for _, samples in self._unwritten:
+            yield samples
+
+    def _restore(self, spool: _Spool) -> None:
+        """Sessions, labels, counts and samples' counts as a killed recorder left them in ``spool``."""
+        counts: dict = {}
+        for meta, samples in spool.chunks():
+            for number, name, device in meta["sessions"]:
+                if number != len(self._sessions):
+                    raise ValueError(f"{spool.path}: session {number} out of order")
+                self._sessions.append(_Session(number, name, device))
+                self._current[device] = self._sessions[-1]
+            for number, label, start, end in meta["labels"]:
+                self._add_label(self._sessions[number], label, start, end)
+            counts = meta["counts"]
+            if len(samples):
+                numbers = samples["s"].astype(np.int64)
+                if numbers.max() >= len(self._sessions):
+                    raise ValueError(f"{spool.path}: samples of session {numbers.max()}, which it never began")
+                for number, n in enumerate(np.bincount(numbers).tolist()):
+                    self._sessions[number].samples += n
+                for number, n in enumerate(np.bincount(numbers, weights=samples["g"] == 0).astype(int).tolist()):
+                    self._sessions[number].no_gyro += n
+        self.messages = counts.get("messages", 0)
+        self.samples = counts.get("samples", 0)
+        self.label_messages = counts.get("label_messages", 0)
+        self.duplicates = counts.get("duplicates", 0)
+        self.rejected = Counter(counts.get("rejected", {}))
+        self.errors = counts.get("errors", 0)
+        self.ignored = Counter(counts.get("ignored", {}))
+        self._spooled_messages = self.messages
+        self._spool, self.recovered, self.torn_bytes = spool, spool.path, spool.torn
 
     # -- what was received, as a recording ------------------------------------------------------
     def devices(self) -> int:
         with self._lock:
             return len({s.device for s in self._sessions if s.samples})
-
-    def recording(self) -> Recording | None:
-        """Every session's samples, sorted by device (session) and time, a sample at a time its session
-        already has dropped (the first received kept), labelled by the labels received; None without samples.
-        The gyroscope only where every sample has it (else dropped, ``gyro_dropped`` saying whose lacked it)."""
-        with self._lock:
-            sessions = sorted((s for s in self._sessions if s.samples), key=lambda s: s.name)
-            if not sessions:
-                return None
-            lacking: Counter[str] = Counter()
-            for s in sessions:
-                for t, g in zip(s.t, s.gyro, strict=True):
-                    if g is None:
-                        lacking[s.device] += len(t)
-            with_gyro = not lacking
-            some = any(g is not None for s in sessions for g in s.gyro)  # mixed: said, not silently lost
-            self.gyro_dropped = dict(lacking) if some and lacking else {}
-            parts: dict[str, list[np.ndarray]] = {"device": [], "t": [], "acc": [], "gyro": [], "label": [],
-                                                  "subject": []}
-            self.duplicate_samples = 0
-            for s in sessions:
-                t = np.concatenate(s.t)
-                order = np.argsort(t, kind="stable")
-                t = t[order]
-                keep = np.concatenate([[True], np.diff(t) > 0])
-                self.duplicate_samples += int(len(t) - keep.sum())
-                order, t = order[keep], t[keep]
-                parts["device"].append(np.full(len(t), s.name))
-                parts["subject"].append(np.full(len(t), s.device))
-                parts["t"].append(t)
-                parts["acc"].append(np.concatenate(s.acc)[order])
-                if with_gyro:
-                    parts["gyro"].append(np.concatenate(s.gyro)[order])
-                parts["label"].append(self._labels_of(s, t))
-            split = any(s.name != s.device for s in sessions)
-            return Recording(
-                device=np.concatenate(parts["device"]),
-                t=np.concatenate(parts["t"]),
-                acc=np.concatenate(parts["acc"]).astype(np.float32),
-                label=np.concatenate(parts["label"]),
-                gyro=np.concatenate(parts["gyro"]).astype(np.float32) if with_gyro else None,
-                subject=np.concatenate(parts["subject"]) if split else None,
-            )
 
     def _labels_of(self, session: _Session, t: np.ndarray) -> np.ndarray:
         """The label holding at each of the session's sample times (``t`` sorted), "" where none does:
@@ -306,50 +528,147 @@ class Recorder:
             out[a:b] = self.labels.at(session.name, float(t[a])) or ""
         return out.astype(str)
 
-    def write(self) -> dict:
-        """Write the recording to ``out`` (a temporary file beside it, renamed: never half a file there);
-        the summary. Without samples nothing is written (``written`` False). If ``out`` cannot be written now
-        (the disk full, the folder gone since ``check_out``), the recording goes to the system's temporary
-        folder (``rescued``; ``written`` False) rather than being lost; OSError only if that fails too."""
-        rec = self.recording()
-        out = Path(self.config.out)
-        if rec is None:
-            return self.summary(rec)
-        try:
-            self._write_to(out, rec)
-        except OSError as exc:
-            self.write_error = f"{exc.strerror or exc}"
-            rescue = Path(tempfile.gettempdir()) / f"harstream-record-{os.getpid()}-{out.name[:100]}"
-            log.error("could not write %s (%s): writing the recording to %s instead", out, self.write_error, rescue)
-            self._write_to(rescue, rec)
-            self.rescued = rescue
-            return self.summary(rec)
-        summary = self.summary(rec)
-        summary["written"] = True
-        return summary
+    def _groups(self, sessions: list[_Session]) -> Iterator[list[_Session]]:
+        """``sessions`` (in order) in runs of at most ``GROUP_SAMPLES`` samples (a longer one alone)."""
+        group: list[_Session] = []
+        total = 0
+        for s in sessions:
+            if group and total + s.samples > GROUP_SAMPLES:
+                yield group
+                group, total = [], 0
+            group.append(s)
+            total += s.samples
+        if group:
+            yield group
 
-    @staticmethod
-    def _write_to(out: Path, rec: Recording) -> None:
+    def _write_file(self, out: Path, sessions: list[_Session], with_gyro: bool, split: bool) -> dict:
+        """The recording file, from the spool: each group of sessions read from it, each session sorted by
+        time, a sample at a time it already has dropped (the first received kept), labelled, its rows checked
+        as ``write_recording`` checks them and written. To a temporary file beside ``out``, renamed onto it."""
+        header = list(REQUIRED) + (["gx", "gy", "gz"] if with_gyro else []) + (["subject"] if split else [])
+        written, labelled, duplicates, classes = 0, 0, 0, set()
         tmp = _tmp_path(out)
         try:
-            write_recording(tmp, rec)
+            with tmp.open("w", newline="") as handle:
+                writer = csv.writer(handle, lineterminator="\n")  # as write_recording writes them
+                writer.writerow(header)
+                for group in self._groups(sessions):
+                    numbers = np.array([s.number for s in group], dtype=np.uint32)
+                    # each session's samples in the order received, in one array made to its size (pieces
+                    # joined at the end left the heap twice the group's size, fragmented, at 2 hours of 20 devices)
+                    held = {s.number: np.empty(s.samples, SAMPLE) for s in group}
+                    filled = dict.fromkeys(held, 0)
+                    for samples in self._chunks():
+                        mine = samples[np.isin(samples["s"], numbers)] if len(group) > 1 else \
+                            samples[samples["s"] == numbers[0]]
+                        if not len(mine):
+                            continue
+                        mine = mine[np.argsort(mine["s"], kind="stable")]  # in the order received, per session
+                        found, first = np.unique(mine["s"], return_index=True)
+                        for number, a, b in zip(found.tolist(), first.tolist(), [*first[1:].tolist(), len(mine)],
+                                                strict=True):
+                            at = filled[number]
+                            n = min(b - a, len(held[number]) - at)  # the counts are the spool's: no more
+                            held[number][at:at + n] = mine[a:a + n]
+                            filled[number] = at + n
+                    for s in group:
+                        data = held.pop(s.number)[:filled[s.number]]
+                        data = data[np.argsort(data["t"], kind="stable")]
+                        keep = np.concatenate([[True], np.diff(data["t"]) > 0]) if len(data) else np.ones(0, bool)
+                        duplicates += int(len(data) - keep.sum())
+                        data = data[keep]
+                        t = data["t"]
+                        label = self._labels_of(s, t)
+                        rec = Recording(device=np.full(len(t), s.name), t=t, acc=data["acc"], label=label,
+                                        gyro=data["gyro"] if with_gyro else None,
+                                        subject=np.full(len(t), s.device) if split else None)
+                        _check_writable(out, rec)
+                        names = np.unique(label).tolist()
+                        self._rows(handle, s, data, with_gyro, split, [_csv_field(x) for x in names],
+                                   np.searchsorted(names, label))
+                        written += len(t)
+                        labelled += int(np.count_nonzero(label != ""))
+                        classes.update(names)
+                        del data, rec, label, t
             os.replace(tmp, out)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
+        self.duplicate_samples = duplicates
+        return {"samples": written, "labelled_samples": labelled, "classes": sorted(c for c in classes if c),
+                "gyro": with_gyro}
 
-    def summary(self, rec: Recording | None) -> dict:
-        labelled = 0 if rec is None else int(np.count_nonzero(rec.label != ""))
+    @staticmethod
+    def _rows(handle, session: _Session, data: np.ndarray, with_gyro: bool, split: bool, labels: list[str],
+              label_index: np.ndarray) -> None:
+        """A session's rows, as ``write_recording`` writes them (``%.4f``, the gyroscope ``%.5f``, a label as the
+        csv module quotes it; a device id needs no quoting), some 50,000 a write."""
+        line = (f"{session.name},%.4f,%.4f,%.4f,%.4f,%s" + (",%.5f,%.5f,%.5f" if with_gyro else "")
+                + (f",{session.device}" if split else "") + "\n")
+        for a in range(0, len(data), 50_000):
+            part = data[a:a + 50_000]
+            columns = [part["t"].tolist(), *part["acc"].T.tolist(), [labels[i] for i in label_index[a:a + 50_000]]]
+            if with_gyro:
+                columns += part["gyro"].T.tolist()
+            handle.write("".join(line % row for row in zip(*columns, strict=True)))
+
+    def write(self) -> dict:
+        """Write the recording to ``out`` from the spool (a temporary file beside it, renamed: never half a
+        file there), remove the spool; the summary. Without samples nothing is written (``written`` False). If
+        ``out`` cannot be written now (the disk full, the folder gone since ``check_out``), the recording goes
+        to the system's temporary folder (``rescued``; ``written`` False) rather than being lost; OSError only
+        if that fails too (the spool then kept, for ``--recover``)."""
+        self.flush()
+        out = Path(self.config.out)
+        sessions = sorted((s for s in self._sessions if s.samples), key=lambda s: s.name)
+        if not sessions:
+            self._remove_spool()
+            return self.summary(None)
+        lacking: Counter[str] = Counter()
+        for s in sessions:
+            if s.no_gyro:
+                lacking[s.device] += s.no_gyro
+        some = any(s.no_gyro < s.samples for s in sessions)  # mixed: said, not silently lost
+        self.gyro_dropped = dict(lacking) if some and lacking else {}
+        split = any(s.name != s.device for s in sessions)
+        try:
+            stats = self._write_file(out, sessions, not lacking, split)
+        except OSError as exc:
+            self.write_error = f"{exc.strerror or exc}"
+            rescue = Path(tempfile.gettempdir()) / f"harstream-record-{os.getpid()}-{out.name[:100]}"
+            log.error("could not write %s (%s): writing the recording to %s instead", out, self.write_error, rescue)
+            try:
+                stats = self._write_file(rescue, sessions, not lacking, split)
+            except OSError:
+                if self._spool is not None:
+                    log.error("the recording stays in %s: harstream record --out %s --recover writes it",
+                              self._spool.path, out)
+                raise
+            self.rescued = rescue
+            self._remove_spool()
+            return self.summary(stats)
+        self._remove_spool()
+        summary = self.summary(stats)
+        summary["written"] = True
+        return summary
+
+    def _remove_spool(self) -> None:
+        if self._spool is not None:
+            self._spool.remove()
+            self._spool = None
+        self._unwritten.clear()
+
+    def summary(self, stats: dict | None) -> dict:
         return {
             "written": False,
             "out": str(self.config.out),
-            "samples": 0 if rec is None else len(rec),
+            "samples": 0 if stats is None else stats["samples"],
             "devices": len({s.device for s in self._sessions if s.samples}),
             "sessions": len([s for s in self._sessions if s.samples]),
             "labels": self.label_messages,
-            "labelled_samples": labelled,
-            "classes": [] if rec is None else rec.classes,
-            "gyro": rec is not None and rec.gyro is not None,
+            "labelled_samples": 0 if stats is None else stats["labelled_samples"],
+            "classes": [] if stats is None else stats["classes"],
+            "gyro": stats is not None and stats["gyro"],
             "gyro_dropped": self.gyro_dropped,
             "messages": self.messages,
             "duplicate_messages": self.duplicates,
@@ -359,6 +678,8 @@ class Recorder:
             "ignored": dict(self.ignored),
             "rescued": None if self.rescued is None else str(self.rescued),
             "write_error": self.write_error,
+            "recovered": None if self.recovered is None else str(self.recovered),
+            "torn_bytes": self.torn_bytes,
         }
 
     # -- the command ------------------------------------------------------------------------------
@@ -373,28 +694,37 @@ class Recorder:
                 + (f", {ignored} other device{'s' if ignored != 1 else ''} left out (--devices)" if ignored else ""))
 
     def run(self, progress: bool = True) -> dict:
-        """Record until ``stop()`` or ``duration``; then write. Returns the summary."""
+        """Record until ``stop()`` or ``duration``, spooling every ``FLUSH_EVERY`` s; then write. Returns the
+        summary."""
         cfg = self.config
         check_out(Path(cfg.out), cfg.overwrite)
+        self.open_spool()
 
         def on_message(client, userdata, message) -> None:
             self.handle(message.topic, message.payload)
 
-        client = connect(cfg.broker, "record", subscriptions=self.subscriptions(), on_message=on_message)
+        try:
+            client = connect(cfg.broker, "record", subscriptions=self.subscriptions(), on_message=on_message)
+        except BaseException:
+            self._remove_spool()  # nothing recorded: no spool left to recover
+            raise
         topics = ", ".join(t for t, _ in self.subscriptions())
-        log.info("recording %s from %s to %s%s", topics, cfg.broker, cfg.out,
-                 f" for {cfg.duration:g} s" if cfg.duration else " until Ctrl-C")
+        log.info("recording %s from %s to %s%s (spooled to %s as it comes)", topics, cfg.broker, cfg.out,
+                 f" for {cfg.duration:g} s" if cfg.duration else " until Ctrl-C", spool_path(Path(cfg.out)))
         tty = progress and sys.stderr.isatty()
         every = 1.0 if tty else 10.0  # a line in place on a terminal, else one every 10 s (a log)
         start = time.monotonic()
+        shown = start
         try:
             while True:
                 elapsed = time.monotonic() - start
                 left = math.inf if cfg.duration is None else cfg.duration - elapsed
-                if left <= 0 or self._stop.wait(min(every, left)):
+                if left <= 0 or self._stop.wait(min(FLUSH_EVERY, left)):
                     break
-                if progress:
-                    print(("\r" if tty else "") + self.progress_line(time.monotonic() - start),
+                self.flush()
+                if progress and time.monotonic() - shown >= every - 0.01:
+                    shown = time.monotonic()
+                    print(("\r" if tty else "") + self.progress_line(shown - start),
                           end="" if tty else "\n", file=sys.stderr, flush=True)
         finally:
             client.disconnect()
@@ -402,6 +732,27 @@ class Recorder:
             if tty:
                 print(file=sys.stderr)
         return self.write()
+
+
+def recover(config: RecordConfig) -> dict:
+    """Write ``config.out`` from the spool a killed recorder left beside it (``--recover``): its samples up
+    to its last whole chunk, labelled by the labels it had received; the spool removed. ValueError: no spool,
+    one in use, ``out`` that exists (without ``overwrite``) or cannot be written."""
+    out = Path(config.out)
+    path = spool_path(out)
+    if not os.path.lexists(path):
+        raise ValueError(f"--recover: there is no {path} (what a harstream record --out {out} killed leaves)")
+    check_out(out, config.overwrite, spool=False)
+    recorder = Recorder(config)
+    spool = _Spool.open(path)
+    try:
+        recorder._restore(spool)
+    except BaseException:
+        os.close(spool.fd)
+        raise
+    if spool.torn:
+        log.info("%s: %d bytes after its last whole chunk (cut by the kill) left out", path, spool.torn)
+    return recorder.write()
 
 
 def format_summary(summary: dict) -> str:
@@ -421,6 +772,10 @@ def format_summary(summary: dict) -> str:
                 + (f" ({', '.join(summary['classes'])})" if summary["classes"] else "")
                 + f"; gyroscope {'gx,gy,gz written' if summary['gyro'] else 'not written'}")
     lines = [head]
+    if summary.get("recovered"):
+        lines.append(f"recovered from {summary['recovered']} (removed), what a recorder that did not finish had "
+                     "spooled" + (f"; {summary['torn_bytes']} bytes of a last chunk cut short left out"
+                                  if summary.get("torn_bytes") else ""))
     if summary["gyro_dropped"]:
         lacking = ", ".join(f"{d} {n}" for d, n in sorted(summary["gyro_dropped"].items())[:10])
         lines.append(f"the gyroscope was left out: not every sample had it (samples without it: {lacking})")
