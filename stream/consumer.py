@@ -71,7 +71,9 @@ from stream.mqtt import PROTOCOLS, BrokerURL, batched_writes, connect, speaks_mq
 from stream.persist import (
     ADAPTERS_FILE,
     SERVING_MODEL,
+    STATE_FILE,
     AckJournal,
+    NewerState,
     journal_generations,
     journal_predictions,
     kept_id,
@@ -79,6 +81,7 @@ from stream.persist import (
     lock_state_dir,
     read_journal,
     save_state,
+    set_aside,
 )
 from stream.pipeline import Pipeline, Prediction
 from stream.shared_state import SharedDevices, open_store
@@ -522,8 +525,13 @@ class Consumer:
             return  # device state lives in the shared store
         try:
             state = load_state(directory)
+        except NewerState:  # refused: its first checkpoint would overwrite what a newer harstream kept
+            raise
         except (ValueError, OSError) as exc:  # devices start afresh; the journals are read all the same
-            log.warning("not restoring device state: %s", exc)
+            # kept under another name: the first checkpoint used to overwrite it (found by an upgrade probe)
+            aside = set_aside(directory / STATE_FILE) if isinstance(exc, ValueError) else None
+            log.warning("not restoring device state: %s%s", exc,
+                        f"; the file is kept as {aside.name}, and every device starts afresh" if aside else "")
             state = None
             self._turns_lost = classifier.orienter is not None
         # killed before its first checkpoint, or the checkpoint unreadable: every journal on disk may hold

@@ -56,6 +56,11 @@ LOCK_FILE = "consumer.lock"  # held (flock) by the process whose consumer uses t
 _held: dict[Path, int] = {}  # state directories this process holds (lock_state_dir): resolved path -> fd
 
 
+class NewerState(ValueError):
+    """The consumer state was written by a newer harstream, in a format this one cannot read: the consumer
+    refuses to start rather than overwrite it at its first checkpoint (a ``ValueError``: one line)."""
+
+
 class StateDirInUse(ValueError):
     """Another process's consumer holds the state directory (a ``ValueError``: the command line says it in
     one line)."""
@@ -175,8 +180,12 @@ def load_state(directory: Path) -> dict | None:
         blob = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # EOFError, UnpicklingError, a zip error (RuntimeError), refused globals
         raise ValueError(f"{path}: unreadable consumer state ({type(exc).__name__}: {exc})") from None
-    if (not isinstance(blob, dict) or blob.get("format") != FORMAT
-            or blob.get("format_version") not in READABLE):
+    version = blob.get("format_version") if isinstance(blob, dict) and blob.get("format") == FORMAT else None
+    if isinstance(version, int) and version > VERSION:
+        raise NewerState(f"{path} was written by a newer harstream (consumer state version {version}; this one "
+                         f"reads versions {READABLE[0]} to {VERSION}): run that harstream on this --state-dir, or "
+                         f"move {path.name} away to start every device afresh")
+    if version not in READABLE:
         raise ValueError(f"{path}: not a harstream consumer state of version {VERSION}")
     try:
         blob["devices"] = _states(blob["devices"])
@@ -197,6 +206,17 @@ def load_state(directory: Path) -> dict | None:
         raise ValueError(f"{path}: consumer state with a field missing or malformed "
                          f"({type(exc).__name__}: {exc})") from None
     return blob
+
+
+def set_aside(path: Path) -> Path | None:
+    """Rename a file that cannot be used, so that what would be written in its place does not destroy it:
+    ``<name>.unreadable-<UTC time>``. The new name, or None when there is no such file or it cannot be renamed."""
+    aside = path.with_name(f"{path.name}.unreadable-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}")
+    try:
+        os.replace(path, aside)
+    except OSError:
+        return None
+    return aside
 
 
 def _dict(value) -> dict:
