@@ -843,6 +843,9 @@ class Consumer:
         self.acks.client = self._client
         if self.after_window and cfg.state_dir is not None and self.shared is None:
             self.journal = AckJournal(cfg.state_dir, self._journal_generation)
+        # the model message first: its versions are known before the learner starts (a second, more on a loaded
+        # machine), and `harstream versions` took the last life's list, still retained, for this one's meanwhile
+        self._publish_model()
         self._client.publish(status, b"online", qos=1, retain=True)
         # the phone formats' topics too: a topic that matches no --adapter pattern is never received
         phones = [f"{r.pattern} = {r.adapter.name}" for r in self.router.routes[1:]]
@@ -853,7 +856,6 @@ class Consumer:
                  f"after the window (at most {self.acks.limit} held)" if self.after_window else "on receipt")
         if self.learner is not None:
             self.learner.start()
-        self._publish_model()
         next_metrics = time.monotonic() + cfg.metrics_interval
         next_checkpoint = time.monotonic() + cfg.checkpoint_interval
         try:
