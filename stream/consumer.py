@@ -1824,14 +1824,16 @@ class Consumer:
         prediction, the log silent)."""
         now = time.monotonic()
         counts = self.pipeline.late_by_device
-        new = {d: n - self._late_said.get(d, 0) for d, n in counts.items() if n > self._late_said.get(d, 0)}
+        # a device evicted since (Pipeline.evict forgets its count) and back counts from 0 again
+        new = {d: n - said if n >= said else n for d, n in counts.items()
+               if n != (said := self._late_said.get(d, 0))}
         if not new or now < self._late_quiet_until:
             return
         top = sorted(new.items(), key=lambda kv: (-kv[1], kv[0]))[:5]
         log.warning("%d samples dropped as late (%d since start; %s%s): they came at or before samples already "
                     "used, as when a device's clock goes back by less than %g s (further back starts a new "
                     "session) or its samples arrive out of order by more than the reorder window (--reorder "
-                    "%g s)", sum(new.values()), sum(counts.values()),
+                    "%g s)", sum(new.values()), self.pipeline.late_samples,
                     ", ".join(f"{d} {n}" for d, n in top), f" and {len(new) - len(top)} more devices"
                     if len(new) > len(top) else "", CLOCK_RESET, self.pipeline.reorder)
         self._late_said, self._late_quiet_until = dict(counts), now + LATE_WARNING_INTERVAL

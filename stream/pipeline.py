@@ -199,6 +199,7 @@ class Pipeline:
             self._evicted_late += buffer.late_samples
             self._evicted_duplicates += buffer.duplicates
         self._warned.discard(device)
+        self.late_by_device.pop(device, None)  # in late_samples still; kept, it grew with every device ever late
         self.classifier.bank.evict(device)
         if self.classifier.orienter is not None:
             self.classifier.orienter.evict(device)
