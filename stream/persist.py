@@ -357,24 +357,18 @@ class AckJournal:
     the next ones (``written`` False until then; each device's last line only, which is what a reader takes,
     and at most ``MAX_PENDING_PREDICTIONS`` predictions, the oldest dropped beyond), warned about once, then at
     most once a minute, and said when it writes again. The consumer acknowledges nothing they record meanwhile.
+    A file that cannot be opened (at the start or ``rotate``) is such a failure too, opened before the next write;
+    other generations whose lines cannot be carried are left on disk (the next life carries them) and carried
+    after the next write that succeeds.
     """
 
     def __init__(self, directory: Path, generation: int = 0) -> None:
         self.directory = directory
         self.generation = generation
         directory.mkdir(parents=True, exist_ok=True)
-        path = _journal_path(directory, generation)
-        _cut_partial_line(path)
-        self._fd = _open_append(path)
-        for other in journal_generations(directory):
-            if other != generation:
-                old = _journal_path(directory, other)
-                carried = [line for line in old.read_bytes().split(b"\n")[:-1]
-                           if line.startswith(PREDICTION.encode() + b"\t")]
-                if carried:
-                    _write_all(self._fd, b"\n".join(carried) + b"\n")
-                old.unlink(missing_ok=True)
-        self._size = os.fstat(self._fd).st_size  # the end of the last whole line: a failed write is cut back to it
+        self._fd: int | None = None
+        self._size = 0  # the end of the last whole line: a failed write is cut back to it
+        self._unopened = False  # the file could not be opened (a full disk): opened before the next write
         self._torn = False  # a failed write could not be cut back yet: done before the next one
         self._marks: dict[str, str] = {}  # lines not yet written: each device's last (a reader takes the last) ...
         self._forgets: dict[str, None] = {}  # ... the devices forgotten since (written first: a later line wins)
@@ -384,6 +378,44 @@ class AckJournal:
         self.failing = False
         self._failed_since = 0  # failures since it last wrote
         self._warned = -JOURNAL_WARN_EVERY
+        # other generations whose prediction lines are not carried into this one yet: left on disk (read again by
+        # the next life) until they are, tried again after each write that succeeds
+        self._uncarried = [g for g in journal_generations(directory) if g != generation]
+        try:
+            self._open()
+        except OSError as exc:  # a full disk: before, this ended the consumer's start
+            self._unopened = True
+            self._failed(exc)
+            return
+        self._carry()
+
+    def _open(self) -> None:
+        """Open this generation's file (``O_APPEND``), cut after its last whole line; raises OSError."""
+        path = _journal_path(self.directory, self.generation)
+        _cut_partial_line(path)  # what a kill left (shrinking needs no space)
+        self._fd = _open_append(path)
+        self._size = os.fstat(self._fd).st_size
+        self._unopened = False
+
+    def _carry(self) -> None:
+        """Carry the prediction lines of the other generations found at the start into this file, then delete
+        them; one that cannot be written (a full disk) is cut back and left on disk, tried again later."""
+        for other in list(self._uncarried):
+            old = _journal_path(self.directory, other)
+            try:
+                carried = [line for line in old.read_bytes().split(b"\n")[:-1]
+                           if line.startswith(PREDICTION.encode() + b"\t")]
+                if carried:
+                    data = b"\n".join(carried) + b"\n"
+                    _write_all(self._fd, data)
+                    self._size += len(data)
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                self._failed(exc)
+                return
+            old.unlink(missing_ok=True)
+            self._uncarried.remove(other)
 
     @property
     def written(self) -> bool:
@@ -395,7 +427,7 @@ class AckJournal:
         are out[, (t, values) of the last sample then acknowledged: acc, then gyro for a model that
         reads it]) and of predictions (device, t, label, confidence, model, latency_ms[, received]), in one
         write with those a failed write left. Returns whether all are written (``written``)."""
-        if self._fd is None:
+        if self._closed:
             return True
         for d, t, s, *rest in entries:
             anchor = rest[0] if rest else None
@@ -411,14 +443,14 @@ class AckJournal:
 
     def forget(self, device: str) -> None:
         """A line saying ``device`` is forgotten: what the lines before say of it no longer counts."""
-        if self._fd is not None:
+        if not self._closed:
             self._marks.pop(device, None)
             self._forgets[device] = None
             self.flush()
 
     def flush(self) -> bool:
         """Write what is not yet written (forgotten devices, then marks, then predictions); whether all is."""
-        if self._fd is None or self.written:
+        if self._closed or (self.written and not self._unopened):
             return True
         while len(self._predictions) > MAX_PENDING_PREDICTIONS:
             self._predictions.popleft()
@@ -426,6 +458,8 @@ class AckJournal:
         data = "".join([*(f"{FORGET}\t{d}\n" for d in self._forgets), *self._marks.values(),
                         *self._predictions]).encode()
         try:
+            if self._unopened:  # a full disk when it was to be opened (start, rotate)
+                self._open()
             if self._torn:
                 os.ftruncate(self._fd, self._size)
                 self._torn = False
@@ -443,13 +477,20 @@ class AckJournal:
                      _journal_path(self.directory, self.generation).name, self._failed_since,
                      f"; {self.dropped} predictions not kept meanwhile" if self.dropped else "")
             self._failed_since = 0
+        if self._uncarried:
+            self._carry()
         return True
+
+    @property
+    def _closed(self) -> bool:
+        return self._fd is None and not self._unopened
 
     def _failed(self, exc: OSError) -> None:
         """A write failed: cut the file back to its last whole line (a short write leaves part of one, to which
         the next write would glue its first line: both lost to a reader), or mark it to be cut first."""
         try:
-            os.ftruncate(self._fd, self._size)  # shrinking needs no space
+            if self._fd is not None:  # None: the file could not be opened
+                os.ftruncate(self._fd, self._size)  # shrinking needs no space
         except OSError:
             self._torn = True
         self.errors += 1
@@ -474,20 +515,27 @@ class AckJournal:
         return self.generation + 1
 
     def rotate(self, generation: int) -> None:
-        """Continue in ``generation``'s file (call once the checkpoint that names it is saved)."""
+        """Continue in ``generation``'s file (call once the checkpoint that names it is saved). Where it cannot
+        be opened (a full disk) nothing is raised: it is opened before the next write, which until then fails
+        as any failed write does (its lines kept, their messages held)."""
         old = _journal_path(self.directory, self.generation)
-        fd = _open_append(_journal_path(self.directory, generation))
-        os.close(self._fd)
-        self._fd, self.generation = fd, generation
-        self._size = os.fstat(fd).st_size
+        if self._fd is not None:
+            os.close(self._fd)
+        self._fd, self.generation = None, generation
         self.discard()  # the checkpoint that names it holds the marks, the event store the predictions
+        try:
+            self._open()
+        except OSError as exc:
+            self._unopened = True
+            self._failed(exc)
         old.unlink(missing_ok=True)
 
     def close(self) -> None:
-        if self._fd is not None:
+        if not self._closed:
             self.flush()  # once more: what it then writes, the next life reads (not classified again)
-            os.close(self._fd)
-            self._fd = None
+            if self._fd is not None:
+                os.close(self._fd)
+            self._fd, self._unopened = None, False
 
 
 def _prediction(parts: list[str]) -> tuple | None:
