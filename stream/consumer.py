@@ -114,6 +114,8 @@ CHECKPOINT_WARN_EVERY = 60.0  # s between warnings while checkpoints cannot be w
 CHECKPOINT_RETRY = 5.0  # s before a checkpoint that had to wait (the event store behind) is tried again
 LOST_WARNING_INTERVAL = 60.0  # s at least between two warnings of samples that never came
 LATE_WARNING_INTERVAL = 60.0  # s at least between two warnings of samples dropped as late
+FORCED_WARNING_INTERVAL = 60.0  # s at least between two warnings of messages acknowledged by force
+STOCK_MAX_QUEUED = 1000  # Mosquitto's default max_queued_messages: what it keeps for an offline session
 REPUT_BUDGET = 2.0  # s a checkpoint waits for room in the event store's queue to put a kept journal in again
 JOURNAL_REPLAY_WAIT = 60.0  # s a start-up waits for a failing event store to take the last life's journal
 LISTED_VERSIONS = 100  # newest model versions listed in the retained model message (all are kept, and listed in
@@ -382,6 +384,12 @@ class Consumer:
         self._lost_said, self._lost_quiet_until = 0, 0.0  # lost samples last warned of; no warning before
         self._late_said: dict[str, int] = {}  # pipeline.late_by_device when last warned of; no warning before
         self._late_quiet_until = 0.0
+        self._lost_qos1 = 0  # samples that never came whose gap a QoS 1 message showed (_warn_lost)
+        self._lost_qos1_said = 0
+        # messages acknowledged by force, by why (stall, limit, journal), and when last warned of (_warn_forced)
+        self._forced: Counter[str] = Counter()
+        self._forced_said: Counter[str] = Counter()
+        self._forced_quiet_until = 0.0
         self.labels = LabelBook()
         self._reloaded = 0  # labels.taken after the last life's labels were put back: those before are its
         self._saved_version: str | None = None  # the version last written to serving.pt
@@ -900,6 +908,8 @@ class Consumer:
                             "last will when the connection was lost", exc)
             if cfg.id_is_random:
                 self._clear_retained()
+            if self.after_window:
+                self._say_unacknowledged()
             self._client.disconnect()
             self._client.loop_stop()
             if self._unread_at_stop:
@@ -1056,13 +1066,16 @@ class Consumer:
                 or not self._queue.empty() or not self._client.is_connected()):
             return  # a broker that is away sends again what is held when it is back
         held = len(self.acks)
-        self.acks.enforce_limit(0)
+        self._forced["stall"] += self.acks.enforce_limit(0)
         if self._unjournalled:  # held while the journal cannot be written: they too fill the broker's limit
             written = self.journal.flush()
             for mid, qos, why in self._unjournalled:
                 self._client.ack(mid, qos)
                 self._paho_acks[why if written else "forced"] += 1
+            if not written:
+                self._forced["journal"] += len(self._unjournalled)
             self._unjournalled = []
+        self._warn_forced()
         self._last_arrival = now
         if self.protocol == "3.1.1" and 10 <= held < self.acks.limit:
             self.acks.limit = held  # a broker limit repeats at the same count; a quiet spell rarely does
@@ -1183,17 +1196,22 @@ class Consumer:
         they are in published windows; any other is acknowledged here. A copy the broker sent again
         (``dup``) of a message already taken is counted in ``acks.redelivered``, not as rejected.
         """
-        if not (self.after_window and qos):
-            self._handle(topic, payload, arrival, 0, 0, dup, decoded)
-            return
-        if mid in self.acks.held:  # the broker sent it again (a reconnection): we have it already
-            self.acks.counts["redelivered"] += 1
-            return
-        self._handle(topic, payload, arrival, mid, qos, dup, decoded)
-        if mid not in self.acks.held:
-            self.acks.ack(mid, qos, "at_once")
-        else:
-            self.acks.enforce_limit()
+        lost = self.sequence.lost_samples
+        try:
+            if not (self.after_window and qos):
+                self._handle(topic, payload, arrival, 0, 0, dup, decoded)
+                return
+            if mid in self.acks.held:  # the broker sent it again (a reconnection): we have it already
+                self.acks.counts["redelivered"] += 1
+                return
+            self._handle(topic, payload, arrival, mid, qos, dup, decoded)
+            if mid not in self.acks.held:
+                self.acks.ack(mid, qos, "at_once")
+            else:
+                self._forced["limit"] += self.acks.enforce_limit()
+        finally:  # a gap a QoS 1 message shows: the broker did not keep the messages before it (_warn_lost)
+            if qos and self.sequence.lost_samples > lost:
+                self._lost_qos1 += self.sequence.lost_samples - lost
 
     def _handle(self, topic: str, payload: bytes, arrival: float, mid: int, qos: int, dup: bool,
                 decoded: tuple | None = None) -> None:
@@ -1455,6 +1473,7 @@ class Consumer:
                 over = len(self._unjournalled) + len(self.acks) - self.acks.limit + 1
                 due = [(mid, qos, "forced") for mid, qos, _ in self._unjournalled[:max(over, 0)]]
                 del self._unjournalled[:max(over, 0)]
+                self._forced["journal"] += len(due)
             elif self._unjournalled:  # written now, with the lines that had failed: theirs go with this cycle's
                 due, self._unjournalled = self._unjournalled + due, []
         return due
@@ -1775,6 +1794,7 @@ class Consumer:
         self._log_progress(metrics)
         self._warn_lost(metrics["lost_samples"])
         self._warn_late()
+        self._warn_forced()
         if self.config.health_file is not None:
             self._write_health(metrics)
         if self._client is not None:
@@ -1811,10 +1831,71 @@ class Consumer:
         now = time.monotonic()
         if lost <= self._lost_said or now < self._lost_quiet_until:
             return
-        log.warning("%d samples never came (%d since start; gaps in the devices' seq numbers): a publisher at QoS 0 "
-                    "loses what it sends while this consumer is down or disconnected, a QoS 1 one what the broker "
-                    "does not queue for it (Mosquitto's max_queued_messages)", lost - self._lost_said, lost)
+        qos1 = self._lost_qos1 - self._lost_qos1_said
+        if qos1 <= 0:
+            why = ("a publisher at QoS 0 loses what it sends while this consumer is down or disconnected, a QoS 1 one "
+                   "what the broker does not queue for it (Mosquitto's max_queued_messages)")
+        elif self.config.persistent:  # the broker's queue for the session: the probe's restarts lost 260 and 1,625
+            why = (f"{qos1} of them in gaps that messages published at QoS 1 showed: the broker did not keep those "
+                   "for this consumer's session while it was away or disconnected. Mosquitto keeps at most "
+                   "max_queued_messages (1,000 by default) for an offline session, counting the messages the "
+                   "consumer left unacknowledged at its stop (its partial windows and what came while it stopped, "
+                   "said at the stop) with those published meanwhile, and drops the rest (its log: 'Outgoing "
+                   "messages are being dropped'); raise it (deploy/mosquitto sets 100,000)")
+        else:
+            why = (f"{qos1} of them in gaps that messages published at QoS 1 showed: this consumer's session is "
+                   "clean (no --state-dir or --id, or --shared), so the broker keeps nothing for it while it is "
+                   "away or disconnected")
+        log.warning("%d samples never came (%d since start; gaps in the devices' seq numbers): %s",
+                    lost - self._lost_said, lost, why)
         self._lost_said, self._lost_quiet_until = lost, now + LOST_WARNING_INTERVAL
+        self._lost_qos1_said = self._lost_qos1
+
+    def _say_unacknowledged(self) -> None:
+        """At the stop, acknowledging after the window: how many messages are left unacknowledged with the broker,
+        which sends them again to the next life. While the consumer is away they count against what the broker
+        keeps for its session (Mosquitto: max_queued_messages, 1,000 by default), so that with that default the
+        messages published during a restart of about 4 s were dropped (an ops probe: 260 and 1,625 samples never
+        came): a WARNING from that many on, else INFO."""
+        due = sum(len(entry[2]) for entry in self._confirm)
+        parts = {"in partial windows": len(self.acks), "taken after the stop began": self._queue.qsize(),
+                 "whose windows the journal could not record": len(self._unjournalled),
+                 "whose predictions were not yet sent": due}
+        total = sum(parts.values())
+        log.log(logging.WARNING if total >= STOCK_MAX_QUEUED else logging.INFO,
+                "leaving %d messages unacknowledged with the broker for the next life (%s); they count against what "
+                "it keeps for this consumer's session while it is away (Mosquitto's max_queued_messages, %s by "
+                "default), beyond which what is published meanwhile is dropped", total,
+                ", ".join(f"{n} {what}" for what, n in parts.items() if n) or "none", f"{STOCK_MAX_QUEUED:,}")
+
+    def _warn_forced(self) -> None:
+        """A warning, at most once every FORCED_WARNING_INTERVAL, of the held messages acknowledged by force since
+        the last one (``acks.forced``), and why: before, --ack-stall forced 20,000 at once (an ops probe, a full
+        disk holding them for the journal up to --max-unacked) with nothing in the log."""
+        now = time.monotonic()
+        new = self._forced - self._forced_said
+        if not new or now < self._forced_quiet_until:
+            return
+        why = []
+        if new["journal"]:
+            why.append(f"{new['journal']} whose windows the acknowledgement journal could not record (it cannot be "
+                       "written: a full disk?)")
+        if new["limit"]:
+            why.append(f"{new['limit']} beyond --max-unacked ({self.acks.limit} held: partial windows)")
+        if new["stall"]:
+            why.append(f"{new['stall']} held when nothing had arrived for {self.config.ack_stall:g} s (--ack-stall: "
+                       "the input paused, or the broker sends no more until some are acknowledged)")
+        lost = []
+        if new["limit"] or new["stall"]:
+            lost.append("a stop or crash before the samples of those in partial windows are in a published window "
+                        "loses them")
+        if new["journal"]:
+            lost.append("a kill -9 before the journal or a checkpoint is written loses the predictions of those the "
+                        "event store had not written")
+        log.warning("%d held messages acknowledged by force (%d since start, acks.forced): %s. The broker will not "
+                    "send them again: %s", sum(new.values()), sum(self._forced.values()), "; ".join(why),
+                    "; ".join(lost))
+        self._forced_said, self._forced_quiet_until = Counter(self._forced), now + FORCED_WARNING_INTERVAL
 
     def _warn_late(self) -> None:
         """A warning, at most once every LATE_WARNING_INTERVAL, of samples dropped as late since the last one,
