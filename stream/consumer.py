@@ -649,7 +649,7 @@ class Consumer:
         try:
             self._save_serving(classifier.model, classifier.version)
             adapters = self.learner.adapters if self.learner is not None else None
-            if adapters is not None and (adapters.updates or adapters.turned):  # changed in this life
+            if adapters is not None and adapters.unsaved:  # changed since last saved (or loaded): else unwritten
                 adapters.save(directory / ADAPTERS_FILE)
         except OSError as exc:  # a full disk, a state directory made read-only
             return self._not_saved(exc)
@@ -1857,7 +1857,8 @@ class Consumer:
         keeps for its session (Mosquitto: max_queued_messages, 1,000 by default), so that with that default the
         messages published during a restart of about 4 s were dropped (an ops probe: 260 and 1,625 samples never
         came): a WARNING from that many on, else INFO."""
-        due = sum(len(entry[2]) for entry in self._confirm)
+        with self._confirm_lock:  # paho's thread completes confirmations (_on_publish) until the disconnection
+            due = sum(len(entry[2]) for entry in self._confirm)
         parts = {"in partial windows": len(self.acks), "taken after the stop began": self._queue.qsize(),
                  "whose windows the journal could not record": len(self._unjournalled),
                  "whose predictions were not yet sent": due}
