@@ -146,12 +146,14 @@ def _after_window(**config):
     return c
 
 
-def _forced_warnings(caplog) -> list[str]:
+def _forced_warnings(caplog, level: int = logging.INFO) -> list[str]:
+    """What was said of acknowledgements forced: INFO for those held in partial windows (a device that stops
+    mid-window, at every phone's stop), a WARNING for those the journal could not record."""
     return [r.getMessage() for r in caplog.records
-            if r.levelno == logging.WARNING and "acknowledged by force" in r.getMessage()]
+            if r.levelno == level and "acknowledged by force" in r.getMessage()]
 
 
-def test_messages_acknowledged_by_force_are_a_warning_at_most_once_a_minute(caplog):
+def test_messages_acknowledged_by_force_are_said_at_most_once_a_minute(caplog):
     """--ack-stall forced 20,000 held acknowledgements at once in an ops probe with nothing in the log."""
     import time
 
@@ -165,7 +167,7 @@ def test_messages_acknowledged_by_force_are_a_warning_at_most_once_a_minute(capl
             mid += 1
             c.handle(f"har/dev-{d}/imu", imu(seq, 10.0 + seq * 0.2, n=5, rate=25.0), time.monotonic(), mid, 1)
 
-    with caplog.at_level(logging.WARNING, logger="stream.consumer"):
+    with caplog.at_level(logging.INFO, logger="stream.consumer"):
         hold(3, 0)
         assert len(c.acks) == 3 and not c._client.acked
         c._last_arrival = c._connected_at = time.monotonic() - 10.0  # nothing arrived for 10 s
@@ -190,6 +192,12 @@ def test_messages_acknowledged_by_force_are_a_warning_at_most_once_a_minute(capl
         c._forced_quiet_until = 0.0
         c._publish_metrics()
         assert len(_forced_warnings(caplog)) == 2  # none forced since: nothing more
+        assert not _forced_warnings(caplog, logging.WARNING)  # partial windows only: INFO
+        c._forced["journal"] += 4  # as _acks_due counts those the journal could not record
+        c._forced_quiet_until = 0.0
+        c._publish_metrics()
+        (warned,) = _forced_warnings(caplog, logging.WARNING)
+        assert warned.startswith("4 held messages acknowledged by force") and "journal could not record" in warned
 
 
 # -- the broker's queue for an offline session: what a restart loses at QoS 1 is named -----------------------------
