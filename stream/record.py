@@ -14,7 +14,8 @@ a crash or a power cut loses at most the last second or so, and memory stays fla
 When the recording stops (``--duration``, Ctrl-C, SIGTERM) the recording file is written from the spool,
 sorted by device and time and labelled, to a temporary file renamed onto ``--out``, and the spool removed. The
 end reads the spool once per group of sessions of at most ``GROUP_SAMPLES`` samples, so it holds one group (or
-one longer session) at a time, not the whole recording. A spool left behind (the recorder killed) is locked by
+one longer session) at a time, not the whole recording: some 45 bytes a sample (a session is sorted by an index and
+its rows labelled, checked and written ``WRITE_ROWS`` at a time). A spool left behind (the recorder killed) is locked by
 nobody: ``harstream record --out FILE --recover`` writes FILE from it, labels included, and removes it; until
 then ``harstream record --out FILE`` refuses to start (saying so). A spool in use is locked (``flock``), so a
 second recorder on the same ``--out``, or ``--recover``, is refused while the first runs.
@@ -70,9 +71,10 @@ log = logging.getLogger(__name__)
 CLOCK_RESET = 30.0
 MAX_LABELS = 1_000_000  # per device session: a label a second for eleven days (LabelBook drops the earliest beyond)
 FLUSH_EVERY = 1.0  # s: what arrived is appended to the spool and synced this often (what a kill -9 can lose)
-# samples sorted and written at once at the end: sessions are taken in groups of at most this many (a longer
-# session alone), each group one read of the spool; some 60 bytes a sample while a group is written
+# samples held at once at the end: sessions are taken in groups of at most this many (a longer session alone),
+# each group one read of the spool; some 45 bytes a sample held while a group is written (37 read, 8 its order)
 GROUP_SAMPLES = 2_000_000
+WRITE_ROWS = 50_000  # rows of a session labelled, checked and written at once at the end (in time order)
 SEQS_KEPT = 1024  # per session: the latest messages' seq, to drop a copy (a QoS 1 redelivery comes soon after;
 # an older copy is still dropped at the end, as samples at a time already held)
 SPOOL_MAGIC = b"harstream record spool 1\n"
@@ -573,23 +575,29 @@ class Recorder:
                             filled[number] = at + n
                     for s in group:
                         data = held.pop(s.number)[:filled[s.number]]
-                        data = data[np.argsort(data["t"], kind="stable")]
-                        keep = np.concatenate([[True], np.diff(data["t"]) > 0]) if len(data) else np.ones(0, bool)
-                        duplicates += int(len(data) - keep.sum())
-                        data = data[keep]
-                        t = data["t"]
-                        label = self._labels_of(s, t)
-                        rec = Recording(device=np.full(len(t), s.name), t=t, acc=data["acc"], label=label,
-                                        gyro=data["gyro"] if with_gyro else None,
-                                        subject=np.full(len(t), s.device) if split else None)
-                        _check_writable(out, rec)
-                        names = np.unique(label).tolist()
-                        self._rows(handle, s, data, with_gyro, split, [_csv_field(x) for x in names],
-                                   np.searchsorted(names, label))
-                        written += len(t)
-                        labelled += int(np.count_nonzero(label != ""))
-                        classes.update(names)
-                        del data, rec, label, t
+                        order = np.argsort(data["t"], kind="stable")  # the rows, sorted a slice at a time
+                        newest = -math.inf
+                        for a in range(0, len(order), WRITE_ROWS):  # a long session is not copied whole
+                            part = data[order[a:a + WRITE_ROWS]]
+                            keep = np.diff(part["t"], prepend=newest) > 0
+                            newest = float(part["t"][-1])
+                            duplicates += int(len(part) - keep.sum())
+                            part = part[keep]
+                            if not len(part):
+                                continue
+                            t = part["t"]
+                            label = self._labels_of(s, t)
+                            rec = Recording(device=np.full(len(t), s.name), t=t, acc=part["acc"], label=label,
+                                            gyro=part["gyro"] if with_gyro else None,
+                                            subject=np.full(len(t), s.device) if split else None)
+                            _check_writable(f"{out}, {s.name}'s rows from the file's row {written + 1}", rec)
+                            names = np.unique(label).tolist()
+                            self._rows(handle, s, part, with_gyro, split, [_csv_field(x) for x in names],
+                                       np.searchsorted(names, label))
+                            written += len(t)
+                            labelled += int(np.count_nonzero(label != ""))
+                            classes.update(names)
+                        del data, order
             os.replace(tmp, out)
         except BaseException:
             tmp.unlink(missing_ok=True)
@@ -601,16 +609,14 @@ class Recorder:
     @staticmethod
     def _rows(handle, session: _Session, data: np.ndarray, with_gyro: bool, split: bool, labels: list[str],
               label_index: np.ndarray) -> None:
-        """A session's rows, as ``write_recording`` writes them (``%.4f``, the gyroscope ``%.5f``, a label as the
-        csv module quotes it; a device id needs no quoting), some 50,000 a write."""
+        """Rows of a session, as ``write_recording`` writes them (``%.4f``, the gyroscope ``%.5f``, a label as the
+        csv module quotes it; a device id needs no quoting), in one write."""
         line = (f"{session.name},%.4f,%.4f,%.4f,%.4f,%s" + (",%.5f,%.5f,%.5f" if with_gyro else "")
                 + (f",{session.device}" if split else "") + "\n")
-        for a in range(0, len(data), 50_000):
-            part = data[a:a + 50_000]
-            columns = [part["t"].tolist(), *part["acc"].T.tolist(), [labels[i] for i in label_index[a:a + 50_000]]]
-            if with_gyro:
-                columns += part["gyro"].T.tolist()
-            handle.write("".join(line % row for row in zip(*columns, strict=True)))
+        columns = [data["t"].tolist(), *data["acc"].T.tolist(), [labels[i] for i in label_index]]
+        if with_gyro:
+            columns += data["gyro"].T.tolist()
+        handle.write("".join(line % row for row in zip(*columns, strict=True)))
 
     def write(self) -> dict:
         """Write the recording to ``out`` from the spool (a temporary file beside it, renamed: never half a
