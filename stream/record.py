@@ -217,20 +217,48 @@ class _Spool:
             raise
         self.size += len(head) + len(body)
 
-    def chunks(self) -> Iterator[tuple[dict, np.ndarray]]:
-        """(meta, samples) of every whole chunk, in order; ``size`` and ``torn`` set at the end."""
-        offset, end = len(SPOOL_MAGIC), os.fstat(self.fd).st_size
+    def chunks(self, end: int | None = None) -> Iterator[tuple[dict, np.ndarray]]:
+        """(meta, samples) of every whole chunk, in order, up to ``end`` (its writer's own end, every chunk whole)
+        or the file's end (a spool left behind). After its last whole chunk, a chunk cut short (by a kill: its
+        header incomplete, or its length running to the file's end; or the zeros a power cut leaves) is left out
+        (``torn``); anything else is damage: ValueError naming the chunk and byte once the chunks before it were
+        read, so that what follows is not dropped unsaid with the spool. ``size`` and ``torn`` set at the end."""
+        whole = end is not None
+        offset, end = len(SPOOL_MAGIC), os.fstat(self.fd).st_size if end is None else end
+        number = samples = 0
+        why = ""
         while offset + CHUNK.size <= end:
             tag, meta_len, n, crc = CHUNK.unpack(os.pread(self.fd, CHUNK.size, offset))
             length = meta_len + n * SAMPLE.itemsize
             if tag != CHUNK_TAG or offset + CHUNK.size + length > end:
+                why = "no chunk begins there" if tag != CHUNK_TAG else "its length runs past the end"
                 break
             body = os.pread(self.fd, length, offset + CHUNK.size)
             if len(body) != length or zlib.crc32(body) != crc:
+                why = "its CRC does not match"
                 break
             offset += CHUNK.size + length
+            number, samples = number + 1, samples + n
             yield orjson.loads(body[:meta_len]), np.frombuffer(body, SAMPLE, count=n, offset=meta_len)
+        if offset < end and (whole or not self._cut_short(offset, end)):
+            raise ValueError(f"{self.path} is damaged at byte {offset}, chunk {number + 1} ({why or 'cut short'}): "
+                             f"the {end - offset} bytes from there cannot be read. To write the {samples} samples "
+                             f"of the {number} chunks before it, cut the spool there (truncate -s {offset} "
+                             f"{self.path}) and --recover again; the spool is left as it is")
         self.size, self.torn = offset, end - offset
+
+    def _cut_short(self, offset: int, end: int) -> bool:
+        """Whether the bytes from ``offset`` to ``end`` are a last chunk cut short (a kill, a power cut)."""
+        if end - offset < CHUNK.size:
+            return True
+        tag, meta_len, n, _ = CHUNK.unpack(os.pread(self.fd, CHUNK.size, offset))
+        if tag == CHUNK_TAG and offset + CHUNK.size + meta_len + n * SAMPLE.itemsize >= end:
+            return True  # the last append, cut short, or not all of it on disk (a power cut)
+        while offset < end:  # blocks never written (a power cut after the file grew): zeros
+            if os.pread(self.fd, min(end - offset, 1 << 20), offset).strip(b"\0"):
+                return False
+            offset += 1 << 20
+        return True
 
     def remove(self) -> None:
         os.close(self.fd)
@@ -478,7 +506,7 @@ class Recorder:
     def _chunks(self) -> Iterator[np.ndarray]:
         """Every sample taken, chunk after chunk: the spool's, then those it could not take."""
         if self._spool is not None:
-            for _, samples in self._spool.chunks():
+            for _, samples in self._spool.chunks(self._spool.size):  # its whole chunks
                 yield samples
         for _, samples in self._unwritten:
             yield samples

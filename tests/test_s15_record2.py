@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import os
 import tracemalloc
 from pathlib import Path
 
@@ -49,3 +50,54 @@ def test_one_long_session_is_written_a_slice_at_a_time(tmp_path, monkeypatch):
     assert len(rec) == 100_000 and (rec.t[1:] > rec.t[:-1]).all()
     rest = (rec.t >= 1000.0) & (rec.t <= 2000.0)
     assert set(rec.label[rest].tolist()) == {"rest"} and set(rec.label[~rest].tolist()) == {"walk"}
+
+
+def _left_behind(out: Path) -> list[int]:
+    """A spool of three chunks (two devices, labels), its recorder gone (its lock too); each chunk's end."""
+    recorder = _recorder(out)
+    ends = []
+    for k in range(3):
+        recorder.handle("p/w/label", orjson.dumps({"label": f"ex{k}", "t": 10.0 + k}))
+        recorder.handle("p/w/imu", imu(k, 10.0 + k, n=50))
+        recorder.handle("p/v/imu", imu(k, 10.0 + k, n=50))
+        recorder.flush()
+        ends.append(out.with_name(out.name + ".spool").stat().st_size)
+    os.close(recorder._spool.fd)
+    return ends
+
+
+def test_a_spool_damaged_before_its_end_is_refused_naming_the_chunk_and_byte(tmp_path, capsys):
+    """A chunk whose CRC fails with more chunks after it is no last append cut short: --recover wrote the chunks
+    before it and removed the spool, the rest dropped unsaid ('bytes of a last chunk cut short'). It is refused,
+    naming the file, chunk and byte, the spool kept; cut there, the chunks before it are written."""
+    from stream.cli import main
+    out = tmp_path / "d.csv"
+    spool = tmp_path / "d.csv.spool"
+    ends = _left_behind(out)
+    data = bytearray(spool.read_bytes())
+    data[ends[0] + 40] ^= 0xFF  # in the second chunk
+    spool.write_bytes(bytes(data))
+    assert main(["record", "--out", str(out), "--recover"]) == 2
+    err = capsys.readouterr().err
+    assert f"{spool} is damaged at byte {ends[0]}, chunk 2" in err and f"truncate -s {ends[0]} {spool}" in err, err
+    assert "100 samples of the 1 chunks before it" in err, err
+    assert spool.read_bytes() == bytes(data) and not out.exists()
+    os.truncate(spool, ends[0])
+    assert main(["record", "--out", str(out), "--recover"]) == 0
+    assert "wrote 100 samples of 2 devices" in capsys.readouterr().out
+    rec = read_recording(out)
+    assert rec.label[rec.device == "w"].tolist() == ["ex0"] * 50 and not spool.exists()
+
+
+def test_a_last_chunk_cut_short_or_zeroed_by_a_power_cut_is_left_out(tmp_path, capsys):
+    from stream.cli import main
+    for tail, name in ((lambda d, ends: d[:ends[2] - 30], "cut"),  # a kill in the middle of the last append
+                       (lambda d, ends: d[:ends[1]] + b"\0" * (ends[2] - ends[1]), "zeros")):  # a power cut
+        out = tmp_path / f"{name}.csv"
+        spool = tmp_path / f"{name}.csv.spool"
+        ends = _left_behind(out)
+        spool.write_bytes(tail(spool.read_bytes(), ends))
+        assert main(["record", "--out", str(out), "--recover"]) == 0, name
+        printed = capsys.readouterr().out
+        assert "wrote 200 samples of 2 devices" in printed and "cut short left out" in printed, printed
+        assert not spool.exists()
