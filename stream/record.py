@@ -102,6 +102,32 @@ def _tmp_path(out: Path) -> Path:
     return out.with_name(f".{out.name}.{os.getpid()}.tmp")
 
 
+def _remove_stale_tmp(out: Path) -> None:
+    """Remove the temporary files beside ``out`` that a recorder (or ``--recover``) killed while writing the
+    recording left (its pid gone): hidden, each the size of the recording. Called with the spool locked."""
+    prefix = f".{out.name}."
+    try:
+        names = os.listdir(out.parent)
+    except OSError:
+        return
+    for name in names:
+        pid = name[len(prefix):-len(".tmp")] if name.startswith(prefix) and name.endswith(".tmp") else ""
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+            continue  # its writer runs (or another process has its pid now)
+        except ProcessLookupError:
+            pass
+        except OSError:
+            continue
+        try:
+            os.unlink(out.parent / name)
+            log.info("removed %s, which a recorder killed while writing %s left", out.parent / name, out)
+        except OSError:
+            pass
+
+
 def spool_path(out: Path) -> Path:
     """Where the samples of a recording to ``out`` go as they arrive (shorter than ``_tmp_path``'s name)."""
     return Path(out).with_name(f"{Path(out).name}.spool")
@@ -453,6 +479,7 @@ class Recorder:
             raise ValueError(_spool_refusal(Path(self.config.out)) or f"{path} exists") from None
         except OSError as exc:
             raise ValueError(f"cannot make the spool {path}: {exc.strerror or exc}") from None
+        _remove_stale_tmp(Path(self.config.out))
 
     def held(self) -> int:
         """Samples not on disk: taken since the last flush, and those the spool could not take."""
@@ -780,6 +807,7 @@ def recover(config: RecordConfig) -> dict:
     recorder = Recorder(config)
     spool = _Spool.open(path)
     try:
+        _remove_stale_tmp(out)
         recorder._restore(spool)
     except BaseException:
         os.close(spool.fd)

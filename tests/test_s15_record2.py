@@ -101,3 +101,31 @@ def test_a_last_chunk_cut_short_or_zeroed_by_a_power_cut_is_left_out(tmp_path, c
         printed = capsys.readouterr().out
         assert "wrote 200 samples of 2 devices" in printed and "cut short left out" in printed, printed
         assert not spool.exists()
+
+
+def test_the_temporary_file_a_kill_left_while_writing_is_removed(tmp_path, capsys):
+    """A kill -9 while the recording was written from the spool (or by --recover) left its temporary file
+    beside --out (hidden, '.FILE.<pid>.tmp', the recording's size: 36 MB for 2M samples), for good. --recover,
+    and a recording to the same --out, remove those whose process is gone."""
+    import subprocess
+
+    from stream.cli import main
+    out = tmp_path / "k.csv"
+    _left_behind(out)
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    stale = tmp_path / f".k.csv.{gone.pid}.tmp"
+    alive = tmp_path / ".k.csv.1.tmp"  # pid 1 runs: a writer that may be at work
+    for path in (stale, alive):
+        path.write_text("device,t,ax,ay,az,label\n" + "w,1.0,0,0,0,\n" * 1000)
+    assert main(["record", "--out", str(out), "--recover"]) == 0
+    capsys.readouterr()
+    assert not stale.exists() and alive.exists()
+    out2 = tmp_path / "n.csv"  # the spool moved away to start over: the next recording removes it
+    stale2 = tmp_path / f".n.csv.{gone.pid}.tmp"
+    stale2.write_text("x")
+    recorder = _recorder(out2)
+    recorder.open_spool()
+    assert not stale2.exists()
+    recorder.write()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".k.csv.1.tmp", "k.csv"]
