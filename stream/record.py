@@ -321,7 +321,8 @@ class _Session:
         self.earliest = math.inf
         self.seqs: dict[int, float] = {}  # seq -> its first sample's time: a message seen again is a copy
         self.seq_order: deque[int] = deque()  # the latest SEQS_KEPT seqs, oldest first
-        self.seq0 = False  # a message of seq 0 was taken
+        self.seq0: float | None = None  # the first sample's time of the (latest) message of seq 0, kept beyond
+        # SEQS_KEPT: its copy, however late, is a copy, not the device restarting
         self.points: list[float] = []  # where a label received may change what holds (starts, just after ends)
 
     def saw(self, seq: int, first: float) -> None:
@@ -330,7 +331,8 @@ class _Session:
             if len(self.seq_order) > SEQS_KEPT:
                 self.seqs.pop(self.seq_order.popleft(), None)
         self.seqs[seq] = first
-        self.seq0 = self.seq0 or seq == 0
+        if seq == 0:
+            self.seq0 = first
 
 
 class Recorder:
@@ -439,13 +441,15 @@ class Recorder:
     def _take(self, batch: SampleBatch) -> None:
         session = self._current.get(batch.device)
         first, last = float(batch.t[0]), float(batch.t[-1])
-        if session is not None and batch.seq is not None and session.seqs.get(batch.seq) == first:
+        if session is not None and batch.seq is not None and (session.seqs.get(batch.seq) == first or (
+                batch.seq == 0 and session.seq0 == first)):
             self.duplicates += 1  # the same message again: a QoS 1 redelivery, a publisher's own copy
             return
         # seq 0 again, its clock back (not the session's own first message arriving late: no seq 0 yet, all of
         # it before the session's earliest sample), or any batch far behind: the device restarted
         if session is not None and session.samples and (
-                (batch.seq == 0 and first <= session.newest and (session.seq0 or last >= session.earliest))
+                (batch.seq == 0 and first <= session.newest
+                 and (session.seq0 is not None or last >= session.earliest))
                 or last < session.newest - CLOCK_RESET):
             log.info("%s: its clock went back (%s): a new session, recorded as a device of its own",
                      batch.device, "seq 0 again" if batch.seq == 0 else f"{session.newest - last:.0f} s")

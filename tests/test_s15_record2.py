@@ -129,3 +129,29 @@ def test_the_temporary_file_a_kill_left_while_writing_is_removed(tmp_path, capsy
     assert not stale2.exists()
     recorder.write()
     assert sorted(p.name for p in tmp_path.iterdir()) == [".k.csv.1.tmp", "k.csv"]
+
+
+def test_a_late_copy_of_the_first_message_is_a_copy_not_a_restart(tmp_path):
+    """Seqs are kept for the latest SEQS_KEPT (1024) messages: a copy of seq 0 arriving later than that (2 s of a
+    sensor sending one sample a message at 500 Hz) was taken for the device restarting, seq 0 again: a session
+    ``ph.s2`` of the copy and everything after it, which lost the label received before (1500 of 2001 samples
+    labelled, the copy written twice). Before the spool (seqs unbounded) and now: a copy, dropped."""
+    recorder = _recorder(tmp_path / "ph.csv")
+    recorder.handle("p/ph/label", orjson.dumps({"label": "squat", "t": 0.0}))
+
+    def message(k: int) -> bytes:
+        return orjson.dumps({"seq": k, "t": [100 + k / 500], "acc": [[0, 0, 9.8]]})
+
+    for k in range(1500):
+        recorder.handle("p/ph/imu", message(k))
+    recorder.handle("p/ph/imu", message(0))  # a copy of the first, 3 s later
+    for k in range(1500, 2000):
+        recorder.handle("p/ph/imu", message(k))
+    summary = recorder.write()
+    assert (summary["samples"], summary["sessions"], summary["duplicate_messages"]) == (2000, 1, 1), summary
+    assert summary["labelled_samples"] == 2000
+    recorder = _recorder(tmp_path / "re.csv")  # seq 0 again on a clock gone back: still a restart
+    for k in range(1500):
+        recorder.handle("p/ph/imu", message(k))
+    recorder.handle("p/ph/imu", orjson.dumps({"seq": 0, "t": [100.5], "acc": [[0, 0, 9.8]]}))
+    assert recorder.write()["sessions"] == 2
