@@ -807,6 +807,10 @@ def recover(config: RecordConfig) -> dict:
     path = spool_path(out)
     if not os.path.lexists(path):
         raise ValueError(f"--recover: there is no {path} (what a harstream record --out {out} killed leaves)")
+    if not config.overwrite and (out.is_file() or out.is_symlink()):  # check_out's advice, another name, would
+        # find no spool
+        raise ValueError(f"--recover: {out} exists; --overwrite replaces it with the recording in {path}, or move "
+                         f"{out} away first")
     check_out(out, config.overwrite, spool=False)
     recorder = Recorder(config)
     spool = _Spool.open(path)

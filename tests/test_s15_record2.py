@@ -155,3 +155,17 @@ def test_a_late_copy_of_the_first_message_is_a_copy_not_a_restart(tmp_path):
         recorder.handle("p/ph/imu", message(k))
     recorder.handle("p/ph/imu", orjson.dumps({"seq": 0, "t": [100.5], "acc": [[0, 0, 9.8]]}))
     assert recorder.write()["sessions"] == 2
+
+
+def test_recover_onto_a_file_that_exists_says_what_to_do(tmp_path, capsys):
+    """A recorder started with --overwrite on an older file, then killed: --recover was refused with
+    check_out's advice, 'give another name, or --overwrite', and another name has no spool."""
+    from stream.cli import main
+    out = tmp_path / "o.csv"
+    _left_behind(out)
+    out.write_text("device,t,ax,ay,az,label\nw,1.0000,0.0000,0.0000,9.8000,\n")  # the older recording
+    assert main(["record", "--out", str(out), "--recover"]) == 2
+    err = capsys.readouterr().err
+    assert f"{out} exists; --overwrite replaces it" in err and "another name" not in err, err
+    assert main(["record", "--out", str(out), "--recover", "--overwrite"]) == 0
+    assert "wrote 300 samples" in capsys.readouterr().out
