@@ -696,6 +696,8 @@ class Recorder:
         some = any(s.no_gyro < s.samples for s in sessions)  # mixed: said, not silently lost
         self.gyro_dropped = dict(lacking) if some and lacking else {}
         split = any(s.name != s.device for s in sessions)
+        log.info("writing %d samples to %s from its spool (some 5-10 s a million)", sum(s.samples for s in sessions),
+                 out)
         try:
             stats = self._write_file(out, sessions, not lacking, split)
         except OSError as exc:
