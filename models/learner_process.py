@@ -276,10 +276,10 @@ def _discard(inbox, outbox, timeout: float = 5.0) -> None:
         pass
 
 
-def _child(model: bytes, config: LearnerConfig, adapters: dict, inbox, outbox, parent: int,
-           versions: list[dict] | None = None) -> None:
-    """The learner process: one thread, below serving in priority, gone with its parent. ``versions``: those a
-    restarted learner lists without a versions folder (with one, the folder lists them)."""
+def _child(config: LearnerConfig, inbox, outbox, parent: int) -> None:
+    """The learner process: one thread, below serving in priority, gone with its parent. Its first message
+    (``_spawn``) brings the model, the adapters and ``versions``: those a restarted learner lists without a
+    versions folder (with one, the folder lists them)."""
     # Ctrl-C, and a SIGTERM to the whole group (systemd's default KillMode, the demo's killpg), reach it too: the
     # parent stops it (its stop message, SIGKILL beyond its timeout; the kernel's at the parent's end). Before, a
     # group SIGTERM killed it before the parent stopped it: an ERROR 'ended unexpectedly' and a restart at the end
@@ -292,6 +292,7 @@ def _child(model: bytes, config: LearnerConfig, adapters: dict, inbox, outbox, p
         _below_serving()
     torch.set_num_threads(1)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _, model, adapters, versions = inbox.get()  # ("start", ...): the first message, put before the start
     serving, _ = load_checkpoint(model)
 
     def promoted(new: HARNet, version: str) -> None:
@@ -403,9 +404,14 @@ class LearnerProcess:
         return {d: _numpy(e) for d, e in (self.adapters.state_dict().items() if self.adapters is not None else ())}
 
     def _spawn(self, model: bytes, config: LearnerConfig, adapters: dict, versions, inbox, outbox):
-        process = self._context.Process(
-            target=_child, args=(model, config, adapters, inbox, outbox, os.getpid(), versions),
-            name="harstream-learner", daemon=True)
+        """A learner process started. What it starts from goes through its inbox, first, not as arguments:
+        Process.start() writes those into the child's pipe and returns once the child has read them all, so
+        the model's 280 kB (more than the pipe holds) held the caller until the child had imported torch (5 s
+        on a loaded machine: the consumer's serving thread at every start); the inbox's feeder thread waits for
+        that instead."""
+        inbox.put(("start", model, adapters, versions))
+        process = self._context.Process(target=_child, args=(config, inbox, outbox, os.getpid()),
+                                        name="harstream-learner", daemon=True)
         process.start()
         return process
 
