@@ -251,7 +251,7 @@ def test_overview_counts_only_devices_heard_from_as_online(app_feed):
     assert not at.exception
     online = next(m for m in at.metric if m.label.startswith("Online"))
     assert online.value == "1"
-    assert at.dataframe[0].value["status"].tolist() == ["◌ online, silent", "● online"]
+    assert at.dataframe[0].value["status"].tolist() == ["● online", "◌ online, silent"]  # heard from first
 
 
 # -- 9. `harstream broker` on an address in use: one line, not three tracebacks ----------------------------

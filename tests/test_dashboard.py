@@ -179,7 +179,7 @@ def test_docstring_examples():
 
 def test_a_full_store_makes_room_for_new_devices_by_forgetting_silent_ones():
     store = LiveStore("har", max_devices=2, evict_after=60.0)
-    store.handle("har/gone/status", b"offline", now=0.0, retained=True)  # never heard from: no last_seen
+    store.handle("har/gone/status", b"online", now=0.0, retained=True)  # never heard from: no last_seen
     store.handle("har/busy/status", b"online", now=0.0)
     store.handle("har/old/status", b"online", now=0.0)  # replaces "gone" at once
     assert store.device_ids() == ["busy", "old"] and store.devices()[0].last_seen == 0.0

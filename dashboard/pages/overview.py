@@ -1,4 +1,5 @@
-"""Overview: every device with its current exercise, and the health of every consumer."""
+"""Overview: the devices heard from most recently with their current exercise, and the health of every
+consumer."""
 
 import time
 from urllib.parse import quote
@@ -12,7 +13,6 @@ from dashboard.common import (
     ago,
     feed_status,
     get_feed,
-    heard_from,
     number,
     status_text,
 )
@@ -20,6 +20,7 @@ from dashboard.live import ConsumerView
 
 STALE_AFTER = 30.0  # s without a metrics message before a consumer's numbers are marked stale
 ACTIVE_WITHIN = 10.0  # s: a device seen this recently is "streaming"
+MAX_ROWS = 200  # devices in the table: the most recently heard from (the filter finds the others)
 
 st.title("Overview")
 query = st.text_input("Filter devices", placeholder="part of a device id, e.g. sim-00", key="device_filter")
@@ -135,22 +136,20 @@ def live() -> None:
                             + (f" · model `{model}`" if model else ""))
 
     st.subheader("Devices")
-    rows = store.devices(now)
-    if not rows:
+    needle = (st.session_state.get("device_filter") or "").strip().lower()
+    seen = store.overview(now, limit=MAX_ROWS, contains=needle, heard_within=SILENT_AFTER,
+                          active_within=ACTIVE_WITHIN)
+    if not seen.total:
         st.info(f"Waiting for devices: nothing received on `{feed.prefix}/+/imu`, `prediction` or `status` "
                 "yet.", icon=":material/hourglass_empty:")
         return
-    streaming = sum(r.last_seen is not None and now - r.last_seen < ACTIVE_WITHIN for r in rows)
-    online = sum(r.status == "online" and heard_from(r.last_seen, now) for r in rows)
-    drifting = sum(r.drift_recent > 0 for r in rows)
+    rows = seen.rows
     cols = st.columns(4)
-    cols[0].metric("Devices", f"{len(rows):,}")
-    cols[1].metric("Online (status, heard from)", f"{online:,}")
-    cols[2].metric(f"Seen in the last {ACTIVE_WITHIN:.0f} s", f"{streaming:,}")
-    cols[3].metric(f"With drift in the last {store.drift_recent_seconds / 60:.0f} min", f"{drifting:,}")
-    needle = (st.session_state.get("device_filter") or "").strip().lower()
-    if needle:
-        rows = [r for r in rows if needle in r.device.lower()]
+    cols[0].metric("Devices", f"{seen.total:,}",
+                   help=f"heard from in the last {store.forget_after / 60:.0f} min (silent longer: forgotten)")
+    cols[1].metric("Online (status, heard from)", f"{seen.online:,}")
+    cols[2].metric(f"Seen in the last {ACTIVE_WITHIN:.0f} s", f"{seen.streaming:,}")
+    cols[3].metric(f"With drift in the last {store.drift_recent_seconds / 60:.0f} min", f"{seen.drifting:,}")
     frame = pd.DataFrame({
         "device": [f"device?device={quote(r.device)}" for r in rows],
         "status": [status_text(r.status, r.last_seen, now, SILENT_AFTER) for r in rows],
@@ -180,6 +179,10 @@ def live() -> None:
     )
     if needle and not rows:
         st.caption(f"No device id contains “{needle}”.")
+    elif seen.matching > len(rows):
+        st.caption(f"The {len(rows):,} devices heard from most recently are shown, of {seen.matching:,}"
+                   + (f" whose id contains “{needle}”" if needle else "")
+                   + f": {seen.matching - len(rows):,} more; the filter above finds them.")
 
 
 live()
