@@ -40,8 +40,9 @@ the counters after (two messages) from one not learnt (learnt twice); and one th
 each started again, quick ends that give up. It is started after ``RESTART_DELAY`` s, doubled after
 each quick end in a row (a life shorter than ``QUICK_LIFE`` s) up to ``RESTART_DELAY_MAX``; after
 ``MAX_QUICK_ENDS`` quick ends in a row it is not started again (``gave_up``, an ERROR). Starting a process
-holds its caller about a second (measured 1.06-1.14 s of wall time, 1 ms of CPU, for the default model: the
-parent waits for the child to read what it is sent), so it is started from a thread of its own, and
+held its caller about a second (measured 1.06-1.14 s of wall time, 1 ms of CPU, for the default model: the
+parent waited for the child to read what it was sent; 5 s on a loaded machine; ``_spawn`` now sends the model
+through the inbox, 0.01-0.03 s), and it is started again from a thread of its own all the same, and
 ``poll`` takes it up on the serving thread once it runs. Sequences submitted meanwhile wait (``queue_size`` at
 most); a command is refused. ``stop`` never starts one again.
 """
@@ -387,7 +388,7 @@ class LearnerProcess:
                          "save_failures": 0}
 
     def start(self) -> LearnerProcess:
-        """Start the learner process (it holds the caller about a second: a restart is started from a thread).
+        """Start the learner process (it returns at once: what it starts from goes through its inbox, ``_spawn``).
         Once: a stopped one is not started again (its pipes are closed; a restarter its stop left starting a
         process stops that one only while it stays halted)."""
         if self._halt.is_set():
