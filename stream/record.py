@@ -35,10 +35,8 @@ they arrive.
 
 from __future__ import annotations
 
-import csv
 import errno
 import fcntl
-import io
 import logging
 import math
 import os
@@ -60,7 +58,7 @@ from stream.adapters import AdapterRouter
 from stream.decode import Rejected, SampleBatch, parse_topic, valid_device
 from stream.labels import LabelBook, decode_label
 from stream.mqtt import BrokerURL, connect
-from stream.recording import REQUIRED, Recording, _check_writable
+from stream.recording import Recording, _check_writable, header, write_rows
 
 __all__ = ["CLOCK_RESET", "RecordConfig", "Recorder", "check_out", "recover", "spool_path"]
 
@@ -289,15 +287,6 @@ class _Spool:
     def remove(self) -> None:
         os.close(self.fd)
         self.path.unlink(missing_ok=True)  # its folder gone (unplugged): nothing left to remove
-
-
-def _csv_field(value: str) -> str:
-    """``value`` as ``csv.writer`` writes it among other fields (quoted where it holds a comma or a quote)."""
-    if not value:
-        return ""
-    out = io.StringIO()
-    csv.writer(out, lineterminator="\n").writerow([value])
-    return out.getvalue()[:-1]
 
 
 def _write_all(fd: int, data: bytes, offset: int) -> None:
@@ -606,13 +595,11 @@ class Recorder:
         """The recording file, from the spool: each group of sessions read from it, each session sorted by
         time, a sample at a time it already has dropped (the first received kept), labelled, its rows checked
         as ``write_recording`` checks them and written. To a temporary file beside ``out``, renamed onto it."""
-        header = list(REQUIRED) + (["gx", "gy", "gz"] if with_gyro else []) + (["subject"] if split else [])
         written, labelled, duplicates, classes = 0, 0, 0, set()
         tmp = _tmp_path(out)
         try:
             with tmp.open("w", newline="") as handle:
-                writer = csv.writer(handle, lineterminator="\n")  # as write_recording writes them
-                writer.writerow(header)
+                handle.write(",".join(header(with_gyro, split)) + "\n")  # as write_recording writes it
                 for group in self._groups(sessions):
                     numbers = np.array([s.number for s in group], dtype=np.uint32)
                     # each session's samples in the order received, in one array made to its size (pieces
@@ -650,12 +637,10 @@ class Recorder:
                                             gyro=part["gyro"] if with_gyro else None,
                                             subject=np.full(len(t), s.device) if split else None)
                             _check_writable(f"{out}, {s.name}'s rows from the file's row {written + 1}", rec)
-                            names = np.unique(label).tolist()
-                            self._rows(handle, s, part, with_gyro, split, [_csv_field(x) for x in names],
-                                       np.searchsorted(names, label))
+                            write_rows(handle, rec)
                             written += len(t)
                             labelled += int(np.count_nonzero(label != ""))
-                            classes.update(names)
+                            classes.update(np.unique(label).tolist())
                         del data, order
             os.replace(tmp, out)
         except BaseException:
@@ -664,18 +649,6 @@ class Recorder:
         self.duplicate_samples = duplicates
         return {"samples": written, "labelled_samples": labelled, "classes": sorted(c for c in classes if c),
                 "gyro": with_gyro}
-
-    @staticmethod
-    def _rows(handle, session: _Session, data: np.ndarray, with_gyro: bool, split: bool, labels: list[str],
-              label_index: np.ndarray) -> None:
-        """Rows of a session, as ``write_recording`` writes them (``%.4f``, the gyroscope ``%.5f``, a label as the
-        csv module quotes it; a device id needs no quoting), in one write."""
-        line = (f"{session.name},%.4f,%.4f,%.4f,%.4f,%s" + (",%.5f,%.5f,%.5f" if with_gyro else "")
-                + (f",{session.device}" if split else "") + "\n")
-        columns = [data["t"].tolist(), *data["acc"].T.tolist(), [labels[i] for i in label_index]]
-        if with_gyro:
-            columns += data["gyro"].T.tolist()
-        handle.write("".join(line % row for row in zip(*columns, strict=True)))
 
     def write(self) -> dict:
         """Write the recording to ``out`` from the spool (a temporary file beside it, renamed: never half a

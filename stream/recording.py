@@ -8,6 +8,7 @@ unknown. Importers write it; ``train``, ``evaluate`` and ``replay`` read it.
 from __future__ import annotations
 
 import csv
+import io
 import logging
 import math
 import re
@@ -306,24 +307,44 @@ def _check_writable(path: str | Path, rec: Recording) -> None:
                                      "several lines is refused when read)")
 
 
+def header(gyro: bool, subject: bool) -> list[str]:
+    """The columns of a recording file, with or without ``gx,gy,gz`` and ``subject``."""
+    return list(REQUIRED) + (["gx", "gy", "gz"] if gyro else []) + (["subject"] if subject else [])
+
+
+def _quoted(values: np.ndarray) -> list[str]:
+    """Each text value as ``csv.writer`` writes it among other fields (quoted where it holds a comma, a quote)."""
+    names, index = np.unique(values, return_inverse=True)
+    quoted = []
+    for name in names.tolist():
+        text = io.StringIO()
+        csv.writer(text, lineterminator="\n").writerow([name])
+        quoted.append(text.getvalue()[:-1] if name else "")  # alone, an empty field is written '""'
+    return [quoted[i] for i in index.ravel().tolist()]
+
+
+def write_rows(handle, rec: Recording, rows: int = 50_000) -> None:
+    """``rec``'s rows (no header, unchecked) as ``csv.writer`` writes them with ``lineterminator="\\n"`` (the
+    reader takes "\\r\\n" too, but grep ',squat$' does not): times and acceleration ``%.4f``, the gyroscope
+    ``%.5f``, text quoted where it needs it; ``rows`` a write."""
+    line = ("%s,%.4f,%.4f,%.4f,%.4f,%s" + (",%.5f,%.5f,%.5f" if rec.gyro is not None else "")
+            + (",%s" if rec.subject is not None else "") + "\n")
+    for a in range(0, len(rec.t), rows):
+        part = slice(a, a + rows)
+        columns = [_quoted(rec.device[part]), rec.t[part].tolist(), *rec.acc[part].T.tolist(),
+                   _quoted(rec.label[part])]
+        if rec.gyro is not None:
+            columns += rec.gyro[part].T.tolist()
+        if rec.subject is not None:
+            columns.append(_quoted(rec.subject[part]))
+        handle.write("".join(line % row for row in zip(*columns, strict=True)))
+
+
 def write_recording(path: str | Path, rec: Recording) -> None:
     """Write ``rec`` as a recording file (``gx,gy,gz`` and ``subject`` when present); a row that
     ``read_recording`` would refuse raises ``RecordingError`` (naming it, 1 = the first) before the file is
     written."""
     _check_writable(path, rec)
-    header = list(REQUIRED)
-    if rec.gyro is not None:
-        header += ["gx", "gy", "gz"]
-    if rec.subject is not None:
-        header.append("subject")
     with Path(path).open("w", newline="") as handle:
-        # "\n": csv's default "\r\n" hid every row from grep ',squat$' (the reader takes either)
-        writer = csv.writer(handle, lineterminator="\n")
-        writer.writerow(header)
-        for i in range(len(rec.t)):
-            row = [rec.device[i], f"{rec.t[i]:.4f}", *(f"{v:.4f}" for v in rec.acc[i]), rec.label[i]]
-            if rec.gyro is not None:
-                row += [f"{v:.5f}" for v in rec.gyro[i]]
-            if rec.subject is not None:
-                row.append(rec.subject[i])
-            writer.writerow(row)
+        handle.write(",".join(header(rec.gyro is not None, rec.subject is not None)) + "\n")
+        write_rows(handle, rec)

@@ -180,3 +180,27 @@ def test_the_end_says_it_is_writing(tmp_path, caplog):
     with caplog.at_level(logging.INFO, logger="stream.record"):
         assert recorder.write()["written"]
     assert any(f"writing 50 samples to {tmp_path / 'w.csv'}" in r.getMessage() for r in caplog.records)
+
+
+def test_write_recording_writes_rows_as_csv_writer_does(tmp_path):
+    """write_recording and harstream record share one row writer (stream.recording.write_rows; record had its
+    own copy): its rows are csv.writer's, text quoted where it needs it, numbers as f"{x:.4f}" and ".5f"."""
+    import csv
+
+    import numpy as np
+
+    from stream.recording import Recording, write_recording
+    words = ["", "squat", "a,b", 'q"x', " lead", "trail ", "é", "%s", "tab\there", "日本"]
+    n = 3 * len(words)
+    rec = Recording(device=np.repeat(["a", "b-1", "c.s2"], len(words)), t=np.tile(np.arange(len(words)) * 0.0137, 3),
+                    acc=np.linspace(-99.99996, 99.99996, n * 3).reshape(n, 3).astype(np.float32),
+                    label=np.array(words * 3, dtype=object), gyro=np.linspace(-5, 5, n * 3).reshape(n, 3),
+                    subject=np.array(words[1:] + words[1:] + words[1:] + ["x", "y", "z"]))
+    write_recording(tmp_path / "w.csv", rec)
+    with (tmp_path / "ref.csv").open("w", newline="") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(["device", "t", "ax", "ay", "az", "label", "gx", "gy", "gz", "subject"])
+        for i in range(n):
+            writer.writerow([rec.device[i], f"{rec.t[i]:.4f}", *(f"{v:.4f}" for v in rec.acc[i]), rec.label[i],
+                             *(f"{v:.5f}" for v in rec.gyro[i]), rec.subject[i]])
+    assert (tmp_path / "w.csv").read_bytes() == (tmp_path / "ref.csv").read_bytes()
