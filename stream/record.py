@@ -220,7 +220,7 @@ class _Spool:
             except OSError:
                 raise ValueError(f"{path} is in use by a harstream record running now: it writes the recording "
                                  "when it stops") from None
-            if os.pread(fd, len(SPOOL_MAGIC), 0) != SPOOL_MAGIC:
+            if not SPOOL_MAGIC.startswith(os.pread(fd, len(SPOOL_MAGIC), 0)):  # shorter: killed as it was made
                 raise ValueError(f"{path} is not a harstream record spool")
         except BaseException:
             os.close(fd)
@@ -269,7 +269,7 @@ class _Spool:
                              f"the {end - offset} bytes from there cannot be read. To write the {samples} samples "
                              f"of the {number} chunks before it, cut the spool there (truncate -s {offset} "
                              f"{self.path}) and --recover again; the spool is left as it is")
-        self.size, self.torn = offset, end - offset
+        self.size, self.torn = offset, max(end - offset, 0)
 
     def _cut_short(self, offset: int, end: int) -> bool:
         """Whether the bytes from ``offset`` to ``end`` are a last chunk cut short (a kill, a power cut)."""

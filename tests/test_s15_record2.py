@@ -204,3 +204,21 @@ def test_write_recording_writes_rows_as_csv_writer_does(tmp_path):
             writer.writerow([rec.device[i], f"{rec.t[i]:.4f}", *(f"{v:.4f}" for v in rec.acc[i]), rec.label[i],
                              *(f"{v:.5f}" for v in rec.gyro[i]), rec.subject[i]])
     assert (tmp_path / "w.csv").read_bytes() == (tmp_path / "ref.csv").read_bytes()
+
+
+def test_a_spool_killed_as_it_was_made_is_recovered_as_empty(tmp_path, capsys):
+    """Killed (or the power cut) between making the spool and its first second: an empty spool, or part of its
+    first line. It was 'not a harstream record spool', kept, and the next recording to FILE refused for it."""
+    from stream.cli import main
+    from stream.record import SPOOL_MAGIC
+    for k, head in enumerate((b"", SPOOL_MAGIC[:9])):
+        out = tmp_path / f"e{k}.csv"
+        spool = tmp_path / f"e{k}.csv.spool"
+        spool.write_bytes(head)
+        assert main(["record", "--out", str(out), "--recover"]) == 1
+        assert "no samples received" in capsys.readouterr().out
+        assert not spool.exists() and not out.exists()
+    junk = tmp_path / "j.csv.spool"
+    junk.write_bytes(b"harstream record spool 9\n")
+    assert main(["record", "--out", str(tmp_path / "j.csv"), "--recover"]) == 2
+    assert "not a harstream record spool" in capsys.readouterr().err and junk.exists()
