@@ -131,8 +131,11 @@ def spool_path(out: Path) -> Path:
     return Path(out).with_name(f"{Path(out).name}.spool")
 
 
+NO_LOCKS = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS)  # flock's errors where there are none
+
+
 def _locked(path: Path) -> bool:
-    """Whether a running recorder holds the spool ``path`` (its ``flock``)."""
+    """Whether a running recorder holds the spool ``path`` (its ``flock``; False where there are no locks)."""
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:
@@ -140,8 +143,8 @@ def _locked(path: Path) -> bool:
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         return False
-    except OSError:
-        return True
+    except OSError as exc:
+        return exc.errno not in NO_LOCKS
     finally:
         os.close(fd)
 
@@ -187,6 +190,20 @@ def check_out(path: Path, overwrite: bool = False, spool: bool = True) -> None:
         raise ValueError(refusal)
 
 
+def _sync_folder(folder: Path) -> None:
+    """fsync a folder (the names in it), where the file system allows it."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 class _Spool:
     """The spool file, open and locked: chunks appended at ``size`` (a failed append is cut off, so the next
     goes where it began), read back through the open descriptor (its folder may be gone)."""
@@ -199,12 +216,20 @@ class _Spool:
     def create(cls, path: Path) -> _Spool:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:  # a file system without locks (some network and FUSE mounts): recorded all the same
+                if exc.errno not in NO_LOCKS:
+                    raise
+                log.warning("%s cannot be locked on this file system (%s): a second harstream record to the same "
+                            "--out, or a --recover while this one runs, is not refused", path, exc.strerror or exc)
             _write_all(fd, SPOOL_MAGIC, 0)
+            os.fsync(fd)
         except BaseException:
             os.close(fd)
             path.unlink(missing_ok=True)
             raise
+        _sync_folder(path.parent)  # the spool's name too, so that a power cut does not lose the whole spool
         return cls(path, fd, len(SPOOL_MAGIC))
 
     @classmethod
@@ -217,9 +242,10 @@ class _Spool:
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                raise ValueError(f"{path} is in use by a harstream record running now: it writes the recording "
-                                 "when it stops") from None
+            except OSError as exc:
+                if exc.errno not in NO_LOCKS:
+                    raise ValueError(f"{path} is in use by a harstream record running now: it writes the "
+                                     "recording when it stops") from None
             if not SPOOL_MAGIC.startswith(os.pread(fd, len(SPOOL_MAGIC), 0)):  # shorter: killed as it was made
                 raise ValueError(f"{path} is not a harstream record spool")
         except BaseException:
