@@ -142,20 +142,26 @@ def test_sequences_a_killed_learner_process_had_taken_but_not_learnt_are_counted
         learner.stop(timeout=10)
 
 
+def _held_spawn(learner: LearnerProcess):
+    """A ``_spawn`` for ``learner`` that starts the process only once ``go`` is set, as Process.start on a loaded
+    machine; ``spawning`` is set as it begins. Returns (slow_spawn, spawning, go)."""
+    spawning, go = threading.Event(), threading.Event()
+    spawn = learner._spawn
+
+    def slow_spawn(*args):
+        spawning.set()
+        go.wait(60)
+        return spawn(*args)
+    return slow_spawn, spawning, go
+
+
 def test_stop_keeps_to_its_timeout_while_a_restart_starts_a_process():
     """stop(timeout) waited up to 30 s for a restarter thread inside Process.start (a second at best, longer on a
     loaded machine), whatever its timeout. It now waits until its timeout, and the restarter stops the process it
     started once it has started it: none is left."""
     learner = LearnerProcess(_model(), LearnerConfig(below_serving=False))
     learner.RESTART_DELAY = 0.0
-    spawning, go = threading.Event(), threading.Event()
-    spawn = learner._spawn
-
-    def slow_spawn(*args):  # Process.start on a loaded machine: it returns when the test lets it
-        spawning.set()
-        go.wait(60)
-        return spawn(*args)
-
+    slow_spawn, spawning, go = _held_spawn(learner)
     learner.start()
     stopper = threading.Thread(target=learner.stop, kwargs={"timeout": 0.5}, daemon=True)
     try:

@@ -125,9 +125,8 @@ def test_record_writes_samples_phone_events_and_labels_sorted_and_evaluate_reads
 
 
 @pytest.mark.broker
-def test_record_sigterm_writes_what_it_received(broker_url, tmp_path):
-    prefix = f"s14sig{uuid.uuid4().hex[:6]}"
-    out = tmp_path / "sig.csv"
+def _record_process(broker_url, prefix: str, out) -> tuple[subprocess.Popen, list[str], threading.Thread]:
+    """``harstream record`` in a process of its own; the lines of its stderr gathered by a thread."""
     proc = subprocess.Popen([sys.executable, "-m", "stream.cli", "record", "--broker", str(broker_url),
                              "--prefix", prefix, "--out", str(out), "--quiet"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
@@ -135,6 +134,13 @@ def test_record_sigterm_writes_what_it_received(broker_url, tmp_path):
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(proc.stderr), daemon=True)
     reader.start()
+    return proc, lines, reader
+
+
+def test_record_sigterm_writes_what_it_received(broker_url, tmp_path):
+    prefix = f"s14sig{uuid.uuid4().hex[:6]}"
+    out = tmp_path / "sig.csv"
+    proc, lines, reader = _record_process(broker_url, prefix, out)
     pub = _publisher(broker_url)
     try:
         # the first refusal of each reason is logged at WARNING: not JSON until it is, then the samples, then a

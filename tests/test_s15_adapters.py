@@ -17,6 +17,7 @@ import torch
 from models.learner_process import _numpy
 from models.personal import AdapterConfig, DeviceAdapters
 from stream.consumer import ADAPTERS_FILE
+from tests.test_s13_restores import ADAPTERS
 from tests.test_second_look_adapt import CLASSES, _consumer, _model
 
 TURN = torch.tensor([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
@@ -168,13 +169,7 @@ def test_an_adapters_file_of_the_old_format_is_read(tmp_path, kind):
     torch.testing.assert_close(again.entry("idle")["b"], entries["idle"]["b"])
 
 
-NOT_PLAIN = {
-    "float64": lambda t: t.double(),
-    "needing grad": lambda t: t.clone().requires_grad_(),
-    "negative bit": lambda t: torch._neg_view(-t),
-    "sparse": lambda t: t.to_sparse(),
-    "meta": lambda t: torch.empty_like(t, device="meta"),
-}
+NOT_PLAIN = ADAPTERS  # tensors weights_only reads that are no plain ones (test_s13_restores)
 
 
 @pytest.mark.parametrize("kind", list(NOT_PLAIN))

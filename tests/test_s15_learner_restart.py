@@ -13,6 +13,7 @@ from models.learner_process import LearnerProcess
 from tests.helpers import wait
 from tests.test_s13_supervise import _learners, _poll_until
 from tests.test_s13_versions import _model
+from tests.test_s14_learner import _held_spawn
 
 
 def test_a_stopped_learner_process_is_not_started_again_and_leaves_no_orphan():
@@ -23,14 +24,8 @@ def test_a_stopped_learner_process_is_not_started_again_and_leaves_no_orphan():
     stopped LearnerProcess is now refused: the restarter stops what it started, and none is left."""
     learner = LearnerProcess(_model(), LearnerConfig(below_serving=False))
     learner.RESTART_DELAY = 0.0
-    spawning, go = threading.Event(), threading.Event()
     spawn = learner._spawn
-
-    def slow_spawn(*args):  # Process.start on a loaded machine: it returns when the test lets it
-        spawning.set()
-        go.wait(60)
-        return spawn(*args)
-
+    slow_spawn, spawning, go = _held_spawn(learner)
     learner.start()
     with pytest.raises(RuntimeError, match="started already"):
         learner.start()

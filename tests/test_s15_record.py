@@ -16,7 +16,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 import tracemalloc
 import uuid
@@ -29,6 +28,7 @@ import pytest
 from stream.mqtt import BrokerURL, connect
 from stream.recording import read_recording, write_recording
 from tests.helpers import imu, wait
+from tests.test_s14_record import _record_process
 
 ROOT = Path(__file__).resolve().parents[1]
 BROKER = BrokerURL.parse("mqtt://127.0.0.1:1")  # never connected to: these tests hand messages to handle()
@@ -51,6 +51,16 @@ def _spooled(spool: Path) -> int:
         return sum(len(s) for _, s in _Spool(spool, fd, len(SPOOL_MAGIC)).chunks())
     finally:
         os.close(fd)
+
+
+def _write_traced(recorder) -> tuple[dict, int]:
+    """``recorder.write()`` and the peak of the memory Python allocated meanwhile (tracemalloc), in bytes."""
+    tracemalloc.start()
+    try:
+        summary = recorder.write()
+        return summary, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
 
 
 def test_stream_record_and_the_record_command_do_not_import_torch(tmp_path):
@@ -87,13 +97,7 @@ def test_kill_9_leaves_a_spool_that_recover_writes_labels_included(broker_url, t
     prefix = f"s15kill{uuid.uuid4().hex[:6]}"
     out = tmp_path / "alice.csv"
     spool = out.with_name("alice.csv.spool")
-    proc = subprocess.Popen([sys.executable, "-m", "stream.cli", "record", "--broker", str(broker_url),
-                             "--prefix", prefix, "--out", str(out), "--quiet"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
-                            env={**os.environ, "PYTHONPATH": str(ROOT)})
-    lines: list[str] = []
-    reader = threading.Thread(target=lambda: lines.extend(proc.stderr), daemon=True)
-    reader.start()
+    proc, lines, reader = _record_process(broker_url, prefix, out)
     pub = connect(broker_url, "test-pub")
 
     def send(topic: str, payload: bytes) -> None:
@@ -238,12 +242,7 @@ def test_writing_the_end_holds_a_group_not_the_recording(tmp_path, monkeypatch):
             recorder.handle(f"p/dev-{d}/imu", imu(k, 10.0 + k, n=50))
         if k % 10 == 9:
             _flush(recorder)
-    tracemalloc.start()
-    try:
-        summary = recorder.write()
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    summary, peak = _write_traced(recorder)
     assert summary["written"] and summary["samples"] == 100_000
     assert peak < 4_000_000, f"{peak / 100_000:.0f} bytes a sample at the end"
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tracemalloc
 from pathlib import Path
 
 import orjson
@@ -17,6 +16,7 @@ import orjson
 from stream.mqtt import BrokerURL
 from stream.recording import read_recording
 from tests.helpers import imu
+from tests.test_s15_record import _write_traced
 
 BROKER = BrokerURL.parse("mqtt://127.0.0.1:1")  # never connected to: these tests hand messages to handle()
 
@@ -39,12 +39,7 @@ def test_one_long_session_is_written_a_slice_at_a_time(tmp_path, monkeypatch):
         if k % 100 == 99:
             recorder.flush()
     recorder.handle("p/phone/label", orjson.dumps({"label": "rest", "start": 1000.0, "end": 2000.0}))
-    tracemalloc.start()
-    try:
-        summary = recorder.write()
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    summary, peak = _write_traced(recorder)
     assert summary["written"] and summary["samples"] == 100_000 and summary["duplicate_messages"] == 10
     assert peak < 100_000 * 100, f"{peak / 100_000:.0f} bytes a sample at the end"  # some 235 before
     rec = read_recording(tmp_path / "long.csv")
