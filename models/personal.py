@@ -459,7 +459,9 @@ def _unstacked(blob: dict, k: int) -> dict:
     active, scores, scored = (_dense(blob[part], part, floating=False) for part in ("active", "scores", "scored"))
     if (M.shape != (n, 3, 3) or b.shape != (n, 3) or c.dim() != 2 or c.shape[0] != n or active.shape != (n,)
             or scores.dim() != 2 or scores.shape[1] != 2 or scored.shape != (n,) or bool((scored < 0).any())
-            or int(scored.sum()) != scores.shape[0]):
+            # each count at most the pairs there are: int64 sums of bigger ones wrap around (three counts of
+            # 2**63-1, 2**63-1 and 8 summed to 6, the pairs of a file of 6, and its devices took others' pairs)
+            or bool((scored > scores.shape[0]).any()) or int(scored.sum()) != scores.shape[0]):
         raise ValueError(f"stacked adapters of {n} devices: parts of other shapes")
     if c.shape[1] != k:
         return {}  # another model's classes
