@@ -439,10 +439,11 @@ class LiveStore:
         has been silent this many seconds; otherwise the new device's messages are dropped.
     forget_after
         A device no message has come about for this many seconds (retained copies do not count) is
-        forgotten, everything kept of it with it; it comes back with its next message. Time is the
-        arrival time of the devices' messages the store takes (``now``), so a store fed the past
-        (``load_history``) keeps what was recent then, and one no device message reaches (every device
-        stopped) keeps the last ones. Default: ``HARSTREAM_DASHBOARD_FORGET_AFTER``, else 600 s.
+        forgotten, everything kept of it with it but an "online" status (the broker sends that once, retained,
+        and a device that resumes publishes it no more; ``max_devices`` of them at most); it comes back with
+        its next message. Time is the arrival time of the devices' messages the store takes (``now``), so a
+        store fed the past (``load_history``) keeps what was recent then, and one no device message reaches
+        (every device stopped) keeps the last ones. Default: ``HARSTREAM_DASHBOARD_FORGET_AFTER``, else 600 s.
     """
 
     def __init__(
@@ -498,6 +499,10 @@ class LiveStore:
         self._devices: OrderedDict[str, _DeviceState] = OrderedDict()  # least recently heard from first
         self._evicted = 0
         self._forgotten = 0
+        # devices forgotten (or evicted) while "online": a device that resumes streaming does not publish its
+        # status again, and came back "? unknown", left out of the overview's online count; an id each, at most
+        # max_devices, dropped at its "offline" (nothing is made of that alone) or when it comes back
+        self._online_left: OrderedDict[str, None] = OrderedDict()
         # the latest arrival time of a device's message (not a retained copy): silences are measured in it
         self._clock = float("-inf")
         self._next_sweep = float("-inf")
@@ -570,8 +575,16 @@ class LiveStore:
             # history can be older than a live one): a whole pass, a millisecond or two at 10,000 devices
             silent = [device for device, s in self._devices.items() if s.touched < horizon]
             for device in silent:
-                del self._devices[device]
+                self._left(device, self._devices.pop(device))
             self._forgotten += len(silent)
+
+    def _left(self, device: str, state: _DeviceState) -> None:
+        """``device`` (``state``) is no longer tracked: its "online" is kept for its return (call with the lock)."""
+        if state.status == "online":
+            self._online_left[device] = None
+            self._online_left.move_to_end(device)
+            while len(self._online_left) > self.max_devices:
+                self._online_left.popitem(last=False)
 
     def _device(self, device: str, now: float) -> _DeviceState | None:
         """The device's state, created if there is room (call with the lock held).
@@ -591,9 +604,12 @@ class LiveStore:
             if oldest.last_seen is not None and now - oldest.last_seen < self.evict_after:
                 self._dropped["too_many_devices"] += 1
                 return None
-            self._devices.popitem(last=False)
+            self._left(*self._devices.popitem(last=False))
             self._evicted += 1
         state = self._devices[device] = _DeviceState(self, now)
+        if self._online_left and device in self._online_left:  # back: its status as the broker last said
+            del self._online_left[device]
+            state.status = "online"
         return state
 
     def _handle_device(self, device: str, kind: str, payload: bytes, now: float, retained: bool) -> None:
@@ -622,6 +638,7 @@ class LiveStore:
                 # a device's last will, or a stop long ago, kept retained by the broker for good: nothing
                 # to show of a device not otherwise heard from (each id ever seen would stay a ghost)
                 self._dropped["offline_unknown_device"] += 1
+                self._online_left.pop(device, None)  # one forgotten "online" has stopped since
                 return
             state = self._device(device, now)
             if state is None:
@@ -936,6 +953,10 @@ def load_history(store: LiveStore, db_path: str, per_device: int = 200, max_rows
         return 0
     rows = 0
     p = store.prefix
+    # arrival times are the consumer's clock: one ahead of this one (another host's) is taken as now, else the
+    # store's clock ran ahead with it and every live device it had not seen was dropped as from before the
+    # forget horizon ("too_old") until this clock caught up (for good with one far ahead)
+    wall = time.time()
     try:
         # In the order the consumer published them (``received``: when its cycle ran), not of row ids: a
         # prediction the store dropped (its queue full) is put in again from the consumer's journal at a later
@@ -951,7 +972,7 @@ def load_history(store: LiveStore, db_path: str, per_device: int = 200, max_rows
         )
         for kind, sql in queries:
             for row in db.execute(sql, (per_device, max_rows)):
-                received, device = row[0], row[1]
+                received, device = min(row[0], wall), row[1]
                 if kind == "prediction":
                     body = {"device": device, "t": row[2], "label": row[3], "confidence": row[4],
                             "probs": {row[3]: row[4]}, "model": row[5], "latency_ms": row[6]}
