@@ -19,6 +19,20 @@ VERSIONS = [{"version": "v1", "created": 1.0e9, "metrics": {}, "path": "/x/v1.pt
             {"version": "v2", "created": 1.1e9, "metrics": {}, "path": "/x/v2.pt"}]
 
 
+def _rolled_back(pub, topic: str, model, app_feed):  # noqa: F811
+    """Consumer c1 online with its model message (``model()``), and the Model page's Roll back clicked (to v1,
+    the one earlier version) and sent; the page returned."""
+    pub.publish(f"{topic}/status", b"online", qos=1, retain=True)
+    model()
+    assert wait(lambda: (app_feed.store.consumers() or [None])[0] is not None
+                and app_feed.store.consumers()[0].model is not None)
+    at = app_test().run()
+    at.switch_page("pages/model.py").run()
+    at.button(key="rollback-c1").click().run()
+    assert not at.exception and at.success and not at.error
+    return at
+
+
 @pytest.mark.broker
 def test_the_model_page_takes_the_answer_naming_its_command(broker_url, prefix, app_feed):  # noqa: F811
     """The page took any refusal stamped after its command (less 5 s) for its answer: another command's refusal
@@ -34,14 +48,7 @@ def test_the_model_page_takes_the_answer_naming_its_command(broker_url, prefix, 
                                                    **extra}), qos=1, retain=True).wait_for_publish(5)
 
     try:
-        pub.publish(f"{topic}/status", b"online", qos=1, retain=True)
-        model()
-        assert wait(lambda: (app_feed.store.consumers() or [None])[0] is not None
-                    and app_feed.store.consumers()[0].model is not None)
-        at = app_test().run()
-        at.switch_page("pages/model.py").run()
-        at.button(key="rollback-c1").click().run()
-        assert not at.exception and at.success and not at.error
+        at = _rolled_back(pub, topic, model, app_feed)
         (_, payload), = watch.wait_for(lambda t, p: t.endswith("/command"))
         model(answers="someone-else", refused={"action": "promote", "version": None,
                                                "reason": "another user's promote", "t": time.time()})

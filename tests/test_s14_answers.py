@@ -12,6 +12,7 @@ import pytest
 from stream.mqtt import connect
 from tests.helpers import wait
 from tests.test_dashboard import app_feed, app_test, prefix  # noqa: F401 (fixtures)
+from tests.test_s13_versions2 import _rolled_back
 
 VERSIONS = [{"version": "v1", "created": 1.0e9, "metrics": {}, "path": "/x/v1.pt"},
             {"version": "v2", "created": 1.1e9, "metrics": {}, "path": "/x/v2.pt"}]
@@ -32,14 +33,7 @@ def test_the_model_page_does_not_take_another_commands_refusal_from_a_consumer_b
                     qos=1, retain=True).wait_for_publish(5)
 
     try:
-        pub.publish(f"{topic}/status", b"online", qos=1, retain=True)
-        model()
-        assert wait(lambda: (app_feed.store.consumers() or [None])[0] is not None
-                    and app_feed.store.consumers()[0].model is not None)
-        at = app_test().run()
-        at.switch_page("pages/model.py").run()
-        at.button(key="rollback-c1").click().run()  # to v1, the one earlier version
-        assert not at.exception and at.success and not at.error
+        at = _rolled_back(pub, topic, model, app_feed)
         model(refused={"action": "promote", "version": None, "reason": "another user's promote", "t": time.time()})
         assert wait(lambda: (app_feed.store.consumers()[0].model.get("refused") or {}).get("action") == "promote")
         at.run()
