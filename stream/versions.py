@@ -179,7 +179,9 @@ def choose_consumer(found: dict[str, ConsumerModels], consumer: str | None, vers
             return chosen  # it keeps older versions than it lists: it says itself whether it keeps this one
         if info is None:
             raise ValueError(f"consumer {chosen.consumer!r} keeps no version {version!r}; it keeps: "
-                             + ", ".join(str(v.get("version")) for v in chosen.versions))
+                             + ", ".join(str(v.get("version")) for v in chosen.versions)
+                             + ". A model it did not keep (a file of your own, or one an earlier life started from "
+                             "without saving it) is served by starting the consumer with `consume --model FILE`")
         if not info.get("path"):
             raise ValueError(f"version {version!r} was not saved to a file; it cannot be restored")
     return chosen

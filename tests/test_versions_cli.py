@@ -83,6 +83,7 @@ def test_versions_lists_rolls_back_and_promotes_on_a_running_consumer(tmp_path, 
         # what cannot be done is refused before anything is sent, naming what there is
         code, _, err = _run(capsys, "versions", *common, "--rollback", "nosuch")
         assert code == 2 and "keeps no version 'nosuch'" in err and base in err and later in err
+        assert "consume --model FILE" in err  # what to do instead (an upgrade probe found none said)
         code, _, err = _run(capsys, "versions", *common, "--consumer", "other", "--promote")
         assert code == 2 and "no consumer 'other'" in err and consumer in err
     finally:
