@@ -186,6 +186,8 @@ def cmd_record(args) -> int:
     if args.recover:  # a spool a killed recorder left: written as --out, no broker
         config = RecordConfig(broker=BrokerURL.parse(args.broker, args.ca_file), out=args.out, prefix=args.prefix,
                               overwrite=args.overwrite)
+        # as the end of a recording: the file is written whole (a traceback before); kill -9 leaves the spool
+        _on_signals(lambda: log.info("--recover writes %s whole first; the spool stays until it is written", args.out))
         summary = recover(config)
         print(format_summary(summary), flush=True)
         return 0 if summary["written"] else 1

@@ -1,6 +1,7 @@
 """harstream record on a file system without locks (some network and FUSE mounts; session 15). The spool's
 ``flock`` (cec1eab) refused to start there, where the recorder had recorded before, and a spool left there
-could never be recovered ("in use by a harstream record running now"). Now a warning, and both work."""
+could never be recovered ("in use by a harstream record running now"). Now a warning, and both work. And Ctrl-C
+during --recover."""
 
 from __future__ import annotations
 
@@ -47,3 +48,29 @@ def test_a_spool_in_use_is_still_refused_where_there_are_locks(tmp_path, capsys)
         assert "in use by a harstream record running now" in capsys.readouterr().err
     finally:
         holder.close()
+
+
+def test_ctrl_c_during_recover_lets_it_write_the_file_whole(tmp_path, monkeypatch, capsys):
+    """Ctrl-C during --recover ended it with a KeyboardInterrupt traceback, the spool left; it now writes the
+    file whole first, as a recording's end does (a second look at the spool found it)."""
+    import os
+    import signal
+
+    import stream.record
+    from stream.cli import main
+    out = tmp_path / "o.csv"
+    _left_behind(out)
+    write = stream.record.Recorder.write
+
+    def interrupted(self, *a, **kw):  # the user presses Ctrl-C as the file is written
+        os.kill(os.getpid(), signal.SIGINT)
+        return write(self, *a, **kw)
+    monkeypatch.setattr(stream.record.Recorder, "write", interrupted)
+    previous = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    try:
+        assert main(["record", "--out", str(out), "--recover"]) == 0
+    finally:
+        signal.signal(signal.SIGINT, previous[0])
+        signal.signal(signal.SIGTERM, previous[1])
+    assert "wrote 300 samples" in capsys.readouterr().out
+    assert len(read_recording(out)) == 300 and not out.with_name("o.csv.spool").exists()
