@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from models.rnn import HARNet, ModelConfig
+from stream.recording import sync_directory  # noqa: F401 (stream.persist and the consumer import it from here)
 
 __all__ = ["CheckpointError", "save_checkpoint", "write_atomic", "load_checkpoint", "checkpoint_bytes",
            "default_model_path", "stored_config", "FORMAT", "VERSION"]
@@ -61,17 +62,6 @@ def write_atomic(path: Path, data: bytes) -> None:
     sync_directory(path.parent)
 
 
-def sync_directory(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # some file systems refuse to sync a directory: the rename is as durable as they make it
-        pass
-    finally:
-        os.close(fd)
 
 
 def checkpoint_bytes(model: HARNet, metadata: dict | None = None) -> tuple[bytes, str]:

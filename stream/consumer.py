@@ -1870,9 +1870,10 @@ class Consumer:
                 ", ".join(f"{n} {what}" for what, n in parts.items() if n) or "none", f"{STOCK_MAX_QUEUED:,}")
 
     def _warn_forced(self) -> None:
-        """A warning, at most once every FORCED_WARNING_INTERVAL, of the held messages acknowledged by force since
-        the last one (``acks.forced``), and why: before, --ack-stall forced 20,000 at once (an ops probe, a full
-        disk holding them for the journal up to --max-unacked) with nothing in the log."""
+        """A line, at most once every FORCED_WARNING_INTERVAL, of the held messages acknowledged by force since the
+        last one (``acks.forced``), and why (a WARNING where the journal could not record them, else INFO): before,
+        --ack-stall forced 20,000 at once (an ops probe, a full disk holding them for the journal up to
+        --max-unacked) with nothing in the log."""
         now = time.monotonic()
         new = self._forced - self._forced_said
         if not new or now < self._forced_quiet_until:

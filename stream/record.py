@@ -58,7 +58,7 @@ from stream.adapters import AdapterRouter
 from stream.decode import Rejected, SampleBatch, parse_topic, valid_device
 from stream.labels import LabelBook, decode_label
 from stream.mqtt import BrokerURL, connect
-from stream.recording import Recording, _check_writable, header, write_rows
+from stream.recording import Recording, _check_writable, header, sync_directory, write_rows
 
 __all__ = ["CLOCK_RESET", "RecordConfig", "Recorder", "check_out", "recover", "spool_path"]
 
@@ -190,20 +190,6 @@ def check_out(path: Path, overwrite: bool = False, spool: bool = True) -> None:
         raise ValueError(refusal)
 
 
-def _sync_folder(folder: Path) -> None:
-    """fsync a folder (the names in it), where the file system allows it."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 class _Spool:
     """The spool file, open and locked: chunks appended at ``size`` (a failed append is cut off, so the next
     goes where it began), read back through the open descriptor (its folder may be gone)."""
@@ -229,7 +215,7 @@ class _Spool:
             os.close(fd)
             path.unlink(missing_ok=True)
             raise
-        _sync_folder(path.parent)  # the spool's name too, so that a power cut does not lose the whole spool
+        sync_directory(path.parent)  # the spool's name too, so that a power cut does not lose the whole spool
         return cls(path, fd, len(SPOOL_MAGIC))
 
     @classmethod
@@ -311,8 +297,8 @@ class _Spool:
         return True
 
     def remove(self) -> None:
-        os.close(self.fd)
         self.path.unlink(missing_ok=True)  # its folder gone (unplugged): nothing left to remove
+        os.close(self.fd)  # after: closed first, its lock went while its name was still there
 
 
 def _write_all(fd: int, data: bytes, offset: int) -> None:
@@ -668,7 +654,10 @@ class Recorder:
                             labelled += int(np.count_nonzero(label != ""))
                             classes.update(np.unique(label).tolist())
                         del data, order
+                handle.flush()
+                os.fsync(handle.fileno())  # on disk before the spool, which the caller then removes, is gone
             os.replace(tmp, out)
+            sync_directory(out.parent)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise

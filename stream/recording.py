@@ -11,6 +11,7 @@ import csv
 import io
 import logging
 import math
+import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -31,6 +32,21 @@ _FLOAT32_MAX = float(np.finfo(np.float32).max)
 # a decimal number as C and numpy write them (spaces around allowed): Python's float() also reads "1_0" (as 10),
 # digits of other scripts ("١") and "nan"/"inf", which no tool writes into such a file by intent
 _NUMBER = re.compile(r"\s*[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?\s*", re.ASCII)
+
+
+def sync_directory(directory: Path) -> None:
+    """fsync a folder, so that the names made, renamed or removed in it are on disk (here, without torch, for
+    ``harstream record``; ``models.checkpoint`` uses it too)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # some file systems refuse to sync a directory: the rename is as durable as they make it
+        pass
+    finally:
+        os.close(fd)
 
 
 class RecordingError(ValueError):
