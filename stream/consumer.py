@@ -73,7 +73,7 @@ from stream.persist import (
     SERVING_MODEL,
     STATE_FILE,
     AckJournal,
-    NewerState,
+    StateRefused,
     journal_generations,
     journal_predictions,
     kept_id,
@@ -533,7 +533,7 @@ class Consumer:
             return  # device state lives in the shared store
         try:
             state = load_state(directory)
-        except NewerState:  # refused: its first checkpoint would overwrite what a newer harstream kept
+        except StateRefused:  # a newer harstream's, or not readable now: its first checkpoint would overwrite it
             raise
         except (ValueError, OSError) as exc:  # devices start afresh; the journals are read all the same
             # kept under another name: the first checkpoint used to overwrite it (found by an upgrade probe)

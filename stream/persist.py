@@ -38,8 +38,8 @@ import torch
 from models.checkpoint import sync_directory, write_atomic  # write_atomic leaves no temporary file behind when it fails
 
 __all__ = ["AckJournal", "save_state", "load_state", "read_journal", "journal_predictions", "journal_generations",
-           "write_atomic", "lock_state_dir", "StateDirInUse", "STATE_FILE", "SERVING_MODEL", "ADAPTERS_FILE",
-           "LOCK_FILE", "kept_id"]
+           "write_atomic", "lock_state_dir", "StateDirInUse", "StateRefused", "NewerState", "STATE_FILE",
+           "SERVING_MODEL", "ADAPTERS_FILE", "LOCK_FILE", "kept_id"]
 
 log = logging.getLogger(__name__)
 
@@ -56,9 +56,15 @@ LOCK_FILE = "consumer.lock"  # held (flock) by the process whose consumer uses t
 _held: dict[Path, int] = {}  # state directories this process holds (lock_state_dir): resolved path -> fd
 
 
-class NewerState(ValueError):
+class StateRefused(ValueError):
+    """The consumer state is left as it is and the consumer refuses to start: starting afresh, its first
+    checkpoint would overwrite it (a ``ValueError``: one line). It could not be read now (an ``OSError``:
+    permissions, an I/O error), not because of what it holds."""
+
+
+class NewerState(StateRefused):
     """The consumer state was written by a newer harstream, in a format this one cannot read: the consumer
-    refuses to start rather than overwrite it at its first checkpoint (a ``ValueError``: one line)."""
+    refuses to start rather than overwrite it at its first checkpoint."""
 
 
 class StateDirInUse(ValueError):
@@ -178,6 +184,9 @@ def load_state(directory: Path) -> dict | None:
         return None
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
+    except OSError as exc:  # not what the file holds: EACCES (another user's), EIO, EMFILE; it may read later
+        raise StateRefused(f"{path} could not be read ({type(exc).__name__}: {exc}); it is left as it is: make it "
+                           f"readable, or move it away to start every device afresh") from None
     except Exception as exc:  # EOFError, UnpicklingError, a zip error (RuntimeError), refused globals
         raise ValueError(f"{path}: unreadable consumer state ({type(exc).__name__}: {exc})") from None
     version = blob.get("format_version") if isinstance(blob, dict) and blob.get("format") == FORMAT else None
