@@ -537,7 +537,11 @@ class Consumer:
             raise
         except (ValueError, OSError) as exc:  # devices start afresh; the journals are read all the same
             # kept under another name: the first checkpoint used to overwrite it (found by an upgrade probe)
-            aside = set_aside(directory / STATE_FILE) if isinstance(exc, ValueError) else None
+            try:
+                aside = set_aside(directory / STATE_FILE) if isinstance(exc, ValueError) else None
+            except OSError as why:  # a read-only or full file system, an immutable file: a later checkpoint could
+                raise StateRefused(f"{exc}; it could not be renamed aside ({why}), and starting afresh would overwrite "
+                                   f"it: move it away, or fix what failed") from None
             log.warning("not restoring device state: %s%s", exc,
                         f"; the file is kept as {aside.name}, and every device starts afresh" if aside else "")
             state = None

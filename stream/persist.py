@@ -219,11 +219,12 @@ def load_state(directory: Path) -> dict | None:
 
 def set_aside(path: Path) -> Path | None:
     """Rename a file that cannot be used, so that what would be written in its place does not destroy it:
-    ``<name>.unreadable-<UTC time>``. The new name, or None when there is no such file or it cannot be renamed."""
+    ``<name>.unreadable-<UTC time>``. The new name, or None when there is no such file; an ``OSError`` when it
+    cannot be renamed (the consumer then refuses to start: its first checkpoint would overwrite it)."""
     aside = path.with_name(f"{path.name}.unreadable-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}")
     try:
         os.replace(path, aside)
-    except OSError:
+    except FileNotFoundError:
         return None
     return aside
 
