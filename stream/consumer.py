@@ -354,6 +354,7 @@ class Consumer:
         self._paho_acks: Counter[str] = Counter()  # acknowledgements sent from paho's thread
         self._last_arrival = time.monotonic()
         self._connected_at = time.monotonic()
+        self._connections = 0  # (re)connections so far (paho's thread): at each, run() says its model and 'online'
         self._late_fills = 0  # samples of gap-filling messages that came after the buffer moved on
         self.acks = _Acks(config.max_unacked)
         self.after_window = False  # acknowledging after the window (decided when connecting)
@@ -857,6 +858,7 @@ class Consumer:
             self.journal = AckJournal(cfg.state_dir, self._journal_generation)
         # the model message first: its versions are known before the learner starts (a second, more on a loaded
         # machine), and `harstream versions` took the last life's list, still retained, for this one's meanwhile
+        connections = self._connections
         self._publish_model()
         self._client.publish(status, b"online", qos=1, retain=True)
         # the phone formats' topics too: a topic that matches no --adapter pattern is never received
@@ -872,6 +874,10 @@ class Consumer:
         next_checkpoint = time.monotonic() + cfg.checkpoint_interval
         try:
             while not self._stop.is_set():
+                if self._connections != connections:  # reconnected: a connection lost uncleanly left the will,
+                    connections = self._connections  # 'offline', retained, and a broker restarted may have lost both
+                    self._publish_model()
+                    self._client.publish(status, b"online", qos=1, retain=True)
                 self._cycle(timeout=0.05)
                 if time.monotonic() >= next_metrics:
                     self._publish_metrics()
@@ -1060,6 +1066,7 @@ class Consumer:
 
     def _on_connected(self, client) -> None:  # paho thread, at every (re)connection
         self._connected_at = time.monotonic()
+        self._connections += 1
 
     def _check_stall(self) -> None:
         """Messages held and nothing arriving: the broker's in-flight limit may be full of partial

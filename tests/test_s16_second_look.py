@@ -6,12 +6,20 @@ from __future__ import annotations
 
 import errno
 import os
+import socket
+import threading
+import uuid
 
+import orjson
 import pytest
 import torch
 
 import stream.persist
+from models.state import StatefulClassifier
+from stream.consumer import Consumer, ConsumerConfig
+from stream.mqtt import connect
 from stream.persist import STATE_FILE, load_state
+from tests.helpers import wait
 from tests.test_persist_faults import _life, _send
 from tests.test_s13_labels2 import _stopped
 
@@ -65,3 +73,51 @@ def test_an_unreadable_state_that_cannot_be_renamed_is_refused_not_overwritten(t
                 second.store.close()
     finally:
         assert (tmp_path / STATE_FILE).read_bytes() == b"not a torch file"
+
+
+@pytest.mark.broker
+def test_a_consumer_says_its_model_then_online_again_after_a_reconnection(broker_url, tiny_model):
+    """b35455c orders the model message before 'online' at the start; neither was said again at a reconnection.
+    A connection lost uncleanly (a network cut, a keep-alive missed) makes the broker publish the consumer's last
+    will, 'offline', retained: the consumer reconnected and served on, while its status said 'offline' until it
+    stopped (`harstream versions` refused its commands: "consumer ... is offline"; the dashboard listed it
+    offline), and a broker restarted without persistence had neither message again. At every reconnection the
+    consumer says its model message, then 'online'."""
+    prefix = f"rc{uuid.uuid4().hex[:8]}"
+    got: list[tuple[str, bytes]] = []
+    lock = threading.Lock()
+
+    def on_message(client, userdata, msg):
+        with lock:
+            got.append((msg.topic.rsplit("/", 1)[-1], msg.payload))
+
+    def said() -> list[tuple[str, bytes]]:
+        with lock:
+            return [(k, p) for k, p in got if k in ("status", "model")]
+
+    watcher = connect(broker_url, f"rc-{uuid.uuid4().hex[:6]}", subscriptions=[(f"{prefix}/_consumer/+/+", 1)],
+                      on_message=on_message)
+    c = Consumer(ConsumerConfig(broker=broker_url, prefix=prefix, learn=False, metrics_interval=60.0),
+                 StatefulClassifier(tiny_model, "t"))
+    runner = threading.Thread(target=c.run)
+    runner.start()
+    try:
+        assert wait(lambda: ("status", b"online") in said(), timeout=30)
+        # their acknowledgements in: else paho sends them again after the reconnection (in flight), as if said anew
+        assert wait(lambda: not c._client._out_messages, timeout=10)
+        at = c._connected_at
+        c._client.socket().shutdown(socket.SHUT_RDWR)  # the connection lost without a DISCONNECT: the will
+        assert wait(lambda: ("status", b"offline") in said(), timeout=30)
+        assert wait(lambda: c._connected_at != at and c._client.is_connected(), timeout=30)
+        cut = said().index(("status", b"offline"))
+        assert wait(lambda: ("status", b"online") in said()[cut:], timeout=10), said()[cut:]
+        after = said()[cut + 1:]
+        models = [i for i, (k, _) in enumerate(after) if k == "model"]
+        assert models and models[0] < after.index(("status", b"online")), [k for k, _ in after]
+        assert orjson.loads(after[models[0]][1])["serving"] == "t"
+    finally:
+        c.stop()
+        runner.join(30)
+        watcher.disconnect()
+        watcher.loop_stop()
+    assert not runner.is_alive()
