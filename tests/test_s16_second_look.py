@@ -5,16 +5,22 @@
 from __future__ import annotations
 
 import errno
+import gc
 import os
+import signal
 import socket
 import threading
 import uuid
+import weakref
 
 import orjson
 import pytest
 import torch
 
 import stream.persist
+from models.finetune import LearnerConfig
+from models.learner_process import LearnerProcess
+from models.personal import _Adapter
 from models.state import StatefulClassifier
 from stream.consumer import Consumer, ConsumerConfig
 from stream.mqtt import connect
@@ -22,6 +28,8 @@ from stream.persist import STATE_FILE, load_state
 from tests.helpers import wait
 from tests.test_persist_faults import _life, _send
 from tests.test_s13_labels2 import _stopped
+from tests.test_s13_supervise import _learners, _poll_until
+from tests.test_s13_versions import _model
 
 # absent before this session's fixes: a class the old code never raises, so that their tests fail, not error
 StateRefused = getattr(stream.persist, "StateRefused", type("StateRefused", (Exception,), {}))
@@ -121,3 +129,36 @@ def test_a_consumer_says_its_model_then_online_again_after_a_reconnection(broker
         watcher.disconnect()
         watcher.loop_stop()
     assert not runner.is_alive()
+
+
+def test_the_restarter_keeps_no_copy_of_what_it_started_the_learner_process_from():
+    """The restarter thread stays for the life of the learner process it started again (its end would kill it:
+    PR_SET_PDEATHSIG), and kept what it started it from: its copy of every device's adapter (10 MB for 10,000
+    devices, /tmp/s16/look2) and the model's bytes, the whole life long, beside the serving copy. Once sent (the
+    start message of 4c48a80), they are let go."""
+    learner = LearnerProcess(_model(), LearnerConfig(adapt="device", below_serving=False))
+    learner.RESTART_DELAY = 0.0
+    for i in range(50):  # the serving copy's adapters (the learner process's, copied at each start)
+        learner.adapters._adapters[f"d{i}"] = _Adapter(learner.adapters.k, learner.adapters.config)
+    copies: list = []
+    copy = learner._adapter_copy
+
+    def watched() -> dict:
+        adapters = copy()
+        copies.append(weakref.ref(adapters["d0"]["M"]))  # one array of the copy: alive while the copy is
+        return adapters
+
+    learner._adapter_copy = watched
+    learner.start()
+    try:
+        assert _poll_until(learner, lambda: learner.alive)
+        os.kill(learner._process.pid, signal.SIGKILL)
+        assert _poll_until(learner, lambda: learner.restarts == 1 and learner.alive, timeout=60)
+        assert len(copies) == 2 and learner._keeper is not None and learner._keeper.is_alive()
+        # once the inbox's feeder thread has pickled the start message (it lets go of it then)
+        assert wait(lambda: gc.collect() >= 0 and copies[0]() is None, timeout=10)  # the first start's
+        assert wait(lambda: gc.collect() >= 0 and copies[1]() is None, timeout=10), \
+            "the restarter thread holds its copy of the adapters"
+    finally:
+        learner.stop(timeout=10)
+    assert not learner.alive and not _learners()
