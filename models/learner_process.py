@@ -44,7 +44,8 @@ held its caller about a second (measured 1.06-1.14 s of wall time, 1 ms of CPU, 
 parent waited for the child to read what it was sent; 5 s on a loaded machine; ``_spawn`` now sends the model
 through the inbox, 0.01-0.03 s), and it is started again from a thread of its own all the same, and
 ``poll`` takes it up on the serving thread once it runs. Sequences submitted meanwhile wait (``queue_size`` at
-most); a command is refused. ``stop`` never starts one again.
+most); a command is refused. ``stop`` never starts one again. A command before the first ``start`` is sent after
+the start message; one after ``stop`` is refused.
 """
 
 from __future__ import annotations
@@ -371,6 +372,7 @@ class LearnerProcess:
         # them in that order and says when it takes one (``_answering``: its answer, until answered)
         self._answers: deque[Callable | None] = deque()
         self._answering: Callable | None = None
+        self._early: list[tuple] = []  # commands given before start: sent after its start message (start())
         self._unreadable: str | None = None  # why the last message that could not be read was not, since "command"
         self._resynced: str | None = None  # the version never served it was sent back from, until back on the served
         # supervision: a learner process that ends unless stopped is started again, from a thread (_restarter)
@@ -396,6 +398,9 @@ class LearnerProcess:
         if self._process is not None:
             raise RuntimeError("this learner process is started already")
         process = self._spawn(self._model, self.config, self._adapter_copy(), None, self._inbox, self._outbox)
+        for command in self._early:  # after the start message: put before it, the child took one for it and ended
+            self._inbox.put(command)
+        self._early = []
         self._run(process)
         return self
 
@@ -506,7 +511,10 @@ class LearnerProcess:
             self._turned_meanwhile.add(device)
 
     def _check_running(self) -> None:
-        """A command to a learner process that has ended would be accepted and never carried out."""
+        """A command to a learner process that has ended would be accepted and never carried out (after ``stop``
+        too: put in an inbox no one reads)."""
+        if self._process is None and self._halt.is_set():
+            raise ValueError("the learner process was stopped")
         if self._process is not None and not self._process.is_alive():
             again = "; it is being started again: try again shortly" if self.restarting else ""
             raise ValueError(f"the learner process has stopped (exit code {self._process.exitcode}){again}")
@@ -535,14 +543,20 @@ class LearnerProcess:
         if config != self._architecture:
             raise ValueError(f"version {version!r} is a model of another architecture (classes "
                              f"{(config or {}).get('classes')}); it cannot replace the serving model")
-        self._inbox.put(("rollback", version))
+        self._put_command(("rollback", version))
         self._answers.append(answer)
 
     def promote(self, metrics: dict | None = None, answer: Callable | None = None) -> None:
         """Serve the challenger's weights; they come through ``poll`` (``on_promote``), then ``answer``."""
         self._check_running()
-        self._inbox.put(("promote", metrics or {}))
+        self._put_command(("promote", metrics or {}))
         self._answers.append(answer)
+
+    def _put_command(self, command: tuple) -> None:
+        if self._process is None:  # not started yet (_check_running): it goes after the start message
+            self._early.append(command)
+        else:
+            self._inbox.put(command)
 
     def comparison(self) -> dict:
         return dict(self._comparison)

@@ -162,3 +162,27 @@ def test_the_restarter_keeps_no_copy_of_what_it_started_the_learner_process_from
     finally:
         learner.stop(timeout=10)
     assert not learner.alive and not _learners()
+
+
+def test_a_command_before_the_learner_process_starts_is_carried_out_after_it_not_taken_for_its_start():
+    """4c48a80: what the learner process starts from is the first message of its inbox. A command given before
+    start() (rollback, promote) was put there first: the child unpacked it as its start message and ended
+    (ValueError: not enough values to unpack), an ERROR 'ended unexpectedly', a restart, the command answered
+    as not carried out (/tmp/s16/look2/before_start2.py). As before 4c48a80, it is carried out after the start.
+    One after stop() is refused (it went into an inbox no one read: never answered)."""
+    learner = LearnerProcess(_model(), LearnerConfig(below_serving=False))
+    learner.RESTART_DELAY = 0.0
+    answers: list = []
+    learner.promote(answer=lambda *a: answers.append(a))
+    learner.start()
+    try:
+        assert _poll_until(learner, lambda: answers or learner.restarts, timeout=60)
+        assert learner.restarts == 0 and learner.alive, answers
+        (_, _, why), = answers
+        assert why is None or "stopped" not in why, why  # carried out, or refused by the learner: not lost
+    finally:
+        learner.stop(timeout=10)
+    with pytest.raises(ValueError, match="was stopped"):
+        learner.promote(answer=lambda *a: answers.append(a))
+    assert len(answers) == 1
+    assert not _learners()
