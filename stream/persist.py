@@ -188,7 +188,10 @@ def load_state(directory: Path) -> dict | None:
         raise StateRefused(f"{path} could not be read ({type(exc).__name__}: {exc}); it is left as it is: make it "
                            f"readable, or move it away to start every device afresh") from None
     except Exception as exc:  # EOFError, UnpicklingError, a zip error (RuntimeError), refused globals
-        raise ValueError(f"{path}: unreadable consumer state ({type(exc).__name__}: {exc})") from None
+        # its first sentence only, as load_checkpoint says it: torch's advice that follows (weights_only=False)
+        # would run code from the file, and its paragraph hid what the consumer did with the file after it
+        first = str(exc).strip().split(". ")[0].splitlines()[0] if str(exc).strip() else ""
+        raise ValueError(f"{path}: unreadable consumer state ({type(exc).__name__}: {first})") from None
     version = blob.get("format_version") if isinstance(blob, dict) and blob.get("format") == FORMAT else None
     if isinstance(version, int) and version > VERSION:
         raise NewerState(f"{path} was written by a newer harstream (consumer state version {version}; this one "

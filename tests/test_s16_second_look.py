@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import gc
+import logging
 import os
 import signal
 import socket
@@ -81,6 +82,21 @@ def test_an_unreadable_state_that_cannot_be_renamed_is_refused_not_overwritten(t
                 second.store.close()
     finally:
         assert (tmp_path / STATE_FILE).read_bytes() == b"not a torch file"
+
+
+def test_an_unreadable_state_is_said_in_one_line_without_torchs_advice(tiny_model, tmp_path, caplog):
+    """330b0bf appended where the unreadable file is kept to the warning, after torch's own message: for a file
+    that is not a pickle of weights, a paragraph of five lines advising to load it with weights_only=False
+    (which would run code from the file), so that what the consumer did with it came last. It is one line now,
+    torch's first sentence, as load_checkpoint says it."""
+    _stopped(tmp_path, tiny_model)
+    (tmp_path / STATE_FILE).write_bytes(b"not a torch file")
+    with caplog.at_level(logging.WARNING, logger="stream.consumer"):
+        second = _life(tmp_path, tiny_model)
+    second.store.close()
+    said = [r.getMessage() for r in caplog.records if "not restoring device state" in r.getMessage()]
+    assert len(said) == 1 and "\n" not in said[0] and "weights_only" not in said[0], said
+    assert "UnpicklingError: Weights only load failed" in said[0] and "kept as consumer-state.pt.unreadable-" in said[0]
 
 
 @pytest.mark.broker
