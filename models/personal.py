@@ -385,11 +385,13 @@ class DeviceAdapters:
             blob["names"] = list(self.names)
         return blob
 
-    def load(self, path) -> int:
+    def load(self, path, keep=None) -> int:
         """Read adapters saved by ``save`` (either version of the file); returns how many (0 when the file is
         missing or another model's). A file that cannot be read as adapters (empty, truncated, foreign,
         malformed, of a version this harstream does not know) is warned about and none are loaded: the devices
-        learn theirs again. Read into an empty set, they are not ``unsaved``: the file holds them."""
+        learn theirs again. Read into an empty set, they are not ``unsaved``: the file holds them. ``keep(path,
+        why)``: given, it is called on such a file before the warning, and what it returns ends it (the consumer
+        renames the file aside: its first save would overwrite it)."""
         import logging
         from pathlib import Path
         path = Path(path)
@@ -422,8 +424,10 @@ class DeviceAdapters:
                 raise ValueError("malformed adapters")
             self.load_state_dict(adapters, checked=version != 1)
         except Exception as exc:  # EOFError, UnpicklingError, a zip error, fields missing or malformed
-            logging.getLogger(__name__).warning("not loading device adapters from %s (%s: %s): starting "
-                                                "without them", path, type(exc).__name__, exc)
+            why = f"{type(exc).__name__}: {exc}"
+            kept = keep(path, f"{path}: {why}") if keep is not None else ""
+            logging.getLogger(__name__).warning("not loading device adapters from %s (%s): starting without them%s",
+                                                path, why, kept)
             return 0
         if empty:
             self._saved_changes = self._changes

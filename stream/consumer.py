@@ -333,6 +333,19 @@ class _Acks:
         return min(seqs) - 1 if seqs else last
 
 
+def _kept(path: Path, why) -> str:
+    """A file of the state directory that cannot be read (``why``) renamed aside (``set_aside``) before what would
+    be written in its place destroys it (a downgraded harstream, a damaged file): what the warning says of it.
+    ``StateRefused`` when it cannot be renamed (a read-only or full file system, an immutable file): a later
+    write could overwrite it."""
+    try:
+        aside = set_aside(path)
+    except OSError as err:
+        raise StateRefused(f"{why}; it could not be renamed aside ({err}), and starting afresh would overwrite it: "
+                           f"move it away, or fix what failed") from None
+    return f"; the file is kept as {aside.name}" if aside is not None else ""
+
+
 class Consumer:
     """Runs until ``stop()``; one instance per process."""
 
@@ -462,8 +475,8 @@ class Consumer:
                     log.warning("not loading the per-device adapters of %s: they were fitted to devices served "
                                 "turned as the checkpoint's orientation part said, which could not be restored "
                                 "(they start afresh)", config.state_dir)
-                elif config.state_dir is not None:
-                    self.learner.adapters.load(config.state_dir / ADAPTERS_FILE)
+                elif config.state_dir is not None:  # one unreadable is kept aside: the first save would overwrite it
+                    self.learner.adapters.load(config.state_dir / ADAPTERS_FILE, keep=_kept)
                 if self.pipeline.classifier.orienter is not None:  # adapters follow a device turned anew
                     self.pipeline.classifier.orienter.on_turn = self._on_turn
 
@@ -528,7 +541,9 @@ class Consumer:
                 model, info = load_checkpoint(serving)
                 classifier.set_model(model, info["version"])
                 log.info("restored fine-tuned model %s from %s", info["version"], serving)
-            except (CheckpointError, ValueError) as exc:
+            except CheckpointError as exc:  # unreadable, or a newer harstream's: its first save would overwrite it
+                log.warning("not restoring %s: %s%s", serving, exc, _kept(serving, exc))
+            except ValueError as exc:  # another architecture: a new --model on this state directory replaces it
                 log.warning("not restoring %s: %s", serving, exc)
         if self.shared is not None:
             return  # device state lives in the shared store
@@ -538,13 +553,9 @@ class Consumer:
             raise
         except (ValueError, OSError) as exc:  # devices start afresh; the journals are read all the same
             # kept under another name: the first checkpoint used to overwrite it (found by an upgrade probe)
-            try:
-                aside = set_aside(directory / STATE_FILE) if isinstance(exc, ValueError) else None
-            except OSError as why:  # a read-only or full file system, an immutable file: a later checkpoint could
-                raise StateRefused(f"{exc}; it could not be renamed aside ({why}), and starting afresh would overwrite "
-                                   f"it: move it away, or fix what failed") from None
+            kept = _kept(directory / STATE_FILE, exc) if isinstance(exc, ValueError) else ""
             log.warning("not restoring device state: %s%s", exc,
-                        f"; the file is kept as {aside.name}, and every device starts afresh" if aside else "")
+                        f"{kept}, and every device starts afresh" if kept else "")
             state = None
             self._turns_lost = classifier.orienter is not None
         # killed before its first checkpoint, or the checkpoint unreadable: every journal on disk may hold

@@ -99,6 +99,32 @@ def test_an_unreadable_state_is_said_in_one_line_without_torchs_advice(tiny_mode
     assert "UnpicklingError: Weights only load failed" in said[0] and "kept as consumer-state.pt.unreadable-" in said[0]
 
 
+def test_an_unreadable_serving_model_or_adapters_file_is_kept_aside_not_overwritten(tiny_model, tmp_path):
+    """330b0bf kept an unreadable consumer-state.pt, never overwritten; serving.pt (the fine-tuned model) and
+    adapters.pt (every device's adapter) beside it were warned about and overwritten all the same, serving.pt at
+    the first checkpoint, adapters.pt at the first after an adapter changed: a downgraded harstream (adapters.pt
+    version 3, say) lost them so. They are renamed aside too."""
+    from models.personal import FILE_FORMAT
+    from stream.persist import ADAPTERS_FILE, SERVING_MODEL
+    _stopped(tmp_path, tiny_model)
+    (tmp_path / SERVING_MODEL).write_bytes(b"a newer harstream's checkpoint")
+    newer = {"format": FILE_FORMAT, "version": 99, "classes": 3, "adapters": {}}  # a newer harstream's
+    torch.save(newer, tmp_path / ADAPTERS_FILE)
+    adapters = (tmp_path / ADAPTERS_FILE).read_bytes()
+    second = Consumer(ConsumerConfig(broker="mqtt://127.0.0.1:1", state_dir=tmp_path, learn=True,
+                                     learner=LearnerConfig(adapt="device")), StatefulClassifier(tiny_model, "tiny"))
+    try:
+        from tests.test_persist_faults import _Broker
+        second._client = _Broker()
+        second.learner.adapters._adapters["dev"] = _Adapter(3, second.learner.adapters.config)
+        second.learner.adapters._changes += 1  # an adapter learnt: adapters.pt is written at the checkpoint
+        assert second.checkpoint(final=True)
+    finally:
+        second.store.close()
+    kept = {p.name.split(".unreadable-")[0]: p.read_bytes() for p in tmp_path.glob("*.unreadable-*")}
+    assert kept == {SERVING_MODEL: b"a newer harstream's checkpoint", ADAPTERS_FILE: adapters}
+
+
 @pytest.mark.broker
 def test_a_consumer_says_its_model_then_online_again_after_a_reconnection(broker_url, tiny_model):
     """b35455c orders the model message before 'online' at the start; neither was said again at a reconnection.
