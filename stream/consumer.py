@@ -73,6 +73,7 @@ from stream.persist import (
     SERVING_MODEL,
     STATE_FILE,
     AckJournal,
+    EvictedSegments,
     StateRefused,
     journal_generations,
     journal_predictions,
@@ -421,6 +422,7 @@ class Consumer:
         self._swap: tuple | None = None  # (model, version, id of the command it answers) from the learner
         self._swap_lock = threading.Lock()
         self._evicted: OrderedDict[str, tuple] = OrderedDict()  # device -> state, seq
+        self._segments: EvictedSegments | None = None  # where their states are on disk (checkpoint())
         self._last_seen: dict[str, float] = {}
         self._label_only: dict[str, float] = {}  # devices with labels and no samples yet -> last label's arrival
         self._other_labels: set[str] = set()  # label names taken that the model has no class for
@@ -535,6 +537,7 @@ class Consumer:
     def _restore(self, classifier: StatefulClassifier) -> None:
         """Resume the fine-tuned model and every device's state from the state directory."""
         directory = self.config.state_dir
+        self._segments = EvictedSegments(directory)
         serving = directory / SERVING_MODEL
         if serving.exists():
             try:
@@ -599,6 +602,7 @@ class Consumer:
                 log.warning("not restoring the drift monitor from %s (its detectors and live metrics start "
                             "afresh): %s", directory, exc)
         self._evicted.update(state["evicted"])
+        self._segments.adopt(state.get("evicted_segments", []), self._evicted)  # not written again
         sequences, watermarks = dict(state["sequences"]), dict(state["watermarks"])
         anchors = dict(state.get("anchors") or {})
         journalled = 0
@@ -712,10 +716,12 @@ class Consumer:
             log.exception("the windows waiting for labels are not in this checkpoint")
             history = None
         try:
+            if self._segments is None:  # a state directory never restored from
+                self._segments = EvictedSegments(directory)
             save_state(directory, classifier.version, devices, sequences, dict(self._evicted),
                        watermarks=self._watermarks, journal=generation, anchors=self._anchors,
                        orientation=classifier.orienter.snapshot() if classifier.orienter is not None else None,
-                       monitor=monitor, history=history)
+                       monitor=monitor, history=history, segments=self._segments)
         except OSError as exc:
             return self._not_saved(exc)
         if getattr(self, "_checkpoint_failing", False):
