@@ -561,6 +561,7 @@ class Consumer:
                         f"{kept}, and every device starts afresh" if kept else "")
             state = None
             self._turns_lost = classifier.orienter is not None
+            self._segments.hold_existing()  # the file set aside names them
         # killed before its first checkpoint, or the checkpoint unreadable: every journal on disk may hold
         # what was acknowledged and predictions the event store lacks (none is deleted unread)
         generations = None

@@ -36,6 +36,7 @@ from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
 
+import orjson
 import torch
 
 from models.checkpoint import sync_directory, write_atomic  # write_atomic leaves no temporary file behind when it fails
@@ -50,10 +51,11 @@ STATE_FILE = "consumer-state.pt"
 SERVING_MODEL = "serving.pt"
 ADAPTERS_FILE = "adapters.pt"  # per-device adapters (models.personal), beside the serving model
 FORMAT = "harstream.consumer-state"
-VERSION = 3
+VERSION = 4
 # version 1 has no watermarks nor journal; neither needs ``monitor`` nor ``history`` (keys older harstream ignores);
-# versions 1 and 2 keep each device's state as its own tensors, version 3 stacked (``_stacked``)
-READABLE = (1, 2, 3)
+# versions 1 and 2 keep each device's state as its own tensors, version 3 stacked (``_stacked``); version 4 keeps
+# the numbers per device in one JSON string (``plain``) and the evicted states in segment files (``EvictedSegments``)
+READABLE = (1, 2, 3, 4)
 LOCK_FILE = "consumer.lock"  # held (flock) by the process whose consumer uses the state directory
 
 _held: dict[Path, int] = {}  # state directories this process holds (lock_state_dir): resolved path -> fd
@@ -161,12 +163,13 @@ def save_state(directory: Path, model_version: str, devices: dict[str, tuple[tor
         "model_version": model_version,
         "devices": _stacked(devices),
         "evicted": _stacked(evicted) if segments is None else [],
-        "sequences": dict(sequences),
-        "watermarks": {d: float(t) for d, t in (watermarks or {}).items()},
         "journal": int(journal),
-        "anchors": {d: [float(a[0]), *map(float, a[1])] for d, a in (anchors or {}).items()},
-        # models.orientation.Orienter.snapshot(): the devices whose orientation is settled, and turns
-        "orientation": orientation or {},
+        # since version 4 the numbers kept per device, evicted ones too (up to 100,000), are one JSON string:
+        # pickled one object at a time they took 1.3 s of every checkpoint at 100,000 (docs/checkpoint.md).
+        # sequences: last seq; watermarks: end of the last window classified; anchors: (time, sample) of the
+        # last sample acknowledged; orientation: models.orientation.Orienter.snapshot(), devices settled, turns
+        "plain": orjson.dumps({"sequences": sequences, "watermarks": watermarks or {}, "anchors": anchors or {},
+                               "orientation": orientation or {}}, option=orjson.OPT_SERIALIZE_NUMPY).decode(),
         # stream.monitor.Monitor.snapshot(): detectors' references and tails, live metrics (None: not kept)
         "monitor": monitor,
         # stream.labels.WindowHistory.snapshot(): windows waiting for their labels (None: not kept)
@@ -174,6 +177,7 @@ def save_state(directory: Path, model_version: str, devices: dict[str, tuple[tor
     }
     if segments is not None:  # evicted states in files of their own, each written once (EvictedSegments)
         blob["evicted_segments"] = segments.write(evicted)
+        blob["evicted_order"] = "\n".join(evicted)  # least recently seen first: the first forgotten
     buffer = io.BytesIO()
     torch.save(blob, buffer)
     path = directory / STATE_FILE
@@ -210,11 +214,16 @@ def load_state(directory: Path) -> dict | None:
     if version not in READABLE:
         raise ValueError(f"{path}: not a harstream consumer state of version {VERSION}")
     try:
+        if version >= 4:  # the numbers kept per device, one JSON string (save_state); anchors as [t, [x, ...]]
+            plain = _dict(orjson.loads(blob.pop("plain")))
+            blob.update(sequences=plain["sequences"], watermarks=plain["watermarks"],
+                        anchors={d: [a[0], *a[1]] for d, a in _dict(plain["anchors"]).items()})
+            blob.setdefault("orientation", plain.get("orientation"))
         blob["devices"] = _states(blob["devices"])
         blob["evicted"] = _states(blob["evicted"])
         blob["evicted_segments"] = _segment_index(blob.get("evicted_segments", []))
-        for segment in blob["evicted_segments"]:  # a segment lost costs its devices' states only
-            blob["evicted"].update(_read_segment(directory, segment))
+        if blob["evicted_segments"]:  # a segment lost costs its devices' states only
+            blob["evicted"].update(_read_segments(directory, blob["evicted_segments"], blob.get("evicted_order", "")))
         blob["sequences"] = {_device(d): int(s) for d, s in _dict(blob["sequences"]).items()}
         blob["watermarks"] = {_device(d): float(t) for d, t in _dict(blob.get("watermarks", {})).items()}
         journal = blob.get("journal")
@@ -226,6 +235,8 @@ def load_state(directory: Path) -> dict | None:
                            for d, a in _dict(blob.get("anchors", {})).items()}
         blob["saved_at"] = float(blob["saved_at"])
         blob["model_version"] = str(blob["model_version"])
+    except StateRefused:  # a segment that cannot be read now (_read_segment)
+        raise
     # RuntimeError: a tensor where a number belongs that converts to none (a meta one); OverflowError: int(inf)
     except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError, OverflowError) as exc:
         raise ValueError(f"{path}: consumer state with a field missing or malformed "
@@ -234,29 +245,32 @@ def load_state(directory: Path) -> dict | None:
 
 
 SEGMENT = re.compile(r"evicted-(\d+)\.pt")  # an evicted-state segment's file name in the state directory
-MAX_SEGMENTS = 64  # beyond this many, the smallest are written again into the next one (down to half)
+MAX_SEGMENTS = 64  # beyond this many, the smallest are written again into the next one
+FOLD_BUDGET = 5_000  # states of older segments written again at most per checkpoint (or twice the new ones)
 
 
 class EvictedSegments:
     """The evicted devices' states on disk, in segment files (``evicted-<n>.pt``) that are written once and
-    never changed; the checkpoint names each live segment and which of its devices still count.
+    never changed; the checkpoint names each live segment and which of its devices still count, and all the
+    evicted devices in their order (least recently seen first, as ``Consumer._evicted`` keeps them).
 
     Up to ``max_evicted`` (100,000) devices are evicted in a fleet whose ids keep changing, and the checkpoint
-    wrote all their states every ``checkpoint_interval`` on the serving thread: 0.99 s and 104 MB each time at
-    100,000 (docs/checkpoint.md; now 0.22 s and 1.5 MB with 500 newly evicted). Now a checkpoint writes only the
-    states evicted since the last one (a device that came back and was evicted again counts as new: its state is
-    another object), plus the
-    devices of segments of which fewer than half still count, so that the files hold at most about twice what
-    is evicted; and where there are more than ``MAX_SEGMENTS``, the smallest are folded into the new one.
-    Segments no checkpoint names any more are removed after the checkpoint that stopped naming them is on disk
-    (``clean``), and so are ones a kill left before its checkpoint was written. The checkpoint's format version
-    stays 3: a harstream up to 0b3c94f reads such a file without its evicted states (those devices start
-    afresh)."""
+    wrote all their states every ``checkpoint_interval`` on the serving thread (docs/checkpoint.md). Now a
+    checkpoint writes only the states evicted since the last one (a device that came back and was evicted again
+    counts as new: its state is another object), plus some of older segments': of those of which fewer than
+    half still count, and, beyond ``MAX_SEGMENTS``, of the smallest, at most ``FOLD_BUDGET`` states (or twice
+    the new ones) a checkpoint, those with the fewest still counting first, so that no checkpoint writes tens
+    of thousands of states at once (a review measured 0.6-0.8 s spikes without the bound). Segments no
+    checkpoint names any more are removed after the checkpoint that stopped naming them is on disk (``clean``),
+    and so are ones a kill left before its checkpoint was written; not those on disk at the start of a consumer
+    whose checkpoint was set aside as unreadable (``hold_existing``): the file set aside names them. Since
+    the checkpoint's version 4: a harstream up to 0b3c94f refuses to start on it (``NewerState``)."""
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         self._where: dict[str, tuple[str, tuple]] = {}  # device -> (segment holding its state, that state)
         self._rows: dict[str, int] = {}  # segment -> states written into it
+        self._held: set[str] = set()  # segment files never removed (hold_existing)
         self._next = 1 + max((int(m.group(1)) for m in map(SEGMENT.fullmatch, _names(directory)) if m), default=0)
         self.written = 0  # states written by the last ``write`` (for tests and benchmarks)
 
@@ -265,9 +279,14 @@ class EvictedSegments:
         restored from them (``evicted``: the very state objects), so that they are not written again."""
         for segment in index:
             self._rows[segment["file"]] = segment["rows"]
+            self._next = max(self._next, int(SEGMENT.fullmatch(segment["file"]).group(1)) + 1)
             for d in segment["names"]:
                 if d in evicted:
                     self._where[d] = (segment["file"], evicted[d])
+
+    def hold_existing(self) -> None:
+        """Never remove the segment files on disk now: the checkpoint that names them was set aside."""
+        self._held.update(n for n in _names(self.directory) if SEGMENT.fullmatch(n))
 
     def write(self, evicted: dict[str, tuple]) -> list[dict]:
         """Write what of ``evicted`` is not on disk yet into a new segment; the index for the checkpoint: each
@@ -281,12 +300,14 @@ class EvictedSegments:
                 kept.setdefault(w[0], []).append(d)
             else:
                 new[d] = state
-        fold = [f for f, names in kept.items() if 2 * len(names) < self._rows[f]]  # mostly gone
-        if len(kept) - len(fold) > MAX_SEGMENTS:
-            rest = sorted((f for f in kept if f not in fold), key=self._rows.__getitem__)
-            fold += rest[:len(rest) - MAX_SEGMENTS // 2]
+        fold = sorted((f for f, names in kept.items() if 2 * len(names) < self._rows[f]), key=lambda f: len(kept[f]))
+        if len(kept) > MAX_SEGMENTS:
+            fold += sorted((f for f in kept if f not in fold), key=self._rows.__getitem__)[:len(kept) - MAX_SEGMENTS]
+        budget = max(FOLD_BUDGET, 2 * len(new))
         for f in fold:
-            new.update((d, evicted[d]) for d in kept.pop(f))
+            if len(kept[f]) <= budget:
+                budget -= len(kept[f])
+                new.update((d, evicted[d]) for d in kept.pop(f))
         rows = {f: self._rows[f] for f in kept}
         if new:
             name = f"evicted-{self._next}.pt"
@@ -309,8 +330,8 @@ class EvictedSegments:
         """Remove the segments the checkpoint just written does not name (best effort: one left is removed at
         a later checkpoint)."""
         for name in _names(self.directory):
-            if (SEGMENT.fullmatch(name) and name not in self._rows) or (name.startswith("evicted-")
-                                                                        and name.endswith(".tmp")):
+            if (SEGMENT.fullmatch(name) and name not in self._rows and name not in self._held) or (
+                    name.startswith("evicted-") and name.endswith(".tmp")):
                 try:
                     (self.directory / name).unlink()
                 except OSError:
@@ -337,23 +358,48 @@ def _segment_index(value) -> list[dict]:
     return index
 
 
+def _read_segments(directory: Path, index: list[dict], order) -> dict[str, tuple[torch.Tensor, ...]]:
+    """The states of the devices that still count in the segments of ``index``, in ``order`` (the evicted
+    devices' names, least recently seen first, one string); see ``_read_segment``."""
+    states: dict[str, tuple[torch.Tensor, ...]] = {}
+    for segment in index:
+        states.update(_read_segment(directory, segment))
+    if not isinstance(order, str):
+        raise TypeError("the evicted devices' order: a string expected")
+    ordered = {d: states.pop(d) for d in (order.split("\n") if order else []) if d in states}
+    ordered.update(states)  # named by a segment, not by the order (none in a file harstream wrote)
+    return ordered
+
+
 def _read_segment(directory: Path, segment: dict) -> dict[str, tuple[torch.Tensor, ...]]:
-    """The states of ``segment``'s devices that still count; none (a warning) when its file is missing or cannot
-    be read: those devices start afresh when they come back, the others' states are restored."""
+    """The states of ``segment``'s devices that still count; none (a warning) when its file is missing or does
+    not hold a segment: those devices start afresh when they come back, the others' states are restored. A file
+    that cannot be read now (an ``OSError`` other than its absence: EACCES, EIO, EMFILE) is ``StateRefused``, as
+    the checkpoint itself: taken for lost, it would be removed at the next checkpoint."""
     path = directory / segment["file"]
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
         if not isinstance(blob, dict) or blob.get("format") != FORMAT + ".evicted":
             raise ValueError("not a harstream evicted-state segment")
         states = _states(blob["states"])
-    except Exception as exc:  # missing, torn, another format: as load_state's own, but for these devices alone
+    except OSError as exc:
+        if not isinstance(exc, FileNotFoundError):
+            raise StateRefused(f"{path} could not be read ({type(exc).__name__}: {exc}); it is left as it is: make "
+                               f"it readable, or move the state directory's consumer-state.pt away to start every "
+                               f"device afresh") from None
+        states, error = None, exc
+    except Exception as exc:  # torn, another format: as load_state's own, but for these devices alone
+        states, error = None, exc
+    if states is None:
         log.warning("not restoring the states of %d evicted devices: %s: %s (they start afresh when they come "
-                    "back)", len(segment["names"]), path, exc)
+                    "back)", len(segment["names"]), path, error)
         segment["names"] = []
         return {}
-    wanted = set(segment["names"])
-    segment["names"] = [d for d in segment["names"] if d in states]
-    return {d: s for d, s in states.items() if d in wanted}
+    wanted = [d for d in segment["names"] if d in states]
+    segment["names"] = wanted
+    if len(wanted) < len(states):  # copies: views would keep every row of the file in memory
+        return {d: tuple(t.clone() for t in states[d]) for d in wanted}
+    return {d: states[d] for d in wanted}
 
 
 def set_aside(path: Path) -> Path | None:

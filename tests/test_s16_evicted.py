@@ -155,3 +155,82 @@ def test_a_segment_index_naming_a_path_is_refused(tmp_path):
         assert "elsewhere" in str(exc)
     else:
         raise AssertionError("a segment outside the state directory was read")
+
+
+# -- found by a second look at the first version (5adba88) ----------------------------------------------------
+def test_the_segments_of_a_checkpoint_set_aside_as_unreadable_are_kept_with_it(tiny_model, tmp_path):
+    first = _life(tmp_path, tiny_model, idle_timeout=0.0)
+    for seq in range(3):
+        _send(first, "a", seq)
+    time.sleep(0.01)
+    first._evict_idle()
+    first.checkpoint(final=True)
+    first.store.close()
+    named = _segments(tmp_path)
+    (tmp_path / STATE_FILE).write_bytes(b"damaged")
+    second = _life(tmp_path, tiny_model)  # set aside, every device afresh
+    try:
+        assert list(tmp_path.glob(f"{STATE_FILE}.unreadable-*"))
+        second.checkpoint(final=True)
+        assert set(named) <= set(_segments(tmp_path))  # before: removed, the file set aside named nothing left
+    finally:
+        second.store.close()
+
+
+def test_a_segment_that_cannot_be_read_now_refuses_the_start_and_is_kept(tmp_path):
+    from stream.persist import StateRefused
+    save_state(tmp_path, "v", {}, {}, {"a": _state()}, segments=EvictedSegments(tmp_path))
+    (name,) = _segments(tmp_path)
+    data = (tmp_path / name).read_bytes()
+    (tmp_path / name).unlink()
+    (tmp_path / name).mkdir()  # reading it is an OSError (IsADirectoryError), as EACCES or EIO would be
+    try:
+        load_state(tmp_path)
+    except StateRefused as exc:
+        assert name in str(exc)
+    else:  # before: taken for lost, and removed at the next checkpoint
+        raise AssertionError("a segment that could not be read was taken for lost")
+    (tmp_path / name).rmdir()
+    (tmp_path / name).write_bytes(data)
+    assert load_state(tmp_path)["evicted"].keys() == {"a"}
+
+
+def test_the_evicted_devices_come_back_least_recently_seen_first(tmp_path):
+    evicted = OrderedDict((f"old{i}", _state()) for i in range(10))
+    segments = EvictedSegments(tmp_path)
+    save_state(tmp_path, "v", {}, {}, dict(evicted), segments=segments)
+    for i in range(6):
+        del evicted[f"old{i}"]
+    evicted.update((f"new{i}", _state()) for i in range(3))  # the old segment is folded after the new ones
+    save_state(tmp_path, "v", {}, {}, dict(evicted), segments=segments)
+    assert list(load_state(tmp_path)["evicted"]) == list(evicted)  # before: new0..2 first, forgotten first
+
+
+def test_no_checkpoint_writes_again_more_than_its_budget_of_older_states(tmp_path, monkeypatch):
+    import stream.persist as persist
+    monkeypatch.setattr(persist, "FOLD_BUDGET", 20)
+    evicted = OrderedDict((f"e{i}", _state()) for i in range(100))
+    segments = EvictedSegments(tmp_path)
+    save_state(tmp_path, "v", {}, {}, dict(evicted), segments=segments)
+    for i in range(70):  # 30 of 100 still count: mostly gone, but more than the budget
+        del evicted[f"e{i}"]
+    evicted["n"] = _state()
+    save_state(tmp_path, "v", {}, {}, dict(evicted), segments=segments)
+    assert segments.written == 1
+    for i in range(70, 85):  # 15 left: within the budget, folded
+        del evicted[f"e{i}"]
+    evicted["m"] = _state()
+    save_state(tmp_path, "v", {}, {}, dict(evicted), segments=segments)
+    assert segments.written == 16 and len(_segments(tmp_path)) == 2
+    _assert_restored(tmp_path, evicted)
+
+
+def test_a_new_segment_never_takes_the_name_of_one_the_checkpoint_names(tmp_path):
+    segments = EvictedSegments(tmp_path)
+    save_state(tmp_path, "v", {}, {}, {"a": _state()}, segments=segments)
+    (name,) = _segments(tmp_path)
+    (tmp_path / name).unlink()  # lost: the checkpoint still names it
+    again = EvictedSegments(tmp_path)
+    again.adopt(load_state(tmp_path)["evicted_segments"], {})
+    save_state(tmp_path, "v", {}, {}, {"b": _state()}, segments=again)
+    assert _segments(tmp_path) != [name]  # before: the same name, which the last checkpoint names for "a"
