@@ -84,3 +84,32 @@ def replay_through_consumer_matches_evaluate(rec, model, version: str, broker_ur
         assert p["label"] == e.label
         np.testing.assert_allclose([p["probs"][c] for c in model.config.classes], e.probs, atol=2e-3)
     return consumer
+
+
+class ConsumerTopics:
+    """What consumers publish under ``<prefix>/_consumer/+/+`` (status, model, metrics, ...), in arrival order, as
+    (last topic level, payload): a watcher connected to ``broker_url`` until ``close()``."""
+
+    def __init__(self, broker_url, prefix: str, name: str = "watch") -> None:
+        import threading
+        import uuid
+
+        from stream.mqtt import connect
+
+        self._got: list[tuple[str, bytes]] = []
+        self._lock = threading.Lock()
+        self._client = connect(broker_url, f"{name}-{uuid.uuid4().hex[:6]}",
+                               subscriptions=[(f"{prefix}/_consumer/+/+", 1)], on_message=self._on_message)
+
+    def _on_message(self, client, userdata, msg) -> None:
+        with self._lock:
+            self._got.append((msg.topic.rsplit("/", 1)[-1], msg.payload))
+
+    def said(self, kinds: tuple[str, ...] = ("status", "model")) -> list[tuple[str, bytes]]:
+        """The messages of ``kinds`` so far, in order."""
+        with self._lock:
+            return [(k, p) for k, p in self._got if k in kinds]
+
+    def close(self) -> None:
+        self._client.disconnect()
+        self._client.loop_stop()

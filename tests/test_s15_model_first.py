@@ -12,22 +12,13 @@ import pytest
 
 from models.state import StatefulClassifier
 from stream.consumer import Consumer, ConsumerConfig
-from stream.mqtt import connect
-from tests.helpers import wait
+from tests.helpers import ConsumerTopics, wait
 
 
 @pytest.mark.broker
 def test_the_model_message_comes_before_online(broker_url, tiny_model, tmp_path):
     prefix = f"mf{uuid.uuid4().hex[:8]}"
-    got: list[tuple[str, bytes]] = []
-    lock = threading.Lock()
-
-    def on_message(client, userdata, msg):
-        with lock:
-            got.append((msg.topic.rsplit("/", 1)[-1], msg.payload))
-
-    watcher = connect(broker_url, f"mf-{uuid.uuid4().hex[:6]}", subscriptions=[(f"{prefix}/_consumer/+/+", 1)],
-                      on_message=on_message)
+    watcher = ConsumerTopics(broker_url, prefix, "mf")
     c = Consumer(ConsumerConfig(broker=broker_url, prefix=prefix, learn=True, state_dir=tmp_path / "state",
                                 metrics_interval=0.5), StatefulClassifier(tiny_model, "t"))
     runner = threading.Thread(target=c.run)
@@ -35,13 +26,9 @@ def test_the_model_message_comes_before_online(broker_url, tiny_model, tmp_path)
     try:
         assert wait(lambda: c.learner is not None and c.learner.alive, timeout=60)
 
-        def kinds():
-            with lock:
-                return [k for k, _ in got]
-        assert wait(lambda: "online" in [p.decode(errors="replace") for k, p in list(got) if k == "status"]
-                    and "model" in kinds(), timeout=30)
-        with lock:
-            order = [(k, p) for k, p in got if k in ("status", "model")]
+        assert wait(lambda: ("status", b"online") in watcher.said()
+                    and "model" in [k for k, _ in watcher.said()], timeout=30)
+        order = watcher.said()
         first_online = next(i for i, (k, p) in enumerate(order) if k == "status" and p == b"online")
         models = [i for i, (k, _) in enumerate(order) if k == "model"]
         assert models and models[0] < first_online, [k for k, _ in order]
@@ -50,6 +37,5 @@ def test_the_model_message_comes_before_online(broker_url, tiny_model, tmp_path)
     finally:
         c.stop()
         runner.join(30)
-        watcher.disconnect()
-        watcher.loop_stop()
+        watcher.close()
     assert not runner.is_alive()

@@ -24,9 +24,8 @@ from models.learner_process import LearnerProcess
 from models.personal import _Adapter
 from models.state import StatefulClassifier
 from stream.consumer import Consumer, ConsumerConfig
-from stream.mqtt import connect
 from stream.persist import STATE_FILE, load_state
-from tests.helpers import wait
+from tests.helpers import ConsumerTopics, wait
 from tests.test_persist_faults import _life, _send
 from tests.test_s13_labels2 import _stopped
 from tests.test_s13_supervise import _learners, _poll_until
@@ -134,19 +133,8 @@ def test_a_consumer_says_its_model_then_online_again_after_a_reconnection(broker
     offline), and a broker restarted without persistence had neither message again. At every reconnection the
     consumer says its model message, then 'online'."""
     prefix = f"rc{uuid.uuid4().hex[:8]}"
-    got: list[tuple[str, bytes]] = []
-    lock = threading.Lock()
-
-    def on_message(client, userdata, msg):
-        with lock:
-            got.append((msg.topic.rsplit("/", 1)[-1], msg.payload))
-
-    def said() -> list[tuple[str, bytes]]:
-        with lock:
-            return [(k, p) for k, p in got if k in ("status", "model")]
-
-    watcher = connect(broker_url, f"rc-{uuid.uuid4().hex[:6]}", subscriptions=[(f"{prefix}/_consumer/+/+", 1)],
-                      on_message=on_message)
+    watcher = ConsumerTopics(broker_url, prefix, "rc")
+    said = watcher.said
     c = Consumer(ConsumerConfig(broker=broker_url, prefix=prefix, learn=False, metrics_interval=60.0),
                  StatefulClassifier(tiny_model, "t"))
     runner = threading.Thread(target=c.run)
@@ -168,8 +156,7 @@ def test_a_consumer_says_its_model_then_online_again_after_a_reconnection(broker
     finally:
         c.stop()
         runner.join(30)
-        watcher.disconnect()
-        watcher.loop_stop()
+        watcher.close()
     assert not runner.is_alive()
 
 
