@@ -116,6 +116,13 @@ CHECKPOINT_RETRY = 5.0  # s before a checkpoint that had to wait (the event stor
 LOST_WARNING_INTERVAL = 60.0  # s at least between two warnings of samples that never came
 LATE_WARNING_INTERVAL = 60.0  # s at least between two warnings of samples dropped as late
 FORCED_WARNING_INTERVAL = 60.0  # s at least between two warnings of messages acknowledged by force
+COMMAND_WARNING_INTERVAL = 60.0  # s at least between two warnings of refused commands (the first said at once)
+COMMAND_ANSWERS = 10  # refused commands answered (a retained model message each) per second at most
+REJECTION_WARNING_INTERVAL = 60.0  # s: at most REJECTION_WARNINGS first rejections named at WARNING per this
+REJECTION_WARNINGS = 10
+REJECTION_PAIRS = 4096  # (device, reason) pairs remembered as named (the least recently rejected forgotten first)
+# reasons warned of elsewhere: a refused command (_warn_refused), no_gyro (once per device, Pipeline.check)
+OWN_WARNINGS = ("bad_command", "no_gyro")
 STOCK_MAX_QUEUED = 1000  # Mosquitto's default max_queued_messages: what it keeps for an offline session
 REPUT_BUDGET = 2.0  # s a checkpoint waits for room in the event store's queue to put a kept journal in again
 JOURNAL_REPLAY_WAIT = 60.0  # s a start-up waits for a failing event store to take the last life's journal
@@ -201,6 +208,25 @@ class ConsumerConfig:
                 self.consumer_id, self.id_is_random = new, True  # no later run comes back under it
             else:  # the first consumer ever started on the directory writes it; the others read it
                 self.consumer_id = kept_id(self.state_dir / "consumer-id", new)
+
+
+class _Throttle:
+    """At most ``burst`` log lines every ``interval`` seconds about what can come in a flood, the first at once
+    (the pattern of the consumer's once-a-minute warnings: lost, late, forced): ``allow()`` says whether one more
+    may be said now. What is not said, the caller counts and says when ``allow`` next lets it."""
+
+    def __init__(self, interval: float, burst: int = 1) -> None:
+        self.interval, self.burst = interval, burst
+        self._since, self._used = -float("inf"), 0
+
+    def allow(self, now: float | None = None) -> bool:
+        now = time.monotonic() if now is None else now
+        if now - self._since >= self.interval:
+            self._since, self._used = now, 0
+        if self._used >= self.burst:
+            return False
+        self._used += 1
+        return True
 
 
 class _Stats:
@@ -405,6 +431,16 @@ class Consumer:
         self._forced: Counter[str] = Counter()
         self._forced_said: Counter[str] = Counter()
         self._forced_quiet_until = 0.0
+        # refused commands: warned of at most once a COMMAND_WARNING_INTERVAL (_warn_refused), answered at most
+        # COMMAND_ANSWERS a second; rejected messages: the first of each (device, reason) named (_say_rejected)
+        self._refusal_warnings = _Throttle(COMMAND_WARNING_INTERVAL)
+        self._refused_unsaid, self._refused_last, self._refused_since = 0, "", time.monotonic()
+        self._refusal_answers = _Throttle(1.0, COMMAND_ANSWERS)
+        self._unanswered = 0  # refused commands not answered since the last warning (beyond COMMAND_ANSWERS)
+        self._rejections_named: OrderedDict[tuple[str, str], None] = OrderedDict()
+        self._naming = _Throttle(REJECTION_WARNING_INTERVAL, REJECTION_WARNINGS)
+        self._unnamed: Counter[str] = Counter()  # rejected messages of pairs not named (the throttle), by reason
+        self._unnamed_warnings = _Throttle(REJECTION_WARNING_INTERVAL)
         self.labels = LabelBook()
         self._reloaded = 0  # labels.taken after the last life's labels were put back: those before are its
         self._saved_version: str | None = None  # the version last written to serving.pt
@@ -833,7 +869,8 @@ class Consumer:
             self._ack_in_paho(client, message, "dropped")
             return
         try:
-            self._queue.put_nowait((message.topic, payload, now, message.mid, message.qos, message.dup))
+            self._queue.put_nowait((message.topic, payload, now, message.mid, message.qos, message.dup,
+                                    message.retain))
             self._bytes_in += size
         except queue.Full:
             self.stats.dropped += 1
@@ -1194,7 +1231,7 @@ class Consumer:
                 return
 
     def handle_many(self, items: list[tuple]) -> None:
-        """``handle`` each (topic, payload, arrival[, mid, qos, dup]) in order (a QoS 0 message may
+        """``handle`` each (topic, payload, arrival[, mid, qos, dup[, retain]]) in order (a QoS 0 message may
         come as the first three alone); the native imu payloads among them are decoded in one go."""
         head = self._native_head
         imu: list[tuple[bytes, str]] = []
@@ -1214,26 +1251,27 @@ class Consumer:
                                               strict=True):
                 decoded[i] = (device_item[1], result)
         for item, pre in zip(items, decoded, strict=True):
-            mid, qos, dup = item[3:] or (0, 0, False)
-            self.handle(item[0], item[1], item[2], mid, qos, dup, pre)
+            mid, qos, dup = item[3:6] or (0, 0, False)
+            self.handle(item[0], item[1], item[2], mid, qos, dup, pre, retained=item[6] if len(item) > 6 else False)
 
     def handle(self, topic: str, payload: bytes, arrival: float, mid: int = 0, qos: int = 0,
-               dup: bool = False, decoded: tuple | None = None) -> None:
+               dup: bool = False, decoded: tuple | None = None, retained: bool = False) -> None:
         """Decode and buffer one message; a bad one is counted and logged, never raised.
 
         Acknowledging after the window, a QoS 1 message whose samples were buffered is held until
         they are in published windows; any other is acknowledged here. A copy the broker sent again
-        (``dup``) of a message already taken is counted in ``acks.redelivered``, not as rejected.
+        (``dup``) of a message already taken is counted in ``acks.redelivered``, not as rejected. ``retained``:
+        the broker's stored copy (MQTT's retain flag), sent at every subscription: a command so is not carried out.
         """
         lost = self.sequence.lost_samples
         try:
             if not (self.after_window and qos):
-                self._handle(topic, payload, arrival, 0, 0, dup, decoded)
+                self._handle(topic, payload, arrival, 0, 0, dup, decoded, retained)
                 return
             if mid in self.acks.held:  # the broker sent it again (a reconnection): we have it already
                 self.acks.counts["redelivered"] += 1
                 return
-            self._handle(topic, payload, arrival, mid, qos, dup, decoded)
+            self._handle(topic, payload, arrival, mid, qos, dup, decoded, retained)
             if mid not in self.acks.held:
                 self.acks.ack(mid, qos, "at_once")
             else:
@@ -1243,21 +1281,22 @@ class Consumer:
                 self._lost_qos1 += self.sequence.lost_samples - lost
 
     def _handle(self, topic: str, payload: bytes, arrival: float, mid: int, qos: int, dup: bool,
-                decoded: tuple | None = None) -> None:
+                decoded: tuple | None = None, retained: bool = False) -> None:
         """``decoded``: (device, batch or Rejected) of a native imu payload decoded beforehand."""
         self.stats.messages += 1
+        device = None  # named in the warning of a rejection, once known
         try:
             if decoded is not None:
                 device, kind = decoded[0], "imu"
             else:
                 if topic == self._command_topic:
-                    self._command(payload)
+                    self._command(payload, retained)
                     return
                 if not topic.startswith(self._native_head) and self.router.matches(topic):
                     batches = self.router.decode(topic, payload)  # phone formats: no seq
                     for part in batches.dropped:  # parts left out, the rest taken (no_gravity)
                         self.stats.rejected[part.reason] += 1
-                        log.debug("rejected part of %s: %s", topic[:80], part)
+                        self._say_rejected(topic, batches[0].device if batches else None, part, payload, "part of ")
                     for batch in batches:
                         try:
                             self.pipeline.check(batch)  # the gyroscope, if the model reads it
@@ -1335,7 +1374,44 @@ class Consumer:
                 self.acks.counts["redelivered"] += 1  # taken before (its PUBACK lost to a reconnection)
                 return
             self.stats.rejected[exc.reason] += 1
-            log.debug("rejected %s: %s (payload %r)", topic[:80], exc, payload[:60])
+            self._say_rejected(topic, device, exc, payload)
+
+    def _say_rejected(self, topic: str, device: str | None, exc: Rejected, payload: bytes, what: str = "") -> None:
+        """A rejected message (or ``what``: part of one): each at DEBUG (``-v``), and at WARNING the first of each
+        (device, reason), naming them, at most REJECTION_WARNINGS a REJECTION_WARNING_INTERVAL (those beyond are
+        counted and said together, ``_warn_unnamed``, and named in a later interval if they come again); the last
+        REJECTION_PAIRS pairs named are remembered. Before, a rejection was only counted in the metrics and the
+        minute's progress line, so a user could not tell which sensor was broken, and ``-v`` logged every one
+        (222 B each, unthrottled: a probe's 10,000 bad messages, 2.2 MB)."""
+        log.debug("rejected %s%s: %s (payload %r)", what, topic[:80], exc, payload[:60])
+        if exc.reason in OWN_WARNINGS:
+            return
+        key = (device if device is not None else topic[:80], exc.reason)
+        named = self._rejections_named
+        if key in named:
+            named.move_to_end(key)
+            return
+        if not self._naming.allow():
+            self._unnamed[exc.reason] += 1
+            return
+        named[key] = None
+        if len(named) > REJECTION_PAIRS:
+            named.popitem(last=False)
+        log.warning("rejected %sa message %s: %s (payload %r%s); further %s rejections of it are counted in the "
+                    "metrics (rejected) only, each logged at DEBUG (-v)", what,
+                    f"of device {device}" if device is not None else f"on topic {topic[:80]!r}", str(exc)[:200],
+                    payload[:60], f", {len(payload)} bytes" if len(payload) > 60 else "", exc.reason)
+
+    def _warn_unnamed(self) -> None:
+        """The rejections of (device, reason) pairs not named because more came than REJECTION_WARNINGS a
+        REJECTION_WARNING_INTERVAL (_say_rejected), in one line at most that often."""
+        if not self._unnamed or not self._unnamed_warnings.allow():
+            return
+        log.warning("%d more rejected messages (%s) of devices or reasons not named here: at most %d are named every "
+                    "%.0f s (each rejection is logged at DEBUG, -v)", sum(self._unnamed.values()),
+                    ", ".join(f"{r} {n}" for r, n in self._unnamed.most_common()), REJECTION_WARNINGS,
+                    REJECTION_WARNING_INTERVAL)
+        self._unnamed.clear()
 
     @property
     def _native_head(self) -> str:
@@ -1711,31 +1787,48 @@ class Consumer:
             save_checkpoint(self.config.state_dir / SERVING_MODEL, model, {"online": True})
             self._saved_version = version
 
-    def _command(self, payload: bytes) -> None:
+    def _command(self, payload: bytes, retained: bool = False) -> None:
         """Carry out a command; one refused, here or by the learner process when it comes to it (the version's
-        file gone since), is logged, answered by a model message naming it and why (``refused``: action,
-        version, reason, t), and counted ``bad_command``. One carried out is answered by the model message of
-        its swap, and its weights are in ``serving.pt`` before that (``_apply_swap``): a consumer killed before
-        its next checkpoint comes back serving what the command asked, not the version it rolled back from.
-        Either answer names the command's ``id`` (``answers``), if it came with one: a string of at most
-        ``COMMAND_ID`` characters or an integer (another is refused, answering none)."""
+        file gone since), is logged (``_warn_refused``), answered by a model message naming it and why
+        (``refused``: action, version, reason, t), and counted ``bad_command``. One carried out is answered by the
+        model message of its swap, and its weights are in ``serving.pt`` before that (``_apply_swap``): a consumer
+        killed before its next checkpoint comes back serving what the command asked, not the version it rolled
+        back from. Either answer names the command's ``id`` (``answers``), if it came with one: a string of at
+        most ``COMMAND_ID`` characters or an integer (another is refused, answering none).
+
+        What is not a command at all (not a JSON object with a string ``action``: a sensor's payload on the wrong
+        topic, garbage) is refused unanswered, and refusals are answered at most COMMAND_ANSWERS a second: each
+        answer is a retained QoS 1 model message, and a probe's 7,850 bad payloads a second, each answered, took
+        the consumer from 421 to 745 MB. An empty message is no command (it clears a retained one). A retained
+        command (``retained``: the broker's stored copy, sent at every subscription) is never carried out: it
+        would be again at every start and reconnection (a rollback undoing the promotions since); it is logged,
+        counted and cleared from the broker (``_refuse_retained``)."""
+        if not payload:  # clearing a retained command (this consumer's own, _refuse_retained): nothing to do
+            return
+        if retained:
+            self._refuse_retained(payload)
+            raise Rejected("bad_command", "a retained command is not carried out")
         try:
             body = orjson.loads(payload)
-            action = body.get("action") if isinstance(body, dict) else None
         except orjson.JSONDecodeError:
-            action = None
+            body = None
+        action = body.get("action") if isinstance(body, dict) else None
         version = body.get("version") if action == "rollback" else None
         command_id = body.get("id") if action is not None else None
         valid_id = (command_id is None or (isinstance(command_id, int) and not isinstance(command_id, bool))
                     or (isinstance(command_id, str) and 0 < len(command_id) <= COMMAND_ID))
         answers = command_id if valid_id else None
+        said = str(action)[:40] if isinstance(action, str) else "?"
 
         def refuse(reason: str) -> None:
-            log.warning("command %s refused: %s", action or "?", reason)
-            if self._client is not None:
-                self._publish_model(refused={"action": action if isinstance(action, str) else None,
-                                             "version": version if isinstance(version, str) else None,
-                                             "reason": reason[:300], "t": time.time()}, answers=answers)
+            self._warn_refused(f"command {said} refused: {reason[:300]}")
+            if self._client is None or not isinstance(action, str):  # not a command: no one waits for an answer
+                return
+            if not self._refusal_answers.allow():  # a flood: its answers would flood the broker and this process
+                self._unanswered += 1
+                return
+            self._publish_model(refused={"action": action, "version": version if isinstance(version, str) else None,
+                                         "reason": reason[:300], "t": time.time()}, answers=answers)
 
         def answered(model, served: str | None, reason: str | None) -> None:  # from LearnerProcess.poll
             if model is None and reason is None:  # nothing to serve came: not carried out, whatever the learner did
@@ -1755,6 +1848,10 @@ class Consumer:
                                  "characters or an integer)")
             if action not in ("rollback", "promote"):
                 raise ValueError(f"not a command: {payload[:60]!r}")
+            if action == "rollback" and version is None:
+                raise ValueError('a rollback names no version ("version": one of those the model message lists)')
+            if action == "rollback" and (not isinstance(version, (str, int)) or isinstance(version, bool)):
+                raise ValueError(f"the version to roll back to is not a string: {str(version)[:60]!r}")
             if self.learner is None:
                 raise ValueError("this consumer does not learn (--no-learn): it keeps no versions")
             if action == "rollback":
@@ -1763,7 +1860,46 @@ class Consumer:
                 self.learner.promote({"forced": True, **self.learner.comparison()}, answer=answered)
         except ValueError as exc:
             refuse(str(exc))
-            raise Rejected("bad_command", str(exc)) from None
+            raise Rejected("bad_command", str(exc)[:300]) from None
+
+    def _refuse_retained(self, payload: bytes) -> None:
+        """A retained command: not carried out (a command acts when it is sent; the broker's stored copy comes at
+        every subscription, so at every start and reconnection), said at WARNING (once: it is cleared), not
+        answered (no one waits: versions and the dashboard never retain one), and cleared from the broker with an
+        empty retained message on the topic. Clearing it here: the command topic is this consumer's inbox, which
+        nothing else reads, and left there the copy would be refused (and said) again at every connection, for
+        good; a retained command published while this consumer is connected comes to it live (no retain flag)
+        and is carried out once, as any."""
+        topic = self._command_topic
+        broker = self.config.broker
+        log.warning("a retained command on %s is not carried out (payload %r): a command acts when it is sent, and "
+                    "the broker's stored copy would be carried out again at every start and reconnection. This "
+                    "consumer clears it (an empty retained message); if it comes back, the broker refused that (an "
+                    "ACL?): clear it with mosquitto_pub -h %s -p %s -t '%s' -r -n, and send commands without the "
+                    "retain flag", topic, payload[:80], getattr(broker, "host", "HOST"),
+                    getattr(broker, "port", "PORT"), topic)
+        if self._client is not None:
+            self._client.publish(topic, b"", qos=1, retain=True)
+
+    def _warn_refused(self, what: str | None) -> None:
+        """A refused command (``what``: what to say of it): the first at WARNING at once, then one line at most every
+        COMMAND_WARNING_INTERVAL of how many were refused since and the last; None: say what waits, if it may
+        (_publish_metrics). Each refusal was a WARNING: a probe's flood of bad commands wrote 16 MB of log in
+        20 s."""
+        if what is not None:
+            self._refused_unsaid += 1
+            self._refused_last = what
+        if not self._refused_unsaid or not self._refusal_warnings.allow():
+            return
+        now = time.monotonic()
+        if self._refused_unsaid == 1 and not self._unanswered:
+            log.warning("%s", self._refused_last)
+        else:
+            log.warning("%d commands refused in the last %.0f s (refusals are logged at most once every %.0f s; the "
+                        "last: %s)%s", self._refused_unsaid, now - self._refused_since, COMMAND_WARNING_INTERVAL,
+                        self._refused_last, f"; {self._unanswered} of them not answered (more than {COMMAND_ANSWERS} "
+                        "refusals a second)" if self._unanswered else "")
+        self._refused_unsaid, self._unanswered, self._refused_since = 0, 0, now
 
     def _publish_metrics(self) -> None:
         elapsed, samples, windows, lat = self.stats.interval()
@@ -1824,6 +1960,8 @@ class Consumer:
         self._warn_lost(metrics["lost_samples"])
         self._warn_late()
         self._warn_forced()
+        self._warn_refused(None)
+        self._warn_unnamed()
         if self.config.health_file is not None:
             self._write_health(metrics)
         if self._client is not None:
