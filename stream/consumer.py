@@ -228,6 +228,10 @@ class _Throttle:
         self._used += 1
         return True
 
+    def reset(self) -> None:
+        """As if the interval were over: the next ``allow`` lets one be said."""
+        self._since = -float("inf")
+
 
 class _Stats:
     """Counters and latencies since the start and over the current metrics interval."""
@@ -422,15 +426,17 @@ class Consumer:
         self._unread_at_stop = 0  # QoS 1 messages that arrived sealed: not acknowledged, not taken (_seal)
         self.last_metrics: dict = {}
         self._progress = (time.monotonic(), 0)  # when the log last said how it goes, and the windows then
-        self._lost_said, self._lost_quiet_until = 0, 0.0  # lost samples last warned of; no warning before
+        self._lost_said = 0  # lost samples last warned of; no warning before
+        self._lost_warnings = _Throttle(LOST_WARNING_INTERVAL)
         self._late_said: dict[str, int] = {}  # pipeline.late_by_device when last warned of; no warning before
-        self._late_quiet_until = 0.0
+        self._late_warnings = _Throttle(LATE_WARNING_INTERVAL)
         self._lost_qos1 = 0  # samples that never came whose gap a QoS 1 message showed (_warn_lost)
         self._lost_qos1_said = 0
         # messages acknowledged by force, by why (stall, limit, journal), and when last warned of (_warn_forced)
         self._forced: Counter[str] = Counter()
         self._forced_said: Counter[str] = Counter()
-        self._forced_quiet_until = 0.0
+        self._forced_warnings = _Throttle(FORCED_WARNING_INTERVAL)
+        self._checkpoint_warnings = _Throttle(CHECKPOINT_WARN_EVERY)  # while checkpoints fail (_not_saved)
         # refused commands: warned of at most once a COMMAND_WARNING_INTERVAL (_warn_refused), answered at most
         # COMMAND_ANSWERS a second; rejected messages: the first of each (device, reason) named (_say_rejected)
         self._refusal_warnings = _Throttle(COMMAND_WARNING_INTERVAL)
@@ -784,8 +790,7 @@ class Consumer:
         used to end the service loop). False."""
         self._checkpoint_failures = getattr(self, "_checkpoint_failures", 0) + 1
         self._checkpoint_failing = True
-        if time.monotonic() - getattr(self, "_checkpoint_warned", -CHECKPOINT_WARN_EVERY) >= CHECKPOINT_WARN_EVERY:
-            self._checkpoint_warned = time.monotonic()
+        if self._checkpoint_warnings.allow():
             log.warning("checkpoint not written to %s (%s); the last one and the journal since it stand, trying "
                         "again (%d failures so far)", self.config.state_dir, exc, self._checkpoint_failures)
         return False
@@ -1996,7 +2001,7 @@ class Consumer:
         publisher at QoS 0, as `harstream simulate` is by default) went unremarked in the log (found by a soak
         run). Late messages that fill a gap take their samples off the count: warned of is its highest."""
         now = time.monotonic()
-        if lost <= self._lost_said or now < self._lost_quiet_until:
+        if lost <= self._lost_said or not self._lost_warnings.allow(now):
             return
         qos1 = self._lost_qos1 - self._lost_qos1_said
         if qos1 <= 0:
@@ -2015,7 +2020,7 @@ class Consumer:
                    "away or disconnected")
         log.warning("%d samples never came (%d since start; gaps in the devices' seq numbers): %s",
                     lost - self._lost_said, lost, why)
-        self._lost_said, self._lost_quiet_until = lost, now + LOST_WARNING_INTERVAL
+        self._lost_said = lost
         self._lost_qos1_said = self._lost_qos1
 
     def _say_unacknowledged(self) -> None:
@@ -2043,7 +2048,7 @@ class Consumer:
         --max-unacked) with nothing in the log."""
         now = time.monotonic()
         new = self._forced - self._forced_said
-        if not new or now < self._forced_quiet_until:
+        if not new or not self._forced_warnings.allow(now):
             return
         why = []
         if new["journal"]:
@@ -2066,7 +2071,7 @@ class Consumer:
         log.log(logging.WARNING if new["journal"] else logging.INFO,
                 "%d held messages acknowledged by force (%d since start, acks.forced): %s. The broker will not "
                 "send them again: %s", sum(new.values()), sum(self._forced.values()), "; ".join(why), "; ".join(lost))
-        self._forced_said, self._forced_quiet_until = Counter(self._forced), now + FORCED_WARNING_INTERVAL
+        self._forced_said = Counter(self._forced)
 
     def _warn_late(self) -> None:
         """A warning, at most once every LATE_WARNING_INTERVAL, of samples dropped as late since the last one,
@@ -2079,7 +2084,7 @@ class Consumer:
         # a device evicted since (Pipeline.evict forgets its count) and back counts from 0 again
         new = {d: n - said if n >= said else n for d, n in counts.items()
                if n != (said := self._late_said.get(d, 0))}
-        if not new or now < self._late_quiet_until:
+        if not new or not self._late_warnings.allow(now):
             return
         top = sorted(new.items(), key=lambda kv: (-kv[1], kv[0]))[:5]
         log.warning("%d samples dropped as late (%d since start; %s%s): they came at or before samples already "
@@ -2088,7 +2093,7 @@ class Consumer:
                     "%g s)", sum(new.values()), self.pipeline.late_samples,
                     ", ".join(f"{d} {n}" for d, n in top), f" and {len(new) - len(top)} more devices"
                     if len(new) > len(top) else "", CLOCK_RESET, self.pipeline.reorder)
-        self._late_said, self._late_quiet_until = dict(counts), now + LATE_WARNING_INTERVAL
+        self._late_said = dict(counts)
 
     def _rejected(self) -> dict[str, int]:
         rejected = Counter(self.stats.rejected)

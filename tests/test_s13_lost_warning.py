@@ -33,7 +33,7 @@ def test_samples_that_never_came_are_a_warning_at_most_once_a_minute(caplog, mon
         c._publish_metrics()
         assert len(_warnings(caplog)) == 1 and c.last_metrics["lost_samples"] == 100
         monkeypatch.setattr(consumer_module, "LOST_WARNING_INTERVAL", 0.0)
-        c._lost_quiet_until = 0.0  # the minute over
+        c._lost_warnings.reset()  # the minute over
         c._publish_metrics()
         assert _warnings(caplog)[-1].startswith("50 samples never came (100 since start")
         c._publish_metrics()

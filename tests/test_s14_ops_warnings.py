@@ -185,7 +185,7 @@ def test_a_clock_stepping_back_less_than_clock_reset_is_a_warning_naming_the_dev
         c._publish_metrics()
         assert len(_late_warnings(caplog)) == 1 and c.last_metrics["late_samples"] == 550
         monkeypatch.setattr(consumer_module, "LATE_WARNING_INTERVAL", 0.0)
-        c._late_quiet_until = 0.0  # the minute over
+        c._late_warnings.reset()  # the minute over
         c._publish_metrics()
         assert _late_warnings(caplog)[-1].startswith("25 samples dropped as late (550 since start; dev-b 25)")
         c._publish_metrics()

@@ -182,19 +182,19 @@ def test_messages_acknowledged_by_force_are_said_at_most_once_a_minute(caplog):
         assert c.acks.counts["forced"] > 3
         c._publish_metrics()
         assert len(_forced_warnings(caplog)) == 1  # within the minute: counted, not said
-        c._forced_quiet_until = 0.0  # the minute over
+        c._forced_warnings.reset()  # the minute over
         c._publish_metrics()
         warned = _forced_warnings(caplog)
         forced = c.acks.counts["forced"]
         assert len(warned) == 2 and warned[1].startswith(f"{forced - 3} held messages acknowledged by force "
                                                          f"({forced} since start")
         assert "beyond --max-unacked (5 held" in warned[1]
-        c._forced_quiet_until = 0.0
+        c._forced_warnings.reset()
         c._publish_metrics()
         assert len(_forced_warnings(caplog)) == 2  # none forced since: nothing more
         assert not _forced_warnings(caplog, logging.WARNING)  # partial windows only: INFO
         c._forced["journal"] += 4  # as _acks_due counts those the journal could not record
-        c._forced_quiet_until = 0.0
+        c._forced_warnings.reset()
         c._publish_metrics()
         (warned,) = _forced_warnings(caplog, logging.WARNING)
         assert warned.startswith("4 held messages acknowledged by force") and "journal could not record" in warned
