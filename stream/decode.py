@@ -24,6 +24,7 @@ __all__ = [
     "SampleBatch",
     "SequenceCheck",
     "check_range",
+    "check_span",
     "check_time",
     "decode_imu",
     "decode_imu_many",
@@ -52,6 +53,16 @@ _INF, _NEG_INF = float("inf"), float("-inf")
 # Android SensorEvent's timestamp) sent as seconds spread 50 Hz samples over hours or years, and every sample
 # was a gap or a duplicate (float64's spacing at 1e17 is 16 s): no window ever came, and nothing said why
 MAX_T = 1e11
+# how much device time one message's samples may cover. Interpolated onto the model's 25 Hz grid, samples just
+# under the buffer's 1 s max_gap apart made 25 grid points each: 2,000 of them spread over 1,980 s were 990
+# windows from one message, classified one after the other, and one such message a second held every other
+# device's predictions back by seconds. No sensor batch is like it: phone apps send 10-100 Hz in batches of a
+# few seconds, replays and the simulator 0.2 s; MAX_SAMPLES at 10 Hz is 200 s. Beyond MAX_SPAN seconds, or beyond
+# SPARSE_SPAN seconds at fewer than MIN_RATE samples a second, a message is refused "bad_span": at most some 100
+# windows per message, and at most 25 / MIN_RATE grid points per sample for one longer than SPARSE_SPAN
+MAX_SPAN = 200.0  # s
+SPARSE_SPAN = 10.0  # s
+MIN_RATE = 4.0  # samples per second, on average, in a message spanning more than SPARSE_SPAN (SensorSpot's 5 Hz passes)
 
 REASONS = (
     "oversize",  # payload larger than the cap
@@ -68,6 +79,8 @@ REASONS = (
     "non_finite",  # NaN or infinity in t, acc or gyro
     "out_of_range",  # acc beyond MAX_ACC m/s² or gyro beyond MAX_GYRO rad/s: no body-worn sensor reads that
     "bad_time",  # no t nor t0 + rate, rate not positive, t decreasing within the batch, or |t| >= MAX_T
+    "bad_span",  # samples spread over more device time than a sensor batch: over MAX_SPAN s, or over SPARSE_SPAN s
+    # at fewer than MIN_RATE samples a second (check_span)
     "bad_unit",  # unit other than m/s2 or g
     "no_gyro",  # no gyro, for a model that reads the gyroscope (stream.pipeline)
     "ignored_type",  # an adapter's message of a sensor we do not use (stream.adapters)
@@ -152,8 +165,8 @@ def decode_imu_many(items: list[tuple[bytes, str]],
     JSON parse and two array conversions (each message's own: parsed numbers freed at once are
     reused by the next parse, which keeps it fast); a handful of numpy calls then check every such
     message of the cycle together (|acc| within MAX_ACC, ``t`` finite and not decreasing within each
-    message). Anything else, and every message whose check fails, takes ``decode_imu``'s own path,
-    which names the reason; the others of its cycle stay on the fast one.
+    message), and each message's span (``check_span``). Anything else, and every message whose check fails,
+    takes ``decode_imu``'s own path, which names the reason; the others of its cycle stay on the fast one.
     """
     out: list[SampleBatch | Rejected | None] = [None] * len(items)
     fast: list[tuple[int, str, int, int]] = []  # (item, device, seq, samples)
@@ -182,8 +195,8 @@ def decode_imu_many(items: list[tuple[bytes, str]],
     if fast:
         passing = _passing(accs, times, [f[3] for f in fast])
         for (i, device, seq, _), t, acc, ok in zip(fast, times, accs, passing.tolist(), strict=True):
-            if ok:  # each batch owns its arrays: a view into the cycle's would keep all of it alive for
-                # as long as a buffer keeps any one batch (a device that went quiet, until evicted)
+            if ok and _span_ok(t):  # each batch owns its arrays: a view into the cycle's would keep all of it
+                # alive for as long as a buffer keeps any one batch (a device that went quiet, until evicted)
                 out[i] = SampleBatch(device, t, acc.astype(np.float32), None, seq)
                 continue
             try:  # something to refuse: decode_imu's own checks, in order, name the reason
@@ -258,7 +271,7 @@ def _imu(msg: dict, device: str) -> SampleBatch:
     # the usual batch in few numpy calls: |acc| within MAX_ACC (NaN fails the comparison too), t
     # non-decreasing (NaN fails it) between finite ends; anything else takes the checks below, in order
     if (gyro is None and float(np.abs(acc).max()) < MAX_ACC and -MAX_T < t[0] and t[-1] < MAX_T
-            and (n == 1 or bool((t[1:] >= t[:-1]).all()))):
+            and (n == 1 or bool((t[1:] >= t[:-1]).all())) and _span_ok(t)):
         return SampleBatch(device=device, t=t, acc=acc.astype(np.float32), gyro=None, seq=seq)
     with np.errstate(over="ignore"):  # a value beyond float32 becomes inf here, and is refused below
         acc32 = acc.astype(np.float32)
@@ -271,6 +284,7 @@ def _imu(msg: dict, device: str) -> SampleBatch:
         raise Rejected("bad_time", "t decreases within the batch")
     check_time(t)
     check_range(acc32, gyro32)
+    check_span(t)
     return SampleBatch(device=device, t=t, acc=acc32, gyro=gyro32, seq=seq)
 
 
@@ -279,6 +293,26 @@ def check_time(t: np.ndarray) -> None:
     if len(t) and float(np.abs(t).max()) >= MAX_T:
         raise Rejected("bad_time", f"t {float(np.abs(t).max()):.3g} is beyond {MAX_T:.0e} s: t is in seconds "
                                    f"(milliseconds or nanoseconds?)")
+
+
+def _span_ok(t: np.ndarray) -> bool:
+    """Whether samples at times ``t`` (finite, not decreasing: the decoders' own) pass ``check_span``."""
+    return len(t) < 2 or _spread_ok(len(t), float(t[-1] - t[0]))
+
+
+def _spread_ok(n: int, span: float) -> bool:
+    return span <= SPARSE_SPAN or (span <= MAX_SPAN and n - 1 >= MIN_RATE * span)
+
+
+def check_span(t: np.ndarray) -> None:
+    """Raise ``Rejected("bad_span")`` for samples (finite times, in any order) that cover more device time than
+    a sensor batch: more than ``MAX_SPAN`` seconds, or more than ``SPARSE_SPAN`` at under ``MIN_RATE`` samples a
+    second. Every one within the buffer's ``max_gap`` of the next is interpolated onto the model's grid: spread
+    out, a few thousand samples made hundreds of windows, classified one after the other."""
+    span = float(t.max() - t.min()) if len(t) > 1 else 0.0
+    if not _spread_ok(len(t), span):
+        raise Rejected("bad_span", f"{len(t)} samples over {span:.4g} s of device time: a message may cover "
+                                   f"{MAX_SPAN:g} s, and over {SPARSE_SPAN:g} s needs {MIN_RATE:g} samples a second")
 
 
 def check_range(acc: np.ndarray, gyro: np.ndarray | None) -> None:

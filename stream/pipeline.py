@@ -14,7 +14,7 @@ import numpy as np
 
 from models.state import StatefulClassifier
 from stream.buffers import DeviceBuffer, Window
-from stream.decode import Rejected, SampleBatch
+from stream.decode import Rejected, SampleBatch, check_span
 
 __all__ = ["Pipeline", "Prediction"]
 
@@ -89,7 +89,15 @@ class Pipeline:
 
     def check(self, batch: SampleBatch) -> None:
         """Raise ``Rejected("no_gyro")`` for a batch without the gyroscope the model reads (logged once
-        per device); callers that hold or count a batch before ``add`` check it first."""
+        per device), ``Rejected("bad_span")`` for one whose samples cover more device time than a sensor batch
+        (``stream.decode.check_span``: native payloads are refused so when decoded, the phone formats' batches
+        here); the consumer checks every batch before ``add``. ``add`` checks the gyroscope only: ``harstream
+        evaluate`` feeds a recording in chunks of its own length."""
+        self._check_gyro(batch)
+        if len(batch.t) > 1:
+            check_span(batch.t)
+
+    def _check_gyro(self, batch: SampleBatch) -> None:
         if batch.gyro is None and self.config.input_channels == 6:
             if batch.device not in self._warned and len(self._warned) < MAX_WARNED:
                 self._warned.add(batch.device)
@@ -103,7 +111,7 @@ class Pipeline:
     def add(self, batch: SampleBatch, arrival: float, new_clock: bool = False) -> int:
         """Buffer ``batch``; returns how many windows it completed. ``new_clock``: it starts a new session
         of its device (``DeviceBuffer.push``)."""
-        self.check(batch)
+        self._check_gyro(batch)
         cfg = self.config
         buffer = self.buffers.get(batch.device)
         if buffer is None:
