@@ -71,6 +71,7 @@ REASONS = (
     "bad_topic",  # topic not <prefix>/<device>/<kind>
     "bad_device",  # device id does not match DEVICE_ID
     "bad_seq",  # seq missing, not an integer, or beyond a signed 64-bit one
+    "seq_jump",  # seq more than SequenceCheck.MAX_GAP past the last one, not (yet) confirmed by the next message
     "repeated_seq",  # seq equal to the last one seen
     "backwards_seq",  # seq lower than the last one seen
     "bad_shape",  # acc/gyro not a list of [x, y, z], or t of the wrong length
@@ -327,8 +328,12 @@ class SequenceCheck:
     """Per-device ``seq`` bookkeeping: refuses repeats and regressions, counts gaps as lost samples.
 
     ``seq`` counts messages; a gap of k messages is counted as k times the size of the batch that
-    reveals it (the best estimate of what the missing messages held), up to ``MAX_GAP`` messages: a
-    larger jump is a device numbering anew, as ``seq`` 0 after a higher one. With ``fill_gaps``, a ``seq``
+    reveals it (the best estimate of what the missing messages held), up to ``MAX_GAP`` messages. A larger
+    jump is refused (``seq_jump``, the device named) unless the message before it was such a jump that this one
+    follows within ``MAX_GAP``: a device numbering anew is believed once its next message confirms the new
+    numbering (counted in ``renumbered``; loss counted from the jump's message), and a single corrupted ``seq``
+    leaves the device's numbering as it was (the next message continues it). Taken at once, one ``seq`` of
+    2**40 had every later message of the device refused ``backwards_seq``. With ``fill_gaps``, a ``seq``
     below the last one that is one of a counted gap's messages arriving late (a publisher that
     reconnected and re-sent its backlog after newer messages, say) is accepted and taken off
     ``lost_samples``; each device remembers its ``MAX_GAPS`` most recent gaps.
@@ -346,9 +351,10 @@ class SequenceCheck:
     """
 
     MAX_GAPS = 64  # gaps remembered per device (as ranges of seq, so a huge gap costs no more)
-    # a gap of more messages than this is a device that numbers anew (as seq 0 after a higher one), not
-    # loss: 5.5 h of messages at 50 a second. Counted as loss, one message jumping to 2**62 made
-    # lost_samples too large for the metrics' JSON (orjson stops at 64 bits), which ended the consumer
+    # a gap of more messages than this is a device that numbers anew (as seq 0 after a higher one) once its next
+    # message confirms it, or a corrupted seq, not loss: 5.5 h of messages at 50 a second. Counted as loss, one
+    # message jumping to 2**62 made lost_samples too large for the metrics' JSON (orjson stops at 64 bits), which
+    # ended the consumer
     MAX_GAP = 1_000_000
     # seconds of device time with no sample before a lower seq counts as a device numbering anew: a restart
     # leaves at least that (the buffer's max_gap, past which its window grid starts again anyway)
@@ -362,6 +368,7 @@ class SequenceCheck:
         self.filled_samples = 0  # samples of late messages that filled a gap (taken off lost_samples)
         self.renumbered = 0  # messages taken as a device numbering anew (seq back, its samples newer)
         self._given: dict[str, float] = {}  # device -> its newest sample in a message checked, refused or not
+        self._jumps: dict[str, int] = {}  # device -> the seq of its last message, refused as a jump past MAX_GAP
 
     def check(self, batch: SampleBatch, newest: float | None = None) -> int:
         """Accept ``batch`` or raise ``Rejected``; returns the samples estimated lost before it
@@ -382,8 +389,22 @@ class SequenceCheck:
             newest = given  # a batch refused, or one taken and evicted since, is samples the device gave
         renumbered = (last is not None and seq is not None and seq < last and newest is not None
                       and len(batch.t) > 0 and float(np.min(batch.t)) > newest + self.RESTART_GAP)
-        if (last is not None and seq is not None and not (seq == 0 and last > 0) and seq - last - 1 <= self.MAX_GAP
+        jump = self._jumps.pop(batch.device, None)  # the message before was a jump: this one confirms it, or not
+        if (last is not None and seq is not None and not (seq == 0 and last > 0) and seq - last - 1 > self.MAX_GAP
                 and not renumbered):
+            if jump is None or not 0 <= seq - jump - 1 <= self.MAX_GAP:
+                self._jumps[batch.device] = seq
+                raise Rejected("seq_jump", f"{batch.device} seq {seq} after {last}: taken as a new numbering only "
+                                           f"if the next message follows it")
+            self._gaps.pop(batch.device, None)  # confirmed: a device numbering anew; earlier gaps are history
+            self.renumbered += 1
+            log.info("%s: seq %d after %d, following the jump to %d: a device numbering anew",
+                     batch.device, seq, last, jump)
+            lost = (seq - jump - 1) * len(batch)  # the jump's own message was refused: not counted as lost
+            self._last[batch.device] = seq
+            self.lost_samples += lost
+            return lost
+        if last is not None and seq is not None and not (seq == 0 and last > 0) and not renumbered:
             # seq 0 after a higher one is a device that restarted: a new session, not a regression
             if seq == last:
                 raise Rejected("repeated_seq", f"{batch.device} seq {seq}")
@@ -430,6 +451,7 @@ class SequenceCheck:
         self._last.pop(device, None)
         self._gaps.pop(device, None)
         self._given.pop(device, None)
+        self._jumps.pop(device, None)
 
     def snapshot(self) -> dict[str, int]:
         return dict(self._last)
@@ -438,3 +460,4 @@ class SequenceCheck:
         self._last.update(last)
         for device in last:
             self._gaps.pop(device, None)
+            self._jumps.pop(device, None)

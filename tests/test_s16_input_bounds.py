@@ -1,9 +1,11 @@
-"""Session 16, adversarial input (/tmp/s16/fuzz): the work one message can make.
+"""Session 16, adversarial input (/tmp/s16/fuzz): the work one message can make, and one corrupted seq.
 
-Each test failed on 188f883: the spread-out message was taken (990 windows from one message)."""
+Each test failed on 188f883: the spread-out message was taken (990 windows from one message), and one seq of
+2**40 had every later message of its device refused ``backwards_seq``."""
 
 from __future__ import annotations
 
+import logging
 import time
 
 import numpy as np
@@ -17,6 +19,7 @@ from stream.decode import (
     REASONS,
     Rejected,
     SampleBatch,
+    SequenceCheck,
     decode_imu,
     decode_imu_many,
 )
@@ -101,3 +104,57 @@ def test_the_limit_holds_on_every_path(tiny_model, t):
     assert c.stats.rejected["bad_span"] == 1 and c.stats.samples == 0
     c.handle("phone/p1", "\n".join(f"{x:.3f},0,0,9.8" for x in t[:8]).encode(), time.monotonic())
     assert c.stats.samples == 8  # 7 s: taken
+
+
+def test_one_wild_seq_is_refused_and_the_device_goes_on():
+    """The probe: seq 0..149, message 50 with seq 2**40. Taken as a device numbering anew, it had the 99
+    messages after it refused backwards_seq, until a restart or seq 0."""
+    check = SequenceCheck()
+    refused = []
+    for k in range(150):
+        seq = 2**40 if k == 50 else k
+        try:
+            check.check(SampleBatch("glseq", 1000 + k * 0.2 + np.arange(10) / 50, np.zeros((10, 3)), seq=seq),
+                        newest=None)
+        except Rejected as exc:
+            refused.append((k, exc.reason, exc.detail))
+    assert [r[:2] for r in refused] == [(50, "seq_jump")]
+    assert "glseq" in refused[0][2]  # the device named
+    assert check.last("glseq") == 149 and check.renumbered == 0
+    assert check.lost_samples == 10  # message 50's place, as any lost message
+
+
+def test_a_numbering_anew_is_believed_once_the_next_message_follows_it(caplog):
+    check = SequenceCheck()
+    batch = lambda seq, t0: SampleBatch("dev-7", t0 + np.arange(10) / 50, np.zeros((10, 3)), seq=seq)  # noqa: E731
+    for k in range(5):
+        check.check(batch(k, k * 0.2))
+    with pytest.raises(Rejected) as info:
+        check.check(batch(2**40, 1.0))
+    assert info.value.reason == "seq_jump"
+    with caplog.at_level(logging.INFO, logger="stream.decode"):
+        assert check.check(batch(2**40 + 2, 1.2)) == 10  # follows the jump (one message lost between)
+    assert check.renumbered == 1 and check.last("dev-7") == 2**40 + 2
+    assert any("dev-7" in r.getMessage() for r in caplog.records)
+    assert check.check(batch(2**40 + 3, 1.4)) == 0
+    with pytest.raises(Rejected) as info:
+        check.check(batch(4, 1.6))  # the old numbering is gone now
+    assert info.value.reason == "backwards_seq"
+    # two wild seqs in a row that do not follow each other: both refused
+    with pytest.raises(Rejected):
+        check.check(batch(2**50, 1.8))
+    with pytest.raises(Rejected):
+        check.check(batch(2**45, 2.0))
+    assert check.check(batch(2**40 + 4, 2.2)) == 0 and check.renumbered == 1
+
+
+def test_one_wild_seq_through_the_consumer(tiny_model):
+    """The probe's repro end to end: 150 messages of 10 samples, the 51st with seq 2**40."""
+    c = _consumer(tiny_model)
+    now = time.monotonic()
+    for k in range(150):
+        seq = 2**40 if k == 50 else k
+        c.handle_many([("fz/glseq/imu", _native(seq, 1000 + k * 0.2 + np.arange(10) / 50), now + k * 0.2)])
+    assert c.stats.rejected["seq_jump"] == 1
+    assert c.stats.rejected["backwards_seq"] == 0  # was 99
+    assert c.stats.samples == 149 * 10
