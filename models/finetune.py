@@ -9,6 +9,10 @@ update, so that learning one person's squats does not erase everything else.
 Promotion is prequential: each new sequence first scores the challenger and the serving model
 (neither has trained on it), then trains the challenger. When the challenger does at least as
 well as the serving model over the last ``promotion_windows`` such windows, it is promoted.
+A rollback starts over from the version rolled back to (the challenger, the scores, the updates
+counted since a promotion) and only sequences labelled after it score: those labelled before and
+learnt after (a learner behind its labels holds up to ``queue_size``) still train the challenger, but
+decide no promotion, which would undo the rollback on no evidence gathered since.
 
 What learns is a setting (``adapt``), decided by measurement (``benchmarks/personal.py``,
 ``docs/personal.md``): ``device`` (the default) trains a small adapter per labelling device on the
@@ -59,6 +63,8 @@ class Sequence:
     windows: torch.Tensor  # (L, window, C): the model's input channels
     targets: torch.Tensor  # (L,) class index, -1 where unknown
     state: tuple[torch.Tensor, ...]  # state before the first window, each (layers, hidden)
+    labelled: float = field(default_factory=time.monotonic)  # when its labels were settled (the consumer made
+    # it), on the machine's monotonic clock, which its processes share: one from before a rollback scores nothing
 
 
 @dataclass
@@ -249,6 +255,7 @@ class OnlineLearner:
         self.updates = 0
         self.skipped = 0  # updates skipped for a non-finite loss or gradient
         self._since_promotion = 0
+        self._rolled_back = -math.inf  # time.monotonic() of the last rollback: sequences labelled before do not score
         self.version = config.serving_version
         # what the serving side serves (``served``), none of which is forgotten. Called directly, what is handed over
         # is served. In a learner process (``confirmed``, set by learner_loop) the serving side says what it serves
@@ -291,9 +298,10 @@ class OnlineLearner:
                 self.on_update(report)
             if self.shared:  # the shared network learns what the adapter leaves
                 sequence = Sequence(sequence.device, self.adapters.transform(sequence.device, sequence.windows),
-                                    sequence.targets, sequence.state)
+                                    sequence.targets, sequence.state, sequence.labelled)
         if self.shared:
-            self._score(sequence)
+            if sequence.labelled >= self._rolled_back:  # else held out from a challenger and serving model since
+                self._score(sequence)  # replaced (a rollback): no evidence of how they compare
             trained = self._train(sequence)
             reports += trained
             if not any(r.skipped for r in trained):  # a sequence whose loss was not finite would spoil
@@ -529,7 +537,10 @@ class OnlineLearner:
                  f" and {len(gone) - len(shown)} more" if len(gone) > len(shown) else "")
 
     def rollback(self, version: str) -> HARNet:
-        """Serve (and keep training from) an earlier version."""
+        """Serve (and keep training from) an earlier version: the challenger starts from it, the comparison and
+        the updates since a promotion start from nothing, and only sequences labelled from now on score (see the
+        module's docstring). Before, a learner behind its labels promoted a new version 0.6 s after an
+        operator's rollback, on 24 windows labelled before it, and updates counted before it."""
         with self._lock:
             info = next((v for v in self.versions if v.version == version), None)
             if info is None:
@@ -541,6 +552,8 @@ class OnlineLearner:
             self.challenger = copy.deepcopy(model).train()
             self._make_optimiser()
             self._scores.clear()
+            self._since_promotion = 0
+            self._rolled_back = time.monotonic()
             self.version = version
             self._hand_over(version)
         self.on_promote(copy.deepcopy(model), version)

@@ -9,7 +9,8 @@ worst second's p99; in this process, scheduled below serving, 0.98-1.14x and 1.2
 thread after every 2 ms of learning instead of after every sequence, or letting it run only in turns
 between serving cycles, had done no better.)
 
-The serving side (``LearnerProcess``) sends each labelled ``Sequence`` as numpy arrays, and polls
+The serving side (``LearnerProcess``) sends each labelled ``Sequence`` as numpy arrays (with the time it was
+labelled: one labelled before a rollback the learner takes after it decides no promotion), and polls
 (``poll``, once per serving cycle) what comes back: update reports, each device's adapter after it
 learnt (the serving process keeps a copy of every adapter: it applies them in the batched pass and
 saves them with its checkpoint), promoted or rolled-back weights (as checkpoint bytes), the answer to
@@ -111,13 +112,13 @@ def _die_with_parent() -> None:
 
 def _arrays(seq: Sequence) -> tuple:
     """A sequence as plain numpy arrays: they pickle in microseconds, with no shared memory."""
-    return (seq.device, seq.windows.numpy(), seq.targets.numpy(), tuple(s.numpy() for s in seq.state))
+    return (seq.device, seq.windows.numpy(), seq.targets.numpy(), tuple(s.numpy() for s in seq.state), seq.labelled)
 
 
 def _sequence(item: tuple) -> Sequence:
-    device, windows, targets, state = item
+    device, windows, targets, state, labelled = item
     return Sequence(device, torch.from_numpy(windows), torch.from_numpy(targets),
-                    tuple(torch.from_numpy(s) for s in state))
+                    tuple(torch.from_numpy(s) for s in state), labelled)
 
 
 def _turned(item: tuple, Q: np.ndarray) -> tuple:
@@ -125,8 +126,8 @@ def _turned(item: tuple, Q: np.ndarray) -> tuple:
     # imported here: at the top it put scipy (0.6 s of CPU) in every learner process's start, beside the
     # consumer serving its first windows (the demo's p99 latency went from 26 ms to 200-700 ms)
     from models.orientation import turn_sensors
-    device, windows, targets, state = item
-    return device, turn_sensors(windows, Q.T), targets, state
+    device, windows, targets, state, labelled = item
+    return device, turn_sensors(windows, Q.T), targets, state, labelled
 
 
 def _numpy(entry: dict) -> dict:
