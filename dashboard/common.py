@@ -25,9 +25,15 @@ __all__ = [
     "class_colour",
     "device_clock",
     "class_scale",
+    "consumer_online",
+    "drift_value",
     "feed_status",
     "get_feed",
     "number",
+    "plural",
+    "prediction_shown",
+    "prediction_stale",
+    "why_stale",
     "status_text",
     "choose_device",
     "remember_sent",
@@ -150,6 +156,82 @@ def status_text(status: str | None, last_seen: float | None = None, now: float |
     if status == "online" and silent_after is not None and not heard_from(last_seen, now, silent_after):
         return "◌ online, silent"
     return {"online": "● online", "offline": "○ offline"}.get(status or "", "? unknown")
+
+
+STALE_WINDOWS = 5  # a device's latest prediction older than this many windows' steps is not current
+STALE_MIN = 10.0  # s: ... nor one older than this, whatever the step
+
+
+def consumer_online(consumers) -> bool:
+    """Whether any consumer (a ``ConsumerView``) is online, or of unknown status: as the Overview counts them."""
+    return any(view.status != "offline" for view in consumers)
+
+
+def why_stale(predicted_at: float | None, hop: float | None, last_seen: float | None, online: bool,
+              now: float | None = None) -> str | None:
+    """Why a device's latest prediction (arrived at ``predicted_at``, wall clock; ``hop``: device seconds
+    between its predictions) is no longer current: ``"no consumer"`` online, ``"unclassified"`` (its samples
+    still come, no prediction for more than a few windows), ``"silent"`` (nothing heard from the device since
+    then); None while it is current, or there is none."""
+    if predicted_at is None:
+        return None
+    now = time.time() if now is None else now
+    if not online:
+        return "no consumer"
+    stale_after = max(STALE_MIN, STALE_WINDOWS * hop) if hop else STALE_MIN
+    if now - predicted_at <= stale_after:
+        return None
+    if last_seen is not None and last_seen - predicted_at > stale_after:
+        return "unclassified"
+    return "silent"
+
+
+def prediction_stale(predicted_at: float | None, hop: float | None, last_seen: float | None, online: bool,
+                     now: float | None = None) -> str | None:
+    """``why_stale`` as a sentence for a device's page; None while the prediction is current. Stopping the
+    consumer left "rest, 86% confident" on the Device page a minute later, beside "Last seen 0 s ago" (of the
+    raw samples, which still came), without a word."""
+    why = why_stale(predicted_at, hop, last_seen, online, now)
+    if why is None:
+        return None
+    when = f"The last prediction came {ago(predicted_at, now)}"
+    if why == "no consumer":
+        return f"{when}: no consumer is online, so nothing classifies this device's samples now."
+    if why == "unclassified":
+        return (f"{when}, although the device's samples still come: no consumer classifies them now (one "
+                "stuck, or serving other devices).")
+    return f"{when}; nothing has been heard from the device since."
+
+
+def prediction_shown(label: str | None, stale: str | None) -> str:
+    """A prediction's label as a metric shows it: greyed when no longer current."""
+    if label is None:
+        return "—"
+    return f":gray[{label}]" if stale else label
+
+
+def plural(count: int, noun: str, many: str | None = None) -> str:
+    """'1 detection', '2 detections' (with thousands separators)."""
+    return f"{count:,} {noun if count == 1 else (many or noun + 's')}"
+
+
+# What a drift detection's ``value`` is, by its signal (stream/monitor.py, DESIGN.md "Drift signals")
+DRIFT_VALUES = {
+    "orientation": ("{:.0f}°", "the angle between the window's gravity direction and the usual one"),
+    "input_magnitude": ("{:.2f} m/s²", "the mean |specific force| of recent windows"),
+    "confidence": ("{:.0%}", "the mean confidence of recent predictions"),
+    "error": ("{:.0%}", "the error rate over recent labelled windows"),
+}
+DRIFT_VALUE_HELP = ("What the watched signal measured when the detector fired: orientation, the angle (degrees) "
+                    "between the window's gravity direction and the usual one; input magnitude, the mean "
+                    "|specific force| of recent windows (m/s²); confidence, the mean confidence of recent "
+                    "predictions; error, the error rate over recent labelled windows.")
+
+
+def drift_value(signal: str, value: float | None) -> str:
+    """A drift detection's value with its unit (DRIFT_VALUES); a signal not known, as a plain number."""
+    fmt = DRIFT_VALUES.get(signal, ("{:.3g}",))[0]
+    return number(value, fmt)
 
 
 # Vega's tableau20, dark shades first: the first ten exercises get ten distinct hues.

@@ -20,13 +20,15 @@ from pathlib import Path
 
 from stream.mqtt import ENV_BROKER, BrokerURL
 
-__all__ = ["APP", "ENV_CA_FILE", "ENV_EVENTS", "ENV_PREFIX", "run_dashboard", "start_dashboard", "streamlit_command"]
+__all__ = ["APP", "ENV_CA_FILE", "ENV_EVENTS", "ENV_PREFIX", "ENV_STARTED_BY", "run_dashboard", "start_dashboard",
+           "streamlit_command"]
 
 log = logging.getLogger(__name__)
 
 ENV_PREFIX = "HARSTREAM_PREFIX"
 ENV_CA_FILE = "HARSTREAM_CA_FILE"
 ENV_EVENTS = "HARSTREAM_EVENTS"  # the consumer's event store (events.db in its --state-dir): history
+ENV_STARTED_BY = "HARSTREAM_DASHBOARD_STARTED_BY"  # "demo" when harstream demo started it (and its consumer)
 
 APP = Path(__file__).resolve().parent / "app.py"
 ROOT = APP.parents[1]
@@ -48,9 +50,13 @@ def streamlit_command(address: str, port: int) -> list[str]:
     ]
 
 
-def _environment(broker: str, prefix: str, ca_file: str | None, state_dir: str | None = None) -> dict[str, str]:
+def _environment(broker: str, prefix: str, ca_file: str | None, state_dir: str | None = None,
+                 started_by: str | None = None) -> dict[str, str]:
     BrokerURL.parse(broker, ca_file)  # a bad URL fails here, with a clear message, not in the browser
     env = dict(os.environ, **{ENV_BROKER: broker, ENV_PREFIX: prefix})
+    env.pop(ENV_STARTED_BY, None)
+    if started_by:
+        env[ENV_STARTED_BY] = started_by
     if state_dir:
         env[ENV_EVENTS] = os.path.join(state_dir, "events.db")
     if ca_file:
@@ -145,12 +151,14 @@ def run_dashboard(args) -> int:
 
 def start_dashboard(broker: str, prefix: str = "har", address: str = "127.0.0.1", port: int = 8501,
                     ca_file: str | None = None, timeout: float = 30.0,
-                    state_dir: str | None = None) -> tuple[subprocess.Popen, str]:
+                    state_dir: str | None = None, started_by: str | None = None) -> tuple[subprocess.Popen, str]:
     """Start the server as a child in its own session and wait until it answers; returns (process, url).
 
     Takes a free port when ``port`` is in use. Stop it with ``os.killpg(process.pid, signal.SIGTERM)``.
+    ``started_by``: ``"demo"`` from ``harstream demo``, whose consumer it started: the Model page's advice
+    names the demo's options then (``ENV_STARTED_BY``).
     """
-    env = _environment(broker, prefix, ca_file, state_dir)
+    env = _environment(broker, prefix, ca_file, state_dir, started_by)
     if not _port_free(address, port):
         port = _free_port(address)
     url = f"http://{_local(address)}:{port}"

@@ -157,6 +157,8 @@ class DeviceRow:
     last_drift: str | None  # "detector/signal" of the latest detection
     last_seen: float | None  # wall clock of the latest message from or about the device
     predictions: int  # predictions kept
+    predicted_at: float | None = None  # wall clock at the arrival of the latest prediction
+    hop: float | None = None  # device seconds between its latest predictions (a window's step); None: one or none
 
 
 @dataclass(frozen=True)
@@ -185,6 +187,11 @@ class DeviceView:
     labels: list[Label]
     drift: list[Drift]
     device_time: float | None  # latest sample or prediction time, device clock
+
+    @property
+    def hop(self) -> float | None:
+        """Device seconds between its latest predictions (a window's step), None below two."""
+        return _hop([p.t for p in self.predictions[-5:]])
 
     def truth_at(self, t: float) -> str | None:
         """The true label at device time ``t``, from the labels received (None when unknown), as the consumer
@@ -223,6 +230,12 @@ class ConsumerView:
         if isinstance(t, (int, float)) and not isinstance(t, bool):
             return float(t)
         return self.metrics_received
+
+
+def _hop(times: list[float]) -> float | None:
+    """The median positive step between prediction times (any order); None without one."""
+    steps = sorted(abs(b - a) for a, b in itertools.pairwise(times) if b != a)
+    return steps[len(steps) // 2] if steps else None
 
 
 class _DeviceState:
@@ -861,6 +874,8 @@ class LiveStore:
             last_drift=f"{s.drift[-1].detector}/{s.drift[-1].signal}" if s.drift else None,
             last_seen=s.last_seen,
             predictions=len(s.predictions),
+            predicted_at=last.received if last else None,
+            hop=_hop([p.t for p in itertools.islice(reversed(s.predictions), 5)]),
         )
 
     def device(self, device: str) -> DeviceView | None:

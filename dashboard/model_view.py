@@ -3,6 +3,9 @@ imported, so these are tested on their own (tests/test_s14_dashboard_model.py)."
 
 from __future__ import annotations
 
+import os
+
+from dashboard.launch import ENV_STARTED_BY
 from dashboard.live import ConsumerView
 from stream.versions import answer
 
@@ -48,3 +51,20 @@ def adapts_devices_only(view: ConsumerView | None) -> bool:
     if any(model.get(k, learner.get(k)) for k in ("updates", "skipped")) or comparison.get("windows"):
         return False
     return all("+adapter:" in str(step.version) for step in view.training)
+
+
+def adapters_only_note(started_by: str | None = None) -> str:
+    """The Model page's note for a consumer that fine-tunes per-device adapters only (``adapts_devices_only``),
+    with advice that fits how it was started: ``harstream demo`` (``started_by`` "demo", else
+    ``HARSTREAM_DASHBOARD_STARTED_BY``) takes ``--adapt`` since 2026-12-07; the note said ``--adapt shared``
+    to a demo that did not take it."""
+    started_by = os.environ.get(ENV_STARTED_BY) if started_by is None else started_by
+    if started_by == "demo":
+        how = ("To fine-tune the shared network (and see versions, promotion and rollback here), stop the demo and "
+               "start it again with `harstream demo --adapt shared` (or `--adapt both`).")
+    else:
+        how = ("To fine-tune the shared network, start the consumer again with `harstream consume --adapt shared` "
+               "(or `--adapt both`), its other options as before; in the demo, `harstream demo --adapt shared`.")
+    return ("This consumer fine-tunes a small adapter per labelling device (`--adapt device`, the default), not the "
+            "shared network: it makes no new version, so there is nothing to promote or roll back. The "
+            "fine-tuning updates shown above are the adapters'. " + how)

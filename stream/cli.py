@@ -22,6 +22,8 @@ from stream.mqtt import BrokerURL, default_broker
 log = logging.getLogger("harstream")
 
 EPILOG = "Docs: README.md and DESIGN.md. Environment: HARSTREAM_BROKER sets the default --broker."
+ADAPT_CHOICES = ("device", "shared", "both")  # what learns from labels: consume --adapt, demo --adapt
+ADAPT_DEFAULT = "device"
 
 
 def _broker_args(p: argparse.ArgumentParser) -> None:
@@ -408,12 +410,18 @@ def build_parser() -> argparse.ArgumentParser:
                                    "and the dashboard (http://127.0.0.1:8501, or a free port when that one is "
                                    "taken), and prints live predictions beside the simulator's truth. The "
                                    "simulator publishes every device's true labels, so the consumer fine-tunes "
-                                   "each device's adapter on them as it runs (harstream consume's defaults).")
+                                   "on them as it runs: each device's adapter (--adapt device, harstream "
+                                   "consume's default), or the shared network, whose model versions the "
+                                   "dashboard's Model page promotes and rolls back (--adapt shared or both).")
     _broker_args(p)
     _model_arg(p)
     p.add_argument("--devices", type=_at_least_one, default=5, help="simulated devices (default: %(default)s)")
     p.add_argument("--duration", type=_positive, default=None, help="seconds to run (default: until Ctrl-C)")
     p.add_argument("--no-dashboard", action="store_true", help="headless: do not start the dashboard")
+    p.add_argument("--adapt", default=ADAPT_DEFAULT, choices=ADAPT_CHOICES,
+                   help="what the consumer fine-tunes on the simulator's labels, as harstream consume --adapt: "
+                        "each device's adapter, the shared network (model versions to promote and roll back on "
+                        "the dashboard's Model page), or both (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="simulator seed (default: %(default)s)")
     p.add_argument("--state-dir", default=None,
                    help="keep the consumer's state, model versions and event store here; the dashboard shows "
@@ -503,7 +511,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "queueing delay (default: %(default)s)")
     g = p.add_argument_group("online fine-tuning (truncated BPTT on labelled windows)")
     g.add_argument("--no-learn", action="store_true", help="serve only; ignore labels for training")
-    g.add_argument("--adapt", default="device", choices=("device", "shared", "both"),
+    g.add_argument("--adapt", default=ADAPT_DEFAULT, choices=ADAPT_CHOICES,
                    help="what learns from labels: a small adapter per labelling device on the frozen shared "
                         "network (measured best: docs/personal.md), the shared network itself (every "
                         "device's predictions change), or both (default: %(default)s)")

@@ -22,7 +22,7 @@ import orjson
 from stream.broker import EmbeddedBroker
 from stream.mqtt import BrokerURL, broker_answers, connect, mqtt_answers
 
-__all__ = ["run_demo", "DemoWatcher"]
+__all__ = ["consumer_command", "run_demo", "DemoWatcher"]
 
 
 class DemoWatcher:
@@ -103,6 +103,21 @@ def _name(child: subprocess.Popen) -> str:
     return {"consume": "consumer", "simulate": "simulator"}.get(command, command)
 
 
+def consumer_command(args, common: list[str]) -> list[str]:
+    """``harstream consume``'s arguments for the demo's consumer: ``common`` (broker, prefix, CA file), the
+    demo's ``--state-dir``, ``--model`` and ``--adapt`` (``shared`` or ``both`` make model versions, which the
+    dashboard's Model page promotes and rolls back; the default, ``device``, adapters only)."""
+    consume = ["consume", *common, "--metrics-interval", "2"]
+    if args.state_dir:
+        consume += ["--state-dir", args.state_dir]
+    if args.model:
+        consume += ["--model", args.model]
+    adapt = getattr(args, "adapt", None)
+    if adapt:
+        consume += ["--adapt", adapt]
+    return consume
+
+
 def run_demo(args) -> int:
     url = BrokerURL.parse(args.broker, args.ca_file)
     children: list[subprocess.Popen] = []
@@ -129,12 +144,7 @@ def run_demo(args) -> int:
         common = ["--broker", args.broker, "--prefix", args.prefix]
         if args.ca_file:
             common += ["--ca-file", args.ca_file]
-        consume = ["consume", *common, "--metrics-interval", "2"]
-        if args.state_dir:
-            consume += ["--state-dir", args.state_dir]
-        if args.model:
-            consume += ["--model", args.model]
-        children.append(_child(consume))
+        children.append(_child(consumer_command(args, common)))
         children.append(_child(["simulate", *common, "--devices", str(args.devices), "--labels", "1",
                                 "--seed", str(args.seed)]))
         if not args.no_dashboard:
@@ -144,7 +154,7 @@ def run_demo(args) -> int:
                 print("dashboard: not available in this build; running headless", flush=True)
             else:
                 proc, address = start_dashboard(args.broker, args.prefix, ca_file=args.ca_file,
-                                                state_dir=args.state_dir)
+                                                state_dir=args.state_dir, started_by="demo")
                 children.append(proc)
                 print(f"dashboard: {address}", flush=True)
         print(f"demo: {args.devices} simulated devices at 50 Hz -> consumer -> predictions on "

@@ -8,14 +8,19 @@ import pandas as pd
 import streamlit as st
 
 from dashboard.common import (
+    DRIFT_VALUE_HELP,
     REFRESH_SECONDS,
     SILENT_AFTER,
     ago,
     choose_device,
     class_scale,
+    consumer_online,
+    drift_value,
     feed_status,
     get_feed,
     number,
+    prediction_shown,
+    prediction_stale,
     status_text,
 )
 from dashboard.live import DeviceView
@@ -49,9 +54,10 @@ def drift_rules(view: DeviceView, t_ref: float, t_min: float) -> alt.Chart | Non
     if not events:
         return None
     frame = pd.DataFrame({"t": [d.t - t_ref for d in events], "detector": [d.detector for d in events],
-                          "signal": [d.signal for d in events], "value": [d.value for d in events]})
+                          "signal": [d.signal for d in events],
+                          "value": [drift_value(d.signal, d.value) for d in events]})
     return alt.Chart(frame).mark_rule(color="#d62728", strokeDash=[4, 3], strokeWidth=2).encode(
-        x="t:Q", tooltip=["detector", "signal", alt.Tooltip("value:Q", format=".3g"),
+        x="t:Q", tooltip=["detector", "signal", "value:N",
                           alt.Tooltip("t:Q", title="t (s)", format=".1f")])
 
 
@@ -140,15 +146,20 @@ def live(device: str) -> None:
     now = time.time()
     last = view.predictions[-1] if view.predictions else None
     truth = view.truth_at(view.device_time) if view.device_time is not None and view.labels else None
+    stale = prediction_stale(last.received if last else None, view.hop, view.last_seen,
+                             consumer_online(feed.store.consumers()), now)
     cols = st.columns(5)
-    cols[0].metric("Exercise (predicted)", last.label if last else "—",
-                   f"{last.confidence:.0%} confident" if last else None, delta_color="off", delta_arrow="off")
+    cols[0].metric("Exercise (predicted)", prediction_shown(last.label if last else None, stale),
+                   f"{last.confidence:.0%} confident · {ago(last.received, now)}" if last else None,
+                   delta_color="off", delta_arrow="off", help="the latest prediction, and when it came")
     cols[1].metric("True label", truth or "—", help="latest label received for this device, if any")
     cols[2].metric("Status", status_text(view.status, view.last_seen, now, SILENT_AFTER))
     cols[3].metric("Last seen", ago(view.last_seen, now))
     cols[4].metric("Latency", number(last.latency_ms if last else None, "{:,.1f}", "ms"),
                    f"model {last.model}" if last and last.model else None, delta_color="off",
                    delta_arrow="off")
+    if stale:
+        st.warning(stale, icon=":material/update_disabled:")
     if view.device_time is None:
         st.info("Waiting for samples or predictions from this device.", icon=":material/hourglass_empty:")
         return
@@ -207,10 +218,11 @@ def live(device: str) -> None:
             "t (s)": [round(d.t - t_ref, 1) for d in view.drift[::-1]],
             "detector": [d.detector for d in view.drift[::-1]],
             "signal": [d.signal for d in view.drift[::-1]],
-            "value": [d.value for d in view.drift[::-1]],
+            "value": [drift_value(d.signal, d.value) for d in view.drift[::-1]],
             "without labels": ["✓" if d.needs_labels else "" for d in view.drift[::-1]],
             "received": [ago(d.received, now) for d in view.drift[::-1]],
-        }), hide_index=True, width="stretch")
+        }), hide_index=True, width="stretch", column_config={
+            "value": st.column_config.TextColumn("value", help=DRIFT_VALUE_HELP)})
 
 
 live(device)

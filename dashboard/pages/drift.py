@@ -6,7 +6,7 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from dashboard.common import REFRESH_SECONDS, ago, feed_status, get_feed, number
+from dashboard.common import REFRESH_SECONDS, ago, drift_value, feed_status, get_feed, number, plural
 from dashboard.live import ALL_DEVICES, ConsumerView
 
 st.title("Drift and metrics")
@@ -25,7 +25,7 @@ def detections(feed, now: float) -> None:
         "device": [device for device, _ in events],
         "detector": [d.detector for _, d in events],
         "signal": [d.signal for _, d in events],
-        "value": [d.value for _, d in events],
+        "value": [drift_value(d.signal, d.value) for _, d in events],
         "needs labels": [d.needs_labels for _, d in events],
     })
     frame["series"] = frame["detector"] + " · " + frame["signal"]
@@ -33,7 +33,7 @@ def detections(feed, now: float) -> None:
         x=alt.X("minutes ago:Q", scale=alt.Scale(reverse=True), title="minutes ago (arrival)"),
         y=alt.Y("series:N", title="detector · signal", axis=alt.Axis(labelLimit=260)),
         color=alt.Color("series:N", legend=None),
-        tooltip=["device", "detector", "signal", alt.Tooltip("value:Q", format=".3g"), "needs labels",
+        tooltip=["device", "detector", "signal", "value:N", "needs labels",
                  alt.Tooltip("minutes ago:Q", format=".1f")],
     ).properties(height=alt.Step(34))  # discrete rows: a fixed height would shrink them behind the axes
     st.altair_chart(chart, width="stretch")
@@ -43,7 +43,9 @@ def detections(feed, now: float) -> None:
     ).reset_index()
     table["latest"] = [ago(now - m * 60, now) for m in table["latest"]]
     st.dataframe(table, hide_index=True, width="stretch")
-    st.caption(f"{len(events):,} detections kept (the latest {feed.store.max_drift} per device). "
+    st.caption(f"{plural(len(events), 'detection')} kept (the latest {feed.store.max_drift} per device). "
+               "A detection's *value* (in the chart's tooltip) is what its signal measured when it fired: "
+               "orientation, an angle in degrees; input magnitude, m/s²; confidence and error, a share. "
                "*Without labels*: seen where no labels arrive, so only a change of inputs or confidence is "
                "known; label a few exercises on the **Label** page to learn whether accuracy suffers. "
                f"*{ALL_DEVICES}*: the consumer's detectors that watch all devices together.")

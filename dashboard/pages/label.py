@@ -5,7 +5,17 @@ import time
 import pandas as pd
 import streamlit as st
 
-from dashboard.common import REFRESH_SECONDS, ago, choose_device, device_clock, get_feed, remember_sent
+from dashboard.common import (
+    REFRESH_SECONDS,
+    ago,
+    choose_device,
+    consumer_online,
+    device_clock,
+    get_feed,
+    prediction_shown,
+    prediction_stale,
+    remember_sent,
+)
 from models.labels import SIMULATED
 
 COLUMNS = 4
@@ -72,11 +82,16 @@ def recent(device: str) -> None:
     now = time.time()
     device_now = feed.store.device_now(device, now)
     last = view.predictions[-1] if view.predictions else None
+    stale = prediction_stale(last.received if last else None, view.hop, view.last_seen,
+                             consumer_online(feed.store.consumers()), now)
     cols = st.columns(2)
-    cols[0].metric("Predicted now", last.label if last else "—",
-                   f"{last.confidence:.0%} confident" if last else None, delta_color="off", delta_arrow="off")
+    cols[0].metric("Predicted now", prediction_shown(last.label if last else None, stale),
+                   f"{last.confidence:.0%} confident · {ago(last.received, now)}" if last else None,
+                   delta_color="off", delta_arrow="off", help="the latest prediction, and when it came")
     truth = view.truth_at(device_now) if device_now is not None else None
     cols[1].metric("Labelled now", truth or "—")
+    if stale:
+        st.warning(stale, icon=":material/update_disabled:")
     replaced = replaced_by(view.labels, st.session_state.get("label_sent"), device)
     if replaced is not None:
         st.caption(f"**{replaced[0]}**, sent from here, was followed {replaced[1]:.0f} s later by **{replaced[2]}** "
@@ -91,9 +106,28 @@ def recent(device: str) -> None:
         "label": [lab.label for lab in labels],
         "start": [ago(now - (device_now - lab.start), now) if device_now is not None else lab.start
                   for lab in labels],
-        "end": ["—" if lab.end is None else f"{lab.end - lab.start:.1f} s later" for lab in labels],
+        "held": held_for(labels),
         "received": [ago(lab.received, now) for lab in labels],
-    }), hide_index=True, width="stretch")
+    }), hide_index=True, width="stretch", column_config={
+        "start": st.column_config.TextColumn("start", help="when it began, by the device's clock"),
+        "held": st.column_config.TextColumn(
+            "held", help="how long it held: a label pressed here holds until the next one; one sent with an "
+                         "end (a span) holds until then")})
+
+
+def held_for(labels: list) -> list[str]:
+    """How long each label (newest first) held: a span, its own length; one that holds until the next, until the
+    next one began (the newest: "now"). The Label page had an "end" column, always "—" for the labels it sends."""
+    out = []
+    for k, lab in enumerate(labels):
+        if lab.end is not None:
+            out.append(f"{lab.end - lab.start:,.1f} s (span)")
+        elif k == 0:
+            out.append("holds now")
+        else:
+            later = [other.start for other in labels[:k] if other.end is None and other.start > lab.start]
+            out.append(f"{min(later) - lab.start:,.1f} s" if later else "holds now")
+    return out
 
 
 buttons(device)

@@ -9,13 +9,9 @@ import streamlit as st
 
 from dashboard.common import REFRESH_SECONDS, ago, feed_status, get_feed, number, remember_sent
 from dashboard.live import ConsumerView
-from dashboard.model_view import adapts_devices_only, awaiting_answer, command_answer
+from dashboard.model_view import adapters_only_note, adapts_devices_only, awaiting_answer, command_answer
 
 STEPS = ["applied", "clipped", "skipped"]
-ADAPTERS_ONLY = ("This consumer fine-tunes a small adapter per labelling device (`--adapt device`, the default), "
-                 "not the shared network: it makes no new version, so there is nothing to promote or roll back. "
-                 "The fine-tuning updates shown above are the adapters'. To fine-tune the shared network, start the "
-                 "consumer with `--adapt shared` or `--adapt both`.")
 
 st.title("Model")
 
@@ -29,6 +25,35 @@ def restorable(version: dict) -> bool:
     return "path" not in version or bool(version.get("path"))
 
 
+# a version's metrics (models/finetune.py: the comparison that promoted it) under readable headers
+VERSION_METRICS = {"windows": "labelled windows compared",
+                   "challenger_accuracy": "its accuracy then",
+                   "serving_accuracy": "parent's accuracy, same windows"}
+
+
+def _cell(key: str, value: object) -> str:
+    """A version's metric as the table shows it, as text (a column of mixed types fails Arrow, and Streamlit
+    made "24.0" of 24): a share as a percent (as the page's top says them), nothing as "—" (the table said
+    "None", and 0.7083 where the top said 70.8%)."""
+    if value is None:
+        return "—"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float) and ("accuracy" in key or key.endswith("recall")):
+        return f"{value:.1%}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def _header(key: str) -> str:
+    name = key.rsplit(".", 1)[-1]
+    return VERSION_METRICS.get(name, name.replace("_", " ")) if "." not in key else \
+        f"{key.split('.', 1)[0].replace('_', ' ')}: {VERSION_METRICS.get(name, name.replace('_', ' '))}"
+
+
 def versions_frame(model: dict) -> pd.DataFrame:
     rows = []
     for v in model.get("versions") or []:
@@ -36,21 +61,22 @@ def versions_frame(model: dict) -> pd.DataFrame:
             continue
         row = {"version": str(v["version"]),
                "serving": "▶ serving" if str(v["version"]) == str(model.get("serving")) else "",
-               "parent": v.get("parent"),
+               "parent": v.get("parent") or "—",
                "created": v.get("created"),
                "saved": "✓" if restorable(v) else "—"}
         for key, value in (v.get("metrics") or {}).items():
             if isinstance(value, dict):  # one level of nesting, e.g. {"online": {"windows": ...}}
-                row.update({f"{key}.{k}": x for k, x in value.items() if _scalar(x)})
+                row.update({_header(f"{key}.{k}"): _cell(k, x) for k, x in value.items() if _scalar(x)})
             elif _scalar(value):
-                row[key] = value
+                row[_header(key)] = _cell(key, value)
         rows.append(row)
     frame = pd.DataFrame(rows)
     if "created" in frame and pd.api.types.is_numeric_dtype(frame["created"]):
         # epoch seconds → readable; strings (ISO dates) are shown as they come
         created = pd.to_datetime(frame["created"], unit="s", utc=True)
         frame["created"] = created.dt.strftime("%Y-%m-%d %H:%M:%S UTC")
-    return frame
+    # a version without a metric (the first, never compared) has nothing there, not "None"
+    return frame.astype(object).where(frame.notna(), "—")
 
 
 def training_charts(view: ConsumerView) -> None:
@@ -132,8 +158,9 @@ def live(view_id: str) -> None:
     notes = [f"{learner['skipped']:,} skipped"] if isinstance(learner["skipped"], int) else []
     if adapts_devices_only(view):  # no "0" of a shared network this consumer does not fine-tune
         cols[3].metric("Device-adapter updates", number(learner["adapter_updates"], "{:,.0f}"),
-                       "the shared network is not fine-tuned", delta_color="off", delta_arrow="off",
-                       help="--adapt device (the default): each labelling device's own adapter learns")
+                       "adapters only", delta_color="off", delta_arrow="off",
+                       help="--adapt device (the default): each labelling device's own adapter learns; the "
+                            "shared network is not fine-tuned")
     else:
         if isinstance(learner["adapter_updates"], int):
             notes.append(f"{learner['adapter_updates']:,} device-adapter updates")
@@ -194,7 +221,7 @@ def commands(view_id: str) -> None:
     adapters_only = adapts_devices_only(view)
     st.subheader("Promote or roll back")
     if adapters_only:
-        st.info(ADAPTERS_ONLY, icon="ℹ️")
+        st.info(adapters_only_note(), icon="ℹ️")
     left, right = st.columns(2)
     with left:
         st.markdown("**Promote the challenger now**")

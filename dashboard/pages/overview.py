@@ -11,10 +11,13 @@ from dashboard.common import (
     REFRESH_SECONDS,
     SILENT_AFTER,
     ago,
+    consumer_online,
     feed_status,
     get_feed,
     number,
+    plural,
     status_text,
+    why_stale,
 )
 from dashboard.live import ConsumerView
 
@@ -126,10 +129,9 @@ def live() -> None:
             consumer_panel(view, now)
     if offline:
         if len(offline) == len(consumers):
-            st.warning("No consumer is online: nothing classifies the devices' samples now.",
-                       icon=":material/warning:")
-        plural = "s" if len(offline) > 1 else ""
-        with st.expander(f"{len(offline)} offline consumer{plural} (retained status)"):
+            st.warning("No consumer is online: nothing classifies the devices' samples now; the exercises "
+                       "below are the last ones predicted (their age: *predicted*).", icon=":material/warning:")
+        with st.expander(f"{plural(len(offline), 'offline consumer')} (retained status)"):
             for view in offline:
                 model = (view.metrics or {}).get("model")
                 st.markdown(f"`{view.consumer}` · last metrics {ago(view.metrics_time, now)}"
@@ -144,6 +146,9 @@ def live() -> None:
                 "yet.", icon=":material/hourglass_empty:")
         return
     rows = seen.rows
+    online = consumer_online(consumers)
+    stale = [why_stale(r.predicted_at, r.hop, r.last_seen, online, now) for r in rows]
+    unclassified = stale.count("unclassified")
     cols = st.columns(4)
     cols[0].metric("Devices", f"{seen.total:,}",
                    help=f"heard from in the last {store.forget_after / 60:.0f} min (silent longer: forgotten)")
@@ -153,11 +158,13 @@ def live() -> None:
     frame = pd.DataFrame({
         "device": [f"device?device={quote(r.device)}" for r in rows],
         "status": [status_text(r.status, r.last_seen, now, SILENT_AFTER) for r in rows],
-        "exercise": [r.label or "—" for r in rows],
+        "exercise": [f"{r.label} (not current)" if old and r.label else (r.label or "—")
+                     for r, old in zip(rows, stale, strict=True)],
         "confidence": [r.confidence for r in rows],
         "true label": [r.truth or "—" for r in rows],
         "drift": [f"⚠ {r.drift_recent}" if r.drift_recent else "" for r in rows],
         "last drift": [r.last_drift or "" for r in rows],
+        "predicted": [ago(r.predicted_at, now) for r in rows],
         "last seen": [ago(r.last_seen, now) for r in rows],
         "model": [r.model or "—" for r in rows],
     })
@@ -169,7 +176,12 @@ def live() -> None:
         column_config={
             "device": st.column_config.LinkColumn("device", display_text=r"device\?device=(.*)$",
                                                   help="opens the device's page"),
-            "exercise": st.column_config.TextColumn("exercise", help="latest prediction"),
+            "exercise": st.column_config.TextColumn(
+                "exercise", help="latest prediction; “not current” when it is older than a few windows, or no "
+                                 "consumer is online"),
+            "predicted": st.column_config.TextColumn("predicted", help="when the latest prediction came"),
+            "last seen": st.column_config.TextColumn("last seen", help="the latest message from or about the "
+                                                                       "device (its samples too)"),
             "confidence": st.column_config.ProgressColumn("confidence", min_value=0.0, max_value=1.0,
                                                           format="percent"),
             "true label": st.column_config.TextColumn("true label", help="latest label received, if any"),
@@ -177,6 +189,11 @@ def live() -> None:
                 "drift", help=f"detections in the last {store.drift_recent_seconds / 60:.0f} minutes"),
         },
     )
+    if unclassified:
+        st.warning(f"{plural(unclassified, 'device')} shown {'has' if unclassified == 1 else 'have'} had no "
+                   f"prediction for more than a few windows although {'its' if unclassified == 1 else 'their'} "
+                   "samples still come (“not current”): a consumer is online, but none classifies them (one "
+                   "stuck, or serving other devices).", icon=":material/update_disabled:")
     if needle and not rows:
         st.caption(f"No device id contains “{needle}”.")
     elif seen.matching > len(rows):
