@@ -9,7 +9,6 @@ import time
 import zlib
 from collections.abc import Callable
 
-import altair as alt
 import streamlit as st
 
 from dashboard.launch import ENV_CA_FILE, ENV_EVENTS, ENV_PREFIX
@@ -246,7 +245,7 @@ def class_colour(name: str) -> str:
     return PALETTE[index % len(PALETTE)]
 
 
-def class_scale(classes) -> alt.Scale:
-    """The same colour for the same exercise in every chart and on every page."""
+def class_scale(classes) -> dict:
+    """The same colour for the same exercise in every chart and on every page: a Vega-Lite scale."""
     domain = sorted(set(classes))
-    return alt.Scale(domain=domain, range=[class_colour(c) for c in domain])
+    return {"domain": domain, "range": [class_colour(c) for c in domain]}

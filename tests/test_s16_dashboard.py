@@ -203,3 +203,27 @@ def test_the_label_page_says_how_long_each_label_held(app_feed):  # noqa: F811
     assert "end" not in frame.columns  # always "—" for the labels this page sends
     assert dict(zip(frame["label"], frame["held"], strict=True)) == {
         "row": "holds now", "rest": "2.0 s (span)", "squat": "12.5 s"}
+
+
+@pytest.mark.broker
+def test_the_device_pages_charts_carry_their_data_beside_the_drift_rules(app_feed):  # noqa: F811
+    # the charts are plain Vega-Lite specs now (Altair's schema work took most of a rerun): with a detection,
+    # the chart's own data and the rules' are both named datasets (the chart's own, passed beside a named one,
+    # was drawn empty in Chromium)
+    import json
+
+    now = time.time()
+    consumer(app_feed, "online")
+    stream_device(app_feed, predicted_ago=0, samples_ago=0, now=now)
+    app_feed.store.handle(f"{app_feed.prefix}/{DEVICE}/drift", orjson.dumps(
+        {"detector": "ADWIN", "signal": "confidence", "t": 996.0, "value": 0.4}))
+    at = page(app_test().run(), "device")
+    charts = at.get("vega_lite_chart")
+    assert len(charts) == 3  # traces, probabilities, predictions beside labels
+    for chart in charts[1:]:
+        spec = json.loads(chart.proto.spec)
+        assert spec["data"] == {"name": "chart"} and [layer.get("data") for layer in spec["layer"]] == [
+            None, {"name": "drift"}]
+        assert sorted(d.name for d in chart.proto.datasets) == ["chart", "drift"] and not chart.proto.data.data
+        assert all(d.data.data for d in chart.proto.datasets)
+    assert charts[0].proto.data.data and not charts[0].proto.datasets  # the traces: no rules, their data only

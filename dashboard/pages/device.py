@@ -2,7 +2,6 @@
 
 import time
 
-import altair as alt
 import numpy as np
 import pandas as pd
 import streamlit as st
@@ -49,28 +48,45 @@ def segments(view: DeviceView, t_ref: float) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["row", "label", "start", "end", "confidence"])
 
 
-def drift_rules(view: DeviceView, t_ref: float, t_min: float) -> alt.Chart | None:
+# The charts are plain Vega-Lite specs (st.vega_lite_chart): built with Altair, each rerun (every second) spent
+# most of its time in Altair's schema look-ups and validation (cProfile).
+def _q(field: str, **more) -> dict:
+    return {"field": field, "type": "quantitative", **more}
+
+
+def _n(field: str, **more) -> dict:
+    return {"field": field, "type": "nominal", **more}
+
+
+def with_drift(data: pd.DataFrame, spec: dict, view: DeviceView, t_ref: float,
+               t_min: float) -> tuple[pd.DataFrame | None, dict]:
+    """``(data, spec)`` with the device's drift detections since ``t_min`` as dashed red rules over the chart: a
+    layer of its own data; both datasets are then named in the spec (the browser drew the chart's own data no
+    more beside a named one), and the data to pass beside it is None."""
     events = [d for d in view.drift if d.t - t_ref >= t_min]
     if not events:
-        return None
+        return data, spec
     frame = pd.DataFrame({"t": [d.t - t_ref for d in events], "detector": [d.detector for d in events],
                           "signal": [d.signal for d in events],
                           "value": [drift_value(d.signal, d.value) for d in events]})
-    return alt.Chart(frame).mark_rule(color="#d62728", strokeDash=[4, 3], strokeWidth=2).encode(
-        x="t:Q", tooltip=["detector", "signal", "value:N",
-                          alt.Tooltip("t:Q", title="t (s)", format=".1f")])
+    layers = spec.pop("layer", None) or [{"mark": spec.pop("mark"), "encoding": spec.pop("encoding")}]
+    rules = {"data": {"name": "drift"}, "mark": {"type": "rule", "color": "#d62728", "strokeDash": [4, 3],
+                                                  "strokeWidth": 2},
+             "encoding": {"x": _q("t"), "tooltip": [_n("detector"), _n("signal"), _n("value"),
+                                                     _q("t", title="t (s)", format=".1f")]}}
+    return None, {**spec, "data": {"name": "chart"}, "layer": [*layers, rules],
+                  "datasets": {"chart": data, "drift": frame}}
 
 
-def trace_chart(view: DeviceView, t_ref: float) -> alt.Chart:
+def trace_chart(view: DeviceView, t_ref: float) -> tuple[pd.DataFrame, dict]:
     t, acc = view.trace_t, view.trace_acc
     frame = pd.DataFrame({"t": np.round(t - t_ref, 3), "x": acc[:, 0], "y": acc[:, 1], "z": acc[:, 2]})
     long = frame.melt("t", var_name="axis", value_name="m/s²")
-    return alt.Chart(long).mark_line(strokeWidth=1.2).encode(
-        x=alt.X("t:Q", title=TIME_AXIS),
-        y=alt.Y("m/s²:Q", title="specific force, m/s²"),
-        color=alt.Color("axis:N", scale=alt.Scale(domain=["x", "y", "z"],
-                                                  range=["#e45756", "#54a24b", "#4c78a8"])),
-    ).properties(height=260)
+    return long, {"mark": {"type": "line", "strokeWidth": 1.2}, "height": 260, "encoding": {
+        "x": _q("t", title=TIME_AXIS),
+        "y": _q("m/s²", title="specific force, m/s²"),
+        "color": _n("axis", scale={"domain": ["x", "y", "z"], "range": ["#e45756", "#54a24b", "#4c78a8"]}),
+    }}
 
 
 def full_probabilities(view: DeviceView) -> list:
@@ -82,7 +98,7 @@ def full_probabilities(view: DeviceView) -> list:
     return [p for p in full if p.classes == full[-1].classes] if full else []
 
 
-def probability_chart(view: DeviceView, t_ref: float) -> alt.Chart:
+def probability_chart(view: DeviceView, t_ref: float) -> tuple[pd.DataFrame, dict]:
     same = full_probabilities(view)
     classes = same[-1].classes
     probs = np.stack([p.probs for p in same])  # (predictions, classes)
@@ -91,48 +107,41 @@ def probability_chart(view: DeviceView, t_ref: float) -> alt.Chart:
     frame["t"] = [p.t - t_ref for p in same]
     long = frame.melt("t", var_name="exercise", value_name="probability")
     # stacked: each window's probabilities fill the height; step-before: a value holds over its window
-    lines = alt.Chart(long).mark_area(interpolate="step-before", opacity=0.9).encode(
-        x=alt.X("t:Q", title=TIME_AXIS),
-        y=alt.Y("probability:Q", stack="zero", scale=alt.Scale(domain=[0, 1]), axis=alt.Axis(format="%")),
-        color=alt.Color("exercise:N", scale=class_scale(shown)),
-        order=alt.Order("exercise:N"),
-        tooltip=["exercise", alt.Tooltip("probability:Q", format=".1%"), alt.Tooltip("t:Q", format=".1f")],
-    )
-    rules = drift_rules(view, t_ref, float(frame["t"].min()))
-    return (lines + rules if rules is not None else lines).properties(height=260)
+    return with_drift(long, {
+        "mark": {"type": "area", "interpolate": "step-before", "opacity": 0.9}, "height": 260, "encoding": {
+            "x": _q("t", title=TIME_AXIS),
+            "y": _q("probability", stack="zero", scale={"domain": [0, 1]}, axis={"format": "%"}),
+            "color": _n("exercise", scale=class_scale(shown)),
+            "order": _n("exercise"),
+            "tooltip": [_n("exercise"), _q("probability", format=".1%"), _q("t", format=".1f")],
+        }}, view, t_ref, float(frame["t"].min()))
 
 
-def confidence_chart(view: DeviceView, t_ref: float) -> alt.Chart:
+def confidence_chart(view: DeviceView, t_ref: float) -> tuple[pd.DataFrame, dict]:
     """The predicted class's probability per window, coloured by that class: all the event store keeps of a
     prediction (``load_history``)."""
     bars = segments(view, t_ref)
     bars = bars[bars["row"] == "predicted"].assign(
         probability=[p.confidence for p in view.predictions])
-    chart = alt.Chart(bars).mark_bar().encode(
-        x=alt.X("start:Q", title=TIME_AXIS),
-        x2="end:Q",
-        y=alt.Y("probability:Q", title="probability of the predicted class", scale=alt.Scale(domain=[0, 1]),
-                axis=alt.Axis(format="%")),
-        color=alt.Color("label:N", title="exercise", scale=class_scale(bars["label"])),
-        tooltip=["label", alt.Tooltip("probability:Q", format=".1%"), alt.Tooltip("end:Q", title="t",
-                                                                                 format=".1f")],
-    )
-    rules = drift_rules(view, t_ref, float(bars["start"].min()))
-    return (chart + rules if rules is not None else chart).properties(height=260)
+    return with_drift(bars, {"mark": "bar", "height": 260, "encoding": {
+        "x": _q("start", title=TIME_AXIS),
+        "x2": {"field": "end"},
+        "y": _q("probability", title="probability of the predicted class", scale={"domain": [0, 1]},
+                axis={"format": "%"}),
+        "color": _n("label", title="exercise", scale=class_scale(bars["label"])),
+        "tooltip": [_n("label"), _q("probability", format=".1%"), _q("end", title="t", format=".1f")],
+    }}, view, t_ref, float(bars["start"].min()))
 
 
-def timeline_chart(view: DeviceView, t_ref: float) -> alt.Chart:
+def timeline_chart(view: DeviceView, t_ref: float) -> tuple[pd.DataFrame, dict]:
     bars = segments(view, t_ref)
-    chart = alt.Chart(bars).mark_bar().encode(
-        x=alt.X("start:Q", title=TIME_AXIS),
-        x2="end:Q",
-        y=alt.Y("row:N", title=None, sort=["predicted", "true"]),
-        color=alt.Color("label:N", title="exercise", scale=class_scale(bars["label"])),
-        tooltip=["row", "label", "confidence", alt.Tooltip("start:Q", format=".1f"),
-                 alt.Tooltip("end:Q", format=".1f")],
-    )
-    rules = drift_rules(view, t_ref, float(bars["start"].min()))
-    return (chart + rules if rules is not None else chart).properties(height=alt.Step(34))
+    return with_drift(bars, {"mark": "bar", "height": {"step": 34}, "encoding": {
+        "x": _q("start", title=TIME_AXIS),
+        "x2": {"field": "end"},
+        "y": _n("row", title=None, sort=["predicted", "true"]),
+        "color": _n("label", title="exercise", scale=class_scale(bars["label"])),
+        "tooltip": [_n("row"), _n("label"), _n("confidence"), _q("start", format=".1f"), _q("end", format=".1f")],
+    }}, view, t_ref, float(bars["start"].min()))
 
 
 @st.fragment(run_every=REFRESH_SECONDS)
@@ -167,7 +176,7 @@ def live(device: str) -> None:
 
     st.subheader("Accelerometer, last 10 s")
     if len(view.trace_t):
-        st.altair_chart(trace_chart(view, t_ref), width="stretch")
+        st.vega_lite_chart(*trace_chart(view, t_ref), width="stretch")
     else:
         st.info(f"Waiting for raw samples on `{feed.prefix}/{device}/imu`.",
                 icon=":material/hourglass_empty:")
@@ -175,7 +184,7 @@ def live(device: str) -> None:
     st.subheader("Class probabilities")
     full = full_probabilities(view)
     if full:
-        st.altair_chart(probability_chart(view, t_ref), width="stretch")
+        st.vega_lite_chart(*probability_chart(view, t_ref), width="stretch")
         earlier = len(view.predictions) - len(full)
         st.caption("Stacked per window, which ends at each step. Dashed red lines: drift detections. Classes "
                    f"that never reach {SHOWN_PROBABILITY:.0%} are left out."
@@ -183,7 +192,7 @@ def live(device: str) -> None:
                       "keeps only the predicted class's probability, or of another model's classes." if earlier
                       else ""))
     elif view.predictions:
-        st.altair_chart(confidence_chart(view, t_ref), width="stretch")
+        st.vega_lite_chart(*confidence_chart(view, t_ref), width="stretch")
         st.caption("From the consumer's event store, which keeps only the predicted class's probability: each "
                    "bar is one window's predicted class and how probable the model found it. Dashed red lines: "
                    "drift detections. Every class's probability comes with live predictions.")
@@ -193,7 +202,7 @@ def live(device: str) -> None:
 
     st.subheader("Predictions beside labels")
     if view.predictions or view.labels:
-        st.altair_chart(timeline_chart(view, t_ref), width="stretch")
+        st.vega_lite_chart(*timeline_chart(view, t_ref), width="stretch")
         if not view.labels:
             st.caption("No true labels for this device yet: press the exercise on the **Label** page.")
     if view.predictions:
