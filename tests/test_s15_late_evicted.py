@@ -7,14 +7,13 @@ from __future__ import annotations
 import logging
 import time
 
-from stream import consumer as consumer_module
 from tests.test_consumer_monitor import _consumer
 from tests.test_s14_ops_warnings import _late_warnings, _send
 
 
-def test_an_evicted_device_leaves_the_late_counts_and_comes_back_counted_afresh(caplog, monkeypatch):
+def test_an_evicted_device_leaves_the_late_counts_and_comes_back_counted_afresh(caplog):
     c = _consumer(progress_interval=0)
-    monkeypatch.setattr(consumer_module, "LATE_WARNING_INTERVAL", 0.0)
+    c._late_warnings.interval = 0.0  # every warning said (LATE_WARNING_INTERVAL, taken at the consumer's start)
     with caplog.at_level(logging.WARNING, logger="stream.consumer"):
         _send(c, "dev-a", range(40), lambda s: s * 1.0)
         _send(c, "dev-a", range(40, 60), lambda s: s - 20.0)  # its clock steps back 20 s: 500 samples late
