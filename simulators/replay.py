@@ -11,6 +11,7 @@ import orjson
 from tqdm import tqdm
 
 from simulators.publisher import check_interval, check_speed
+from stream.decode import MAX_PAYLOAD_BYTES, MAX_SAMPLES, _spread_ok
 from stream.mqtt import BrokerURL, connect
 from stream.recording import Recording
 
@@ -28,9 +29,46 @@ def _settle(info, timeout: float = 10.0) -> bool:
         log.warning("replay: %s; going on (paho sends it again once it reconnects)", exc)
         return False
 
-__all__ = ["replay", "label_spans"]
+__all__ = ["replay", "label_spans", "message_rows"]
 
 SPAN_EPS = 1e-6  # s: a span's end beyond its last sample, far below any sample spacing
+# The most bytes a sample takes in an imu message: orjson writes a float64 in at most 24 characters
+# ("-2.2250738585072014e-308"); t and a comma, "[x,y,z]," for acc and as much for gyro. With the message's own
+# keys (_BODY_BYTES), a message of at most max_samples(gyro) samples is within the consumer's MAX_PAYLOAD_BYTES
+_NUMBER_BYTES = 24
+_BODY_BYTES = 64  # {"seq":<19 digits>,"t":[],"acc":[],"gyro":[]}
+
+
+def max_samples(gyro: bool) -> int:
+    """The most samples replay puts in one message: within ``stream.decode``'s ``MAX_SAMPLES`` and, however their
+    numbers print, within its ``MAX_PAYLOAD_BYTES`` (the consumer's default ``max_payload``)."""
+    per_sample = (_NUMBER_BYTES + 1) + (3 * _NUMBER_BYTES + 5) * (2 if gyro else 1)
+    return min(MAX_SAMPLES, (MAX_PAYLOAD_BYTES - _BODY_BYTES) // per_sample)
+
+
+def message_rows(t: np.ndarray, interval: float, most: int) -> list[tuple[int, int]]:
+    """(first, end) rows of each message of a device whose sample times are ``t`` (not decreasing): one per
+    ``interval`` seconds of its own time, split further where one would be refused by the decoder: more than
+    ``most`` samples (split into equal parts), or a span ``stream.decode.check_span`` refuses ("bad_span": over
+    its MAX_SPAN seconds, or sparse samples over its SPARSE_SPAN; split at the middle of its time span)."""
+    slot = np.floor((t - t[0]) / interval)  # message k: t[0] + k interval <= t < t[0] + (k + 1) interval
+    edges = np.concatenate([[0], np.flatnonzero(slot[1:] != slot[:-1]) + 1, [len(t)]]).tolist()
+    out: list[tuple[int, int]] = []
+    todo = [(a, b) for a, b in zip(edges[:-1], edges[1:], strict=True) if b > a][::-1]
+    while todo:
+        a, b = todo.pop()
+        n = b - a
+        if n > most:
+            parts = -(-n // most)
+            cuts = [a + (n * k) // parts for k in range(parts + 1)]
+            todo.extend(list(zip(cuts[:-1], cuts[1:], strict=True))[::-1])
+        elif n > 1 and not _spread_ok(n, float(t[b - 1] - t[a])):
+            # t[a] < middle < t[b - 1] (the span is over SPARSE_SPAN): both halves hold samples
+            middle = a + int(np.searchsorted(t[a:b], (t[a] + t[b - 1]) / 2, side="left"))
+            todo.extend([(middle, b), (a, middle)])
+        else:
+            out.append((a, b))
+    return out
 
 
 def label_spans(label: np.ndarray) -> list[tuple[int, int, str]]:
@@ -48,6 +86,8 @@ def replay(rec: Recording, broker: BrokerURL, prefix: str = "har", speed: float 
     """Publish every device of ``rec`` as native imu messages of ``interval`` seconds of samples; returns
     the messages, samples and devices sent, the messages planned and whether it was stopped before the end.
 
+    A message holds no more than the consumer takes: one of ``interval`` seconds that would be refused is split
+    (``message_rows``: at most ``max_samples`` samples, and a span ``check_span`` takes), each part its own seq.
     Devices play side by side, each from its own first timestamp; ``speed`` 0 publishes as fast as
     possible. With ``labels``, each run of a device's rows under one non-empty label goes out once, before
     its first sample, as the span ``{"label", "start", "end"}``: from the run's first sample to its last
@@ -59,18 +99,16 @@ def replay(rec: Recording, broker: BrokerURL, prefix: str = "har", speed: float 
     stop = stop or threading.Event()
     client = connect(broker, "replay")
     messages = []  # (offset from the device's start, device, seq, rows, label spans starting in them)
+    most = max_samples(rec.gyro is not None)
     for device, rows in rec.segments():
         t = rec.t[rows]
-        slot = np.floor((t - t[0]) / interval)  # message k: t[0] + k interval <= t < t[0] + (k + 1) interval
-        edges = np.concatenate([[0], np.flatnonzero(slot[1:] != slot[:-1]) + 1, [len(t)]])
         spans = label_spans(rec.label[rows]) if labels else []
         starts = np.asarray([s[0] for s in spans], dtype=np.int64)
-        for seq, (a, b) in enumerate(zip(edges[:-1], edges[1:], strict=True)):
-            if b > a:
-                first, last = np.searchsorted(starts, [a, b], side="left")
-                here = [{"label": name, "start": float(np.round(t[i], 4)), "end": float(np.round(t[j], 4)) + SPAN_EPS}
-                        for i, j, name in spans[first:last]]
-                messages.append((float(t[b - 1] - t[0]), device, seq, rows.start + a, rows.start + b, here))
+        for seq, (a, b) in enumerate(message_rows(t, interval, most)):
+            first, last = np.searchsorted(starts, [a, b], side="left")
+            here = [{"label": name, "start": float(np.round(t[i], 4)), "end": float(np.round(t[j], 4)) + SPAN_EPS}
+                    for i, j, name in spans[first:last]]
+            messages.append((float(t[b - 1] - t[0]), device, seq, rows.start + a, rows.start + b, here))
     messages.sort(key=lambda m: m[0])
     start = time.monotonic()
     samples = sent = 0

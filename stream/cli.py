@@ -622,7 +622,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="1 real time, 10 ten times faster, 0 as fast as possible (default: 1)")
     p.add_argument("--labels", action="store_true", help="also publish the file's labels")
     p.add_argument("--interval", type=_interval, default=0.2,
-                   help="seconds of samples per message, at least 0.01 (default: %(default)s)")
+                   help="seconds of samples per message, at least 0.01 (default: %(default)s); a message the "
+                        "consumer would refuse (too many samples, too many bytes, too long a span) is split")
     p.add_argument("--qos", type=int, default=1, choices=(0, 1), help="QoS of the samples (default: %(default)s)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_replay)
