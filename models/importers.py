@@ -624,8 +624,10 @@ def summarize(rec: Recording) -> dict:
     }
 
 
-def import_dataset(name: str, src: str | Path, out: str | Path, progress: bool = False) -> dict:
-    """Read the data set ``name`` from ``src``, write it as the recording file ``out``; the summary.
+def import_dataset(name: str, src: str | Path, out: str | Path, progress: bool = False,
+                   overwrite: bool = False) -> dict:
+    """Read the data set ``name`` from ``src``, write it as the recording file ``out``; the summary. An ``out``
+    that exists as a file is refused (before reading ``src``) unless ``overwrite``, as ``harstream record`` does.
 
     Examples
     --------
@@ -637,6 +639,8 @@ def import_dataset(name: str, src: str | Path, out: str | Path, progress: bool =
         # it could be one of the files read (read whole, then overwritten: the source lost), or be read as a
         # source by the next import
         raise DatasetError(f"{out}: OUT must not be inside SRC {src}: write the recording file elsewhere")
+    if out.is_file() and not overwrite:  # a path that is no regular file (/dev/stdout, a pipe) is written to
+        raise DatasetError(f"{out} exists: the import would replace it; give another name, or --overwrite")
     rec = load_dataset(name, src, progress=progress)
     try:
         _write_whole(out, rec)

@@ -349,7 +349,7 @@ def cmd_evaluate(args) -> int:
 
 def cmd_import(args) -> int:
     from models.importers import import_dataset
-    summary = import_dataset(args.dataset, args.src, args.out, progress=True)
+    summary = import_dataset(args.dataset, args.src, args.out, progress=True, overwrite=args.overwrite)
     print(json.dumps(summary, indent=2))
     return 0
 
@@ -757,7 +757,8 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog="Example: harstream import muvr ../shared/datasets/muvr-gym muvr.csv")
     p.add_argument("dataset", choices=("uci-hapt", "barbell", "muvr", "exermote"), help="which data set SRC holds")
     p.add_argument("src", type=Path, help="the data set's folder as published")
-    p.add_argument("out", type=Path, help="recording file to write")
+    p.add_argument("out", type=Path, help="recording file to write (an existing one is refused)")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     p.set_defaults(func=cmd_import)
     return parser
 

@@ -58,7 +58,7 @@ def test_import_that_cannot_be_written_whole_leaves_no_half_file_and_keeps_the_e
     out = tmp_path / "out" / "muvr.csv"
     out.parent.mkdir()
     out.write_text("an earlier import\n")
-    done = _limited_import(["muvr", str(src), str(out)], max_bytes=8192)
+    done = _limited_import(["muvr", str(src), str(out), "--overwrite"], max_bytes=8192)
     assert done.returncode == 2, done.stderr
     assert f"{out}: cannot write" in done.stderr and "Traceback" not in done.stderr
     assert out.read_text() == "an earlier import\n"

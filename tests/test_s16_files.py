@@ -68,3 +68,21 @@ def test_replay_messages_fit_the_consumers_limits(broker_url):
         seqs.setdefault(device, []).append(batch.seq)
     assert samples == {"dense": 6500, "still": 3000, "sparse": 120}
     assert {d: sorted(s) for d, s in seqs.items()} == {d: list(range(len(s))) for d, s in seqs.items()}
+
+
+def test_import_refuses_an_existing_out_unless_overwrite(tmp_path, capsys):
+    """``import`` replaced an existing OUT without a word (``record`` refuses one unless ``--overwrite``)."""
+    from stream.cli import main
+    from stream.recording import read_recording
+    from tests.test_importers import write_muvr
+    src = write_muvr(tmp_path / "muvr")
+    out = tmp_path / "muvr.csv"
+    out.write_text("an earlier recording\n")
+    assert main(["import", "muvr", str(src), str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"{out} exists" in err and "--overwrite" in err
+    assert out.read_text() == "an earlier recording\n"
+    assert main(["import", "muvr", str(src), str(out), "--overwrite"]) == 0
+    assert len(read_recording(out)) > 0
+    out.unlink()
+    assert main(["import", "muvr", str(src), str(out)]) == 0  # a new name needs no option
