@@ -2,17 +2,19 @@
 
 ``device,t,ax,ay,az,label`` and optionally ``gx,gy,gz,subject``; ``t`` in seconds, acceleration in
 m/s² as specific force (a phone lying screen up reads about +9.81 on z), ``label`` empty where
-unknown. Importers write it; ``train``, ``evaluate`` and ``replay`` read it.
+unknown. Importers write it; ``train``, ``evaluate`` and ``replay`` read it, plain or gzip-compressed.
 """
 
 from __future__ import annotations
 
 import csv
+import gzip
 import io
 import logging
 import math
 import os
 import re
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -158,13 +160,46 @@ def _float(value: str, column: str, where: str) -> float:
     return x
 
 
+GZIP_MAGIC = b"\x1f\x8b"
+# what a damaged gzip stream raises as it is read: a bad header or CRC, a stream cut short, bad deflate data
+_GZIP_ERRORS = (gzip.BadGzipFile, EOFError, zlib.error)
+
+
+class _GzipReader(gzip.GzipFile):
+    """A ``GzipFile`` over an open file that it closes when closed (``GzipFile(fileobj=...)`` leaves it open)."""
+
+    def __init__(self, raw) -> None:
+        super().__init__(fileobj=raw, mode="rb")
+        self._raw = raw
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            self._raw.close()
+
+
+def open_bytes(path: Path):
+    """``path`` opened for reading bytes, decompressed where it is gzip (its first bytes \\x1f\\x8b, whatever
+    its name): a recording file may be kept compressed. OSError where it cannot be opened."""
+    raw = path.open("rb")
+    try:
+        compressed = raw.peek(2)[:2] == GZIP_MAGIC  # peek: a pipe cannot seek back
+    except OSError:
+        raw.close()
+        raise
+    return _GzipReader(raw) if compressed else raw
+
+
 def read_recording(path: str | Path) -> Recording:
-    """Read a recording file; a bad row raises ``RecordingError`` naming its line."""
+    """Read a recording file, plain or gzip-compressed; a bad row raises ``RecordingError`` naming its line."""
     path = Path(path)
     try:
-        handle = path.open(newline="", encoding="utf-8-sig")  # a byte order mark is not part of the header
+        raw = open_bytes(path)
     except OSError as exc:
         raise RecordingError(f"{path}: cannot open: {exc.strerror}") from None
+    # a byte order mark is not part of the header
+    handle = io.TextIOWrapper(raw, encoding="utf-8-sig", newline="")
     try:
         with handle:
             rec = _read_rows(path, handle)
@@ -175,7 +210,7 @@ def read_recording(path: str | Path) -> Recording:
 
 def _undecodable_line(path: Path) -> int:
     """The first line of ``path`` that is not UTF-8 (the text reader decodes ahead, in blocks)."""
-    with path.open("rb") as handle:
+    with open_bytes(path) as handle:
         for number, line in enumerate(handle, start=1):
             try:
                 line.decode("utf-8-sig" if number == 1 else "utf-8")
@@ -205,6 +240,9 @@ class CsvRows:
             row = next(self.reader)
         except csv.Error as exc:
             raise self.error(f"{self.path}:{first}: {exc}") from None
+        except _GZIP_ERRORS as exc:  # a compressed file cut short or damaged, read so far
+            raise self.error(f"{self.path}:{first}: gzip-compressed data damaged or cut short "
+                             f"({exc or type(exc).__name__})") from None
         if self.reader.line_num != first:
             raise self.error(f"{self.path}:{first}: a field runs over {self.reader.line_num - first + 1} lines "
                              "(a quote left open?)")

@@ -86,3 +86,42 @@ def test_import_refuses_an_existing_out_unless_overwrite(tmp_path, capsys):
     assert len(read_recording(out)) > 0
     out.unlink()
     assert main(["import", "muvr", str(src), str(out)]) == 0  # a new name needs no option
+
+
+def _small_file(tmp_path, rows: int = 400) -> tuple[bytes, Recording]:
+    from stream.recording import write_recording
+    rec = _recording().take(np.arange(rows))
+    write_recording(tmp_path / "plain.csv", rec)
+    return (tmp_path / "plain.csv").read_bytes(), rec
+
+
+def test_gzip_compressed_recordings_are_read_whatever_their_name(tmp_path, capsys):
+    """``evaluate --data base.csv.gz`` said "base.csv.gz:1: not UTF-8 text (invalid start byte)"."""
+    import gzip
+
+    from stream.cli import main
+    from stream.recording import RecordingError, read_recording
+    text, rec = _small_file(tmp_path)
+    plain = read_recording(tmp_path / "plain.csv")
+    for name in ("rec.csv.gz", "named_plain.csv"):
+        (tmp_path / name).write_bytes(gzip.compress(text))
+        got = read_recording(tmp_path / name)
+        assert np.array_equal(got.t, plain.t) and np.array_equal(got.acc, plain.acc)
+        assert np.array_equal(got.gyro, plain.gyro) and got.label.tolist() == plain.label.tolist()
+    # errors keep naming the line: a bad number, text that is not UTF-8, compressed data cut short
+    lines = text.split(b"\n")
+    bad = lines[:300] + [lines[300].replace(b"dense,", b"dense,x")] + lines[301:]
+    (tmp_path / "bad.csv.gz").write_bytes(gzip.compress(b"\n".join(bad)))
+    with pytest.raises(RecordingError, match=r"bad\.csv\.gz:301: column 't' is not a number"):
+        read_recording(tmp_path / "bad.csv.gz")
+    latin = lines[:200] + [lines[200].replace(b"squat", "squät".encode("latin-1"))] + lines[201:]
+    (tmp_path / "latin.csv.gz").write_bytes(gzip.compress(b"\n".join(latin)))
+    with pytest.raises(RecordingError, match=r"latin\.csv\.gz:201: not UTF-8 text"):
+        read_recording(tmp_path / "latin.csv.gz")
+    whole = gzip.compress(text)
+    (tmp_path / "cut.csv.gz").write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(RecordingError, match=r"cut\.csv\.gz:\d+: gzip-compressed data damaged or cut short"):
+        read_recording(tmp_path / "cut.csv.gz")
+    # through the command line, as the probe ran it
+    assert main(["evaluate", "--data", str(tmp_path / "rec.csv.gz"), "--json"]) == 0
+    assert "not UTF-8" not in capsys.readouterr().err
