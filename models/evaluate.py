@@ -18,7 +18,7 @@ from stream.decode import Rejected, SampleBatch, check_range
 from stream.pipeline import Pipeline, Prediction
 from stream.recording import Recording
 
-__all__ = ["confusion_lines", "drift_alarms", "evaluate", "stream_recording", "window_truth"]
+__all__ = ["confusion_lines", "drift_alarms", "evaluate", "no_window_reason", "stream_recording", "window_truth"]
 
 log = logging.getLogger(__name__)
 
@@ -108,13 +108,30 @@ def drift_alarms(rec: Recording, predictions: list[Prediction], rate: float, win
     return out
 
 
+def no_window_reason(rec: Recording, window: int, rate: float) -> str:
+    """Why a recording gave no window at all: no device covers a window's time, or (one does) its samples
+    have gaps or were left out."""
+    seconds = window / rate
+    spans = {device: float(rec.t[rows][-1] - rec.t[rows][0]) for device, rows in rec.segments()}
+    longest = max(spans, key=spans.get)
+    about = (f"the model's window is {window} samples at {rate:g} Hz ({seconds:g} s); the longest of its "
+             f"{len(spans)} device{'' if len(spans) == 1 else 's'}, {longest}, covers {spans[longest]:.4g} s")
+    if spans[longest] < seconds:
+        return f"nothing to evaluate: no device has a window's worth of samples ({about})"
+    return (f"nothing to evaluate: no window came of the samples ({about}, but its samples have gaps or were "
+            "left out: see the warnings above)")
+
+
 def evaluate(model: HARNet, rec: Recording, version: str = "unknown", progress: bool = False) -> dict:
     """accuracy, macro_f1, recall and F1 per class, confusion matrix and windows, over labelled windows;
     also ``windows_total`` (labelled or not), ``unknown_classes`` (true labels the model does not have)
     and ``accuracy_known_classes`` (over the windows of the classes it has); ``drift``: the drift
-    monitor's alarms over the same windows (``drift_alarms``)."""
+    monitor's alarms over the same windows (``drift_alarms``). A recording that gives no window at all
+    raises ValueError saying why (``no_window_reason``), as training does."""
     predictions = stream_recording(model, rec, version, progress=progress)
     cfg = model.config
+    if not predictions:  # nothing scored: "0 labelled windows (0 in all)", accuracy None, said nothing of why
+        raise ValueError(no_window_reason(rec, cfg.window, cfg.rate))
     truth = window_truth(rec, predictions, cfg.rate, cfg.window)
     pairs = [(t, p.label) for t, p in zip(truth, predictions, strict=True) if t]
     report = scores([t for t, _ in pairs], [p for _, p in pairs], list(cfg.classes))

@@ -328,13 +328,17 @@ def cmd_evaluate(args) -> int:
     from stream.recording import read_recording
     model, info = _load_model(args.model)
     rec = read_recording(args.data)
-    report = evaluate(model, rec, info["version"], progress=not args.json)
+    try:
+        report = evaluate(model, rec, info["version"], progress=not args.json)
+    except ValueError as exc:  # no window at all, a model reading a gyroscope the file lacks: which file
+        raise ValueError(f"{args.data}: {exc}") from None
     if args.json:
         print(json.dumps(report))
         return 0
     print(f"model {info['version']} on {args.data}: {report['windows']} labelled windows "
           f"({report['windows_total']} in all)")
-    print(f"accuracy {report['accuracy']}, macro F1 {report['macro_f1']}")
+    print(f"accuracy {report['accuracy']}, macro F1 {report['macro_f1']}"
+          + ("" if report["windows"] else ": no window has a label to score it by"))
     if report["unknown_classes"]:
         print(f"classes the model does not know: {', '.join(report['unknown_classes'])}")
     print("recall: " + ", ".join(f"{c} {r:.3f}" for c, r in report["recall"].items()))

@@ -125,3 +125,23 @@ def test_gzip_compressed_recordings_are_read_whatever_their_name(tmp_path, capsy
     # through the command line, as the probe ran it
     assert main(["evaluate", "--data", str(tmp_path / "rec.csv.gz"), "--json"]) == 0
     assert "not UTF-8" not in capsys.readouterr().err
+
+
+def test_evaluate_with_no_window_says_why_and_fails(tmp_path, capsys):
+    """A file where no device is as long as one window: "0 labelled windows (0 in all)", accuracy None, exit 0."""
+    from models.checkpoint import default_model_path, load_checkpoint
+    from stream.cli import main
+    from stream.recording import write_recording
+    model, _ = load_checkpoint(default_model_path())
+    seconds = model.config.window / model.config.rate
+    n = 20  # 0.4 s at 50 Hz each
+    assert n / 50.0 < seconds
+    devices = np.repeat([f"d{k}" for k in range(5)], n)
+    t = 1000.0 + np.tile(np.arange(n) / 50.0, 5)
+    acc = np.tile(np.float32([0, 0, 9.81]), (len(t), 1))
+    write_recording(tmp_path / "short.csv", Recording(device=devices, t=t, acc=acc, label=np.full(len(t), "squat")))
+    for extra in ([], ["--json"]):
+        assert main(["evaluate", "--data", str(tmp_path / "short.csv"), *extra]) == 2
+        out, err = capsys.readouterr()
+        assert "no device has a window's worth of samples" in err and f"({seconds:g} s)" in err, err
+        assert "d0, covers 0.38 s" in err and f"{tmp_path / 'short.csv'}: nothing to evaluate" in err and out == ""
