@@ -301,8 +301,14 @@ def cmd_train(args) -> int:
     if "accuracy" not in best:
         told = "nothing held out, nothing validated"
     else:
-        told = (f"validation accuracy {best['accuracy']}, macro F1 {best['macro_f1']}, of the validated run (best "
-                f"epoch {best['epoch']} of {report['epochs_run']}) on held-out {report['held_out']}; ")
+        if best["accuracy"] is None:  # it said "validation accuracy None, macro F1 None", and not why
+            told = (f"nothing could be validated: held-out {report['held_out']} gave no labelled window of "
+                    f"{args.window} samples at {args.rate:g} Hz (too short, or t never advances: see the warnings "
+                    f"above), so the validated run's epoch {best['epoch']} of {report['epochs_run']} was kept "
+                    "for want of a score; ")
+        else:
+            told = (f"validation accuracy {best['accuracy']}, macro F1 {best['macro_f1']}, of the validated run "
+                    f"(best epoch {best['epoch']} of {report['epochs_run']}) on held-out {report['held_out']}; ")
         if refit is None:
             told += "the model saved is that run's"
         elif not refit["used"]:

@@ -25,8 +25,8 @@ from stream.decode import MAX_T, valid_device
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CsvRows", "Recording", "RecordingError", "concat_recordings", "read_recording", "write_recording",
-           "REQUIRED", "OPTIONAL"]
+__all__ = ["CsvRows", "Recording", "RecordingError", "concat_recordings", "implausible", "read_recording",
+           "write_recording", "REQUIRED", "OPTIONAL"]
 
 REQUIRED = ("device", "t", "ax", "ay", "az", "label")
 OPTIONAL = ("gx", "gy", "gz", "subject")
@@ -205,7 +205,46 @@ def read_recording(path: str | Path) -> Recording:
             rec = _read_rows(path, handle)
     except UnicodeDecodeError as exc:
         raise RecordingError(f"{path}:{_undecodable_line(path)}: not UTF-8 text ({exc.reason})") from None
-    return _grouped(rec)
+    rec = _grouped(rec)
+    for line in implausible(rec):
+        log.warning("%s: %s", path, line)
+    return rec
+
+
+G_LOOKING = (0.5, 2.0)  # a device's median |acc| in this range: its acceleration is in g, not m/s²
+SHARED_TIMES = 2.0  # rows per distinct time, on average, from which a device's times look rounded (whole seconds)
+_MOST_NAMED = 5  # devices named per kind of doubt; the others counted on one more line
+
+
+def implausible(rec: Recording) -> list[str]:
+    """Doubts about a readable recording, one line per device and kind (at most ``_MOST_NAMED`` devices named per
+    kind): acceleration whose median magnitude is near 1 (g, not the m/s² of the file format, where a device lying
+    still reads about 9.81); times taking few distinct values (whole seconds shared by many rows); a device whose
+    t never advances (no window comes of it: evaluate and the consumer leave it out)."""
+    kinds: dict[str, list[str]] = {"g": [], "shared": [], "still": []}
+    for device, rows in rec.segments():
+        t = rec.t[rows]
+        n = len(t)
+        distinct = 1 + int(np.count_nonzero(t[1:] > t[:-1]))  # each device's times do not decrease
+        if n > 1 and distinct == 1:
+            kinds["still"].append(f"device {device}: t never advances (all {n} rows at t {t[0]:.4f}): no window "
+                                  "comes of it, and evaluate and the consumer leave it out")
+        elif n >= 10 and n >= SHARED_TIMES * distinct:
+            kinds["shared"].append(f"device {device}: t takes only {distinct} distinct values over {n} rows "
+                                   f"(some {n / distinct:.3g} rows share each time): times rounded (to whole "
+                                   "seconds?) or rows repeated? each sample needs its own t, in seconds with its "
+                                   "fraction")
+        magnitude = float(np.median(np.linalg.norm(rec.acc[rows], axis=1)))
+        if G_LOOKING[0] <= magnitude <= G_LOOKING[1]:
+            kinds["g"].append(f"device {device}: median |acc| is {magnitude:.3g}: the units look like g, not m/s² "
+                              "(a recording file holds m/s², a device lying still reads about 9.81: multiply by "
+                              "9.80665)")
+    out = []
+    for lines in kinds.values():
+        out += lines[:_MOST_NAMED]
+        if len(lines) > _MOST_NAMED:
+            out.append(f"{len(lines) - _MOST_NAMED} more devices likewise: " + lines[0].split(": ", 1)[1])
+    return out
 
 
 def _undecodable_line(path: Path) -> int:
