@@ -82,7 +82,7 @@ def label_spans(label: np.ndarray) -> list[tuple[int, int, str]]:
 
 def replay(rec: Recording, broker: BrokerURL, prefix: str = "har", speed: float = 1.0, labels: bool = False,
            interval: float = 0.2, stop: threading.Event | None = None, progress: bool = False,
-           qos: int = 0) -> dict:
+           qos: int = 0, client=None) -> dict:
     """Publish every device of ``rec`` as native imu messages of ``interval`` seconds of samples; returns
     the messages, samples and devices sent, the messages planned and whether it was stopped before the end.
 
@@ -93,11 +93,12 @@ def replay(rec: Recording, broker: BrokerURL, prefix: str = "har", speed: float 
     its first sample, as the span ``{"label", "start", "end"}``: from the run's first sample to its last
     (plus ``SPAN_EPS``, for the consumer's grid times rounded off it), so that the consumer's windows inside
     the run get the label and a window reaching into the next run, or into an unlabelled stretch, gets none
-    (an open ``{"label", "t"}`` would hold over the unlabelled rows that follow).
+    (an open ``{"label", "t"}`` would hold over the unlabelled rows that follow). ``client``: a client
+    ``stream.mqtt.connect`` made (connected before a long read of the file), which replay disconnects when done.
     """
     interval, speed = check_interval(interval), check_speed(speed)
     stop = stop or threading.Event()
-    client = connect(broker, "replay")
+    client = client or connect(broker, "replay")
     messages = []  # (offset from the device's start, device, seq, rows, label spans starting in them)
     most = max_samples(rec.gyro is not None)
     for device, rows in rec.segments():

@@ -206,12 +206,20 @@ def cmd_record(args) -> int:
 
 def cmd_replay(args) -> int:
     from simulators.replay import replay
+    from stream.mqtt import connect
     from stream.recording import read_recording
-    rec = read_recording(args.file)
+    url = BrokerURL.parse(args.broker, args.ca_file)
+    client = connect(url, "replay")  # a broker that does not answer is said before a long read of the file
+    try:
+        rec = read_recording(args.file)
+    except BaseException:
+        client.disconnect()
+        client.loop_stop()
+        raise
     stop = threading.Event()
     _on_signals(stop.set)
-    sent = replay(rec, BrokerURL.parse(args.broker, args.ca_file), prefix=args.prefix, speed=args.speed,
-                  labels=args.labels, interval=args.interval, stop=stop, progress=not args.quiet, qos=args.qos)
+    sent = replay(rec, url, prefix=args.prefix, speed=args.speed, labels=args.labels, interval=args.interval,
+                  stop=stop, progress=not args.quiet, qos=args.qos, client=client)
     print(f"replayed {sent['samples']} samples of {sent['devices']} devices in {sent['messages']} messages"
           + (f" (stopped: {sent['planned_messages']} planned)" if sent["stopped"] else ""))
     return 0

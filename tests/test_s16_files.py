@@ -197,3 +197,28 @@ def test_train_says_nothing_could_be_validated_and_why(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "validation accuracy None" not in out
     assert "nothing could be validated: held-out people v-000 gave no labelled window of 50 samples at 25 Hz" in out
+
+
+def test_replay_checks_the_broker_before_reading_the_file(tmp_path, monkeypatch, capsys):
+    """replay read a 200 MB file (72 s, 1.7 GB) before it found the broker did not answer."""
+    import stream.recording
+    from stream.cli import main
+
+    def read_recording(path):
+        raise AssertionError("read before the broker was tried")
+    monkeypatch.setattr(stream.recording, "read_recording", read_recording)
+    assert main(["replay", "--broker", "mqtt://127.0.0.1:1", "--quiet", str(tmp_path / "big.csv")]) == 2
+    assert "cannot connect to MQTT broker at mqtt://127.0.0.1:1" in capsys.readouterr().err
+
+
+@pytest.mark.broker
+def test_replay_from_the_command_line_still_sends_the_file(tmp_path, broker_url, capsys):
+    from stream.cli import main
+    from stream.recording import write_recording
+    rec = _recording().take(np.arange(500))
+    write_recording(tmp_path / "r.csv", rec)
+    assert main(["replay", "--broker", str(broker_url), "--prefix", f"hartest{uuid.uuid4().hex[:8]}", "--speed",
+                 "0", "--quiet", str(tmp_path / "r.csv")]) == 0
+    assert capsys.readouterr().out.startswith("replayed 500 samples of 1 devices")
+    assert main(["replay", "--broker", str(broker_url), "--quiet", str(tmp_path / "missing.csv")]) == 2
+    assert "cannot open" in capsys.readouterr().err
