@@ -234,7 +234,7 @@ def implausible(rec: Recording) -> list[str]:
                                    f"(some {n / distinct:.3g} rows share each time): times rounded (to whole "
                                    "seconds?) or rows repeated? each sample needs its own t, in seconds with its "
                                    "fraction")
-        magnitude = float(np.median(np.linalg.norm(rec.acc[rows], axis=1)))
+        magnitude = float(np.median(np.linalg.norm(rec.acc[rows].astype(np.float64), axis=1)))  # float32 overflows
         if G_LOOKING[0] <= magnitude <= G_LOOKING[1]:
             kinds["g"].append(f"device {device}: median |acc| is {magnitude:.3g}: the units look like g, not m/s² "
                               "(a recording file holds m/s², a device lying still reads about 9.81: multiply by "
@@ -288,6 +288,9 @@ class CsvRows:
         return row
 
 
+_BLOCK = 65_536  # rows read into one array of numbers
+
+
 def _read_rows(path: Path, handle) -> Recording:
     """The rows of an open recording file, in file order."""
     reader = CsvRows(path, handle)
@@ -315,10 +318,15 @@ def _read_rows(path: Path, handle) -> Recording:
                     "s" if len(unused) > 1 else "", ", ".join(map(repr, unused)), ",".join(REQUIRED),
                     ",".join(OPTIONAL))
     width = len(header)
+    # memory: a row's text fields point at one copy of each distinct value (``texts``), and its numbers go into a
+    # float64 array every _BLOCK rows: a list of tuples of floats, and a new string per field and row, held some
+    # 8 times the file's size (1.7 GB for a 200 MB file)
+    texts: dict[str, str] = {}
     devices: list[str] = []
     labels: list[str] = []
     subjects: list[str] = []
     numbers: list[tuple[float, ...]] = []
+    blocks: list[np.ndarray] = []
     numeric = ["t", "ax", "ay", "az"] + (["gx", "gy", "gz"] if has_gyro else [])
     idx = [col[c] for c in numeric]
     last_t: dict[str, float] = {}
@@ -338,14 +346,23 @@ def _read_rows(path: Path, handle) -> Recording:
         if device in last_t and values[0] < last_t[device]:
             raise RecordingError(f"{where}: time goes backwards for device {device!r}")
         last_t[device] = values[0]
-        devices.append(device)
-        labels.append(row[col["label"]].strip())
+        devices.append(texts.setdefault(device, device))
+        label = row[col["label"]].strip()
+        labels.append(texts.setdefault(label, label))
         if has_subject:
-            subjects.append(row[col["subject"]])
+            subject = row[col["subject"]]
+            subjects.append(texts.setdefault(subject, subject))
         numbers.append(values)
-    if not numbers:
+        if len(numbers) == _BLOCK:
+            blocks.append(np.asarray(numbers, dtype=np.float64))
+            numbers.clear()
+    if numbers:
+        blocks.append(np.asarray(numbers, dtype=np.float64))
+        numbers.clear()
+    if not blocks:
         raise RecordingError(f"{path}: no samples")
-    data = np.asarray(numbers, dtype=np.float64)
+    data = np.concatenate(blocks) if len(blocks) > 1 else blocks[0]
+    blocks.clear()
     rec = Recording(
         device=np.asarray(devices),
         t=data[:, 0],
