@@ -390,8 +390,9 @@ class SequenceCheck:
         renumbered = (last is not None and seq is not None and seq < last and newest is not None
                       and len(batch.t) > 0 and float(np.min(batch.t)) > newest + self.RESTART_GAP)
         jump = self._jumps.pop(batch.device, None)  # the message before was a jump: this one confirms it, or not
-        if (last is not None and seq is not None and not (seq == 0 and last > 0) and seq - last - 1 > self.MAX_GAP
-                and not renumbered):
+        # seq 0 after a higher one is a device that restarted: a new session, not a regression
+        ordered = last is not None and seq is not None and not (seq == 0 and last > 0) and not renumbered
+        if ordered and seq - last - 1 > self.MAX_GAP:
             if jump is None or not 0 <= seq - jump - 1 <= self.MAX_GAP:
                 self._jumps[batch.device] = seq
                 raise Rejected("seq_jump", f"{batch.device} seq {seq} after {last}: taken as a new numbering only "
@@ -401,11 +402,7 @@ class SequenceCheck:
             log.info("%s: seq %d after %d, following the jump to %d: a device numbering anew",
                      batch.device, seq, last, jump)
             lost = (seq - jump - 1) * len(batch)  # the jump's own message was refused: not counted as lost
-            self._last[batch.device] = seq
-            self.lost_samples += lost
-            return lost
-        if last is not None and seq is not None and not (seq == 0 and last > 0) and not renumbered:
-            # seq 0 after a higher one is a device that restarted: a new session, not a regression
+        elif ordered:
             if seq == last:
                 raise Rejected("repeated_seq", f"{batch.device} seq {seq}")
             if seq < last:
