@@ -216,15 +216,14 @@ def plural(count: int, noun: str, many: str | None = None) -> str:
 
 # What a drift detection's ``value`` is, by its signal (stream/monitor.py, DESIGN.md "Drift signals")
 DRIFT_VALUES = {
-    "orientation": ("{:.0f}°", "the angle between the window's gravity direction and the usual one"),
-    "input_magnitude": ("{:.2f} m/s²", "the mean |specific force| of recent windows"),
+    "orientation": ("{:.0f}°", "the angle (degrees) between the window's gravity direction and the usual one"),
+    "input_magnitude": ("{:.2f} m/s²", "the mean |specific force| of recent windows (m/s²)"),
     "confidence": ("{:.0%}", "the mean confidence of recent predictions"),
     "error": ("{:.0%}", "the error rate over recent labelled windows"),
 }
-DRIFT_VALUE_HELP = ("What the watched signal measured when the detector fired: orientation, the angle (degrees) "
-                    "between the window's gravity direction and the usual one; input magnitude, the mean "
-                    "|specific force| of recent windows (m/s²); confidence, the mean confidence of recent "
-                    "predictions; error, the error rate over recent labelled windows.")
+DRIFT_VALUE_HELP = ("What the watched signal measured when the detector fired: "
+                    + "; ".join(f"{signal.replace('_', ' ')}, {what}" for signal, (_, what) in DRIFT_VALUES.items())
+                    + ".")
 
 
 def drift_value(signal: str, value: float | None) -> str:
