@@ -31,6 +31,8 @@ __all__ = [
     "number",
     "plural",
     "prediction_shown",
+    "quantitative",
+    "nominal",
     "prediction_stale",
     "why_stale",
     "status_text",
@@ -242,6 +244,16 @@ PALETTE = _TABLEAU20[0::2] + _TABLEAU20[1::2]
 def class_colour(name: str) -> str:
     index = CANONICAL.index(name) if name in CANONICAL else zlib.crc32(name.encode())
     return PALETTE[index % len(PALETTE)]
+
+
+def quantitative(field: str, **more) -> dict:
+    """A Vega-Lite field of numbers, for the pages' chart specs (``st.vega_lite_chart``)."""
+    return {"field": field, "type": "quantitative", **more}
+
+
+def nominal(field: str, **more) -> dict:
+    """A Vega-Lite field of names, for the pages' chart specs (``st.vega_lite_chart``)."""
+    return {"field": field, "type": "nominal", **more}
 
 
 def class_scale(classes) -> dict:

@@ -17,9 +17,11 @@ from dashboard.common import (
     drift_value,
     feed_status,
     get_feed,
+    nominal,
     number,
     prediction_shown,
     prediction_stale,
+    quantitative,
     status_text,
 )
 from dashboard.live import DeviceView
@@ -50,14 +52,6 @@ def segments(view: DeviceView, t_ref: float) -> pd.DataFrame:
 
 # The charts are plain Vega-Lite specs (st.vega_lite_chart): built with Altair, each rerun (every second) spent
 # most of its time in Altair's schema look-ups and validation (cProfile).
-def _q(field: str, **more) -> dict:
-    return {"field": field, "type": "quantitative", **more}
-
-
-def _n(field: str, **more) -> dict:
-    return {"field": field, "type": "nominal", **more}
-
-
 def with_drift(data: pd.DataFrame, spec: dict, view: DeviceView, t_ref: float,
                t_min: float) -> tuple[pd.DataFrame | None, dict]:
     """``(data, spec)`` with the device's drift detections since ``t_min`` as dashed red rules over the chart: a
@@ -72,8 +66,8 @@ def with_drift(data: pd.DataFrame, spec: dict, view: DeviceView, t_ref: float,
     layers = spec.pop("layer", None) or [{"mark": spec.pop("mark"), "encoding": spec.pop("encoding")}]
     rules = {"data": {"name": "drift"}, "mark": {"type": "rule", "color": "#d62728", "strokeDash": [4, 3],
                                                   "strokeWidth": 2},
-             "encoding": {"x": _q("t"), "tooltip": [_n("detector"), _n("signal"), _n("value"),
-                                                     _q("t", title="t (s)", format=".1f")]}}
+             "encoding": {"x": quantitative("t"), "tooltip": [nominal("detector"), nominal("signal"), nominal("value"),
+                                                     quantitative("t", title="t (s)", format=".1f")]}}
     return None, {**spec, "data": {"name": "chart"}, "layer": [*layers, rules],
                   "datasets": {"chart": data, "drift": frame}}
 
@@ -83,9 +77,9 @@ def trace_chart(view: DeviceView, t_ref: float) -> tuple[pd.DataFrame, dict]:
     frame = pd.DataFrame({"t": np.round(t - t_ref, 3), "x": acc[:, 0], "y": acc[:, 1], "z": acc[:, 2]})
     long = frame.melt("t", var_name="axis", value_name="m/s²")
     return long, {"mark": {"type": "line", "strokeWidth": 1.2}, "height": 260, "encoding": {
-        "x": _q("t", title=TIME_AXIS),
-        "y": _q("m/s²", title="specific force, m/s²"),
-        "color": _n("axis", scale={"domain": ["x", "y", "z"], "range": ["#e45756", "#54a24b", "#4c78a8"]}),
+        "x": quantitative("t", title=TIME_AXIS),
+        "y": quantitative("m/s²", title="specific force, m/s²"),
+        "color": nominal("axis", scale={"domain": ["x", "y", "z"], "range": ["#e45756", "#54a24b", "#4c78a8"]}),
     }}
 
 
@@ -109,11 +103,13 @@ def probability_chart(view: DeviceView, t_ref: float) -> tuple[pd.DataFrame, dic
     # stacked: each window's probabilities fill the height; step-before: a value holds over its window
     return with_drift(long, {
         "mark": {"type": "area", "interpolate": "step-before", "opacity": 0.9}, "height": 260, "encoding": {
-            "x": _q("t", title=TIME_AXIS),
-            "y": _q("probability", stack="zero", scale={"domain": [0, 1]}, axis={"format": "%"}),
-            "color": _n("exercise", scale=class_scale(shown)),
-            "order": _n("exercise"),
-            "tooltip": [_n("exercise"), _q("probability", format=".1%"), _q("t", format=".1f")],
+            "x": quantitative("t", title=TIME_AXIS),
+            "y": quantitative("probability", stack="zero", scale={"domain": [0, 1]}, axis={"format": "%"}),
+            "color": nominal("exercise", scale=class_scale(shown)),
+            "order": nominal("exercise"),
+            "tooltip": [nominal("exercise"),
+                        quantitative("probability", format=".1%"),
+                        quantitative("t", format=".1f")],
         }}, view, t_ref, float(frame["t"].min()))
 
 
@@ -124,23 +120,29 @@ def confidence_chart(view: DeviceView, t_ref: float) -> tuple[pd.DataFrame, dict
     bars = bars[bars["row"] == "predicted"].assign(
         probability=[p.confidence for p in view.predictions])
     return with_drift(bars, {"mark": "bar", "height": 260, "encoding": {
-        "x": _q("start", title=TIME_AXIS),
+        "x": quantitative("start", title=TIME_AXIS),
         "x2": {"field": "end"},
-        "y": _q("probability", title="probability of the predicted class", scale={"domain": [0, 1]},
-                axis={"format": "%"}),
-        "color": _n("label", title="exercise", scale=class_scale(bars["label"])),
-        "tooltip": [_n("label"), _q("probability", format=".1%"), _q("end", title="t", format=".1f")],
+        "y": quantitative("probability", title="probability of the predicted class", scale={"domain": [0, 1]},
+                         axis={"format": "%"}),
+        "color": nominal("label", title="exercise", scale=class_scale(bars["label"])),
+        "tooltip": [nominal("label"),
+                    quantitative("probability", format=".1%"),
+                    quantitative("end", title="t", format=".1f")],
     }}, view, t_ref, float(bars["start"].min()))
 
 
 def timeline_chart(view: DeviceView, t_ref: float) -> tuple[pd.DataFrame, dict]:
     bars = segments(view, t_ref)
     return with_drift(bars, {"mark": "bar", "height": {"step": 34}, "encoding": {
-        "x": _q("start", title=TIME_AXIS),
+        "x": quantitative("start", title=TIME_AXIS),
         "x2": {"field": "end"},
-        "y": _n("row", title=None, sort=["predicted", "true"]),
-        "color": _n("label", title="exercise", scale=class_scale(bars["label"])),
-        "tooltip": [_n("row"), _n("label"), _n("confidence"), _q("start", format=".1f"), _q("end", format=".1f")],
+        "y": nominal("row", title=None, sort=["predicted", "true"]),
+        "color": nominal("label", title="exercise", scale=class_scale(bars["label"])),
+        "tooltip": [nominal("row"),
+                    nominal("label"),
+                    nominal("confidence"),
+                    quantitative("start", format=".1f"),
+                    quantitative("end", format=".1f")],
     }}, view, t_ref, float(bars["start"].min()))
 
 

@@ -5,7 +5,17 @@ import time
 import pandas as pd
 import streamlit as st
 
-from dashboard.common import REFRESH_SECONDS, ago, drift_value, feed_status, get_feed, number, plural
+from dashboard.common import (
+    REFRESH_SECONDS,
+    ago,
+    drift_value,
+    feed_status,
+    get_feed,
+    nominal,
+    number,
+    plural,
+    quantitative,
+)
 from dashboard.live import ALL_DEVICES, ConsumerView
 
 st.title("Drift and metrics")
@@ -35,9 +45,9 @@ def detections(feed, now: float) -> None:
             "x": {"field": "minutes ago", "type": "quantitative", "scale": {"reverse": True},
                   "title": "minutes ago (arrival)"},
             "y": {"field": "series", "type": "nominal", "title": "detector · signal", "axis": {"labelLimit": 260}},
-            "color": {"field": "series", "type": "nominal", "legend": None},
-            "tooltip": [*(_nominal(f) for f in ("device", "detector", "signal", "value", "needs labels")),
-                        {"field": "minutes ago", "type": "quantitative", "format": ".1f"}],
+            "color": nominal("series", legend=None),
+            "tooltip": [*(nominal(f) for f in ("device", "detector", "signal", "value", "needs labels")),
+                        quantitative("minutes ago", format=".1f")],
         },
     }, width="stretch")
     table = frame.groupby(["detector", "signal"]).agg(
@@ -52,10 +62,6 @@ def detections(feed, now: float) -> None:
                "*Without labels*: seen where no labels arrive, so only a change of inputs or confidence is "
                "known; label a few exercises on the **Label** page to learn whether accuracy suffers. "
                f"*{ALL_DEVICES}*: the consumer's detectors that watch all devices together.")
-
-
-def _nominal(field: str) -> dict:
-    return {"field": field, "type": "nominal"}
 
 
 # The charts are plain Vega-Lite specs: built with Altair, each rerun (every second) spent most of its time in
@@ -80,8 +86,8 @@ def history_chart(view: ConsumerView, now: float) -> tuple[pd.DataFrame, dict] |
             "y": {"field": "value", "type": "quantitative",
                   "scale": {"domain": [min(0.0, float(frame["value"].min())), 1]}},
             "color": {"field": "metric", "type": "nominal", "legend": {"orient": "bottom", "labelLimit": 320}},
-            "tooltip": [_nominal("metric"), {"field": "value", "type": "quantitative", "format": ".3f"},
-                        {"field": "minutes ago", "type": "quantitative", "format": ".1f"}],
+            "tooltip": [nominal("metric"), quantitative("value", format=".3f"),
+                        quantitative("minutes ago", format=".1f")],
         },
     }
 
@@ -94,8 +100,8 @@ def confusion_chart(confusion: dict) -> tuple[pd.DataFrame, dict] | None:
             for true, row in zip(labels, matrix, strict=True)
             for pred, count in zip(labels, row, strict=False)]
     frame = pd.DataFrame(rows, columns=["true", "predicted", "windows", "share of row"])
-    axes = {"x": {"field": "predicted", "type": "nominal", "sort": list(labels)},
-            "y": {"field": "true", "type": "nominal", "sort": list(labels)}}
+    axes = {"x": nominal("predicted", sort=list(labels)),
+            "y": nominal("true", sort=list(labels))}
     return frame, {
         "width": {"step": 40}, "height": {"step": 28},
         "layer": [
@@ -103,8 +109,8 @@ def confusion_chart(confusion: dict) -> tuple[pd.DataFrame, dict] | None:
                 **axes,
                 "color": {"field": "share of row", "type": "quantitative",
                           "scale": {"scheme": "blues", "domain": [0, 1]}, "legend": None},
-                "tooltip": [_nominal("true"), _nominal("predicted"), {"field": "windows", "type": "quantitative"},
-                            {"field": "share of row", "type": "quantitative", "format": ".1%"}]}},
+                "tooltip": [nominal("true"), nominal("predicted"), quantitative("windows"),
+                            quantitative("share of row", format=".1%")]}},
             {"mark": {"type": "text", "fontSize": 11}, "encoding": {
                 **axes,
                 "text": {"condition": {"test": "datum.windows > 0", "field": "windows", "type": "quantitative"},
@@ -161,9 +167,9 @@ def online_metrics(view: ConsumerView, now: float) -> None:
                     "encoding": {
                         "x": {"field": "recall", "type": "quantitative", "scale": {"domain": [0, 1]},
                               "axis": {"format": "%"}},
-                        "y": {"field": "exercise", "type": "nominal", "sort": "-x", "title": None},
-                        "tooltip": [_nominal("exercise"),
-                                    {"field": "recall", "type": "quantitative", "format": ".1%"}],
+                        "y": nominal("exercise", sort="-x", title=None),
+                        "tooltip": [nominal("exercise"),
+                                    quantitative("recall", format=".1%")],
                     },
                 }, width="stretch")
             else:

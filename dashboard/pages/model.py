@@ -6,7 +6,7 @@ import uuid
 import pandas as pd
 import streamlit as st
 
-from dashboard.common import REFRESH_SECONDS, ago, feed_status, get_feed, number, remember_sent
+from dashboard.common import REFRESH_SECONDS, ago, feed_status, get_feed, nominal, number, quantitative, remember_sent
 from dashboard.live import ConsumerView
 from dashboard.model_view import adapters_only_note, adapts_devices_only, awaiting_answer, command_answer
 
@@ -109,8 +109,8 @@ def training_spec(field: str) -> dict:
     """The Vega-Lite spec of one fine-tuning chart (a line through points coloured and shaped by step), as a
     plain dict: built with Altair, each rerun (every second) spent most of the page's time in Altair's schema
     look-ups and validation (two charts: about 80 ms of the 110 ms of a rerun, cProfile)."""
-    x = {"field": "update", "type": "quantitative", "title": "fine-tuning update"}
-    y = {"field": field, "type": "quantitative"}
+    x = quantitative("update", title="fine-tuning update")
+    y = quantitative(field)
     return {
         "height": 240,
         "layer": [
@@ -121,10 +121,10 @@ def training_spec(field: str) -> dict:
                           "scale": {"domain": STEPS, "range": ["#4c78a8", "#f58518", "#9d9d9d"]}},
                 "shape": {"field": "step", "type": "nominal",
                           "scale": {"domain": STEPS, "range": ["circle", "triangle-up", "cross"]}},
-                "tooltip": [{"field": "update", "type": "quantitative"}, {"field": "step", "type": "nominal"},
-                            {"field": "version", "type": "nominal"},
-                            {"field": "loss", "type": "quantitative", "format": ".4f"},
-                            {"field": "gradient norm", "type": "quantitative", "format": ".3g"}]}},
+                "tooltip": [quantitative("update"), nominal("step"),
+                            nominal("version"),
+                            quantitative("loss", format=".4f"),
+                            quantitative("gradient norm", format=".3g")]}},
         ],
     }
 
