@@ -42,6 +42,12 @@ def consumer(feed, status: str, name: str = "c1") -> None:
     feed.store.handle(f"{feed.prefix}/_consumer/{name}/status", status.encode())
 
 
+def scene(feed, status: str, predicted_ago: float, samples_ago: float = 0) -> None:
+    """A consumer of ``status`` and the device streaming (``stream_device``) as of now."""
+    consumer(feed, status)
+    stream_device(feed, predicted_ago=predicted_ago, samples_ago=samples_ago, now=time.time())
+
+
 def metric(at, label: str):
     (shown,) = [m for m in at.metric if m.label == label]
     return shown
@@ -59,9 +65,7 @@ def page(at, name: str, device: str | None = DEVICE):
 def test_a_prediction_no_consumer_makes_any_more_is_shown_as_old_on_every_page(app_feed):  # noqa: F811
     # the walk: SIGTERM to the consumer, and 75 s later the Device page said "rest, 86% confident", "Last seen
     # 0 s ago" (the raw samples, which still came) without a word; so did the Overview's table and the Label page
-    now = time.time()
-    consumer(app_feed, "offline")
-    stream_device(app_feed, predicted_ago=75, samples_ago=0, now=now)
+    scene(app_feed, "offline", predicted_ago=75)
     at = page(app_test().run(), "device")
     shown = metric(at, "Exercise (predicted)")
     assert shown.value == ":gray[squat]" and 75 <= seconds_ago(shown.proto.delta) < 100  # greyed, and how old
@@ -83,9 +87,7 @@ def test_a_prediction_no_consumer_makes_any_more_is_shown_as_old_on_every_page(a
 @pytest.mark.broker
 def test_a_prediction_older_than_a_few_windows_while_samples_come_is_shown_as_old(app_feed):  # noqa: F811
     # a consumer online (its status), but none classifies this device: its samples come, its predictions do not
-    now = time.time()
-    consumer(app_feed, "online")
-    stream_device(app_feed, predicted_ago=40, samples_ago=0, now=now)
+    scene(app_feed, "online", predicted_ago=40)
     at = page(app_test().run(), "device")
     assert metric(at, "Exercise (predicted)").value == ":gray[squat]"
     (warning,) = at.warning
@@ -177,9 +179,7 @@ def test_the_versions_table_says_percentages_under_readable_headers_and_no_none(
 
 @pytest.mark.broker
 def test_drift_values_have_their_unit_and_detections_their_plural(app_feed):  # noqa: F811
-    now = time.time()
-    consumer(app_feed, "online")
-    stream_device(app_feed, predicted_ago=1, samples_ago=0, now=now)
+    scene(app_feed, "online", predicted_ago=1)
     app_feed.store.handle(f"{app_feed.prefix}/{DEVICE}/drift", orjson.dumps(
         {"detector": "ADWIN", "signal": "orientation", "t": 998.0, "value": 45.69, "needs_labels": True}))
     at = page(app_test().run(), "device")
@@ -192,9 +192,7 @@ def test_drift_values_have_their_unit_and_detections_their_plural(app_feed):  # 
 
 @pytest.mark.broker
 def test_the_label_page_says_how_long_each_label_held(app_feed):  # noqa: F811
-    now = time.time()
-    consumer(app_feed, "online")
-    stream_device(app_feed, predicted_ago=1, samples_ago=0, now=now)
+    scene(app_feed, "online", predicted_ago=1)
     p = app_feed.prefix
     for label, body in (("squat", {"t": 980.0}), ("row", {"t": 992.5}), ("rest", {"start": 984.0, "end": 986.0})):
         app_feed.store.handle(f"{p}/{DEVICE}/label", orjson.dumps({"label": label, **body}))
@@ -212,9 +210,7 @@ def test_the_device_pages_charts_carry_their_data_beside_the_drift_rules(app_fee
     # was drawn empty in Chromium)
     import json
 
-    now = time.time()
-    consumer(app_feed, "online")
-    stream_device(app_feed, predicted_ago=0, samples_ago=0, now=now)
+    scene(app_feed, "online", predicted_ago=0)
     app_feed.store.handle(f"{app_feed.prefix}/{DEVICE}/drift", orjson.dumps(
         {"detector": "ADWIN", "signal": "confidence", "t": 996.0, "value": 0.4}))
     at = page(app_test().run(), "device")
