@@ -199,8 +199,7 @@ def load_state(directory: Path) -> dict | None:
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
     except OSError as exc:  # not what the file holds: EACCES (another user's), EIO, EMFILE; it may read later
-        raise StateRefused(f"{path} could not be read ({type(exc).__name__}: {exc}); it is left as it is: make it "
-                           f"readable, or move it away to start every device afresh") from None
+        raise _unreadable_now(path, exc, "it") from None
     except Exception as exc:  # EOFError, UnpicklingError, a zip error (RuntimeError), refused globals
         # its first sentence only, as load_checkpoint says it: torch's advice that follows (weights_only=False)
         # would run code from the file, and its paragraph hid what the consumer did with the file after it
@@ -384,9 +383,7 @@ def _read_segment(directory: Path, segment: dict) -> dict[str, tuple[torch.Tenso
         states = _states(blob["states"])
     except OSError as exc:
         if not isinstance(exc, FileNotFoundError):
-            raise StateRefused(f"{path} could not be read ({type(exc).__name__}: {exc}); it is left as it is: make "
-                               f"it readable, or move the state directory's consumer-state.pt away to start every "
-                               f"device afresh") from None
+            raise _unreadable_now(path, exc, f"the state directory's {STATE_FILE}") from None
         states, error = None, exc
     except Exception as exc:  # torn, another format: as load_state's own, but for these devices alone
         states, error = None, exc
@@ -400,6 +397,13 @@ def _read_segment(directory: Path, segment: dict) -> dict[str, tuple[torch.Tenso
     if len(wanted) < len(states):  # copies: views would keep every row of the file in memory
         return {d: tuple(t.clone() for t in states[d]) for d in wanted}
     return {d: states[d] for d in wanted}
+
+
+def _unreadable_now(path: Path, exc: OSError, away: str) -> StateRefused:
+    """The refusal of a file of the consumer state that could not be read now (not what it holds: EACCES,
+    EIO, EMFILE): left as it is, the start refused; ``away``: what to move to start every device afresh."""
+    return StateRefused(f"{path} could not be read ({type(exc).__name__}: {exc}); it is left as it is: make it "
+                        f"readable, or move {away} away to start every device afresh")
 
 
 def set_aside(path: Path) -> Path | None:
