@@ -5,6 +5,7 @@ was under way."""
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import signal
@@ -23,11 +24,18 @@ from tests.test_s13_versions import _model
 from tests.test_s13_versions2 import _Alive, _nudge
 
 
+class _Unreadable:
+    """Pickled, it unpickles to an import of a module that does not exist (as weights whose class is unknown)."""
+
+    def __reduce__(self):
+        return importlib.import_module, ("no_such_module",)
+
+
 def _unreadable(lp: LearnerProcess) -> None:
-    """A message on the learner's pipe that the serving side cannot read (as weights whose class is unknown)."""
-    lp._outbox._sem.acquire()  # as put does: get releases it
-    with lp._outbox._wlock:
-        lp._outbox._writer.send_bytes(b"\x80\x04cno_such_module\nWeights\n.")
+    """A message on the learner's pipe that the serving side cannot read. Put as every other message is (the
+    queue's feeder thread writes them in order): written to the pipe at once, it overtook the learner's
+    "command" message still in the feeder, which then cleared what it said (a flaky failure under load)."""
+    lp._outbox.put(_Unreadable())
 
 
 def _wired(config: LearnerConfig, on_promote=None):
@@ -38,6 +46,7 @@ def _wired(config: LearnerConfig, on_promote=None):
     unreadable = [False]
 
     def promoted(model, version: str) -> None:  # as the learner process's own on_promote
+        lp.handed = getattr(lp, "handed", 0) + 1  # weights handed over so far (a test may wait for one)
         if unreadable[0]:
             unreadable[0] = False
             _unreadable(lp)

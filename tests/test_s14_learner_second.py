@@ -38,7 +38,8 @@ def test_a_learner_that_drifts_again_to_a_version_once_sent_back_from_is_sent_ba
         assert answers[1][0] is None and f"sent back to {served}" in answers[1][1]
         drifted = learner.versions[-1].version
         assert drifted != served
-        assert wait(lambda: lp.poll() >= 0 and learner.version == served, timeout=10)
+        # and its weights handed over (the learner takes the version before on_promote): else that takes the flag
+        assert wait(lambda: lp.poll() >= 0 and learner.version == served and lp.handed == 3, timeout=10)
 
         unreadable[0] = True  # a rollback to that version, whose weights again cannot be read here
         lp.rollback(drifted, answer=answer)
